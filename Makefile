@@ -1,0 +1,34 @@
+# Everything a fresh machine needs is installed into .venv by these targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install lint format test test-fast demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[redis,sqlalchemy,postgres,django,test]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check ergate_celery tests bench
+	$(BIN)/ruff format --check ergate_celery tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format ergate_celery tests bench
+	$(BIN)/ruff check --fix ergate_celery tests bench
+
+test: lint
+	$(BIN)/python -m pytest
+
+# Skips the fault tests marked slow; CI runs everything through `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

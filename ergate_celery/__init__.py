@@ -1,0 +1,64 @@
+"""Ergate-style step workflows running as chained Celery tasks.
+
+Workflows written for `ergate` 0.6 run unchanged with `from ergate_celery import ...`.
+"""
+
+from pydantic import ValidationError
+
+from .annotations import Context, Depends, Input
+from .api import cancel_job, get_job, submit_job, wait_for_job
+from .binding import ErgateCelery
+from .exceptions import (
+    AbortJob,
+    DuplicateJobError,
+    ErgateError,
+    GoToEnd,
+    GoToStep,
+    InvalidDefinitionError,
+    InvalidInputError,
+    JobNotFoundError,
+    ReverseGoToError,
+    UnknownStepError,
+    UnknownWorkflowError,
+    UnsupportedBackendError,
+)
+from .job import Job, JobError
+from .job_status import JobStatus
+from .paths import GoToEndPath, GoToStepPath, NextStepPath, WorkflowPath
+from .workflow import Workflow
+from .workflow_step import WorkflowStep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbortJob",
+    "Context",
+    "Depends",
+    "DuplicateJobError",
+    "ErgateCelery",
+    "ErgateError",
+    "GoToEnd",
+    "GoToEndPath",
+    "GoToStep",
+    "GoToStepPath",
+    "Input",
+    "InvalidDefinitionError",
+    "InvalidInputError",
+    "Job",
+    "JobError",
+    "JobNotFoundError",
+    "JobStatus",
+    "NextStepPath",
+    "ReverseGoToError",
+    "UnknownStepError",
+    "UnknownWorkflowError",
+    "UnsupportedBackendError",
+    "ValidationError",
+    "Workflow",
+    "WorkflowPath",
+    "WorkflowStep",
+    "cancel_job",
+    "get_job",
+    "submit_job",
+    "wait_for_job",
+]

@@ -1,0 +1,297 @@
+"""`ErgateCelery`: installs workflows into a Celery app and submits, reads and cancels jobs."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from celery import Celery, Task
+from celery.app import app_or_default
+
+from .exceptions import ErgateError, InvalidDefinitionError, JobNotFoundError, UnknownWorkflowError
+from .execution import execute_step
+from .job import Job
+from .job_status import JobStatus
+from .settings import ErgateSettings
+from .stores import JobStore, store_for_backend
+from .stores.base import job_document
+from .submission import new_job
+from .workflow import Workflow
+from .workflow_step import WorkflowStep
+
+logger = logging.getLogger("ergate_celery")
+
+_bindings: WeakKeyDictionary[Celery, ErgateCelery] = WeakKeyDictionary()
+
+_CELERY_OPTIONS = (
+    "queue",
+    "priority",
+    "rate_limit",
+    "time_limit",
+    "soft_time_limit",
+    "max_retries",
+    "default_retry_delay",
+    "acks_late",
+    "reject_on_worker_lost",
+)
+
+
+class StepTask(Task):  # type: ignore[type-arg]
+    """The Celery task class of every step; its one argument is the job as JSON."""
+
+    ergate: ErgateCelery
+    ergate_step: WorkflowStep[Any, Any]
+
+
+class ErgateCelery:
+    """The Ergate layer of one Celery app: `ErgateCelery(app)`, then register workflows."""
+
+    def __init__(self, app: Celery) -> None:
+        if not isinstance(app, Celery):
+            raise TypeError(f"ErgateCelery(app) takes a Celery app, got {type(app).__name__}")
+        if app in _bindings:
+            raise ErgateError(f"Celery app {app.main!r} already has an ErgateCelery")
+        self.app = app
+        self._workflows: dict[str, Workflow] = {}
+        self._store: JobStore | None = None
+        self._settings: ErgateSettings | None = None
+        self._pending_discovery: list[Callable[[], None]] = []
+        self._lock = threading.RLock()
+        _bindings[app] = self
+
+    @classmethod
+    def of(cls, app: Celery | None = None) -> ErgateCelery:
+        """The binding of `app` (default: Celery's current app)."""
+        app = app_or_default(app)
+        try:
+            return _bindings[app]
+        except KeyError:
+            raise ErgateError(
+                f"Celery app {app.main!r} has no ErgateCelery; create ErgateCelery(app) in the "
+                "module that creates your Celery app"
+            ) from None
+
+    @property
+    def settings(self) -> ErgateSettings:
+        """The `ergate_*` settings of the app, read once."""
+        if self._settings is None:
+            self._settings = ErgateSettings.from_conf(self.app.conf)
+        return self._settings
+
+    @property
+    def store(self) -> JobStore:
+        """Where jobs live: the store for the app's result backend."""
+        if self._store is None:
+            self._store = store_for_backend(self.app.backend, self.settings.max_payload_bytes)
+        return self._store
+
+    # Workflows ---------------------------------------------------------------------------
+
+    def register_workflow(self, workflow: Workflow) -> None:
+        """Check `workflow` and install one Celery task per step."""
+        if not isinstance(workflow, Workflow):
+            raise TypeError(
+                f"register_workflow takes a Workflow, got {type(workflow).__name__}; "
+                "create one with Workflow(unique_name=...)"
+            )
+        with self._lock:
+            existing = self._workflows.get(workflow.unique_name)
+            if existing is workflow:
+                return
+            if existing is not None:
+                raise InvalidDefinitionError(
+                    f"Another workflow named {workflow.unique_name!r} is already registered"
+                )
+            workflow.validate()
+            for step in workflow:
+                self._install_step(step)
+            self._workflows[workflow.unique_name] = workflow
+
+    def _install_step(self, step: WorkflowStep[Any, Any]) -> None:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "acks_late": settings.acks_late,
+            "reject_on_worker_lost": settings.reject_on_worker_lost,
+        }
+        options.update({k: v for k, v in step.task_options.items() if k in _CELERY_OPTIONS})
+        self.app.task(  # type: ignore[no-untyped-call]
+            name=step.task_name,
+            base=StepTask,
+            bind=True,
+            shared=False,
+            lazy=False,
+            ergate=self,
+            ergate_step=step,
+            **options,
+        )(_step_body)
+
+    def autodiscover_workflows(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]],
+        related_name: str = "workflows",
+        force: bool = False,
+    ) -> None:
+        """Register the workflows of `<package>.workflows` modules, as Celery finds tasks.
+
+        Unless `force`, modules are imported when the app is finalized or a job is first
+        submitted or run, so that the app module can be imported first.
+        """
+
+        def discover() -> None:
+            names = packages() if callable(packages) else packages
+            for package in names:
+                self._register_module(f"{package}.{related_name}")
+
+        if force or getattr(self.app, "finalized", False):
+            discover()
+            return
+        with self._lock:
+            self._pending_discovery.append(discover)
+        self.app.on_after_finalize.connect(
+            lambda sender, **kwargs: self._discover_pending(), weak=False
+        )
+
+    def _discover_pending(self) -> None:
+        with self._lock:
+            pending, self._pending_discovery = self._pending_discovery, []
+            for discover in pending:
+                discover()
+
+    def _register_module(self, module_name: str) -> None:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return
+            raise
+        for value in vars(module).values():
+            if isinstance(value, Workflow):
+                self.register_workflow(value)
+
+    def workflow(self, name: Any) -> Workflow:
+        """The registered workflow called `name`, or `UnknownWorkflowError`."""
+        if self._pending_discovery:
+            self._discover_pending()
+        if not isinstance(name, str):
+            raise TypeError(f"A workflow name is a string, got {type(name).__name__}")
+        try:
+            return self._workflows[name]
+        except KeyError:
+            known = ", ".join(sorted(self._workflows)) or "none"
+            raise UnknownWorkflowError(
+                f"No workflow named {name!r} is registered (registered: {known}); register it "
+                "with ErgateCelery.register_workflow() or autodiscover_workflows()"
+            ) from None
+
+    @property
+    def workflows(self) -> dict[str, Workflow]:
+        """The registered workflows by unique name."""
+        if self._pending_discovery:
+            self._discover_pending()
+        return dict(self._workflows)
+
+    # Jobs --------------------------------------------------------------------------------
+
+    def submit_job(
+        self,
+        workflow_name: str | Job,
+        *,
+        initial_input_value: Any = None,
+        user_context: Any = None,
+        requested_start_time: datetime | None = None,
+        id: str | None = None,
+    ) -> Job:
+        """Store a new job and publish its first step; returns the job as stored.
+
+        Pass a workflow name with keywords, or a `Job`. Nothing is stored or published when
+        the workflow is unknown or the input is invalid.
+        """
+        if isinstance(workflow_name, Job):
+            given = workflow_name
+            workflow_name = given.workflow_name
+            initial_input_value, user_context = given.initial_input_value, given.user_context
+            requested_start_time, id = given.requested_start_time, given.id
+        workflow = self.workflow(workflow_name)
+        job = new_job(
+            workflow,
+            initial_input_value=initial_input_value,
+            user_context=user_context,
+            requested_start_time=requested_start_time,
+            job_id=id,
+            now=datetime.now(UTC),
+        )
+        self.store.create(job)
+        if job.status is JobStatus.QUEUED:
+            try:
+                self.publish(job)
+            except Exception:
+                self.store.delete(str(job.id))
+                raise
+        return job
+
+    def publish(self, job: Job) -> None:
+        """Send the message of the job's current step."""
+        step = self.workflow(job.workflow_name)[job.current_step]
+        task = self.app.tasks[step.task_name]
+        task.apply_async(
+            args=(job_document(job),),
+            task_id=f"{job.id}:{job.steps_completed}",
+            **self._display_options(job, step),
+        )
+
+    def _display_options(self, job: Job, step: WorkflowStep[Any, Any]) -> dict[str, Any]:
+        if self.settings.show_task_args:
+            return {}
+        return {
+            "argsrepr": f"job={job.id} workflow={job.workflow_name} step={step.name}"
+            f"#{step.index} [input and context redacted]",
+            "kwargsrepr": "{}",
+        }
+
+    def get_job(self, job_id: str) -> Job:
+        """The stored job, or `JobNotFoundError`."""
+        if not isinstance(job_id, str):
+            raise TypeError(f"A job id is a string, got {type(job_id).__name__}")
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
+        return job
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Cancel a job; returns it as it is now (a finished job is left as it was).
+
+        SCHEDULED or QUEUED become CANCELLED and run no step; RUNNING becomes CANCELLING and
+        CANCELLED at the end of the running step.
+        """
+        current = self.get_job(job_id)
+
+        def cancel(stored: Job) -> Job | None:
+            if stored.status in (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.PENDING):
+                return stored.model_copy(update={"status": JobStatus.CANCELLED})
+            if stored.status is JobStatus.RUNNING:
+                return stored.model_copy(update={"status": JobStatus.CANCELLING})
+            return None
+
+        changed = self.store.update(job_id, cancel)
+        return changed if changed is not None else self.get_job(current.id)
+
+    def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job is final and return it; `TimeoutError` after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if job.is_final:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"Job {job_id!r} is still {job.status.name} after {timeout} s")
+            time.sleep(self.settings.wait_poll_interval)
+
+
+def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:
+    return execute_step(self.ergate, self.ergate_step, self, payload)

@@ -1,0 +1,154 @@
+"""Works out, once per step definition, what each parameter receives, and provides it per run."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, get_args, get_origin
+
+from .annotations import Context, Depends, Input, Marker
+from .exceptions import InvalidDefinitionError
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """One parameter of a step or dependency and what it receives."""
+
+    name: str
+    positional: bool
+    marker: Marker
+    annotation: Any
+    dependency_plan: CallPlan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """How to call one function: its parameters in order."""
+
+    function: Callable[..., Any]
+    parameters: tuple[Parameter, ...]
+
+    @property
+    def input_annotation(self) -> Any:
+        """The annotated type of the first parameter receiving the input, or `Any`."""
+        for parameter in self.parameters:
+            if isinstance(parameter.marker, Input):
+                return parameter.annotation
+        return Any
+
+
+def plan_call(function: Callable[..., Any]) -> CallPlan:
+    """Inspect `function` once; raise `InvalidDefinitionError` for what cannot be injected."""
+    signature = _signature(function)
+    parameters = []
+    for param in signature.parameters.values():
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise InvalidDefinitionError(
+                f"{_name(function)}: parameter *{param.name} cannot be injected; "
+                "give each input, context or dependency its own named parameter"
+            )
+        marker, annotation = _marker_of(function, param)
+        plan = None
+        if isinstance(marker, Depends):
+            if not inspect.isgeneratorfunction(marker.dependency):
+                raise InvalidDefinitionError(
+                    f"{_name(function)}: dependency {_name(marker.dependency)} of parameter "
+                    f"{param.name!r} must be a generator function that yields its value"
+                )
+            plan = plan_call(marker.dependency)
+        parameters.append(
+            Parameter(
+                name=param.name,
+                positional=param.kind is inspect.Parameter.POSITIONAL_ONLY,
+                marker=marker,
+                annotation=annotation,
+                dependency_plan=plan,
+            )
+        )
+    return CallPlan(function, tuple(parameters))
+
+
+@contextmanager
+def injected_arguments(
+    plan: CallPlan, input_value: Any, user_context: Any
+) -> Iterator[tuple[list[Any], dict[str, Any]]]:
+    """Set up the arguments of one call; dependencies are torn down on exit, also on error."""
+    with ExitStack() as stack:
+        cache: dict[Callable[..., Any], Any] = {}
+        yield _arguments(plan, input_value, user_context, stack, cache)
+
+
+def _arguments(
+    plan: CallPlan,
+    input_value: Any,
+    user_context: Any,
+    stack: ExitStack,
+    cache: dict[Callable[..., Any], Any],
+) -> tuple[list[Any], dict[str, Any]]:
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for parameter in plan.parameters:
+        value = _value(parameter, input_value, user_context, stack, cache)
+        if parameter.positional:
+            args.append(value)
+        else:
+            kwargs[parameter.name] = value
+    return args, kwargs
+
+
+def _value(
+    parameter: Parameter,
+    input_value: Any,
+    user_context: Any,
+    stack: ExitStack,
+    cache: dict[Callable[..., Any], Any],
+) -> Any:
+    if isinstance(parameter.marker, Input):
+        return input_value
+    if isinstance(parameter.marker, Context):
+        return user_context
+    plan = parameter.dependency_plan
+    assert plan is not None
+    if plan.function in cache:
+        return cache[plan.function]
+    args, kwargs = _arguments(plan, input_value, user_context, stack, cache)
+    value = stack.enter_context(contextmanager(plan.function)(*args, **kwargs))
+    cache[plan.function] = value
+    return value
+
+
+def _signature(function: Callable[..., Any]) -> inspect.Signature:
+    # String annotations (from __future__ import annotations) are resolved when they can be,
+    # so Annotated markers still work; unresolvable ones are read as plain inputs.
+    try:
+        return inspect.signature(function, eval_str=True)
+    except Exception:
+        return inspect.signature(function)
+
+
+def _marker_of(function: Callable[..., Any], param: inspect.Parameter) -> tuple[Marker, Any]:
+    annotation = param.annotation
+    if isinstance(annotation, str) and "Annotated[" in annotation:
+        raise InvalidDefinitionError(
+            f"{_name(function)}: cannot resolve the annotation {annotation!r} of parameter "
+            f"{param.name!r}; with `from __future__ import annotations`, Depends/Context "
+            "markers and their dependencies must be importable names (defined at module level)"
+        )
+    if annotation is inspect.Parameter.empty:
+        return Input(), Any
+    if get_origin(annotation) is not Annotated:
+        return Input(), annotation
+    base, *metadata = get_args(annotation)
+    markers = [m for m in metadata if isinstance(m, Input | Context | Depends)]
+    if len(markers) > 1:
+        raise InvalidDefinitionError(
+            f"{_name(function)}: parameter {param.name!r} has {len(markers)} markers; "
+            "use exactly one of Input(), Context() or Depends(...)"
+        )
+    return (markers[0] if markers else Input()), base
+
+
+def _name(function: Callable[..., Any]) -> str:
+    return getattr(function, "__qualname__", repr(function))

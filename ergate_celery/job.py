@@ -1,0 +1,59 @@
+"""The job: one execution of a workflow, as Ergate's `Job` model plus what Celery needs."""
+
+from __future__ import annotations
+
+import copy
+import traceback as traceback_module
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .job_status import JobStatus
+
+
+class JobError(BaseModel):
+    """Why a job failed: the exception's type, message and traceback, and the step."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    step: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, step: str | None = None) -> JobError:
+        """Describe `exc`, with its traceback when it has one."""
+        trace = None
+        if exc.__traceback__ is not None:
+            trace = "".join(traceback_module.format_exception(exc))
+        return cls(type=type(exc).__qualname__, message=str(exc), traceback=trace, step=step)
+
+
+class Job(BaseModel):
+    """One execution of a workflow; travels between steps as `model_dump(mode="json")`."""
+
+    id: Any = None
+    workflow_name: str
+    status: JobStatus = JobStatus.QUEUED
+    current_step: int = Field(default=0, ge=0)
+    steps_completed: int = Field(default=0, ge=0)
+    percent_completed: float = Field(default=0.0, ge=0.0, le=100.0)
+    initial_input_value: Any = None
+    last_return_value: Any = None
+    user_context: Any = None
+    requested_start_time: datetime | None = None
+    error: JobError | None = None
+
+    def get_input_value(self) -> Any:
+        """A deep copy of the value the current step receives."""
+        return copy.deepcopy(self.input_value)
+
+    @property
+    def input_value(self) -> Any:
+        """The current step's input: the initial input before any step completed."""
+        return self.initial_input_value if self.steps_completed == 0 else self.last_return_value
+
+    @property
+    def is_final(self) -> bool:
+        """True when no step of this job will run any more."""
+        return self.status.is_final

@@ -1,0 +1,26 @@
+"""Path hints a step declares in `paths=`, used to predict how many steps a job runs."""
+
+from __future__ import annotations
+
+
+class WorkflowPath:
+    """A way a step can hand over to what comes next."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(repr(v) for v in vars(self).values())
+        return f"{type(self).__name__}({args})"
+
+
+class NextStepPath(WorkflowPath):
+    """The step returns normally and the following step runs."""
+
+
+class GoToEndPath(WorkflowPath):
+    """The step raises `GoToEnd`."""
+
+
+class GoToStepPath(WorkflowPath):
+    """The step raises `GoToStep` towards the step called `step_name`."""
+
+    def __init__(self, step_name: str) -> None:
+        self.step_name = step_name

@@ -1,0 +1,48 @@
+"""Every `ergate_*` setting, read once from `app.conf` (Django: `CELERY_ERGATE_*`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .exceptions import ErgateError
+
+
+class ImproperlyConfiguredError(ErgateError):
+    """An `ergate_*` setting has a value of the wrong type or range."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErgateSettings:
+    """The settings with their defaults; see the README's settings table."""
+
+    #: Acknowledge a step's message only after the step ran, so a lost worker's step reruns.
+    acks_late: bool = True
+    #: With acks_late, requeue the step when its worker process dies (SIGKILL, OOM).
+    reject_on_worker_lost: bool = True
+    #: Show input and user context in task args (logs, Flower); off: they may hold personal data.
+    show_task_args: bool = False
+    #: The largest job record or step message, in bytes, as JSON.
+    max_payload_bytes: int = 1_000_000
+    #: How often `wait_for_job` reads the job, in seconds.
+    wait_poll_interval: float = 0.05
+
+    @classmethod
+    def from_conf(cls, conf: Any) -> ErgateSettings:
+        """Read `ergate_<name>` for every field, checking each value's type."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            key = f"ergate_{field.name}"
+            value = conf.get(key)
+            if value is None:
+                continue
+            default = field.default
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ImproperlyConfiguredError(f"{key} must be True or False, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ImproperlyConfiguredError(f"{key} must be a positive number, got {value!r}")
+            elif isinstance(default, int) and not isinstance(value, int):
+                raise ImproperlyConfiguredError(f"{key} must be a whole number, got {value!r}")
+            values[field.name] = value
+        return cls(**values)

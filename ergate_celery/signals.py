@@ -1,0 +1,28 @@
+"""Celery signals for the job lifecycle; connect with `@job_completed.connect`.
+
+Each is sent with `sender` set to the step's task name and `job` (the job as stored after the
+change). A receiver that raises is logged by Celery and does not affect the job.
+"""
+
+from celery.utils.dispatch import Signal
+
+job_started = Signal(name="ergate.job_started")
+"""The job's first step began running."""
+
+step_started = Signal(name="ergate.step_started")
+"""A step began running (also when a retried or redelivered step runs again)."""
+
+step_completed = Signal(name="ergate.step_completed")
+"""A step's outcome was stored; `job` holds the status and progress after it."""
+
+job_completed = Signal(name="ergate.job_completed")
+"""The job reached COMPLETED."""
+
+job_failed = Signal(name="ergate.job_failed")
+"""The job reached FAILED; `job.error` says why."""
+
+job_aborted = Signal(name="ergate.job_aborted")
+"""A step raised AbortJob."""
+
+job_cancelled = Signal(name="ergate.job_cancelled")
+"""The job reached CANCELLED."""

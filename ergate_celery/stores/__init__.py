@@ -1,0 +1,32 @@
+"""Pick the job store that matches the Celery app's result backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..exceptions import UnsupportedBackendError
+from .base import Change, JobStore
+
+__all__ = ["Change", "JobStore", "store_for_backend"]
+
+
+def store_for_backend(backend: Any, max_bytes: int) -> JobStore:
+    """The store for `backend`, or `UnsupportedBackendError` saying which backends work."""
+    module = type(backend).__module__
+    if module == "celery.backends.redis":
+        from .redis import RedisJobStore
+
+        return RedisJobStore(backend, max_bytes)
+    if module.startswith("celery.backends.database"):
+        from .sqlalchemy import SQLAlchemyJobStore
+
+        return SQLAlchemyJobStore(backend, max_bytes)
+    if module.startswith("django_celery_results.backends.database"):
+        from .django import DjangoJobStore
+
+        return DjangoJobStore(backend, max_bytes)
+    raise UnsupportedBackendError(
+        f"ergate_celery keeps jobs in the result backend, and {type(backend).__name__} "
+        f"({module}) is not supported; set result_backend to redis://..., db+postgresql://..., "
+        "db+sqlite:///... or django-db (django-celery-results)"
+    )

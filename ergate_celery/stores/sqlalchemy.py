@@ -1,0 +1,98 @@
+"""Job records in the SQLAlchemy result backend's `celery_taskmeta` table."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from ..exceptions import DuplicateJobError
+from ..job import Job
+from .base import Change, check_size, job_document, job_from_document
+
+
+class SQLAlchemyJobStore:
+    """One row per job in Celery's task table; changes are conditional UPDATEs."""
+
+    def __init__(self, backend: Any, max_bytes: int) -> None:
+        self.backend = backend
+        self.max_bytes = max_bytes
+        self.table: sa.Table = backend.task_cls.__table__
+        self._engine: sa.Engine | None = None
+        self._engine_pid = 0
+
+    @property
+    def engine(self) -> sa.Engine:
+        # One pooled engine per process: a pool must not cross a fork into prefork children.
+        if self._engine is None or self._engine_pid != os.getpid():
+            options = dict(self.backend.engine_options)
+            if str(self.backend.url).startswith("sqlite"):
+                options.setdefault("connect_args", {"timeout": 30})
+            engine = sa.create_engine(self.backend.url, **options)
+            self.table.metadata.create_all(engine, tables=[self.table])
+            self._engine, self._engine_pid = engine, os.getpid()
+        return self._engine
+
+    def _values(self, job: Job) -> dict[str, Any]:
+        encoded = self.backend.encode(job_document(job))
+        if isinstance(encoded, str):  # the JSON serializer gives text; the column is binary
+            encoded = encoded.encode()
+        check_size(job, encoded, self.max_bytes)
+        return {
+            "status": job.status.name,
+            "result": encoded,
+            "traceback": job.error.traceback if job.error else None,
+            # Celery's backend_cleanup leaves rows without date_done alone: unfinished jobs
+            # keep it NULL so that they never expire.
+            "date_done": datetime.now(UTC).replace(tzinfo=None) if job.is_final else None,
+        }
+
+    def _decode(self, raw: bytes) -> Job:
+        return job_from_document(self.backend.decode(raw))
+
+    def create(self, job: Job) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(self.table).values(task_id=str(job.id), **self._values(job)))
+        except IntegrityError:
+            raise DuplicateJobError(
+                f"A job with id {job.id!r} already exists; submit without id= to get a new one"
+            ) from None
+
+    def get(self, job_id: str) -> Job | None:
+        with self.engine.connect() as conn:
+            raw = conn.execute(
+                sa.select(self.table.c.result).where(self.table.c.task_id == job_id)
+            ).scalar()
+        return None if raw is None else self._decode(raw)
+
+    def update(self, job_id: str, change: Change) -> Job | None:
+        column = self.table.c
+        while True:
+            with self.engine.begin() as conn:
+                row = conn.execute(
+                    sa.select(column.status, column.result).where(column.task_id == job_id)
+                ).first()
+                if row is None or row.result is None:
+                    return None
+                new = change(self._decode(row.result))
+                if new is None:
+                    return None
+                written = conn.execute(
+                    sa.update(self.table)
+                    .where(
+                        column.task_id == job_id,
+                        column.status == row.status,
+                        column.result == row.result,
+                    )
+                    .values(**self._values(new))
+                )
+                if written.rowcount == 1:
+                    return new
+
+    def delete(self, job_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(self.table).where(self.table.c.task_id == job_id))

@@ -1,0 +1,95 @@
+"""Validation at the edge: everything `submit_job` checks before anything is stored."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from .exceptions import InvalidInputError
+from .job import Job
+from .job_status import JobStatus
+from .workflow import Workflow
+
+MAX_JOB_ID_LENGTH = 100
+
+
+def new_job(
+    workflow: Workflow,
+    *,
+    initial_input_value: Any,
+    user_context: Any,
+    requested_start_time: Any,
+    job_id: Any,
+    now: datetime,
+) -> Job:
+    """The job to store for a submission, in its JSON form, or `InvalidInputError`."""
+    start = _start_time(requested_start_time)
+    input_json = _jsonable("initial_input_value", initial_input_value)
+    context_json = _jsonable("user_context", user_context)
+    _check_input_type(workflow, input_json)
+    return Job(
+        id=_job_id(job_id),
+        workflow_name=workflow.unique_name,
+        status=JobStatus.SCHEDULED if start is not None and start > now else JobStatus.QUEUED,
+        initial_input_value=input_json,
+        user_context=context_json,
+        requested_start_time=start,
+    )
+
+
+def _job_id(job_id: Any) -> str:
+    if job_id is None:
+        return str(uuid.uuid4())
+    if not isinstance(job_id, str):
+        raise InvalidInputError(
+            f"Job id must be a string, got {type(job_id).__name__} {job_id!r}; "
+            "pass id=str(...) or leave it out to get a UUID"
+        )
+    if not 0 < len(job_id) <= MAX_JOB_ID_LENGTH or not job_id.isprintable() or " " in job_id:
+        raise InvalidInputError(
+            f"Job id {job_id[:120]!r} must be 1 to {MAX_JOB_ID_LENGTH} printable characters "
+            "without spaces"
+        )
+    return job_id
+
+
+def _start_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidInputError(
+            f"requested_start_time must be a datetime or None, got {type(value).__name__}"
+        )
+    # A naive datetime is UTC, as Celery reads a naive eta.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _jsonable(name: str, value: Any) -> Any:
+    try:
+        return to_jsonable_python(value)
+    except (PydanticSerializationError, ValueError, TypeError) as exc:
+        raise InvalidInputError(
+            f"{name} is not JSON-serializable ({exc}); jobs travel as JSON, so pass dicts, "
+            "lists, strings, numbers, booleans, None (or pydantic models, dates, UUIDs)"
+        ) from None
+
+
+def _check_input_type(workflow: Workflow, value: Any) -> None:
+    step = workflow[0]
+    annotation = step.plan.input_annotation
+    if annotation is Any:
+        return
+    try:
+        TypeAdapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        raise InvalidInputError(
+            f"initial_input_value does not fit the input type of {step} ({annotation!r}): "
+            f"{exc.errors(include_url=False)}"
+        ) from None
+    except Exception:
+        # An annotation pydantic cannot build a validator for is not checked.
+        return

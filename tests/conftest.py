@@ -1,0 +1,153 @@
+"""Fixtures: one per real broker/backend setup, and an in-process worker on it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+from ergate_celery import ErgateCelery
+
+from .services import (
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    POSTGRES_URL,
+    RABBITMQ_HOST,
+    RABBITMQ_PORT,
+    RABBITMQ_URL,
+    REDIS_HOST,
+    REDIS_PORT,
+    REDIS_URL,
+    require,
+)
+
+SETUPS = ("redis", "rabbitmq_postgres", "embedded")
+TEST_SCHEMA = "ergate_test"
+
+
+@dataclass
+class Setup:
+    """A configured Celery app with its ErgateCelery, on one broker/backend pair."""
+
+    name: str
+    app: Celery
+    ergate: ErgateCelery
+
+
+def _postgres_empty() -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {TEST_SCHEMA} CASCADE"))
+        conn.execute(sa.text(f"CREATE SCHEMA {TEST_SCHEMA}"))
+    engine.dispose()
+
+
+def _redis_flush() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def _conf(name: str, tmp_path: Path) -> dict[str, Any]:
+    queue = f"ergate-test-{uuid.uuid4().hex[:12]}"
+    common: dict[str, Any] = {
+        "task_default_queue": queue,
+        "broker_connection_retry_on_startup": False,
+        "result_extended": True,
+        "worker_hijack_root_logger": False,
+    }
+    if name == "redis":
+        require("Redis", REDIS_HOST, REDIS_PORT)
+        _redis_flush()
+        return {**common, "broker_url": REDIS_URL, "result_backend": REDIS_URL}
+    if name == "rabbitmq_postgres":
+        require("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+        require("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+        _postgres_empty()
+        return {
+            **common,
+            "broker_url": RABBITMQ_URL,
+            "result_backend": f"db+{POSTGRES_URL}",
+            # A schema of the tests' own, emptied around each test, as rq does with its Redis db.
+            "database_table_schemas": {"task": TEST_SCHEMA, "group": TEST_SCHEMA},
+        }
+    if name == "embedded":
+        from ergate_celery.embedded_broker import embedded_broker_settings
+
+        return {
+            **common,
+            **embedded_broker_settings(tmp_path / "broker"),
+            "result_backend": f"db+sqlite:///{tmp_path / 'results.sqlite'}",
+        }
+    raise ValueError(name)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a test using `setup` once per setup; `@pytest.mark.setup("redis")` narrows it."""
+    if "setup_name" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("setup")
+        names = list(marker.args) if marker is not None else list(SETUPS)
+        metafunc.parametrize("setup_name", names)
+
+
+@pytest.fixture
+def make_setup(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
+    """Build a fresh app and ErgateCelery on a named setup (cleaned up afterwards)."""
+    made: list[Setup] = []
+
+    def make(name: str, **conf: Any) -> Setup:
+        app = Celery(f"test_{name}", set_as_current=True)
+        app.conf.update(_conf(name, tmp_path))
+        app.conf.update(conf)
+        setup = Setup(name, app, ErgateCelery(app))
+        made.append(setup)
+        return setup
+
+    yield make
+    for setup in made:
+        if setup.name == "redis":
+            _redis_flush()
+        elif setup.name == "rabbitmq_postgres":
+            _delete_queues(setup.app)
+            _postgres_empty()
+        setup.app.close()
+
+
+def _delete_queues(app: Celery) -> None:
+    # Each test publishes to queues of its own; leave none behind in the shared RabbitMQ.
+    default = app.conf.task_default_queue
+    with app.connection_for_write() as conn:
+        for queue in (default, f"{default}-special"):
+            conn.default_channel.queue_delete(queue)
+
+
+@pytest.fixture
+def setup(setup_name: str, make_setup: Callable[[str], Setup]) -> Setup:
+    """A fresh app on each setup in turn."""
+    return make_setup(setup_name)
+
+
+@pytest.fixture
+def worker(setup: Setup) -> Callable[[], Any]:
+    """Start an in-process worker (2 threads) for `setup.app` once the test registered its
+    workflows: `with worker(): ...`."""
+
+    def start() -> Any:
+        return start_worker(
+            setup.app,
+            pool="threads",
+            concurrency=2,
+            perform_ping_check=False,
+            shutdown_timeout=30,
+            loglevel="WARNING",
+        )
+
+    return start
