@@ -16,6 +16,8 @@ def submit_job(
     user_context: Any = None,
     requested_start_time: datetime | None = None,
     id: str | None = None,
+    priority: int | None = None,
+    deadline: datetime | None = None,
 ) -> Job:
     """`ErgateCelery.submit_job` on the current Celery app."""
     return ErgateCelery.of().submit_job(
@@ -24,6 +26,8 @@ def submit_job(
         user_context=user_context,
         requested_start_time=requested_start_time,
         id=id,
+        priority=priority,
+        deadline=deadline,
     )
 
 

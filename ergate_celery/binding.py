@@ -14,6 +14,7 @@ from weakref import WeakKeyDictionary
 from celery import Celery, Task
 from celery.app import app_or_default
 
+from . import beat
 from .exceptions import ErgateError, InvalidDefinitionError, JobNotFoundError, UnknownWorkflowError
 from .execution import execute_step
 from .job import Job
@@ -64,6 +65,7 @@ class ErgateCelery:
         self._pending_discovery: list[Callable[[], None]] = []
         self._lock = threading.RLock()
         _bindings[app] = self
+        beat.install(self)
 
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
@@ -206,17 +208,22 @@ class ErgateCelery:
         user_context: Any = None,
         requested_start_time: datetime | None = None,
         id: str | None = None,
+        priority: int | None = None,
+        deadline: datetime | None = None,
     ) -> Job:
         """Store a new job and publish its first step; returns the job as stored.
 
-        Pass a workflow name with keywords, or a `Job`. Nothing is stored or published when
-        the workflow is unknown or the input is invalid.
+        Pass a workflow name with keywords, or a `Job`. A future `requested_start_time`
+        stores the job SCHEDULED for beat to release. `priority` applies to every step
+        message; a job not started by `deadline` ends FAILED. Nothing is stored or
+        published when the workflow is unknown or the input is invalid.
         """
         if isinstance(workflow_name, Job):
             given = workflow_name
             workflow_name = given.workflow_name
             initial_input_value, user_context = given.initial_input_value, given.user_context
             requested_start_time, id = given.requested_start_time, given.id
+            priority, deadline = given.priority, given.deadline
         workflow = self.workflow(workflow_name)
         job = new_job(
             workflow,
@@ -224,6 +231,8 @@ class ErgateCelery:
             user_context=user_context,
             requested_start_time=requested_start_time,
             job_id=id,
+            priority=priority,
+            deadline=deadline,
             now=datetime.now(UTC),
         )
         self.store.create(job)
@@ -239,10 +248,11 @@ class ErgateCelery:
         """Send the message of the job's current step."""
         step = self.workflow(job.workflow_name)[job.current_step]
         task = self.app.tasks[step.task_name]
+        options = self._display_options(job, step)
+        if job.priority is not None:
+            options["priority"] = job.priority
         task.apply_async(
-            args=(job_document(job),),
-            task_id=f"{job.id}:{job.steps_completed}",
-            **self._display_options(job, step),
+            args=(job_document(job),), task_id=f"{job.id}:{job.steps_completed}", **options
         )
 
     def _display_options(self, job: Job, step: WorkflowStep[Any, Any]) -> dict[str, Any]:
@@ -253,6 +263,35 @@ class ErgateCelery:
             f"#{step.index} [input and context redacted]",
             "kwargsrepr": "{}",
         }
+
+    def add_periodic_job(
+        self,
+        workflow_name: str,
+        schedule: Any,
+        *,
+        name: str | None = None,
+        initial_input_value: Any = None,
+        user_context: Any = None,
+    ) -> str:
+        """Have beat submit a new job of `workflow_name` on `schedule` (seconds, timedelta,
+        crontab or solar); returns the `beat_schedule` key."""
+        self.workflow(workflow_name)
+        entry = beat.periodic_entry(
+            workflow_name,
+            schedule,
+            initial_input_value=initial_input_value,
+            user_context=user_context,
+        )
+        key = name or f"ergate: {workflow_name} every {schedule}"
+
+        def add(**kwargs: Any) -> None:
+            self.app.conf.beat_schedule[key] = entry
+
+        if getattr(self.app, "configured", False):
+            add()
+        else:
+            self.app.on_after_configure.connect(add, weak=False)
+        return key
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""

@@ -8,6 +8,7 @@ stale message never runs later steps twice.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
@@ -61,6 +62,9 @@ def execute_step(
             return stored.model_copy(update={"status": JobStatus.CANCELLED})
         if stored.status not in _RUNNABLE:
             return None
+        first_run = stored.status is JobStatus.QUEUED and stored.steps_completed == 0
+        if first_run and stored.deadline_passed(datetime.now(UTC)):
+            return stored.expired()
         was_queued[:] = [stored.status is JobStatus.QUEUED]
         return stored.model_copy(update={"status": JobStatus.RUNNING})
 

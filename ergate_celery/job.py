@@ -43,6 +43,24 @@ class Job(BaseModel):
     user_context: Any = None
     requested_start_time: datetime | None = None
     error: JobError | None = None
+    priority: int | None = Field(default=None, ge=0, le=255)
+    deadline: datetime | None = None
+
+    def deadline_passed(self, now: datetime) -> bool:
+        """True when the job has a deadline and `now` is past it."""
+        return self.deadline is not None and now > self.deadline
+
+    def expired(self) -> Job:
+        """This job FAILED because it was not started before its deadline."""
+        return self.model_copy(
+            update={
+                "status": JobStatus.FAILED,
+                "error": JobError(
+                    type="DeadlineExpired",
+                    message=f"The job was not started before its deadline {self.deadline}",
+                ),
+            }
+        )
 
     def get_input_value(self) -> Any:
         """A deep copy of the value the current step receives."""

@@ -26,6 +26,12 @@ class ErgateSettings:
     max_payload_bytes: int = 1_000_000
     #: How often `wait_for_job` reads the job, in seconds.
     wait_poll_interval: float = 0.05
+    #: Install `ergate.release_scheduled_jobs` into `beat_schedule`.
+    beat_enabled: bool = True
+    #: Seconds between two runs of `ergate.release_scheduled_jobs`.
+    schedule_interval: float = 1.0
+    #: Due jobs read from the index per query by one release run.
+    release_batch_size: int = 500
 
     @classmethod
     def from_conf(cls, conf: Any) -> ErgateSettings:

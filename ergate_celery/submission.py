@@ -25,9 +25,18 @@ def new_job(
     requested_start_time: Any,
     job_id: Any,
     now: datetime,
+    priority: Any = None,
+    deadline: Any = None,
 ) -> Job:
     """The job to store for a submission, in its JSON form, or `InvalidInputError`."""
-    start = _start_time(requested_start_time)
+    start = _utc("requested_start_time", requested_start_time)
+    end = _utc("deadline", deadline)
+    if priority is not None and (
+        not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 255
+    ):
+        raise InvalidInputError(
+            f"priority must be a whole number from 0 to 255 (Celery's range), got {priority!r}"
+        )
     input_json = _jsonable("initial_input_value", initial_input_value)
     context_json = _jsonable("user_context", user_context)
     _check_input_type(workflow, input_json)
@@ -38,6 +47,8 @@ def new_job(
         initial_input_value=input_json,
         user_context=context_json,
         requested_start_time=start,
+        priority=priority,
+        deadline=end,
     )
 
 
@@ -57,13 +68,11 @@ def _job_id(job_id: Any) -> str:
     return job_id
 
 
-def _start_time(value: Any) -> datetime | None:
+def _utc(name: str, value: Any) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, datetime):
-        raise InvalidInputError(
-            f"requested_start_time must be a datetime or None, got {type(value).__name__}"
-        )
+        raise InvalidInputError(f"{name} must be a datetime or None, got {type(value).__name__}")
     # A naive datetime is UTC, as Celery reads a naive eta.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 

@@ -24,6 +24,7 @@ from .services import (
     REDIS_HOST,
     REDIS_PORT,
     REDIS_URL,
+    redis_flush,
     require,
 )
 
@@ -50,12 +51,6 @@ def _postgres_empty() -> None:
     engine.dispose()
 
 
-def _redis_flush() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-
-
 def _conf(name: str, tmp_path: Path) -> dict[str, Any]:
     queue = f"ergate-test-{uuid.uuid4().hex[:12]}"
     common: dict[str, Any] = {
@@ -66,7 +61,7 @@ def _conf(name: str, tmp_path: Path) -> dict[str, Any]:
     }
     if name == "redis":
         require("Redis", REDIS_HOST, REDIS_PORT)
-        _redis_flush()
+        redis_flush()
         return {**common, "broker_url": REDIS_URL, "result_backend": REDIS_URL}
     if name == "rabbitmq_postgres":
         require("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
@@ -114,7 +109,7 @@ def make_setup(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
     yield make
     for setup in made:
         if setup.name == "redis":
-            _redis_flush()
+            redis_flush()
         elif setup.name == "rabbitmq_postgres":
             _delete_queues(setup.app)
             _postgres_empty()

@@ -1,4 +1,4 @@
-"""Which real services are reachable; an absent one skips, or fails under ERGATE_REQUIRE_SERVICES."""
+"""Which real services are up: an absent one skips, or fails under ERGATE_REQUIRE_SERVICES."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ START_HINTS = {
     "RabbitMQ": "rabbitmq-server -detached",
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
 }
+
+
+def redis_flush() -> None:
+    """Empty the tests' own Redis database."""
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 def services_required() -> bool:

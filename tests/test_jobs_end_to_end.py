@@ -61,7 +61,13 @@ def test_job_completes_and_lives_in_result_backend(setup: Setup, worker: Any) ->
 def test_step_tasks_are_named_after_workflow_and_step(setup: Setup) -> None:
     setup.ergate.register_workflow(_order_workflow())
     names = {name for name in setup.app.tasks if name.startswith("ergate.")}
-    assert names == {"ergate.order.validate", "ergate.order.price", "ergate.order.confirm"}
+    assert names == {
+        "ergate.order.validate",
+        "ergate.order.price",
+        "ergate.order.confirm",
+        "ergate.release_scheduled_jobs",
+        "ergate.submit_job",
+    }
 
 
 def test_running_status_is_visible_while_a_step_runs(setup: Setup, worker: Any) -> None:
@@ -139,9 +145,9 @@ def test_running_job_cancelled_stops_at_step_boundary(setup: Setup, worker: Any)
 def test_cancelling_a_finished_job_leaves_it_unchanged(setup: Setup, worker: Any) -> None:
     setup.ergate.register_workflow(_order_workflow())
     with worker():
-        job = submit_job("order", initial_input_value={"sku": "B", "qty": 1}, user_context={
-            "unit_price": 2
-        })
+        job = submit_job(
+            "order", initial_input_value={"sku": "B", "qty": 1}, user_context={"unit_price": 2}
+        )
         done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
     after = cancel_job(job.id)
     assert after == done

@@ -70,8 +70,12 @@ BAD_SUBMISSIONS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("id with a space", {"id": "a b"}, InvalidInputError, "without spaces"),
     ("start time a string", {"requested_start_time": "soon"}, InvalidInputError, "datetime"),
     ("start time a date", {"requested_start_time": date(2030, 1, 1)}, InvalidInputError, "date"),
-    ("oversized input", {"initial_input_value": 1, "user_context": "x" * 2_000_000},
-     InvalidInputError, "ergate_max_payload_bytes"),
+    (
+        "oversized input",
+        {"initial_input_value": 1, "user_context": "x" * 2_000_000},
+        InvalidInputError,
+        "ergate_max_payload_bytes",
+    ),
 ]
 
 

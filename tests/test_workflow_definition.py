@@ -29,7 +29,7 @@ def test_duplicate_step_name_is_invalid_definition() -> None:
     with pytest.raises(InvalidDefinitionError, match="already has a step named 'first'"):
 
         @workflow.step
-        def first(x: int) -> int:  # noqa: F811 - the duplicate under test
+        def first(x: int) -> int:
             return x
 
 

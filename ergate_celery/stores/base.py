@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from ..exceptions import InvalidInputError
@@ -17,7 +18,10 @@ class JobStore(Protocol):
     """Reads and atomically changes job records; one implementation per result backend."""
 
     def create(self, job: Job) -> None:
-        """Store a new job; `DuplicateJobError` if its id is taken (that record is untouched)."""
+        """Store a new job; `DuplicateJobError` if its id is taken (that record is untouched).
+
+        A SCHEDULED job is added to the due-time index in the same atomic write.
+        """
 
     def get(self, job_id: str) -> Job | None:
         """The stored job, or None."""
@@ -28,6 +32,12 @@ class JobStore(Protocol):
     def delete(self, job_id: str) -> None:
         """Remove a job record (used to undo a submission whose publish failed)."""
 
+    def due(self, now: datetime, limit: int) -> list[str]:
+        """Ids in the scheduled index due at `now`, earliest first: a range query."""
+
+    def unschedule(self, job_id: str) -> None:
+        """Drop a job from the scheduled index (it was released, cancelled or is gone)."""
+
 
 def job_document(job: Job) -> dict[str, Any]:
     """The job as the JSON document stored as the Celery result."""
@@ -37,6 +47,12 @@ def job_document(job: Job) -> dict[str, Any]:
 def job_from_document(document: Any) -> Job:
     """Rebuild a job from its stored document."""
     return Job.model_validate(document)
+
+
+def due_at(job: Job) -> datetime:
+    """When a scheduled job is due (UTC)."""
+    assert job.requested_start_time is not None, "a SCHEDULED job has a requested_start_time"
+    return job.requested_start_time
 
 
 def check_size(job: Job, encoded: bytes | str, max_bytes: int) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from django.apps import apps
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..exceptions import DuplicateJobError
+from ..exceptions import DuplicateJobError, ErgateError
 from ..job import Job
-from .base import Change, check_size, job_document, job_from_document
+from ..job_status import JobStatus
+from .base import Change, check_size, due_at, job_document, job_from_document
+
+# django-celery-results' backend_cleanup deletes rows by date_done whatever their status, so
+# an unfinished job carries a date_done that never comes; it gets the real one when it ends.
+_NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 class DjangoJobStore:
@@ -30,16 +38,28 @@ class DjangoJobStore:
             "content_encoding": content_encoding,
             "traceback": job.error.traceback if job.error else None,
             "task_name": f"ergate.{job.workflow_name}",
-            "date_done": timezone.now(),
+            "date_done": timezone.now() if job.is_final else _never(),
         }
 
     def _decode(self, row: Any) -> Job:
         return job_from_document(self.backend.decode_content(row, row.result))
 
+    @property
+    def schedule(self) -> Any:
+        if not apps.is_installed("ergate_celery.contrib.django"):
+            raise ErgateError(
+                "Scheduled jobs on the django-db backend need the ergate_celery Django app: "
+                'add "ergate_celery.contrib.django" to INSTALLED_APPS and run migrate'
+            )
+        return apps.get_model("ergate_celery", "ScheduledJob")
+
     def create(self, job: Job) -> None:
+        schedule = self.schedule if job.status is JobStatus.SCHEDULED else None
         try:
             with transaction.atomic():
                 self.model.objects.create(task_id=str(job.id), **self._values(job))
+                if schedule is not None:
+                    schedule.objects.create(job_id=str(job.id), due_at=due_at(job))
         except IntegrityError:
             raise DuplicateJobError(
                 f"A job with id {job.id!r} already exists; submit without id= to get a new one"
@@ -65,3 +85,14 @@ class DjangoJobStore:
 
     def delete(self, job_id: str) -> None:
         self.model.objects.filter(task_id=job_id).delete()
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        rows = self.schedule.objects.filter(due_at__lte=now).order_by("due_at")[:limit]
+        return [str(job_id) for job_id in rows.values_list("job_id", flat=True)]
+
+    def unschedule(self, job_id: str) -> None:
+        self.schedule.objects.filter(job_id=job_id).delete()
+
+
+def _never() -> datetime:
+    return _NEVER if settings.USE_TZ else _NEVER.replace(tzinfo=None)

@@ -9,7 +9,17 @@ from redis.exceptions import WatchError
 
 from ..exceptions import DuplicateJobError
 from ..job import Job
-from .base import Change, check_size, job_document, job_from_document
+from ..job_status import JobStatus
+from .base import Change, check_size, due_at, job_document, job_from_document
+
+#: Sorted set of scheduled job ids scored by due time, as rq's ScheduledJobRegistry.
+SCHEDULED_KEY = "ergate:scheduled"
+
+
+def _duplicate(job: Job) -> DuplicateJobError:
+    return DuplicateJobError(
+        f"A job with id {job.id!r} already exists; submit without id= to get a new one"
+    )
 
 
 class RedisJobStore:
@@ -47,10 +57,31 @@ class RedisJobStore:
 
     def create(self, job: Job) -> None:
         encoded, ttl = self._encode(job)
-        if not self.client.set(self._key(str(job.id)), encoded, nx=True, ex=ttl):
-            raise DuplicateJobError(
-                f"A job with id {job.id!r} already exists; submit without id= to get a new one"
-            )
+        key = self._key(str(job.id))
+        if job.status is not JobStatus.SCHEDULED:
+            if not self.client.set(key, encoded, nx=True, ex=ttl):
+                raise _duplicate(job)
+            return
+        with self.client.pipeline() as pipe:
+            # The record and its index entry are written together or not at all.
+            pipe.watch(key)
+            if pipe.exists(key):
+                pipe.unwatch()
+                raise _duplicate(job)
+            pipe.multi()
+            pipe.set(key, encoded, ex=ttl)
+            pipe.zadd(SCHEDULED_KEY, {str(job.id): due_at(job).timestamp()})
+            try:
+                pipe.execute()
+            except WatchError:
+                raise _duplicate(job) from None
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        ids = self.client.zrangebyscore(SCHEDULED_KEY, "-inf", now.timestamp(), 0, limit)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def unschedule(self, job_id: str) -> None:
+        self.client.zrem(SCHEDULED_KEY, job_id)
 
     def get(self, job_id: str) -> Job | None:
         raw = self.client.get(self._key(job_id))

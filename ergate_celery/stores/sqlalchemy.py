@@ -11,7 +11,22 @@ from sqlalchemy.exc import IntegrityError
 
 from ..exceptions import DuplicateJobError
 from ..job import Job
-from .base import Change, check_size, job_document, job_from_document
+from ..job_status import JobStatus
+from .base import Change, check_size, due_at, job_document, job_from_document
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def schedule_table(schema: str | None) -> sa.Table:
+    """The index of scheduled jobs by due time, beside Celery's table (same schema)."""
+    return sa.Table(
+        "ergate_scheduled_jobs",
+        sa.MetaData(schema=schema),
+        sa.Column("job_id", sa.String(155), primary_key=True),
+        sa.Column("due_at", sa.DateTime, nullable=False, index=True),
+    )
 
 
 class SQLAlchemyJobStore:
@@ -21,6 +36,7 @@ class SQLAlchemyJobStore:
         self.backend = backend
         self.max_bytes = max_bytes
         self.table: sa.Table = backend.task_cls.__table__
+        self.schedule = schedule_table(self.table.schema)
         self._engine: sa.Engine | None = None
         self._engine_pid = 0
 
@@ -33,6 +49,7 @@ class SQLAlchemyJobStore:
                 options.setdefault("connect_args", {"timeout": 30})
             engine = sa.create_engine(self.backend.url, **options)
             self.table.metadata.create_all(engine, tables=[self.table])
+            self.schedule.metadata.create_all(engine)
             self._engine, self._engine_pid = engine, os.getpid()
         return self._engine
 
@@ -47,7 +64,7 @@ class SQLAlchemyJobStore:
             "traceback": job.error.traceback if job.error else None,
             # Celery's backend_cleanup leaves rows without date_done alone: unfinished jobs
             # keep it NULL so that they never expire.
-            "date_done": datetime.now(UTC).replace(tzinfo=None) if job.is_final else None,
+            "date_done": _naive_utc(datetime.now(UTC)) if job.is_final else None,
         }
 
     def _decode(self, raw: bytes) -> Job:
@@ -57,6 +74,12 @@ class SQLAlchemyJobStore:
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(self.table).values(task_id=str(job.id), **self._values(job)))
+                if job.status is JobStatus.SCHEDULED:
+                    conn.execute(
+                        sa.insert(self.schedule).values(
+                            job_id=str(job.id), due_at=_naive_utc(due_at(job))
+                        )
+                    )
         except IntegrityError:
             raise DuplicateJobError(
                 f"A job with id {job.id!r} already exists; submit without id= to get a new one"
@@ -96,3 +119,18 @@ class SQLAlchemyJobStore:
     def delete(self, job_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(self.table).where(self.table.c.task_id == job_id))
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        column = self.schedule.c
+        query = (
+            sa.select(column.job_id)
+            .where(column.due_at <= _naive_utc(now))
+            .order_by(column.due_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [str(job_id) for job_id in conn.execute(query).scalars()]
+
+    def unschedule(self, job_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(self.schedule).where(self.schedule.c.job_id == job_id))
