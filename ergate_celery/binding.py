@@ -274,8 +274,16 @@ class ErgateCelery:
         user_context: Any = None,
     ) -> str:
         """Have beat submit a new job of `workflow_name` on `schedule` (seconds, timedelta,
-        crontab or solar); returns the `beat_schedule` key."""
-        self.workflow(workflow_name)
+        crontab or solar); returns the `beat_schedule` key. The input is checked now, as
+        `submit_job` would check it, so a bad entry fails here and not at every firing."""
+        new_job(
+            self.workflow(workflow_name),
+            initial_input_value=initial_input_value,
+            user_context=user_context,
+            requested_start_time=None,
+            job_id=None,
+            now=datetime.now(UTC),
+        )
         entry = beat.periodic_entry(
             workflow_name,
             schedule,

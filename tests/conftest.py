@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import STDOUT, Popen, TimeoutExpired
 from typing import Any
 
 import pytest
@@ -28,6 +34,7 @@ from .services import (
     require,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ("redis", "rabbitmq_postgres", "embedded")
 TEST_SCHEMA = "ergate_test"
 
@@ -39,6 +46,36 @@ class Setup:
     name: str
     app: Celery
     ergate: ErgateCelery
+    conf: dict[str, Any]
+    tmp_path: Path
+
+    @contextmanager
+    def celery(self, *args: str, env: dict[str, str] | None = None) -> Iterator[Popen[bytes]]:
+        """Run `celery -A tests.apps.beat_app <args>` on this setup until the block ends."""
+        environment = {
+            **os.environ,
+            "ERGATE_TEST_CONF": json.dumps(self.conf),
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }
+        log = (self.tmp_path / f"celery-{args[0]}-{time.monotonic_ns()}.log").open("wb")
+        process = Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.apps.beat_app", *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
 
 
 def _postgres_empty() -> None:
@@ -98,11 +135,11 @@ def make_setup(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
     """Build a fresh app and ErgateCelery on a named setup (cleaned up afterwards)."""
     made: list[Setup] = []
 
-    def make(name: str, **conf: Any) -> Setup:
+    def make(name: str, **extra: Any) -> Setup:
+        conf = {**_conf(name, tmp_path), **extra}
         app = Celery(f"test_{name}", set_as_current=True)
-        app.conf.update(_conf(name, tmp_path))
         app.conf.update(conf)
-        setup = Setup(name, app, ErgateCelery(app))
+        setup = Setup(name, app, ErgateCelery(app), conf, tmp_path)
         made.append(setup)
         return setup
 
@@ -135,14 +172,17 @@ def worker(setup: Setup) -> Callable[[], Any]:
     """Start an in-process worker (2 threads) for `setup.app` once the test registered its
     workflows: `with worker(): ...`."""
 
-    def start() -> Any:
-        return start_worker(
-            setup.app,
-            pool="threads",
-            concurrency=2,
-            perform_ping_check=False,
-            shutdown_timeout=30,
-            loglevel="WARNING",
-        )
+    return lambda: in_process_worker(setup.app)
 
-    return start
+
+def in_process_worker(app: Celery, **options: Any) -> Any:
+    """A real worker consuming in this process on 2 threads (a context manager)."""
+    settings = {
+        "pool": "threads",
+        "concurrency": 2,
+        "perform_ping_check": False,
+        "shutdown_timeout": 30,
+        "loglevel": "WARNING",
+        **options,
+    }
+    return start_worker(app, **settings)

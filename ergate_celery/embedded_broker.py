@@ -1,0 +1,89 @@
+"""Server-less Celery broker for tests and demos, built on kombu's filesystem transport.
+
+Select it with ``app.conf.update(embedded_broker_settings(folder))``; every process
+(publisher, ``celery worker``, event receiver) pointed at the same folder shares the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.json import dumps
+
+__all__ = ["TRANSPORT_PATH", "Channel", "Transport", "embedded_broker_settings"]
+
+#: Import path kombu resolves when given as ``broker_transport`` (no kombu globals touched).
+TRANSPORT_PATH = "ergate_celery.embedded_broker:Transport"
+
+
+class Channel(filesystem.Channel):
+    """Filesystem channel that publishes every message with an atomic rename."""
+
+    # kombu's own base classes disagree on this parameter's name (message vs
+    # payload) and only ever pass it positionally; we follow the direct parent.
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Write ``payload`` for ``queue`` so it appears complete or not at all."""
+        folder = os.fspath(self.data_folder_out)
+        # Consumers claim any "<stamp>_<id>.<queue>.msg" entry the moment it is
+        # listed and read it without locking, so that name may only ever point
+        # at a fully written file; the stamp keeps the reader's sort FIFO.
+        final = os.path.join(
+            folder, f"{time.monotonic_ns() // 1_000_000}_{uuid.uuid4()}.{queue}.msg"
+        )
+        # Same directory, so os.replace is a rename on one filesystem (atomic);
+        # the leading dot and ".tmp" suffix never match a reader's "<queue>.msg".
+        staging = os.path.join(folder, f".{uuid.uuid4().hex}.tmp")
+        try:
+            with open(staging, "xb") as fh:
+                fh.write(dumps(payload).encode("utf-8"))  # type: ignore[no-untyped-call]
+            os.replace(staging, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+            raise ChannelError(f"Cannot add message to {folder!r}") from exc
+
+
+class Transport(filesystem.Transport):
+    """kombu filesystem transport whose channels write messages atomically."""
+
+    Channel = Channel
+
+
+def embedded_broker_settings(
+    folder: str | os.PathLike[str], polling_interval: float = 0.05
+) -> dict[str, Any]:
+    """Return Celery settings that use the embedded broker rooted at ``folder``.
+
+    Creates the queue, control and processed sub-folders; paths are made absolute.
+    """
+    root = Path(folder).resolve()
+    queue_dir, control_dir, processed_dir = root / "queue", root / "control", root / "processed"
+    for path in (queue_dir, control_dir, processed_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    return {
+        # The URL only names the scheme; broker_transport wins over it in
+        # kombu.Connection, and a dotted path is not accepted inside a URL.
+        "broker_url": "filesystem://",
+        "broker_transport": TRANSPORT_PATH,
+        "broker_transport_options": {
+            # One shared folder: what a producer writes is what consumers read.
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            # The default is relative to each process's cwd, which would split
+            # the exchange tables (fanout, remote control) between processes.
+            "control_folder": str(control_dir),
+            # A claim must be a same-filesystem rename so that only one consumer
+            # wins; without this kombu moves into the system temp dir, which may
+            # be another filesystem (copy + delete, so duplicates are possible).
+            "store_processed": True,
+            "processed_folder": str(processed_dir),
+            "polling_interval": polling_interval,
+        },
+    }
