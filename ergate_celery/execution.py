@@ -88,10 +88,11 @@ def execute_step(
     if finished is None:
         logger.info("Step %s of job %s finished after another run had", step, job_id)
         return _summary(job, step, dropped=True)
-    if finished.status is JobStatus.QUEUED:
-        ergate.publish(finished)
+    # Signals go out before the next step is published, so receivers see writes in order.
     signals.step_completed.send(sender=step.task_name, job=finished)
     _send_final(step, finished)
+    if finished.status is JobStatus.QUEUED:
+        ergate.publish(finished)
     return _summary(finished, step)
 
 

@@ -42,9 +42,11 @@ class StepOutcome:
 
 def run_step(step: WorkflowStep[Any, Any], input_value: Any, user_context: Any) -> StepOutcome:
     """Call `step` with injected arguments; dependencies are torn down before this returns."""
+    returned = False
     try:
         with injected_arguments(step.plan, input_value, user_context) as (args, kwargs):
             value = step.callable(*args, **kwargs)
+            returned = True
     except GoToStep as exc:
         return StepOutcome(Outcome.WENT_TO_STEP, value=exc.retval, target=exc.step)
     except GoToEnd as exc:
@@ -53,6 +55,10 @@ def run_step(step: WorkflowStep[Any, Any], input_value: Any, user_context: Any) 
         return StepOutcome(Outcome.ABORTED, message=exc.message, exception=exc)
     except Exception as exc:
         return StepOutcome(Outcome.RAISED, exception=exc)
+    if not returned:
+        # A dependency swallowed the step's exception: the step still produced no value.
+        error = RuntimeError(f"Step {step} raised, and a dependency's teardown suppressed it")
+        return StepOutcome(Outcome.RAISED, exception=error)
     return StepOutcome(Outcome.RETURNED, value=value)
 
 
@@ -62,9 +68,9 @@ def advance(job: Job, workflow: Workflow, result: StepOutcome) -> Job:
     step_name = workflow[index].name
     if result.outcome is Outcome.RETURNED:
         remaining = workflow.remaining_steps(index, NextStepPath)
-        return _completed_step(job, index + 1, result.value, remaining)
+        return _completed_step(job, index + 1, result.value, remaining, workflow)
     if result.outcome is Outcome.WENT_TO_END:
-        return _completed_step(job, job.steps_completed, result.value, 1)
+        return _completed_step(job, job.steps_completed, result.value, 1, workflow)
     if result.outcome is Outcome.WENT_TO_STEP:
         target = result.target
         assert target is not None
@@ -80,7 +86,7 @@ def advance(job: Job, workflow: Workflow, result: StepOutcome) -> Job:
             )
             return _failed(job, JobError.from_exception(error, step_name))
         remaining = workflow.remaining_steps(index, GoToStepPath, target.name)
-        return _completed_step(job, target.index, result.value, remaining)
+        return _completed_step(job, target.index, result.value, remaining, workflow)
     if result.outcome is Outcome.ABORTED:
         return job.model_copy(
             update={
@@ -92,15 +98,23 @@ def advance(job: Job, workflow: Workflow, result: StepOutcome) -> Job:
     return _failed(job, JobError.from_exception(result.exception, step_name))
 
 
-def _completed_step(job: Job, next_index: int, value: Any, remaining: int) -> Job:
+def _completed_step(
+    job: Job, next_index: int, value: Any, remaining: int, workflow: Workflow
+) -> Job:
     total = job.steps_completed + remaining
     completed = min(job.steps_completed + 1, total)
+    percent = float((completed / total) * 100)
+    status = JobStatus.COMPLETED if completed == total else JobStatus.QUEUED
+    if status is JobStatus.QUEUED and next_index >= len(workflow):
+        # Past the last step with steps still predicted (a last step hinted without
+        # NextStepPath returned normally): Ergate 0.6 crashes here; nothing is left to run.
+        status, percent = JobStatus.COMPLETED, 100.0
     return job.model_copy(
         update={
             "current_step": next_index,
             "steps_completed": completed,
-            "percent_completed": float((completed / total) * 100),
-            "status": JobStatus.COMPLETED if completed == total else JobStatus.QUEUED,
+            "percent_completed": percent,
+            "status": status,
             "last_return_value": value,
         }
     )

@@ -145,12 +145,17 @@ def make_setup(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
 
     yield make
     for setup in made:
-        if setup.name == "redis":
-            redis_flush()
-        elif setup.name == "rabbitmq_postgres":
-            _delete_queues(setup.app)
-            _postgres_empty()
-        setup.app.close()
+        cleanup_setup(setup.name, setup.app)
+
+
+def cleanup_setup(name: str, app: Celery) -> None:
+    """Leave nothing of a test behind in the shared services."""
+    if name == "redis":
+        redis_flush()
+    elif name == "rabbitmq_postgres":
+        _delete_queues(app)
+        _postgres_empty()
+    app.close()
 
 
 def _delete_queues(app: Celery) -> None:

@@ -1,0 +1,212 @@
+"""The one Celery app both sides of the benchmark run on, configured from the environment.
+
+The harness process and its worker subprocesses (`celery -A bench.apps worker`) build the app
+with the same function, so bare Celery tasks and ergate_celery steps share the broker, the
+result backend, the queue and every Celery setting. Environment variables:
+
+- `ERGATE_BENCH_SETUP`: `redis` (default), `rabbitmq_postgres` or `embedded`.
+- `ERGATE_BENCH_FOLDER`: the embedded setup's folder (broker files and results.sqlite).
+- `ERGATE_BENCH_QUEUE`: the queue every task goes to (default `ergate-bench`).
+- `ERGATE_BENCH_MANY_WORKFLOWS=1`: also register 50 extra workflows (memory measure).
+- `ERGATE_BENCH_BARE_ONLY=1`: bare Celery tasks only; ergate_celery is not even imported.
+- `ERGATE_BENCH_CAPTURE`: a folder; every message published in a worker is measured there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
+from celery.signals import before_task_publish
+
+if TYPE_CHECKING:
+    from ergate_celery import ErgateCelery
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_SCHEMA = "ergate_bench"
+SETUPS = ("redis", "rabbitmq_postgres", "embedded")
+
+#: Workflow names; each has a bare Celery counterpart of the same length.
+LONG_WORKFLOW, LONG_STEPS = "bench_chain20", 20
+SHORT_WORKFLOW, SHORT_STEPS = "bench_chain5", 5
+SIZED_WORKFLOW, SIZED_STEPS = "bench_sized5", 5
+EXTRA_WORKFLOWS, EXTRA_STEPS = 50, 5
+
+#: How often `wait_for_job` and a bare `AsyncResult.get` on a polling backend read the result.
+WAIT_POLL_INTERVAL = 0.002
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What the environment asks for."""
+
+    setup: str = "redis"
+    folder: Path | None = None
+    queue: str = "ergate-bench"
+    many_workflows: bool = False
+    bare_only: bool = False
+    capture: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> BenchConfig:
+        """Read the `ERGATE_BENCH_*` variables (of `os.environ` by default)."""
+        env = dict(os.environ if environ is None else environ)
+        setup = env.get("ERGATE_BENCH_SETUP", "redis")
+        if setup not in SETUPS:
+            raise ValueError(f"ERGATE_BENCH_SETUP={setup!r}; choose one of {', '.join(SETUPS)}")
+        folder = env.get("ERGATE_BENCH_FOLDER")
+        capture = env.get("ERGATE_BENCH_CAPTURE")
+        return cls(
+            setup=setup,
+            folder=Path(folder) if folder else None,
+            queue=env.get("ERGATE_BENCH_QUEUE", "ergate-bench"),
+            many_workflows=env.get("ERGATE_BENCH_MANY_WORKFLOWS", "") not in ("", "0"),
+            bare_only=env.get("ERGATE_BENCH_BARE_ONLY", "") not in ("", "0"),
+            capture=Path(capture) if capture else None,
+        )
+
+    def env(self) -> dict[str, str]:
+        """The variables that make a subprocess build this same configuration."""
+        env = {
+            "ERGATE_BENCH_SETUP": self.setup,
+            "ERGATE_BENCH_QUEUE": self.queue,
+            "ERGATE_BENCH_MANY_WORKFLOWS": "1" if self.many_workflows else "",
+            "ERGATE_BENCH_BARE_ONLY": "1" if self.bare_only else "",
+        }
+        if self.folder is not None:
+            env["ERGATE_BENCH_FOLDER"] = str(self.folder)
+        if self.capture is not None:
+            env["ERGATE_BENCH_CAPTURE"] = str(self.capture)
+        return env
+
+
+@dataclass
+class Bench:
+    """The app with its bare tasks and, unless bare-only, its ErgateCelery."""
+
+    config: BenchConfig
+    app: Celery
+    noop: Task[Any, Any]
+    sized: Task[Any, Any]
+    ergate: ErgateCelery | None
+
+
+def celery_conf(config: BenchConfig) -> dict[str, Any]:
+    """The Celery settings of a setup; everything on loopback."""
+    conf: dict[str, Any] = {
+        "task_default_queue": config.queue,
+        "broker_connection_retry_on_startup": False,
+        "worker_hijack_root_logger": False,
+        "ergate_wait_poll_interval": WAIT_POLL_INTERVAL,
+    }
+    if config.setup == "redis":
+        return {**conf, "broker_url": REDIS_URL, "result_backend": REDIS_URL}
+    if config.setup == "rabbitmq_postgres":
+        return {
+            **conf,
+            "broker_url": RABBITMQ_URL,
+            "result_backend": f"db+{POSTGRES_URL}",
+            "database_table_schemas": {"task": POSTGRES_SCHEMA, "group": POSTGRES_SCHEMA},
+        }
+    if config.folder is None:
+        raise ValueError("The embedded setup needs ERGATE_BENCH_FOLDER")
+    from ergate_celery.embedded_broker import embedded_broker_settings
+
+    return {
+        **conf,
+        **embedded_broker_settings(config.folder / "broker"),
+        "result_backend": f"db+sqlite:///{config.folder / 'results.sqlite'}",
+    }
+
+
+def noop(x: Any = None) -> Any:
+    """A step or task that does nothing: its input is its return value."""
+    return x
+
+
+def sized(x: Any) -> Any:
+    """Return a value of `x["size"]` characters of padding (and the size, for the next hop)."""
+    size = int(x["size"])
+    return {"size": size, "pad": "x" * size}
+
+
+def _named(function: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
+    # A step's name is its function's name, so each step gets a function of its own.
+    def step(x: Any) -> Any:
+        return function(x)
+
+    step.__name__ = step.__qualname__ = name
+    return step
+
+
+def _workflow(name: str, steps: int, function: Callable[[Any], Any]) -> Any:
+    from ergate_celery import Workflow
+
+    workflow = Workflow(unique_name=name)
+    for index in range(steps):
+        workflow.step(_named(function, f"step_{index:02d}"))
+    return workflow
+
+
+def build(config: BenchConfig) -> Bench:
+    """A new Celery app (set as current) for `config`, with tasks and workflows registered."""
+    app = Celery("ergate_bench", set_as_current=True)
+    app.conf.update(celery_conf(config))
+    noop_task = app.task(name="bench.noop", shared=False)(noop)
+    sized_task = app.task(name="bench.sized", shared=False)(sized)
+    ergate = None
+    if not config.bare_only:
+        from ergate_celery import ErgateCelery
+
+        ergate = ErgateCelery(app)
+        ergate.register_workflow(_workflow(LONG_WORKFLOW, LONG_STEPS, noop))
+        ergate.register_workflow(_workflow(SHORT_WORKFLOW, SHORT_STEPS, noop))
+        ergate.register_workflow(_workflow(SIZED_WORKFLOW, SIZED_STEPS, sized))
+        if config.many_workflows:
+            for number in range(EXTRA_WORKFLOWS):
+                ergate.register_workflow(_workflow(f"bench_extra_{number:02d}", EXTRA_STEPS, noop))
+    if config.capture is not None:
+        _capture_into(config.capture)
+    return Bench(config, app, noop_task, sized_task, ergate)
+
+
+def _capture_into(folder: Path) -> None:
+    """Record the JSON size of every message this process publishes, one file per process."""
+    from kombu.serialization import dumps
+
+    def record(sender: Any = None, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        _, _, data = dumps(body, serializer="json")
+        _, _, header_data = dumps(dict(headers or {}), serializer="json")
+        line = {
+            "task": str(sender),
+            "body_bytes": len(data.encode() if isinstance(data, str) else data),
+            "headers_bytes": len(
+                header_data.encode() if isinstance(header_data, str) else header_data
+            ),
+        }
+        with (folder / f"capture-{os.getpid()}.jsonl").open("a") as file:
+            file.write(json.dumps(line) + "\n")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    before_task_publish.connect(record, weak=False)
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A bench.apps` reads `app`; it is built on first use, so importing this module
+    # to call `build()` creates no app of its own.
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = build(BenchConfig.from_env()).app
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,117 @@
+"""Worker subprocesses of the benchmark: started in their own session, always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from .apps import Bench, BenchConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown, then SIGKILL to the worker's own process group (it has a session)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+    # Pool processes left behind by a killed main process share its group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process in _started:
+        _started.remove(process)
+
+
+def stop_all() -> None:
+    """Stop every worker this harness started and that still runs."""
+    for process in list(_started):
+        _stop(process)
+
+
+@contextlib.contextmanager
+def worker(config: BenchConfig, bench: Bench, log_dir: Path, timeout: float) -> Iterator[int]:
+    """Run `celery -A bench.apps worker` on `config` until the block ends; yields its pid."""
+    name = f"bench-{uuid.uuid4().hex[:8]}@127.0.0.1"
+    env = {**os.environ, **config.env(), "PYTHONPATH": str(ROOT)}
+    log_path = log_dir / f"worker-{name.split('@')[0]}.log"
+    command = [
+        *(sys.executable, "-m", "celery", "-A", "bench.apps", "worker"),
+        *("-P", "prefork", "-c", "2", "-n", name, "-Q", config.queue, "-l", "WARNING"),
+        *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        _started.append(process)
+        try:
+            _wait_ready(bench, process, log_path, min(timeout, 120.0))
+            yield process.pid
+        finally:
+            _stop(process)
+
+
+def _wait_ready(bench: Bench, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    # A round trip through the worker's own queue: only this worker consumes it.
+    result = bench.noop.delay("ready")
+    deadline = time.monotonic() + timeout
+    while not result.ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"The worker exited with {process.returncode}:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"The worker answered nothing within {timeout} s:\n{_tail(log)}")
+        time.sleep(0.05)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# Memory, from /proc -----------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (read from /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo and len(found) < 1000:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def _kib(path: str, field: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_memory(pid: int) -> dict[str, float]:
+    """RSS and PSS (MiB) of a process and all its descendants, from /proc."""
+    pids = descendants(pid)
+    rss = sum(_kib(f"/proc/{p}/status", "VmRSS") for p in pids)
+    pss = sum(_kib(f"/proc/{p}/smaps_rollup", "Pss") for p in pids)
+    return {"processes": len(pids), "rss_mib": rss / 1024, "pss_mib": pss / 1024}

@@ -1,0 +1,44 @@
+"""The benchmark harness runs end to end on Redis with tiny sizes and reports every measure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.measures import Sizes
+from bench.run import run_bench, table
+
+from .services import REDIS_HOST, REDIS_PORT, require
+
+TINY = Sizes(latency_runs=1, throughput_jobs=4, submit_calls=4, warmup=1, timeout=60.0)
+
+MEASURES = {
+    "hop_latency_ms",
+    "throughput_steps_per_s",
+    "submit_p50_ms",
+    "submit_p99_ms",
+    "bytes_per_hop_small",
+    "bytes_per_hop_10kB",
+    "worker_rss_mib",
+}
+
+
+def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    lines: list[str] = []
+
+    report, path = run_bench(["redis"], TINY, results_dir=tmp_path, log=lines.append)
+
+    written = json.loads(path.read_text())
+    assert written == json.loads(json.dumps(report))
+    assert {"date", "machine", "versions", "sizes", "setups"} <= set(written)
+    assert written["machine"]["nproc"] > 0
+    assert written["versions"]["celery"]
+    redis = written["setups"]["redis"]
+    assert redis["status"] == "ran", lines
+    assert redis["errors"] == {}, redis["errors"]
+    assert set(redis["measures"]) == MEASURES
+    for name, measure in redis["measures"].items():
+        for side in ("bare", "ergate", "ratio"):
+            assert measure[side] > 0, (name, side, measure)
+    assert "hop_latency_ms" in table(written)
