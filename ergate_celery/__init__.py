@@ -5,7 +5,7 @@ Workflows written for `ergate` 0.6 run unchanged with `from ergate_celery import
 
 from pydantic import ValidationError
 
-from .annotations import Context, Depends, Input
+from .annotations import Context, CurrentRun, Depends, Input, StepRun
 from .api import cancel_job, get_job, submit_job, wait_for_job
 from .binding import ErgateCelery
 from .exceptions import (
@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AbortJob",
     "Context",
+    "CurrentRun",
     "Depends",
     "DuplicateJobError",
     "ErgateCelery",
@@ -50,6 +51,7 @@ __all__ = [
     "JobStatus",
     "NextStepPath",
     "ReverseGoToError",
+    "StepRun",
     "UnknownStepError",
     "UnknownWorkflowError",
     "UnsupportedBackendError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -14,6 +15,29 @@ class Input:
 
 class Context:
     """The parameter receives `job.user_context`."""
+
+
+class CurrentRun:
+    """The parameter receives a `StepRun`: who is running, and a stable idempotency key."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRun:
+    """The step run being executed, injected through `Annotated[StepRun, CurrentRun()]`."""
+
+    job_id: str
+    workflow_name: str
+    step_name: str
+    step_index: int
+    #: `steps_completed` when this step started: unique per step run of a job.
+    hop: int
+    #: 1 on the first run; more when Celery retried or redelivered the step.
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same for every attempt of this step of this job; use it to dedupe effects."""
+        return f"{self.job_id}:{self.step_index}:{self.hop}"
 
 
 class Depends(Generic[T]):
@@ -30,4 +54,4 @@ class Depends(Generic[T]):
         return f"Depends({getattr(self.dependency, '__qualname__', self.dependency)!r})"
 
 
-Marker = Input | Context | Depends[Any]
+Marker = Input | Context | CurrentRun | Depends[Any]

@@ -13,11 +13,12 @@ from weakref import WeakKeyDictionary
 
 from celery import Celery, Task
 from celery.app import app_or_default
+from celery.signals import task_unknown
 
 from . import beat
 from .exceptions import ErgateError, InvalidDefinitionError, JobNotFoundError, UnknownWorkflowError
-from .execution import execute_step
-from .job import Job
+from .execution import execute_step, fail_identified_job
+from .job import Job, JobError
 from .job_status import JobStatus
 from .settings import ErgateSettings
 from .stores import JobStore, store_for_backend
@@ -66,6 +67,7 @@ class ErgateCelery:
         self._lock = threading.RLock()
         _bindings[app] = self
         beat.install(self)
+        task_unknown.connect(self._on_unknown_task, weak=False)
 
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
@@ -197,6 +199,32 @@ class ErgateCelery:
         if self._pending_discovery:
             self._discover_pending()
         return dict(self._workflows)
+
+    def _on_unknown_task(
+        self, sender: Any = None, name: str = "", message: Any = None, **kwargs: Any
+    ) -> None:
+        # A step task this worker does not know (a deploy removed or renamed it): Celery
+        # drops the message, so the job would wait forever; fail it with the reason instead.
+        if not name.startswith("ergate.") or message is None:
+            return
+        if getattr(sender, "app", self.app) is not self.app:
+            return
+        try:
+            body = message.decode()
+            payload = body[0][0] if isinstance(body, list | tuple) else body["args"][0]
+        except Exception:
+            logger.error("Dropped an unreadable message for unknown task %s", name)
+            return
+        known = ", ".join(sorted(self.workflows)) or "none"
+        fail_identified_job(
+            self,
+            payload,
+            JobError(
+                type="UnknownStepError",
+                message=f"This worker has no task {name} (workflows it knows: {known}); "
+                "was the workflow or step removed or renamed by a deploy?",
+            ),
+        )
 
     # Jobs --------------------------------------------------------------------------------
 

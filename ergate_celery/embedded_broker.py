@@ -42,7 +42,7 @@ class Channel(filesystem.Channel):
         staging = os.path.join(folder, f".{uuid.uuid4().hex}.tmp")
         try:
             with open(staging, "xb") as fh:
-                fh.write(dumps(payload).encode("utf-8"))  # type: ignore[no-untyped-call]
+                fh.write(dumps(payload).encode("utf-8"))
             os.replace(staging, final)
         except OSError as exc:
             with contextlib.suppress(OSError):

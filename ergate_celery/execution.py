@@ -8,8 +8,10 @@ stale message never runs later steps twice.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
@@ -17,6 +19,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from . import signals
+from .annotations import StepRun
 from .exceptions import InvalidInputError
 from .job import Job, JobError
 from .job_status import JobStatus
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from .binding import ErgateCelery
 
 logger = logging.getLogger("ergate_celery")
+T = TypeVar("T")
 
 _RUNNABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
 _FINAL_SIGNALS = {
@@ -50,7 +54,17 @@ def execute_step(
     """Run one step message; returns the small summary Celery stores as the task's result."""
     message = _parse(step, payload)
     if message is None:
-        return {"job_id": None, "status": "REJECTED", "step": step.name}
+        failed = fail_identified_job(
+            ergate,
+            payload,
+            JobError(
+                type="MalformedMessage",
+                message=f"A message for {step.task_name} is not a valid job; it was dropped",
+                step=step.name,
+            ),
+            step.index,
+        )
+        return {"job_id": failed, "status": "REJECTED", "step": step.name}
     job_id = str(message.id)
     store = ergate.store
     was_queued: list[bool] = []
@@ -66,9 +80,11 @@ def execute_step(
         if first_run and stored.deadline_passed(datetime.now(UTC)):
             return stored.expired()
         was_queued[:] = [stored.status is JobStatus.QUEUED]
-        return stored.model_copy(update={"status": JobStatus.RUNNING})
+        return stored.model_copy(
+            update={"status": JobStatus.RUNNING, "attempt": stored.attempt + 1}
+        )
 
-    job = store.update(job_id, claim)
+    job = _retrying(ergate, f"claiming {step} of job {job_id}", lambda: store.update(job_id, claim))
     if job is None or job.status is not JobStatus.RUNNING:
         if job is not None:
             _send_final(step, job)
@@ -79,12 +95,25 @@ def execute_step(
         signals.job_started.send(sender=step.task_name, job=job)
     signals.step_started.send(sender=step.task_name, job=job)
 
-    outcome = run_step(step, job.get_input_value(), job.user_context)
+    run = StepRun(
+        job_id=job_id,
+        workflow_name=job.workflow_name,
+        step_name=step.name,
+        step_index=step.index,
+        hop=job.steps_completed,
+        attempt=job.attempt,
+    )
+    outcome = run_step(step, job.get_input_value(), job.user_context, run)
     if outcome.outcome is Outcome.RAISED and _should_retry(step, task, outcome):
         assert outcome.exception is not None
         raise task.retry(exc=outcome.exception, countdown=_retry_delay(step, task))
 
-    finished = _finish(ergate, job, step, advance(job, step.workflow, outcome))
+    after = advance(job, step.workflow, outcome)
+    finished = _retrying(
+        ergate,
+        f"storing the outcome of {step} for job {job_id}",
+        lambda: _finish(ergate, job, step, after),
+    )
     if finished is None:
         logger.info("Step %s of job %s finished after another run had", step, job_id)
         return _summary(job, step, dropped=True)
@@ -92,8 +121,52 @@ def execute_step(
     signals.step_completed.send(sender=step.task_name, job=finished)
     _send_final(step, finished)
     if finished.status is JobStatus.QUEUED:
-        ergate.publish(finished)
+        _publish_or_fail(ergate, finished)
     return _summary(finished, step)
+
+
+def _retrying(ergate: ErgateCelery, what: str, action: Callable[[], T]) -> T:
+    # The broker or backend may be down for a while: retry with backoff rather than leave
+    # the job between two states; the last failure propagates.
+    attempts = ergate.settings.after_step_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except (PydanticSerializationError, InvalidInputError):
+            raise
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            delay = min(0.25 * 2 ** (attempt - 1), 8.0)
+            logger.warning(
+                "%s failed (%r); try %d of %d in %.2fs", what, exc, attempt + 1, attempts, delay
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _publish_or_fail(ergate: ErgateCelery, job: Job) -> None:
+    try:
+        _retrying(
+            ergate,
+            f"publishing step #{job.current_step} of job {job.id}",
+            lambda: ergate.publish(job),
+        )
+    except Exception as exc:
+        error = JobError.from_exception(exc, None)
+        error = error.model_copy(
+            update={"message": f"The next step could not be published: {error.message}"}
+        )
+
+        def fail(stored: Job) -> Job | None:
+            if stored.status is not JobStatus.QUEUED or not _is_current(stored, job):
+                return None
+            return stored.model_copy(update={"status": JobStatus.FAILED, "error": error})
+
+        failed = ergate.store.update(str(job.id), fail)
+        if failed is not None:
+            signals.job_failed.send(sender="ergate", job=failed)
+        raise
 
 
 def _finish(ergate: ErgateCelery, job: Job, step: WorkflowStep[Any, Any], after: Job) -> Job | None:
@@ -129,6 +202,39 @@ def _finish(ergate: ErgateCelery, job: Job, step: WorkflowStep[Any, Any], after:
             }
         )
         return ergate.store.update(str(job.id), commit(failed))
+
+
+def fail_identified_job(
+    ergate: ErgateCelery, payload: Any, error: JobError, step_index: int | None = None
+) -> str | None:
+    """Mark FAILED the live job a bad message names, if it names one; returns its id.
+
+    Only a job that is not final, and (when `step_index` is given) is at that step, is
+    touched: a message that cannot be read must not fail a job that has moved on.
+    """
+    job_id = payload.get("id") if isinstance(payload, dict) else None
+    if not isinstance(job_id, str):
+        logger.error("Dropped a message that names no job: %s", error.message)
+        return None
+
+    def fail(stored: Job) -> Job | None:
+        if stored.is_final or stored.status is JobStatus.SCHEDULED:
+            return None
+        if step_index is not None and stored.current_step != step_index:
+            return None
+        return stored.model_copy(update={"status": JobStatus.FAILED, "error": error})
+
+    try:
+        failed = ergate.store.update(job_id, fail)
+    except Exception:
+        logger.exception("Could not record the failure of job %s", job_id)
+        return None
+    if failed is None:
+        logger.error("Dropped a bad message for job %s: %s", job_id, error.message)
+        return None
+    logger.error("Job %s FAILED: %s", job_id, error.message)
+    signals.job_failed.send(sender=error.step or "ergate", job=failed)
+    return job_id
 
 
 def _parse(step: WorkflowStep[Any, Any], payload: Any) -> Job | None:

@@ -8,7 +8,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args, get_origin
 
-from .annotations import Context, Depends, Input, Marker
+from .annotations import Context, CurrentRun, Depends, Input, Marker, StepRun
 from .exceptions import InvalidDefinitionError
 
 
@@ -72,25 +72,28 @@ def plan_call(function: Callable[..., Any]) -> CallPlan:
 
 @contextmanager
 def injected_arguments(
-    plan: CallPlan, input_value: Any, user_context: Any
+    plan: CallPlan, input_value: Any, user_context: Any, run: StepRun | None = None
 ) -> Iterator[tuple[list[Any], dict[str, Any]]]:
     """Set up the arguments of one call; dependencies are torn down on exit, also on error."""
     with ExitStack() as stack:
-        cache: dict[Callable[..., Any], Any] = {}
-        yield _arguments(plan, input_value, user_context, stack, cache)
+        values = _Values(input_value, user_context, run, stack, {})
+        yield _arguments(plan, values)
 
 
-def _arguments(
-    plan: CallPlan,
-    input_value: Any,
-    user_context: Any,
-    stack: ExitStack,
-    cache: dict[Callable[..., Any], Any],
-) -> tuple[list[Any], dict[str, Any]]:
+@dataclass(slots=True)
+class _Values:
+    input_value: Any
+    user_context: Any
+    run: StepRun | None
+    stack: ExitStack
+    cache: dict[Callable[..., Any], Any]
+
+
+def _arguments(plan: CallPlan, values: _Values) -> tuple[list[Any], dict[str, Any]]:
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     for parameter in plan.parameters:
-        value = _value(parameter, input_value, user_context, stack, cache)
+        value = _value(parameter, values)
         if parameter.positional:
             args.append(value)
         else:
@@ -98,24 +101,20 @@ def _arguments(
     return args, kwargs
 
 
-def _value(
-    parameter: Parameter,
-    input_value: Any,
-    user_context: Any,
-    stack: ExitStack,
-    cache: dict[Callable[..., Any], Any],
-) -> Any:
+def _value(parameter: Parameter, values: _Values) -> Any:
     if isinstance(parameter.marker, Input):
-        return input_value
+        return values.input_value
     if isinstance(parameter.marker, Context):
-        return user_context
+        return values.user_context
+    if isinstance(parameter.marker, CurrentRun):
+        return values.run
     plan = parameter.dependency_plan
     assert plan is not None
-    if plan.function in cache:
-        return cache[plan.function]
-    args, kwargs = _arguments(plan, input_value, user_context, stack, cache)
-    value = stack.enter_context(contextmanager(plan.function)(*args, **kwargs))
-    cache[plan.function] = value
+    if plan.function in values.cache:
+        return values.cache[plan.function]
+    args, kwargs = _arguments(plan, values)
+    value = values.stack.enter_context(contextmanager(plan.function)(*args, **kwargs))
+    values.cache[plan.function] = value
     return value
 
 
@@ -141,11 +140,11 @@ def _marker_of(function: Callable[..., Any], param: inspect.Parameter) -> tuple[
     if get_origin(annotation) is not Annotated:
         return Input(), annotation
     base, *metadata = get_args(annotation)
-    markers = [m for m in metadata if isinstance(m, Input | Context | Depends)]
+    markers = [m for m in metadata if isinstance(m, Input | Context | CurrentRun | Depends)]
     if len(markers) > 1:
         raise InvalidDefinitionError(
             f"{_name(function)}: parameter {param.name!r} has {len(markers)} markers; "
-            "use exactly one of Input(), Context() or Depends(...)"
+            "use exactly one of Input(), Context(), CurrentRun() or Depends(...)"
         )
     return (markers[0] if markers else Input()), base
 

@@ -44,6 +44,10 @@ class Job(BaseModel):
     requested_start_time: datetime | None = None
     error: JobError | None = None
     priority: int | None = Field(default=None, ge=0, le=255)
+    attempt: int = Field(default=0, ge=0)
+    """How many times the current step has been started (retries and redeliveries count)."""
+    recoveries: list[str] = Field(default_factory=list)
+    """What the stuck-job sweep did to this job, one line each."""
     deadline: datetime | None = None
 
     def deadline_passed(self, now: datetime) -> bool:

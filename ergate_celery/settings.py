@@ -12,6 +12,9 @@ class ImproperlyConfiguredError(ErgateError):
     """An `ergate_*` setting has a value of the wrong type or range."""
 
 
+STUCK_ACTIONS = ("requeue", "fail")
+
+
 @dataclass(frozen=True, slots=True)
 class ErgateSettings:
     """The settings with their defaults; see the README's settings table."""
@@ -32,6 +35,15 @@ class ErgateSettings:
     schedule_interval: float = 1.0
     #: Due jobs read from the index per query by one release run.
     release_batch_size: int = 500
+    #: A QUEUED/RUNNING job unchanged for this many seconds is stuck (lost message, purged
+    #: queue, dead worker without redelivery). Keep it above your longest step.
+    stuck_after: float = 3600.0
+    #: What the sweep does with a stuck job: "requeue" its current step, or "fail" it.
+    stuck_action: str = "requeue"
+    #: Seconds between two runs of `ergate.recover_stuck_jobs` (installed with beat_enabled).
+    stuck_check_interval: float = 60.0
+    #: Tries for storing a step's outcome and publishing the next step before the job fails.
+    after_step_attempts: int = 5
 
     @classmethod
     def from_conf(cls, conf: Any) -> ErgateSettings:
@@ -43,7 +55,12 @@ class ErgateSettings:
             if value is None:
                 continue
             default = field.default
-            if isinstance(default, bool):
+            if isinstance(default, str):
+                if value not in STUCK_ACTIONS:
+                    raise ImproperlyConfiguredError(
+                        f"{key} must be one of {', '.join(STUCK_ACTIONS)}, got {value!r}"
+                    )
+            elif isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ImproperlyConfiguredError(f"{key} must be True or False, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

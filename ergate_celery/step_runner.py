@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from .annotations import StepRun
 from .exceptions import AbortJob, GoToEnd, GoToStep, ReverseGoToError, UnknownStepError
 from .injection import injected_arguments
 from .job import Job, JobError
@@ -40,11 +41,13 @@ class StepOutcome:
     exception: Exception | None = None
 
 
-def run_step(step: WorkflowStep[Any, Any], input_value: Any, user_context: Any) -> StepOutcome:
+def run_step(
+    step: WorkflowStep[Any, Any], input_value: Any, user_context: Any, run: StepRun | None = None
+) -> StepOutcome:
     """Call `step` with injected arguments; dependencies are torn down before this returns."""
     returned = False
     try:
-        with injected_arguments(step.plan, input_value, user_context) as (args, kwargs):
+        with injected_arguments(step.plan, input_value, user_context, run) as (args, kwargs):
             value = step.callable(*args, **kwargs)
             returned = True
     except GoToStep as exc:
@@ -116,6 +119,7 @@ def _completed_step(
             "percent_completed": percent,
             "status": status,
             "last_return_value": value,
+            "attempt": 0,
         }
     )
 

@@ -35,7 +35,7 @@ def django_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("django") / "db.sqlite3"
     if not settings.configured:
         settings.configure(
-            INSTALLED_APPS=["django_celery_results"],
+            INSTALLED_APPS=["django_celery_results", "ergate_celery.contrib.django"],
             DATABASES={
                 "default": {
                     "ENGINE": "django.db.backends.sqlite3",

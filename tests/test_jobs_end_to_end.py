@@ -66,6 +66,7 @@ def test_step_tasks_are_named_after_workflow_and_step(setup: Setup) -> None:
         "ergate.order.price",
         "ergate.order.confirm",
         "ergate.release_scheduled_jobs",
+        "ergate.recover_stuck_jobs",
         "ergate.submit_job",
     }
 

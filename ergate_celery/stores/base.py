@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..exceptions import InvalidInputError
 from ..job import Job
+from ..job_status import JobStatus
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: It may be called more than once when a concurrent write wins a race, so it must be pure.
@@ -33,10 +34,10 @@ class JobStore(Protocol):
         """Remove a job record (used to undo a submission whose publish failed)."""
 
     def due(self, now: datetime, limit: int) -> list[str]:
-        """Ids in the scheduled index due at `now`, earliest first: a range query."""
+        """SCHEDULED jobs due at `now`, earliest first: a range query on the index."""
 
-    def unschedule(self, job_id: str) -> None:
-        """Drop a job from the scheduled index (it was released, cancelled or is gone)."""
+    def stale(self, before: datetime, limit: int) -> list[str]:
+        """QUEUED/RUNNING/CANCELLING jobs last changed before `before`, oldest first."""
 
 
 def job_document(job: Job) -> dict[str, Any]:
@@ -49,10 +50,21 @@ def job_from_document(document: Any) -> Job:
     return Job.model_validate(document)
 
 
-def due_at(job: Job) -> datetime:
-    """When a scheduled job is due (UTC)."""
-    assert job.requested_start_time is not None, "a SCHEDULED job has a requested_start_time"
-    return job.requested_start_time
+SCHEDULED, ACTIVE = "scheduled", "active"
+
+
+def index_entry(job: Job) -> tuple[str, datetime] | None:
+    """Where a job belongs in the job index, written with every change of its record.
+
+    SCHEDULED jobs by due time (for beat's release); QUEUED, RUNNING and CANCELLING jobs by
+    the time of their last change (for the stuck-job sweep); final jobs are not indexed.
+    """
+    if job.status is JobStatus.SCHEDULED:
+        assert job.requested_start_time is not None, "a SCHEDULED job has a start time"
+        return SCHEDULED, job.requested_start_time
+    if job.is_final or job.status is JobStatus.PENDING:
+        return None
+    return ACTIVE, datetime.now(UTC)
 
 
 def check_size(job: Job, encoded: bytes | str, max_bytes: int) -> None:

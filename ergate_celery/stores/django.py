@@ -12,8 +12,15 @@ from django.utils import timezone
 
 from ..exceptions import DuplicateJobError, ErgateError
 from ..job import Job
-from ..job_status import JobStatus
-from .base import Change, check_size, due_at, job_document, job_from_document
+from .base import (
+    ACTIVE,
+    SCHEDULED,
+    Change,
+    check_size,
+    index_entry,
+    job_document,
+    job_from_document,
+)
 
 # django-celery-results' backend_cleanup deletes rows by date_done whatever their status, so
 # an unfinished job carries a date_done that never comes; it gets the real one when it ends.
@@ -45,21 +52,26 @@ class DjangoJobStore:
         return job_from_document(self.backend.decode_content(row, row.result))
 
     @property
-    def schedule(self) -> Any:
+    def index(self) -> Any:
         if not apps.is_installed("ergate_celery.contrib.django"):
             raise ErgateError(
-                "Scheduled jobs on the django-db backend need the ergate_celery Django app: "
-                'add "ergate_celery.contrib.django" to INSTALLED_APPS and run migrate'
+                "Jobs on the django-db backend need the ergate_celery Django app: add "
+                '"ergate_celery.contrib.django" to INSTALLED_APPS and run migrate'
             )
-        return apps.get_model("ergate_celery", "ScheduledJob")
+        return apps.get_model("ergate_celery", "JobIndexEntry")
+
+    def _reindex(self, job: Job) -> None:
+        index = self.index
+        index.objects.filter(job_id=str(job.id)).delete()
+        entry = index_entry(job)
+        if entry is not None:
+            index.objects.create(job_id=str(job.id), kind=entry[0], at=entry[1])
 
     def create(self, job: Job) -> None:
-        schedule = self.schedule if job.status is JobStatus.SCHEDULED else None
         try:
             with transaction.atomic():
                 self.model.objects.create(task_id=str(job.id), **self._values(job))
-                if schedule is not None:
-                    schedule.objects.create(job_id=str(job.id), due_at=due_at(job))
+                self._reindex(job)
         except IntegrityError:
             raise DuplicateJobError(
                 f"A job with id {job.id!r} already exists; submit without id= to get a new one"
@@ -77,21 +89,28 @@ class DjangoJobStore:
             new = change(self._decode(row))
             if new is None:
                 return None
-            written = self.model.objects.filter(
-                task_id=job_id, status=row.status, result=row.result
-            ).update(**self._values(new))
-            if written == 1:
-                return new
+            with transaction.atomic():
+                written = self.model.objects.filter(
+                    task_id=job_id, status=row.status, result=row.result
+                ).update(**self._values(new))
+                if written == 1:
+                    self._reindex(new)
+                    return new
 
     def delete(self, job_id: str) -> None:
-        self.model.objects.filter(task_id=job_id).delete()
+        with transaction.atomic():
+            self.model.objects.filter(task_id=job_id).delete()
+            self.index.objects.filter(job_id=job_id).delete()
 
-    def due(self, now: datetime, limit: int) -> list[str]:
-        rows = self.schedule.objects.filter(due_at__lte=now).order_by("due_at")[:limit]
+    def _range(self, kind: str, until: datetime, limit: int) -> list[str]:
+        rows = self.index.objects.filter(kind=kind, at__lte=until).order_by("at")[:limit]
         return [str(job_id) for job_id in rows.values_list("job_id", flat=True)]
 
-    def unschedule(self, job_id: str) -> None:
-        self.schedule.objects.filter(job_id=job_id).delete()
+    def due(self, now: datetime, limit: int) -> list[str]:
+        return self._range(SCHEDULED, now, limit)
+
+    def stale(self, before: datetime, limit: int) -> list[str]:
+        return self._range(ACTIVE, before, limit)
 
 
 def _never() -> datetime:

@@ -9,11 +9,18 @@ from redis.exceptions import WatchError
 
 from ..exceptions import DuplicateJobError
 from ..job import Job
-from ..job_status import JobStatus
-from .base import Change, check_size, due_at, job_document, job_from_document
+from .base import (
+    ACTIVE,
+    SCHEDULED,
+    Change,
+    check_size,
+    index_entry,
+    job_document,
+    job_from_document,
+)
 
-#: Sorted set of scheduled job ids scored by due time, as rq's ScheduledJobRegistry.
-SCHEDULED_KEY = "ergate:scheduled"
+#: The job index: one sorted set per kind, scored by time, as rq's job registries.
+INDEX_KEYS = {SCHEDULED: "ergate:scheduled", ACTIVE: "ergate:active"}
 
 
 def _duplicate(job: Job) -> DuplicateJobError:
@@ -55,33 +62,31 @@ class RedisJobStore:
     def _decode(self, raw: bytes) -> Job:
         return job_from_document(self.backend.decode(raw)["result"])
 
-    def create(self, job: Job) -> None:
+    def _write(self, pipe: Any, job: Job) -> None:
+        """Queue the record and its index entry on a MULTI pipeline."""
         encoded, ttl = self._encode(job)
+        job_id = str(job.id)
+        pipe.set(self._key(job_id), encoded, ex=ttl)
+        entry = index_entry(job)
+        for kind, key in INDEX_KEYS.items():
+            if entry is not None and entry[0] == kind:
+                pipe.zadd(key, {job_id: entry[1].timestamp()})
+            else:
+                pipe.zrem(key, job_id)
+
+    def create(self, job: Job) -> None:
         key = self._key(str(job.id))
-        if job.status is not JobStatus.SCHEDULED:
-            if not self.client.set(key, encoded, nx=True, ex=ttl):
-                raise _duplicate(job)
-            return
         with self.client.pipeline() as pipe:
-            # The record and its index entry are written together or not at all.
             pipe.watch(key)
             if pipe.exists(key):
                 pipe.unwatch()
                 raise _duplicate(job)
             pipe.multi()
-            pipe.set(key, encoded, ex=ttl)
-            pipe.zadd(SCHEDULED_KEY, {str(job.id): due_at(job).timestamp()})
+            self._write(pipe, job)
             try:
                 pipe.execute()
             except WatchError:
                 raise _duplicate(job) from None
-
-    def due(self, now: datetime, limit: int) -> list[str]:
-        ids = self.client.zrangebyscore(SCHEDULED_KEY, "-inf", now.timestamp(), 0, limit)
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-
-    def unschedule(self, job_id: str) -> None:
-        self.client.zrem(SCHEDULED_KEY, job_id)
 
     def get(self, job_id: str) -> Job | None:
         raw = self.client.get(self._key(job_id))
@@ -98,13 +103,26 @@ class RedisJobStore:
                     if new is None:
                         pipe.unwatch()
                         return None
-                    encoded, ttl = self._encode(new)
                     pipe.multi()
-                    pipe.set(key, encoded, ex=ttl)
+                    self._write(pipe, new)
                     pipe.execute()
                     return new
                 except WatchError:
                     continue
 
     def delete(self, job_id: str) -> None:
-        self.client.delete(self._key(job_id))
+        with self.client.pipeline() as pipe:
+            pipe.delete(self._key(job_id))
+            for key in INDEX_KEYS.values():
+                pipe.zrem(key, job_id)
+            pipe.execute()
+
+    def _range(self, kind: str, until: datetime, limit: int) -> list[str]:
+        ids = self.client.zrangebyscore(INDEX_KEYS[kind], "-inf", until.timestamp(), 0, limit)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        return self._range(SCHEDULED, now, limit)
+
+    def stale(self, before: datetime, limit: int) -> list[str]:
+        return self._range(ACTIVE, before, limit)

@@ -11,22 +11,33 @@ from sqlalchemy.exc import IntegrityError
 
 from ..exceptions import DuplicateJobError
 from ..job import Job
-from ..job_status import JobStatus
-from .base import Change, check_size, due_at, job_document, job_from_document
+from .base import (
+    ACTIVE,
+    SCHEDULED,
+    Change,
+    check_size,
+    index_entry,
+    job_document,
+    job_from_document,
+)
 
 
 def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def schedule_table(schema: str | None) -> sa.Table:
-    """The index of scheduled jobs by due time, beside Celery's table (same schema)."""
-    return sa.Table(
-        "ergate_scheduled_jobs",
-        sa.MetaData(schema=schema),
+def index_table(schema: str | None) -> sa.Table:
+    """The job index (scheduled by due time, active by last change), beside Celery's table."""
+    metadata = sa.MetaData(schema=schema)
+    table = sa.Table(
+        "ergate_job_index",
+        metadata,
         sa.Column("job_id", sa.String(155), primary_key=True),
-        sa.Column("due_at", sa.DateTime, nullable=False, index=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("at", sa.DateTime, nullable=False),
     )
+    sa.Index("ergate_job_index_kind_at", table.c.kind, table.c.at)
+    return table
 
 
 class SQLAlchemyJobStore:
@@ -36,7 +47,7 @@ class SQLAlchemyJobStore:
         self.backend = backend
         self.max_bytes = max_bytes
         self.table: sa.Table = backend.task_cls.__table__
-        self.schedule = schedule_table(self.table.schema)
+        self.index = index_table(self.table.schema)
         self._engine: sa.Engine | None = None
         self._engine_pid = 0
 
@@ -49,7 +60,7 @@ class SQLAlchemyJobStore:
                 options.setdefault("connect_args", {"timeout": 30})
             engine = sa.create_engine(self.backend.url, **options)
             self.table.metadata.create_all(engine, tables=[self.table])
-            self.schedule.metadata.create_all(engine)
+            self.index.metadata.create_all(engine)
             self._engine, self._engine_pid = engine, os.getpid()
         return self._engine
 
@@ -67,6 +78,14 @@ class SQLAlchemyJobStore:
             "date_done": _naive_utc(datetime.now(UTC)) if job.is_final else None,
         }
 
+    def _reindex(self, conn: sa.Connection, job: Job) -> None:
+        job_id = str(job.id)
+        conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
+        entry = index_entry(job)
+        if entry is not None:
+            kind, at = entry
+            conn.execute(sa.insert(self.index).values(job_id=job_id, kind=kind, at=_naive_utc(at)))
+
     def _decode(self, raw: bytes) -> Job:
         return job_from_document(self.backend.decode(raw))
 
@@ -74,12 +93,7 @@ class SQLAlchemyJobStore:
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(self.table).values(task_id=str(job.id), **self._values(job)))
-                if job.status is JobStatus.SCHEDULED:
-                    conn.execute(
-                        sa.insert(self.schedule).values(
-                            job_id=str(job.id), due_at=_naive_utc(due_at(job))
-                        )
-                    )
+                self._reindex(conn, job)
         except IntegrityError:
             raise DuplicateJobError(
                 f"A job with id {job.id!r} already exists; submit without id= to get a new one"
@@ -114,23 +128,27 @@ class SQLAlchemyJobStore:
                     .values(**self._values(new))
                 )
                 if written.rowcount == 1:
+                    self._reindex(conn, new)
                     return new
 
     def delete(self, job_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(self.table).where(self.table.c.task_id == job_id))
+            conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
 
-    def due(self, now: datetime, limit: int) -> list[str]:
-        column = self.schedule.c
+    def _range(self, kind: str, until: datetime, limit: int) -> list[str]:
+        column = self.index.c
         query = (
             sa.select(column.job_id)
-            .where(column.due_at <= _naive_utc(now))
-            .order_by(column.due_at)
+            .where(column.kind == kind, column.at <= _naive_utc(until))
+            .order_by(column.at)
             .limit(limit)
         )
         with self.engine.connect() as conn:
             return [str(job_id) for job_id in conn.execute(query).scalars()]
 
-    def unschedule(self, job_id: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(sa.delete(self.schedule).where(self.schedule.c.job_id == job_id))
+    def due(self, now: datetime, limit: int) -> list[str]:
+        return self._range(SCHEDULED, now, limit)
+
+    def stale(self, before: datetime, limit: int) -> list[str]:
+        return self._range(ACTIVE, before, limit)

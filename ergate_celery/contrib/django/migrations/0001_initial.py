@@ -8,11 +8,16 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name="ScheduledJob",
+            name="JobIndexEntry",
             fields=[
                 ("job_id", models.CharField(max_length=255, primary_key=True, serialize=False)),
-                ("due_at", models.DateTimeField(db_index=True)),
+                ("kind", models.CharField(max_length=16)),
+                ("at", models.DateTimeField()),
             ],
-            options={"verbose_name": "scheduled job", "ordering": ["due_at"]},
+            options={
+                "verbose_name": "job index entry",
+                "verbose_name_plural": "job index",
+                "indexes": [models.Index(fields=["kind", "at"], name="ergate_index_kind_at")],
+            },
         ),
     ]
