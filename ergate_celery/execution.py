@@ -7,6 +7,7 @@ stale message never runs later steps twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -52,7 +53,7 @@ def execute_step(
     ergate: ErgateCelery, step: WorkflowStep[Any, Any], task: Task[Any, Any], payload: Any
 ) -> dict[str, Any]:
     """Run one step message; returns the small summary Celery stores as the task's result."""
-    message = _parse(step, payload)
+    message = _parse(step, payload, ergate.settings.max_payload_bytes)
     if message is None:
         failed = fail_identified_job(
             ergate,
@@ -237,7 +238,19 @@ def fail_identified_job(
     return job_id
 
 
-def _parse(step: WorkflowStep[Any, Any], payload: Any) -> Job | None:
+def _parse(step: WorkflowStep[Any, Any], payload: Any, max_bytes: int) -> Job | None:
+    try:
+        size = len(json.dumps(payload, separators=(",", ":")))
+    except (TypeError, ValueError):
+        size = 0  # not JSON at all: validation below rejects it
+    if size > max_bytes:
+        logger.error(
+            "Rejected a %d-byte message for %s, over ergate_max_payload_bytes=%d",
+            size,
+            step.task_name,
+            max_bytes,
+        )
+        return None
     try:
         return Job.model_validate(payload)
     except ValidationError as exc:
