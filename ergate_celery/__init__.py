@@ -25,6 +25,7 @@ from .exceptions import (
 from .job import Job, JobError
 from .job_status import JobStatus
 from .paths import GoToEndPath, GoToStepPath, NextStepPath, WorkflowPath
+from .progress import Progress, ProgressReporter
 from .workflow import Workflow
 from .workflow_step import WorkflowStep
 
@@ -50,6 +51,8 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "NextStepPath",
+    "Progress",
+    "ProgressReporter",
     "ReverseGoToError",
     "StepRun",
     "UnknownStepError",

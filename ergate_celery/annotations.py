@@ -6,6 +6,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from .progress import Progress
+
 T = TypeVar("T")
 
 
@@ -54,4 +56,4 @@ class Depends(Generic[T]):
         return f"Depends({getattr(self.dependency, '__qualname__', self.dependency)!r})"
 
 
-Marker = Input | Context | CurrentRun | Depends[Any]
+Marker = Input | Context | CurrentRun | Progress | Depends[Any]

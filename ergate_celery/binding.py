@@ -13,7 +13,7 @@ from weakref import WeakKeyDictionary
 
 from celery import Celery, Task
 from celery.app import app_or_default
-from celery.signals import task_unknown
+from celery.signals import task_unknown, worker_init
 
 from . import beat
 from .exceptions import ErgateError, InvalidDefinitionError, JobNotFoundError, UnknownWorkflowError
@@ -68,6 +68,9 @@ class ErgateCelery:
         _bindings[app] = self
         beat.install(self)
         task_unknown.connect(self._on_unknown_task, weak=False)
+        worker_init.connect(self._on_worker_init, weak=False)
+        #: Send job lifecycle events too; follows the worker's -E / worker_send_task_events.
+        self.events_enabled = bool(app.conf.get("worker_send_task_events"))
 
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
@@ -199,6 +202,10 @@ class ErgateCelery:
         if self._pending_discovery:
             self._discover_pending()
         return dict(self._workflows)
+
+    def _on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "app", None) is self.app:
+            self.events_enabled = bool(getattr(sender, "task_events", self.events_enabled))
 
     def _on_unknown_task(
         self, sender: Any = None, name: str = "", message: Any = None, **kwargs: Any

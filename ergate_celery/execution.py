@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Task
+from celery.utils.dispatch import Signal
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
@@ -22,9 +23,10 @@ from pydantic_core import PydanticSerializationError
 from . import signals
 from .annotations import StepRun
 from .exceptions import InvalidInputError
-from .job import Job, JobError
+from .job import Job, JobError, StepTiming
 from .job_status import JobStatus
-from .step_runner import Outcome, StepOutcome, advance, run_step
+from .progress import ProgressReporter
+from .step_runner import Outcome, StepOutcome, advance, percent_after_return, run_step
 from .workflow_step import WorkflowStep
 
 if TYPE_CHECKING:
@@ -34,6 +36,16 @@ logger = logging.getLogger("ergate_celery")
 T = TypeVar("T")
 
 _RUNNABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
+#: The Celery event type sent with each lifecycle signal when worker events are on.
+_EVENT_TYPES: dict[Signal, str] = {
+    signals.job_started: "ergate-job-started",
+    signals.step_started: "ergate-step-started",
+    signals.step_completed: "ergate-step-completed",
+    signals.job_completed: "ergate-job-completed",
+    signals.job_failed: "ergate-job-failed",
+    signals.job_aborted: "ergate-job-aborted",
+    signals.job_cancelled: "ergate-job-cancelled",
+}
 _FINAL_SIGNALS = {
     JobStatus.COMPLETED: signals.job_completed,
     JobStatus.FAILED: signals.job_failed,
@@ -81,20 +93,26 @@ def execute_step(
         if first_run and stored.deadline_passed(datetime.now(UTC)):
             return stored.expired()
         was_queued[:] = [stored.status is JobStatus.QUEUED]
+        now = datetime.now(UTC)
         return stored.model_copy(
-            update={"status": JobStatus.RUNNING, "attempt": stored.attempt + 1}
+            update={
+                "status": JobStatus.RUNNING,
+                "attempt": stored.attempt + 1,
+                "started_at": stored.started_at or now,
+                "step_started_at": now,
+            }
         )
 
     job = _retrying(ergate, f"claiming {step} of job {job_id}", lambda: store.update(job_id, claim))
     if job is None or job.status is not JobStatus.RUNNING:
         if job is not None:
-            _send_final(step, job)
+            _send_final(ergate, task, step, job)
         logger.info("Dropped stale step message %s for job %s", step, job_id)
         return _summary(job or message, step, dropped=True)
 
     if was_queued and was_queued[0] and job.steps_completed == 0:
-        signals.job_started.send(sender=step.task_name, job=job)
-    signals.step_started.send(sender=step.task_name, job=job)
+        _announce(ergate, task, signals.job_started, job, step)
+    _announce(ergate, task, signals.step_started, job, step)
 
     run = StepRun(
         job_id=job_id,
@@ -104,12 +122,18 @@ def execute_step(
         hop=job.steps_completed,
         attempt=job.attempt,
     )
-    outcome = run_step(step, job.get_input_value(), job.user_context, run)
+    progress = ProgressReporter(
+        job.percent_completed,
+        percent_after_return(job, step.workflow),
+        lambda percent: _store_progress(ergate, job, percent),
+        ergate.settings.progress_interval,
+    )
+    outcome = run_step(step, job.get_input_value(), job.user_context, run, progress)
     if outcome.outcome is Outcome.RAISED and _should_retry(step, task, outcome):
         assert outcome.exception is not None
         raise task.retry(exc=outcome.exception, countdown=_retry_delay(step, task))
 
-    after = advance(job, step.workflow, outcome)
+    after = _timed(job, step, advance(job, step.workflow, outcome))
     finished = _retrying(
         ergate,
         f"storing the outcome of {step} for job {job_id}",
@@ -119,8 +143,8 @@ def execute_step(
         logger.info("Step %s of job %s finished after another run had", step, job_id)
         return _summary(job, step, dropped=True)
     # Signals go out before the next step is published, so receivers see writes in order.
-    signals.step_completed.send(sender=step.task_name, job=finished)
-    _send_final(step, finished)
+    _announce(ergate, task, signals.step_completed, finished, step)
+    _send_final(ergate, task, step, finished)
     if finished.status is JobStatus.QUEUED:
         _publish_or_fail(ergate, finished)
     return _summary(finished, step)
@@ -287,10 +311,55 @@ def _retry_delay(step: WorkflowStep[Any, Any], task: Task[Any, Any]) -> float:
     )
 
 
-def _send_final(step: WorkflowStep[Any, Any], job: Job) -> None:
+def _send_final(
+    ergate: ErgateCelery, task: Task[Any, Any], step: WorkflowStep[Any, Any], job: Job
+) -> None:
     signal = _FINAL_SIGNALS.get(job.status)
     if signal is not None:
-        signal.send(sender=step.task_name, job=job)
+        _announce(ergate, task, signal, job, step)
+
+
+def _announce(
+    ergate: ErgateCelery,
+    task: Task[Any, Any],
+    signal: Signal,
+    job: Job,
+    step: WorkflowStep[Any, Any],
+) -> None:
+    """Send a lifecycle signal, and the same as a Celery event when worker events are on."""
+    signal.send(sender=step.task_name, job=job)
+    if ergate.events_enabled:
+        task.send_event(
+            _EVENT_TYPES[signal],
+            job_id=job.id,
+            workflow=job.workflow_name,
+            step=step.name,
+            status=job.status.name,
+            percent_completed=job.percent_completed,
+        )
+
+
+def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job) -> Job:
+    started = job.step_started_at or datetime.now(UTC)
+    timing = StepTiming(
+        step=step.name,
+        index=step.index,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        attempt=job.attempt,
+        outcome=after.status.name,
+    )
+    return after.model_copy(update={"timings": [*job.timings, timing], "step_started_at": None})
+
+
+def _store_progress(ergate: ErgateCelery, job: Job, percent: float) -> None:
+    def move(stored: Job) -> Job | None:
+        running = stored.status in (JobStatus.RUNNING, JobStatus.CANCELLING)
+        if not running or not _is_current(stored, job) or stored.percent_completed >= percent:
+            return None
+        return stored.model_copy(update={"percent_completed": percent})
+
+    ergate.store.update(str(job.id), move)
 
 
 def _summary(job: Job, step: WorkflowStep[Any, Any], *, dropped: bool = False) -> dict[str, Any]:

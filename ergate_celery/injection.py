@@ -10,6 +10,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 from .annotations import Context, CurrentRun, Depends, Input, Marker, StepRun
 from .exceptions import InvalidDefinitionError
+from .progress import Progress, ProgressReporter
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +73,15 @@ def plan_call(function: Callable[..., Any]) -> CallPlan:
 
 @contextmanager
 def injected_arguments(
-    plan: CallPlan, input_value: Any, user_context: Any, run: StepRun | None = None
+    plan: CallPlan,
+    input_value: Any,
+    user_context: Any,
+    run: StepRun | None = None,
+    progress: ProgressReporter | None = None,
 ) -> Iterator[tuple[list[Any], dict[str, Any]]]:
     """Set up the arguments of one call; dependencies are torn down on exit, also on error."""
     with ExitStack() as stack:
-        values = _Values(input_value, user_context, run, stack, {})
+        values = _Values(input_value, user_context, run, progress, stack, {})
         yield _arguments(plan, values)
 
 
@@ -85,6 +90,7 @@ class _Values:
     input_value: Any
     user_context: Any
     run: StepRun | None
+    progress: ProgressReporter | None
     stack: ExitStack
     cache: dict[Callable[..., Any], Any]
 
@@ -108,6 +114,8 @@ def _value(parameter: Parameter, values: _Values) -> Any:
         return values.user_context
     if isinstance(parameter.marker, CurrentRun):
         return values.run
+    if isinstance(parameter.marker, Progress):
+        return values.progress
     plan = parameter.dependency_plan
     assert plan is not None
     if plan.function in values.cache:
@@ -140,11 +148,13 @@ def _marker_of(function: Callable[..., Any], param: inspect.Parameter) -> tuple[
     if get_origin(annotation) is not Annotated:
         return Input(), annotation
     base, *metadata = get_args(annotation)
-    markers = [m for m in metadata if isinstance(m, Input | Context | CurrentRun | Depends)]
+    markers = [
+        m for m in metadata if isinstance(m, Input | Context | CurrentRun | Progress | Depends)
+    ]
     if len(markers) > 1:
         raise InvalidDefinitionError(
             f"{_name(function)}: parameter {param.name!r} has {len(markers)} markers; "
-            "use exactly one of Input(), Context(), CurrentRun() or Depends(...)"
+            "use exactly one of Input(), Context(), CurrentRun(), Progress() or Depends(...)"
         )
     return (markers[0] if markers else Input()), base
 

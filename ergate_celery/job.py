@@ -7,7 +7,7 @@ import traceback as traceback_module
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from .job_status import JobStatus
 
@@ -29,6 +29,22 @@ class JobError(BaseModel):
         return cls(type=type(exc).__qualname__, message=str(exc), traceback=trace, step=step)
 
 
+class StepTiming(BaseModel):
+    """When one step ran, and how it ended (the job's status right after it)."""
+
+    step: str
+    index: int
+    started_at: datetime
+    finished_at: datetime
+    attempt: int
+    outcome: str
+
+    @property
+    def duration(self) -> float:
+        """Seconds the step took."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+
 class Job(BaseModel):
     """One execution of a workflow; travels between steps as `model_dump(mode="json")`."""
 
@@ -48,6 +64,24 @@ class Job(BaseModel):
     """How many times the current step has been started (retries and redeliveries count)."""
     recoveries: list[str] = Field(default_factory=list)
     """What the stuck-job sweep did to this job, one line each."""
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    """When its first step started."""
+    finished_at: datetime | None = None
+    """When it reached a final status."""
+    step_started_at: datetime | None = None
+    """When the current step (if RUNNING) started."""
+    timings: list[StepTiming] = Field(default_factory=list)
+    """One entry per completed step run, in order."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def duration(self) -> float | None:
+        """Seconds from submission to the final status, once final."""
+        if self.submitted_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.submitted_at).total_seconds()
+
     deadline: datetime | None = None
 
     def deadline_passed(self, now: datetime) -> bool:

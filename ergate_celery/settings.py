@@ -42,6 +42,8 @@ class ErgateSettings:
     stuck_action: str = "requeue"
     #: Seconds between two runs of `ergate.recover_stuck_jobs` (installed with beat_enabled).
     stuck_check_interval: float = 60.0
+    #: Least seconds between two stored progress reports of a step.
+    progress_interval: float = 1.0
     #: Tries for storing a step's outcome and publishing the next step before the job fails.
     after_step_attempts: int = 5
 

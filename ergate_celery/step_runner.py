@@ -16,6 +16,7 @@ from .injection import injected_arguments
 from .job import Job, JobError
 from .job_status import JobStatus
 from .paths import GoToStepPath, NextStepPath
+from .progress import ProgressReporter
 from .workflow import Workflow
 from .workflow_step import WorkflowStep
 
@@ -42,12 +43,17 @@ class StepOutcome:
 
 
 def run_step(
-    step: WorkflowStep[Any, Any], input_value: Any, user_context: Any, run: StepRun | None = None
+    step: WorkflowStep[Any, Any],
+    input_value: Any,
+    user_context: Any,
+    run: StepRun | None = None,
+    progress: ProgressReporter | None = None,
 ) -> StepOutcome:
     """Call `step` with injected arguments; dependencies are torn down before this returns."""
     returned = False
+    arguments = injected_arguments(step.plan, input_value, user_context, run, progress)
     try:
-        with injected_arguments(step.plan, input_value, user_context, run) as (args, kwargs):
+        with arguments as (args, kwargs):
             value = step.callable(*args, **kwargs)
             returned = True
     except GoToStep as exc:
@@ -99,6 +105,13 @@ def advance(job: Job, workflow: Workflow, result: StepOutcome) -> Job:
         )
     assert result.exception is not None
     return _failed(job, JobError.from_exception(result.exception, step_name))
+
+
+def percent_after_return(job: Job, workflow: Workflow) -> float:
+    """The percent the job will show if its current step returns normally."""
+    remaining = workflow.remaining_steps(job.current_step, NextStepPath)
+    total = job.steps_completed + remaining
+    return float((min(job.steps_completed + 1, total) / total) * 100)
 
 
 def _completed_step(

@@ -49,6 +49,7 @@ def new_job(
         requested_start_time=start,
         priority=priority,
         deadline=end,
+        submitted_at=now,
     )
 
 

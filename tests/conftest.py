@@ -50,8 +50,10 @@ class Setup:
     tmp_path: Path
 
     @contextmanager
-    def celery(self, *args: str, env: dict[str, str] | None = None) -> Iterator[Popen[bytes]]:
-        """Run `celery -A tests.apps.beat_app <args>` on this setup until the block ends."""
+    def celery(
+        self, *args: str, env: dict[str, str] | None = None, module: str = "tests.apps.beat_app"
+    ) -> Iterator[Popen[bytes]]:
+        """Run `celery -A <module> <args>` on this setup until the block ends."""
         environment = {
             **os.environ,
             "ERGATE_TEST_CONF": json.dumps(self.conf),
@@ -60,7 +62,7 @@ class Setup:
         }
         log = (self.tmp_path / f"celery-{args[0]}-{time.monotonic_ns()}.log").open("wb")
         process = Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.apps.beat_app", *args],
+            [sys.executable, "-m", "celery", "-A", module, *args],
             cwd=ROOT,
             env=environment,
             stdout=log,
@@ -108,6 +110,9 @@ def _conf(name: str, tmp_path: Path) -> dict[str, Any]:
             **common,
             "broker_url": RABBITMQ_URL,
             "result_backend": f"db+{POSTGRES_URL}",
+            # The in-process worker notices its stop flag only when its event loop wakes;
+            # on AMQP that is at the next heartbeat check, 10 s or more by default.
+            "broker_heartbeat": 2,
             # A schema of the tests' own, emptied around each test, as rq does with its Redis db.
             "database_table_schemas": {"task": TEST_SCHEMA, "group": TEST_SCHEMA},
         }
@@ -180,8 +185,9 @@ def worker(setup: Setup) -> Callable[[], Any]:
     return lambda: in_process_worker(setup.app)
 
 
-def in_process_worker(app: Celery, **options: Any) -> Any:
-    """A real worker consuming in this process on 2 threads (a context manager)."""
+@contextmanager
+def in_process_worker(app: Celery, **options: Any) -> Iterator[Any]:
+    """A real worker consuming in this process on 2 threads."""
     settings = {
         "pool": "threads",
         "concurrency": 2,
@@ -190,4 +196,5 @@ def in_process_worker(app: Celery, **options: Any) -> Any:
         "loglevel": "WARNING",
         **options,
     }
-    return start_worker(app, **settings)
+    with start_worker(app, **settings) as worker:
+        yield worker

@@ -40,6 +40,13 @@ class JobStore(Protocol):
         """QUEUED/RUNNING/CANCELLING jobs last changed before `before`, oldest first."""
 
 
+def stamped(job: Job) -> Job:
+    """The job with `finished_at` set when it has just become final (done at every write)."""
+    if job.is_final and job.finished_at is None:
+        return job.model_copy(update={"finished_at": datetime.now(UTC)})
+    return job
+
+
 def job_document(job: Job) -> dict[str, Any]:
     """The job as the JSON document stored as the Celery result."""
     return job.model_dump(mode="json")

@@ -20,6 +20,7 @@ from .base import (
     index_entry,
     job_document,
     job_from_document,
+    stamped,
 )
 
 # django-celery-results' backend_cleanup deletes rows by date_done whatever their status, so
@@ -87,6 +88,7 @@ class DjangoJobStore:
             if row is None or row.result is None:
                 return None
             new = change(self._decode(row))
+            new = None if new is None else stamped(new)
             if new is None:
                 return None
             with transaction.atomic():

@@ -17,6 +17,7 @@ from .base import (
     index_entry,
     job_document,
     job_from_document,
+    stamped,
 )
 
 #: The job index: one sorted set per kind, scored by time, as rq's job registries.
@@ -100,6 +101,7 @@ class RedisJobStore:
                     pipe.watch(key)
                     raw = pipe.get(key)
                     new = None if raw is None else change(self._decode(raw))
+                    new = None if new is None else stamped(new)
                     if new is None:
                         pipe.unwatch()
                         return None

@@ -19,6 +19,7 @@ from .base import (
     index_entry,
     job_document,
     job_from_document,
+    stamped,
 )
 
 
@@ -116,6 +117,7 @@ class SQLAlchemyJobStore:
                 if row is None or row.result is None:
                     return None
                 new = change(self._decode(row.result))
+                new = None if new is None else stamped(new)
                 if new is None:
                     return None
                 written = conn.execute(

@@ -1,0 +1,237 @@
+"""A Celery app for `celery -A tests.apps.fault_app worker` subprocesses of the fault tests.
+
+Its configuration comes as JSON in ERGATE_TEST_CONF, as for `beat_app`. What the steps do is
+made visible across processes, so that a test can watch a worker it is about to kill:
+
+- ERGATE_FAULT_MARKS: a file to which every step run appends one line
+  `<workflow> <step> <job id> <hop> <attempt> <pid>` as it starts (one `write` on an
+  O_APPEND descriptor, so lines of concurrent processes do not mix);
+- ERGATE_FAULT_REDIS: a Redis URL on which the soak workflow counts, per job and step, the
+  step starts, the stored step outcomes and the published step messages (HINCRBY);
+- ERGATE_FAULT_KILL_AFTER_COMMIT: a file path; the first `fault_window` job whose first step
+  has been stored kills its own worker process (SIGKILL) before the next step is published,
+  and creates that file to say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import zlib
+from typing import Annotated, Any
+
+from celery import Celery
+from celery.signals import after_task_publish
+
+from ergate_celery import CurrentRun, ErgateCelery, StepRun, Workflow
+from ergate_celery import signals as ergate_signals
+
+#: How long the first run of a "slow" step sleeps: far longer than a test waits to kill it.
+FIRST_RUN_SLEEP = 30.0
+#: `fault_outage`'s slow step: long enough to stop Redis while it runs, short enough to end
+#: while Redis is still down, so that storing its outcome needs the after-step retries.
+OUTAGE_STEP_SLEEP = 1.5
+#: In the soak workflow, a step raises when crc32("<input>:<step>") % SOAK_FAIL_MODULUS == 0.
+SOAK_FAIL_MODULUS = 100
+SOAK_STEPS = 5
+
+# Counting hashes of the soak, in the tests' Redis database.
+STARTED_KEY = "faults:started"
+COMPLETED_KEY = "faults:completed"
+PUBLISHED_KEY = "faults:published"
+
+
+def mark(run: StepRun) -> None:
+    """Append `run` to the marks file, if the test asked for one."""
+    path = os.environ.get("ERGATE_FAULT_MARKS")
+    if not path:
+        return
+    line = (
+        f"{run.workflow_name} {run.step_name} {run.job_id} {run.hop} {run.attempt} {os.getpid()}\n"
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_marks(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The marks written so far, oldest first."""
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return []
+    marks = []
+    for line in lines:
+        workflow, step, job_id, hop, attempt, pid = line.split(" ")
+        marks.append(
+            {
+                "workflow": workflow,
+                "step": step,
+                "job_id": job_id,
+                "hop": int(hop),
+                "attempt": int(attempt),
+                "pid": int(pid),
+            }
+        )
+    return marks
+
+
+Run = Annotated[StepRun, CurrentRun()]
+
+# A step that, on its first run, sleeps until the test kills its worker.
+slow = Workflow(unique_name="fault_slow")
+
+
+@slow.step
+def first(x: int, run: Run) -> int:
+    mark(run)
+    return x + 1
+
+
+@slow.step
+def second(x: int, run: Run) -> int:
+    mark(run)
+    if run.attempt == 1:
+        time.sleep(FIRST_RUN_SLEEP)
+    return x * 10
+
+
+@slow.step
+def third(x: int, run: Run) -> int:
+    mark(run)
+    return x + 3
+
+
+# Five steps; the third is running when the test stops Redis, and ends while Redis is down.
+outage = Workflow(unique_name="fault_outage")
+
+
+def _outage_step(name: str, sleep: float = 0.0) -> None:
+    def step(x: list[str], run: Run) -> list[str]:
+        mark(run)
+        if sleep and run.attempt == 1:
+            time.sleep(sleep)
+        return [*x, name]
+
+    step.__name__ = step.__qualname__ = name
+    outage.step(step)
+
+
+for _i in range(5):
+    _outage_step(f"outage_{_i}", OUTAGE_STEP_SLEEP if _i == 2 else 0.0)
+
+
+# Three quick steps; the worker dies between storing the first one and publishing the second.
+window = Workflow(unique_name="fault_window")
+
+
+@window.step
+def commit(x: int, run: Run) -> int:
+    mark(run)
+    return x + 1
+
+
+@window.step
+def publish(x: int, run: Run) -> int:
+    mark(run)
+    return x + 1
+
+
+@window.step
+def done(x: int, run: Run) -> int:
+    mark(run)
+    return x + 1
+
+
+# The soak: five steps, each failing deterministically for ~1 % of inputs.
+soak = Workflow(unique_name="fault_soak")
+
+
+class PlannedFailureError(RuntimeError):
+    """What a soak step raises for the inputs chosen to fail."""
+
+
+def soak_fails(x: int, step_index: int) -> bool:
+    """Whether step `step_index` of the soak job with input `x` raises."""
+    return zlib.crc32(f"{x}:{step_index}".encode()) % SOAK_FAIL_MODULUS == 0
+
+
+def _soak_step(index: int) -> None:
+    def step(x: int, run: Run) -> int:
+        if soak_fails(x, index):
+            raise PlannedFailureError(f"input {x} fails at step {index}")
+        return x
+
+    step.__name__ = step.__qualname__ = f"soak_{index}"
+    soak.step(step)
+
+
+for _i in range(SOAK_STEPS):
+    _soak_step(_i)
+
+
+def make_app(conf: dict[str, object]) -> tuple[Celery, ErgateCelery]:
+    app = Celery("fault_app", set_as_current=True)
+    app.conf.update(conf)
+    ergate = ErgateCelery(app)
+    return app, ergate
+
+
+app, ergate = make_app(json.loads(os.environ.get("ERGATE_TEST_CONF", "{}")))
+for _workflow in (slow, outage, window, soak):
+    ergate.register_workflow(_workflow)
+
+
+# Cross-process observation -----------------------------------------------------------------
+
+_redis: tuple[int, Any] | None = None
+
+
+def _counter() -> Any:
+    """A Redis client of this process (prefork children must not share their parent's)."""
+    global _redis
+    url = os.environ.get("ERGATE_FAULT_REDIS")
+    if not url:
+        return None
+    if _redis is None or _redis[0] != os.getpid():
+        import redis
+
+        _redis = (os.getpid(), redis.Redis.from_url(url))
+    return _redis[1]
+
+
+def _count(key: str, field: str) -> None:
+    client = _counter()
+    if client is not None:
+        client.hincrby(key, field, 1)
+
+
+@ergate_signals.step_started.connect(weak=False)
+def _on_step_started(sender: str, job: Any, **kwargs: Any) -> None:
+    if sender.startswith("ergate.fault_soak."):
+        _count(STARTED_KEY, f"{job.id}:{sender.rsplit('.', 1)[1]}")
+
+
+@ergate_signals.step_completed.connect(weak=False)
+def _on_step_completed(sender: str, job: Any, **kwargs: Any) -> None:
+    if sender.startswith("ergate.fault_soak."):
+        _count(COMPLETED_KEY, f"{job.id}:{sender.rsplit('.', 1)[1]}")
+    flag = os.environ.get("ERGATE_FAULT_KILL_AFTER_COMMIT")
+    if flag and sender == "ergate.fault_window.commit":
+        try:
+            os.close(os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return
+        # The first step's outcome is stored; its successor is not published yet.
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@after_task_publish.connect(weak=False)
+def _on_published(sender: str | None = None, headers: Any = None, **kwargs: Any) -> None:
+    if sender and sender.startswith("ergate.fault_soak.") and headers:
+        _count(PUBLISHED_KEY, str(headers.get("id")))

@@ -1,0 +1,222 @@
+"""What users watch: timestamps and step timings, lifecycle signals and Celery events, and
+progress reported from inside a step."""
+
+import threading
+import time
+from typing import Annotated, Any
+
+import pytest
+
+from ergate_celery import AbortJob, JobStatus, Progress, ProgressReporter, Workflow, signals
+
+from .conftest import Setup, in_process_worker
+
+WAIT = 60
+
+
+def _workflows(setup: Setup) -> None:
+    workflow = Workflow(unique_name="watched")
+
+    @workflow.step
+    def first(x: str) -> str:
+        return x
+
+    @workflow.step
+    def second(x: str) -> str:
+        if x == "fail":
+            raise ValueError("card declined")
+        if x == "abort":
+            raise AbortJob("customer cancelled")
+        return x.upper()
+
+    setup.ergate.register_workflow(workflow)
+
+
+def test_job_records_timestamps_and_step_timings(setup: Setup, worker: Any) -> None:
+    _workflows(setup)
+    with worker():
+        job = setup.ergate.submit_job("watched", initial_input_value="ok")
+        done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+    assert done.submitted_at is not None
+    assert done.started_at is not None
+    assert done.finished_at is not None
+    assert done.submitted_at <= done.started_at <= done.finished_at
+    assert done.duration is not None
+    assert done.duration >= 0
+    assert [(t.step, t.index, t.outcome, t.attempt) for t in done.timings] == [
+        ("first", 0, "QUEUED", 1),
+        ("second", 1, "COMPLETED", 1),
+    ]
+    assert all(t.duration >= 0 for t in done.timings)
+    assert done.model_dump(mode="json")["duration"] == done.duration
+
+
+def test_failed_job_says_which_step_and_why(setup: Setup, worker: Any) -> None:
+    _workflows(setup)
+    with worker():
+        job = setup.ergate.submit_job("watched", initial_input_value="fail")
+        done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+    assert done.status is JobStatus.FAILED
+    assert done.error is not None
+    assert (done.error.type, done.error.message, done.error.step) == (
+        "ValueError",
+        "card declined",
+        "second",
+    )
+    assert done.error.traceback is not None
+    assert 'raise ValueError("card declined")' in done.error.traceback
+    assert done.finished_at is not None
+    assert done.timings[-1].outcome == "FAILED"
+
+
+@pytest.mark.setup("redis", "embedded")
+def test_lifecycle_signals_fire_and_a_raising_receiver_is_harmless(
+    setup: Setup, worker: Any
+) -> None:
+    _workflows(setup)
+    seen: list[tuple[str, str, str]] = []
+    lock = threading.Lock()
+
+    def receiver(name: str) -> Any:
+        def receive(sender: str, job: Any, **kwargs: Any) -> None:
+            with lock:
+                seen.append((name, str(job.initial_input_value), job.status.name))
+
+        return receive
+
+    def broken(sender: str, job: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a buggy receiver")
+
+    connected = {
+        name: getattr(signals, name)
+        for name in (
+            "job_started",
+            "step_started",
+            "step_completed",
+            "job_completed",
+            "job_failed",
+            "job_aborted",
+            "job_cancelled",
+        )
+    }
+    handlers = {name: receiver(name) for name in connected}
+    for name, signal in connected.items():
+        signal.connect(handlers[name], weak=False)
+        signal.connect(broken, weak=False)
+    try:
+        with worker():
+            ids = {
+                value: setup.ergate.submit_job("watched", initial_input_value=value).id
+                for value in ("ok", "fail", "abort")
+            }
+            for job_id in ids.values():
+                setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    finally:
+        for name, signal in connected.items():
+            signal.disconnect(handlers[name])
+            signal.disconnect(broken)
+    for value in ("ok", "fail", "abort"):
+        names = [name for name, v, _ in seen if v == value]
+        assert names[:3] == ["job_started", "step_started", "step_completed"]
+        assert names.count("step_started") == 2
+    assert ("job_completed", "ok", "COMPLETED") in seen
+    assert ("job_failed", "fail", "FAILED") in seen
+    assert ("job_aborted", "abort", "ABORTED") in seen
+    assert setup.ergate.get_job(ids["ok"]).status is JobStatus.COMPLETED
+
+
+@pytest.mark.setup("redis", "embedded")
+def test_lifecycle_is_sent_as_celery_events_when_events_are_on(setup: Setup) -> None:
+    _workflows(setup)
+    events: list[dict[str, Any]] = []
+    with setup.app.connection() as connection:
+        receiver = setup.app.events.Receiver(
+            connection, handlers={"*": lambda event: events.append(event)}
+        )
+        capture = threading.Thread(
+            target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
+        )
+        capture.start()
+        time.sleep(0.5)  # let the receiver bind its queue before events are sent
+        try:
+            with in_process_worker(setup.app, task_events=True):
+                job = setup.ergate.submit_job("watched", initial_input_value="ok")
+                setup.ergate.wait_for_job(job.id, timeout=WAIT)
+                deadline = time.monotonic() + WAIT
+                while time.monotonic() < deadline and not any(
+                    e["type"] == "ergate-job-completed" for e in events
+                ):
+                    time.sleep(0.05)
+        finally:
+            receiver.should_stop = True
+            capture.join(10)
+    ours = [(e["type"], e.get("step")) for e in events if e["type"].startswith("ergate-")]
+    assert ours == [
+        ("ergate-job-started", "first"),
+        ("ergate-step-started", "first"),
+        ("ergate-step-completed", "first"),
+        ("ergate-step-started", "second"),
+        ("ergate-step-completed", "second"),
+        ("ergate-job-completed", "second"),
+    ]
+    completed = next(e for e in events if e["type"] == "ergate-job-completed")
+    assert (completed["job_id"], completed["status"]) == (job.id, "COMPLETED")
+
+
+def test_progress_moves_inside_a_step_and_only_forward(setup_name: str, make_setup: Any) -> None:
+    setup = make_setup(setup_name, ergate_progress_interval=0.05)
+    release, reported = threading.Event(), threading.Event()
+    workflow = Workflow(unique_name="long")
+
+    @workflow.step
+    def prepare(x: int) -> int:
+        return x
+
+    @workflow.step
+    def crunch(x: int, progress: Annotated[ProgressReporter, Progress()]) -> int:
+        for i in range(1, 11):
+            progress.report(i / 10)
+            time.sleep(0.06)
+            if i == 5:
+                reported.set()
+                assert release.wait(WAIT)
+        return x
+
+    @workflow.step
+    def finish(x: int) -> int:
+        return x
+
+    setup.ergate.register_workflow(workflow)
+    seen: list[float] = []
+    with in_process_worker(setup.app):
+        job = setup.ergate.submit_job("long", initial_input_value=1)
+        assert reported.wait(WAIT)
+        middle = setup.ergate.get_job(job.id).percent_completed
+        release.set()
+        while not (current := setup.ergate.get_job(job.id)).is_final:
+            seen.append(current.percent_completed)
+            time.sleep(0.01)
+    # The second of three steps runs between 33.3% and 66.7%; halfway through it is at 50%.
+    assert middle == pytest.approx(50.0)
+    assert seen == sorted(seen)
+    assert all(33.0 < p <= 67.0 for p in seen if p < 99.0)
+    assert current.percent_completed == 100.0
+
+
+def test_progress_reporter_throttles_and_bounds() -> None:
+    writes: list[float] = []
+    reporter = ProgressReporter(20.0, 40.0, writes.append, interval=3600)
+    for i in range(1, 11):
+        reporter.report(i / 10)
+    assert writes == [22.0]  # the first report is written; the rest fall in the same interval
+    assert reporter.percent == 40.0
+    reporter.report(0.5)  # backwards: ignored
+    reporter.report(7)  # clamped to the end of the step's share
+    assert reporter.percent == 40.0
+    with pytest.raises(TypeError, match="fraction"):
+        reporter.report("half")  # type: ignore[arg-type]
+    unthrottled: list[float] = []
+    reporter = ProgressReporter(0.0, 10.0, unthrottled.append, interval=0)
+    for i in range(1, 5):
+        reporter.report(i / 4)
+    assert unthrottled == [2.5, 5.0, 7.5, 10.0]
