@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from .settings import ErgateSettings
 from .stores import JobStore, store_for_backend
 from .stores.base import job_document
 from .submission import new_job
+from .transactions import in_django_transaction, on_commit
 from .workflow import Workflow
 from .workflow_step import WorkflowStep
 
@@ -71,6 +73,7 @@ class ErgateCelery:
         worker_init.connect(self._on_worker_init, weak=False)
         #: Send job lifecycle events too; follows the worker's -E / worker_send_task_events.
         self.events_enabled = bool(app.conf.get("worker_send_task_events"))
+        _discover_django_workflows(self)
 
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
@@ -270,6 +273,12 @@ class ErgateCelery:
             deadline=deadline,
             now=datetime.now(UTC),
         )
+        if in_django_transaction():
+            # Stored PENDING until the transaction commits; a rollback publishes nothing.
+            pending = job.model_copy(update={"status": JobStatus.PENDING})
+            self.store.create(pending)
+            on_commit(lambda: self._hand_over(pending, job.status))
+            return pending
         self.store.create(job)
         if job.status is JobStatus.QUEUED:
             try:
@@ -278,6 +287,16 @@ class ErgateCelery:
                 self.store.delete(str(job.id))
                 raise
         return job
+
+    def _hand_over(self, pending: Job, status: JobStatus) -> None:
+        def release(stored: Job) -> Job | None:
+            if stored.status is not JobStatus.PENDING:
+                return None  # cancelled meanwhile
+            return stored.model_copy(update={"status": status})
+
+        job = self.store.update(str(pending.id), release)
+        if job is not None and job.status is JobStatus.QUEUED:
+            self.publish(job)
 
     def publish(self, job: Job) -> None:
         """Send the message of the job's current step."""
@@ -377,3 +396,21 @@ class ErgateCelery:
 
 def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:
     return execute_step(self.ergate, self.ergate_step, self, payload)
+
+
+def all_bindings() -> list[ErgateCelery]:
+    """Every ErgateCelery of this process."""
+    return list(_bindings.values())
+
+
+def _discover_django_workflows(binding: ErgateCelery) -> None:
+    # When the Celery app is created after Django's apps are ready, the Django app's
+    # ready() has already run: register its autodiscovery here instead.
+    if "django.apps" not in sys.modules:
+        return
+    from django.apps import apps
+
+    if apps.ready and apps.is_installed("ergate_celery.contrib.django"):
+        from .contrib.django.apps import discover_installed_workflows
+
+        discover_installed_workflows(binding)

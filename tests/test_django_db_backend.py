@@ -2,6 +2,7 @@
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,15 @@ from ergate_celery import (
     DuplicateJobError,
     ErgateCelery,
     InvalidInputError,
+    JobNotFoundError,
     JobStatus,
     Workflow,
 )
 
+from .django_support import configure_django
 from .services import REDIS_HOST, REDIS_PORT, REDIS_URL, redis_flush, require
 
-django = pytest.importorskip("django")
+pytest.importorskip("django")
 pytest.importorskip("django_celery_results")
 
 WAIT = 60
@@ -28,26 +31,10 @@ WAIT = 60
 
 @pytest.fixture(scope="module")
 def django_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Configure Django once for this process, with a migrated SQLite database."""
-    from django.conf import settings
-    from django.core.management import call_command
-
-    path = tmp_path_factory.mktemp("django") / "db.sqlite3"
-    if not settings.configured:
-        settings.configure(
-            INSTALLED_APPS=["django_celery_results", "ergate_celery.contrib.django"],
-            DATABASES={
-                "default": {
-                    "ENGINE": "django.db.backends.sqlite3",
-                    "NAME": str(path),
-                    "OPTIONS": {"timeout": 30},
-                }
-            },
-            USE_TZ=True,
-        )
-        django.setup()
-    call_command("migrate", verbosity=0)
-    return path
+    """Django configured for this process (once), with a migrated database."""
+    folder = tmp_path_factory.mktemp("django")
+    configure_django(folder)
+    return folder
 
 
 @pytest.fixture
@@ -138,3 +125,105 @@ def test_bad_submissions_leave_no_row(app: Celery) -> None:
         ergate.submit_job("invoice", **bad)
     assert list(TaskResult.objects.values_list("task_id", flat=True)) == ["inv-1"]
     assert ergate.get_job("inv-1") == first
+
+
+def test_workflows_module_of_installed_apps_is_discovered(app: Celery) -> None:
+    ergate = ErgateCelery(app)
+    assert ergate.workflow("discovered").unique_name == "discovered"
+    assert "ergate.discovered.greet" in app.tasks
+
+
+def test_submit_in_atomic_block_publishes_on_commit(app: Celery) -> None:
+    from django.db import transaction
+
+    ergate = ErgateCelery(app)
+    with transaction.atomic():
+        job = ergate.submit_job("discovered", initial_input_value="ann")
+        assert job.status is JobStatus.PENDING
+        assert _queued_messages(app) == 0
+    assert ergate.get_job(job.id).status is JobStatus.QUEUED
+    assert _queued_messages(app) == 1
+    with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        assert ergate.wait_for_job(job.id, timeout=WAIT).last_return_value == "hello ann"
+
+
+def test_rolled_back_submission_stores_and_publishes_nothing(app: Celery) -> None:
+
+    ergate = ErgateCelery(app)
+    job_id = _submit_and_roll_back(ergate, "bob")
+    with pytest.raises(JobNotFoundError):
+        ergate.get_job(job_id)
+    assert _queued_messages(app) == 0
+
+
+def test_rolled_back_submission_on_another_backend_is_never_published(app: Celery) -> None:
+    # The record lives in Redis, outside the Django transaction: it stays PENDING, is never
+    # published nor swept as stuck, and expires like a finished result.
+
+    app.conf.result_backend = REDIS_URL
+    ergate = ErgateCelery(app)
+    job_id = _submit_and_roll_back(ergate, "cy")
+    assert ergate.get_job(job_id).status is JobStatus.PENDING
+    assert _queued_messages(app) == 0
+    far = datetime.now(UTC) + timedelta(days=365)
+    assert ergate.store.stale(far, 10) == []
+    assert ergate.store.due(far, 10) == []
+    store: Any = ergate.store
+    assert store.client.ttl(store._key(job_id)) > 0
+
+
+def test_admin_lists_jobs_with_workflow_status_and_progress(app: Celery) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    ergate = ErgateCelery(app)
+    with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        job = ergate.submit_job("discovered", initial_input_value="dee")
+        ergate.wait_for_job(job.id, timeout=WAIT)
+    User.objects.filter(username="admin").delete()
+    User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client = Client()
+    client.force_login(User.objects.get(username="admin"))
+    page = client.get("/admin/ergate_celery/ergatejob/").content.decode()
+    assert job.id in page
+    assert "discovered" in page
+    assert "100%" in page
+    assert f"{job.id}:0" not in page  # step task results are not jobs
+    detail = client.get(f"/admin/ergate_celery/ergatejob/{TaskResultId.of(job.id)}/change/")
+    assert detail.status_code == 200
+
+
+class TaskResultId:
+    @staticmethod
+    def of(job_id: str) -> int:
+        from django_celery_results.models import TaskResult
+
+        return int(TaskResult.objects.get(task_id=job_id).pk)
+
+
+def _queued_messages(app: Celery) -> int:
+    with app.connection_for_write() as conn:
+        try:
+            declared = conn.default_channel.queue_declare(
+                queue=app.conf.task_default_queue, passive=True
+            )
+        except Exception:
+            return 0
+        return int(declared.message_count)
+
+
+class _RollbackError(Exception):
+    pass
+
+
+def _submit_and_roll_back(ergate: ErgateCelery, value: str) -> str:
+    from django.db import transaction
+
+    submitted: list[str] = []
+    try:
+        with transaction.atomic():
+            submitted.append(str(ergate.submit_job("discovered", initial_input_value=value).id))
+            raise _RollbackError
+    except _RollbackError:
+        pass
+    return submitted[0]

@@ -9,6 +9,7 @@ from redis.exceptions import WatchError
 
 from ..exceptions import DuplicateJobError
 from ..job import Job
+from ..job_status import JobStatus
 from .base import (
     ACTIVE,
     SCHEDULED,
@@ -57,8 +58,10 @@ class RedisJobStore:
         }
         encoded: bytes = self.backend.encode(meta)
         check_size(job, encoded, self.max_bytes)
-        # Only a finished job may expire: Celery would put result_expires on every write.
-        return encoded, (self.backend.expires or None) if final else None
+        # Only a finished (or never handed over) job may expire: Celery would put
+        # result_expires on every write, unfinished jobs included.
+        expiring = final or job.status is JobStatus.PENDING
+        return encoded, (self.backend.expires or None) if expiring else None
 
     def _decode(self, raw: bytes) -> Job:
         return job_from_document(self.backend.decode(raw)["result"])

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..exceptions import DuplicateJobError
 from ..job import Job
+from ..job_status import JobStatus
 from .base import (
     ACTIVE,
     SCHEDULED,
@@ -25,6 +26,10 @@ from .base import (
 
 def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _expiring(job: Job) -> bool:
+    return job.is_final or job.status is JobStatus.PENDING
 
 
 def index_table(schema: str | None) -> sa.Table:
@@ -76,7 +81,7 @@ class SQLAlchemyJobStore:
             "traceback": job.error.traceback if job.error else None,
             # Celery's backend_cleanup leaves rows without date_done alone: unfinished jobs
             # keep it NULL so that they never expire.
-            "date_done": _naive_utc(datetime.now(UTC)) if job.is_final else None,
+            "date_done": _naive_utc(datetime.now(UTC)) if _expiring(job) else None,
         }
 
     def _reindex(self, conn: sa.Connection, job: Job) -> None:
