@@ -26,24 +26,16 @@ from .stores import JobStore, store_for_backend
 from .stores.base import job_document
 from .submission import new_job
 from .transactions import in_django_transaction, on_commit
-from .workflow import Workflow
+from .workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS, Workflow
 from .workflow_step import WorkflowStep
 
 logger = logging.getLogger("ergate_celery")
 
 _bindings: WeakKeyDictionary[Celery, ErgateCelery] = WeakKeyDictionary()
 
-_CELERY_OPTIONS = (
-    "queue",
-    "priority",
-    "rate_limit",
-    "time_limit",
-    "soft_time_limit",
-    "max_retries",
-    "default_retry_delay",
-    "acks_late",
-    "reject_on_worker_lost",
-)
+# Retries are decided in the step body (a retry must stay the same step), so these step
+# options are not handed to Celery's own autoretry wrapper.
+_CELERY_OPTIONS = STEP_TASK_OPTIONS - RETRY_OPTIONS
 
 
 class StepTask(Task):  # type: ignore[type-arg]

@@ -134,6 +134,15 @@ def execute_step(
         raise task.retry(exc=outcome.exception, countdown=_retry_delay(step, task))
 
     after = _timed(job, step, advance(job, step.workflow, outcome))
+    if after.status is JobStatus.FAILED and after.error is not None:
+        logger.error(
+            "Job %s failed at step %s: %s: %s\n%s",
+            job_id,
+            step,
+            after.error.type,
+            after.error.message,
+            after.error.traceback or "",
+        )
     finished = _retrying(
         ergate,
         f"storing the outcome of {step} for job {job_id}",

@@ -32,6 +32,10 @@ STEP_TASK_OPTIONS = frozenset(
 )
 
 
+#: The step options that ergate_celery's own retry logic reads, with Celery's meaning.
+RETRY_OPTIONS = frozenset({"autoretry_for", "retry_backoff", "retry_backoff_max", "retry_jitter"})
+
+
 class Workflow:
     """An ordered list of steps, registered under a unique name."""
 
