@@ -11,6 +11,8 @@ from celery import Celery
 
 from ergate_celery import ErgateCelery, Workflow
 
+from .cli_workflows import WORKFLOWS
+
 tick = Workflow(unique_name="tick")
 
 
@@ -28,6 +30,8 @@ def make_app(conf: dict[str, object]) -> tuple[Celery, ErgateCelery]:
 
 app, ergate = make_app(json.loads(os.environ.get("ERGATE_TEST_CONF", "{}")))
 ergate.register_workflow(tick)
+for workflow in WORKFLOWS:
+    ergate.register_workflow(workflow)
 if os.environ.get("ERGATE_TEST_PERIODIC"):
     every = float(os.environ["ERGATE_TEST_PERIODIC"])
     ergate.add_periodic_job("tick", every, name="tick", initial_input_value=1)

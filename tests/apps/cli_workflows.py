@@ -1,0 +1,56 @@
+"""Workflows the CLI and Flower tests run, registered by `tests.apps.beat_app` and by the
+tests' own apps (importing this module has no side effects)."""
+
+import time
+from typing import Any
+
+from ergate_celery import GoToEnd, GoToEndPath, GoToStep, GoToStepPath, NextStepPath, Workflow
+
+#: Three steps; each sleeps `input["sleep"]` seconds; `input["fail"]` fails the second.
+cli_steps = Workflow(unique_name="cli_steps")
+
+
+@cli_steps.step
+def prepare(x: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(x.get("sleep", 0))
+    return x
+
+
+@cli_steps.step
+def process(x: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(x.get("sleep", 0))
+    if x.get("fail"):
+        raise ValueError("the cli test asked this step to fail")
+    return x
+
+
+@cli_steps.step
+def finish(x: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(x.get("sleep", 0))
+    return {**x, "done": True}
+
+
+#: A branch: `route` goes on to `check`, jumps to `ship`, or ends the job.
+branchy = Workflow(unique_name="branchy")
+
+
+@branchy.step(paths=[NextStepPath(), GoToStepPath("ship"), GoToEndPath()])
+def route(x: str) -> str:
+    if x == "skip":
+        raise GoToStep(ship, retval=x)
+    if x == "stop":
+        raise GoToEnd(retval=x)
+    return x
+
+
+@branchy.step(paths=[NextStepPath(), GoToEndPath()])
+def check(x: str) -> str:
+    return x
+
+
+@branchy.step
+def ship(x: str) -> str:
+    return f"shipped {x}"
+
+
+WORKFLOWS = (cli_steps, branchy)

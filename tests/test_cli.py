@@ -1,0 +1,263 @@
+"""`celery -A proj ergate ...`, run as the real `celery` command in a subprocess."""
+
+import json
+import os
+import pty
+import select
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from subprocess import PIPE, CompletedProcess, Popen
+
+import pytest
+import redis
+
+from ergate_celery import Job, JobStatus
+
+from .apps.cli_workflows import WORKFLOWS
+from .conftest import ROOT, Setup, in_process_worker
+from .services import REDIS_URL
+
+pytestmark = pytest.mark.setup("redis")
+
+WAIT = 60
+FUTURE_DT = datetime.now(UTC) + timedelta(days=30)
+FUTURE = FUTURE_DT.isoformat()
+
+
+@pytest.fixture
+def cli(setup: Setup) -> Setup:
+    """The redis setup with the workflows `tests.apps.beat_app` has, for an in-process worker."""
+    for workflow in WORKFLOWS:
+        setup.ergate.register_workflow(workflow)
+    return setup
+
+
+def ergate(setup: Setup, *args: str) -> CompletedProcess[str]:
+    """`celery -A tests.apps.beat_app ergate <args>`."""
+    return setup.run_celery("ergate", *args)
+
+
+def submitted(setup: Setup, *args: str) -> str:
+    """Submit through the CLI and return the printed id."""
+    done = ergate(setup, "submit", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def wait_status(setup: Setup, job_id: str, status: JobStatus) -> Job:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        job = setup.ergate.get_job(job_id)
+        if job.status is status:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never became {status.name}")
+
+
+def test_submit_list_show_watch(cli: Setup) -> None:
+    queued = submitted(cli, "cli_steps", "--input", '{"sleep": 0.3}', "--context", '{"u": 1}')
+    scheduled = submitted(cli, "branchy", "--input", '"later"', "--at", FUTURE, "--id", "my-id")
+    assert scheduled == "my-id"
+    assert cli.ergate.get_job(queued).user_context == {"u": 1}
+
+    listed = ergate(cli, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert rows[0] == ["ID", "WORKFLOW", "STATUS", "STEP", "PERCENT"]
+    # Unfinished jobs: the active ones first, then the scheduled ones.
+    assert rows.index([queued, "cli_steps", "QUEUED", "#0", "prepare", "0.0%"]) < rows.index(
+        ["my-id", "branchy", "SCHEDULED", "#0", "route", "0.0%"]
+    )
+
+    only = ergate(cli, "list", "--status", "scheduled", "--json")
+    assert [json.loads(line) for line in only.stdout.splitlines()] == [
+        {"id": "my-id", "workflow": "branchy", "status": "SCHEDULED", "step": "#0 route"}
+        | {"percent": 0.0}
+    ]
+    by_workflow = ergate(cli, "list", "--workflow", "cli_steps", "--json", "--limit", "5")
+    assert [json.loads(line)["id"] for line in by_workflow.stdout.splitlines()] == [queued]
+    assert len(ergate(cli, "list", "--limit", "1").stdout.splitlines()) == 2
+
+    with in_process_worker(cli.app):
+        watched = ergate(cli, "watch", queued, "--interval", "0.1")
+    assert watched.returncode == 0, watched.stderr
+    states = [line.split()[1] for line in watched.stdout.splitlines()]
+    assert states[-1] == "COMPLETED"
+    assert "RUNNING" in states
+    assert watched.stdout.splitlines()[-1].endswith("100.0%")
+
+    shown = ergate(cli, "show", queued)
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(line.split(None, 1) for line in shown.stdout.splitlines())
+    assert fields["id"] == queued
+    assert fields["status"] == "COMPLETED"
+    assert fields["steps_completed"] == "3"
+    assert fields["percent_completed"] == "100.0"
+    assert json.loads(fields["last_return_value"]) == {"sleep": 0.3, "done": True}
+    assert json.loads(fields["user_context"]) == {"u": 1}
+    as_json = json.loads(ergate(cli, "show", queued, "--json").stdout)
+    assert Job.model_validate(as_json).status is JobStatus.COMPLETED
+
+    remaining = ergate(cli, "list", "--json").stdout.splitlines()
+    assert queued not in "".join(remaining)
+    assert "my-id" in "".join(remaining)
+
+
+def test_watch_and_show_a_failed_job(cli: Setup) -> None:
+    job_id = submitted(cli, "cli_steps", "--input", '{"fail": true}')
+    with in_process_worker(cli.app):
+        watched = ergate(cli, "watch", job_id, "--interval", "0.1")
+    assert watched.returncode == 1
+    assert watched.stdout.splitlines()[-1].split()[1] == "FAILED"
+    assert "ValueError: the cli test asked this step to fail" in watched.stderr
+
+    shown = ergate(cli, "show", job_id)
+    assert shown.returncode == 0
+    assert "error                 ValueError in step process: the cli test asked" in shown.stdout
+    assert "Traceback (most recent call last)" in shown.stdout
+    assert 'raise ValueError("the cli test asked this step to fail")' in shown.stdout
+
+
+def test_watch_draws_a_progress_bar_on_a_terminal(cli: Setup) -> None:
+    job_id = submitted(cli, "cli_steps", "--input", '{"sleep": 0.2}')
+    command = [sys.executable, "-m", "celery", "-A", "tests.apps.beat_app", "ergate", "watch"]
+    environment = {**os.environ, "ERGATE_TEST_CONF": json.dumps(cli.conf)}
+    environment["PYTHONPATH"] = str(ROOT)
+    with in_process_worker(cli.app):
+        main, terminal = pty.openpty()
+        process = Popen(
+            [*command, job_id, "--interval", "0.1"],
+            cwd=ROOT,
+            env=environment,
+            stdout=terminal,
+            stderr=PIPE,
+        )
+        os.close(terminal)
+        try:
+            screen = _read_terminal(main, WAIT)
+        finally:
+            os.close(main)
+            code = process.wait(timeout=WAIT)
+            assert process.stderr is not None
+            process.stderr.close()
+    assert code == 0
+    assert f"job {job_id}".encode() in screen
+    assert b"100%" in screen
+    assert b"#" in screen
+    assert b"COMPLETED" in screen
+
+
+def _read_terminal(fd: int, timeout: float) -> bytes:
+    """Everything written to the terminal until its other side closes."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_cancel_a_scheduled_job_then_again(cli: Setup) -> None:
+    job_id = submitted(cli, "cli_steps", "--input", "{}", "--at", FUTURE)
+    first = ergate(cli, "cancel", job_id)
+    assert (first.returncode, first.stdout) == (0, "CANCELLED\n")
+    again = ergate(cli, "cancel", job_id)
+    assert (again.returncode, again.stdout) == (1, "CANCELLED\n")
+    assert "had already finished as CANCELLED; unchanged" in again.stderr
+    assert cli.ergate.get_job(job_id).status is JobStatus.CANCELLED
+
+
+def test_cancel_a_running_job_then_a_completed_one(cli: Setup) -> None:
+    slow = submitted(cli, "cli_steps", "--input", '{"sleep": 2}')
+    quick = submitted(cli, "cli_steps", "--input", "{}")
+    with in_process_worker(cli.app):
+        wait_status(cli, slow, JobStatus.RUNNING)
+        cancelled = ergate(cli, "cancel", slow)
+        assert (cancelled.returncode, cancelled.stdout) == (0, "CANCELLING\n")
+        watched = ergate(cli, "watch", slow, "--interval", "0.1")
+        assert watched.returncode == 1
+        assert watched.stdout.splitlines()[-1].split()[1] == "CANCELLED"
+        cli.ergate.wait_for_job(quick, timeout=WAIT)
+    assert cli.ergate.get_job(slow).steps_completed <= 1
+
+    completed = ergate(cli, "cancel", quick)
+    assert (completed.returncode, completed.stdout) == (1, "COMPLETED\n")
+    assert cli.ergate.get_job(quick).status is JobStatus.COMPLETED
+
+
+def test_graph_of_a_branching_workflow(cli: Setup) -> None:
+    drawn = ergate(cli, "graph", "branchy")
+    assert drawn.returncode == 0, drawn.stderr
+    lines = [line.strip() for line in drawn.stdout.splitlines()]
+    assert lines[0] == "flowchart TD"
+    assert {'s0["route"]', 's1["check"]', 's2["ship"]', "END([END])"} <= set(lines)
+    edges = [line for line in lines if "-->" in line]
+    assert sorted(edges) == sorted(
+        [
+            "s0 --> s1",
+            "s0 -->|GoToStep| s2",
+            "s0 -->|GoToEnd| END",
+            "s1 --> s2",
+            "s1 -->|GoToEnd| END",
+            "s2 --> END",
+        ]
+    )
+    linear = ergate(cli, "graph", "cli_steps").stdout
+    assert [line.strip() for line in linear.splitlines() if "-->" in line] == [
+        "s0 --> s1",
+        "s1 --> s2",
+        "s2 --> END",
+    ]
+    unknown = ergate(cli, "graph", "nope")
+    assert unknown.returncode == 2
+    assert "No workflow named 'nope'" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["cli_steps", "--input", "{not json"], "--input is not valid JSON"),
+        (["cli_steps", "--input", "{}", "--context", "[1,"], "--context is not valid JSON"),
+        (["nope", "--input", "{}"], "UnknownWorkflowError: No workflow named 'nope'"),
+        (["cli_steps", "--input", '"a string"'], "does not fit the input type"),
+        (["cli_steps", "--input", "{}", "--at", "next tuesday"], "--at is not an ISO 8601"),
+        (["cli_steps", "--input", "{}", "--id", "taken"], "DuplicateJobError"),
+        (["cli_steps"], "Missing option '--input'"),
+    ],
+)
+def test_bad_submissions_exit_2_and_submit_nothing(
+    cli: Setup, args: list[str], message: str
+) -> None:
+    original = cli.ergate.submit_job(
+        "cli_steps", initial_input_value={"keep": 1}, id="taken", requested_start_time=FUTURE_DT
+    )
+    done = ergate(cli, "submit", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert done.stdout == ""
+    store, end = cli.ergate.store, datetime(9999, 1, 1, tzinfo=UTC)
+    indexed = [store.get(i) for i in store.due(end, 1000) + store.stale(end, 1000)]
+    assert [job.id for job in indexed if job and job.workflow_name == "cli_steps"] == ["taken"]
+    assert redis.Redis.from_url(REDIS_URL).llen(cli.conf["task_default_queue"]) == 0
+    assert cli.ergate.get_job("taken") == original
+
+
+def test_other_bad_input(cli: Setup) -> None:
+    missing = ergate(cli, "show", "no-such-job")
+    assert missing.returncode == 2
+    assert "No job with id 'no-such-job'" in missing.stderr
+    assert ergate(cli, "cancel", "no-such-job").returncode == 2
+    assert ergate(cli, "watch", "no-such-job").returncode == 2
+    finished = ergate(cli, "list", "--status", "COMPLETED")
+    assert finished.returncode == 2
+    assert "only unfinished jobs are indexed" in finished.stderr
+    assert ergate(cli, "list", "--status", "BOGUS").returncode == 2
