@@ -30,5 +30,9 @@ test: lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# Side by side with bare Celery on the same broker; prints ratios, writes bench/results/*.json.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -25,6 +25,23 @@ from .base import (
 INDEX_KEYS = {SCHEDULED: "ergate:scheduled", ACTIVE: "ergate:active"}
 
 
+# Compare-and-set in one round trip: write the record (and move its index entry) only if the
+# stored bytes are still those the change was computed from.
+_COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[4])
+if ARGV[5] == 'scheduled' then redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4]) end
+if ARGV[5] == 'active' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4]) end
+return 1
+"""
+
+
 def _duplicate(job: Job) -> DuplicateJobError:
     return DuplicateJobError(
         f"A job with id {job.id!r} already exists; submit without id= to get a new one"
@@ -37,6 +54,7 @@ class RedisJobStore:
     def __init__(self, backend: Any, max_bytes: int) -> None:
         self.backend = backend
         self.max_bytes = max_bytes
+        self._compare_and_set = backend.client.register_script(_COMPARE_AND_SET)
 
     @property
     def client(self) -> Any:
@@ -98,22 +116,18 @@ class RedisJobStore:
 
     def update(self, job_id: str, change: Change) -> Job | None:
         key = self._key(job_id)
-        with self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    new = None if raw is None else change(self._decode(raw))
-                    new = None if new is None else stamped(new)
-                    if new is None:
-                        pipe.unwatch()
-                        return None
-                    pipe.multi()
-                    self._write(pipe, new)
-                    pipe.execute()
-                    return new
-                except WatchError:
-                    continue
+        keys = [key, INDEX_KEYS[SCHEDULED], INDEX_KEYS[ACTIVE]]
+        while True:
+            raw = self.client.get(key)
+            new = None if raw is None else change(self._decode(raw))
+            if new is None:
+                return None
+            new = stamped(new)
+            encoded, ttl = self._encode(new)
+            kind, at = index_entry(new) or ("", None)
+            arguments = [raw, encoded, ttl or "", job_id, kind, at.timestamp() if at else ""]
+            if self._compare_and_set(keys=keys, args=arguments):
+                return new
 
     def delete(self, job_id: str) -> None:
         with self.client.pipeline() as pipe:
