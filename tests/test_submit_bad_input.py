@@ -58,7 +58,12 @@ def _stored_ids(setup: Setup) -> set[str]:
 
 
 BAD_SUBMISSIONS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
-    ("unknown workflow", {"workflow_name": "nope"}, UnknownWorkflowError, "registered: typed"),
+    (
+        "unknown workflow",
+        {"workflow_name": "nope"},
+        UnknownWorkflowError,
+        r"'nope'.*registered: .*typed",
+    ),
     ("workflow name not a string", {"workflow_name": 42}, TypeError, "string"),
     ("input not JSON", {"initial_input_value": object()}, InvalidInputError, "JSON"),
     ("context not JSON", {"user_context": {"x": object()}}, InvalidInputError, "user_context"),
