@@ -15,13 +15,13 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ergate_celery tests bench
-	$(BIN)/ruff format --check ergate_celery tests bench
+	$(BIN)/ruff check ergate_celery tests bench example_project
+	$(BIN)/ruff format --check ergate_celery tests bench example_project
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format ergate_celery tests bench
-	$(BIN)/ruff check --fix ergate_celery tests bench
+	$(BIN)/ruff format ergate_celery tests bench example_project
+	$(BIN)/ruff check --fix ergate_celery tests bench example_project
 
 test: lint
 	$(BIN)/python -m pytest
@@ -29,6 +29,10 @@ test: lint
 # Skips the fault tests marked slow; CI runs everything through `make test`.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# The example Django project end to end on its embedded defaults (no server needed).
+demo: $(STAMP)
+	$(BIN)/python example_project/demo.py
 
 # Side by side with bare Celery on the same broker; prints ratios, writes bench/results/*.json.
 bench: $(STAMP)

@@ -1,0 +1,1 @@
+"""Orders: customers place orders that the "process_order" workflow carries out."""

@@ -1,0 +1,167 @@
+"""In headless Chromium: log in, place orders, watch the progress bars move until the jobs end.
+
+Run with `python manage.py test --tag browser`; needs Debian's `chromium` and
+`chromium-driver` packages and `pip install selenium`. Screenshots go to
+$ORDERS_SCREENSHOT_DIR (default: var/screenshots).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from unittest import SkipTest
+
+from celery.contrib.testing.worker import start_worker
+from django.conf import settings
+from django.contrib.staticfiles.testing import StaticLiveServerTestCase
+from django.test import override_settings, tag
+
+from shop.celery import app
+
+from .helpers import make_user
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1200,800",
+]
+WAIT = 60.0
+
+
+@tag("browser")
+@override_settings(ORDERS_PICK_SECONDS=2.0)
+class BrowserTests(StaticLiveServerTestCase):
+    host = "127.0.0.1"
+    driver: Any
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+        if missing:
+            raise SkipTest(f"{', '.join(missing)} missing: apt-get install chromium-driver")
+        try:
+            from selenium import webdriver
+        except ImportError:
+            raise SkipTest("selenium is not installed: pip install selenium") from None
+        super().setUpClass()
+        app.control.purge()
+        cls.enterClassContext(
+            start_worker(
+                app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING"
+            )
+        )
+        profile = cls.enterClassContext(tempfile.TemporaryDirectory(prefix="chromium-"))
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+            options.add_argument(flag)
+        cls.driver = webdriver.Chrome(
+            options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
+        )
+        cls.addClassCleanup(cls.driver.quit)
+        cls.screenshots = Path(
+            os.environ.get("ORDERS_SCREENSHOT_DIR") or settings.VAR_DIR / "screenshots"
+        )
+        cls.screenshots.mkdir(parents=True, exist_ok=True)
+
+    def screenshot(self, name: str) -> None:
+        self.assertTrue(self.driver.save_screenshot(str(self.screenshots / name)))
+
+    def js(self, script: str) -> Any:
+        return self.driver.execute_script(script)
+
+    def open(self, path: str) -> None:
+        self.driver.get(f"{self.live_server_url}{path}")
+
+    def wait_for(self, script: str, what: str) -> Any:
+        """Poll a JavaScript expression until it is truthy; returns its value."""
+        deadline = time.monotonic() + WAIT
+        while not (value := self.js(f"return {script}")):
+            self.assertLess(time.monotonic(), deadline, f"timed out waiting for {what}")
+            time.sleep(0.05)
+        return value
+
+    def fill(self, **fields: str) -> None:
+        """Fill the page's form as a user would and press its button."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import Select
+
+        for name, value in fields.items():
+            element = self.driver.find_element(By.NAME, name)
+            if element.tag_name == "select":
+                Select(element).select_by_value(value)
+            else:
+                element.clear()
+                element.send_keys(value)
+        self.driver.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+
+    def place_order(self, **fields: str) -> str:
+        self.open("/orders/new/")
+        self.fill(**fields)
+        job_id: str = self.wait_for("document.getElementById('job')?.dataset.jobId", "the job page")
+        return job_id
+
+    def test_place_orders_and_watch_their_progress(self) -> None:
+        make_user("ada")
+        self.open("/")
+        self.assertIn("/accounts/login/", self.driver.current_url)
+        self.fill(username="ada", password="secret-pass-123")
+        self.wait_for("document.querySelector('h1')?.textContent === 'My orders'", "the list")
+
+        # One order, on its own page: the bar fills up without a reload, then the page shows
+        # the result.
+        self.place_order(sku="TEE", quantity="3")
+        seen: list[tuple[str, float]] = []
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            state = self.js(
+                "const job = document.getElementById('job');"
+                "return job && [job.querySelector('[data-field=status]').textContent,"
+                " job.querySelector('progress').value, job.dataset.final];"
+            )
+            if state:
+                seen.append((state[0], float(state[1])))
+                if state[2] == "true" and "Result" in self.js("return document.body.innerText"):
+                    break
+            time.sleep(0.1)
+        self.assertEqual(seen[-1], ("COMPLETED", 100.0), seen)
+        self.assertTrue(any(0.0 < percent < 100.0 for _, percent in seen), seen)
+        self.assertIn("shipped", self.js("return document.body.innerText"))
+        self.screenshot("order-detail.png")
+
+        # Two more; the list refreshes its rows by itself (no reload) until all have ended.
+        with self.assertLogs("ergate_celery", "ERROR"):  # the worker logs the failed job
+            self.place_order(sku="HIVE", card="declined")
+            self.place_order(sku="MUG", quantity="50")
+            self.open("/")
+            self.js("window.notReloaded = true")
+            rows = "Array.from(document.querySelectorAll('#jobs tbody tr'))"
+            running = f"{rows}.some(row => row.dataset.final !== 'true')"
+            if self.js(f"return {running}"):
+                self.screenshot("order-list-running.png")
+            self.wait_for(f"!({running})", "the list to show every job ending")
+        self.assertTrue(self.js("return window.notReloaded === true"))
+        table = self.js(
+            f"return {rows}.map(row => [row.querySelector('[data-field=status]').textContent,"
+            " row.querySelector('progress').value, row.querySelector('[data-field=note]')"
+            ".textContent.split(':')[0]])"
+        )
+        self.assertEqual(
+            [(status, note) for status, _, note in table],
+            [("FAILED", "OutOfStockError"), ("COMPLETED", "refunded"), ("COMPLETED", "shipped")],
+        )
+        self.assertEqual([percent for _, percent, _ in table][1:], [100, 100])
+        self.assertLess(table[0][1], 100)
+        self.screenshot("order-list.png")

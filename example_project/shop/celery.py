@@ -1,0 +1,16 @@
+"""The shop's Celery app: ``celery -A shop worker`` and ``celery -A shop beat``."""
+
+import os
+
+from celery import Celery
+from ergate_celery import ErgateCelery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+
+app = Celery("shop")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# Installs the beat task that releases scheduled jobs; with "ergate_celery.contrib.django" in
+# INSTALLED_APPS, the workflows.py modules of installed apps (orders/workflows.py) are found.
+ergate = ErgateCelery(app)
