@@ -81,8 +81,10 @@ def execute_step(
     job_id = str(message.id)
     store = ergate.store
     was_queued: list[bool] = []
+    seen: list[Job] = []
 
     def claim(stored: Job) -> Job | None:
+        seen[:] = [stored]
         if not _is_current(stored, message) or stored.current_step != step.index:
             return None
         if stored.status is JobStatus.CANCELLING:
@@ -107,6 +109,12 @@ def execute_step(
     if job is None or job.status is not JobStatus.RUNNING:
         if job is not None:
             _send_final(ergate, task, step, job)
+        elif seen and _stranded_successor(seen[0], message, task):
+            # The worker that ran this step died after storing its outcome and before
+            # publishing the next step: the redelivered message hands the job on.
+            logger.warning("Republishing step #%d of job %s", seen[0].current_step, job_id)
+            _publish_or_fail(ergate, seen[0])
+            return _summary(seen[0], step, dropped=True)
         logger.info("Dropped stale step message %s for job %s", step, job_id)
         return _summary(job or message, step, dropped=True)
 
@@ -157,6 +165,19 @@ def execute_step(
     if finished.status is JobStatus.QUEUED:
         _publish_or_fail(ergate, finished)
     return _summary(finished, step)
+
+
+def _stranded_successor(stored: Job, message: Job, task: Task[Any, Any]) -> bool:
+    # Only a redelivery (the broker saw the consumer die) may republish: a plain duplicate
+    # of an old message must not publish a successor twice.
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    return (
+        redelivered
+        and stored.status is JobStatus.QUEUED
+        and stored.steps_completed == message.steps_completed + 1
+        and stored.timings[-1:] != []
+        and stored.timings[-1].index == message.current_step
+    )
 
 
 def _retrying(ergate: ErgateCelery, what: str, action: Callable[[], T]) -> T:

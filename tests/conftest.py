@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from subprocess import STDOUT, Popen, TimeoutExpired
+from subprocess import STDOUT, CompletedProcess, Popen, TimeoutExpired, run
 from typing import Any
 
 import pytest
@@ -78,6 +78,20 @@ class Setup:
                 process.kill()
                 process.wait()
             log.close()
+
+    def run_celery(
+        self, *args: str, timeout: float = 120, module: str = "tests.apps.beat_app"
+    ) -> CompletedProcess[str]:
+        """Run the one-shot command `celery -A <module> <args>` on this setup; output captured."""
+        return run(
+            [sys.executable, "-m", "celery", "-A", module, *args],
+            cwd=ROOT,
+            env={**os.environ, "ERGATE_TEST_CONF": json.dumps(self.conf), "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 def _postgres_empty() -> None:
