@@ -227,3 +227,25 @@ def _submit_and_roll_back(ergate: ErgateCelery, value: str) -> str:
     except _RollbackError:
         pass
     return submitted[0]
+
+
+def test_unfinished_jobs_survive_django_db_cleanup(app: Celery) -> None:
+    # django-celery-results' cleanup deletes rows by date_done whatever their status.
+    from django_celery_results.models import TaskResult
+
+    app.conf.result_expires = 1
+    ergate = ErgateCelery(app)
+    far = datetime.now(UTC) + timedelta(days=30)
+    scheduled = ergate.submit_job("discovered", initial_input_value="s", requested_start_time=far)
+    with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        finished = ergate.submit_job("discovered", initial_input_value="f")
+        ergate.wait_for_job(finished.id, timeout=WAIT)
+    queued = ergate.submit_job("discovered", initial_input_value="q")
+    TaskResult.objects.filter(task_id=finished.id).update(
+        date_done=datetime.now(UTC) - timedelta(seconds=5)
+    )
+    app.tasks["celery.backend_cleanup"]()
+    assert ergate.get_job(scheduled.id).status is JobStatus.SCHEDULED
+    assert ergate.get_job(queued.id).status is JobStatus.QUEUED
+    with pytest.raises(JobNotFoundError):
+        ergate.get_job(finished.id)

@@ -70,8 +70,11 @@ class DjangoJobStore:
 
     def create(self, job: Job) -> None:
         try:
+            values = self._values(job)
             with transaction.atomic():
-                self.model.objects.create(task_id=str(job.id), **self._values(job))
+                self.model.objects.create(task_id=str(job.id), **values)
+                # date_done is auto_now, which save() overrides: set it with an UPDATE.
+                self.model.objects.filter(task_id=str(job.id)).update(date_done=values["date_done"])
                 self._reindex(job)
         except IntegrityError:
             raise DuplicateJobError(
