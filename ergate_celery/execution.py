@@ -80,8 +80,7 @@ def execute_step(
         return {"job_id": failed, "status": "REJECTED", "step": step.name}
     job_id = str(message.id)
     store = ergate.store
-    was_queued: list[bool] = []
-    seen: list[Job] = []
+    seen: list[Job] = []  # what the last claim attempt read
 
     def claim(stored: Job) -> Job | None:
         seen[:] = [stored]
@@ -94,7 +93,6 @@ def execute_step(
         first_run = stored.status is JobStatus.QUEUED and stored.steps_completed == 0
         if first_run and stored.deadline_passed(datetime.now(UTC)):
             return stored.expired()
-        was_queued[:] = [stored.status is JobStatus.QUEUED]
         now = datetime.now(UTC)
         return stored.model_copy(
             update={
@@ -118,7 +116,7 @@ def execute_step(
         logger.info("Dropped stale step message %s for job %s", step, job_id)
         return _summary(job or message, step, dropped=True)
 
-    if was_queued and was_queued[0] and job.steps_completed == 0:
+    if seen[0].status is JobStatus.QUEUED and job.steps_completed == 0:
         _announce(ergate, task, signals.job_started, job, step)
     _announce(ergate, task, signals.step_started, job, step)
 
@@ -240,7 +238,7 @@ def _finish(ergate: ErgateCelery, job: Job, step: WorkflowStep[Any, Any], after:
 
     try:
         return ergate.store.update(str(job.id), commit(after))
-    except (PydanticSerializationError, InvalidInputError, ValueError, TypeError) as exc:
+    except (PydanticSerializationError, InvalidInputError) as exc:
         # The step's return value cannot be stored: fail the job, keeping its last good value.
         reason = (
             exc
