@@ -6,7 +6,6 @@ import importlib
 import logging
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,11 +18,10 @@ from celery.signals import task_unknown, worker_init
 from . import beat
 from .exceptions import ErgateError, InvalidDefinitionError, JobNotFoundError, UnknownWorkflowError
 from .execution import execute_step, fail_identified_job
-from .job import Job, JobError
+from .job import Job, JobError, message_document
 from .job_status import JobStatus
 from .settings import ErgateSettings
 from .stores import JobStore, store_for_backend
-from .stores.base import job_document
 from .submission import new_job
 from .transactions import in_django_transaction, on_commit
 from .workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS, Workflow
@@ -120,6 +118,10 @@ class ErgateCelery:
         options: dict[str, Any] = {
             "acks_late": settings.acks_late,
             "reject_on_worker_lost": settings.reject_on_worker_lost,
+            # The step body stores its summary itself, with the job's outcome in one write
+            # where the backend allows; Celery still stores a step's failure.
+            "ignore_result": True,
+            "store_errors_even_if_ignored": True,
         }
         options.update({k: v for k, v in step.task_options.items() if k in _CELERY_OPTIONS})
         self.app.task(  # type: ignore[no-untyped-call]
@@ -298,7 +300,7 @@ class ErgateCelery:
         if job.priority is not None:
             options["priority"] = job.priority
         task.apply_async(
-            args=(job_document(job),), task_id=f"{job.id}:{job.steps_completed}", **options
+            args=(message_document(job),), task_id=f"{job.id}:{job.steps_completed}", **options
         )
 
     def _display_options(self, job: Job, step: WorkflowStep[Any, Any]) -> dict[str, Any]:
@@ -349,11 +351,10 @@ class ErgateCelery:
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
-        if not isinstance(job_id, str):
-            raise TypeError(f"A job id is a string, got {type(job_id).__name__}")
+        _check_id(job_id)
         job = self.store.get(job_id)
         if job is None:
-            raise JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
+            raise _not_found(job_id)
         return job
 
     def cancel_job(self, job_id: str) -> Job:
@@ -376,14 +377,22 @@ class ErgateCelery:
 
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job is final and return it; `TimeoutError` after `timeout` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.get_job(job_id)
-            if job.is_final:
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"Job {job_id!r} is still {job.status.name} after {timeout} s")
-            time.sleep(self.settings.wait_poll_interval)
+        _check_id(job_id)
+        job = self.store.wait_final(job_id, timeout, self.settings.wait_poll_interval)
+        if job is None:
+            raise _not_found(job_id)
+        if not job.is_final:
+            raise TimeoutError(f"Job {job_id!r} is still {job.status.name} after {timeout} s")
+        return job
+
+
+def _check_id(job_id: Any) -> None:
+    if not isinstance(job_id, str):
+        raise TypeError(f"A job id is a string, got {type(job_id).__name__}")
+
+
+def _not_found(job_id: str) -> JobNotFoundError:
+    return JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
 
 
 def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:

@@ -57,6 +57,11 @@ class DuplicateJobError(ErgateError):
 class InvalidInputError(ErgateError, ValueError):
     """A job's input, context, id or size is not acceptable; nothing was stored or published."""
 
+    def __init__(self, message: str, *, oversized: bool = False) -> None:
+        super().__init__(message)
+        #: True when the record would exceed `ergate_max_payload_bytes`.
+        self.oversized = oversized
+
 
 class UnsupportedBackendError(ErgateError):
     """The Celery result backend cannot hold ergate jobs."""

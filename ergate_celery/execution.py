@@ -7,14 +7,13 @@ stale message never runs later steps twice.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from celery import Task
+from celery import Task, states
 from celery.utils.dispatch import Signal
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
@@ -27,6 +26,7 @@ from .job import Job, JobError, StepTiming
 from .job_status import JobStatus
 from .progress import ProgressReporter
 from .step_runner import Outcome, StepOutcome, advance, percent_after_return, run_step
+from .stores.base import TaskResult
 from .workflow_step import WorkflowStep
 
 if TYPE_CHECKING:
@@ -64,20 +64,43 @@ def _is_current(stored: Job, message: Job) -> bool:
 def execute_step(
     ergate: ErgateCelery, step: WorkflowStep[Any, Any], task: Task[Any, Any], payload: Any
 ) -> dict[str, Any]:
-    """Run one step message; returns the small summary Celery stores as the task's result."""
-    message = _parse(step, payload, ergate.settings.max_payload_bytes)
+    """Run one step message; returns the small summary stored as the task's result."""
+    message = _parse(step, payload)
     if message is None:
-        failed = fail_identified_job(
-            ergate,
-            payload,
-            JobError(
-                type="MalformedMessage",
-                message=f"A message for {step.task_name} is not a valid job; it was dropped",
-                step=step.name,
-            ),
-            step.index,
-        )
-        return {"job_id": failed, "status": "REJECTED", "step": step.name}
+        return _reject(ergate, task, step, payload, "is not a valid job")
+    try:
+        return _execute(ergate, step, task, message)
+    except InvalidInputError as exc:
+        if not exc.oversized:
+            raise
+        # The claimed record would exceed ergate_max_payload_bytes: so does the message.
+        logger.error("Rejected a message for %s: %s", step.task_name, exc)
+        return _reject(ergate, task, step, payload, f"is too large ({exc})")
+
+
+def _reject(
+    ergate: ErgateCelery,
+    task: Task[Any, Any],
+    step: WorkflowStep[Any, Any],
+    payload: Any,
+    why: str,
+) -> dict[str, Any]:
+    failed = fail_identified_job(
+        ergate,
+        payload,
+        JobError(
+            type="MalformedMessage",
+            message=f"A message for {step.task_name} {why}; it was dropped",
+            step=step.name,
+        ),
+        step.index,
+    )
+    return _reply(task, {"job_id": failed, "status": "REJECTED", "step": step.name})
+
+
+def _execute(
+    ergate: ErgateCelery, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
+) -> dict[str, Any]:
     job_id = str(message.id)
     store = ergate.store
     seen: list[Job] = []  # what the last claim attempt read
@@ -103,7 +126,11 @@ def execute_step(
             }
         )
 
-    job = _retrying(ergate, f"claiming {step} of job {job_id}", lambda: store.update(job_id, claim))
+    job = _retrying(
+        ergate,
+        f"claiming {step} of job {job_id}",
+        lambda: store.update(job_id, claim, assume=message),
+    )
     if job is None or job.status is not JobStatus.RUNNING:
         if job is not None:
             _send_final(ergate, task, step, job)
@@ -112,9 +139,9 @@ def execute_step(
             # publishing the next step: the redelivered message hands the job on.
             logger.warning("Republishing step #%d of job %s", seen[0].current_step, job_id)
             _publish_or_fail(ergate, seen[0])
-            return _summary(seen[0], step, dropped=True)
+            return _reply(task, _summary(seen[0], step, dropped=True))
         logger.info("Dropped stale step message %s for job %s", step, job_id)
-        return _summary(job or message, step, dropped=True)
+        return _reply(task, _summary(job or message, step, dropped=True))
 
     if seen[0].status is JobStatus.QUEUED and job.steps_completed == 0:
         _announce(ergate, task, signals.job_started, job, step)
@@ -152,11 +179,11 @@ def execute_step(
     finished = _retrying(
         ergate,
         f"storing the outcome of {step} for job {job_id}",
-        lambda: _finish(ergate, job, step, after),
+        lambda: _finish(ergate, task, job, step, after),
     )
     if finished is None:
         logger.info("Step %s of job %s finished after another run had", step, job_id)
-        return _summary(job, step, dropped=True)
+        return _reply(task, _summary(job, step, dropped=True))
     # Signals go out before the next step is published, so receivers see writes in order.
     _announce(ergate, task, signals.step_completed, finished, step)
     _send_final(ergate, task, step, finished)
@@ -222,7 +249,19 @@ def _publish_or_fail(ergate: ErgateCelery, job: Job) -> None:
         raise
 
 
-def _finish(ergate: ErgateCelery, job: Job, step: WorkflowStep[Any, Any], after: Job) -> Job | None:
+def _finish(
+    ergate: ErgateCelery,
+    task: Task[Any, Any],
+    job: Job,
+    step: WorkflowStep[Any, Any],
+    after: Job,
+) -> Job | None:
+    # The step's summary is stored with the outcome (one write on Redis), not by Celery.
+    request = task.request
+    result = None
+    if request.id is not None and not request.is_eager:
+        result = TaskResult(request.id, lambda written: _summary(written, step), request)
+
     def commit(target: Job) -> Any:
         def change(stored: Job) -> Job | None:
             if not _is_current(stored, job) or stored.status not in (
@@ -237,7 +276,7 @@ def _finish(ergate: ErgateCelery, job: Job, step: WorkflowStep[Any, Any], after:
         return change
 
     try:
-        return ergate.store.update(str(job.id), commit(after))
+        return ergate.store.update(str(job.id), commit(after), assume=job, result=result)
     except (PydanticSerializationError, InvalidInputError) as exc:
         # The step's return value cannot be stored: fail the job, keeping its last good value.
         reason = (
@@ -254,7 +293,7 @@ def _finish(ergate: ErgateCelery, job: Job, step: WorkflowStep[Any, Any], after:
                 "error": JobError.from_exception(reason, step.name),
             }
         )
-        return ergate.store.update(str(job.id), commit(failed))
+        return ergate.store.update(str(job.id), commit(failed), assume=job, result=result)
 
 
 def fail_identified_job(
@@ -290,19 +329,7 @@ def fail_identified_job(
     return job_id
 
 
-def _parse(step: WorkflowStep[Any, Any], payload: Any, max_bytes: int) -> Job | None:
-    try:
-        size = len(json.dumps(payload, separators=(",", ":")))
-    except (TypeError, ValueError):
-        size = 0  # not JSON at all: validation below rejects it
-    if size > max_bytes:
-        logger.error(
-            "Rejected a %d-byte message for %s, over ergate_max_payload_bytes=%d",
-            size,
-            step.task_name,
-            max_bytes,
-        )
-        return None
+def _parse(step: WorkflowStep[Any, Any], payload: Any) -> Job | None:
     try:
         return Job.model_validate(payload)
     except ValidationError as exc:
@@ -388,6 +415,13 @@ def _store_progress(ergate: ErgateCelery, job: Job, percent: float) -> None:
         return stored.model_copy(update={"percent_completed": percent})
 
     ergate.store.update(str(job.id), move)
+
+
+def _reply(task: Task[Any, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """Store `summary` as the task's result (step tasks ignore their results), and return it."""
+    if task.request.id is not None and not task.request.is_eager:
+        task.backend.store_result(task.request.id, summary, states.SUCCESS, request=task.request)
+    return summary
 
 
 def _summary(job: Job, step: WorkflowStep[Any, Any], *, dropped: bool = False) -> dict[str, Any]:

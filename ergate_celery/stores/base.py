@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from celery import states
 
 from ..exceptions import InvalidInputError
 from ..job import Job
@@ -13,6 +17,27 @@ from ..job_status import JobStatus
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: It may be called more than once when a concurrent write wins a race, so it must be pure.
 Change = Callable[[Job], Job | None]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A step task's own result (its summary), stored when, and only when, the job change is.
+
+    Step tasks run with `ignore_result=True`; the store writes this result instead, in the same
+    round trip as the job's change where the backend allows it (Redis), right after otherwise.
+    """
+
+    task_id: str
+    #: The summary of the job as written.
+    summarize: Callable[[Job], dict[str, Any]]
+    #: The Celery request of the task (for `result_extended` fields), or None.
+    request: Any = None
+
+    def store_after(self, backend: Any, job: Job) -> None:
+        """Store the result through the backend, as Celery would when the task returns."""
+        backend.store_result(
+            self.task_id, self.summarize(job), states.SUCCESS, request=self.request
+        )
 
 
 class JobStore(Protocol):
@@ -27,8 +52,28 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None:
         """The stored job, or None."""
 
-    def update(self, job_id: str, change: Change) -> Job | None:
-        """Apply `change` atomically (compare-and-set); the job written, or None."""
+    def update(
+        self,
+        job_id: str,
+        change: Change,
+        *,
+        assume: Job | None = None,
+        result: TaskResult | None = None,
+    ) -> Job | None:
+        """Apply `change` atomically (compare-and-set); the job written, or None.
+
+        `assume` is the job the caller believes is stored (the one it last wrote, or the one a
+        step message carries): the store then writes `change(assume)` against it without
+        reading first, and reads only when the record turns out to differ. `result` is stored
+        exactly when a change is written.
+        """
+
+    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
+        """The job once final, or as it is when `timeout` s have passed; None if it is gone.
+
+        Stores that can be told when a job ends (Redis publishes it) wait for that; the
+        others read every `poll_interval` s.
+        """
 
     def delete(self, job_id: str) -> None:
         """Remove a job record (used to undo a submission whose publish failed)."""
@@ -38,6 +83,20 @@ class JobStore(Protocol):
 
     def stale(self, before: datetime, limit: int) -> list[str]:
         """QUEUED/RUNNING/CANCELLING jobs last changed before `before`, oldest first."""
+
+
+def poll_until_final(
+    store: JobStore, job_id: str, timeout: float | None, poll_interval: float
+) -> Job | None:
+    """`JobStore.wait_final` by reading the record every `poll_interval` s."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        job = store.get(job_id)
+        if job is None or job.is_final:
+            return job
+        if deadline is not None and time.monotonic() >= deadline:
+            return job
+        time.sleep(poll_interval)
 
 
 def stamped(job: Job) -> Job:
@@ -80,5 +139,6 @@ def check_size(job: Job, encoded: bytes | str, max_bytes: int) -> None:
     if size > max_bytes:
         raise InvalidInputError(
             f"Job {job.id!r} would take {size} bytes, over ergate_max_payload_bytes="
-            f"{max_bytes}; pass large data by reference (a URL or a database key) instead"
+            f"{max_bytes}; pass large data by reference (a URL or a database key) instead",
+            oversized=True,
         )

@@ -16,10 +16,12 @@ from .base import (
     ACTIVE,
     SCHEDULED,
     Change,
+    TaskResult,
     check_size,
     index_entry,
     job_document,
     job_from_document,
+    poll_until_final,
     stamped,
 )
 
@@ -85,22 +87,46 @@ class DjangoJobStore:
         row = self.model.objects.filter(task_id=job_id).first()
         return None if row is None or row.result is None else self._decode(row)
 
-    def update(self, job_id: str, change: Change) -> Job | None:
+    def update(
+        self,
+        job_id: str,
+        change: Change,
+        *,
+        assume: Job | None = None,
+        result: TaskResult | None = None,
+    ) -> Job | None:
+        guess = assume
         while True:
-            row = self.model.objects.filter(task_id=job_id).first()
-            if row is None or row.result is None:
-                return None
-            new = change(self._decode(row))
-            new = None if new is None else stamped(new)
+            if guess is not None:
+                # Write against the assumed record; a miss falls back to reading it.
+                stored, status = guess, guess.status.name
+                content = self.backend.encode_content(job_document(guess))[2]
+                guess, assumed = None, True
+            else:
+                row = self.model.objects.filter(task_id=job_id).first()
+                if row is None or row.result is None:
+                    return None
+                stored, status, content = self._decode(row), row.status, row.result
+                assumed = False
+            new = change(stored)
             if new is None:
+                if assumed:
+                    continue
                 return None
+            new = stamped(new)
             with transaction.atomic():
                 written = self.model.objects.filter(
-                    task_id=job_id, status=row.status, result=row.result
+                    task_id=job_id, status=status, result=content
                 ).update(**self._values(new))
-                if written == 1:
-                    self._reindex(new)
-                    return new
+                if written != 1:
+                    continue
+                self._reindex(new)
+            if result is not None:
+                result.store_after(self.backend, new)
+            return new
+
+    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
+        return poll_until_final(self, job_id, timeout, poll_interval)
 
     def delete(self, job_id: str) -> None:
         with transaction.atomic():

@@ -16,10 +16,12 @@ from .base import (
     ACTIVE,
     SCHEDULED,
     Change,
+    TaskResult,
     check_size,
     index_entry,
     job_document,
     job_from_document,
+    poll_until_final,
     stamped,
 )
 
@@ -70,10 +72,14 @@ class SQLAlchemyJobStore:
             self._engine, self._engine_pid = engine, os.getpid()
         return self._engine
 
-    def _values(self, job: Job) -> dict[str, Any]:
+    def _encoded(self, job: Job) -> bytes:
         encoded = self.backend.encode(job_document(job))
         if isinstance(encoded, str):  # the JSON serializer gives text; the column is binary
             encoded = encoded.encode()
+        return encoded  # type: ignore[no-any-return]
+
+    def _values(self, job: Job) -> dict[str, Any]:
+        encoded = self._encoded(job)
         check_size(job, encoded, self.max_bytes)
         return {
             "status": job.status.name,
@@ -112,31 +118,50 @@ class SQLAlchemyJobStore:
             ).scalar()
         return None if raw is None else self._decode(raw)
 
-    def update(self, job_id: str, change: Change) -> Job | None:
+    def update(
+        self,
+        job_id: str,
+        change: Change,
+        *,
+        assume: Job | None = None,
+        result: TaskResult | None = None,
+    ) -> Job | None:
         column = self.table.c
+        guess = assume
         while True:
             with self.engine.begin() as conn:
-                row = conn.execute(
-                    sa.select(column.status, column.result).where(column.task_id == job_id)
-                ).first()
-                if row is None or row.result is None:
-                    return None
-                new = change(self._decode(row.result))
-                new = None if new is None else stamped(new)
+                if guess is not None:
+                    # Write against the assumed record; a miss falls back to reading it.
+                    stored, status, raw = guess, guess.status.name, self._encoded(guess)
+                    guess, assumed = None, True
+                else:
+                    row = conn.execute(
+                        sa.select(column.status, column.result).where(column.task_id == job_id)
+                    ).first()
+                    if row is None or row.result is None:
+                        return None
+                    stored, status, raw = self._decode(row.result), row.status, row.result
+                    assumed = False
+                new = change(stored)
                 if new is None:
+                    if assumed:
+                        continue
                     return None
+                new = stamped(new)
                 written = conn.execute(
                     sa.update(self.table)
-                    .where(
-                        column.task_id == job_id,
-                        column.status == row.status,
-                        column.result == row.result,
-                    )
+                    .where(column.task_id == job_id, column.status == status, column.result == raw)
                     .values(**self._values(new))
                 )
-                if written.rowcount == 1:
-                    self._reindex(conn, new)
-                    return new
+                if written.rowcount != 1:
+                    continue
+                self._reindex(conn, new)
+            if result is not None:
+                result.store_after(self.backend, new)
+            return new
+
+    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
+        return poll_until_final(self, job_id, timeout, poll_interval)
 
     def delete(self, job_id: str) -> None:
         with self.engine.begin() as conn:

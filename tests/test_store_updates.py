@@ -1,0 +1,97 @@
+"""Compare-and-set with an assumed record: a right guess writes at once, a wrong one never
+writes what it computed from the guess."""
+
+from typing import Any
+
+import pytest
+
+from ergate_celery import Job, JobStatus, Workflow
+from ergate_celery.stores.base import TaskResult
+
+from .conftest import Setup
+
+
+def _job(setup: Setup) -> Job:
+    workflow = Workflow(unique_name="stored")
+
+    @workflow.step
+    def only(x: Any) -> Any:
+        return x
+
+    setup.ergate.register_workflow(workflow)
+    return setup.ergate.submit_job("stored", initial_input_value=1)
+
+
+def _bump(stored: Job) -> Job | None:
+    return stored.model_copy(update={"attempt": stored.attempt + 1})
+
+
+def test_a_right_guess_is_written(setup: Setup) -> None:
+    job = _job(setup)
+    written = setup.ergate.store.update(str(job.id), _bump, assume=job)
+    assert written is not None
+    assert written.attempt == 1
+    assert setup.ergate.get_job(str(job.id)) == written
+
+
+def test_a_stale_guess_is_recomputed_from_the_stored_record(setup: Setup) -> None:
+    job = _job(setup)
+    moved = setup.ergate.store.update(
+        str(job.id), lambda stored: stored.model_copy(update={"percent_completed": 50.0})
+    )
+    assert moved is not None
+    # `job` still says 0%: the change must be applied to the stored 50%, not to the guess.
+    written = setup.ergate.store.update(str(job.id), _bump, assume=job)
+    assert written is not None
+    assert (written.attempt, written.percent_completed) == (1, 50.0)
+    assert setup.ergate.get_job(str(job.id)) == written
+
+
+def test_a_guess_that_refuses_the_change_is_checked_against_the_record(setup: Setup) -> None:
+    job = _job(setup)
+    setup.ergate.store.update(str(job.id), lambda s: s.model_copy(update={"attempt": 3}))
+
+    def only_after_three(stored: Job) -> Job | None:
+        return _bump(stored) if stored.attempt == 3 else None
+
+    written = setup.ergate.store.update(str(job.id), only_after_three, assume=job)
+    assert written is not None
+    assert written.attempt == 4
+
+
+def test_a_guess_about_a_missing_job_changes_nothing(setup: Setup) -> None:
+    ghost = Job(id="no-such-job", workflow_name="stored")
+    assert setup.ergate.store.update("no-such-job", _bump, assume=ghost) is None
+    assert setup.ergate.store.get("no-such-job") is None
+
+
+def test_the_task_result_is_stored_exactly_when_the_change_is(setup: Setup) -> None:
+    job = _job(setup)
+    result = TaskResult("stored-step-1", lambda written: {"attempt": written.attempt})
+    setup.ergate.store.update(str(job.id), _bump, assume=job, result=result)
+    stored = setup.app.AsyncResult("stored-step-1")
+    assert (stored.state, stored.result) == ("SUCCESS", {"attempt": 1})
+
+    refused = TaskResult("stored-step-2", lambda written: {"attempt": written.attempt})
+    assert setup.ergate.store.update(str(job.id), lambda s: None, result=refused) is None
+    assert setup.app.AsyncResult("stored-step-2").state == "PENDING"
+
+
+@pytest.mark.setup("redis")
+def test_redis_reads_nothing_when_the_guess_is_right(setup: Setup) -> None:
+    job = _job(setup)
+    store: Any = setup.ergate.store
+    reads: list[Any] = []
+    client = store.client
+    original = client.get
+    client.get = lambda *args, **kwargs: reads.append(args) or original(*args, **kwargs)
+    try:
+        claimed = store.update(str(job.id), _bump, assume=job)
+        store.update(str(job.id), _bump, assume=claimed)  # the digest the claim wrote
+        assert reads == []
+        store.update(str(job.id), _bump, assume=job)  # stale: the script sends the record back
+        assert reads == []
+    finally:
+        del client.get
+    final = setup.ergate.get_job(str(job.id))
+    assert (final.attempt, final.status) == (3, JobStatus.QUEUED)
