@@ -29,6 +29,7 @@ from celery.signals import before_task_publish
 
 from ergate_celery import ErgateCelery, Job, JobStatus, Workflow
 from ergate_celery.beat import recover_stuck_jobs
+from ergate_celery.job import message_document
 from ergate_celery.stores.base import job_document
 from ergate_celery.stores.redis import INDEX_KEYS
 
@@ -279,8 +280,14 @@ def _killed_after_commit(setup: Setup, redelivered: bool = True) -> Iterator[str
     with _worker(setup, "window", env={"ERGATE_FAULT_KILL_AFTER_COMMIT": str(flag)}):
         _wait_until(flag.exists, what="the pool process killed itself after the commit")
         if redelivered:
-            rerun = AsyncResult(f"{job_id}:0", app=setup.app).get(timeout=WAIT)
-            assert rerun["dropped"] is True  # the step itself does not run again
+            # The requeued first message hands the job on: the sweep is not running here.
+            _wait_until(
+                lambda: (
+                    setup.ergate.get_job(job_id).current_step > 1
+                    or setup.ergate.get_job(job_id).is_final
+                ),
+                what="the redelivered first step to publish the second",
+            )
         yield job_id
 
 
@@ -342,7 +349,8 @@ def test_duplicate_message_does_not_fork(setup: Setup, worker: Any) -> None:
         assert done.status is JobStatus.COMPLETED
         before = job_document(setup.ergate.get_job(str(job.id)))
         first, second = messages["ergate.dup.a"][0], messages["ergate.dup.b"][0]
-        assert first == job_document(job)
+        assert first == message_document(job)
+        assert Job.model_validate(first) == job
         resent = [("ergate.dup.a", first), ("ergate.dup.a", first), ("ergate.dup.b", second)]
         task_ids = []
         for name, payload in resent:
@@ -708,6 +716,7 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
     started = _hash_counts(counters, fault_app.STARTED_KEY)
     completed = _hash_counts(counters, fault_app.COMPLETED_KEY)
     published = _hash_counts(counters, fault_app.PUBLISHED_KEY)
+    republished = _hash_counts(counters, fault_app.REPUBLISHED_KEY)
     restarts = sum(worker.restarts for worker in workers)
     reruns = sum(started.values()) - len(started)
     statuses = Counter(job.status.name for job in jobs.values())
@@ -715,7 +724,8 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
         f"\nsoak: {len(jobs)} jobs x {fault_app.SOAK_STEPS} steps in {drained - began:.1f} s "
         f"(submitted in {submitted - began:.1f} s): {dict(statuses)}; kills {kills} "
         f"({whole_kills} whole workers, {restarts} restarts), step reruns {reruns}, "
-        f"jobs recovered by the sweep {swept}"
+        f"jobs recovered by the sweep {swept}, publishes from redelivered messages "
+        f"{sum(republished.values())}"
     )
 
     for job in jobs.values():
@@ -723,9 +733,12 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
             hop = f"{job.id}:{line.split('after ')[1].split(' ')[0]}"
             print(f"soak: job {job.id} recovered ({published[hop]} publish of {hop}): {line}")
 
-    # Nothing doubled: no step's outcome stored twice, no step message published twice.
+    # Nothing doubled: no step's outcome stored twice, no step message published twice by
+    # workers that ran its predecessor. A redelivered message cannot know whether its dead
+    # worker published the successor, so it may hand it on again (known weakness F); that
+    # copy is dropped by the claim, as the outcome counts show.
     assert max(completed.values()) == 1
-    assert max(published.values()) == 1
+    assert all(count - republished[hop] <= 1 for hop, count in published.items())
     missing_completed = missing_published = 0
     for job_id, x in inputs.items():
         job = jobs[job_id]

@@ -22,7 +22,7 @@ import time
 import zlib
 from typing import Annotated, Any
 
-from celery import Celery
+from celery import Celery, current_task
 from celery.signals import after_task_publish
 
 from ergate_celery import CurrentRun, ErgateCelery, StepRun, Workflow
@@ -41,6 +41,8 @@ SOAK_STEPS = 5
 STARTED_KEY = "faults:started"
 COMPLETED_KEY = "faults:completed"
 PUBLISHED_KEY = "faults:published"
+#: Publishes made while handling a redelivered message (a successor handed on again).
+REPUBLISHED_KEY = "faults:republished"
 
 
 def mark(run: StepRun) -> None:
@@ -235,3 +237,6 @@ def _on_step_completed(sender: str, job: Any, **kwargs: Any) -> None:
 def _on_published(sender: str | None = None, headers: Any = None, **kwargs: Any) -> None:
     if sender and sender.startswith("ergate.fault_soak.") and headers:
         _count(PUBLISHED_KEY, str(headers.get("id")))
+        delivery = getattr(current_task, "request", None)
+        if delivery is not None and (delivery.delivery_info or {}).get("redelivered"):
+            _count(REPUBLISHED_KEY, str(headers.get("id")))
