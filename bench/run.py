@@ -327,8 +327,8 @@ def run_bench(
             "worker": "celery worker -P prefork -c 2 --without-gossip --without-mingle "
             "--without-heartbeat, one per measure, on a queue of the run's own",
             "acks_late": {"bare": False, "ergate": True},
-            "wait": f"wait_for_job and AsyncResult.get poll every {apps.WAIT_POLL_INTERVAL} s "
-            "(the Redis backend's get() is pushed, not polled)",
+            "wait": "on Redis, wait_for_job and AsyncResult.get are woken by a publish; "
+            f"elsewhere they read every {apps.WAIT_POLL_INTERVAL} s",
         },
         "setups": {},
     }
