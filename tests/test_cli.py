@@ -7,6 +7,7 @@ import select
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from subprocess import PIPE, CompletedProcess, Popen
 
 import pytest
@@ -55,8 +56,10 @@ def wait_status(setup: Setup, job_id: str, status: JobStatus) -> Job:
     raise AssertionError(f"job {job_id} never became {status.name}")
 
 
-def test_submit_list_show_watch(cli: Setup) -> None:
-    queued = submitted(cli, "cli_steps", "--input", '{"sleep": 0.3}', "--context", '{"u": 1}')
+def test_submit_list_show_watch(cli: Setup, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    given = {"wait_for": str(gate)}
+    queued = submitted(cli, "cli_steps", "--input", json.dumps(given), "--context", '{"u": 1}')
     scheduled = submitted(cli, "branchy", "--input", '"later"', "--at", FUTURE, "--id", "my-id")
     assert scheduled == "my-id"
     assert cli.ergate.get_job(queued).user_context == {"u": 1}
@@ -79,13 +82,31 @@ def test_submit_list_show_watch(cli: Setup) -> None:
     assert [json.loads(line)["id"] for line in by_workflow.stdout.splitlines()] == [queued]
     assert len(ergate(cli, "list", "--limit", "1").stdout.splitlines()) == 2
 
+    # The watcher prints the job before any worker runs, and the first step holds until the
+    # watcher has printed RUNNING: it sees each state whatever the machine's speed.
+    command = [sys.executable, "-m", "celery", "-A", "tests.apps.beat_app", "ergate", "watch"]
+    watcher = Popen(
+        [*command, queued, "--interval", "0.05"],
+        cwd=ROOT,
+        env={**os.environ, "ERGATE_TEST_CONF": json.dumps(cli.conf), "PYTHONPATH": str(ROOT)},
+        stdout=PIPE,
+        stderr=PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None
+    lines = [watcher.stdout.readline()]
+    assert lines[0].split()[1:] == ["QUEUED", "#0", "prepare", "0.0%"], lines
     with in_process_worker(cli.app):
-        watched = ergate(cli, "watch", queued, "--interval", "0.1")
-    assert watched.returncode == 0, watched.stderr
-    states = [line.split()[1] for line in watched.stdout.splitlines()]
-    assert states[-1] == "COMPLETED"
-    assert "RUNNING" in states
-    assert watched.stdout.splitlines()[-1].endswith("100.0%")
+        while lines[-1] and lines[-1].split()[1] != "RUNNING":
+            lines.append(watcher.stdout.readline())
+        gate.touch()
+        rest, errors = watcher.communicate(timeout=WAIT)
+    assert watcher.returncode == 0, errors
+    lines += rest.splitlines()
+    states = [line.split()[1] for line in lines]
+    assert states[:2] == ["QUEUED", "RUNNING"], lines
+    assert states[-1] == "COMPLETED", lines
+    assert lines[-1].endswith("100.0%"), lines
 
     shown = ergate(cli, "show", queued)
     assert shown.returncode == 0, shown.stderr
@@ -94,7 +115,7 @@ def test_submit_list_show_watch(cli: Setup) -> None:
     assert fields["status"] == "COMPLETED"
     assert fields["steps_completed"] == "3"
     assert fields["percent_completed"] == "100.0"
-    assert json.loads(fields["last_return_value"]) == {"sleep": 0.3, "done": True}
+    assert json.loads(fields["last_return_value"]) == {**given, "done": True}
     assert json.loads(fields["user_context"]) == {"u": 1}
     as_json = json.loads(ergate(cli, "show", queued, "--json").stdout)
     assert Job.model_validate(as_json).status is JobStatus.COMPLETED
@@ -176,18 +197,20 @@ def test_cancel_a_scheduled_job_then_again(cli: Setup) -> None:
     assert cli.ergate.get_job(job_id).status is JobStatus.CANCELLED
 
 
-def test_cancel_a_running_job_then_a_completed_one(cli: Setup) -> None:
-    slow = submitted(cli, "cli_steps", "--input", '{"sleep": 2}')
+def test_cancel_a_running_job_then_a_completed_one(cli: Setup, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    slow = submitted(cli, "cli_steps", "--input", json.dumps({"wait_for": str(gate)}))
     quick = submitted(cli, "cli_steps", "--input", "{}")
     with in_process_worker(cli.app):
         wait_status(cli, slow, JobStatus.RUNNING)
         cancelled = ergate(cli, "cancel", slow)
         assert (cancelled.returncode, cancelled.stdout) == (0, "CANCELLING\n")
+        gate.touch()  # the running first step finishes; no later step runs
         watched = ergate(cli, "watch", slow, "--interval", "0.1")
         assert watched.returncode == 1
         assert watched.stdout.splitlines()[-1].split()[1] == "CANCELLED"
         cli.ergate.wait_for_job(quick, timeout=WAIT)
-    assert cli.ergate.get_job(slow).steps_completed <= 1
+    assert cli.ergate.get_job(slow).steps_completed == 1
 
     completed = ergate(cli, "cancel", quick)
     assert (completed.returncode, completed.stdout) == (1, "COMPLETED\n")

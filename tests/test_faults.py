@@ -297,7 +297,7 @@ def test_worker_killed_between_commit_and_publish_job_completes(
 ) -> None:
     setup = make_setup("redis")
     with _killed_after_commit(setup) as job_id:
-        done = setup.ergate.wait_for_job(job_id, timeout=3)
+        done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
     assert done.status is JobStatus.COMPLETED
     assert _step_counts(setup, job_id) == {"commit": 1, "publish": 1, "done": 1}
 
@@ -473,14 +473,16 @@ def test_redis_restart_mid_job_completes(tmp_path: Path) -> None:
         server.start()
         job = setup.ergate.submit_job("fault_outage", initial_input_value=[])
         job_id = str(job.id)
-        supervisor = _Supervisor(setup, "outage")
+        gate = tmp_path / "outage-gate"
+        supervisor = _Supervisor(setup, "outage", env={"ERGATE_FAULT_OUTAGE_GATE": str(gate)})
         try:
             supervisor.ensure()
             _wait_until(lambda: _runs(setup, job_id, "outage_2"), what="step 3 started")
-            # Redis stops while step 3 runs, and is down when step 3 ends (1.5 s later):
-            # storing its outcome and publishing step 4 must wait for the server to return.
+            # Redis stops while step 3 runs, and step 3 ends while it is down: storing its
+            # outcome and publishing step 4 must wait for the server to return.
             server.stop()
-            time.sleep(2.5)
+            gate.touch()
+            time.sleep(1.5)
             server.start()
             done = _wait_for_job_through_outages(setup.ergate, job_id, supervisor)
         finally:
@@ -523,9 +525,19 @@ def _purge_first_step(setup: Setup, runs: Counter[str], name: str) -> Job:
     """Submit a job with no worker up, then lose its first step's message."""
     setup.ergate.register_workflow(_counting_workflow(name, runs))
     job = setup.ergate.submit_job(name, initial_input_value=5)
-    assert setup.app.control.purge() == 1
-    # Just submitted: not stuck yet, whatever the broker did with its message.
-    assert recover_stuck_jobs(setup.ergate) == 0
+    # The broker may route the message a moment after the publish returned: purge until it
+    # has removed exactly that one message.
+    purged = [0]
+
+    def removed_it() -> bool:
+        purged[0] += setup.app.control.purge() or 0
+        return purged[0] >= 1
+
+    _wait_until(removed_it, what="the first step's message to be purged")
+    assert purged[0] == 1
+    # Just submitted: not stuck yet, whatever the broker did with its message (asked with
+    # the submit time, as a slow machine may already be past ergate_stuck_after).
+    assert recover_stuck_jobs(setup.ergate, now=job.submitted_at) == 0
     return job
 
 
@@ -554,7 +566,8 @@ def test_purged_queue_job_is_recovered_by_beat_sweep(
     setup_name: str, make_setup: Callable[..., Setup]
 ) -> None:
     """The same, with `ergate.recover_stuck_jobs` sent by a real beat and run by a worker."""
-    setup = make_setup(setup_name, ergate_stuck_after=1, ergate_stuck_check_interval=0.5)
+    # A pause of over ergate_stuck_after between two steps would be swept again: 2 s of it.
+    setup = make_setup(setup_name, ergate_stuck_after=2, ergate_stuck_check_interval=0.5)
     runs: Counter[str] = Counter()
     job = _purge_first_step(setup, runs, "lost")
     beat = setup.celery("beat", "-s", str(setup.tmp_path / "schedule"))

@@ -2,16 +2,27 @@
 tests' own apps (importing this module has no side effects)."""
 
 import time
+from pathlib import Path
 from typing import Any
 
 from ergate_celery import GoToEnd, GoToEndPath, GoToStep, GoToStepPath, NextStepPath, Workflow
 
-#: Three steps; each sleeps `input["sleep"]` seconds; `input["fail"]` fails the second.
+#: Three steps; each sleeps `input["sleep"]` seconds; `input["fail"]` fails the second;
+#: `input["wait_for"]` (a path) holds the first step until that file exists.
 cli_steps = Workflow(unique_name="cli_steps")
+
+GATE_TIMEOUT = 60
 
 
 @cli_steps.step
 def prepare(x: dict[str, Any]) -> dict[str, Any]:
+    if "wait_for" in x:
+        gate = Path(x["wait_for"])
+        deadline = time.monotonic() + GATE_TIMEOUT
+        while not gate.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{gate} was never created")
+            time.sleep(0.02)
     time.sleep(x.get("sleep", 0))
     return x
 

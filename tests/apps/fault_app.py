@@ -10,7 +10,9 @@ made visible across processes, so that a test can watch a worker it is about to 
   step starts, the stored step outcomes and the published step messages (HINCRBY);
 - ERGATE_FAULT_KILL_AFTER_COMMIT: a file path; the first `fault_window` job whose first step
   has been stored kills its own worker process (SIGKILL) before the next step is published,
-  and creates that file to say so.
+  and creates that file to say so;
+- ERGATE_FAULT_OUTAGE_GATE: a file path; the first run of `fault_outage`'s third step holds
+  until that file exists, so a test can stop Redis while the step runs and let it end then.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from ergate_celery import signals as ergate_signals
 
 #: How long the first run of a "slow" step sleeps: far longer than a test waits to kill it.
 FIRST_RUN_SLEEP = 30.0
-#: `fault_outage`'s slow step: long enough to stop Redis while it runs, short enough to end
-#: while Redis is still down, so that storing its outcome needs the after-step retries.
-OUTAGE_STEP_SLEEP = 1.5
+#: How long `fault_outage`'s gated step waits for its gate before failing.
+GATE_TIMEOUT = 60.0
 #: In the soak workflow, a step raises when crc32("<input>:<step>") % SOAK_FAIL_MODULUS == 0.
 SOAK_FAIL_MODULUS = 100
 SOAK_STEPS = 5
@@ -113,19 +114,28 @@ def third(x: int, run: Run) -> int:
 outage = Workflow(unique_name="fault_outage")
 
 
-def _outage_step(name: str, sleep: float = 0.0) -> None:
+def _outage_step(name: str, gated: bool = False) -> None:
     def step(x: list[str], run: Run) -> list[str]:
         mark(run)
-        if sleep and run.attempt == 1:
-            time.sleep(sleep)
+        gate = os.environ.get("ERGATE_FAULT_OUTAGE_GATE")
+        if gated and gate and run.attempt == 1:
+            _wait_for_file(gate)
         return [*x, name]
 
     step.__name__ = step.__qualname__ = name
     outage.step(step)
 
 
+def _wait_for_file(path: str) -> None:
+    deadline = time.monotonic() + GATE_TIMEOUT
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was never created")
+        time.sleep(0.02)
+
+
 for _i in range(5):
-    _outage_step(f"outage_{_i}", OUTAGE_STEP_SLEEP if _i == 2 else 0.0)
+    _outage_step(f"outage_{_i}", gated=_i == 2)
 
 
 # Three quick steps; the worker dies between storing the first one and publishing the second.
