@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from kombu.exceptions import ChannelError
@@ -51,9 +52,43 @@ class Channel(filesystem.Channel):
 
 
 class Transport(filesystem.Transport):
-    """kombu filesystem transport whose channels write messages atomically."""
+    """kombu filesystem transport whose channels write messages atomically, and whose
+    worker stops within one poll instead of within two of its 2 s drain cycles."""
 
     Channel = Channel
+
+    def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> None:
+        """Deliver one message, polling every `polling_interval` s; `TimeoutError` after
+        `timeout` s, or as soon as this process's worker has been asked to stop (its loop
+        only looks at the stop flag between two drains)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cycle = self.cycle
+        assert cycle is not None  # made with the transport
+        while True:
+            try:
+                cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or _worker_stopping():
+                    raise TimeoutError  # what kombu's drain raises (socket.timeout)
+            if self.polling_interval:
+                time.sleep(
+                    self.polling_interval if deadline is None else min(self.polling_interval, left)
+                )
+
+
+def _worker_stopping() -> bool:
+    # Celery's own test for these flags: 0 (a plain stop) counts, None and False do not.
+    return any(flag is not None and flag is not False for flag in _stop_flags())
+
+
+def _stop_flags() -> tuple[Any, Any]:
+    from celery.worker import state
+
+    return state.should_stop, state.should_terminate
 
 
 def embedded_broker_settings(
