@@ -18,10 +18,11 @@ from celery.signals import task_unknown, worker_init
 from . import beat
 from .exceptions import ErgateError, InvalidDefinitionError, JobNotFoundError, UnknownWorkflowError
 from .execution import execute_step, fail_identified_job
-from .job import Job, JobError, message_document
+from .job import Job, JobError
 from .job_status import JobStatus
 from .settings import ErgateSettings
 from .stores import JobStore, store_for_backend
+from .stores.base import job_document
 from .submission import new_job
 from .transactions import in_django_transaction, on_commit
 from .workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS, Workflow
@@ -300,7 +301,7 @@ class ErgateCelery:
         if job.priority is not None:
             options["priority"] = job.priority
         task.apply_async(
-            args=(message_document(job),), task_id=f"{job.id}:{job.steps_completed}", **options
+            args=(job_document(job),), task_id=f"{job.id}:{job.steps_completed}", **options
         )
 
     def _display_options(self, job: Job, step: WorkflowStep[Any, Any]) -> dict[str, Any]:

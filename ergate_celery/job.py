@@ -113,12 +113,3 @@ class Job(BaseModel):
     def is_final(self) -> bool:
         """True when no step of this job will run any more."""
         return self.status.is_final
-
-
-def message_document(job: Job) -> dict[str, Any]:
-    """The job as a step message carries it: fields at their default value are left out.
-
-    Validating the document gives back the same job, so a worker rebuilds exactly the
-    record that was stored; messages stay small (a no-op step's is about half the size).
-    """
-    return job.model_dump(mode="json", exclude_defaults=True, exclude={"duration"})
