@@ -1,6 +1,8 @@
 """Bad messages and bad step results at the worker: the job ends FAILED with the reason when it
 can be identified, and the same worker goes on serving the next job."""
 
+import logging
+import time
 from typing import Annotated, Any
 
 import pytest
@@ -141,18 +143,32 @@ def test_step_unknown_to_the_worker_fails_the_job(setup: Setup) -> None:
     worker_app.close()
 
 
-def test_pickled_message_is_refused(setup: Setup, worker: Any) -> None:
+def test_pickled_message_is_refused(
+    setup: Setup, worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     _fragile(setup)
     _healthy(setup)
     job = setup.ergate.submit_job("fragile", initial_input_value="fine")
     setup.ergate.cancel_job(job.id)
-    with worker():
+
+    def refused() -> bool:
+        return any(
+            "Refusing to deserialize untrusted content of type pickle" in record.getMessage()
+            for record in caplog.records
+        )
+
+    with caplog.at_level(logging.ERROR, logger="celery.worker.consumer"), worker():
         setup.app.send_task(
             "ergate.fragile.first",
             args=[job.model_dump(mode="json")],
             serializer="pickle",
             task_id="pickled",
         )
+        # The worker saw the message and refused it: Celery logs that and drops the message.
+        deadline = time.monotonic() + 60
+        while not refused():
+            assert time.monotonic() < deadline, "the worker never refused the pickled message"
+            time.sleep(0.05)
         _assert_worker_still_serves(setup)
     # The worker accepts JSON only: the pickled message never ran, so it stored no summary.
     assert AsyncResult("pickled", app=setup.app).state == "PENDING"

@@ -219,14 +219,23 @@ def test_step_queue_option_routes_the_step(setup: Setup, worker: Any) -> None:
     with worker():
         job = submit_job("routed", initial_input_value=1)
         _wait_until(lambda: get_job(job.id).steps_completed == 1)
-        time.sleep(0.5)
-        # No worker consumes `special` yet: the second step waits there.
+        # No worker consumes `special` yet: the second step's message waits there.
+        _wait_until(lambda: _waiting_in(setup, special) == 1)
         assert get_job(job.id).status is JobStatus.QUEUED
     from celery.contrib.testing.worker import start_worker
 
     with start_worker(setup.app, pool="threads", perform_ping_check=False, queues=[special]):
         done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
     assert done.last_return_value == 4
+
+
+def _waiting_in(setup: Setup, queue: str) -> int:
+    """How many messages the broker holds in `queue` (0 while it does not exist)."""
+    with setup.app.connection_for_write() as connection:
+        try:
+            return int(connection.default_channel.queue_declare(queue, passive=True).message_count)
+        except connection.channel_errors:  # AMQP: a passive declare of a missing queue
+            return 0
 
 
 def test_module_level_helpers_use_the_current_app(setup: Setup, worker: Any) -> None:
