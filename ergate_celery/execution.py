@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from celery import Task, states
+from celery import Task
 from celery.utils.dispatch import Signal
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
@@ -257,10 +257,7 @@ def _finish(
     after: Job,
 ) -> Job | None:
     # The step's summary is stored with the outcome (one write on Redis), not by Celery.
-    request = task.request
-    result = None
-    if request.id is not None and not request.is_eager:
-        result = TaskResult(request.id, lambda written: _summary(written, step), request)
+    result = _own_result(task, lambda written: _summary(written, step))
 
     def commit(target: Job) -> Any:
         def change(stored: Job) -> Job | None:
@@ -417,10 +414,22 @@ def _store_progress(ergate: ErgateCelery, job: Job, percent: float) -> None:
     ergate.store.update(str(job.id), move)
 
 
+def _own_result(
+    task: Task[Any, Any], summarize: Callable[[Job], dict[str, Any]]
+) -> TaskResult | None:
+    """The step task's own result, which it stores itself (step tasks ignore their results);
+    None when there is nowhere to store it (an eager call)."""
+    request = task.request
+    if request.id is None or request.is_eager:
+        return None
+    return TaskResult(request.id, summarize, request)
+
+
 def _reply(task: Task[Any, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    """Store `summary` as the task's result (step tasks ignore their results), and return it."""
-    if task.request.id is not None and not task.request.is_eager:
-        task.backend.store_result(task.request.id, summary, states.SUCCESS, request=task.request)
+    """Store `summary` as the task's result, and return it."""
+    result = _own_result(task, lambda _: summary)
+    if result is not None:
+        result.store(task.backend, summary)
     return summary
 
 

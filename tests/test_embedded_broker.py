@@ -22,14 +22,19 @@ def queue() -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
-@pytest.fixture
-def connection(tmp_path: Path) -> Iterator[Connection]:
-    settings = embedded_broker_settings(tmp_path / "broker")
-    with Connection(
+def _connect(folder: Path) -> Connection:
+    """A kombu connection to the embedded broker in `folder`, as Celery would open it."""
+    settings = embedded_broker_settings(folder)
+    return Connection(
         settings["broker_url"],
         transport=settings["broker_transport"],
         transport_options=settings["broker_transport_options"],
-    ) as opened:
+    )
+
+
+@pytest.fixture
+def connection(tmp_path: Path) -> Iterator[Connection]:
+    with _connect(tmp_path / "broker") as opened:
         yield opened
 
 
@@ -100,12 +105,7 @@ def test_without_a_timeout_drain_blocks_until_a_message_comes(
 ) -> None:
     received: list[Any] = []
     _consume(connection, queue, received)
-    settings = embedded_broker_settings(tmp_path / "broker")
-    with Connection(
-        settings["broker_url"],
-        transport=settings["broker_transport"],
-        transport_options=settings["broker_transport_options"],
-    ) as publisher:
+    with _connect(tmp_path / "broker") as publisher:
         later = threading.Timer(0.3, _publish, (publisher, queue, {"late": True}))
         later.start()
         connection.drain_events()  # no timeout: returns only with the message

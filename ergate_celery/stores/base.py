@@ -34,10 +34,12 @@ class TaskResult:
     request: Any = None
 
     def store_after(self, backend: Any, job: Job) -> None:
-        """Store the result through the backend, as Celery would when the task returns."""
-        backend.store_result(
-            self.task_id, self.summarize(job), states.SUCCESS, request=self.request
-        )
+        """Store the summary of `job` through the backend, after the job was written."""
+        self.store(backend, self.summarize(job))
+
+    def store(self, backend: Any, summary: dict[str, Any]) -> None:
+        """Store `summary` through the backend, as Celery would when the task returns."""
+        backend.store_result(self.task_id, summary, states.SUCCESS, request=self.request)
 
 
 class JobStore(Protocol):
