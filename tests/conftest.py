@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
+from celery.worker import state as worker_state
 
 from ergate_celery import ErgateCelery
 
@@ -219,3 +220,9 @@ def in_process_worker(app: Celery, **options: Any) -> Iterator[Any]:
     }
     with start_worker(app, **settings) as worker:
         yield worker
+        # start_worker stops with a cold shutdown, which leaves a running step behind; finish
+        # the steps under way first, as a warm shutdown would (what follows a step's final
+        # write, its signals, would otherwise run after the test moved on).
+        deadline = time.monotonic() + settings["shutdown_timeout"]
+        while worker_state.active_requests and time.monotonic() < deadline:
+            time.sleep(0.01)
