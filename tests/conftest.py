@@ -31,13 +31,13 @@ from .services import (
     REDIS_HOST,
     REDIS_PORT,
     REDIS_URL,
+    TEST_SCHEMA,
     redis_flush,
     require,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ("redis", "rabbitmq_postgres", "embedded")
-TEST_SCHEMA = "ergate_test"
 
 
 @dataclass

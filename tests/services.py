@@ -12,7 +12,10 @@ RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 
 #: Redis database used by the tests; flushed before and after each test that uses it.
-REDIS_TEST_DB = 13
+#: ERGATE_TEST_REDIS_DB lets two runs on one machine keep apart.
+REDIS_TEST_DB = int(os.environ.get("ERGATE_TEST_REDIS_DB", "13"))
+#: The PostgreSQL schema of the tests (ERGATE_TEST_SCHEMA overrides it), emptied around each test.
+TEST_SCHEMA = os.environ.get("ERGATE_TEST_SCHEMA", "ergate_test")
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
 RABBITMQ_URL = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
 POSTGRES_URL = f"postgresql://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
