@@ -11,16 +11,20 @@ from datetime import UTC, datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from billiard.exceptions import TimeLimitExceeded
 from celery import Celery, Task
 from celery.app import app_or_default
 from celery.signals import task_unknown, worker_init
 
 from . import beat
+from .announce import Announcer
 from .exceptions import ErgateError, InvalidDefinitionError, JobNotFoundError, UnknownWorkflowError
-from .execution import execute_step, fail_identified_job
 from .job import Job, JobError
 from .job_status import JobStatus
+from .lifecycle import Cancel, HandOver, TimeLimit
+from .runtime import Runtime
 from .settings import ErgateSettings
+from .step_task import execute_step, reject_message
 from .stores import JobStore, store_for_backend
 from .stores.base import job_document
 from .submission import new_job
@@ -29,6 +33,10 @@ from .workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS, Workflow
 from .workflow_step import WorkflowStep
 
 logger = logging.getLogger("ergate_celery")
+
+#: The `sender` of the announcements of changes made outside a step (signals.py).
+SUBMIT_SENDER = "ergate.submit_job"
+CANCEL_SENDER = "ergate.cancel_job"
 
 _bindings: WeakKeyDictionary[Celery, ErgateCelery] = WeakKeyDictionary()
 
@@ -43,6 +51,25 @@ class StepTask(Task):  # type: ignore[type-arg]
     ergate: ErgateCelery
     ergate_step: WorkflowStep[Any, Any]
 
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery calls this in the worker's main process when it kills a step at its hard
+        `time_limit`: the job ends FAILED at once instead of waiting for the sweep."""
+        if not isinstance(exc, TimeLimitExceeded):
+            return
+        payload = args[0] if args else None
+        try:
+            job = Job.model_validate(payload)
+        except Exception:
+            logger.warning("A step of %s hit its time limit with an unreadable job", self.name)
+            return
+        step = self.ergate_step
+        seconds = float(exc.args[0]) if exc.args else float(self.time_limit or 0)
+        event = TimeLimit(step.name, job.steps_completed, seconds)
+        try:
+            self.ergate.runtime.apply(str(job.id), event, sender=self.name)
+        except Exception:
+            logger.exception("Could not fail job %s after its step's time limit", job.id)
+
 
 class ErgateCelery:
     """The Ergate layer of one Celery app: `ErgateCelery(app)`, then register workflows."""
@@ -56,14 +83,14 @@ class ErgateCelery:
         self._workflows: dict[str, Workflow] = {}
         self._store: JobStore | None = None
         self._settings: ErgateSettings | None = None
+        self._runtime: Runtime | None = None
         self._pending_discovery: list[Callable[[], None]] = []
         self._lock = threading.RLock()
         _bindings[app] = self
         beat.install(self)
         task_unknown.connect(self._on_unknown_task, weak=False)
         worker_init.connect(self._on_worker_init, weak=False)
-        #: Send job lifecycle events too; follows the worker's -E / worker_send_task_events.
-        self.events_enabled = bool(app.conf.get("worker_send_task_events"))
+        self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
         _discover_django_workflows(self)
 
     @classmethod
@@ -84,6 +111,18 @@ class ErgateCelery:
         if self._settings is None:
             self._settings = ErgateSettings.from_conf(self.app.conf)
         return self._settings
+
+    @property
+    def events_enabled(self) -> bool:
+        """Send job lifecycle events too; follows the worker's -E / worker_send_task_events."""
+        return self.announcer.events_enabled
+
+    @property
+    def runtime(self) -> Runtime:
+        """What the step tasks, release and sweep work with."""
+        if self._runtime is None:
+            self._runtime = Runtime(self.store, self.settings, self.announcer, self.publish)
+        return self._runtime
 
     @property
     def store(self) -> JobStore:
@@ -203,7 +242,9 @@ class ErgateCelery:
 
     def _on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
         if getattr(sender, "app", None) is self.app:
-            self.events_enabled = bool(getattr(sender, "task_events", self.events_enabled))
+            self.announcer.events_enabled = bool(
+                getattr(sender, "task_events", self.events_enabled)
+            )
 
     def _on_unknown_task(
         self, sender: Any = None, name: str = "", message: Any = None, **kwargs: Any
@@ -221,14 +262,17 @@ class ErgateCelery:
             logger.error("Dropped an unreadable message for unknown task %s", name)
             return
         known = ", ".join(sorted(self.workflows)) or "none"
-        fail_identified_job(
-            self,
+        hop = payload.get("steps_completed") if isinstance(payload, dict) else None
+        reject_message(
+            self.runtime,
             payload,
             JobError(
-                type="UnknownStepError",
+                type="UnknownStep",
                 message=f"This worker has no task {name} (workflows it knows: {known}); "
                 "was the workflow or step removed or renamed by a deploy?",
             ),
+            name,
+            hop if isinstance(hop, int) else None,
         )
 
     # Jobs --------------------------------------------------------------------------------
@@ -284,18 +328,15 @@ class ErgateCelery:
         return job
 
     def _hand_over(self, pending: Job, status: JobStatus) -> None:
-        def release(stored: Job) -> Job | None:
-            if stored.status is not JobStatus.PENDING:
-                return None  # cancelled meanwhile
-            return stored.model_copy(update={"status": status})
-
-        job = self.store.update(str(pending.id), release)
+        job = self.runtime.apply(str(pending.id), HandOver(status), sender=SUBMIT_SENDER).after
         if job is not None and job.status is JobStatus.QUEUED:
-            self.publish(job)
+            self.runtime.hand_on(job, SUBMIT_SENDER)
 
     def publish(self, job: Job) -> None:
-        """Send the message of the job's current step."""
-        step = self.workflow(job.workflow_name)[job.current_step]
+        """Send the message of the job's current step, found by its name."""
+        workflow = self.workflow(job.workflow_name)
+        name = job.current_step_name
+        step = workflow.step_named(name) if name is not None else workflow[job.current_step]
         task = self.app.tasks[step.task_name]
         options = self._display_options(job, step)
         if job.priority is not None:
@@ -365,15 +406,7 @@ class ErgateCelery:
         CANCELLED at the end of the running step.
         """
         current = self.get_job(job_id)
-
-        def cancel(stored: Job) -> Job | None:
-            if stored.status in (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.PENDING):
-                return stored.model_copy(update={"status": JobStatus.CANCELLED})
-            if stored.status is JobStatus.RUNNING:
-                return stored.model_copy(update={"status": JobStatus.CANCELLING})
-            return None
-
-        changed = self.store.update(job_id, cancel)
+        changed = self.runtime.apply(job_id, Cancel(), sender=CANCEL_SENDER).after
         return changed if changed is not None else self.get_job(current.id)
 
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
@@ -397,7 +430,7 @@ def _not_found(job_id: str) -> JobNotFoundError:
 
 
 def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:
-    return execute_step(self.ergate, self.ergate_step, self, payload)
+    return execute_step(self.ergate.runtime, self.ergate_step, self, payload)
 
 
 def all_bindings() -> list[ErgateCelery]:

@@ -73,6 +73,19 @@ class Job(BaseModel):
     """When the current step (if RUNNING) started."""
     timings: list[StepTiming] = Field(default_factory=list)
     """One entry per completed step run, in order."""
+    current_step_name: str | None = None
+    """The name of the current step: a job continues at the step of this name in the
+    definition the worker runs, so inserting or reordering steps in a deploy is safe."""
+    workflow_version: str | None = None
+    """The fingerprint of the workflow definition (step names and paths) last run."""
+    claim: str | None = None
+    """The token of the step run that holds the job while it is RUNNING."""
+    lease_until: datetime | None = None
+    """Until when that claim holds against a duplicate message (a redelivery takes it)."""
+    lost_runs: int = Field(default=0, ge=0)
+    """Runs of the current step that ended without an outcome (worker lost, stuck requeue)."""
+    finished_by: str | None = None
+    """The claim token of the step run whose outcome is stored last."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -46,6 +46,10 @@ class ErgateSettings:
     progress_interval: float = 1.0
     #: Tries for storing a step's outcome and publishing the next step before the job fails.
     after_step_attempts: int = 5
+    #: Starts of one step without an outcome (its worker lost, or requeued by the sweep)
+    #: before the job ends FAILED with `WorkerLost`. Celery `retry()`s count against
+    #: `max_retries` instead.
+    max_step_attempts: int = 3
 
     @classmethod
     def from_conf(cls, conf: Any) -> ErgateSettings:

@@ -128,6 +128,7 @@ def _completed_step(
     return job.model_copy(
         update={
             "current_step": next_index,
+            "current_step_name": workflow[next_index].name if next_index < len(workflow) else None,
             "steps_completed": completed,
             "percent_completed": percent,
             "status": status,

@@ -43,6 +43,8 @@ def new_job(
     return Job(
         id=_job_id(job_id),
         workflow_name=workflow.unique_name,
+        current_step_name=workflow[0].name,
+        workflow_version=workflow.version,
         status=JobStatus.SCHEDULED if start is not None and start > now else JobStatus.QUEUED,
         initial_input_value=input_json,
         user_context=context_json,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -52,6 +53,7 @@ class Workflow:
         self.unique_name = unique_name
         self._steps: list[WorkflowStep[Any, Any]] = []
         self._route_lengths: dict[tuple[int, int], int] | None = None
+        self._version: str | None = None
 
     def __getitem__(self, index: int) -> WorkflowStep[Any, Any]:
         if not 0 <= index < len(self._steps):
@@ -68,6 +70,14 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.unique_name!r}: {', '.join(s.name for s in self)}>"
+
+    @property
+    def version(self) -> str:
+        """A fingerprint of the definition: step names and their paths, in order."""
+        if self._version is None:
+            shape = ";".join(f"{step.name}:{step.paths!r}" for step in self._steps)
+            self._version = hashlib.sha1(shape.encode()).hexdigest()[:12]
+        return self._version
 
     def step_named(self, name: str) -> WorkflowStep[Any, Any]:
         """The step called `name`, or `UnknownStepError`."""
@@ -116,6 +126,7 @@ class Workflow:
             )
             self._steps.append(step)
             self._route_lengths = None
+            self._version = None
             return step
 
         if func is None:

@@ -1,0 +1,59 @@
+"""Releasing due SCHEDULED jobs, the work of `ergate.release_scheduled_jobs`.
+
+Due jobs are found as a range query on the scheduled index; each is claimed by the `Release`
+transition (SCHEDULED to QUEUED, which also moves its index entry), so overlapping runs and
+several beat processes release a job once. Entries whose record is gone or no longer
+scheduled are removed, so that they never hold up the jobs behind them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from .job_status import JobStatus
+from .lifecycle import Release
+from .runtime import Runtime
+from .stores.base import SCHEDULED, IndexEntry
+
+logger = logging.getLogger("ergate_celery")
+
+RELEASE_TASK = "ergate.release_scheduled_jobs"
+
+
+def release_due_jobs(rt: Runtime, now: datetime | None = None) -> int:
+    """Release every SCHEDULED job due at `now`; returns how many this call released."""
+    batch = rt.settings.release_batch_size
+    released = 0
+    while True:
+        moment = now or datetime.now(UTC)
+        entries = rt.store.index_entries(SCHEDULED, moment, batch)
+        moved = 0
+        for entry in entries:
+            outcome = _release_one(rt, entry, moment)
+            released += outcome is JobStatus.QUEUED
+            moved += outcome is not None
+        # Stop when the index had no more, or nothing at its head could move (not due yet).
+        if len(entries) < batch or moved == 0:
+            return released
+
+
+def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | None:
+    """The status the job moved to, JobStatus.SCHEDULED for a dropped entry, None if kept."""
+    try:
+        before, after = rt.apply(entry.job_id, Release(), sender=RELEASE_TASK, now=now)
+    except Exception:
+        # A record that is not a job must not hold up every release after it.
+        logger.exception("Could not release job %s; its index entry is dropped", entry.job_id)
+        rt.store.drop_index_entry(entry)
+        return JobStatus.SCHEDULED
+    if after is None:
+        if before is not None and before.status is JobStatus.SCHEDULED:
+            return None  # not due yet, whatever the index said
+        if rt.store.drop_index_entry(entry):
+            state = "gone" if before is None else before.status.name
+            logger.warning("Dropped the scheduled index entry of %s: it is %s", entry.job_id, state)
+        return JobStatus.SCHEDULED
+    if after.status is JobStatus.QUEUED:
+        rt.hand_on(after, RELEASE_TASK)
+    return after.status

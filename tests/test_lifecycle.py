@@ -1,0 +1,253 @@
+"""The job lifecycle as a table, without Celery: every (status, event, condition) row of
+`LIFECYCLE` is what `transition` does, and the README's state diagram is printed from it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ergate_celery.job import Job, JobError
+from ergate_celery.job_status import JobStatus
+from ergate_celery.lifecycle import (
+    LIFECYCLE,
+    Cancel,
+    Claim,
+    Event,
+    Finish,
+    HandOver,
+    Progress,
+    PublishFailed,
+    Recover,
+    Reject,
+    Release,
+    Row,
+    TimeLimit,
+    Yield,
+    mermaid,
+    transition,
+)
+
+S = JobStatus
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _stored(status: JobStatus, **fields: Any) -> Job:
+    holds = status in (S.RUNNING, S.CANCELLING)
+    base: dict[str, Any] = {
+        "id": "job-1",
+        "workflow_name": "wf",
+        "status": status,
+        "current_step": 1,
+        "current_step_name": "b",
+        "steps_completed": 1,
+        "attempt": 1 if holds else 0,
+        "claim": "held" if holds else None,
+        "lease_until": NOW + timedelta(hours=1) if holds else None,
+        "started_at": NOW - timedelta(minutes=1),
+        "requested_start_time": NOW - timedelta(seconds=1) if status is S.SCHEDULED else None,
+    }
+    return Job(**{**base, **fields})
+
+
+def _claim(**fields: Any) -> Claim:
+    values: dict[str, Any] = {
+        "workflow_name": "wf",
+        "step_name": "b",
+        "step_index": 1,
+        "steps_completed": 1,
+        "token": "new",
+        "lease_until": NOW + timedelta(hours=1),
+        "redelivered": False,
+        "max_attempts": 3,
+        "workflow_version": "v2",
+    }
+    return Claim(**{**values, **fields})
+
+
+_FINISHED = {
+    "returned, more steps": S.QUEUED,
+    "last step returned, or GoToEnd": S.COMPLETED,
+    "raised": S.FAILED,
+    "AbortJob": S.ABORTED,
+    "more steps": S.QUEUED,
+    "last step returned": S.COMPLETED,
+}
+
+
+def scenario(row: Row) -> tuple[Job, Event]:
+    """A stored job and an event that make the situation `row` describes."""
+    stored = _stored(row.status)
+    when = row.when
+    match row.event:
+        case "HandOver":
+            return stored, HandOver(S.SCHEDULED if "later" in when else S.QUEUED)
+        case "Release":
+            if when == "past its deadline":
+                stored = stored.model_copy(update={"deadline": NOW - timedelta(seconds=1)})
+            if when == "not due yet":
+                later = NOW + timedelta(hours=1)
+                stored = stored.model_copy(update={"requested_start_time": later})
+            return stored, Release()
+        case "Claim":
+            if when == "first step, past its deadline":
+                stored = stored.model_copy(
+                    update={"steps_completed": 0, "deadline": NOW - timedelta(seconds=1)}
+                )
+                return stored, _claim(steps_completed=0)
+            if when == "a stale message":
+                return stored, _claim(steps_completed=0)
+            if when == "worker lost max_step_attempts times":
+                return stored.model_copy(update={"lost_runs": 2}), _claim(redelivered=True)
+            return stored, _claim(redelivered=when == "a redelivery or an expired lease")
+        case "Finish":
+            token = "other" if when == "another run holds the claim" else "held"
+            after = stored.model_copy(update={"status": _FINISHED.get(when, S.QUEUED)})
+            return stored, Finish(token, after)
+        case "Yield":
+            return stored, Yield("held")
+        case "Progress":
+            return stored, Progress("held", 50.0, NOW + timedelta(hours=2))
+        case "Cancel":
+            return stored, Cancel()
+        case "TimeLimit":
+            return stored, TimeLimit("b", 1, 30.0)
+        case "Recover":
+            if "max_step_attempts" in when:
+                stored = stored.model_copy(update={"lost_runs": 2})
+            action = "fail" if "fail" in when else "requeue"
+            return stored, Recover(stored, action, 3600.0, 3)
+        case "PublishFailed":
+            return stored, PublishFailed(1, JobError(type="OperationalError", message="down"))
+        case "Reject":
+            return stored, Reject(JobError(type="MalformedMessage", message="bad"))
+    raise AssertionError(row)
+
+
+@pytest.mark.parametrize("row", LIFECYCLE, ids=lambda r: f"{r.status.name}-{r.event}-{r.when}")
+def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
+    stored, event = scenario(row)
+    after = transition(stored, event, NOW)
+    assert (after.status if after is not None else None) is row.to
+
+
+def test_the_table_has_a_row_for_every_status_and_event() -> None:
+    pairs = {(row.status, row.event) for row in LIFECYCLE}
+    events = {row.event for row in LIFECYCLE}
+    assert len(events) == 11
+    assert pairs == {(status, event) for status in S for event in events}
+
+
+def test_final_jobs_never_change() -> None:
+    for row in LIFECYCLE:
+        if row.status.is_final:
+            assert row.to is None, row
+
+
+def test_claim_holds_a_token_and_lease_and_addresses_the_step_by_name() -> None:
+    # v1 [a, b] published step b at index 1; v2 [a, audit, b] has b at index 2.
+    stored = _stored(S.QUEUED, claim=None)
+    claimed = transition(stored, _claim(step_index=2), NOW)
+    assert claimed is not None
+    assert (claimed.status, claimed.current_step, claimed.current_step_name) == (S.RUNNING, 2, "b")
+    assert (claimed.claim, claimed.lease_until, claimed.workflow_version) == (
+        "new",
+        NOW + timedelta(hours=1),
+        "v2",
+    )
+    assert claimed.attempt == 1
+
+
+def test_a_message_for_another_step_or_workflow_is_not_claimed() -> None:
+    stored = _stored(S.QUEUED)
+    assert transition(stored, _claim(step_name="audit"), NOW) is None
+    assert transition(stored, _claim(workflow_name="other"), NOW) is None
+
+
+def test_an_expired_lease_is_taken_over_and_counted_as_a_lost_run() -> None:
+    stored = _stored(S.RUNNING, lease_until=NOW - timedelta(seconds=1))
+    taken = transition(stored, _claim(), NOW)
+    assert taken is not None
+    assert (taken.status, taken.claim, taken.lost_runs, taken.attempt) == (S.RUNNING, "new", 1, 2)
+
+
+def test_a_claim_given_back_for_a_retry_is_not_a_lost_run() -> None:
+    yielded = transition(_stored(S.RUNNING), Yield("held"), NOW)
+    assert yielded is not None
+    assert yielded.claim is None
+    again = transition(yielded, _claim(), NOW)
+    assert again is not None
+    assert (again.claim, again.lost_runs) == ("new", 0)
+
+
+def test_the_worker_lost_error_says_how_often() -> None:
+    stored = _stored(S.RUNNING, lost_runs=2)
+    failed = transition(stored, _claim(redelivered=True), NOW)
+    assert failed is not None
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.step) == ("WorkerLost", "b")
+    assert "3 times" in failed.error.message
+
+
+def test_finish_records_its_token_so_a_lost_reply_is_recognised() -> None:
+    stored = _stored(S.RUNNING)
+    after = stored.model_copy(update={"status": S.QUEUED, "current_step": 2, "steps_completed": 2})
+    finished = transition(stored, Finish("held", after), NOW)
+    assert finished is not None
+    assert (finished.finished_by, finished.claim, finished.lost_runs) == ("held", None, 0)
+    # Trying the same write again finds it done: nothing more is written.
+    assert transition(finished, Finish("held", after), NOW) is None
+
+
+def test_the_sweep_counts_its_requeues_and_fails_at_the_limit() -> None:
+    job = _stored(S.RUNNING)
+    for expected_runs in (1, 2):
+        job = transition(job, Recover(job, "requeue", 60.0, 3), NOW) or job
+        assert (job.status, job.lost_runs) == (S.QUEUED, expected_runs)
+        job = transition(job, _claim(token=f"run{expected_runs}"), NOW) or job
+        assert job.status is S.RUNNING
+    failed = transition(job, Recover(job, "requeue", 60.0, 3), NOW)
+    assert failed is not None
+    assert failed.status is S.FAILED
+    assert failed.error is not None
+    assert failed.error.type == "WorkerLost"
+    assert len(failed.recoveries) == 3
+
+
+def test_the_sweep_leaves_a_job_that_moved_since_it_was_seen() -> None:
+    seen = _stored(S.RUNNING)
+    moved = seen.model_copy(update={"attempt": 2})
+    assert transition(moved, Recover(seen, "requeue", 60.0, 3), NOW) is None
+
+
+def test_time_limit_fails_only_the_step_it_names() -> None:
+    running = _stored(S.RUNNING)
+    failed = transition(running, TimeLimit("b", 1, 30.0), NOW)
+    assert failed is not None
+    assert failed.error is not None
+    assert failed.error.type == "TimeLimitExceeded"
+    assert "30 s" in failed.error.message
+    assert transition(running, TimeLimit("b", 0, 30.0), NOW) is None
+    assert transition(running, TimeLimit("a", 1, 30.0), NOW) is None
+
+
+def test_a_reject_that_names_an_old_point_leaves_the_job() -> None:
+    error = JobError(type="MalformedMessage", message="bad")
+    assert transition(_stored(S.QUEUED), Reject(error, steps_completed=0), NOW) is None
+    assert transition(_stored(S.QUEUED), Reject(error, steps_completed=1), NOW) is not None
+
+
+def test_not_an_event_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="Not a lifecycle event"):
+        transition(_stored(S.QUEUED), "Release", NOW)  # type: ignore[arg-type]
+
+
+def test_readme_shows_the_generated_state_diagram() -> None:
+    text = README.read_text()
+    assert f"```mermaid\n{mermaid()}```" in text, (
+        "README.md's state diagram is stale: paste ergate_celery.lifecycle.mermaid() into its "
+        "```mermaid block"
+    )
