@@ -1,0 +1,98 @@
+"""The job index on every store: earliest first, bounded, entries dropped only while they are
+what was read."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ergate_celery import Job, JobStatus
+from ergate_celery.stores import ACTIVE, SCHEDULED, IndexEntry
+
+from .conftest import STORES, Setup
+
+pytestmark = pytest.mark.setup(*STORES)
+
+
+def _scheduled(setup: Setup, job_id: str, at: datetime) -> Job:
+    job = Job(
+        id=job_id, workflow_name="indexed", status=JobStatus.SCHEDULED, requested_start_time=at
+    )
+    setup.ergate.store.create(job)
+    return job
+
+
+def _queued(setup: Setup, job_id: str) -> Job:
+    job = Job(id=job_id, workflow_name="indexed", status=JobStatus.QUEUED)
+    setup.ergate.store.create(job)
+    return job
+
+
+def test_index_entries_are_earliest_first_up_to_the_limit(setup: Setup) -> None:
+    store = setup.ergate.store
+    # Microseconds included: an entry's time is the one stored, exactly.
+    base = datetime(2030, 1, 1, 12, 0, 0, 123457, tzinfo=UTC)
+    for minutes in (4, 1, 3, 0, 2, 60):
+        _scheduled(setup, f"at-{minutes}", base + timedelta(minutes=minutes, microseconds=minutes))
+    _queued(setup, "active-1")
+    until = base + timedelta(minutes=10)
+
+    entries = store.index_entries(SCHEDULED, until, 3)
+
+    assert entries == [
+        IndexEntry(SCHEDULED, f"at-{m}", base + timedelta(minutes=m, microseconds=m))
+        for m in (0, 1, 2)
+    ]
+    assert [e.job_id for e in store.index_entries(SCHEDULED, until, 100)] == [
+        f"at-{m}" for m in (0, 1, 2, 3, 4)
+    ]
+    assert store.due(until, 100) == [f"at-{m}" for m in (0, 1, 2, 3, 4)]
+    assert store.due(base - timedelta(seconds=1), 100) == []
+    assert [e.job_id for e in store.index_entries(ACTIVE, datetime.now(UTC), 100)] == ["active-1"]
+    assert store.stale(datetime.now(UTC), 100) == ["active-1"]
+
+
+def test_a_dead_entry_is_dropped_once(setup: Setup) -> None:
+    store = setup.ergate.store
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    _scheduled(setup, "forgotten", at)
+    _scheduled(setup, "kept", at + timedelta(seconds=1))
+    # The record disappears outside the store (forgotten through Celery): its entry stays.
+    setup.app.AsyncResult("forgotten").forget()
+    assert store.get("forgotten") is None
+    [dead, live] = store.index_entries(SCHEDULED, at + timedelta(days=1), 10)
+    assert dead.job_id == "forgotten"
+
+    assert store.drop_index_entry(dead)
+    assert not store.drop_index_entry(dead)
+    assert store.index_entries(SCHEDULED, at + timedelta(days=1), 10) == [live]
+
+
+def test_an_entry_moved_since_it_was_read_is_kept(setup: Setup) -> None:
+    store = setup.ergate.store
+    _queued(setup, "moving")
+    [read] = store.index_entries(ACTIVE, datetime.now(UTC), 10)
+    time.sleep(0.01)  # the write below indexes the job at a later time
+    store.update("moving", lambda job: job.model_copy(update={"percent_completed": 50.0}))
+
+    assert not store.drop_index_entry(read)
+    [moved] = store.index_entries(ACTIVE, datetime.now(UTC), 10)
+    assert (moved.job_id, moved.at > read.at) == ("moving", True)
+
+    assert store.drop_index_entry(moved)
+    assert store.index_entries(ACTIVE, datetime.now(UTC), 10) == []
+
+
+def test_rescheduled_entry_is_kept_and_a_wrong_kind_drops_nothing(setup: Setup) -> None:
+    store = setup.ergate.store
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    _scheduled(setup, "rescheduled", at)
+    [read] = store.index_entries(SCHEDULED, at, 10)
+    later = at + timedelta(hours=1)
+    store.update("rescheduled", lambda job: job.model_copy(update={"requested_start_time": later}))
+
+    assert not store.drop_index_entry(read)
+    assert not store.drop_index_entry(read._replace(kind=ACTIVE, at=later))
+    assert store.index_entries(SCHEDULED, later, 10) == [
+        IndexEntry(SCHEDULED, "rescheduled", later)
+    ]
