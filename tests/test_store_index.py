@@ -1,7 +1,8 @@
-"""The job index on every store: earliest first, bounded, entries dropped only while they are
-what was read."""
+"""The job index on every store (earliest first, bounded, entries dropped only while they are
+what was read) and the one expiry rule: only final and PENDING jobs follow `result_expires`."""
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -96,3 +97,37 @@ def test_rescheduled_entry_is_kept_and_a_wrong_kind_drops_nothing(setup: Setup) 
     assert store.index_entries(SCHEDULED, later, 10) == [
         IndexEntry(SCHEDULED, "rescheduled", later)
     ]
+
+
+#: Under the one expiry rule, the statuses whose records follow `result_expires`.
+EXPIRING = {
+    JobStatus.PENDING,
+    JobStatus.COMPLETED,
+    JobStatus.FAILED,
+    JobStatus.ABORTED,
+    JobStatus.CANCELLED,
+}
+
+
+def test_only_final_and_pending_jobs_expire(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    setup = make_setup(setup_name, result_expires=1)
+    store = setup.ergate.store
+    far = datetime.now(UTC) + timedelta(days=30)
+    for status in JobStatus:
+        start = far if status is JobStatus.SCHEDULED else None
+        store.create(
+            Job(
+                id=f"expiry-{status.name}",
+                workflow_name="indexed",
+                status=status,
+                requested_start_time=start,
+            )
+        )
+    time.sleep(2.5)
+    setup.app.tasks["celery.backend_cleanup"]()  # Redis needs none: its keys have a TTL
+
+    kept = {status for status in JobStatus if store.get(f"expiry-{status.name}") is not None}
+
+    assert kept == set(JobStatus) - EXPIRING

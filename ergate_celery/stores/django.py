@@ -19,6 +19,7 @@ from .base import (
     Stored,
     TaskResult,
     check_size,
+    expiring,
     index_entry,
     job_document,
     job_from_document,
@@ -28,7 +29,8 @@ from .base import (
 Columns = tuple[str, str]
 
 # django-celery-results' backend_cleanup deletes rows by date_done whatever their status, so
-# an unfinished job carries a date_done that never comes; it gets the real one when it ends.
+# a job that must not expire carries a date_done that never comes; it gets a real one when
+# the expiry rule says it may expire.
 _NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
@@ -62,7 +64,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
             "content_encoding": content_encoding,
             "traceback": job.error.traceback if job.error else None,
             "task_name": f"ergate.{job.workflow_name}",
-            "date_done": timezone.now() if job.is_final else _to_db(_NEVER),
+            "date_done": timezone.now() if expiring(job) else _to_db(_NEVER),
         }
 
     @property
