@@ -1,16 +1,19 @@
 """The job index on every store (earliest first, bounded, entries dropped only while they are
-what was read) and the one expiry rule: only final and PENDING jobs follow `result_expires`."""
+what was read), on Redis within the app's `global_keyprefix`; and the one expiry rule: only
+final and PENDING jobs follow `result_expires`."""
 
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 
 from ergate_celery import Job, JobStatus
 from ergate_celery.stores import ACTIVE, SCHEDULED, IndexEntry
 
 from .conftest import STORES, Setup
+from .services import REDIS_URL
 
 pytestmark = pytest.mark.setup(*STORES)
 
@@ -131,3 +134,29 @@ def test_only_final_and_pending_jobs_expire(
     kept = {status for status in JobStatus if store.get(f"expiry-{status.name}") is not None}
 
     assert kept == set(JobStatus) - EXPIRING
+
+
+def test_redis_apps_with_other_key_prefixes_keep_their_own_index(
+    make_setup: Callable[..., Setup],
+) -> None:
+    def tenant(prefix: str) -> Setup:
+        options = {"global_keyprefix": prefix}
+        return make_setup("redis", result_backend_transport_options=options)
+
+    first, second = tenant("first"), tenant("second:")  # Celery adds "_" to the first only
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    _scheduled(first, "first-due", at)
+    _queued(first, "first-active")
+    _scheduled(second, "second-due", at)
+    later, now = at + timedelta(days=1), datetime.now(UTC)
+
+    assert first.ergate.store.due(later, 10) == ["first-due"]
+    assert second.ergate.store.due(later, 10) == ["second-due"]
+    assert first.ergate.store.stale(now, 10) == ["first-active"]
+    assert second.ergate.store.stale(now, 10) == []
+    client = redis.Redis.from_url(REDIS_URL)
+    assert sorted(client.keys("*ergate:*")) == [
+        b"first_ergate:active",
+        b"first_ergate:scheduled",
+        b"second:ergate:scheduled",
+    ]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import states
+from celery.backends.base import KeyValueStoreBackend
 
 from ..job import Job
 from .base import (
@@ -27,7 +28,8 @@ from .base import (
     job_from_document,
 )
 
-#: The job index: one sorted set per kind, scored by time, as rq's job registries.
+#: The job index: one sorted set per kind, scored by time, as rq's job registries. Each key
+#: takes the `global_keyprefix` Celery puts before its own keys.
 INDEX_KEYS = {SCHEDULED: "ergate:scheduled", ACTIVE: "ergate:active"}
 
 
@@ -152,7 +154,13 @@ class RedisJobStore(BaseJobStore[str]):
         self._digests = _Digests()
         self._json = backend.serializer == "json"
         self._extended = bool(backend.app.conf.find_value_for_key("extended", "result"))
-        self.index_keys: dict[str, bytes] = {kind: key.encode() for kind, key in INDEX_KEYS.items()}
+        # What Celery put before its own task keys (`global_keyprefix` and its separator).
+        prefix = backend.task_keyprefix.removesuffix(
+            backend.key_t(KeyValueStoreBackend.task_keyprefix)
+        )
+        self.index_keys: dict[str, bytes] = {
+            kind: prefix + key.encode() for kind, key in INDEX_KEYS.items()
+        }
 
     @property
     def client(self) -> Any:
