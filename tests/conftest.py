@@ -21,6 +21,7 @@ from celery.worker import state as worker_state
 
 from ergate_celery import ErgateCelery
 
+from .django_support import configure_django
 from .services import (
     POSTGRES_HOST,
     POSTGRES_PORT,
@@ -38,6 +39,10 @@ from .services import (
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ("redis", "rabbitmq_postgres", "embedded")
+#: Every job store: the setups' (Redis, SQLAlchemy on PostgreSQL and SQLite), and django-db
+#: (django-celery-results on SQLite, broker Redis). Store tests run on all of them with
+#: `pytestmark = pytest.mark.setup(*STORES)`.
+STORES = (*SETUPS, "django_db")
 
 
 @dataclass
@@ -146,7 +151,22 @@ def _conf(name: str, tmp_path: Path) -> dict[str, Any]:
             **embedded_broker_settings(tmp_path / "broker"),
             "result_backend": f"db+sqlite:///{tmp_path / 'results.sqlite'}",
         }
+    if name == "django_db":
+        require("Redis", REDIS_HOST, REDIS_PORT)
+        configure_django(tmp_path)  # once per process: later calls keep the first database
+        redis_flush()
+        _django_empty()
+        return {**common, "broker_url": REDIS_URL, "result_backend": "django-db"}
     raise ValueError(name)
+
+
+def _django_empty() -> None:
+    from django_celery_results.models import TaskResult
+
+    from ergate_celery.contrib.django.models import JobIndexEntry
+
+    TaskResult.objects.all().delete()
+    JobIndexEntry.objects.all().delete()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -182,6 +202,9 @@ def cleanup_setup(name: str, app: Celery) -> None:
     elif name == "rabbitmq_postgres":
         _delete_queues(app)
         _postgres_empty()
+    elif name == "django_db":
+        _django_empty()
+        redis_flush()
     app.close()
 
 

@@ -1,14 +1,17 @@
-"""Compare-and-set with an assumed record: a right guess writes at once, a wrong one never
-writes what it computed from the guess."""
+"""The store's update loop on every store: compare-and-set, with or without an assumed record
+(a right guess writes at once, a wrong one never writes what it computed from the guess), a
+concurrent write recomputed from, and the duplicate-id error."""
 
 from typing import Any
 
 import pytest
 
-from ergate_celery import Job, JobStatus, Workflow
+from ergate_celery import DuplicateJobError, Job, JobStatus, Workflow
 from ergate_celery.stores.base import TaskResult
 
-from .conftest import Setup
+from .conftest import STORES, Setup
+
+pytestmark = pytest.mark.setup(*STORES)
 
 
 def _job(setup: Setup) -> Job:
@@ -75,6 +78,56 @@ def test_the_task_result_is_stored_exactly_when_the_change_is(setup: Setup) -> N
     refused = TaskResult("stored-step-2", lambda written: {"attempt": written.attempt})
     assert setup.ergate.store.update(str(job.id), lambda s: None, result=refused) is None
     assert setup.app.AsyncResult("stored-step-2").state == "PENDING"
+
+
+def test_a_change_that_lost_a_race_is_recomputed_from_the_winner(setup: Setup) -> None:
+    job = _job(setup)
+    seen: list[int] = []
+
+    def bump_after_a_concurrent_write(stored: Job) -> Job | None:
+        if not seen:  # another process writes between this read and this write
+            setup.ergate.store.update(str(job.id), lambda s: s.model_copy(update={"attempt": 7}))
+        seen.append(stored.attempt)
+        return _bump(stored)
+
+    written = setup.ergate.store.update(str(job.id), bump_after_a_concurrent_write)
+    assert seen == [0, 7]
+    assert written is not None
+    assert written.attempt == 8
+    assert setup.ergate.get_job(str(job.id)) == written
+
+
+def test_a_job_deleted_during_a_change_is_not_written_back(setup: Setup) -> None:
+    job = _job(setup)
+
+    def bump_after_a_delete(stored: Job) -> Job | None:
+        setup.ergate.store.delete(str(job.id))
+        return _bump(stored)
+
+    assert setup.ergate.store.update(str(job.id), bump_after_a_delete) is None
+    assert setup.ergate.store.get(str(job.id)) is None
+    assert setup.ergate.store.update("no-such-job", _bump) is None
+
+
+def test_a_final_write_is_stamped_finished(setup: Setup) -> None:
+    job = _job(setup)
+    done = setup.ergate.store.update(
+        str(job.id), lambda s: s.model_copy(update={"status": JobStatus.COMPLETED}), assume=job
+    )
+    assert done is not None
+    assert done.finished_at is not None
+    assert setup.ergate.get_job(str(job.id)) == done
+
+
+def test_a_duplicate_id_is_refused_and_the_stored_job_untouched(setup: Setup) -> None:
+    job = _job(setup)
+    stored = setup.ergate.get_job(str(job.id))
+    other = Job(id=job.id, workflow_name="stored", initial_input_value="other")
+    with pytest.raises(DuplicateJobError, match="already exists"):
+        setup.ergate.store.create(other)
+    with pytest.raises(DuplicateJobError):
+        setup.ergate.submit_job("stored", initial_input_value=2, id=str(job.id))
+    assert setup.ergate.get_job(str(job.id)) == stored
 
 
 @pytest.mark.setup("redis")

@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..exceptions import UnsupportedBackendError
-from .base import Change, JobStore
+from .base import ACTIVE, SCHEDULED, BaseJobStore, Change, IndexEntry, JobStore
 
-__all__ = ["Change", "JobStore", "store_for_backend"]
+__all__ = [
+    "ACTIVE",
+    "SCHEDULED",
+    "BaseJobStore",
+    "Change",
+    "IndexEntry",
+    "JobStore",
+    "store_for_backend",
+]
 
 
 def store_for_backend(backend: Any, max_bytes: int) -> JobStore:

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from enum import Enum
+from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
 from celery import states
 
-from ..exceptions import InvalidInputError
+from ..exceptions import DuplicateJobError, InvalidInputError
 from ..job import Job
 from ..job_status import JobStatus
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: It may be called more than once when a concurrent write wins a race, so it must be pure.
 Change = Callable[[Job], Job | None]
+
+#: What a backend's compare-and-set compares: a digest on Redis, the stored columns on SQL.
+Token = TypeVar("Token")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,41 @@ class TaskResult:
     def store(self, backend: Any, summary: dict[str, Any]) -> None:
         """Store `summary` through the backend, as Celery would when the task returns."""
         backend.store_result(self.task_id, summary, states.SUCCESS, request=self.request)
+
+
+SCHEDULED: Final = "scheduled"
+ACTIVE: Final = "active"
+
+
+class IndexEntry(NamedTuple):
+    """One entry of the job index: SCHEDULED jobs by due time (for beat's release), QUEUED,
+    RUNNING and CANCELLING jobs by the time of their last change (for the stuck-job sweep)."""
+
+    kind: str
+    job_id: str
+    at: datetime
+
+
+def index_entry(job: Job) -> IndexEntry | None:
+    """Where a job belongs in the job index, written with every change of its record; final
+    and PENDING jobs are not indexed."""
+    if job.status is JobStatus.SCHEDULED:
+        assert job.requested_start_time is not None, "a SCHEDULED job has a start time"
+        return IndexEntry(SCHEDULED, str(job.id), job.requested_start_time)
+    if job.is_final or job.status is JobStatus.PENDING:
+        return None
+    return IndexEntry(ACTIVE, str(job.id), datetime.now(UTC))
+
+
+def expiring(job: Job) -> bool:
+    """Whether the record follows `result_expires`: the same rule on every backend.
+
+    A final job expires; so does a PENDING one, which was never handed over (its submission
+    was rolled back, or its process died before publishing). Every other status waits for
+    something to move it, so it never expires: Celery would expire any result, and its
+    `backend_cleanup` deletes old rows whatever their status.
+    """
+    return job.is_final or job.status is JobStatus.PENDING
 
 
 class JobStore(Protocol):
@@ -80,6 +120,17 @@ class JobStore(Protocol):
     def delete(self, job_id: str) -> None:
         """Remove a job record (used to undo a submission whose publish failed)."""
 
+    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
+        """Index entries of `kind` (`SCHEDULED` or `ACTIVE`) at or before `until`, earliest
+        first: a range query on the index, whose cost follows `limit`, not the index size."""
+
+    def drop_index_entry(self, entry: IndexEntry) -> bool:
+        """Remove `entry` if it is still there with the same time; whether it was.
+
+        For an entry whose record is gone or no longer matches: an entry that a concurrent
+        write has just moved (same job, new time) survives.
+        """
+
     def due(self, now: datetime, limit: int) -> list[str]:
         """SCHEDULED jobs due at `now`, earliest first: a range query on the index."""
 
@@ -87,18 +138,138 @@ class JobStore(Protocol):
         """QUEUED/RUNNING/CANCELLING jobs last changed before `before`, oldest first."""
 
 
-def poll_until_final(
-    store: JobStore, job_id: str, timeout: float | None, poll_interval: float
-) -> Job | None:
-    """`JobStore.wait_final` by reading the record every `poll_interval` s."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        job = store.get(job_id)
-        if job is None or job.is_final:
-            return job
-        if deadline is not None and time.monotonic() >= deadline:
-            return job
-        time.sleep(poll_interval)
+class Stored(NamedTuple, Generic[Token]):
+    """A record as read, with what its compare-and-set compares against."""
+
+    job: Job
+    token: Token
+
+
+class Outcome(Enum):
+    """What a compare-and-set did, when it did not find another record (a `Stored`)."""
+
+    WRITTEN = "written"
+    GONE = "gone"
+
+
+class BaseJobStore(ABC, Generic[Token]):
+    """The store logic written once: the update loop, the duplicate-id error, polling for the
+    end, the index queries. A backend's module supplies the primitives below (the abstract
+    methods), each one atomic on its backend, with `Token` its compare-and-set's token."""
+
+    #: Whether `_compare_and_set` writes the step task's result itself (in the same atomic
+    #: write); otherwise it is stored right after the job's change.
+    writes_task_result = False
+
+    def __init__(self, backend: Any, max_bytes: int) -> None:
+        self.backend = backend
+        self.max_bytes = max_bytes
+
+    # The primitives.
+
+    @abstractmethod
+    def _read(self, job_id: str) -> Stored[Token] | None:
+        """The stored record and its token, or None."""
+
+    @abstractmethod
+    def _token_of(self, job: Job) -> Token:
+        """The token of `job` as it would be stored (for an assumed record, never read)."""
+
+    @abstractmethod
+    def _compare_and_set(
+        self, job_id: str, expected: Token, new: Job, result: TaskResult | None
+    ) -> Stored[Token] | Outcome:
+        """Write `new` (size-checked, reindexed) if the record's token is `expected`; else
+        the record found instead, or `Outcome.GONE`. `result` only if `writes_task_result`."""
+
+    @abstractmethod
+    def _insert(self, job: Job) -> bool:
+        """Store `job` (indexed) unless its id is taken; whether it was stored."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> None:
+        """Remove a job record and its index entry."""
+
+    @abstractmethod
+    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
+        """See `JobStore.index_entries`."""
+
+    @abstractmethod
+    def drop_index_entry(self, entry: IndexEntry) -> bool:
+        """See `JobStore.drop_index_entry`."""
+
+    # The logic on top of them.
+
+    def create(self, job: Job) -> None:
+        """See `JobStore.create`."""
+        if not self._insert(job):
+            raise DuplicateJobError(
+                f"A job with id {job.id!r} already exists; submit without id= to get a new one"
+            )
+
+    def get(self, job_id: str) -> Job | None:
+        """The stored job, or None."""
+        stored = self._read(job_id)
+        return None if stored is None else stored.job
+
+    def update(
+        self,
+        job_id: str,
+        change: Change,
+        *,
+        assume: Job | None = None,
+        result: TaskResult | None = None,
+    ) -> Job | None:
+        """See `JobStore.update`."""
+        # `token` is None while `job` is only assumed: worked out if a write needs it.
+        token: Token | None = None
+        if assume is not None:
+            job = assume
+        else:
+            stored = self._read(job_id)
+            if stored is None:
+                return None
+            job, token = stored
+        while True:
+            new = change(job)
+            if new is None:
+                if token is not None:
+                    return None
+                # The assumption may be wrong: look at the record before giving up.
+                stored = self._read(job_id)
+                if stored is None:
+                    return None
+                job, token = stored
+                continue
+            new = stamped(new)
+            expected = self._token_of(job) if token is None else token
+            reply = self._compare_and_set(job_id, expected, new, result)
+            if reply is Outcome.WRITTEN:
+                if result is not None and not self.writes_task_result:
+                    result.store_after(self.backend, new)
+                return new
+            if reply is Outcome.GONE:
+                return None
+            job, token = reply
+
+    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
+        """See `JobStore.wait_final`; here by reading the record every `poll_interval` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job is None or job.is_final:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                return job
+            time.sleep(poll_interval)
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        """SCHEDULED jobs due at `now`, earliest first."""
+        return [entry.job_id for entry in self.index_entries(SCHEDULED, now, limit)]
+
+    def stale(self, before: datetime, limit: int) -> list[str]:
+        """QUEUED/RUNNING/CANCELLING jobs last changed before `before`, oldest first."""
+        return [entry.job_id for entry in self.index_entries(ACTIVE, before, limit)]
 
 
 def stamped(job: Job) -> Job:
@@ -116,23 +287,6 @@ def job_document(job: Job) -> dict[str, Any]:
 def job_from_document(document: Any) -> Job:
     """Rebuild a job from its stored document."""
     return Job.model_validate(document)
-
-
-SCHEDULED, ACTIVE = "scheduled", "active"
-
-
-def index_entry(job: Job) -> tuple[str, datetime] | None:
-    """Where a job belongs in the job index, written with every change of its record.
-
-    SCHEDULED jobs by due time (for beat's release); QUEUED, RUNNING and CANCELLING jobs by
-    the time of their last change (for the stuck-job sweep); final jobs are not indexed.
-    """
-    if job.status is JobStatus.SCHEDULED:
-        assert job.requested_start_time is not None, "a SCHEDULED job has a start time"
-        return SCHEDULED, job.requested_start_time
-    if job.is_final or job.status is JobStatus.PENDING:
-        return None
-    return ACTIVE, datetime.now(UTC)
 
 
 def check_size(job: Job, encoded: bytes | str, max_bytes: int) -> None:

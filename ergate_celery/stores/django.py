@@ -10,33 +10,49 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..exceptions import DuplicateJobError, ErgateError
+from ..exceptions import ErgateError
 from ..job import Job
 from .base import (
-    ACTIVE,
-    SCHEDULED,
-    Change,
+    BaseJobStore,
+    IndexEntry,
+    Outcome,
+    Stored,
     TaskResult,
     check_size,
+    expiring,
     index_entry,
     job_document,
     job_from_document,
-    poll_until_final,
-    stamped,
 )
 
+#: The compare-and-set token: the row's status and result columns as read.
+Columns = tuple[str, str]
+
 # django-celery-results' backend_cleanup deletes rows by date_done whatever their status, so
-# an unfinished job carries a date_done that never comes; it gets the real one when it ends.
+# a job that must not expire carries a date_done that never comes; it gets a real one when
+# the expiry rule says it may expire.
 _NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
-class DjangoJobStore:
+def _to_db(moment: datetime) -> datetime:
+    """`moment` as Django stores it: aware under USE_TZ, naive UTC without."""
+    return moment if settings.USE_TZ else moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _from_db(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class DjangoJobStore(BaseJobStore[Columns]):
     """One `TaskResult` row per job, so the Django admin lists jobs with their status."""
 
     def __init__(self, backend: Any, max_bytes: int) -> None:
-        self.backend = backend
-        self.max_bytes = max_bytes
+        super().__init__(backend, max_bytes)
         self.model: Any = backend.TaskModel
+
+    def _content(self, job: Job) -> str:
+        content: str = self.backend.encode_content(job_document(job))[2]
+        return content
 
     def _values(self, job: Job) -> dict[str, Any]:
         content_type, content_encoding, content = self.backend.encode_content(job_document(job))
@@ -48,11 +64,8 @@ class DjangoJobStore:
             "content_encoding": content_encoding,
             "traceback": job.error.traceback if job.error else None,
             "task_name": f"ergate.{job.workflow_name}",
-            "date_done": timezone.now() if job.is_final else _never(),
+            "date_done": timezone.now() if expiring(job) else _to_db(_NEVER),
         }
-
-    def _decode(self, row: Any) -> Job:
-        return job_from_document(self.backend.decode_content(row, row.result))
 
     @property
     def index(self) -> Any:
@@ -68,81 +81,57 @@ class DjangoJobStore:
         index.objects.filter(job_id=str(job.id)).delete()
         entry = index_entry(job)
         if entry is not None:
-            index.objects.create(job_id=str(job.id), kind=entry[0], at=entry[1])
+            index.objects.create(job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at))
 
-    def create(self, job: Job) -> None:
+    def _read(self, job_id: str) -> Stored[Columns] | None:
+        row = self.model.objects.filter(task_id=job_id).first()
+        if row is None or row.result is None:
+            return None
+        job = job_from_document(self.backend.decode_content(row, row.result))
+        return Stored(job, (row.status, row.result))
+
+    def _token_of(self, job: Job) -> Columns:
+        return job.status.name, self._content(job)
+
+    def _compare_and_set(
+        self, job_id: str, expected: Columns, new: Job, result: TaskResult | None
+    ) -> Stored[Columns] | Outcome:
+        status, content = expected
+        with transaction.atomic():
+            written = self.model.objects.filter(
+                task_id=job_id, status=status, result=content
+            ).update(**self._values(new))
+            if written != 1:
+                return self._read(job_id) or Outcome.GONE
+            self._reindex(new)
+        return Outcome.WRITTEN
+
+    def _insert(self, job: Job) -> bool:
+        values = self._values(job)
         try:
-            values = self._values(job)
             with transaction.atomic():
                 self.model.objects.create(task_id=str(job.id), **values)
                 # date_done is auto_now, which save() overrides: set it with an UPDATE.
                 self.model.objects.filter(task_id=str(job.id)).update(date_done=values["date_done"])
                 self._reindex(job)
         except IntegrityError:
-            raise DuplicateJobError(
-                f"A job with id {job.id!r} already exists; submit without id= to get a new one"
-            ) from None
-
-    def get(self, job_id: str) -> Job | None:
-        row = self.model.objects.filter(task_id=job_id).first()
-        return None if row is None or row.result is None else self._decode(row)
-
-    def update(
-        self,
-        job_id: str,
-        change: Change,
-        *,
-        assume: Job | None = None,
-        result: TaskResult | None = None,
-    ) -> Job | None:
-        guess = assume
-        while True:
-            if guess is not None:
-                # Write against the assumed record; a miss falls back to reading it.
-                stored, status = guess, guess.status.name
-                content = self.backend.encode_content(job_document(guess))[2]
-                guess, assumed = None, True
-            else:
-                row = self.model.objects.filter(task_id=job_id).first()
-                if row is None or row.result is None:
-                    return None
-                stored, status, content = self._decode(row), row.status, row.result
-                assumed = False
-            new = change(stored)
-            if new is None:
-                if assumed:
-                    continue
-                return None
-            new = stamped(new)
-            with transaction.atomic():
-                written = self.model.objects.filter(
-                    task_id=job_id, status=status, result=content
-                ).update(**self._values(new))
-                if written != 1:
-                    continue
-                self._reindex(new)
-            if result is not None:
-                result.store_after(self.backend, new)
-            return new
-
-    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
-        return poll_until_final(self, job_id, timeout, poll_interval)
+            return False
+        return True
 
     def delete(self, job_id: str) -> None:
         with transaction.atomic():
             self.model.objects.filter(task_id=job_id).delete()
             self.index.objects.filter(job_id=job_id).delete()
 
-    def _range(self, kind: str, until: datetime, limit: int) -> list[str]:
-        rows = self.index.objects.filter(kind=kind, at__lte=until).order_by("at")[:limit]
-        return [str(job_id) for job_id in rows.values_list("job_id", flat=True)]
+    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
+        rows = self.index.objects.filter(kind=kind, at__lte=_to_db(until)).order_by("at")[:limit]
+        return [
+            IndexEntry(kind, str(job_id), _from_db(at))
+            for job_id, at in rows.values_list("job_id", "at")
+        ]
 
-    def due(self, now: datetime, limit: int) -> list[str]:
-        return self._range(SCHEDULED, now, limit)
-
-    def stale(self, before: datetime, limit: int) -> list[str]:
-        return self._range(ACTIVE, before, limit)
-
-
-def _never() -> datetime:
-    return _NEVER if settings.USE_TZ else _NEVER.replace(tzinfo=None)
+    def drop_index_entry(self, entry: IndexEntry) -> bool:
+        dropped, _ = self.index.objects.filter(
+            job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at)
+        ).delete()
+        return bool(dropped)

@@ -10,23 +10,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import states
+from celery.backends.base import KeyValueStoreBackend
 
-from ..exceptions import DuplicateJobError
 from ..job import Job
-from ..job_status import JobStatus
 from .base import (
     ACTIVE,
     SCHEDULED,
-    Change,
+    BaseJobStore,
+    IndexEntry,
+    Outcome,
+    Stored,
     TaskResult,
     check_size,
+    expiring,
     index_entry,
     job_document,
     job_from_document,
-    stamped,
 )
 
-#: The job index: one sorted set per kind, scored by time, as rq's job registries.
+#: The job index: one sorted set per kind, scored by time, as rq's job registries. Each key
+#: takes the `global_keyprefix` Celery puts before its own keys.
 INDEX_KEYS = {SCHEDULED: "ergate:scheduled", ACTIVE: "ergate:active"}
 
 
@@ -81,6 +84,32 @@ return 1
 """
 )
 
+# Drop an index entry only if its score is still the one read: a job that a concurrent write
+# has just moved (same member, new score) keeps its entry. Scores are compared as the doubles
+# Redis stores; both sides are written by `_score`.
+_DROP_INDEX_ENTRY = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+def _score(at: datetime) -> float:
+    """An index entry's time as its sorted-set score."""
+    return at.timestamp()
+
+
+def _at(score: float) -> datetime:
+    """The time an index score stands for; `_score` of it is the score again (microsecond
+    datetimes survive the round trip through a double)."""
+    return datetime.fromtimestamp(score, UTC)
+
+
+def _text(member: bytes | str) -> str:
+    return member.decode() if isinstance(member, bytes) else member
+
 
 def _digest(raw: bytes | str) -> str:
     return hashlib.sha1(raw.encode() if isinstance(raw, str) else raw).hexdigest()
@@ -111,23 +140,27 @@ class _Digests:
         return entry[1] if entry is not None and entry[0] is job else None
 
 
-def _duplicate(job: Job) -> DuplicateJobError:
-    return DuplicateJobError(
-        f"A job with id {job.id!r} already exists; submit without id= to get a new one"
-    )
+class RedisJobStore(BaseJobStore[str]):
+    """Stores each job at the key Celery uses for a task result of the same id; its token is
+    the SHA-1 of the stored bytes."""
 
-
-class RedisJobStore:
-    """Stores each job at the key Celery uses for a task result of the same id."""
+    writes_task_result = True
 
     def __init__(self, backend: Any, max_bytes: int) -> None:
-        self.backend = backend
-        self.max_bytes = max_bytes
-        self._compare_and_set = backend.client.register_script(_COMPARE_AND_SET)
+        super().__init__(backend, max_bytes)
+        self._compare_and_set_script = backend.client.register_script(_COMPARE_AND_SET)
         self._create = backend.client.register_script(_CREATE)
+        self._drop_index_entry = backend.client.register_script(_DROP_INDEX_ENTRY)
         self._digests = _Digests()
         self._json = backend.serializer == "json"
         self._extended = bool(backend.app.conf.find_value_for_key("extended", "result"))
+        # What Celery put before its own task keys (`global_keyprefix` and its separator).
+        prefix = backend.task_keyprefix.removesuffix(
+            backend.key_t(KeyValueStoreBackend.task_keyprefix)
+        )
+        self.index_keys: dict[str, bytes] = {
+            kind: prefix + key.encode() for kind, key in INDEX_KEYS.items()
+        }
 
     @property
     def client(self) -> Any:
@@ -161,17 +194,17 @@ class RedisJobStore:
             encoded = self.backend.encode(meta)
         if check:
             check_size(job, encoded, self.max_bytes)
-        # Only a finished (or never handed over) job may expire: Celery would put
-        # result_expires on every write, unfinished jobs included.
-        expiring = final or job.status is JobStatus.PENDING
-        return encoded, (self.backend.expires or None) if expiring else None
+        # Celery would put result_expires on every write; here only where the rule says.
+        return encoded, (self.backend.expires or None) if expiring(job) else None
 
-    def _decode(self, raw: bytes) -> Job:
-        return job_from_document(self.backend.decode(raw)["result"])
+    def _stored(self, raw: bytes) -> Stored[str]:
+        return Stored(job_from_document(self.backend.decode(raw)["result"]), _digest(raw))
 
     def _index_arguments(self, job: Job) -> list[Any]:
-        kind, at = index_entry(job) or ("", None)
-        return [str(job.id), kind, at.timestamp() if at else ""]
+        entry = index_entry(job)
+        return (
+            [str(job.id), "", ""] if entry is None else [entry.job_id, entry.kind, _score(entry.at)]
+        )
 
     def _result_arguments(self, result: TaskResult, job: Job) -> list[Any]:
         backend = self.backend
@@ -190,65 +223,43 @@ class RedisJobStore:
         meta["task_id"] = result.task_id
         return [backend.encode(meta), backend.expires or ""]
 
-    def create(self, job: Job) -> None:
-        encoded, ttl = self._encode(job)
-        keys = [self._key(str(job.id)), INDEX_KEYS[SCHEDULED], INDEX_KEYS[ACTIVE]]
-        if not self._create(keys=keys, args=[encoded, ttl or "", *self._index_arguments(job)]):
-            raise _duplicate(job)
-        self._digests.remember(job, _digest(encoded))
-
-    def get(self, job_id: str) -> Job | None:
+    def _read(self, job_id: str) -> Stored[str] | None:
         raw = self.client.get(self._key(job_id))
-        return None if raw is None else self._decode(raw)
+        return None if raw is None else self._stored(raw)
 
-    def update(
-        self,
-        job_id: str,
-        change: Change,
-        *,
-        assume: Job | None = None,
-        result: TaskResult | None = None,
-    ) -> Job | None:
-        keys = [self._key(job_id), INDEX_KEYS[SCHEDULED], INDEX_KEYS[ACTIVE]]
+    def _token_of(self, job: Job) -> str:
+        # A record this process wrote last is known by its digest, without encoding it again.
+        return self._digests.of(job) or _digest(self._encode(job, check=False)[0])
+
+    def _compare_and_set(
+        self, job_id: str, expected: str, new: Job, result: TaskResult | None
+    ) -> Stored[str] | Outcome:
+        keys = [self._key(job_id), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
+        encoded, ttl = self._encode(new)
+        arguments = [
+            expected,
+            encoded,
+            ttl or "",
+            *self._index_arguments(new),
+            "1" if new.is_final else "",
+        ]
         if result is not None:
             keys.append(self._key(result.task_id))
-        # `raw` is what was read (or sent back by a failed compare); None while only assuming.
-        raw: bytes | None = None if assume is not None else self.client.get(keys[0])
-        stored = assume
-        while True:
-            if raw is not None:
-                stored = self._decode(raw)
-            if stored is None:
-                return None
-            new = change(stored)
-            if new is None:
-                if raw is None:  # the assumption may be wrong: look before giving up
-                    raw = self.client.get(keys[0])
-                    stored = None
-                    continue
-                return None
-            new = stamped(new)
-            encoded, ttl = self._encode(new)
-            if raw is not None:
-                expected = _digest(raw)
-            else:
-                expected = self._digests.of(stored) or _digest(self._encode(stored, check=False)[0])
-            arguments = [
-                expected,
-                encoded,
-                ttl or "",
-                *self._index_arguments(new),
-                "1" if new.is_final else "",
-            ]
-            if result is not None:
-                arguments += self._result_arguments(result, new)
-            reply = self._compare_and_set(keys=keys, args=arguments)
-            if reply == 1:
-                self._digests.remember(new, _digest(encoded))
-                return new
-            if reply is None:
-                return None
-            raw = reply
+            arguments += self._result_arguments(result, new)
+        reply = self._compare_and_set_script(keys=keys, args=arguments)
+        if reply == 1:
+            self._digests.remember(new, _digest(encoded))
+            return Outcome.WRITTEN
+        # On a mismatch the script sent the record back: no second read.
+        return Outcome.GONE if reply is None else self._stored(reply)
+
+    def _insert(self, job: Job) -> bool:
+        encoded, ttl = self._encode(job)
+        keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
+        if not self._create(keys=keys, args=[encoded, ttl or "", *self._index_arguments(job)]):
+            return False
+        self._digests.remember(job, _digest(encoded))
+        return True
 
     def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
         # Final records are published on their key: subscribe first, then read, so that an
@@ -272,16 +283,16 @@ class RedisJobStore:
     def delete(self, job_id: str) -> None:
         with self.client.pipeline() as pipe:
             pipe.delete(self._key(job_id))
-            for key in INDEX_KEYS.values():
+            for key in self.index_keys.values():
                 pipe.zrem(key, job_id)
             pipe.execute()
 
-    def _range(self, kind: str, until: datetime, limit: int) -> list[str]:
-        ids = self.client.zrangebyscore(INDEX_KEYS[kind], "-inf", until.timestamp(), 0, limit)
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
+        found = self.client.zrangebyscore(
+            self.index_keys[kind], "-inf", _score(until), 0, limit, withscores=True
+        )
+        return [IndexEntry(kind, _text(member), _at(score)) for member, score in found]
 
-    def due(self, now: datetime, limit: int) -> list[str]:
-        return self._range(SCHEDULED, now, limit)
-
-    def stale(self, before: datetime, limit: int) -> list[str]:
-        return self._range(ACTIVE, before, limit)
+    def drop_index_entry(self, entry: IndexEntry) -> bool:
+        keys = [self.index_keys[entry.kind]]
+        return bool(self._drop_index_entry(keys=keys, args=[entry.job_id, _score(entry.at)]))

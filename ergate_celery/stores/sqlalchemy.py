@@ -9,29 +9,26 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from ..exceptions import DuplicateJobError
 from ..job import Job
-from ..job_status import JobStatus
 from .base import (
-    ACTIVE,
-    SCHEDULED,
-    Change,
+    BaseJobStore,
+    IndexEntry,
+    Outcome,
+    Stored,
     TaskResult,
     check_size,
+    expiring,
     index_entry,
     job_document,
     job_from_document,
-    poll_until_final,
-    stamped,
 )
+
+#: The compare-and-set token: the row's status and result columns as read.
+Columns = tuple[str, bytes]
 
 
 def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def _expiring(job: Job) -> bool:
-    return job.is_final or job.status is JobStatus.PENDING
 
 
 def index_table(schema: str | None) -> sa.Table:
@@ -48,12 +45,11 @@ def index_table(schema: str | None) -> sa.Table:
     return table
 
 
-class SQLAlchemyJobStore:
+class SQLAlchemyJobStore(BaseJobStore[Columns]):
     """One row per job in Celery's task table; changes are conditional UPDATEs."""
 
     def __init__(self, backend: Any, max_bytes: int) -> None:
-        self.backend = backend
-        self.max_bytes = max_bytes
+        super().__init__(backend, max_bytes)
         self.table: sa.Table = backend.task_cls.__table__
         self.index = index_table(self.table.schema)
         self._engine: sa.Engine | None = None
@@ -85,9 +81,9 @@ class SQLAlchemyJobStore:
             "status": job.status.name,
             "result": encoded,
             "traceback": job.error.traceback if job.error else None,
-            # Celery's backend_cleanup leaves rows without date_done alone: unfinished jobs
-            # keep it NULL so that they never expire.
-            "date_done": _naive_utc(datetime.now(UTC)) if _expiring(job) else None,
+            # Celery's backend_cleanup leaves rows without date_done alone: that is how a
+            # job that must not expire is kept.
+            "date_done": _naive_utc(datetime.now(UTC)) if expiring(job) else None,
         }
 
     def _reindex(self, conn: sa.Connection, job: Job) -> None:
@@ -95,92 +91,81 @@ class SQLAlchemyJobStore:
         conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
         entry = index_entry(job)
         if entry is not None:
-            kind, at = entry
-            conn.execute(sa.insert(self.index).values(job_id=job_id, kind=kind, at=_naive_utc(at)))
+            conn.execute(
+                sa.insert(self.index).values(
+                    job_id=job_id, kind=entry.kind, at=_naive_utc(entry.at)
+                )
+            )
 
-    def _decode(self, raw: bytes) -> Job:
-        return job_from_document(self.backend.decode(raw))
+    def _select(self, conn: sa.Connection, job_id: str) -> Stored[Columns] | None:
+        column = self.table.c
+        row = conn.execute(
+            sa.select(column.status, column.result).where(column.task_id == job_id)
+        ).first()
+        if row is None or row.result is None:
+            return None
+        return Stored(job_from_document(self.backend.decode(row.result)), (row.status, row.result))
 
-    def create(self, job: Job) -> None:
+    def _read(self, job_id: str) -> Stored[Columns] | None:
+        with self.engine.connect() as conn:
+            return self._select(conn, job_id)
+
+    def _token_of(self, job: Job) -> Columns:
+        return job.status.name, self._encoded(job)
+
+    def _compare_and_set(
+        self, job_id: str, expected: Columns, new: Job, result: TaskResult | None
+    ) -> Stored[Columns] | Outcome:
+        column = self.table.c
+        status, raw = expected
+        with self.engine.begin() as conn:
+            written = conn.execute(
+                sa.update(self.table)
+                .where(column.task_id == job_id, column.status == status, column.result == raw)
+                .values(**self._values(new))
+            )
+            if written.rowcount != 1:
+                # In the same transaction: the record that won, for the caller to retry on.
+                return self._select(conn, job_id) or Outcome.GONE
+            self._reindex(conn, new)
+        return Outcome.WRITTEN
+
+    def _insert(self, job: Job) -> bool:
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(self.table).values(task_id=str(job.id), **self._values(job)))
                 self._reindex(conn, job)
         except IntegrityError:
-            raise DuplicateJobError(
-                f"A job with id {job.id!r} already exists; submit without id= to get a new one"
-            ) from None
-
-    def get(self, job_id: str) -> Job | None:
-        with self.engine.connect() as conn:
-            raw = conn.execute(
-                sa.select(self.table.c.result).where(self.table.c.task_id == job_id)
-            ).scalar()
-        return None if raw is None else self._decode(raw)
-
-    def update(
-        self,
-        job_id: str,
-        change: Change,
-        *,
-        assume: Job | None = None,
-        result: TaskResult | None = None,
-    ) -> Job | None:
-        column = self.table.c
-        guess = assume
-        while True:
-            with self.engine.begin() as conn:
-                if guess is not None:
-                    # Write against the assumed record; a miss falls back to reading it.
-                    stored, status, raw = guess, guess.status.name, self._encoded(guess)
-                    guess, assumed = None, True
-                else:
-                    row = conn.execute(
-                        sa.select(column.status, column.result).where(column.task_id == job_id)
-                    ).first()
-                    if row is None or row.result is None:
-                        return None
-                    stored, status, raw = self._decode(row.result), row.status, row.result
-                    assumed = False
-                new = change(stored)
-                if new is None:
-                    if assumed:
-                        continue
-                    return None
-                new = stamped(new)
-                written = conn.execute(
-                    sa.update(self.table)
-                    .where(column.task_id == job_id, column.status == status, column.result == raw)
-                    .values(**self._values(new))
-                )
-                if written.rowcount != 1:
-                    continue
-                self._reindex(conn, new)
-            if result is not None:
-                result.store_after(self.backend, new)
-            return new
-
-    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
-        return poll_until_final(self, job_id, timeout, poll_interval)
+            return False
+        return True
 
     def delete(self, job_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(self.table).where(self.table.c.task_id == job_id))
             conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
 
-    def _range(self, kind: str, until: datetime, limit: int) -> list[str]:
+    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
         column = self.index.c
         query = (
-            sa.select(column.job_id)
+            sa.select(column.job_id, column.at)
             .where(column.kind == kind, column.at <= _naive_utc(until))
             .order_by(column.at)
             .limit(limit)
         )
         with self.engine.connect() as conn:
-            return [str(job_id) for job_id in conn.execute(query).scalars()]
+            return [
+                IndexEntry(kind, str(job_id), at.replace(tzinfo=UTC))
+                for job_id, at in conn.execute(query)
+            ]
 
-    def due(self, now: datetime, limit: int) -> list[str]:
-        return self._range(SCHEDULED, now, limit)
-
-    def stale(self, before: datetime, limit: int) -> list[str]:
-        return self._range(ACTIVE, before, limit)
+    def drop_index_entry(self, entry: IndexEntry) -> bool:
+        column = self.index.c
+        with self.engine.begin() as conn:
+            dropped = conn.execute(
+                sa.delete(self.index).where(
+                    column.job_id == entry.job_id,
+                    column.kind == entry.kind,
+                    column.at == _naive_utc(entry.at),
+                )
+            )
+        return dropped.rowcount == 1
