@@ -330,9 +330,7 @@ def _versions(setup: Setup) -> tuple[Workflow, Workflow]:
 
 
 @pytest.mark.parametrize("republish", ["queued_message", "sweep"])
-def test_deploy_inserting_a_step_continues_at_the_named_step(
-    setup: Setup, republish: str
-) -> None:
+def test_deploy_inserting_a_step_continues_at_the_named_step(setup: Setup, republish: str) -> None:
     v1, v2 = _versions(setup)
     setup.ergate.register_workflow(v1)
     with in_process_worker(setup.app):
