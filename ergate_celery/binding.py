@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -70,14 +71,24 @@ class ErgateCelery:
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
         """The binding of `app` (default: Celery's current app)."""
+        given = app
         app = app_or_default(app)
         try:
             return _bindings[app]
         except KeyError:
+            pass
+        if given is not None:
             raise ErgateError(
                 f"Celery app {app.main!r} has no ErgateCelery; create ErgateCelery(app) in the "
                 "module that creates your Celery app"
-            ) from None
+            )
+        bound = ", ".join(repr(other.main) for other in _bindings) or "none in this process"
+        raise ErgateError(
+            f"Celery's current app {app.main!r} has no ErgateCelery (apps with one: {bound}). "
+            "Import the module that creates your Celery app and its ErgateCelery(app) before "
+            "this call (e.g. `import proj.celery`; a Django project does it in proj/__init__.py), "
+            "or make that app current with app.set_current()"
+        )
 
     @property
     def settings(self) -> ErgateSettings:
@@ -212,7 +223,7 @@ class ErgateCelery:
             known = ", ".join(sorted(self._workflows)) or "none"
             raise UnknownWorkflowError(
                 f"No workflow named {name!r} is registered (registered: {known}); register it "
-                "with ErgateCelery.register_workflow() or autodiscover_workflows()"
+                f"with ErgateCelery.register_workflow() or autodiscover_workflows(){_django_hint()}"
             ) from None
 
     @property
@@ -424,6 +435,27 @@ def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:
 def all_bindings() -> list[ErgateCelery]:
     """Every ErgateCelery of this process."""
     return list(_bindings.values())
+
+
+def _django_hint() -> str:
+    """Why the workflows.py of Django apps were not found: the Django app is not installed."""
+    if "django.conf" not in sys.modules:
+        return ""
+    from django.conf import settings
+
+    try:
+        if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+            return ""
+        installed = list(settings.INSTALLED_APPS)
+    except Exception:  # settings that cannot be read are Django's error to report, not ours
+        return ""
+    app = "ergate_celery.contrib.django"
+    if any(entry == app or entry.startswith(f"{app}.") for entry in installed):
+        return ""
+    return (
+        f"; Django is configured but {app!r} is not in INSTALLED_APPS, so the workflows.py "
+        "modules of installed apps are not registered: add it to INSTALLED_APPS"
+    )
 
 
 def _discover_django_workflows(binding: ErgateCelery) -> None:

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery import Celery
+from celery import Celery, current_app
 
-from ergate_celery import ErgateCelery
+from ergate_celery import ErgateCelery, UnknownWorkflowError, submit_job
+from ergate_celery.exceptions import ErgateError
 
 CELERY_SCRIPT = Path(sys.executable).parent / "celery"
 
@@ -173,3 +174,70 @@ def test_graph_command_finds_workflows_from_the_project_folder(tmp_path: Path) -
 
     assert result.returncode == 0, result.stderr
     assert 's0["only"]' in result.stdout
+
+
+def test_module_level_call_without_the_app_module_says_to_import_it() -> None:
+    previous = current_app._get_current_object()
+    lonely = Celery("lonely")  # current now, as an app is when no app module was imported
+    try:
+        with pytest.raises(ErgateError) as raised:
+            submit_job("process_order")
+    finally:
+        previous.set_current()
+        lonely.close()
+
+    message = str(raised.value)
+    assert "Celery's current app 'lonely' has no ErgateCelery" in message
+    assert "Import the module that creates your Celery app" in message
+    assert "import proj.celery" in message
+
+
+DJANGO_SCRIPT = """
+import django
+from django.conf import settings
+
+settings.configure(INSTALLED_APPS={installed!r})
+django.setup()
+
+from celery import Celery
+from ergate_celery import ErgateCelery, UnknownWorkflowError
+
+ergate = ErgateCelery(Celery("proj"))
+try:
+    ergate.workflow("process_order")
+except UnknownWorkflowError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_unknown_workflow_under_django_names_the_missing_installed_app(
+    tmp_path: Path, installed: bool
+) -> None:
+    pytest.importorskip("django")
+    apps = ["django.contrib.contenttypes", "django_celery_results"]
+    if installed:
+        apps.append("ergate_celery.contrib.django")
+    script = DJANGO_SCRIPT.format(installed=apps)
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+    assert "No workflow named 'process_order' is registered" in result.stdout
+    mentions = "'ergate_celery.contrib.django' is not in INSTALLED_APPS" in result.stdout
+    assert mentions is not installed, result.stdout
+
+
+def test_unknown_workflow_error_says_how_to_register(
+    ergate: ErgateCelery,
+) -> None:
+    with pytest.raises(UnknownWorkflowError, match="register_workflow"):
+        ergate.workflow("process_order")
