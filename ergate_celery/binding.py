@@ -82,12 +82,13 @@ class ErgateCelery:
                 f"Celery app {app.main!r} has no ErgateCelery; create ErgateCelery(app) in the "
                 "module that creates your Celery app"
             )
-        bound = ", ".join(repr(other.main) for other in _bindings) or "none in this process"
+        bound = ", ".join(repr(other.main) for other in _bindings) or "none"
         raise ErgateError(
             f"Celery's current app {app.main!r} has no ErgateCelery (apps with one: {bound}). "
-            "Import the module that creates your Celery app and its ErgateCelery(app) before "
-            "this call (e.g. `import proj.celery`; a Django project does it in proj/__init__.py), "
-            "or make that app current with app.set_current()"
+            "Import the module that creates your Celery app and its ErgateCelery before this "
+            "call (e.g. `import proj.celery`; a Django project does it in proj/__init__.py), or "
+            "make that app current with app.set_current(); if there is none yet, create "
+            "ErgateCelery(app) in the module that creates your Celery app"
         )
 
     @property
