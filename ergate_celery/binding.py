@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -14,7 +14,7 @@ from weakref import WeakKeyDictionary
 from billiard.exceptions import TimeLimitExceeded
 from celery import Celery, Task
 from celery.app import app_or_default
-from celery.signals import task_unknown, worker_init
+from celery.signals import import_modules, task_unknown, worker_init
 
 from . import beat
 from .announce import Announcer
@@ -43,6 +43,8 @@ _bindings: WeakKeyDictionary[Celery, ErgateCelery] = WeakKeyDictionary()
 # Retries are decided in the step body (a retry must stay the same step), so these step
 # options are not handed to Celery's own autoretry wrapper.
 _CELERY_OPTIONS = STEP_TASK_OPTIONS - RETRY_OPTIONS
+#: One discovery receiver per app and signal, however often autodiscover_workflows is called.
+_DISCOVER_UID = "ergate_celery.autodiscover_workflows"
 
 
 class StepTask(Task):  # type: ignore[type-arg]
@@ -96,14 +98,25 @@ class ErgateCelery:
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
         """The binding of `app` (default: Celery's current app)."""
+        given = app
         app = app_or_default(app)
         try:
             return _bindings[app]
         except KeyError:
+            pass
+        if given is not None:
             raise ErgateError(
                 f"Celery app {app.main!r} has no ErgateCelery; create ErgateCelery(app) in the "
                 "module that creates your Celery app"
-            ) from None
+            )
+        bound = ", ".join(repr(other.main) for other in _bindings) or "none"
+        raise ErgateError(
+            f"Celery's current app {app.main!r} has no ErgateCelery (apps with one: {bound}). "
+            "Import the module that creates your Celery app and its ErgateCelery before this "
+            "call (e.g. `import proj.celery`; a Django project does it in proj/__init__.py), or "
+            "make that app current with app.set_current(); if there is none yet, create "
+            "ErgateCelery(app) in the module that creates your Celery app"
+        )
 
     @property
     def settings(self) -> ErgateSettings:
@@ -183,8 +196,11 @@ class ErgateCelery:
     ) -> None:
         """Register the workflows of `<package>.workflows` modules, as Celery finds tasks.
 
-        Unless `force`, modules are imported when the app is finalized or a job is first
-        submitted or run, so that the app module can be imported first.
+        Unless `force`, modules are imported when a worker or beat starts (an import error
+        stops it there, as with Celery's `autodiscover_tasks`), when the app is finalized, or
+        when a workflow is first looked up. The current folder is on `sys.path` meanwhile,
+        as for Celery's `include`, so `celery -A proj worker` finds them from the project
+        folder. A package without a `workflows` module is skipped.
         """
 
         def discover() -> None:
@@ -192,27 +208,44 @@ class ErgateCelery:
             for package in names:
                 self._register_module(f"{package}.{related_name}")
 
-        if force or getattr(self.app, "finalized", False):
+        # Called while Celery imports the worker's modules (Django's ready() is), or later:
+        # the moment to import has come, so import now and let an error stop the start.
+        started = getattr(self.app.loader, "worker_initialized", False)
+        if force or started or getattr(self.app, "finalized", False):
             discover()
             return
         with self._lock:
             self._pending_discovery.append(discover)
-        self.app.on_after_finalize.connect(
-            lambda sender, **kwargs: self._discover_pending(), weak=False
+        # Celery's loader raises what an `import_modules` receiver raised, so a worker or beat
+        # stops at start; the finalize signal only logs, and a failed discovery stays pending.
+        import_modules.connect(
+            self._discover_on_signal, sender=self.app, weak=False, dispatch_uid=_DISCOVER_UID
         )
+        self.app.on_after_finalize.connect(
+            self._discover_on_signal, weak=False, dispatch_uid=_DISCOVER_UID
+        )
+
+    def _discover_on_signal(self, **kwargs: Any) -> None:
+        self._discover_pending()
 
     def _discover_pending(self) -> None:
         with self._lock:
             pending, self._pending_discovery = self._pending_discovery, []
-            for discover in pending:
-                discover()
+            for done, discover in enumerate(pending):
+                try:
+                    discover()
+                except BaseException:
+                    # Keep it (and the rest) pending: the next lookup raises the error again
+                    # instead of reporting that no workflow is registered.
+                    self._pending_discovery[:0] = pending[done:]
+                    raise
 
     def _register_module(self, module_name: str) -> None:
         try:
-            module = importlib.import_module(module_name)
+            module = self.app.loader.import_from_cwd(module_name)
         except ModuleNotFoundError as exc:
             if exc.name == module_name:
-                return
+                return  # the package has no workflows module, as Celery skips a missing tasks.py
             raise
         for value in vars(module).values():
             if isinstance(value, Workflow):
@@ -230,7 +263,7 @@ class ErgateCelery:
             known = ", ".join(sorted(self._workflows)) or "none"
             raise UnknownWorkflowError(
                 f"No workflow named {name!r} is registered (registered: {known}); register it "
-                "with ErgateCelery.register_workflow() or autodiscover_workflows()"
+                f"with ErgateCelery.register_workflow() or autodiscover_workflows(){_django_hint()}"
             ) from None
 
     @property
@@ -436,6 +469,27 @@ def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:
 def all_bindings() -> list[ErgateCelery]:
     """Every ErgateCelery of this process."""
     return list(_bindings.values())
+
+
+def _django_hint() -> str:
+    """Why the workflows.py of Django apps were not found: the Django app is not installed."""
+    if "django.conf" not in sys.modules:
+        return ""
+    from django.conf import settings
+
+    try:
+        if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+            return ""
+        installed = list(settings.INSTALLED_APPS)
+    except Exception:  # settings that cannot be read are Django's error to report, not ours
+        return ""
+    app = "ergate_celery.contrib.django"
+    if any(entry == app or entry.startswith(f"{app}.") for entry in installed):
+        return ""
+    return (
+        f"; Django is configured but {app!r} is not in INSTALLED_APPS, so the workflows.py "
+        "modules of installed apps are not registered: add it to INSTALLED_APPS"
+    )
 
 
 def _discover_django_workflows(binding: ErgateCelery) -> None:
