@@ -3,33 +3,32 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from billiard.exceptions import TimeLimitExceeded
-from celery import Celery, Task
+from celery import Celery
 from celery.app import app_or_default
-from celery.signals import import_modules, task_unknown, worker_init
+from celery.signals import task_unknown, worker_init
 
 from . import beat
 from .announce import Announcer
-from .exceptions import ErgateError, InvalidDefinitionError, JobNotFoundError, UnknownWorkflowError
-from .job import Job, JobError
+from .exceptions import ErgateError, JobNotFoundError
+from .job import Job
 from .job_status import JobStatus
-from .lifecycle import Cancel, HandOver, TimeLimit
+from .lifecycle import Cancel, HandOver
+from .registry import WorkflowRegistry
 from .runtime import Runtime
 from .settings import ErgateSettings
-from .step_task import execute_step, reject_message
 from .stores import JobStore, store_for_backend
 from .stores.base import job_document
 from .submission import new_job
+from .tasks import fail_unknown_task, install_step
 from .transactions import in_django_transaction, on_commit
-from .workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS, Workflow
+from .workflow import Workflow
 from .workflow_step import WorkflowStep
 
 logger = logging.getLogger("ergate_celery")
@@ -39,38 +38,6 @@ SUBMIT_SENDER = "ergate.submit_job"
 CANCEL_SENDER = "ergate.cancel_job"
 
 _bindings: WeakKeyDictionary[Celery, ErgateCelery] = WeakKeyDictionary()
-
-# Retries are decided in the step body (a retry must stay the same step), so these step
-# options are not handed to Celery's own autoretry wrapper.
-_CELERY_OPTIONS = STEP_TASK_OPTIONS - RETRY_OPTIONS
-#: One discovery receiver per app and signal, however often autodiscover_workflows is called.
-_DISCOVER_UID = "ergate_celery.autodiscover_workflows"
-
-
-class StepTask(Task):  # type: ignore[type-arg]
-    """The Celery task class of every step; its one argument is the job as JSON."""
-
-    ergate: ErgateCelery
-    ergate_step: WorkflowStep[Any, Any]
-
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """Celery calls this in the worker's main process when it kills a step at its hard
-        `time_limit`: the job ends FAILED at once instead of waiting for the sweep."""
-        if not isinstance(exc, TimeLimitExceeded):
-            return
-        payload = args[0] if args else None
-        try:
-            job = Job.model_validate(payload)
-        except Exception:
-            logger.warning("A step of %s hit its time limit with an unreadable job", self.name)
-            return
-        step = self.ergate_step
-        seconds = float(exc.args[0]) if exc.args else float(self.time_limit or 0)
-        event = TimeLimit(step.name, job.steps_completed, seconds)
-        try:
-            self.ergate.runtime.apply(str(job.id), event, sender=self.name)
-        except Exception:
-            logger.exception("Could not fail job %s after its step's time limit", job.id)
 
 
 class ErgateCelery:
@@ -82,15 +49,13 @@ class ErgateCelery:
         if app in _bindings:
             raise ErgateError(f"Celery app {app.main!r} already has an ErgateCelery")
         self.app = app
-        self._workflows: dict[str, Workflow] = {}
         self._store: JobStore | None = None
         self._settings: ErgateSettings | None = None
         self._runtime: Runtime | None = None
-        self._pending_discovery: list[Callable[[], None]] = []
-        self._lock = threading.RLock()
+        self.registry = WorkflowRegistry(app, lambda step: install_step(self, step))
         _bindings[app] = self
         beat.install(self)
-        task_unknown.connect(self._on_unknown_task, weak=False)
+        task_unknown.connect(partial(fail_unknown_task, self), weak=False)
         worker_init.connect(self._on_worker_init, weak=False)
         self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
         _discover_django_workflows(self)
@@ -148,45 +113,7 @@ class ErgateCelery:
 
     def register_workflow(self, workflow: Workflow) -> None:
         """Check `workflow` and install one Celery task per step."""
-        if not isinstance(workflow, Workflow):
-            raise TypeError(
-                f"register_workflow takes a Workflow, got {type(workflow).__name__}; "
-                "create one with Workflow(unique_name=...)"
-            )
-        with self._lock:
-            existing = self._workflows.get(workflow.unique_name)
-            if existing is workflow:
-                return
-            if existing is not None:
-                raise InvalidDefinitionError(
-                    f"Another workflow named {workflow.unique_name!r} is already registered"
-                )
-            workflow.validate()
-            for step in workflow:
-                self._install_step(step)
-            self._workflows[workflow.unique_name] = workflow
-
-    def _install_step(self, step: WorkflowStep[Any, Any]) -> None:
-        settings = self.settings
-        options: dict[str, Any] = {
-            "acks_late": settings.acks_late,
-            "reject_on_worker_lost": settings.reject_on_worker_lost,
-            # The step body stores its summary itself, with the job's outcome in one write
-            # where the backend allows; Celery still stores a step's failure.
-            "ignore_result": True,
-            "store_errors_even_if_ignored": True,
-        }
-        options.update({k: v for k, v in step.task_options.items() if k in _CELERY_OPTIONS})
-        self.app.task(  # type: ignore[no-untyped-call]
-            name=step.task_name,
-            base=StepTask,
-            bind=True,
-            shared=False,
-            lazy=False,
-            ergate=self,
-            ergate_step=step,
-            **options,
-        )(_step_body)
+        self.registry.register(workflow)
 
     def autodiscover_workflows(
         self,
@@ -202,111 +129,22 @@ class ErgateCelery:
         as for Celery's `include`, so `celery -A proj worker` finds them from the project
         folder. A package without a `workflows` module is skipped.
         """
-
-        def discover() -> None:
-            names = packages() if callable(packages) else packages
-            for package in names:
-                self._register_module(f"{package}.{related_name}")
-
-        # Called while Celery imports the worker's modules (Django's ready() is), or later:
-        # the moment to import has come, so import now and let an error stop the start.
-        started = getattr(self.app.loader, "worker_initialized", False)
-        if force or started or getattr(self.app, "finalized", False):
-            discover()
-            return
-        with self._lock:
-            self._pending_discovery.append(discover)
-        # Celery's loader raises what an `import_modules` receiver raised, so a worker or beat
-        # stops at start; the finalize signal only logs, and a failed discovery stays pending.
-        import_modules.connect(
-            self._discover_on_signal, sender=self.app, weak=False, dispatch_uid=_DISCOVER_UID
-        )
-        self.app.on_after_finalize.connect(
-            self._discover_on_signal, weak=False, dispatch_uid=_DISCOVER_UID
-        )
-
-    def _discover_on_signal(self, **kwargs: Any) -> None:
-        self._discover_pending()
-
-    def _discover_pending(self) -> None:
-        with self._lock:
-            pending, self._pending_discovery = self._pending_discovery, []
-            for done, discover in enumerate(pending):
-                try:
-                    discover()
-                except BaseException:
-                    # Keep it (and the rest) pending: the next lookup raises the error again
-                    # instead of reporting that no workflow is registered.
-                    self._pending_discovery[:0] = pending[done:]
-                    raise
-
-    def _register_module(self, module_name: str) -> None:
-        try:
-            module = self.app.loader.import_from_cwd(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                return  # the package has no workflows module, as Celery skips a missing tasks.py
-            raise
-        for value in vars(module).values():
-            if isinstance(value, Workflow):
-                self.register_workflow(value)
+        self.registry.autodiscover(packages, related_name, force)
 
     def workflow(self, name: Any) -> Workflow:
         """The registered workflow called `name`, or `UnknownWorkflowError`."""
-        if self._pending_discovery:
-            self._discover_pending()
-        if not isinstance(name, str):
-            raise TypeError(f"A workflow name is a string, got {type(name).__name__}")
-        try:
-            return self._workflows[name]
-        except KeyError:
-            known = ", ".join(sorted(self._workflows)) or "none"
-            raise UnknownWorkflowError(
-                f"No workflow named {name!r} is registered (registered: {known}); register it "
-                f"with ErgateCelery.register_workflow() or autodiscover_workflows(){_django_hint()}"
-            ) from None
+        return self.registry.get(name)
 
     @property
     def workflows(self) -> dict[str, Workflow]:
         """The registered workflows by unique name."""
-        if self._pending_discovery:
-            self._discover_pending()
-        return dict(self._workflows)
+        return self.registry.all()
 
     def _on_worker_init(self, sender: Any = None, **kwargs: Any) -> None:
         if getattr(sender, "app", None) is self.app:
             self.announcer.events_enabled = bool(
                 getattr(sender, "task_events", self.events_enabled)
             )
-
-    def _on_unknown_task(
-        self, sender: Any = None, name: str = "", message: Any = None, **kwargs: Any
-    ) -> None:
-        # A step task this worker does not know (a deploy removed or renamed it): Celery
-        # drops the message, so the job would wait forever; fail it with the reason instead.
-        if not name.startswith("ergate.") or message is None:
-            return
-        if getattr(sender, "app", self.app) is not self.app:
-            return
-        try:
-            body = message.decode()
-            payload = body[0][0] if isinstance(body, list | tuple) else body["args"][0]
-        except Exception:
-            logger.error("Dropped an unreadable message for unknown task %s", name)
-            return
-        known = ", ".join(sorted(self.workflows)) or "none"
-        hop = payload.get("steps_completed") if isinstance(payload, dict) else None
-        reject_message(
-            self.runtime,
-            payload,
-            JobError(
-                type="UnknownStep",
-                message=f"This worker has no task {name} (workflows it knows: {known}); "
-                "was the workflow or step removed or renamed by a deploy?",
-            ),
-            name,
-            hop if isinstance(hop, int) else None,
-        )
 
     # Jobs --------------------------------------------------------------------------------
 
@@ -462,34 +300,9 @@ def _not_found(job_id: str) -> JobNotFoundError:
     return JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
 
 
-def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:
-    return execute_step(self.ergate.runtime, self.ergate_step, self, payload)
-
-
 def all_bindings() -> list[ErgateCelery]:
     """Every ErgateCelery of this process."""
     return list(_bindings.values())
-
-
-def _django_hint() -> str:
-    """Why the workflows.py of Django apps were not found: the Django app is not installed."""
-    if "django.conf" not in sys.modules:
-        return ""
-    from django.conf import settings
-
-    try:
-        if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
-            return ""
-        installed = list(settings.INSTALLED_APPS)
-    except Exception:  # settings that cannot be read are Django's error to report, not ours
-        return ""
-    app = "ergate_celery.contrib.django"
-    if any(entry == app or entry.startswith(f"{app}.") for entry in installed):
-        return ""
-    return (
-        f"; Django is configured but {app!r} is not in INSTALLED_APPS, so the workflows.py "
-        "modules of installed apps are not registered: add it to INSTALLED_APPS"
-    )
 
 
 def _discover_django_workflows(binding: ErgateCelery) -> None:

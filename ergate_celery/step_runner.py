@@ -1,13 +1,13 @@
 """The step path without Celery: run one step's code, then compute the job that follows.
 
-`run_step` calls user code and turns what it did into a `StepOutcome`; `advance` is a pure
-function (job, outcome) -> next job that reproduces Ergate 0.6's bookkeeping exactly.
+`run_step` calls user code and turns what it did into a `StepOutcome` (a tagged union);
+`advance` is a pure function (job, outcome) -> next job that reproduces Ergate 0.6's
+bookkeeping exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from .annotations import StepRun
@@ -21,25 +21,44 @@ from .workflow import Workflow
 from .workflow_step import WorkflowStep
 
 
-class Outcome(Enum):
-    """How a step's code ended."""
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """The step returned `value`."""
 
-    RETURNED = "returned"
-    WENT_TO_STEP = "went_to_step"
-    WENT_TO_END = "went_to_end"
-    ABORTED = "aborted"
-    RAISED = "raised"
+    value: Any
 
 
 @dataclass(frozen=True, slots=True)
-class StepOutcome:
-    """What one run of a step's code did."""
+class WentToStep:
+    """The step raised `GoToStep(target, retval=value)`."""
 
-    outcome: Outcome
-    value: Any = None
-    target: WorkflowStep[Any, Any] | None = None
-    message: str = ""
-    exception: Exception | None = None
+    target: WorkflowStep[Any, Any]
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class WentToEnd:
+    """The step raised `GoToEnd(retval=value)`."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Aborted:
+    """The step raised `AbortJob(message)`."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Raised:
+    """The step raised any other exception."""
+
+    exception: Exception
+
+
+#: What one run of a step's code did.
+StepOutcome = Returned | WentToStep | WentToEnd | Aborted | Raised
 
 
 def run_step(
@@ -57,54 +76,51 @@ def run_step(
             value = step.callable(*args, **kwargs)
             returned = True
     except GoToStep as exc:
-        return StepOutcome(Outcome.WENT_TO_STEP, value=exc.retval, target=exc.step)
+        return WentToStep(exc.step, exc.retval)
     except GoToEnd as exc:
-        return StepOutcome(Outcome.WENT_TO_END, value=exc.retval)
+        return WentToEnd(exc.retval)
     except AbortJob as exc:
-        return StepOutcome(Outcome.ABORTED, message=exc.message, exception=exc)
+        return Aborted(exc.message)
     except Exception as exc:
-        return StepOutcome(Outcome.RAISED, exception=exc)
+        return Raised(exc)
     if not returned:
         # A dependency swallowed the step's exception: the step still produced no value.
-        error = RuntimeError(f"Step {step} raised, and a dependency's teardown suppressed it")
-        return StepOutcome(Outcome.RAISED, exception=error)
-    return StepOutcome(Outcome.RETURNED, value=value)
+        return Raised(
+            RuntimeError(f"Step {step} raised, and a dependency's teardown suppressed it")
+        )
+    return Returned(value)
 
 
-def advance(job: Job, workflow: Workflow, result: StepOutcome) -> Job:
-    """The job after its current step ended with `result` (a new object; `job` is unchanged)."""
+def advance(job: Job, workflow: Workflow, outcome: StepOutcome) -> Job:
+    """The job after its current step ended with `outcome` (a new object; `job` is unchanged)."""
     index = job.current_step
     step_name = workflow[index].name
-    if result.outcome is Outcome.RETURNED:
-        remaining = workflow.remaining_steps(index, NextStepPath)
-        return _completed_step(job, index + 1, result.value, remaining, workflow)
-    if result.outcome is Outcome.WENT_TO_END:
-        return _completed_step(job, job.steps_completed, result.value, 1, workflow)
-    if result.outcome is Outcome.WENT_TO_STEP:
-        target = result.target
-        assert target is not None
-        if target.workflow is not workflow:
-            error: BaseException = UnknownStepError(
-                f"Step {step_name!r} raised GoToStep({target}), a step of another workflow"
-            )
-            return _failed(job, JobError.from_exception(error, step_name))
-        if target.index <= index:
-            error = ReverseGoToError(
-                f"Step {step_name!r} raised GoToStep({target.name!r}), which is not after it; "
-                "steps can only go forward"
-            )
-            return _failed(job, JobError.from_exception(error, step_name))
-        remaining = workflow.remaining_steps(index, GoToStepPath, target.name)
-        return _completed_step(job, target.index, result.value, remaining, workflow)
-    if result.outcome is Outcome.ABORTED:
-        return job.model_copy(
-            update={
-                "status": JobStatus.ABORTED,
-                "error": JobError(type="AbortJob", message=result.message, step=step_name),
-            }
-        )
-    assert result.exception is not None
-    return _failed(job, JobError.from_exception(result.exception, step_name))
+    match outcome:
+        case Returned(value=value):
+            remaining = workflow.remaining_steps(index, NextStepPath)
+            return _completed_step(job, index + 1, value, remaining, workflow)
+        case WentToEnd(value=value):
+            return _completed_step(job, job.steps_completed, value, 1, workflow)
+        case WentToStep(target=target, value=value):
+            if target.workflow is not workflow:
+                error: Exception = UnknownStepError(
+                    f"Step {step_name!r} raised GoToStep({target}), a step of another workflow"
+                )
+                return _failed(job, JobError.from_exception(error, step_name))
+            if target.index <= index:
+                error = ReverseGoToError(
+                    f"Step {step_name!r} raised GoToStep({target.name!r}), which is not after "
+                    "it; steps can only go forward"
+                )
+                return _failed(job, JobError.from_exception(error, step_name))
+            remaining = workflow.remaining_steps(index, GoToStepPath, target.name)
+            return _completed_step(job, target.index, value, remaining, workflow)
+        case Aborted(message=message):
+            error_info = JobError(type="AbortJob", message=message, step=step_name)
+            return job.model_copy(update={"status": JobStatus.ABORTED, "error": error_info})
+        case Raised(exception=exception):
+            return _failed(job, JobError.from_exception(exception, step_name))
+    raise TypeError(f"Not a step outcome: {outcome!r}")
 
 
 def percent_after_return(job: Job, workflow: Workflow) -> float:

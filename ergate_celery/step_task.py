@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
-from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
@@ -22,11 +21,13 @@ from .annotations import StepRun
 from .exceptions import InvalidInputError
 from .job import Job, JobError, StepTiming
 from .job_status import JobStatus
-from .lifecycle import Claim, Finish, Progress, Reject, Yield
+from .lifecycle import Claim, Finish, Progress, Yield
 from .progress import ProgressReporter
+from .rejects import not_a_job, reject
+from .retry_policy import retry_delay, should_retry
 from .runtime import Runtime
-from .step_runner import Outcome, StepOutcome, advance, percent_after_return, run_step
-from .stores.base import TaskResult
+from .step_results import own_result, reply, summary
+from .step_runner import Raised, advance, percent_after_return, run_step
 from .workflow_step import WorkflowStep
 
 logger = logging.getLogger("ergate_celery")
@@ -39,14 +40,13 @@ def execute_step(
     try:
         message = Job.model_validate(payload)
     except ValidationError as exc:
-        why = f"is not a job ({len(exc.errors())} errors, first at {_where(exc)})"
-        return _reject(rt, task, step, payload, why)
+        return reject(rt, task, step, payload, not_a_job(exc))
     try:
         return _execute(rt, step, task, message)
     except InvalidInputError as exc:
         if not exc.oversized:
             raise
-        return _reject(rt, task, step, payload, f"is too large ({exc})")
+        return reject(rt, task, step, payload, f"is too large ({exc})")
 
 
 def _execute(
@@ -54,9 +54,9 @@ def _execute(
 ) -> dict[str, Any]:
     job = _claim(rt, step, task, message)
     if job is None:
-        return _reply(task, _summary(message, step, dropped=True))
+        return reply(task, summary(message, step, dropped=True))
     if job.status is not JobStatus.RUNNING:  # cancelled, or failed, at the claim
-        return _reply(task, _summary(job, step, dropped=True))
+        return reply(task, summary(job, step, dropped=True))
     token = job.claim
     assert token is not None
     run = StepRun(
@@ -74,22 +74,21 @@ def _execute(
         rt.settings.progress_interval,
     )
     outcome = run_step(step, job.get_input_value(), job.user_context, run, progress)
-    if outcome.outcome is Outcome.RAISED and _should_retry(step, task, outcome):
-        assert outcome.exception is not None
+    if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
         rt.retrying(
             f"yielding {step} of job {job.id} for a retry",
             lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
         )
-        raise task.retry(exc=outcome.exception, countdown=_retry_delay(step, task))
+        raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task))
     finished = _finish(rt, task, job, step, _timed(job, step, advance(job, step.workflow, outcome)))
     if finished is None:
         logger.warning(
             "Dropped the outcome of %s for job %s: another run took the job over", step, job.id
         )
-        return _reply(task, _summary(job, step, dropped=True))
+        return reply(task, summary(job, step, dropped=True))
     if finished.status is JobStatus.QUEUED:
         rt.hand_on(finished, step.task_name)
-    return _summary(finished, step)
+    return summary(finished, step)
 
 
 def _claim(
@@ -167,7 +166,7 @@ def _finish(
     token = job.claim
     assert token is not None
     # The step's summary is stored with the outcome (one write on Redis), not by Celery.
-    result = _own_result(task, step)
+    result = own_result(task, step)
 
     def write(outcome: Job) -> Job | None:
         def attempt() -> Job | None:
@@ -203,75 +202,6 @@ def _finish(
         return write(_timed(job, step, failed))
 
 
-def reject_message(
-    rt: Runtime, payload: Any, error: JobError, sender: str, steps_completed: int | None = None
-) -> str | None:
-    """Fail the live job a bad message names, if it names one; returns its id.
-
-    Only a job that is not final or waiting, and (when `steps_completed` is given) still at
-    that point, is touched: a message that cannot be read must not fail a job that moved on.
-    """
-    job_id = payload.get("id") if isinstance(payload, dict) else None
-    if not isinstance(job_id, str):
-        logger.warning("Dropped a message for %s that names no job: %s", sender, error.message)
-        return None
-    try:
-        failed = rt.apply(job_id, Reject(error, steps_completed), sender=sender).after
-    except Exception:
-        logger.exception("Could not record the failure of job %s", job_id)
-        return None
-    if failed is None:
-        logger.warning("Dropped a bad message for job %s: %s", job_id, error.message)
-        return None
-    return job_id
-
-
-def _reject(
-    rt: Runtime, task: Task[Any, Any], step: WorkflowStep[Any, Any], payload: Any, why: str
-) -> dict[str, Any]:
-    hop = payload.get("steps_completed") if isinstance(payload, dict) else None
-    error = JobError(
-        type="MalformedMessage",
-        message=f"A message for {step.task_name} {why}; it was dropped",
-        step=step.name,
-    )
-    failed = reject_message(
-        rt, payload, error, step.task_name, hop if isinstance(hop, int) else None
-    )
-    return _reply(task, {"job_id": failed, "status": "REJECTED", "step": step.name})
-
-
-def _where(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    # The location and the kind of error, never the value: messages may hold personal data.
-    return f"{'.'.join(str(part) for part in first['loc']) or 'the top'} ({first['type']})"
-
-
-def _should_retry(step: WorkflowStep[Any, Any], task: Task[Any, Any], outcome: StepOutcome) -> bool:
-    retry_for = step.task_options.get("autoretry_for", ())
-    max_retries = task.max_retries
-    return (
-        bool(retry_for)
-        and isinstance(outcome.exception, tuple(retry_for))
-        and (max_retries is None or task.request.retries < max_retries)
-    )
-
-
-def _retry_delay(step: WorkflowStep[Any, Any], task: Task[Any, Any]) -> float:
-    backoff = step.task_options.get("retry_backoff", False)
-    if not backoff:
-        delay: float = task.default_retry_delay
-        return delay
-    return float(
-        get_exponential_backoff_interval(
-            factor=int(backoff),
-            retries=task.request.retries,
-            maximum=step.task_options.get("retry_backoff_max", 600),
-            full_jitter=step.task_options.get("retry_jitter", True),
-        )
-    )
-
-
 def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job) -> Job:
     timing = StepTiming(
         step=step.name,
@@ -292,32 +222,3 @@ def _store_progress(rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent
     except Exception:
         # Progress is best-effort: a backend blip must not fail the step that reports it.
         logger.warning("Could not store the progress of job %s", job.id, exc_info=True)
-
-
-def _own_result(task: Task[Any, Any], step: WorkflowStep[Any, Any]) -> TaskResult | None:
-    """The step task's own result, which it stores itself (step tasks ignore their results);
-    None when there is nowhere to store it (an eager call)."""
-    request = task.request
-    if request.id is None or request.is_eager:
-        return None
-    return TaskResult(request.id, lambda written: _summary(written, step), request)
-
-
-def _reply(task: Task[Any, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    """Store `summary` as the task's result, and return it."""
-    request = task.request
-    if request.id is not None and not request.is_eager:
-        TaskResult(request.id, lambda _: summary, request).store(task.backend, summary)
-    return summary
-
-
-def _summary(job: Job, step: WorkflowStep[Any, Any], *, dropped: bool = False) -> dict[str, Any]:
-    summary = {
-        "job_id": job.id,
-        "status": job.status.name,
-        "step": step.name,
-        "percent_completed": job.percent_completed,
-    }
-    if dropped:
-        summary["dropped"] = True
-    return summary

@@ -17,7 +17,7 @@ from ergate_celery import (
     JobStatus,
     Workflow,
 )
-from ergate_celery.step_runner import Outcome, advance, run_step
+from ergate_celery.step_runner import Raised, advance, run_step
 
 
 def _linear(n: int) -> Workflow:
@@ -178,7 +178,7 @@ def test_dependencies_nest_cache_and_tear_down_on_error() -> None:
         raise RuntimeError("after using the client")
 
     outcome = run_step(only, 7, {"region": "eu"})
-    assert outcome.outcome is Outcome.RAISED
+    assert isinstance(outcome, Raised)
     # Set up once each, torn down in reverse order; the generator without try/finally does
     # not resume after an exception, exactly as in Ergate (contextlib semantics).
     assert events == ["settings up", "client up", "step eu:7 eu:7 eu", "client down"]

@@ -1,0 +1,45 @@
+"""A step task's own result: the small summary Flower and `AsyncResult` show for a step run.
+
+Step tasks run with `ignore_result=True`; the summary is stored by the store with the step's
+outcome (one write on Redis), or directly when the message was dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from .job import Job
+from .stores.base import TaskResult
+from .workflow_step import WorkflowStep
+
+
+def own_result(task: Task[Any, Any], step: WorkflowStep[Any, Any]) -> TaskResult | None:
+    """The step task's own result, which it stores itself (step tasks ignore their results);
+    None when there is nowhere to store it (an eager call)."""
+    request = task.request
+    if request.id is None or request.is_eager:
+        return None
+    return TaskResult(request.id, lambda written: summary(written, step), request)
+
+
+def reply(task: Task[Any, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """Store `document` (a summary) as the task's result, and return it."""
+    request = task.request
+    if request.id is not None and not request.is_eager:
+        TaskResult(request.id, lambda _: document, request).store(task.backend, document)
+    return document
+
+
+def summary(job: Job, step: WorkflowStep[Any, Any], *, dropped: bool = False) -> dict[str, Any]:
+    """The step run's summary: job id, status, step and percent (and `dropped`)."""
+    fields = {
+        "job_id": job.id,
+        "status": job.status.name,
+        "step": step.name,
+        "percent_completed": job.percent_completed,
+    }
+    if dropped:
+        fields["dropped"] = True
+    return fields
