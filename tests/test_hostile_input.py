@@ -138,7 +138,7 @@ def test_step_unknown_to_the_worker_fails_the_job(setup: Setup) -> None:
         assert deployed.wait_for_job(follow_up.id, timeout=WAIT).status is JobStatus.COMPLETED
     assert done.status is JobStatus.FAILED
     assert done.error is not None
-    assert done.error.type == "UnknownStepError"
+    assert done.error.type == "UnknownStep"
     assert "ergate.fragile.first" in done.error.message
     worker_app.close()
 

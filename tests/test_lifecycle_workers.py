@@ -4,6 +4,7 @@ entries, deploys that insert or remove steps, and the announcements of every pat
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -120,7 +121,10 @@ def _gated_workflow(name: str, runs: Counter[str], gate: threading.Event) -> Wor
     return workflow
 
 
-def test_duplicate_of_a_running_step_does_not_run_it_again(setup: Setup, worker: Any) -> None:
+def test_duplicate_of_a_running_step_does_not_run_it_again(
+    setup: Setup, worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ergate_celery")
     runs: Counter[str] = Counter()
     gate = threading.Event()
     setup.ergate.register_workflow(_gated_workflow("dup_running", runs, gate))
@@ -135,6 +139,8 @@ def test_duplicate_of_a_running_step_does_not_run_it_again(setup: Setup, worker:
     assert summary["dropped"] is True
     assert runs == {"a": 1, "b": 1}
     assert (done.status, done.last_return_value) == (JobStatus.COMPLETED, 12)
+    dropped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("a duplicate: the step is running elsewhere" in m for m in dropped), dropped
 
 
 class _LostReply:

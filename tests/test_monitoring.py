@@ -69,7 +69,6 @@ def test_failed_job_says_which_step_and_why(setup: Setup, worker: Any) -> None:
     assert done.timings[-1].outcome == "FAILED"
 
 
-@pytest.mark.setup("redis", "embedded")
 def test_lifecycle_signals_fire_and_a_raising_receiver_is_harmless(
     setup: Setup, worker: Any
 ) -> None:
@@ -125,7 +124,6 @@ def test_lifecycle_signals_fire_and_a_raising_receiver_is_harmless(
     assert setup.ergate.get_job(ids["ok"]).status is JobStatus.COMPLETED
 
 
-@pytest.mark.setup("redis", "embedded")
 def test_lifecycle_is_sent_as_celery_events_when_events_are_on(setup: Setup) -> None:
     _workflows(setup)
     events: list[dict[str, Any]] = []
