@@ -3,6 +3,8 @@ progress reported from inside a step."""
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import pytest
@@ -124,8 +126,9 @@ def test_lifecycle_signals_fire_and_a_raising_receiver_is_harmless(
     assert setup.ergate.get_job(ids["ok"]).status is JobStatus.COMPLETED
 
 
-def test_lifecycle_is_sent_as_celery_events_when_events_are_on(setup: Setup) -> None:
-    _workflows(setup)
+@contextmanager
+def _captured_events(setup: Setup) -> Iterator[list[dict[str, Any]]]:
+    """Every Celery event sent on the setup's broker while the block runs."""
     events: list[dict[str, Any]] = []
     with setup.app.connection() as connection:
         receiver = setup.app.events.Receiver(
@@ -139,17 +142,22 @@ def test_lifecycle_is_sent_as_celery_events_when_events_are_on(setup: Setup) -> 
             # The receiver's queue is bound once a probe sent now reaches it.
             with setup.app.events.default_dispatcher() as dispatcher:
                 _until(lambda: _probed(dispatcher, events), "the event receiver to listen")
-            with in_process_worker(setup.app, task_events=True):
-                job = setup.ergate.submit_job("watched", initial_input_value="ok")
-                setup.ergate.wait_for_job(job.id, timeout=WAIT)
-                # Events may arrive out of order (the embedded broker): wait for all six.
-                _until(
-                    lambda: sum(e["type"].startswith("ergate-") for e in events) >= 6,
-                    "the six lifecycle events",
-                )
+            yield events
         finally:
             receiver.should_stop = True
             capture.join(10)
+
+
+def test_lifecycle_is_sent_as_celery_events_when_events_are_on(setup: Setup) -> None:
+    _workflows(setup)
+    with _captured_events(setup) as events, in_process_worker(setup.app, task_events=True):
+        job = setup.ergate.submit_job("watched", initial_input_value="ok")
+        setup.ergate.wait_for_job(job.id, timeout=WAIT)
+        # Events may arrive out of order (the embedded broker): wait for all six.
+        _until(
+            lambda: sum(e["type"].startswith("ergate-") for e in events) >= 6,
+            "the six lifecycle events",
+        )
     # Order by the events' Lamport clock: the embedded broker keeps FIFO only to the ms.
     sent = sorted((e for e in events if e["type"].startswith("ergate-")), key=lambda e: e["clock"])
     ours = [(e["type"], e.get("step")) for e in sent]
@@ -163,6 +171,19 @@ def test_lifecycle_is_sent_as_celery_events_when_events_are_on(setup: Setup) -> 
     ]
     completed = next(e for e in events if e["type"] == "ergate-job-completed")
     assert (completed["job_id"], completed["status"]) == (job.id, "COMPLETED")
+
+
+def test_a_cancel_outside_a_worker_is_sent_as_an_event_when_events_are_on(
+    make_setup: Callable[..., Setup], setup_name: str
+) -> None:
+    setup = make_setup(setup_name, worker_send_task_events=True)
+    _workflows(setup)
+    job = setup.ergate.submit_job("watched", initial_input_value="ok")  # no worker: QUEUED
+    with _captured_events(setup) as events:
+        setup.ergate.cancel_job(job.id)
+        _until(lambda: any(e["type"] == "ergate-job-cancelled" for e in events), "the event")
+    cancelled = next(e for e in events if e["type"] == "ergate-job-cancelled")
+    assert (cancelled["job_id"], cancelled["status"]) == (job.id, "CANCELLED")
 
 
 def _probed(dispatcher: Any, events: list[dict[str, Any]]) -> bool:
