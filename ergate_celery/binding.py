@@ -262,6 +262,11 @@ class ErgateCelery:
             self.app.on_after_configure.connect(add, weak=False)
         return key
 
+    def close(self) -> None:
+        """Release the connections of the job store (call it before `app.close()`)."""
+        if self._store is not None:
+            self._store.close()
+
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
         _check_id(job_id)

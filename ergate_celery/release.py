@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
 from .job_status import JobStatus
 from .lifecycle import Release
 from .runtime import Runtime
@@ -19,6 +21,8 @@ from .stores.base import SCHEDULED, IndexEntry
 logger = logging.getLogger("ergate_celery")
 
 RELEASE_TASK = "ergate.release_scheduled_jobs"
+#: What reading a record that is not a job raises (as opposed to a backend that is down).
+UNREADABLE = (ValidationError, KeyError, TypeError, ValueError)
 
 
 def release_due_jobs(rt: Runtime, now: datetime | None = None) -> int:
@@ -42,11 +46,15 @@ def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | N
     """The status the job moved to, JobStatus.SCHEDULED for a dropped entry, None if kept."""
     try:
         before, after = rt.apply(entry.job_id, Release(), sender=RELEASE_TASK, now=now)
-    except Exception:
+    except UNREADABLE as exc:
         # A record that is not a job must not hold up every release after it.
-        logger.exception("Could not release job %s; its index entry is dropped", entry.job_id)
+        why = type(exc).__name__
+        logger.error("Dropped the scheduled index entry of %s: not a job (%s)", entry.job_id, why)
         rt.store.drop_index_entry(entry)
         return JobStatus.SCHEDULED
+    except Exception:
+        logger.exception("Could not release job %s; the next run tries again", entry.job_id)
+        return None
     if after is None:
         if before is not None and before.status is JobStatus.SCHEDULED:
             return None  # not due yet, whatever the index said

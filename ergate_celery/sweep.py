@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from .job_status import JobStatus
 from .lifecycle import Recover
+from .release import UNREADABLE
 from .runtime import Runtime
 from .stores.base import ACTIVE, IndexEntry
 
@@ -34,8 +35,9 @@ def recover_stuck_jobs(rt: Runtime, now: datetime | None = None) -> int:
 def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
     try:
         seen = rt.store.get(entry.job_id)
-    except Exception:
-        logger.exception("Could not read job %s; its index entry is dropped", entry.job_id)
+    except UNREADABLE as exc:
+        why = type(exc).__name__
+        logger.error("Dropped the active index entry of %s: not a job (%s)", entry.job_id, why)
         rt.store.drop_index_entry(entry)
         return 0
     if seen is None or seen.status not in _STUCK:

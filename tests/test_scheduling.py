@@ -116,9 +116,9 @@ def test_release_cost_follows_due_jobs_not_all_scheduled(setup: Setup) -> None:
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
 
-        def update(self, job_id: str, change: Any) -> Any:
+        def update(self, job_id: str, change: Any, **options: Any) -> Any:
             self.updates += 1
-            return self.inner.update(job_id, change)
+            return self.inner.update(job_id, change, **options)
 
     setup.ergate.register_workflow(_recording_workflow("future", Counter(), {}))
     far = datetime.now(UTC) + timedelta(days=30)

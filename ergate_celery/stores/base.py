@@ -137,6 +137,9 @@ class JobStore(Protocol):
     def stale(self, before: datetime, limit: int) -> list[str]:
         """QUEUED/RUNNING/CANCELLING jobs last changed before `before`, oldest first."""
 
+    def close(self) -> None:
+        """Release the connections this store holds of its own (the app's are Celery's)."""
+
 
 class Stored(NamedTuple, Generic[Token]):
     """A record as read, with what its compare-and-set compares against."""
@@ -197,6 +200,9 @@ class BaseJobStore(ABC, Generic[Token]):
     @abstractmethod
     def drop_index_entry(self, entry: IndexEntry) -> bool:
         """See `JobStore.drop_index_entry`."""
+
+    def close(self) -> None:
+        """See `JobStore.close`; most stores hold nothing of their own."""
 
     # The logic on top of them.
 

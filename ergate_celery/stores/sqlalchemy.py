@@ -68,6 +68,12 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             self._engine, self._engine_pid = engine, os.getpid()
         return self._engine
 
+    def close(self) -> None:
+        """Dispose of this process's engine and its pooled connections."""
+        if self._engine is not None and self._engine_pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
     def _encoded(self, job: Job) -> bytes:
         encoded = self.backend.encode(job_document(job))
         if isinstance(encoded, str):  # the JSON serializer gives text; the column is binary
