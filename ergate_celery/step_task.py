@@ -80,7 +80,14 @@ def _execute(
             lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
         )
         raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task))
-    finished = _finish(rt, task, job, step, _timed(job, step, advance(job, step.workflow, outcome)))
+    after = _timed(job, step, advance(job, step.workflow, outcome))
+    # A step that raised becomes a failed Celery task once its job's FAILED record is stored
+    # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
+    raised = outcome.exception if isinstance(outcome, Raised) else None
+    failing = raised is not None and after.status is JobStatus.FAILED
+    finished = _finish(rt, task, job, step, after, with_result=not failing)
+    if raised is not None and failing and finished is not None:
+        raise raised
     if finished is None:
         logger.warning(
             "Dropped the outcome of %s for job %s: another run took the job over", step, job.id
@@ -161,12 +168,18 @@ def _stranded_successor(
 
 
 def _finish(
-    rt: Runtime, task: Task[Any, Any], job: Job, step: WorkflowStep[Any, Any], after: Job
+    rt: Runtime,
+    task: Task[Any, Any],
+    job: Job,
+    step: WorkflowStep[Any, Any],
+    after: Job,
+    *,
+    with_result: bool = True,
 ) -> Job | None:
     token = job.claim
     assert token is not None
     # The step's summary is stored with the outcome (one write on Redis), not by Celery.
-    result = own_result(task, step)
+    result = own_result(task, step) if with_result else None
 
     def write(outcome: Job) -> Job | None:
         def attempt() -> Job | None:

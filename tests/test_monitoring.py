@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import pytest
+from celery.result import AsyncResult
+from celery.signals import task_failure
 
 from ergate_celery import AbortJob, JobStatus, Progress, ProgressReporter, Workflow, signals
 
@@ -257,3 +259,29 @@ def test_progress_reporter_throttles_and_bounds() -> None:
     for i in range(1, 5):
         reporter.report(i / 4)
     assert unthrottled == [2.5, 5.0, 7.5, 10.0]
+
+
+def test_a_step_that_raised_is_a_failed_celery_task(setup: Setup, worker: Any) -> None:
+    _workflows(setup)
+    failures: list[tuple[str, str, str]] = []
+
+    def on_failure(sender: Any = None, task_id: str = "", exception: Any = None, **kw: Any) -> None:
+        failures.append((sender.name, task_id, type(exception).__name__))
+
+    task_failure.connect(on_failure, weak=False)
+    try:
+        with worker():
+            failed = setup.ergate.submit_job("watched", initial_input_value="fail")
+            aborted = setup.ergate.submit_job("watched", initial_input_value="abort")
+            done = setup.ergate.wait_for_job(failed.id, timeout=WAIT)
+            assert setup.ergate.wait_for_job(aborted.id, timeout=WAIT).status is JobStatus.ABORTED
+            step = AsyncResult(f"{failed.id}:1", app=setup.app)
+            _until(lambda: step.state == "FAILURE", "the failed step's FAILURE result")
+    finally:
+        task_failure.disconnect(on_failure)
+    assert done.status is JobStatus.FAILED  # the job's outcome is unchanged
+    assert isinstance(step.result, ValueError)
+    assert str(step.result) == "card declined"
+    assert 'raise ValueError("card declined")' in (step.traceback or "")
+    assert failures == [("ergate.watched.second", f"{failed.id}:1", "ValueError")]
+    assert AsyncResult(f"{aborted.id}:1", app=setup.app).state == "SUCCESS"
