@@ -33,8 +33,8 @@ from ergate_celery.stores.base import job_document
 from ergate_celery.stores.redis import INDEX_KEYS
 
 from .apps import fault_app
-from .conftest import Setup, in_process_worker
-from .services import REDIS_URL, services_required
+from .services import services_required
+from .support import Setup, in_process_worker
 
 WAIT = 60
 T = TypeVar("T")
@@ -671,9 +671,9 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
         ergate_stuck_after=5,
     )
     setup.ergate.register_workflow(fault_app.soak)
-    counters = redis.Redis.from_url(REDIS_URL)
+    counters = redis.Redis.from_url(setup.conf["broker_url"])
     rng = random.Random(20261123)
-    env = {"ERGATE_FAULT_REDIS": REDIS_URL}
+    env = {"ERGATE_FAULT_REDIS": setup.conf["broker_url"]}
     workers = [
         _Supervisor(setup, f"soak{i}-", concurrency=2, env=env, loglevel="WARNING")
         for i in range(2)

@@ -9,7 +9,7 @@ import pytest
 
 from ergate_celery import AbortJob, JobStatus, Progress, ProgressReporter, Workflow, signals
 
-from .conftest import Setup, in_process_worker
+from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
 
@@ -140,14 +140,14 @@ def test_lifecycle_is_sent_as_celery_events_when_events_are_on(setup: Setup) -> 
         try:
             # The receiver's queue is bound once a probe sent now reaches it.
             with setup.app.events.default_dispatcher() as dispatcher:
-                _until(lambda: _probed(dispatcher, events), "the event receiver to listen")
+                wait_until(lambda: _probed(dispatcher, events), what="the event receiver to listen")
             with in_process_worker(setup.app, task_events=True):
                 job = setup.ergate.submit_job("watched", initial_input_value="ok")
                 setup.ergate.wait_for_job(job.id, timeout=WAIT)
                 # Events may arrive out of order (the embedded broker): wait for all six.
-                _until(
+                wait_until(
                     lambda: sum(e["type"].startswith("ergate-") for e in events) >= 6,
-                    "the six lifecycle events",
+                    what="the six lifecycle events",
                 )
         finally:
             receiver.should_stop = True
@@ -171,14 +171,6 @@ def _probed(dispatcher: Any, events: list[dict[str, Any]]) -> bool:
     dispatcher.send("test-probe")
     time.sleep(0.1)
     return any(e["type"] == "test-probe" for e in events)
-
-
-def _until(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {WAIT} s: {what}")
-        time.sleep(0.05)
 
 
 def test_progress_moves_inside_a_step_and_only_forward(setup_name: str, make_setup: Any) -> None:

@@ -8,7 +8,7 @@ import pytest
 from ergate_celery import Job, JobStatus, Workflow
 from ergate_celery.stores.base import TaskResult
 
-from .conftest import Setup
+from .support import Setup
 
 
 def _job(setup: Setup) -> Job:
