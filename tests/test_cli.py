@@ -16,8 +16,7 @@ import redis
 from ergate_celery import Job, JobStatus
 
 from .apps.cli_workflows import WORKFLOWS
-from .conftest import ROOT, Setup, in_process_worker
-from .services import REDIS_URL
+from .support import ROOT, Setup, in_process_worker, wait_until
 
 pytestmark = pytest.mark.setup("redis")
 
@@ -47,13 +46,11 @@ def submitted(setup: Setup, *args: str) -> str:
 
 
 def wait_status(setup: Setup, job_id: str, status: JobStatus) -> Job:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
+    def reached() -> Job | None:
         job = setup.ergate.get_job(job_id)
-        if job.status is status:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never became {status.name}")
+        return job if job.status is status else None
+
+    return wait_until(reached, WAIT, what=f"job {job_id} {status.name}")
 
 
 def test_submit_list_show_watch(cli: Setup, tmp_path: Path) -> None:
@@ -270,7 +267,7 @@ def test_bad_submissions_exit_2_and_submit_nothing(
     store, end = cli.ergate.store, datetime(9999, 1, 1, tzinfo=UTC)
     indexed = [store.get(i) for i in store.due(end, 1000) + store.stale(end, 1000)]
     assert [job.id for job in indexed if job and job.workflow_name == "cli_steps"] == ["taken"]
-    assert redis.Redis.from_url(REDIS_URL).llen(cli.conf["task_default_queue"]) == 0
+    assert redis.Redis.from_url(cli.conf["broker_url"]).llen(cli.conf["task_default_queue"]) == 0
     assert cli.ergate.get_job("taken") == original
 
 

@@ -21,7 +21,7 @@ from ergate_celery import (
 )
 
 from .django_support import configure_django
-from .services import REDIS_HOST, REDIS_PORT, REDIS_URL, redis_flush, require
+from .services import RedisService
 
 pytest.importorskip("django")
 pytest.importorskip("django_celery_results")
@@ -38,12 +38,11 @@ def django_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def app(django_db: Path) -> Iterator[Celery]:
-    require("Redis", REDIS_HOST, REDIS_PORT)
-    redis_flush()
+def app(django_db: Path, redis_service: RedisService) -> Iterator[Celery]:
+    redis_service.flush()
     app = Celery("django_db_test", set_as_current=True)
     app.conf.update(
-        broker_url=REDIS_URL,
+        broker_url=redis_service.url,
         result_backend="django-db",
         task_default_queue="ergate-django-test",
         worker_hijack_root_logger=False,
@@ -52,7 +51,7 @@ def app(django_db: Path) -> Iterator[Celery]:
     from django_celery_results.models import TaskResult
 
     TaskResult.objects.all().delete()
-    redis_flush()
+    redis_service.flush()
     app.close()
 
 
@@ -160,7 +159,7 @@ def test_rolled_back_submission_on_another_backend_is_never_published(app: Celer
     # The record lives in Redis, outside the Django transaction: it stays PENDING, is never
     # published nor swept as stuck, and expires like a finished result.
 
-    app.conf.result_backend = REDIS_URL
+    app.conf.result_backend = app.conf.broker_url
     ergate = ErgateCelery(app)
     job_id = _submit_and_roll_back(ergate, "cy")
     assert ergate.get_job(job_id).status is JobStatus.PENDING

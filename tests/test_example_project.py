@@ -17,17 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .services import (
-    POSTGRES_HOST,
-    POSTGRES_PORT,
-    POSTGRES_URL,
-    REDIS_HOST,
-    REDIS_PORT,
-    REDIS_URL,
-    redis_flush,
-    require,
-    services_required,
-)
+from .services import PostgresService, RedisService, services_required
 
 PROJECT = Path(__file__).resolve().parent.parent / "example_project"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -78,17 +68,20 @@ def test_example_project_suite(tmp_path: Path) -> None:
     assert django_tests(tmp_path, "--exclude-tag", "browser") >= 20
 
 
-def test_example_project_suite_on_redis_and_postgres(tmp_path: Path) -> None:
-    require("Redis", REDIS_HOST, REDIS_PORT)
-    require("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
-    redis_flush()
+def test_example_project_suite_on_redis_and_postgres(
+    tmp_path: Path, redis_service: RedisService, postgres_service: PostgresService
+) -> None:
+    redis_service.flush()
     try:
         # The environment switches of example_project/README.md; Django's test database is
-        # test_<name> beside the tests' own.
-        env = {"CELERY_BROKER_URL": REDIS_URL, "DATABASE_URL": POSTGRES_URL}
+        # test_<name>, of this run's own.
+        env = {
+            "CELERY_BROKER_URL": redis_service.url,
+            "DATABASE_URL": postgres_service.own_database_url,
+        }
         assert django_tests(tmp_path, "--exclude-tag", "browser", env=env) >= 20
     finally:
-        redis_flush()
+        redis_service.flush()
 
 
 def test_example_project_in_headless_chromium(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from .apps.cli_workflows import WORKFLOWS
-from .conftest import Setup
 from .services import services_required
+from .support import Setup
 
 pytestmark = pytest.mark.setup("redis")
 

@@ -2,7 +2,6 @@
 can be identified, and the same worker goes on serving the next job."""
 
 import logging
-import time
 from typing import Annotated, Any
 
 import pytest
@@ -12,7 +11,7 @@ from celery.signals import before_task_publish
 
 from ergate_celery import CurrentRun, ErgateCelery, JobStatus, StepRun, Workflow
 
-from .conftest import Setup, in_process_worker
+from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
 
@@ -165,10 +164,7 @@ def test_pickled_message_is_refused(
             task_id="pickled",
         )
         # The worker saw the message and refused it: Celery logs that and drops the message.
-        deadline = time.monotonic() + 60
-        while not refused():
-            assert time.monotonic() < deadline, "the worker never refused the pickled message"
-            time.sleep(0.05)
+        wait_until(refused, 60, what="the worker to refuse the pickled message")
         _assert_worker_still_serves(setup)
     # The worker accepts JSON only: the pickled message never ran, so it stored no summary.
     assert AsyncResult("pickled", app=setup.app).state == "PENDING"

@@ -1,11 +1,8 @@
 """Jobs run as chained Celery tasks on a real worker, on every broker/backend setup."""
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Annotated, Any
 
-import pytest
 from celery.result import AsyncResult
 
 from ergate_celery import (
@@ -19,7 +16,7 @@ from ergate_celery import (
     submit_job,
 )
 
-from .conftest import Setup
+from .support import Setup, wait_until
 
 WAIT = 60
 
@@ -218,9 +215,9 @@ def test_step_queue_option_routes_the_step(setup: Setup, worker: Any) -> None:
     setup.ergate.register_workflow(workflow)
     with worker():
         job = submit_job("routed", initial_input_value=1)
-        _wait_until(lambda: get_job(job.id).steps_completed == 1)
+        wait_until(lambda: get_job(job.id).steps_completed == 1)
         # No worker consumes `special` yet: the second step's message waits there.
-        _wait_until(lambda: _waiting_in(setup, special) == 1)
+        wait_until(lambda: _waiting_in(setup, special) == 1)
         assert get_job(job.id).status is JobStatus.QUEUED
     from celery.contrib.testing.worker import start_worker
 
@@ -250,11 +247,3 @@ def test_module_level_helpers_use_the_current_app(setup: Setup, worker: Any) -> 
             )
         )
         assert setup.ergate.wait_for_job(job.id, timeout=WAIT).last_return_value == "C x2 = 2"
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.02)

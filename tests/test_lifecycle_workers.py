@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from ergate_celery.beat import recover_stuck_jobs, release_due_jobs
 from ergate_celery.stores.base import job_document
 
 from .apps import lifecycle_app
-from .conftest import Setup, in_process_worker
+from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
 
@@ -35,17 +34,6 @@ FAST_REDIS_REDELIVERY = {
     "unacked_restore_interval": 1,
     "unacked_restore_throttle": 1,
 }
-
-
-def _until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not reached within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -130,7 +118,9 @@ def test_duplicate_of_a_running_step_does_not_run_it_again(
     setup.ergate.register_workflow(_gated_workflow("dup_running", runs, gate))
     with worker():
         job = setup.ergate.submit_job("dup_running", initial_input_value=5)
-        _until(lambda: setup.ergate.get_job(job.id).status is JobStatus.RUNNING, "step a runs")
+        wait_until(
+            lambda: setup.ergate.get_job(job.id).status is JobStatus.RUNNING, what="step a runs"
+        )
         duplicate = f"dup-{uuid.uuid4()}"
         setup.app.send_task("ergate.dup_running.a", args=[job_document(job)], task_id=duplicate)
         summary = AsyncResult(duplicate, app=setup.app).get(timeout=WAIT)
@@ -341,13 +331,15 @@ def test_deploy_inserting_a_step_continues_at_the_named_step(setup: Setup, repub
     setup.ergate.register_workflow(v1)
     with in_process_worker(setup.app):
         job = setup.ergate.submit_job("deployed", initial_input_value=1)
-        _until(lambda: setup.ergate.get_job(job.id).steps_completed == 1, "step a is done")
+        wait_until(lambda: setup.ergate.get_job(job.id).steps_completed == 1, what="step a is done")
     waiting = setup.ergate.get_job(job.id)
     assert (waiting.status, waiting.current_step_name) == (JobStatus.QUEUED, "b")
     later = f"{setup.conf['task_default_queue']}-special"
     if republish == "sweep":  # the message is lost; the sweep republishes by name
         with setup.app.connection_for_write() as conn:
-            _until(lambda: conn.default_channel.queue_purge(later), "the message was purged")
+            wait_until(
+                lambda: conn.default_channel.queue_purge(later), what="the message was purged"
+            )
     queues = [setup.conf["task_default_queue"], later]
     with _deployed(setup, v2) as deployed, in_process_worker(deployed.app, queues=queues):
         if republish == "sweep":
@@ -363,7 +355,7 @@ def test_deploy_removing_the_current_step_fails_the_job(setup: Setup) -> None:
     setup.ergate.register_workflow(v1)
     with in_process_worker(setup.app):
         job = setup.ergate.submit_job("deployed", initial_input_value=1)
-        _until(lambda: setup.ergate.get_job(job.id).steps_completed == 1, "step a is done")
+        wait_until(lambda: setup.ergate.get_job(job.id).steps_completed == 1, what="step a is done")
     v3 = Workflow(unique_name="deployed")
     v3.step(v1[0].callable)
     queues = [setup.conf["task_default_queue"], f"{setup.conf['task_default_queue']}-special"]

@@ -13,7 +13,7 @@ from celery.signals import task_failure
 
 from ergate_celery import AbortJob, JobStatus, Progress, ProgressReporter, Workflow, signals
 
-from .conftest import Setup, in_process_worker
+from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
 
@@ -143,7 +143,7 @@ def _captured_events(setup: Setup) -> Iterator[list[dict[str, Any]]]:
         try:
             # The receiver's queue is bound once a probe sent now reaches it.
             with setup.app.events.default_dispatcher() as dispatcher:
-                _until(lambda: _probed(dispatcher, events), "the event receiver to listen")
+                wait_until(lambda: _probed(dispatcher, events), what="the event receiver to listen")
             yield events
         finally:
             receiver.should_stop = True
@@ -156,9 +156,9 @@ def test_lifecycle_is_sent_as_celery_events_when_events_are_on(setup: Setup) -> 
         job = setup.ergate.submit_job("watched", initial_input_value="ok")
         setup.ergate.wait_for_job(job.id, timeout=WAIT)
         # Events may arrive out of order (the embedded broker): wait for all six.
-        _until(
+        wait_until(
             lambda: sum(e["type"].startswith("ergate-") for e in events) >= 6,
-            "the six lifecycle events",
+            what="the six lifecycle events",
         )
     # Order by the events' Lamport clock: the embedded broker keeps FIFO only to the ms.
     sent = sorted((e for e in events if e["type"].startswith("ergate-")), key=lambda e: e["clock"])
@@ -183,7 +183,9 @@ def test_a_cancel_outside_a_worker_is_sent_as_an_event_when_events_are_on(
     job = setup.ergate.submit_job("watched", initial_input_value="ok")  # no worker: QUEUED
     with _captured_events(setup) as events:
         setup.ergate.cancel_job(job.id)
-        _until(lambda: any(e["type"] == "ergate-job-cancelled" for e in events), "the event")
+        wait_until(
+            lambda: any(e["type"] == "ergate-job-cancelled" for e in events), what="the event"
+        )
     cancelled = next(e for e in events if e["type"] == "ergate-job-cancelled")
     assert (cancelled["job_id"], cancelled["status"]) == (job.id, "CANCELLED")
 
@@ -192,14 +194,6 @@ def _probed(dispatcher: Any, events: list[dict[str, Any]]) -> bool:
     dispatcher.send("test-probe")
     time.sleep(0.1)
     return any(e["type"] == "test-probe" for e in events)
-
-
-def _until(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {WAIT} s: {what}")
-        time.sleep(0.05)
 
 
 def test_progress_moves_inside_a_step_and_only_forward(setup_name: str, make_setup: Any) -> None:
@@ -276,7 +270,7 @@ def test_a_step_that_raised_is_a_failed_celery_task(setup: Setup, worker: Any) -
             done = setup.ergate.wait_for_job(failed.id, timeout=WAIT)
             assert setup.ergate.wait_for_job(aborted.id, timeout=WAIT).status is JobStatus.ABORTED
             step = AsyncResult(f"{failed.id}:1", app=setup.app)
-            _until(lambda: step.state == "FAILURE", "the failed step's FAILURE result")
+            wait_until(lambda: step.state == "FAILURE", what="the failed step's FAILURE result")
     finally:
         task_failure.disconnect(on_failure)
     assert done.status is JobStatus.FAILED  # the job's outcome is unchanged

@@ -14,18 +14,10 @@ from celery.signals import before_task_publish
 from ergate_celery import InvalidInputError, JobNotFoundError, JobStatus, Workflow
 from ergate_celery.beat import release_due_jobs
 
-from .conftest import Setup, in_process_worker
+from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
 FAST_BEAT = {"ergate_schedule_interval": 0.5}
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.05)
 
 
 def _recording_workflow(name: str, runs: Counter[str], started: dict[str, float]) -> Workflow:
@@ -189,7 +181,7 @@ def test_periodic_workflow_fires_repeatedly_each_firing_its_own_job(
             "beat", "-s", str(setup.tmp_path / "sched"), env={"ERGATE_TEST_PERIODIC": "1.0"}
         )
         with in_process_worker(setup.app), beat:
-            _wait_until(lambda: len(set(seen)) >= 3)
+            wait_until(lambda: len(set(seen)) >= 3)
     finally:
         job_started.disconnect(on_started)
     assert len(set(seen)) == len(seen)  # one job per firing, each started once

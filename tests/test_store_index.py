@@ -12,8 +12,8 @@ import redis
 from ergate_celery import Job, JobStatus
 from ergate_celery.stores import ACTIVE, SCHEDULED, IndexEntry
 
-from .conftest import STORES, Setup
 from .services import REDIS_URL
+from .support import STORES, Setup
 
 pytestmark = pytest.mark.setup(*STORES)
 

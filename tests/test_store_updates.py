@@ -9,7 +9,7 @@ import pytest
 from ergate_celery import DuplicateJobError, Job, JobStatus, Workflow
 from ergate_celery.stores.base import TaskResult
 
-from .conftest import STORES, Setup
+from .support import STORES, Setup
 
 pytestmark = pytest.mark.setup(*STORES)
 

@@ -22,7 +22,7 @@ from ergate_celery import (
     submit_job,
 )
 
-from .conftest import Setup
+from .support import Setup
 
 
 def _register(setup: Setup) -> Workflow:

@@ -11,7 +11,7 @@ from celery import Celery
 import ergate_celery
 from ergate_celery.signals import step_completed, step_started
 
-from ..conftest import SETUPS, _conf, cleanup_setup, in_process_worker
+from ..support import SETUPS, cleanup_setup, in_process_worker, services_for, setup_conf
 from .reference import run_reference
 from .trace import Snapshot, Trace
 from .workflows import CASES, ESCAPING_CASES, Case, Recorder
@@ -69,13 +69,14 @@ def celery_traces(
 ) -> Iterator[dict[str, Trace]]:
     """All cases, run once per setup on one worker (jobs of different cases interleave)."""
     name = str(request.param)
+    services = services_for(request, name)
     app = Celery(f"differential_{name}", set_as_current=True)
-    app.conf.update(_conf(name, tmp_path_factory.mktemp(f"differential-{name}")))
+    app.conf.update(setup_conf(name, tmp_path_factory.mktemp(f"differential-{name}"), services))
     ergate = ergate_celery.ErgateCelery(app)
     try:
         yield run_on_celery([*CASES, *ESCAPING_CASES], app, ergate)
     finally:
-        cleanup_setup(name, app)
+        cleanup_setup(name, app, services)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

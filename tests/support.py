@@ -1,0 +1,223 @@
+"""What the tests share: the broker/backend setups, celery subprocesses on them, an in-process
+worker, and one way to wait for something."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import STDOUT, CompletedProcess, Popen, TimeoutExpired, run
+from typing import Any, TypeVar
+
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from celery.worker import state as worker_state
+
+from ergate_celery import ErgateCelery
+
+from .django_support import configure_django
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUPS = ("redis", "rabbitmq_postgres", "embedded")
+#: The services each setup runs on, by the name of their fixture (`<name>_service`).
+SETUP_SERVICES: dict[str, tuple[str, ...]] = {
+    "redis": ("redis",),
+    "rabbitmq_postgres": ("rabbitmq", "postgres"),
+    "embedded": (),
+    "django_db": ("redis",),
+}
+#: Every job store: the setups' (Redis, SQLAlchemy on PostgreSQL and SQLite), and django-db
+#: (django-celery-results on SQLite, broker Redis). Store tests run on all of them with
+#: `pytestmark = pytest.mark.setup(*STORES)`.
+STORES = (*SETUPS, "django_db")
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 60, interval: float = 0.05, *, what: str = ""
+) -> T:
+    """Poll `predicate` until it returns something truthy, and return that; fail the test
+    after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not reached within {timeout} s: {what or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class Setup:
+    """A configured Celery app with its ErgateCelery, on one broker/backend pair."""
+
+    name: str
+    app: Celery
+    ergate: ErgateCelery
+    conf: dict[str, Any]
+    tmp_path: Path
+    #: The service fixtures it runs on, by service name ("redis", "postgres", ...).
+    services: Mapping[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def celery(
+        self, *args: str, env: dict[str, str] | None = None, module: str = "tests.apps.beat_app"
+    ) -> Iterator[Popen[bytes]]:
+        """Run `celery -A <module> <args>` on this setup until the block ends."""
+        environment = {
+            **os.environ,
+            "ERGATE_TEST_CONF": json.dumps(self.conf),
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }
+        log = (self.tmp_path / f"celery-{args[0]}-{time.monotonic_ns()}.log").open("wb")
+        process = Popen(
+            [sys.executable, "-m", "celery", "-A", module, *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+
+    def run_celery(
+        self, *args: str, timeout: float = 120, module: str = "tests.apps.beat_app"
+    ) -> CompletedProcess[str]:
+        """Run the one-shot command `celery -A <module> <args>` on this setup; output captured."""
+        return run(
+            [sys.executable, "-m", "celery", "-A", module, *args],
+            cwd=ROOT,
+            env={**os.environ, "ERGATE_TEST_CONF": json.dumps(self.conf), "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def services_for(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    """The service fixtures setup `name` runs on (the test skips when one is down)."""
+    return {
+        service: request.getfixturevalue(f"{service}_service") for service in SETUP_SERVICES[name]
+    }
+
+
+def setup_conf(name: str, tmp_path: Path, services: Mapping[str, Any]) -> dict[str, Any]:
+    """Celery settings for setup `name` on this run's services, emptied for a new test.
+
+    Everything a worker subprocess needs is in them: `Setup.celery` hands them over whole.
+    """
+    queue = f"ergate-test-{uuid.uuid4().hex[:12]}"
+    common: dict[str, Any] = {
+        "task_default_queue": queue,
+        "broker_connection_retry_on_startup": False,
+        "result_extended": True,
+        "worker_hijack_root_logger": False,
+    }
+    if name == "redis":
+        services["redis"].flush()
+        return {
+            **common,
+            "broker_url": services["redis"].url,
+            "result_backend": services["redis"].url,
+            # The in-process worker sees its stop flag when a BRPOP returns: each 0.2 s
+            # instead of each second (kombu takes polling_interval as the BRPOP timeout).
+            "broker_transport_options": {"polling_interval": 0.2},
+        }
+    if name == "rabbitmq_postgres":
+        postgres = services["postgres"]
+        postgres.empty()
+        return {
+            **common,
+            "broker_url": services["rabbitmq"].url,
+            "result_backend": f"db+{postgres.url}",
+            # The in-process worker notices its stop flag only when its event loop wakes;
+            # on AMQP that is at the next heartbeat check, 10 s or more by default.
+            "broker_heartbeat": 2,
+            # This run's own schema, emptied around each test, as rq does with its Redis db.
+            "database_table_schemas": {"task": postgres.schema, "group": postgres.schema},
+        }
+    if name == "embedded":
+        from ergate_celery.embedded_broker import embedded_broker_settings
+
+        return {
+            **common,
+            **embedded_broker_settings(tmp_path / "broker"),
+            "result_backend": f"db+sqlite:///{tmp_path / 'results.sqlite'}",
+        }
+    if name == "django_db":
+        configure_django(tmp_path)  # once per process: later calls keep the first database
+        services["redis"].flush()
+        _django_empty()
+        return {**common, "broker_url": services["redis"].url, "result_backend": "django-db"}
+    raise ValueError(name)
+
+
+def _django_empty() -> None:
+    from django_celery_results.models import TaskResult
+
+    from ergate_celery.contrib.django.models import JobIndexEntry
+
+    TaskResult.objects.all().delete()
+    JobIndexEntry.objects.all().delete()
+
+
+def cleanup_setup(name: str, app: Celery, services: Mapping[str, Any]) -> None:
+    """Leave nothing of a test behind in this run's services."""
+    if name == "redis":
+        services["redis"].flush()
+    elif name == "rabbitmq_postgres":
+        _delete_queues(app)
+        services["postgres"].empty()
+    elif name == "django_db":
+        _django_empty()
+        services["redis"].flush()
+    ErgateCelery.of(app).close()
+    app.close()
+
+
+def _delete_queues(app: Celery) -> None:
+    # Each test publishes to queues of its own; leave none behind for the rest of the run.
+    default = app.conf.task_default_queue
+    with app.connection_for_write() as conn:
+        for queue in (default, f"{default}-special"):
+            conn.default_channel.queue_delete(queue)
+
+
+@contextmanager
+def in_process_worker(app: Celery, **options: Any) -> Iterator[Any]:
+    """A real worker consuming in this process on 2 threads."""
+    settings = {
+        "pool": "threads",
+        "concurrency": 2,
+        "perform_ping_check": False,
+        "shutdown_timeout": 30,
+        "loglevel": "WARNING",
+        **options,
+    }
+    with start_worker(app, **settings) as worker:
+        yield worker
+        # start_worker stops with a cold shutdown, which leaves a running step behind; finish
+        # the steps under way first, as a warm shutdown would (what follows a step's final
+        # write, its signals, would otherwise run after the test moved on).
+        deadline = time.monotonic() + settings["shutdown_timeout"]
+        while worker_state.active_requests and time.monotonic() < deadline:
+            time.sleep(0.01)

@@ -1,0 +1,129 @@
+"""Fault tests: a worker killed while a step runs, or between storing a step and publishing the
+next; the job completes, each step's outcome stored once."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from ergate_celery import JobStatus
+
+from .apps import fault_app
+from .fault_support import (
+    FAST_REDIS_REDELIVERY,
+    WAIT,
+    _children,
+    _kill_worker,
+    _recover_once,
+    _runs,
+    _step_counts,
+    _worker,
+)
+from .support import Setup, wait_until
+
+# 1. A worker killed while a step runs ------------------------------------------------------
+
+
+@pytest.mark.setup("redis", "rabbitmq_postgres")
+@pytest.mark.parametrize("kill", ["pool_child", "whole_worker"])
+def test_sigkilled_worker_step_reruns_and_job_completes(
+    setup_name: str, make_setup: Callable[..., Setup], kill: str
+) -> None:
+    """Killing the pool child exercises `reject_on_worker_lost` (the surviving main process
+    requeues the message); killing the whole worker exercises the broker's redelivery of an
+    unacknowledged message (at once on RabbitMQ, after `visibility_timeout` on Redis)."""
+    extra = {"broker_transport_options": FAST_REDIS_REDELIVERY} if setup_name == "redis" else {}
+    setup = make_setup(setup_name, **extra)
+    setup.ergate.register_workflow(fault_app.slow)
+    job = setup.ergate.submit_job("fault_slow", initial_input_value=1)
+    job_id = str(job.id)
+
+    with _worker(setup, "first") as worker:
+        running = wait_until(lambda: _runs(setup, job_id, "second"), what="step 2 started")
+        stored = setup.ergate.get_job(job_id)
+        assert (stored.status, stored.current_step, stored.attempt) == (JobStatus.RUNNING, 1, 1)
+        victim = running[0]["pid"]
+        assert victim in _children(worker.pid), "step 2 runs in a pool process of the worker"
+        if kill == "pool_child":
+            os.kill(victim, signal.SIGKILL)
+            done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+        else:
+            _kill_worker(worker)
+    if kill == "whole_worker":
+        # Nothing runs the job now: it waits, RUNNING, for its message to come back.
+        assert setup.ergate.get_job(job_id).status is JobStatus.RUNNING
+        with _worker(setup, "fresh"):
+            done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.last_return_value == (1 + 1) * 10 + 3
+    assert (done.steps_completed, done.percent_completed) == (3, 100.0)
+    counts = _step_counts(setup, job_id)
+    assert counts["first"] == 1
+    assert counts["second"] >= 2
+    assert counts["third"] == 1
+    # Every start of step 2 was claimed as a new attempt, and its hop stayed the same.
+    second = _runs(setup, job_id, "second")
+    assert sorted(run["attempt"] for run in second) == list(range(1, len(second) + 1))
+    assert {run["hop"] for run in second} == {1}
+    assert _runs(setup, job_id, "third")[0]["attempt"] == 1
+
+
+# 1b. A worker killed after storing a step, before publishing the next ----------------------
+
+
+@contextmanager
+def _killed_after_commit(setup: Setup, redelivered: bool = True) -> Iterator[str]:
+    """Run a `fault_window` job whose worker process dies right after its first step is
+    stored and before the second is published; yields the job id, with a worker still up,
+    once the requeued message of the first step (if it is redelivered) was handled again."""
+    setup.ergate.register_workflow(fault_app.window)
+    flag = setup.tmp_path / "killed-after-commit"
+    job = setup.ergate.submit_job("fault_window", initial_input_value=1)
+    job_id = str(job.id)
+    with _worker(setup, "window", env={"ERGATE_FAULT_KILL_AFTER_COMMIT": str(flag)}):
+        wait_until(flag.exists, what="the pool process killed itself after the commit")
+        if redelivered:
+            # The requeued first message hands the job on: the sweep is not running here.
+            wait_until(
+                lambda: (
+                    setup.ergate.get_job(job_id).current_step > 1
+                    or setup.ergate.get_job(job_id).is_final
+                ),
+                what="the redelivered first step to publish the second",
+            )
+        yield job_id
+
+
+@pytest.mark.setup("redis")
+def test_worker_killed_between_commit_and_publish_job_completes(
+    make_setup: Callable[..., Setup],
+) -> None:
+    setup = make_setup("redis")
+    with _killed_after_commit(setup) as job_id:
+        done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED
+    assert _step_counts(setup, job_id) == {"commit": 1, "publish": 1, "done": 1}
+
+
+@pytest.mark.setup("redis")
+def test_job_stranded_between_commit_and_publish_is_recovered_by_sweep(
+    make_setup: Callable[..., Setup],
+) -> None:
+    # Without late acknowledgement nothing is redelivered, so only the sweep can hand it on.
+    setup = make_setup("redis", ergate_stuck_after=1, ergate_acks_late=False)
+    with _killed_after_commit(setup, redelivered=False) as job_id:
+        stranded = setup.ergate.get_job(job_id)
+        # QUEUED at step #1 ('publish') with no message anywhere, until the sweep requeues it.
+        assert (stranded.status, stranded.current_step) == (JobStatus.QUEUED, 1)
+        _recover_once(setup)
+        done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED
+    assert done.last_return_value == 4
+    assert len(done.recoveries) == 1
+    assert "requeue: QUEUED at step 'publish'" in done.recoveries[0]
+    assert _step_counts(setup, job_id) == {"commit": 1, "publish": 1, "done": 1}
