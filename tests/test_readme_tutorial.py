@@ -4,7 +4,7 @@ Its marked blocks are the project: `<!-- layout -->` lists the files, each
 `<!-- file: PATH -->` block is one of them, `<!-- commands -->` holds the commands of step 3
 and `<!-- output: COMMAND -->` what step 4 prints. The files go into an empty folder; the
 commands run from there with the venv's `celery` script, as a user runs them, on the tests'
-Redis database (`REDIS_URL`, which the tutorial's app module reads).
+Redis database of the run (`REDIS_URL`, which the tutorial's app module reads).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from ergate_celery import JobStatus
 
-from .services import REDIS_HOST, REDIS_PORT, REDIS_URL, redis_flush, require
+from .services import RedisService
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent
@@ -97,12 +97,11 @@ def running(line: str, folder: Path, env: dict[str, str], log: Path) -> Iterator
 
 
 @pytest.fixture
-def redis_db() -> Iterator[str]:
-    """The tests' own Redis database, empty before and after."""
-    require("Redis", REDIS_HOST, REDIS_PORT)
-    redis_flush()
-    yield REDIS_URL
-    redis_flush()
+def redis_db(redis_service: RedisService) -> Iterator[str]:
+    """This run's own Redis database, empty before and after."""
+    redis_service.flush()
+    yield redis_service.url
+    redis_service.flush()
 
 
 def test_readme_tutorial_runs_as_written(tmp_path: Path, redis_db: str) -> None:
