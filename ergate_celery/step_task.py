@@ -84,9 +84,8 @@ def _execute(
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
-    failing = raised is not None and after.status is JobStatus.FAILED
-    finished = _finish(rt, task, job, step, after, with_result=not failing)
-    if raised is not None and failing and finished is not None:
+    finished = _finish(rt, task, job, step, after, with_result=raised is None)
+    if raised is not None and finished is not None:
         raise raised
     if finished is None:
         logger.warning(
