@@ -99,7 +99,12 @@ class ErgateCelery:
     def runtime(self) -> Runtime:
         """What the step tasks, release and sweep work with."""
         if self._runtime is None:
-            self._runtime = Runtime(self.store, self.settings, self.announcer, self.publish)
+
+            def publish(job: Job) -> None:
+                # Looked up at each call: a subclass's or a patched publish() is honoured.
+                self.publish(job)
+
+            self._runtime = Runtime(self.store, self.settings, self.announcer, publish)
         return self._runtime
 
     @property
