@@ -278,21 +278,26 @@ def test_readme_shows_the_generated_state_diagram() -> None:
 def test_a_signal_that_came_while_the_step_ran_is_kept_by_its_finish() -> None:
     running = _stored(S.RUNNING)
     signalled = transition(running, Signalled("ok", {"by": "ana"}), NOW)
-    assert signalled is not None and signalled.status is S.RUNNING
+    assert signalled is not None
+    assert signalled.status is S.RUNNING
     # The step's outcome was computed from the job as claimed, without the signal.
     after = running.model_copy(update={"status": S.SCHEDULED, "wait": _APPROVAL})
     finished = transition(signalled, Finish("held", after), NOW)
     assert finished is not None
-    assert finished.status is S.QUEUED and finished.wait is None
+    assert finished.status is S.QUEUED
+    assert finished.wait is None
     assert finished.signals == {"ok": {"by": "ana"}}
 
 
 def test_a_signal_releases_only_the_wait_for_its_name_and_the_first_payload_wins() -> None:
     waiting = _stored(S.SCHEDULED, wait=_APPROVAL)
     other = transition(waiting, Signalled("other", 1), NOW)
-    assert other is not None and other.status is S.SCHEDULED and other.wait == _APPROVAL
+    assert other is not None
+    assert other.status is S.SCHEDULED
+    assert other.wait == _APPROVAL
     released = transition(other, Signalled("ok", "first"), NOW)
-    assert released is not None and released.status is S.QUEUED
+    assert released is not None
+    assert released.status is S.QUEUED
     assert released.signals == {"other": 1, "ok": "first"}
     assert transition(released, Signalled("ok", "second"), NOW) is None
 
@@ -300,8 +305,11 @@ def test_a_signal_releases_only_the_wait_for_its_name_and_the_first_payload_wins
 def test_a_timed_out_wait_fails_with_signal_timeout_naming_the_step() -> None:
     timed_out = _APPROVAL.model_copy(update={"until": NOW})
     failed = transition(_stored(S.SCHEDULED, wait=timed_out), Release(), NOW)
-    assert failed is not None and failed.status is S.FAILED and failed.error is not None
-    assert failed.error.type == "SignalTimeout" and failed.error.step == "b"
+    assert failed is not None
+    assert failed.status is S.FAILED
+    assert failed.error is not None
+    assert failed.error.type == "SignalTimeout"
+    assert failed.error.step == "b"
     assert "'ok'" in failed.error.message
 
 
@@ -310,4 +318,5 @@ def test_a_wait_without_timeout_is_never_released_and_stays_cancellable() -> Non
     stored = _stored(S.SCHEDULED, wait=forever)
     assert transition(stored, Release(), NOW + timedelta(days=10_000)) is None
     cancelled = transition(stored, Cancel(), NOW)
-    assert cancelled is not None and cancelled.status is S.CANCELLED
+    assert cancelled is not None
+    assert cancelled.status is S.CANCELLED
