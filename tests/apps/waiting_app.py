@@ -46,8 +46,10 @@ def _kill_once(when: str) -> None:
 
 def _teardown_kills() -> Iterator[None]:
     # Runs after the step raised WaitForSignal and before its outcome is stored.
-    yield
-    _kill_once("raised")
+    try:
+        yield
+    finally:
+        _kill_once("raised")
 
 
 @approval.step(paths=[WaitPath("approved")])
