@@ -5,8 +5,8 @@ Workflows written for `ergate` 0.6 run unchanged with `from ergate_celery import
 
 from pydantic import ValidationError
 
-from .annotations import Context, CurrentRun, Depends, Input, StepRun
-from .api import cancel_job, get_job, submit_job, wait_for_job
+from .annotations import Context, CurrentRun, Depends, Input, SignalPayload, StepRun
+from .api import cancel_job, get_job, signal_job, submit_job, wait_for_job
 from .binding import ErgateCelery
 from .exceptions import (
     AbortJob,
@@ -17,14 +17,17 @@ from .exceptions import (
     InvalidDefinitionError,
     InvalidInputError,
     JobNotFoundError,
+    JobStateError,
     ReverseGoToError,
+    Sleep,
     UnknownStepError,
     UnknownWorkflowError,
     UnsupportedBackendError,
+    WaitForSignal,
 )
-from .job import Job, JobError
+from .job import Job, JobError, Wait
 from .job_status import JobStatus
-from .paths import GoToEndPath, GoToStepPath, NextStepPath, WorkflowPath
+from .paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath, WorkflowPath
 from .progress import Progress, ProgressReporter
 from .workflow import Workflow
 from .workflow_step import WorkflowStep
@@ -49,21 +52,28 @@ __all__ = [
     "Job",
     "JobError",
     "JobNotFoundError",
+    "JobStateError",
     "JobStatus",
     "NextStepPath",
     "Progress",
     "ProgressReporter",
     "ReverseGoToError",
+    "SignalPayload",
+    "Sleep",
     "StepRun",
     "UnknownStepError",
     "UnknownWorkflowError",
     "UnsupportedBackendError",
     "ValidationError",
+    "Wait",
+    "WaitForSignal",
+    "WaitPath",
     "Workflow",
     "WorkflowPath",
     "WorkflowStep",
     "cancel_job",
     "get_job",
+    "signal_job",
     "submit_job",
     "wait_for_job",
 ]

@@ -56,4 +56,12 @@ class Depends(Generic[T]):
         return f"Depends({getattr(self.dependency, '__qualname__', self.dependency)!r})"
 
 
-Marker = Input | Context | CurrentRun | Progress | Depends[Any]
+@dataclass(frozen=True, slots=True)
+class SignalPayload:
+    """The parameter receives the payload of signal `name` sent by `signal_job`, or None
+    when it never came."""
+
+    name: str
+
+
+Marker = Input | Context | CurrentRun | Progress | SignalPayload | Depends[Any]

@@ -29,6 +29,8 @@ EVENT_TYPES: dict[Signal, str] = {
     signals.job_failed: "ergate-job-failed",
     signals.job_aborted: "ergate-job-aborted",
     signals.job_cancelled: "ergate-job-cancelled",
+    signals.job_waiting: "ergate-job-waiting",
+    signals.job_signalled: "ergate-job-signalled",
 }
 _FINAL_SIGNALS = {
     JobStatus.COMPLETED: signals.job_completed,
@@ -48,6 +50,11 @@ def signals_for(before: Job | None, after: Job) -> list[Signal]:
         sent.append(signals.step_started)
     if before is not None and before.claim is not None and after.finished_by == before.claim:
         sent.append(signals.step_completed)
+    if before is not None and after.signals.keys() - before.signals.keys():
+        sent.append(signals.job_signalled)
+    waits = after.status is JobStatus.SCHEDULED and after.wait is not None
+    if waits and (before is None or before.wait != after.wait):
+        sent.append(signals.job_waiting)
     if after.is_final and (before is None or not before.is_final):
         sent.append(_FINAL_SIGNALS[after.status])
     return sent

@@ -44,3 +44,8 @@ def cancel_job(job_id: str) -> Job:
 def wait_for_job(job_id: str, timeout: float | None = None) -> Job:
     """`ErgateCelery.wait_for_job` on the current Celery app."""
     return ErgateCelery.of().wait_for_job(job_id, timeout)
+
+
+def signal_job(job_id: str, name: str, payload: Any = None) -> Job:
+    """`ErgateCelery.signal_job` on the current Celery app."""
+    return ErgateCelery.of().signal_job(job_id, name, payload)

@@ -23,6 +23,7 @@ from .lifecycle import Cancel, HandOver
 from .registry import WorkflowRegistry
 from .runtime import Runtime
 from .settings import ErgateSettings
+from .signalling import signal_job
 from .stores import JobStore, store_for_backend
 from .stores.base import job_document
 from .submission import new_job
@@ -289,6 +290,16 @@ class ErgateCelery:
         current = self.get_job(job_id)
         changed = self.runtime.apply(job_id, Cancel(), sender=CANCEL_SENDER).after
         return changed if changed is not None else self.get_job(current.id)
+
+    def signal_job(self, job_id: str, name: str, payload: Any = None) -> Job:
+        """Send signal `name` with a JSON `payload` to a job; returns it as stored.
+
+        A job waiting for `name` (a step raised `WaitForSignal(name)`) is released at once;
+        otherwise the signal is kept on the job for a later wait. Its first payload wins.
+        `JobNotFoundError` for an unknown job, `JobStateError` for a finished one.
+        """
+        _check_id(job_id)
+        return signal_job(self.runtime, job_id, name, payload)
 
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job is final and return it; `TimeoutError` after `timeout` s."""

@@ -1,4 +1,5 @@
-"""`celery -A proj ergate ...`: list, show, submit, cancel, watch and graph jobs and workflows.
+"""`celery -A proj ergate ...`: list, show, submit, cancel, signal, watch and graph jobs and
+workflows.
 
 Installed as a Celery CLI extension (entry point group `celery.commands`), so every command
 works on the app given by `celery -A proj`. Exit codes: 0 success; 1 the job is not (or will
@@ -19,10 +20,10 @@ import click
 from pydantic import ValidationError
 
 from .binding import ErgateCelery
-from .exceptions import ErgateError, JobNotFoundError
+from .exceptions import ErgateError, JobNotFoundError, JobStateError
 from .job import Job
 from .job_status import JobStatus
-from .paths import GoToEndPath, GoToStepPath, NextStepPath
+from .paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath
 from .workflow import Workflow
 
 #: Reading the job index "up to the end of time" lists every indexed job.
@@ -201,6 +202,9 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
             value = job.status.name
         elif name == "current_step":
             value = _step_label(ergate, job)
+        elif name == "wait" and job.wait is not None:
+            verb = "waits for" if job.status is JobStatus.SCHEDULED else "waited for"
+            value = f"{verb} {job.wait.describe()}"
         shown = value if isinstance(value, str) else json.dumps(value)
         click.echo(f"{name:<22}{shown}")
     if error is not None:
@@ -228,6 +232,28 @@ def cancel(ctx: click.Context, job_id: str) -> None:
     elif after.is_final and (before.is_final or after.status is not JobStatus.CANCELLED):
         click.echo(f"job {job_id} had already finished as {after.status.name}; unchanged", err=True)
         ctx.exit(1)
+
+
+@ergate.command()
+@click.argument("job_id")
+@click.argument("name")
+@click.option("--payload", "payload_json", metavar="JSON", help="The signal's payload.")
+@click.pass_context
+def signal(ctx: click.Context, job_id: str, name: str, payload_json: str | None) -> None:
+    """Send signal NAME to a job and print its status (QUEUED: it was waiting for it).
+
+    Exit code 1 when the job has already finished; 2 for bad input or an unknown job.
+    """
+    ergate = _binding(ctx)
+    payload = _json_arg("--payload", payload_json)
+    try:
+        job = ergate.signal_job(job_id, name, payload)
+    except JobStateError as exc:
+        click.echo(str(exc), err=True)
+        ctx.exit(1)
+    except (ErgateError, TypeError, ValueError) as exc:
+        raise BadInput(_one_line(exc)) from None
+    click.echo(job.status.name)
 
 
 @ergate.command()
@@ -346,10 +372,18 @@ def graph(ctx: click.Context, workflow: str) -> None:
 
 
 def mermaid(workflow: Workflow) -> str:
-    """`flowchart TD`: next-step edges, labelled go-to edges, and go-to-end edges to END."""
+    """`flowchart TD`: next-step edges, labelled go-to edges, and go-to-end edges to END.
+
+    A step declaring `WaitPath` is drawn as a hexagon, its edge to the next step dotted and
+    labelled with what it waits for.
+    """
     lines = ["flowchart TD", f"    %% workflow {workflow.unique_name}"]
     for step in workflow:
-        lines.append(f'    s{step.index}["{_mermaid_text(step.name)}"]')
+        text = _mermaid_text(step.name)
+        waits = any(isinstance(path, WaitPath) for path in step.paths)
+        lines.append(
+            f'    s{step.index}{{{{"{text}"}}}}' if waits else f'    s{step.index}["{text}"]'
+        )
     lines.append("    END([END])")
     seen: set[str] = set()
     for step in workflow:
@@ -360,6 +394,9 @@ def mermaid(workflow: Workflow) -> str:
                 edge = f"s{step.index} -->|GoToStep| {node}"
             elif isinstance(path, GoToEndPath):
                 edge = f"s{step.index} -->|GoToEnd| {node}"
+            elif isinstance(path, WaitPath):
+                what = "Sleep" if path.signal is None else f"WaitForSignal {path.signal}"
+                edge = f's{step.index} -.->|"{_mermaid_text(what)}"| {node}'
             elif isinstance(path, NextStepPath):
                 edge = f"s{step.index} --> {node}"
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -18,11 +20,14 @@ __all__ = [
     "InvalidDefinitionError",
     "InvalidInputError",
     "JobNotFoundError",
+    "JobStateError",
     "ReverseGoToError",
+    "Sleep",
     "UnknownStepError",
     "UnknownWorkflowError",
     "UnsupportedBackendError",
     "ValidationError",
+    "WaitForSignal",
 ]
 
 
@@ -52,6 +57,11 @@ class JobNotFoundError(ErgateError, LookupError):
 
 class DuplicateJobError(ErgateError):
     """A job with that id already exists; the existing job was left untouched."""
+
+
+class JobStateError(ErgateError):
+    """The job's status does not allow what was asked (e.g. signalling a finished job); the
+    job was left unchanged."""
 
 
 class InvalidInputError(ErgateError, ValueError):
@@ -90,3 +100,84 @@ class GoToStep(ErgateError):  # noqa: N818 - Ergate's public name
         super().__init__(step, retval)
         self.step = step
         self.retval = retval
+
+
+#: The longest signal name: names are keys, not messages (put data in the payload).
+MAX_SIGNAL_NAME_LENGTH = 64
+
+
+class Sleep(ErgateError):  # noqa: N818 - a flow-control signal, like GoToStep
+    """Raised from a step to complete it and hold the job SCHEDULED until a time.
+
+    Give exactly one of `seconds` (from now, >= 0) or `until` (a timezone-aware datetime);
+    `retval` is the next step's input. No worker slot is held: beat releases the job.
+    """
+
+    def __init__(
+        self, *, seconds: float | None = None, until: datetime | None = None, retval: Any = None
+    ) -> None:
+        if (seconds is None) == (until is None):
+            raise InvalidInputError(
+                "Sleep takes exactly one of seconds= (a number >= 0) or until= (a timezone-"
+                f"aware datetime), got seconds={seconds!r}, until={until!r}"
+            )
+        if seconds is not None and (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            raise InvalidInputError(f"Sleep(seconds=...) must be a number >= 0, got {seconds!r}")
+        if until is not None:
+            if not isinstance(until, datetime):
+                raise InvalidInputError(
+                    f"Sleep(until=...) must be a datetime, got {type(until).__name__}"
+                )
+            if until.tzinfo is None or until.utcoffset() is None:
+                raise InvalidInputError(
+                    f"Sleep(until={until.isoformat()}) is a naive datetime, which cannot be "
+                    "compared with the clock beat reads; pass an aware one, e.g. "
+                    "datetime.now(UTC) + timedelta(hours=1)"
+                )
+        super().__init__(seconds, until, retval)
+        self.seconds = seconds
+        self.until = until
+        self.retval = retval
+
+
+class WaitForSignal(ErgateError):  # noqa: N818 - a flow-control signal, like GoToStep
+    """Raised from a step to complete it and hold the job SCHEDULED until `signal_job(job_id,
+    name, payload)`; past `timeout` seconds (None: never) the job ends FAILED with
+    `SignalTimeout`. `retval` is the next step's input."""
+
+    def __init__(self, name: str, *, timeout: float | None = None, retval: Any = None) -> None:
+        check_signal_name(name)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise InvalidInputError(
+                f"WaitForSignal(timeout=...) must be a number of seconds > 0 or None (wait "
+                f"forever), got {timeout!r}"
+            )
+        super().__init__(name, timeout, retval)
+        self.name = name
+        self.timeout = timeout
+        self.retval = retval
+
+
+def check_signal_name(name: Any) -> None:
+    """Refuse a signal name that is not a short string without spaces."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= MAX_SIGNAL_NAME_LENGTH
+        or not name.isprintable()
+        or any(c.isspace() for c in name)
+    ):
+        shown = repr(name)[:80]
+        raise InvalidInputError(
+            f"A signal name is a string of 1 to {MAX_SIGNAL_NAME_LENGTH} printable characters "
+            f'without spaces (e.g. "approved"), got {type(name).__name__} {shown}'
+        )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args, get_origin
 
-from .annotations import Context, CurrentRun, Depends, Input, Marker, StepRun
+from .annotations import Context, CurrentRun, Depends, Input, Marker, SignalPayload, StepRun
 from .exceptions import InvalidDefinitionError
 from .progress import Progress, ProgressReporter
 
@@ -78,10 +78,11 @@ def injected_arguments(
     user_context: Any,
     run: StepRun | None = None,
     progress: ProgressReporter | None = None,
+    signals: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[list[Any], dict[str, Any]]]:
     """Set up the arguments of one call; dependencies are torn down on exit, also on error."""
     with ExitStack() as stack:
-        values = _Values(input_value, user_context, run, progress, stack, {})
+        values = _Values(input_value, user_context, run, progress, stack, {}, signals or {})
         yield _arguments(plan, values)
 
 
@@ -93,6 +94,7 @@ class _Values:
     progress: ProgressReporter | None
     stack: ExitStack
     cache: dict[Callable[..., Any], Any]
+    signals: Mapping[str, Any]
 
 
 def _arguments(plan: CallPlan, values: _Values) -> tuple[list[Any], dict[str, Any]]:
@@ -116,6 +118,8 @@ def _value(parameter: Parameter, values: _Values) -> Any:
         return values.run
     if isinstance(parameter.marker, Progress):
         return values.progress
+    if isinstance(parameter.marker, SignalPayload):
+        return values.signals.get(parameter.marker.name)
     plan = parameter.dependency_plan
     assert plan is not None
     if plan.function in values.cache:
@@ -149,12 +153,15 @@ def _marker_of(function: Callable[..., Any], param: inspect.Parameter) -> tuple[
         return Input(), annotation
     base, *metadata = get_args(annotation)
     markers = [
-        m for m in metadata if isinstance(m, Input | Context | CurrentRun | Progress | Depends)
+        m
+        for m in metadata
+        if isinstance(m, Input | Context | CurrentRun | Progress | SignalPayload | Depends)
     ]
     if len(markers) > 1:
         raise InvalidDefinitionError(
             f"{_name(function)}: parameter {param.name!r} has {len(markers)} markers; "
-            "use exactly one of Input(), Context(), CurrentRun(), Progress() or Depends(...)"
+            "use exactly one of Input(), Context(), CurrentRun(), Progress(), "
+            "SignalPayload(name) or Depends(...)"
         )
     return (markers[0] if markers else Input()), base
 

@@ -45,6 +45,26 @@ class StepTiming(BaseModel):
         return (self.finished_at - self.started_at).total_seconds()
 
 
+class Wait(BaseModel):
+    """What a SCHEDULED job waits for since a step raised `Sleep` or `WaitForSignal`."""
+
+    step: str
+    """The step that raised it (the job continues at the step after it)."""
+    since: datetime
+    until: datetime | None = None
+    """The end of a sleep, or a signal's timeout; None: a signal waited for forever."""
+    signal: str | None = None
+    """The signal name waited for; None for a sleep."""
+
+    def describe(self) -> str:
+        """One line: what, and until when."""
+        what = f"signal {self.signal!r}" if self.signal is not None else "a sleep to end"
+        end = "forever" if self.until is None else f"until {self.until.isoformat()}"
+        if self.signal is not None and self.until is not None:
+            end += " (then FAILED: SignalTimeout)"
+        return f"{what}, {end}, since step {self.step!r}"
+
+
 class Job(BaseModel):
     """One execution of a workflow; travels between steps as `model_dump(mode="json")`."""
 
@@ -86,6 +106,10 @@ class Job(BaseModel):
     """Runs of the current step that ended without an outcome (worker lost, stuck requeue)."""
     finished_by: str | None = None
     """The claim token of the step run whose outcome is stored last."""
+    wait: Wait | None = None
+    """What the job waits for while SCHEDULED after a `Sleep` or `WaitForSignal`."""
+    signals: dict[str, Any] = Field(default_factory=dict)
+    """The payload of each signal received by `signal_job`, by name (the first one wins)."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property

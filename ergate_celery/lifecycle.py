@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from . import waiting
 from .job import Job, JobError
 from .job_status import JobStatus
 
@@ -105,6 +106,14 @@ class PublishFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Signalled:
+    """`signal_job` sent signal `name` with `payload` (see `waiting.py`)."""
+
+    name: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Reject:
     """A message for the job cannot run: malformed, oversized, or its step is unknown.
 
@@ -128,6 +137,7 @@ Event = (
     | Recover
     | PublishFailed
     | Reject
+    | Signalled
 )
 
 
@@ -142,7 +152,7 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
         case Claim():
             return _claim(stored, event, now)
         case Finish(token=token, after=after):
-            return _finish(stored, token, after)
+            return _finish(stored, token, after, now)
         case Yield(token=token):
             if status is not S.RUNNING or stored.claim != token:
                 return None
@@ -176,12 +186,16 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             if steps_completed is not None and stored.steps_completed != steps_completed:
                 return None
             return _failed(stored, error)
+        case Signalled(name=name, payload=payload):
+            return waiting.receive(stored, name, payload)
     raise TypeError(f"Not a lifecycle event: {event!r}")
 
 
 def _release(stored: Job, now: datetime) -> Job | None:
     if stored.status is not S.SCHEDULED:
         return None  # cancelled, or released by a concurrent run
+    if stored.wait is not None:
+        return waiting.wake(stored, now)
     if stored.requested_start_time is not None and stored.requested_start_time > now:
         return None  # never before its time, whatever the index says
     if stored.deadline_passed(now):
@@ -232,10 +246,12 @@ def _claim(stored: Job, claim: Claim, now: datetime) -> Job | None:
     )
 
 
-def _finish(stored: Job, token: str, after: Job) -> Job | None:
+def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
     if stored.status not in (S.RUNNING, S.CANCELLING) or stored.claim != token:
         return None  # another run took the job over, or this outcome is already stored
-    if stored.status is S.CANCELLING and after.status is S.QUEUED:
+    # Signals that came while the step ran are kept (a step never changes them).
+    after = waiting.begin(after.model_copy(update={"signals": stored.signals}), now)
+    if stored.status is S.CANCELLING and after.status in (S.QUEUED, S.SCHEDULED):
         after = _set(after, S.CANCELLED)
     return after.model_copy(
         update={"claim": None, "lease_until": None, "lost_runs": 0, "finished_by": token}
@@ -320,6 +336,7 @@ _EVENTS = (
     "Recover",
     "PublishFailed",
     "Reject",
+    "Signalled",
 )
 
 
@@ -330,6 +347,9 @@ def _rows() -> list[Row]:
         Row(S.SCHEDULED, "Release", "due", S.QUEUED),
         Row(S.SCHEDULED, "Release", "past its deadline", S.FAILED),
         Row(S.SCHEDULED, "Release", "not due yet", None),
+        Row(S.SCHEDULED, "Release", "a Sleep ended", S.QUEUED),
+        Row(S.SCHEDULED, "Release", "a WaitForSignal timed out", S.FAILED),
+        Row(S.SCHEDULED, "Release", "waiting, not due yet", None),
         Row(S.QUEUED, "Claim", "the message's step", S.RUNNING),
         Row(S.QUEUED, "Claim", "first step, past its deadline", S.FAILED),
         Row(S.QUEUED, "Claim", "a stale message", None),
@@ -342,6 +362,9 @@ def _rows() -> list[Row]:
         Row(S.RUNNING, "Finish", "raised", S.FAILED),
         Row(S.RUNNING, "Finish", "AbortJob", S.ABORTED),
         Row(S.RUNNING, "Finish", "another run holds the claim", None),
+        Row(S.RUNNING, "Finish", "Sleep or WaitForSignal", S.SCHEDULED),
+        Row(S.RUNNING, "Finish", "WaitForSignal, the signal already came", S.QUEUED),
+        Row(S.CANCELLING, "Finish", "Sleep or WaitForSignal", S.CANCELLED),
         Row(S.CANCELLING, "Finish", "more steps", S.CANCELLED),
         Row(S.CANCELLING, "Finish", "last step returned", S.COMPLETED),
         Row(S.RUNNING, "Yield", "Celery retry()", S.RUNNING),
@@ -363,6 +386,13 @@ def _rows() -> list[Row]:
         Row(S.RUNNING, "Reject", "malformed, oversized or unknown step", S.FAILED),
         Row(S.CANCELLING, "Reject", "malformed, oversized or unknown step", S.FAILED),
         Row(S.PENDING, "Reject", "malformed, oversized or unknown step", S.FAILED),
+        Row(S.SCHEDULED, "Signalled", "the signal it waits for", S.QUEUED),
+        Row(S.SCHEDULED, "Signalled", "not waiting for it: kept", S.SCHEDULED),
+        Row(S.SCHEDULED, "Signalled", "already received", None),
+        Row(S.PENDING, "Signalled", "kept for a later wait", S.PENDING),
+        Row(S.QUEUED, "Signalled", "kept for a later wait", S.QUEUED),
+        Row(S.RUNNING, "Signalled", "kept for a later wait", S.RUNNING),
+        Row(S.CANCELLING, "Signalled", "kept for a later wait", S.CANCELLING),
     ]
     listed = {(row.status, row.event) for row in rows}
     # Every other (status, event) pair leaves the job as it is: final jobs never change.
@@ -383,7 +413,8 @@ def mermaid() -> str:
     """The state diagram of `LIFECYCLE` in Mermaid, as the README shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
-        if row.to is None or (row.to is row.status and row.event in ("Progress", "Yield")):
+        quiet = ("Progress", "Yield", "Signalled")  # the status stays: not an edge
+        if row.to is None or (row.to is row.status and row.event in quiet):
             continue
         edges.setdefault((row.status, row.to), [])
         if row.event not in edges[(row.status, row.to)]:

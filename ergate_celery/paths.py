@@ -24,3 +24,12 @@ class GoToStepPath(WorkflowPath):
 
     def __init__(self, step_name: str) -> None:
         self.step_name = step_name
+
+
+class WaitPath(NextStepPath):
+    """The step may raise `Sleep` (`signal` None) or `WaitForSignal(signal)`: the following
+    step runs after the wait. For progress it counts as `NextStepPath`; the workflow's graph
+    draws the step as a waiting one."""
+
+    def __init__(self, signal: str | None = None) -> None:
+        self.signal = signal

@@ -26,3 +26,11 @@ job_aborted = Signal(name="ergate.job_aborted")
 
 job_cancelled = Signal(name="ergate.job_cancelled")
 """The job reached CANCELLED."""
+
+job_waiting = Signal(name="ergate.job_waiting")
+"""A step raised Sleep or WaitForSignal and the job now waits SCHEDULED; `job.wait` says
+for what and until when."""
+
+job_signalled = Signal(name="ergate.job_signalled")
+"""`signal_job` stored a signal on the job (`job.signals`); the job is QUEUED when it was
+waiting for it."""

@@ -7,13 +7,24 @@ bookkeeping exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from . import waiting
 from .annotations import StepRun
-from .exceptions import AbortJob, GoToEnd, GoToStep, ReverseGoToError, UnknownStepError
+from .exceptions import (
+    AbortJob,
+    GoToEnd,
+    GoToStep,
+    ReverseGoToError,
+    Sleep,
+    UnknownStepError,
+    WaitForSignal,
+)
 from .injection import injected_arguments
-from .job import Job, JobError
+from .job import Job, JobError, Wait
 from .job_status import JobStatus
 from .paths import GoToStepPath, NextStepPath
 from .progress import ProgressReporter
@@ -51,6 +62,15 @@ class Aborted:
 
 
 @dataclass(frozen=True, slots=True)
+class Waited:
+    """The step raised `Sleep` or `WaitForSignal(retval=value)`: it completed, and the job
+    waits as `wait` says before the next step."""
+
+    value: Any
+    wait: Wait
+
+
+@dataclass(frozen=True, slots=True)
 class Raised:
     """The step raised any other exception."""
 
@@ -58,7 +78,7 @@ class Raised:
 
 
 #: What one run of a step's code did.
-StepOutcome = Returned | WentToStep | WentToEnd | Aborted | Raised
+StepOutcome = Returned | WentToStep | WentToEnd | Aborted | Waited | Raised
 
 
 def run_step(
@@ -67,10 +87,11 @@ def run_step(
     user_context: Any,
     run: StepRun | None = None,
     progress: ProgressReporter | None = None,
+    signals: Mapping[str, Any] | None = None,
 ) -> StepOutcome:
     """Call `step` with injected arguments; dependencies are torn down before this returns."""
     returned = False
-    arguments = injected_arguments(step.plan, input_value, user_context, run, progress)
+    arguments = injected_arguments(step.plan, input_value, user_context, run, progress, signals)
     try:
         with arguments as (args, kwargs):
             value = step.callable(*args, **kwargs)
@@ -81,6 +102,8 @@ def run_step(
         return WentToEnd(exc.retval)
     except AbortJob as exc:
         return Aborted(exc.message)
+    except (Sleep, WaitForSignal) as exc:
+        return Waited(exc.retval, waiting.wait_for(exc, step.name, datetime.now(UTC)))
     except Exception as exc:
         return Raised(exc)
     if not returned:
@@ -115,6 +138,13 @@ def advance(job: Job, workflow: Workflow, outcome: StepOutcome) -> Job:
                 return _failed(job, JobError.from_exception(error, step_name))
             remaining = workflow.remaining_steps(index, GoToStepPath, target.name)
             return _completed_step(job, target.index, value, remaining, workflow)
+        case Waited(value=value, wait=wait):
+            # A wait counts as the step's return; the next step waits behind it.
+            remaining = workflow.remaining_steps(index, NextStepPath)
+            after = _completed_step(job, index + 1, value, remaining, workflow)
+            if after.status is not JobStatus.QUEUED:
+                return after  # nothing follows the step: nothing to hold back
+            return after.model_copy(update={"status": JobStatus.SCHEDULED, "wait": wait})
         case Aborted(message=message):
             error_info = JobError(type="AbortJob", message=message, step=step_name)
             return job.model_copy(update={"status": JobStatus.ABORTED, "error": error_info})

@@ -73,7 +73,7 @@ def _execute(
         lambda percent: _store_progress(rt, job, step, percent),
         rt.settings.progress_interval,
     )
-    outcome = run_step(step, job.get_input_value(), job.user_context, run, progress)
+    outcome = run_step(step, job.get_input_value(), job.user_context, run, progress, job.signals)
     if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
         rt.retrying(
             f"yielding {step} of job {job.id} for a retry",

@@ -51,6 +51,8 @@ class Order:
     expect_note: str = ""
     start_in: float | None = None  # seconds from now: the job waits SCHEDULED
     cancel: bool = False
+    approve: bool = False  # waits for staff approval; the demo approves it once it waits
+    approved: bool = False
     job_id: str = ""
     state: dict[str, Any] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
@@ -63,6 +65,8 @@ class Order:
         note = state.get("outcome") or state.get("error") or ""
         if self.expect_note not in note:
             found.append(f"result {note!r}, expected {self.expect_note!r}")
+        if self.approve and ("SCHEDULED" not in self.seen or not self.approved):
+            found.append(f"never seen waiting for approval, then approved ({self.seen})")
         if self.start_in is not None and not self.cancel:
             if "SCHEDULED" not in self.seen:
                 found.append("never seen SCHEDULED")
@@ -84,6 +88,13 @@ ORDERS = [
     Order("50 mugs (out of stock)", {"sku": "MUG", "quantity": "50"}, "FAILED", "OutOfStockError"),
     Order("3 T-shirts in 5 s", {"sku": "TEE", "quantity": "3"}, "COMPLETED", "shipped", start_in=5),
     Order("1 mug in 1 min, cancelled", {"sku": "MUG"}, "CANCELLED", start_in=60, cancel=True),
+    Order(
+        "6 kits (needs approval)",
+        {"sku": "HIVE", "quantity": "6"},
+        "COMPLETED",
+        "shipped",
+        approve=True,
+    ),
 ]
 
 
@@ -278,6 +289,11 @@ def follow(browser: Browser, show: Callable[[float], None], started: float) -> N
                 order.state = browser.json(f"/jobs/{order.job_id}.json")
                 if order.state["status"] != order.seen[-1]:
                     order.seen.append(order.state["status"])
+                if order.approve and not order.approved and order.state["status"] == "SCHEDULED":
+                    # As staff would from /approvals/: the job goes on at once.
+                    action = f"/approvals/{order.job_id}/"
+                    browser.submit("/approvals/", {"decision": "approve"}, action=action)
+                    order.approved = True
         show(time.monotonic() - started)
         if all(order.state["status"] in FINAL for order in ORDERS):
             return
@@ -372,6 +388,10 @@ def run(keep: bool) -> int:
         print(
             f"\nThe scheduled job waited SCHEDULED until {scheduled['requested_start_time']}; "
             f"beat released it, and it started at {scheduled['started_at']}."
+        )
+        print(
+            "The 6 kits waited SCHEDULED for staff approval (WaitForSignal), holding no worker; "
+            "approving it from /approvals/ (signal_job) let it go on at once."
         )
         print(f"\nThe admin lists all {len(ORDERS)} jobs: {admin}")
         print(f"Logs: {logs}; order e-mails: {var_dir / 'mail'}")

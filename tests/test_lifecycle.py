@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ergate_celery.job import Job, JobError
+from ergate_celery.job import Job, JobError, Wait
 from ergate_celery.job_status import JobStatus
 from ergate_celery.lifecycle import (
     LIFECYCLE,
@@ -24,6 +24,7 @@ from ergate_celery.lifecycle import (
     Reject,
     Release,
     Row,
+    Signalled,
     TimeLimit,
     Yield,
     mermaid,
@@ -76,6 +77,10 @@ _FINISHED = {
     "more steps": S.QUEUED,
     "last step returned": S.COMPLETED,
 }
+_SLEEP = Wait(step="b", since=NOW - timedelta(minutes=5), until=NOW - timedelta(seconds=1))
+_APPROVAL = Wait(
+    step="b", since=NOW - timedelta(minutes=5), until=NOW + timedelta(hours=1), signal="ok"
+)
 
 
 def scenario(row: Row) -> tuple[Job, Event]:
@@ -91,6 +96,13 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "not due yet":
                 later = NOW + timedelta(hours=1)
                 stored = stored.model_copy(update={"requested_start_time": later})
+            if when == "a Sleep ended":
+                stored = stored.model_copy(update={"wait": _SLEEP})
+            if when == "a WaitForSignal timed out":
+                timed_out = _APPROVAL.model_copy(update={"until": NOW - timedelta(seconds=1)})
+                stored = stored.model_copy(update={"wait": timed_out})
+            if when == "waiting, not due yet":
+                stored = stored.model_copy(update={"wait": _APPROVAL})
             return stored, Release()
         case "Claim":
             if when == "first step, past its deadline":
@@ -106,6 +118,10 @@ def scenario(row: Row) -> tuple[Job, Event]:
         case "Finish":
             token = "other" if when == "another run holds the claim" else "held"
             after = stored.model_copy(update={"status": _FINISHED.get(when, S.QUEUED)})
+            if "WaitForSignal" in when:
+                after = after.model_copy(update={"status": S.SCHEDULED, "wait": _APPROVAL})
+            if "already came" in when:
+                stored = stored.model_copy(update={"signals": {"ok": {"by": "ana"}}})
             return stored, Finish(token, after)
         case "Yield":
             return stored, Yield("held")
@@ -124,6 +140,12 @@ def scenario(row: Row) -> tuple[Job, Event]:
             return stored, PublishFailed(1, JobError(type="OperationalError", message="down"))
         case "Reject":
             return stored, Reject(JobError(type="MalformedMessage", message="bad"))
+        case "Signalled":
+            if row.status is S.SCHEDULED and "not waiting" not in when:
+                stored = stored.model_copy(update={"wait": _APPROVAL})
+            if when == "already received":
+                stored = stored.model_copy(update={"signals": {"ok": 1}})
+            return stored, Signalled("ok", {"by": "ana"})
     raise AssertionError(row)
 
 
@@ -137,7 +159,7 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 11
+    assert len(events) == 12
     assert pairs == {(status, event) for status in S for event in events}
 
 
@@ -251,3 +273,50 @@ def test_readme_shows_the_generated_state_diagram() -> None:
         "README.md's state diagram is stale: paste ergate_celery.lifecycle.mermaid() into its "
         "```mermaid block"
     )
+
+
+def test_a_signal_that_came_while_the_step_ran_is_kept_by_its_finish() -> None:
+    running = _stored(S.RUNNING)
+    signalled = transition(running, Signalled("ok", {"by": "ana"}), NOW)
+    assert signalled is not None
+    assert signalled.status is S.RUNNING
+    # The step's outcome was computed from the job as claimed, without the signal.
+    after = running.model_copy(update={"status": S.SCHEDULED, "wait": _APPROVAL})
+    finished = transition(signalled, Finish("held", after), NOW)
+    assert finished is not None
+    assert finished.status is S.QUEUED
+    assert finished.wait is None
+    assert finished.signals == {"ok": {"by": "ana"}}
+
+
+def test_a_signal_releases_only_the_wait_for_its_name_and_the_first_payload_wins() -> None:
+    waiting = _stored(S.SCHEDULED, wait=_APPROVAL)
+    other = transition(waiting, Signalled("other", 1), NOW)
+    assert other is not None
+    assert other.status is S.SCHEDULED
+    assert other.wait == _APPROVAL
+    released = transition(other, Signalled("ok", "first"), NOW)
+    assert released is not None
+    assert released.status is S.QUEUED
+    assert released.signals == {"other": 1, "ok": "first"}
+    assert transition(released, Signalled("ok", "second"), NOW) is None
+
+
+def test_a_timed_out_wait_fails_with_signal_timeout_naming_the_step() -> None:
+    timed_out = _APPROVAL.model_copy(update={"until": NOW})
+    failed = transition(_stored(S.SCHEDULED, wait=timed_out), Release(), NOW)
+    assert failed is not None
+    assert failed.status is S.FAILED
+    assert failed.error is not None
+    assert failed.error.type == "SignalTimeout"
+    assert failed.error.step == "b"
+    assert "'ok'" in failed.error.message
+
+
+def test_a_wait_without_timeout_is_never_released_and_stays_cancellable() -> None:
+    forever = _APPROVAL.model_copy(update={"until": None})
+    stored = _stored(S.SCHEDULED, wait=forever)
+    assert transition(stored, Release(), NOW + timedelta(days=10_000)) is None
+    cancelled = transition(stored, Cancel(), NOW)
+    assert cancelled is not None
+    assert cancelled.status is S.CANCELLED

@@ -15,6 +15,7 @@ from celery import states
 from ..exceptions import DuplicateJobError, InvalidInputError
 from ..job import Job
 from ..job_status import JobStatus
+from ..waiting import due_at
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: It may be called more than once when a concurrent write wins a race, so it must be pure.
@@ -64,8 +65,7 @@ def index_entry(job: Job) -> IndexEntry | None:
     """Where a job belongs in the job index, written with every change of its record; final
     and PENDING jobs are not indexed."""
     if job.status is JobStatus.SCHEDULED:
-        assert job.requested_start_time is not None, "a SCHEDULED job has a start time"
-        return IndexEntry(SCHEDULED, str(job.id), job.requested_start_time)
+        return IndexEntry(SCHEDULED, str(job.id), due_at(job))
     if job.is_final or job.status is JobStatus.PENDING:
         return None
     return IndexEntry(ACTIVE, str(job.id), datetime.now(UTC))

@@ -12,4 +12,6 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<uuid:job_id>.json", views.job_json, name="job_json"),
     path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job_cancel"),
+    path("approvals/", views.approvals, name="approvals"),
+    path("approvals/<uuid:job_id>/", views.approval_decide, name="approval_decide"),
 ]

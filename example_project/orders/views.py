@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -14,9 +15,11 @@ from django.views.decorators.http import require_GET, require_POST
 from ergate_celery import (
     InvalidInputError,
     JobNotFoundError,
+    JobStateError,
     JobStatus,
     cancel_job,
     get_job,
+    signal_job,
     submit_job,
 )
 
@@ -107,3 +110,33 @@ def job_cancel(request: HttpRequest, job_id: UUID) -> HttpResponse:
         else:
             messages.warning(request, f"The job had already ended: {job.status.name}.")
     return redirect("orders:job_detail", job_id=link.job_id)
+
+
+@staff_member_required
+@require_GET
+def approvals(request: HttpRequest) -> HttpResponse:
+    """Staff: the orders waiting for approval, each with Approve and Reject buttons."""
+    waiting = []
+    for link in OrderJob.objects.select_related("user")[:LIST_LIMIT]:
+        try:
+            job = get_job(link.job_id)
+        except JobNotFoundError:
+            continue
+        if job.status is JobStatus.SCHEDULED and job.wait and job.wait.signal == "approved":
+            waiting.append({**describe(job), "user": link.user, "until": job.wait.until})
+    return render(request, "orders/approvals.html", {"jobs": waiting})
+
+
+@staff_member_required
+@require_POST
+def approval_decide(request: HttpRequest, job_id: UUID) -> HttpResponse:
+    """Staff: approve or reject a waiting order; its job goes on at once."""
+    approved = request.POST.get("decision") == "approve"
+    payload = {"approved": approved, "by": request.user.get_username()}
+    try:
+        signal_job(str(job_id), "approved", payload)
+    except (JobNotFoundError, JobStateError) as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Order approved." if approved else "Order rejected.")
+    return redirect("orders:approvals")

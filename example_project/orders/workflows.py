@@ -1,7 +1,12 @@
 """The "process_order" workflow: each step runs as the Celery task ergate.process_order.<step>.
 
-    validate → reserve_stock → charge ─┬─→ ship ──→ notify
-                                       └─→ refund ─┘ (card declined)
+    validate → reserve_stock ⋯→ charge ─┬─→ ship ──→ notify ⋯→ remind
+                                        └─→ refund ─┘ (card declined, or not approved)
+
+⋯→ is a wait: an order over ORDERS_APPROVAL_OVER_CENTS waits after reserve_stock for staff
+approval (`signal_job(job_id, "approved", {"approved": True, "by": ...})`, sent from the
+staff page /approvals/ or the admin), at most ORDERS_APPROVAL_TIMEOUT seconds; with
+ORDERS_REMIND_SECONDS set, notify sleeps that long and then remind follows up.
 
 Found by "ergate_celery.contrib.django" (INSTALLED_APPS), as Celery finds tasks.py modules.
 """
@@ -19,12 +24,18 @@ from ergate_celery import (
     Context,
     CurrentRun,
     Depends,
+    GoToEnd,
+    GoToEndPath,
     GoToStep,
     GoToStepPath,
     NextStepPath,
     Progress,
     ProgressReporter,
+    SignalPayload,
+    Sleep,
     StepRun,
+    WaitForSignal,
+    WaitPath,
     Workflow,
 )
 
@@ -87,7 +98,7 @@ def validate(order: Order) -> dict[str, Any]:
     }
 
 
-@workflow.step
+@workflow.step(paths=[WaitPath("approved")])
 def reserve_stock(
     order: dict[str, Any],
     inventory: Annotated[InventoryClient, Depends(inventory_client)],
@@ -100,7 +111,11 @@ def reserve_stock(
     for tick in range(1, ticks + 1):
         time.sleep(settings.ORDERS_PICK_SECONDS / ticks)
         progress.report(tick / ticks)
-    return {**order, "reservation": reservation}
+    reserved = {**order, "reservation": reservation}
+    if order["total_cents"] > settings.ORDERS_APPROVAL_OVER_CENTS:
+        # Big orders wait for staff, holding no worker; no answer in time fails the job.
+        raise WaitForSignal("approved", timeout=settings.ORDERS_APPROVAL_TIMEOUT, retval=reserved)
+    return reserved
 
 
 # The gateway times out on a first attempt; Celery runs the step again (the same step, not a
@@ -115,9 +130,13 @@ def charge(
     order: dict[str, Any],
     gateway: Annotated[PaymentGateway, Depends(payment_gateway)],
     run: Annotated[StepRun, CurrentRun()],
+    approval: Annotated[dict[str, Any] | None, SignalPayload("approved")],
 ) -> dict[str, Any]:
+    if approval is not None and not approval.get("approved"):
+        reason = f"not approved by {approval.get('by') or 'staff'}"
+        raise GoToStep(refund, retval={**order, "payment": None, "reason": reason})
     if order["card"] == DECLINED_CARD:
-        raise GoToStep(refund, retval={**order, "payment": None})
+        raise GoToStep(refund, retval={**order, "payment": None, "reason": "card declined"})
     # The same key on every attempt: a gateway that got the first request charges once.
     payment = gateway.charge(
         order["card"],
@@ -139,18 +158,30 @@ def refund(
     order: dict[str, Any], inventory: Annotated[InventoryClient, Depends(inventory_client)]
 ) -> dict[str, Any]:
     inventory.release(order["reservation"])
-    return {**order, "outcome": "refunded", "reason": "card declined"}
+    return {**order, "outcome": "refunded", "reason": order.get("reason", "card declined")}
 
 
-@workflow.step
+@workflow.step(paths=[WaitPath(), GoToEndPath()])
 def notify(
     order: dict[str, Any], customer: Annotated[Customer | None, Context()]
 ) -> dict[str, Any]:
     if order["outcome"] == "shipped":
         text = f"Your {order['quantity']} × {order['product']} shipped: {order['tracking']}."
     else:
-        text = f"Your card was declined; the {order['product']} order was cancelled."
+        text = f"Your order of {order['product']} was cancelled: {order['reason']}."
     email = customer["email"] if customer else ""  # jobs submitted without a customer
     if email:
         send_mail(f"Order {order['outcome']}", text, None, [email])
-    return {**order, "notified": email or None}
+    notified = {**order, "notified": email or None}
+    if order["outcome"] == "shipped" and settings.ORDERS_REMIND_SECONDS > 0:
+        # "Remind me": the job sleeps in the store, and remind runs when it is due.
+        raise Sleep(seconds=settings.ORDERS_REMIND_SECONDS, retval=notified)
+    raise GoToEnd(retval=notified)
+
+
+@workflow.step
+def remind(order: dict[str, Any], customer: Annotated[Customer | None, Context()]) -> Any:
+    email = customer["email"] if customer else ""
+    if email:
+        send_mail("How is your order?", f"Enjoying your {order['product']}?", None, [email])
+    return {**order, "reminded": bool(email)}

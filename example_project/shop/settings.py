@@ -164,3 +164,10 @@ CELERY_ERGATE_STUCK_ACTION = "requeue"
 
 # How long the simulated warehouse takes to pick an order, in seconds (see orders/services.py).
 ORDERS_PICK_SECONDS = float(os.environ.get("ORDERS_PICK_SECONDS", "2.0"))
+# Orders over this total (in cents) wait for staff approval after their stock is reserved,
+# for at most ORDERS_APPROVAL_TIMEOUT seconds (then the job fails with SignalTimeout).
+ORDERS_APPROVAL_OVER_CENTS = int(os.environ.get("ORDERS_APPROVAL_OVER_CENTS", "50000"))
+ORDERS_APPROVAL_TIMEOUT = float(os.environ.get("ORDERS_APPROVAL_TIMEOUT", "86400"))
+# With a number of seconds, a shipped order's job sleeps that long after notifying the
+# customer, then sends a reminder; 0 ends the job at notify.
+ORDERS_REMIND_SECONDS = float(os.environ.get("ORDERS_REMIND_SECONDS", "0"))

@@ -165,3 +165,29 @@ class BrowserTests(StaticLiveServerTestCase):
         self.assertEqual([percent for _, percent, _ in table][1:], [100, 100])
         self.assertLess(table[0][1], 100)
         self.screenshot("order-list.png")
+
+    def test_staff_approve_a_big_order_from_the_approvals_page(self) -> None:
+        from selenium.webdriver.common.by import By
+
+        make_user("boss", is_staff=True)
+        self.open("/")
+        self.fill(username="boss", password="secret-pass-123")
+        self.wait_for("document.querySelector('h1')?.textContent === 'My orders'", "the list")
+        # 6 × 89.00 is over ORDERS_APPROVAL_OVER_CENTS: the job waits after reserving stock.
+        job_id = self.place_order(sku="HIVE", quantity="6")
+        self.wait_for(
+            "document.querySelector('#job [data-field=status]')?.textContent === 'SCHEDULED'",
+            "the order to wait for approval",
+        )
+        self.open("/approvals/")
+        row = f"#approvals tr[data-job-id='{job_id}']"
+        self.wait_for(f'document.querySelector("{row}")', "the waiting order listed")
+        self.screenshot("approvals.png")
+        self.driver.find_element(By.CSS_SELECTOR, f"{row} button.approve").click()
+        self.wait_for("document.body.innerText.includes('Order approved.')", "the approval")
+        self.open(f"/jobs/{job_id}/")
+        self.wait_for(
+            "document.querySelector('#job [data-field=status]')?.textContent === 'COMPLETED'",
+            "the approved order to complete",
+        )
+        self.assertIn("shipped", self.js("return document.body.innerText"))
