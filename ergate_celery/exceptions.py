@@ -18,6 +18,7 @@ __all__ = [
     "InvalidDefinitionError",
     "InvalidInputError",
     "JobNotFoundError",
+    "JobStateError",
     "ReverseGoToError",
     "UnknownStepError",
     "UnknownWorkflowError",
@@ -48,6 +49,10 @@ class UnknownWorkflowError(ErgateError, LookupError):
 
 class JobNotFoundError(ErgateError, LookupError):
     """No job with that id is stored in the result backend."""
+
+
+class JobStateError(ErgateError):
+    """The job is not in a status that allows what was asked (e.g. retrying a running job)."""
 
 
 class DuplicateJobError(ErgateError):

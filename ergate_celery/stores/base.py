@@ -62,11 +62,11 @@ class IndexEntry(NamedTuple):
 
 def index_entry(job: Job) -> IndexEntry | None:
     """Where a job belongs in the job index, written with every change of its record; final
-    and PENDING jobs are not indexed."""
+    and PENDING jobs are not indexed, nor parked ones (no message is lost: nothing to sweep)."""
     if job.status is JobStatus.SCHEDULED:
         assert job.requested_start_time is not None, "a SCHEDULED job has a start time"
         return IndexEntry(SCHEDULED, str(job.id), job.requested_start_time)
-    if job.is_final or job.status is JobStatus.PENDING:
+    if job.is_final or job.status is JobStatus.PENDING or job.parked:
         return None
     return IndexEntry(ACTIVE, str(job.id), datetime.now(UTC))
 
