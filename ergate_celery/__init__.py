@@ -6,7 +6,18 @@ Workflows written for `ergate` 0.6 run unchanged with `from ergate_celery import
 from pydantic import ValidationError
 
 from .annotations import Context, CurrentRun, Depends, Input, StepRun
-from .api import cancel_job, get_job, submit_job, wait_for_job
+from .api import (
+    cancel_job,
+    get_job,
+    list_jobs,
+    pause_workflow,
+    paused_workflows,
+    resume_workflow,
+    retry_job,
+    retry_jobs,
+    submit_job,
+    wait_for_job,
+)
 from .binding import ErgateCelery
 from .exceptions import (
     AbortJob,
@@ -17,6 +28,7 @@ from .exceptions import (
     InvalidDefinitionError,
     InvalidInputError,
     JobNotFoundError,
+    JobStateError,
     ReverseGoToError,
     UnknownStepError,
     UnknownWorkflowError,
@@ -26,6 +38,7 @@ from .job import Job, JobError
 from .job_status import JobStatus
 from .paths import GoToEndPath, GoToStepPath, NextStepPath, WorkflowPath
 from .progress import Progress, ProgressReporter
+from .stores.listing import JobPage
 from .workflow import Workflow
 from .workflow_step import WorkflowStep
 
@@ -49,6 +62,8 @@ __all__ = [
     "Job",
     "JobError",
     "JobNotFoundError",
+    "JobPage",
+    "JobStateError",
     "JobStatus",
     "NextStepPath",
     "Progress",
@@ -64,6 +79,12 @@ __all__ = [
     "WorkflowStep",
     "cancel_job",
     "get_job",
+    "list_jobs",
+    "pause_workflow",
+    "paused_workflows",
+    "resume_workflow",
+    "retry_job",
+    "retry_jobs",
     "submit_job",
     "wait_for_job",
 ]
