@@ -188,10 +188,12 @@ def test_a_retry_goes_back_to_the_step_it_stopped_at_with_its_input() -> None:
 
 def test_a_parked_job_is_unparked_once() -> None:
     parked = transition(_stored(S.QUEUED), Park("b", 1), NOW)
-    assert parked is not None and parked.parked
+    assert parked is not None
+    assert parked.parked
     assert transition(_stored(S.QUEUED), Park("a", 1), NOW) is None
     unparked = transition(parked, Unpark(), NOW)
-    assert unparked is not None and not unparked.parked
+    assert unparked is not None
+    assert not unparked.parked
     assert transition(unparked, Unpark(), NOW) is None
 
 
@@ -200,7 +202,8 @@ def test_a_due_job_of_a_paused_workflow_is_released_parked() -> None:
     assert released is not None
     assert (released.status, released.parked) == (S.QUEUED, True)
     other = transition(_stored(S.SCHEDULED), Release(frozenset({"other"})), NOW)
-    assert other is not None and not other.parked
+    assert other is not None
+    assert not other.parked
 
 
 def test_claim_holds_a_token_and_lease_and_addresses_the_step_by_name() -> None:

@@ -190,9 +190,11 @@ def test_retention_follows_the_status(make_setup: Any, setup_name: str) -> None:
     setup.ergate.cancel_job("cancelled")
     assert _kept_for(setup, "queued") is None
     failed = _kept_for(setup, "failed")
-    assert failed is not None and 7000 < failed <= 7200
+    assert failed is not None
+    assert 7000 < failed <= 7200
     cancelled = _kept_for(setup, "cancelled")
-    assert cancelled is not None and 0 < cancelled <= 60
+    assert cancelled is not None
+    assert 0 < cancelled <= 60
 
 
 def _kept_for(setup: Setup, job_id: str) -> float | None:
