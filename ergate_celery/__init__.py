@@ -6,7 +6,19 @@ Workflows written for `ergate` 0.6 run unchanged with `from ergate_celery import
 from pydantic import ValidationError
 
 from .annotations import Context, CurrentRun, Depends, Input, SignalPayload, StepRun
-from .api import cancel_job, get_job, signal_job, submit_job, wait_for_job
+from .api import (
+    cancel_job,
+    get_job,
+    list_jobs,
+    pause_workflow,
+    paused_workflows,
+    resume_workflow,
+    retry_job,
+    retry_jobs,
+    signal_job,
+    submit_job,
+    wait_for_job,
+)
 from .binding import ErgateCelery
 from .exceptions import (
     AbortJob,
@@ -29,6 +41,7 @@ from .job import Job, JobError, Wait
 from .job_status import JobStatus
 from .paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath, WorkflowPath
 from .progress import Progress, ProgressReporter
+from .stores.listing import JobPage
 from .workflow import Workflow
 from .workflow_step import WorkflowStep
 
@@ -52,6 +65,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobNotFoundError",
+    "JobPage",
     "JobStateError",
     "JobStatus",
     "NextStepPath",
@@ -73,6 +87,12 @@ __all__ = [
     "WorkflowStep",
     "cancel_job",
     "get_job",
+    "list_jobs",
+    "pause_workflow",
+    "paused_workflows",
+    "resume_workflow",
+    "retry_job",
+    "retry_jobs",
     "signal_job",
     "submit_job",
     "wait_for_job",

@@ -7,6 +7,8 @@ from typing import Any
 
 from .binding import ErgateCelery
 from .job import Job
+from .operations import StatusFilter
+from .stores.listing import JobPage
 
 
 def submit_job(
@@ -18,6 +20,7 @@ def submit_job(
     id: str | None = None,
     priority: int | None = None,
     deadline: datetime | None = None,
+    tags: dict[str, str] | None = None,
 ) -> Job:
     """`ErgateCelery.submit_job` on the current Celery app."""
     return ErgateCelery.of().submit_job(
@@ -28,6 +31,7 @@ def submit_job(
         id=id,
         priority=priority,
         deadline=deadline,
+        tags=tags,
     )
 
 
@@ -49,3 +53,52 @@ def wait_for_job(job_id: str, timeout: float | None = None) -> Job:
 def signal_job(job_id: str, name: str, payload: Any = None) -> Job:
     """`ErgateCelery.signal_job` on the current Celery app."""
     return ErgateCelery.of().signal_job(job_id, name, payload)
+
+
+def list_jobs(
+    *,
+    status: StatusFilter = None,
+    workflow: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    tags: dict[str, str] | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> JobPage:
+    """`ErgateCelery.list_jobs` on the current Celery app."""
+    return ErgateCelery.of().list_jobs(
+        status=status,
+        workflow=workflow,
+        since=since,
+        until=until,
+        tags=tags,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+def retry_job(job_id: str) -> Job:
+    """`ErgateCelery.retry_job` on the current Celery app."""
+    return ErgateCelery.of().retry_job(job_id)
+
+
+def retry_jobs(
+    *, status: StatusFilter = None, workflow: str | None = None, since: datetime | None = None
+) -> int:
+    """`ErgateCelery.retry_jobs` on the current Celery app."""
+    return ErgateCelery.of().retry_jobs(status=status, workflow=workflow, since=since)
+
+
+def pause_workflow(workflow_name: str) -> bool:
+    """`ErgateCelery.pause_workflow` on the current Celery app."""
+    return ErgateCelery.of().pause_workflow(workflow_name)
+
+
+def resume_workflow(workflow_name: str) -> int:
+    """`ErgateCelery.resume_workflow` on the current Celery app."""
+    return ErgateCelery.of().resume_workflow(workflow_name)
+
+
+def paused_workflows() -> set[str]:
+    """`ErgateCelery.paused_workflows` on the current Celery app."""
+    return ErgateCelery.of().paused_workflows()

@@ -14,18 +14,21 @@ from celery import Celery
 from celery.app import app_or_default
 from celery.signals import task_unknown, worker_init
 
-from . import beat
+from . import beat, operations
 from .announce import Announcer
 from .exceptions import ErgateError, JobNotFoundError
 from .job import Job
 from .job_status import JobStatus
 from .lifecycle import Cancel, HandOver
+from .operations import StatusFilter
+from .pausing import PausedWorkflows
 from .registry import WorkflowRegistry
 from .runtime import Runtime
 from .settings import ErgateSettings
 from .signalling import signal_job
 from .stores import JobStore, store_for_backend
 from .stores.base import job_document
+from .stores.listing import JobPage
 from .submission import new_job
 from .tasks import fail_unknown_task, install_step
 from .transactions import in_django_transaction, on_commit
@@ -105,14 +108,22 @@ class ErgateCelery:
                 # Looked up at each call: a subclass's or a patched publish() is honoured.
                 self.publish(job)
 
-            self._runtime = Runtime(self.store, self.settings, self.announcer, publish)
+            self._runtime = Runtime(
+                self.store,
+                self.settings,
+                self.announcer,
+                publish,
+                PausedWorkflows(self.store, self.settings.pause_refresh),
+            )
         return self._runtime
 
     @property
     def store(self) -> JobStore:
         """Where jobs live: the store for the app's result backend."""
         if self._store is None:
-            self._store = store_for_backend(self.app.backend, self.settings.max_payload_bytes)
+            self._store = store_for_backend(
+                self.app.backend, self.settings.max_payload_bytes, self.settings.expires_by_status
+            )
         return self._store
 
     # Workflows ---------------------------------------------------------------------------
@@ -164,13 +175,15 @@ class ErgateCelery:
         id: str | None = None,
         priority: int | None = None,
         deadline: datetime | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Job:
         """Store a new job and publish its first step; returns the job as stored.
 
         Pass a workflow name with keywords, or a `Job`. A future `requested_start_time`
         stores the job SCHEDULED for beat to release. `priority` applies to every step
-        message; a job not started by `deadline` ends FAILED. Nothing is stored or
-        published when the workflow is unknown or the input is invalid.
+        message; a job not started by `deadline` ends FAILED; `tags` (str to str) are stored
+        on the job for `list_jobs`. Nothing is stored or published when the workflow is
+        unknown or the input is invalid.
         """
         if isinstance(workflow_name, Job):
             given = workflow_name
@@ -178,6 +191,7 @@ class ErgateCelery:
             initial_input_value, user_context = given.initial_input_value, given.user_context
             requested_start_time, id = given.requested_start_time, given.id
             priority, deadline = given.priority, given.deadline
+            tags = given.tags or tags
         workflow = self.workflow(workflow_name)
         job = new_job(
             workflow,
@@ -188,6 +202,7 @@ class ErgateCelery:
             priority=priority,
             deadline=deadline,
             now=datetime.now(UTC),
+            tags=tags,
         )
         if in_django_transaction():
             # Stored PENDING until the transaction commits; a rollback publishes nothing.
@@ -310,6 +325,79 @@ class ErgateCelery:
         if not job.is_final:
             raise TimeoutError(f"Job {job_id!r} is still {job.status.name} after {timeout} s")
         return job
+
+    # Operations ---------------------------------------------------------------------------
+
+    def list_jobs(
+        self,
+        *,
+        status: StatusFilter = None,
+        workflow: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        tags: dict[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Stored jobs, newest first (by `submitted_at`), finished ones until they expire.
+
+        Filters: `status` (one or several), `workflow`, submitted `since`/`until`, `tags`
+        (all must match). Pass the page's `next_cursor` as `cursor` for the next page.
+        `InvalidInputError` for a bad filter or cursor, `UnknownWorkflowError` for a
+        workflow this app does not have.
+        """
+        if workflow is not None:
+            self.workflow(workflow)
+        return operations.list_jobs(
+            self.runtime,
+            status=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            tags=tags,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def retry_job(self, job_id: str) -> Job:
+        """Send a FAILED, ABORTED or CANCELLED job back to the step it stopped at, with the
+        input that step had; steps before it do not run again. `JobStateError` for a job in
+        another status, `JobNotFoundError` for an unknown id."""
+        _check_id(job_id)
+        return operations.retry_job(self.runtime, job_id)
+
+    def retry_jobs(
+        self,
+        *,
+        status: StatusFilter = None,
+        workflow: str | None = None,
+        since: datetime | None = None,
+    ) -> int:
+        """Retry every job of `status` (default: FAILED, ABORTED and CANCELLED) matching the
+        filters; returns how many were retried."""
+        if workflow is not None:
+            self.workflow(workflow)
+        query = operations.retry_query(status, workflow, since)
+        return operations.retry_jobs(self.runtime, query)
+
+    def pause_workflow(self, workflow_name: str) -> bool:
+        """Start no step of `workflow_name` until it is resumed (every worker, across
+        restarts); submissions are still accepted. Whether it was running before."""
+        self.workflow(workflow_name)
+        rt = self.runtime
+        assert rt.paused is not None
+        return operations.pause_workflow(rt, rt.paused, workflow_name)
+
+    def resume_workflow(self, workflow_name: str) -> int:
+        """Resume `workflow_name`: publish the jobs parked while it was paused; how many."""
+        self.workflow(workflow_name)
+        rt = self.runtime
+        assert rt.paused is not None
+        return operations.resume_workflow(rt, rt.paused, workflow_name)
+
+    def paused_workflows(self) -> set[str]:
+        """The names of the paused workflows, as stored now."""
+        return self.store.paused_workflows()
 
 
 def _check_id(job_id: Any) -> None:

@@ -1,10 +1,11 @@
-"""`celery -A proj ergate ...`: list, show, submit, cancel, signal, watch and graph jobs and
-workflows.
+"""`celery -A proj ergate ...`: list, show, submit, cancel, retry, signal, watch and graph jobs;
+pause and resume workflows.
 
 Installed as a Celery CLI extension (entry point group `celery.commands`), so every command
 works on the app given by `celery -A proj`. Exit codes: 0 success; 1 the job is not (or will
-not be) what was asked (`cancel` of a finished job, `watch` of a job that did not complete);
-2 bad input (unknown workflow or job id, invalid JSON, input the workflow rejects).
+not be) what was asked (`cancel` of a finished job, `retry` of a job that did not stop,
+`watch` of a job that did not complete); 2 bad input (unknown workflow or job id, invalid
+JSON, a duration or tag that does not parse, input the workflow rejects).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import click
@@ -23,15 +24,13 @@ from .binding import ErgateCelery
 from .exceptions import ErgateError, JobNotFoundError, JobStateError
 from .job import Job
 from .job_status import JobStatus
+from .operations import every_job, retry_query
 from .paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath
+from .stores.listing import MAX_LIMIT
 from .workflow import Workflow
 
-#: Reading the job index "up to the end of time" lists every indexed job.
-_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
-#: `list` reads at most this many index entries per kind (more when --limit is larger).
-SCAN_LIMIT = 10_000
-#: The statuses the job index holds: `list` can show these (finished jobs are not indexed).
-LISTABLE = (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+#: Above this many jobs, `retry --status` asks before retrying (unless --yes).
+CONFIRM_ABOVE = 10
 _STATUS_NAMES = [status.name for status in JobStatus]
 
 
@@ -115,65 +114,72 @@ def ergate() -> None:
     "statuses",
     multiple=True,
     type=click.Choice(_STATUS_NAMES, case_sensitive=False),
-    help="Only jobs in this status (repeatable): SCHEDULED, QUEUED, RUNNING or CANCELLING.",
+    help="Only jobs in this status (repeatable).",
 )
 @click.option("--workflow", help="Only jobs of this workflow.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--since", metavar="DURATION", help="Only jobs submitted within it: 30s, 15m, 1h, 2d."
+)
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only jobs with this tag.")
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of the jobs.")
 @click.pass_context
 def list_jobs(
     ctx: click.Context,
     statuses: Sequence[str],
     workflow: str | None,
+    since: str | None,
+    tags: Sequence[str],
     limit: int,
     as_json: bool,
 ) -> None:
-    """Unfinished jobs (scheduled, queued, running, cancelling), read from the job index.
-
-    Finished jobs are not indexed, so they are not listed; `show JOB_ID` reads any job.
-    """
+    """Jobs newest first, finished ones too until they expire."""
     ergate = _binding(ctx)
-    wanted = {JobStatus[name.upper()] for name in statuses} or set(LISTABLE)
-    unlisted = sorted(s.name for s in wanted if s not in LISTABLE)
-    if unlisted:
-        raise BadInput(
-            f"cannot list {', '.join(unlisted)} jobs: only unfinished jobs are indexed "
-            "(SCHEDULED, QUEUED, RUNNING, CANCELLING); use `show JOB_ID` for a finished job"
+    try:
+        page = ergate.list_jobs(
+            status=[name.upper() for name in statuses] or None,
+            workflow=workflow,
+            since=_since_arg(since),
+            tags=_tags_arg(tags),
+            limit=limit,
         )
-    store = ergate.store
-    queries: list[Callable[[datetime, int], list[str]]] = []
-    if wanted & {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING}:
-        queries.append(store.stale)
-    if JobStatus.SCHEDULED in wanted:
-        queries.append(store.due)
-    scan = max(limit, SCAN_LIMIT)  # ids are cheap; records are read only until `limit` match
-    rows: list[dict[str, Any]] = []
-    truncated = False
-    for query in queries:
-        ids = query(_FAR_FUTURE, scan)
-        truncated = truncated or len(ids) >= scan
-        for job_id in ids:
-            job = store.get(job_id)
-            if job is None or job.status not in wanted:
-                continue
-            if workflow is not None and job.workflow_name != workflow:
-                continue
-            rows.append(_summary(ergate, job))
-            if len(rows) >= limit:
-                break
-        if len(rows) >= limit:
-            break
+    except ErgateError as exc:
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    rows = [_summary(ergate, job) for job in page.jobs]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
     _print_rows(rows, as_json)
-    if truncated and len(rows) < limit:
-        click.echo(f"(read only the first {SCAN_LIMIT} index entries)", err=True)
+    if page.next_cursor is not None:
+        click.echo(f"(first {len(rows)} shown; --limit shows more)", err=True)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _since_arg(text: str | None) -> datetime | None:
+    """`--since 1h` as the moment that long ago, or exit 2."""
+    if text is None:
+        return None
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in _UNITS or not number.isdigit():
+        raise BadInput(f"--since {text!r} is not a duration: write 30s, 15m, 1h, 2d or 1w")
+    return datetime.now(UTC) - timedelta(seconds=int(number) * _UNITS[unit])
+
+
+def _tags_arg(tags: Sequence[str]) -> dict[str, str] | None:
+    """`--tag k=v` options as a dict, or exit 2."""
+    found: dict[str, str] = {}
+    for tag in tags:
+        key, equals, value = tag.partition("=")
+        if not equals or not key:
+            raise BadInput(f"--tag {tag!r} is not KEY=VALUE")
+        found[key] = value
+    return found or None
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
-    """A table of jobs (or JSON lines)."""
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row))
-        return
+    """A table of jobs."""
     headers = {key: key.upper() for key in ("id", "workflow", "status", "step", "percent")}
     cells = [headers]
     cells += [{k: f"{v}%" if k == "percent" else str(v) for k, v in row.items()} for row in rows]
@@ -181,7 +187,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
     for cell in cells:
         click.echo("  ".join(str(cell[key]).ljust(widths[key]) for key in headers).rstrip())
     if not rows:
-        click.echo("(no unfinished jobs)", err=True)
+        click.echo("(no jobs)", err=True)
 
 
 @ergate.command()
@@ -414,3 +420,85 @@ def _mermaid_text(text: str) -> str:
 
 def _unknown_path(path: object) -> NoReturn:
     raise click.ClickException(f"unknown path hint {path!r}")
+
+
+@ergate.command()
+@click.argument("job_id", required=False)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["FAILED", "ABORTED", "CANCELLED"], case_sensitive=False),
+    help="Retry every job in this status (repeatable) instead of one JOB_ID.",
+)
+@click.option("--workflow", help="With --status: only jobs of this workflow.")
+@click.option("--since", metavar="DURATION", help="With --status: only jobs submitted within it.")
+@click.option("--yes", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE} jobs.")
+@click.pass_context
+def retry(
+    ctx: click.Context,
+    job_id: str | None,
+    statuses: Sequence[str],
+    workflow: str | None,
+    since: str | None,
+    yes: bool,
+) -> None:
+    """Send a failed, aborted or cancelled job back to the step it stopped at.
+
+    `retry JOB_ID`, or `retry --status FAILED [--workflow W] [--since 1d]` for many.
+    """
+    ergate = _binding(ctx)
+    if (job_id is None) == (not statuses):
+        raise BadInput("give either a JOB_ID or --status (with --workflow / --since)")
+    if job_id is not None:
+        try:
+            job = ergate.retry_job(job_id)
+        except JobNotFoundError as exc:
+            raise BadInput(str(exc)) from None
+        except JobStateError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{job.id} {job.status.name} at step {job.current_step_name}")
+        return
+    try:
+        if workflow is not None:
+            ergate.workflow(workflow)
+        query = retry_query([name.upper() for name in statuses], workflow, _since_arg(since))
+    except ErgateError as exc:
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    ids = [str(job.id) for job in every_job(ergate.runtime, query)]
+    if len(ids) > CONFIRM_ABOVE and not yes:
+        click.confirm(f"Retry {len(ids)} jobs?", abort=True)
+    retried = 0
+    for one in ids:
+        try:
+            ergate.retry_job(one)
+        except (JobStateError, JobNotFoundError):
+            continue  # retried or changed meanwhile
+        retried += 1
+    click.echo(f"retried {retried} jobs")
+
+
+@ergate.command()
+@click.argument("workflow")
+@click.pass_context
+def pause(ctx: click.Context, workflow: str) -> None:
+    """Start no step of WORKFLOW until `resume` (running steps finish; submits are kept)."""
+    ergate = _binding(ctx)
+    try:
+        changed = ergate.pause_workflow(workflow)
+    except ErgateError as exc:
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    click.echo(f"{workflow} paused" if changed else f"{workflow} was already paused")
+
+
+@ergate.command()
+@click.argument("workflow")
+@click.pass_context
+def resume(ctx: click.Context, workflow: str) -> None:
+    """Resume WORKFLOW and publish the jobs parked while it was paused."""
+    ergate = _binding(ctx)
+    try:
+        published = ergate.resume_workflow(workflow)
+    except ErgateError as exc:
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    click.echo(f"{workflow} resumed; {published} parked jobs published")

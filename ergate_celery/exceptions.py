@@ -60,8 +60,8 @@ class DuplicateJobError(ErgateError):
 
 
 class JobStateError(ErgateError):
-    """The job's status does not allow what was asked (e.g. signalling a finished job); the
-    job was left unchanged."""
+    """The job's status does not allow what was asked (retrying a running job, signalling a
+    finished one); the job was left unchanged."""
 
 
 class InvalidInputError(ErgateError, ValueError):

@@ -110,6 +110,15 @@ class Job(BaseModel):
     """What the job waits for while SCHEDULED after a `Sleep` or `WaitForSignal`."""
     signals: dict[str, Any] = Field(default_factory=dict)
     """The payload of each signal received by `signal_job`, by name (the first one wins)."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Labels given at submit (`tags={"order": "A-17"}`), searchable with `list_jobs`."""
+    retries: int = Field(default=0, ge=0)
+    """How many times `retry_job` sent the job back to the step it stopped at."""
+    errors: list[JobError] = Field(default_factory=list)
+    """The errors of earlier runs, oldest first: a retry moves `error` here."""
+    parked: bool = False
+    """QUEUED with no message in the broker: its workflow was paused when the step was due;
+    `resume_workflow` publishes it."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -30,7 +30,10 @@ class HandOver:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Beat found the SCHEDULED job due in its index."""
+    """Beat found the SCHEDULED job due in its index; a job of a `paused` workflow is parked
+    (QUEUED without a message) rather than left in the index, where it would hold up the rest."""
+
+    paused: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,26 @@ class Reject:
     steps_completed: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """`retry_job` was asked: a FAILED, ABORTED or CANCELLED job goes back to the step it
+    stopped at, with the input that step had."""
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """A step message arrived while its workflow is paused: the job waits, QUEUED, with no
+    message in the broker, until `resume_workflow` publishes it again."""
+
+    step_name: str
+    steps_completed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unpark:
+    """`resume_workflow` publishes a parked job's step again."""
+
+
 Event = (
     HandOver
     | Release
@@ -138,7 +161,13 @@ Event = (
     | PublishFailed
     | Reject
     | Signalled
+    | Retry
+    | Park
+    | Unpark
 )
+
+#: The final statuses `retry_job` accepts.
+RETRYABLE = (S.FAILED, S.ABORTED, S.CANCELLED)
 
 
 def transition(stored: Job, event: Event, now: datetime) -> Job | None:
@@ -148,7 +177,7 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
         case HandOver(to=to):
             return _set(stored, to) if status is S.PENDING else None
         case Release():
-            return _release(stored, now)
+            return _release(stored, event, now)
         case Claim():
             return _claim(stored, event, now)
         case Finish(token=token, after=after):
@@ -188,10 +217,21 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             return _failed(stored, error)
         case Signalled(name=name, payload=payload):
             return waiting.receive(stored, name, payload)
+        case Retry():
+            return _retry(stored, now)
+        case Park(step_name=step_name, steps_completed=steps_completed):
+            queued = status is S.QUEUED and not stored.parked
+            if not queued or stored.steps_completed != steps_completed:
+                return None
+            return stored.model_copy(update={"parked": True}) if _at(stored, step_name) else None
+        case Unpark():
+            if status is not S.QUEUED or not stored.parked:
+                return None
+            return stored.model_copy(update={"parked": False})
     raise TypeError(f"Not a lifecycle event: {event!r}")
 
 
-def _release(stored: Job, now: datetime) -> Job | None:
+def _release(stored: Job, release: Release, now: datetime) -> Job | None:
     if stored.status is not S.SCHEDULED:
         return None  # cancelled, or released by a concurrent run
     if stored.wait is not None:
@@ -200,7 +240,30 @@ def _release(stored: Job, now: datetime) -> Job | None:
         return None  # never before its time, whatever the index says
     if stored.deadline_passed(now):
         return stored.expired()
-    return _set(stored, S.QUEUED)
+    parked = stored.workflow_name in release.paused
+    return stored.model_copy(update={"status": S.QUEUED, "parked": parked})
+
+
+def _retry(stored: Job, now: datetime) -> Job | None:
+    if stored.status not in RETRYABLE:
+        return None
+    start = stored.requested_start_time
+    errors = stored.errors if stored.error is None else [*stored.errors, stored.error]
+    return stored.model_copy(
+        update={
+            # The step it stopped at is current_step_name, its input `input_value`: both were
+            # left as they were when it stopped, so no completed step runs again.
+            "status": S.SCHEDULED if start is not None and start > now else S.QUEUED,
+            "error": None,
+            "errors": errors,
+            "retries": stored.retries + 1,
+            "finished_at": None,
+            "claim": None,
+            "lease_until": None,
+            "lost_runs": 0,
+            "parked": False,
+        }
+    )
 
 
 def _claim(stored: Job, claim: Claim, now: datetime) -> Job | None:
@@ -337,6 +400,9 @@ _EVENTS = (
     "PublishFailed",
     "Reject",
     "Signalled",
+    "Retry",
+    "Park",
+    "Unpark",
 )
 
 
@@ -350,6 +416,7 @@ def _rows() -> list[Row]:
         Row(S.SCHEDULED, "Release", "a Sleep ended", S.QUEUED),
         Row(S.SCHEDULED, "Release", "a WaitForSignal timed out", S.FAILED),
         Row(S.SCHEDULED, "Release", "waiting, not due yet", None),
+        Row(S.SCHEDULED, "Release", "due, its workflow paused: parked", S.QUEUED),
         Row(S.QUEUED, "Claim", "the message's step", S.RUNNING),
         Row(S.QUEUED, "Claim", "first step, past its deadline", S.FAILED),
         Row(S.QUEUED, "Claim", "a stale message", None),
@@ -393,9 +460,18 @@ def _rows() -> list[Row]:
         Row(S.QUEUED, "Signalled", "kept for a later wait", S.QUEUED),
         Row(S.RUNNING, "Signalled", "kept for a later wait", S.RUNNING),
         Row(S.CANCELLING, "Signalled", "kept for a later wait", S.CANCELLING),
+        Row(S.FAILED, "Retry", "back to the step it stopped at", S.QUEUED),
+        Row(S.ABORTED, "Retry", "back to the step it stopped at", S.QUEUED),
+        Row(S.CANCELLED, "Retry", "back to the step it stopped at", S.QUEUED),
+        Row(S.CANCELLED, "Retry", "cancelled before its start time", S.SCHEDULED),
+        Row(S.QUEUED, "Park", "the message's step, its workflow paused", S.QUEUED),
+        Row(S.QUEUED, "Park", "already parked, or a stale message", None),
+        Row(S.QUEUED, "Unpark", "parked", S.QUEUED),
+        Row(S.QUEUED, "Unpark", "not parked", None),
     ]
     listed = {(row.status, row.event) for row in rows}
-    # Every other (status, event) pair leaves the job as it is: final jobs never change.
+    # Every other (status, event) pair leaves the job as it is: final jobs change only by
+    # Retry.
     rows += [
         Row(status, event, "", None)
         for status in S

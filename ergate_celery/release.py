@@ -45,7 +45,8 @@ def release_due_jobs(rt: Runtime, now: datetime | None = None) -> int:
 def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | None:
     """The status the job moved to, JobStatus.SCHEDULED for a dropped entry, None if kept."""
     try:
-        before, after = rt.apply(entry.job_id, Release(), sender=RELEASE_TASK, now=now)
+        paused = rt.paused.current() if rt.paused is not None else frozenset()
+        before, after = rt.apply(entry.job_id, Release(paused), sender=RELEASE_TASK, now=now)
     except UNREADABLE as exc:
         # A record that is not a job must not hold up every release after it.
         why = type(exc).__name__
@@ -62,6 +63,6 @@ def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | N
             state = "gone" if before is None else before.status.name
             logger.warning("Dropped the scheduled index entry of %s: it is %s", entry.job_id, state)
         return JobStatus.SCHEDULED
-    if after.status is JobStatus.QUEUED:
+    if after.status is JobStatus.QUEUED and not after.parked:  # parked: its workflow is paused
         rt.hand_on(after, RELEASE_TASK)
     return after.status

@@ -20,6 +20,7 @@ from .announce import Announcer
 from .exceptions import InvalidInputError, UnknownStepError, UnknownWorkflowError
 from .job import Job, JobError
 from .lifecycle import Event, PublishFailed, Reject, transition
+from .pausing import PausedWorkflows
 from .settings import ErgateSettings
 from .stores import JobStore
 from .stores.base import TaskResult
@@ -44,6 +45,8 @@ class Runtime:
     announce: Announcer
     #: Sends the message of a job's current step (by its step's name).
     publish: Callable[[Job], None]
+    #: The paused workflows, cached (None: nothing is ever paused, as in unit tests).
+    paused: PausedWorkflows | None = None
 
     def apply(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from dataclasses import field as default_factory_field
 from typing import Any
 
 from .exceptions import ErgateError
@@ -50,6 +51,15 @@ class ErgateSettings:
     #: before the job ends FAILED with `WorkerLost`. Celery `retry()`s count against
     #: `max_retries` instead.
     max_step_attempts: int = 3
+    #: Seconds a finished job of a status is kept, by status name (`{"FAILED": 2592000}`);
+    #: the statuses not named follow `result_expires`.
+    expires_by_status: dict[str, int] = default_factory_field(default_factory=dict)
+    #: Seconds a worker trusts its copy of the paused workflows before reading them again.
+    pause_refresh: float = 1.0
+
+    def expires_for(self, status_name: str, default: float | None) -> float | None:
+        """Seconds a finished job of `status_name` is kept (`default`: `result_expires`)."""
+        return self.expires_by_status.get(status_name, default)
 
     @classmethod
     def from_conf(cls, conf: Any) -> ErgateSettings:
@@ -61,6 +71,9 @@ class ErgateSettings:
             if value is None:
                 continue
             default = field.default
+            if field.name == "expires_by_status":
+                values[field.name] = _expires_by_status(key, value)
+                continue
             if isinstance(default, str):
                 if value not in STUCK_ACTIONS:
                     raise ImproperlyConfiguredError(
@@ -75,3 +88,25 @@ class ErgateSettings:
                 raise ImproperlyConfiguredError(f"{key} must be a whole number, got {value!r}")
             values[field.name] = value
         return cls(**values)
+
+
+_FINAL_NAMES = ("COMPLETED", "FAILED", "ABORTED", "CANCELLED")
+
+
+def _expires_by_status(key: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ImproperlyConfiguredError(
+            f'{key} must be a dict of status name to seconds, e.g. {{"FAILED": 2592000}}, '
+            f"got {value!r}"
+        )
+    for name, seconds in value.items():
+        if name not in _FINAL_NAMES:
+            raise ImproperlyConfiguredError(
+                f"{key}: {name!r} is not a final status; use one of {', '.join(_FINAL_NAMES)} "
+                "(unfinished jobs never expire)"
+            )
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+            raise ImproperlyConfiguredError(
+                f"{key}[{name!r}] must be a positive whole number of seconds, got {seconds!r}"
+            )
+    return dict(value)

@@ -21,7 +21,7 @@ from .annotations import StepRun
 from .exceptions import InvalidInputError
 from .job import Job, JobError, StepTiming
 from .job_status import JobStatus
-from .lifecycle import Claim, Finish, Progress, Yield
+from .lifecycle import Claim, Finish, Park, Progress, Yield
 from .progress import ProgressReporter
 from .rejects import not_a_job, reject
 from .retry_policy import retry_delay, should_retry
@@ -101,6 +101,9 @@ def _claim(
     rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
 ) -> Job | None:
     job_id = str(message.id)
+    if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
+        _park(rt, step, message)
+        return None
     now = datetime.now(UTC)
     token = uuid.uuid4().hex
     claim = Claim(
@@ -131,6 +134,27 @@ def _claim(
         return None
     logger.warning("Dropped a message for %s of job %s: %s", step, job_id, _why(before, message))
     return None
+
+
+def _park(rt: Runtime, step: WorkflowStep[Any, Any], message: Job) -> None:
+    # The workflow is paused: the job waits QUEUED, without a message, for resume_workflow.
+    job_id = str(message.id)
+    park = Park(step.name, message.steps_completed)
+    before, after = rt.retrying(
+        f"parking {step} of job {job_id}",
+        lambda: rt.apply(job_id, park, sender=step.task_name, assume=message),
+    )
+    if after is not None:
+        logger.info(
+            "Parked job %s at %s: workflow %s is paused", job_id, step, step.workflow.unique_name
+        )
+    else:
+        logger.warning(
+            "Dropped a message for %s of job %s while its workflow is paused: %s",
+            step,
+            job_id,
+            "already parked" if before is not None and before.parked else _why(before, message),
+        )
 
 
 def _why(stored: Job | None, message: Job) -> str:

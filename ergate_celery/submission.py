@@ -12,6 +12,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from .exceptions import InvalidInputError
 from .job import Job
 from .job_status import JobStatus
+from .stores.listing import check_tags
 from .workflow import Workflow
 
 MAX_JOB_ID_LENGTH = 100
@@ -27,6 +28,7 @@ def new_job(
     now: datetime,
     priority: Any = None,
     deadline: Any = None,
+    tags: Any = None,
 ) -> Job:
     """The job to store for a submission, in its JSON form, or `InvalidInputError`."""
     start = _utc("requested_start_time", requested_start_time)
@@ -37,6 +39,7 @@ def new_job(
         raise InvalidInputError(
             f"priority must be a whole number from 0 to 255 (Celery's range), got {priority!r}"
         )
+    checked_tags = check_tags(tags if tags is not None else {})
     input_json = _jsonable("initial_input_value", initial_input_value)
     context_json = _jsonable("user_context", user_context)
     _check_input_type(workflow, input_json)
@@ -52,6 +55,7 @@ def new_job(
         priority=priority,
         deadline=end,
         submitted_at=now,
+        tags=checked_tags,
     )
 
 

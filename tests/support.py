@@ -174,10 +174,18 @@ def setup_conf(name: str, tmp_path: Path, services: Mapping[str, Any]) -> dict[s
 def _django_empty() -> None:
     from django_celery_results.models import TaskResult
 
-    from ergate_celery.contrib.django.models import JobIndexEntry
+    from ergate_celery.contrib.django.models import (
+        JobIndexEntry,
+        JobListing,
+        JobTag,
+        PausedWorkflow,
+    )
 
     TaskResult.objects.all().delete()
     JobIndexEntry.objects.all().delete()
+    JobListing.objects.all().delete()
+    JobTag.objects.all().delete()
+    PausedWorkflow.objects.all().delete()
 
 
 def cleanup_setup(name: str, app: Celery, services: Mapping[str, Any]) -> None:

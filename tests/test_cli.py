@@ -65,19 +65,21 @@ def test_submit_list_show_watch(cli: Setup, tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     rows = [line.split() for line in listed.stdout.splitlines()]
     assert rows[0] == ["ID", "WORKFLOW", "STATUS", "STEP", "PERCENT"]
-    # Unfinished jobs: the active ones first, then the scheduled ones.
-    assert rows.index([queued, "cli_steps", "QUEUED", "#0", "prepare", "0.0%"]) < rows.index(
-        ["my-id", "branchy", "SCHEDULED", "#0", "route", "0.0%"]
-    )
+    # Newest first.
+    assert rows[1:] == [
+        ["my-id", "branchy", "SCHEDULED", "#0", "route", "0.0%"],
+        [queued, "cli_steps", "QUEUED", "#0", "prepare", "0.0%"],
+    ]
 
     only = ergate(cli, "list", "--status", "scheduled", "--json")
-    assert [json.loads(line) for line in only.stdout.splitlines()] == [
+    assert json.loads(only.stdout) == [
         {"id": "my-id", "workflow": "branchy", "status": "SCHEDULED", "step": "#0 route"}
         | {"percent": 0.0}
     ]
     by_workflow = ergate(cli, "list", "--workflow", "cli_steps", "--json", "--limit", "5")
-    assert [json.loads(line)["id"] for line in by_workflow.stdout.splitlines()] == [queued]
+    assert [row["id"] for row in json.loads(by_workflow.stdout)] == [queued]
     assert len(ergate(cli, "list", "--limit", "1").stdout.splitlines()) == 2
+    assert json.loads(ergate(cli, "list", "--status", "FAILED", "--json").stdout) == []
 
     # The watcher prints the job before any worker runs, and the first step holds until the
     # watcher has printed RUNNING: it sees each state whatever the machine's speed.
@@ -117,9 +119,11 @@ def test_submit_list_show_watch(cli: Setup, tmp_path: Path) -> None:
     as_json = json.loads(ergate(cli, "show", queued, "--json").stdout)
     assert Job.model_validate(as_json).status is JobStatus.COMPLETED
 
-    remaining = ergate(cli, "list", "--json").stdout.splitlines()
-    assert queued not in "".join(remaining)
-    assert "my-id" in "".join(remaining)
+    # Finished jobs are listed too, until they expire.
+    statuses = {
+        row["id"]: row["status"] for row in json.loads(ergate(cli, "list", "--json").stdout)
+    }
+    assert statuses == {queued: "COMPLETED", "my-id": "SCHEDULED"}
 
 
 def test_watch_and_show_a_failed_job(cli: Setup) -> None:
@@ -277,7 +281,43 @@ def test_other_bad_input(cli: Setup) -> None:
     assert "No job with id 'no-such-job'" in missing.stderr
     assert ergate(cli, "cancel", "no-such-job").returncode == 2
     assert ergate(cli, "watch", "no-such-job").returncode == 2
-    finished = ergate(cli, "list", "--status", "COMPLETED")
-    assert finished.returncode == 2
-    assert "only unfinished jobs are indexed" in finished.stderr
+    assert ergate(cli, "list", "--status", "COMPLETED").returncode == 0
     assert ergate(cli, "list", "--status", "BOGUS").returncode == 2
+    not_a_duration = ergate(cli, "list", "--since", "yesterday")
+    assert not_a_duration.returncode == 2
+    assert "is not a duration" in not_a_duration.stderr
+    assert "is not KEY=VALUE" in ergate(cli, "list", "--tag", "order").stderr
+    unknown = ergate(cli, "list", "--workflow", "nope")
+    assert unknown.returncode == 2
+    assert "UnknownWorkflowError" in unknown.stderr
+    assert ergate(cli, "retry", "no-such-job").returncode == 2
+    assert ergate(cli, "retry").returncode == 2
+    assert ergate(cli, "pause", "nope").returncode == 2
+    assert ergate(cli, "resume", "nope").returncode == 2
+    assert cli.ergate.paused_workflows() == set()
+
+
+def test_list_by_tag_and_since_retry_pause_resume(cli: Setup) -> None:
+    cli.ergate.pause_workflow("cli_steps")
+    ids = [
+        str(cli.ergate.submit_job("cli_steps", initial_input_value={}, tags={"n": str(i)}).id)
+        for i in range(12)
+    ]
+    tagged = json.loads(ergate(cli, "list", "--tag", "n=3", "--since", "1h", "--json").stdout)
+    assert [row["id"] for row in tagged] == [ids[3]]
+    assert json.loads(ergate(cli, "list", "--since", "1h", "--json").stdout)[0]["id"] == ids[-1]
+    for job_id in ids:
+        cli.ergate.cancel_job(job_id)
+    refused = ergate(cli, "retry", "--status", "CANCELLED", "--workflow", "cli_steps")
+    assert refused.returncode == 1  # 12 jobs: asks, and stdin has no answer
+    assert "Retry 12 jobs?" in refused.stdout
+    assert {cli.ergate.get_job(i).status for i in ids} == {JobStatus.CANCELLED}
+    one = ergate(cli, "retry", ids[0])
+    assert one.returncode == 0, one.stderr
+    assert ergate(cli, "retry", ids[0]).returncode == 1  # QUEUED now: nothing to retry
+    many = ergate(cli, "retry", "--status", "CANCELLED", "--yes")
+    assert many.stdout.strip() == "retried 11 jobs"
+    assert ergate(cli, "pause", "cli_steps").stdout.strip() == "cli_steps was already paused"
+    resumed = ergate(cli, "resume", "cli_steps")
+    assert resumed.returncode == 0, resumed.stderr
+    assert cli.ergate.paused_workflows() == set()

@@ -18,14 +18,17 @@ from ergate_celery.lifecycle import (
     Event,
     Finish,
     HandOver,
+    Park,
     Progress,
     PublishFailed,
     Recover,
     Reject,
     Release,
+    Retry,
     Row,
     Signalled,
     TimeLimit,
+    Unpark,
     Yield,
     mermaid,
     transition,
@@ -103,7 +106,8 @@ def scenario(row: Row) -> tuple[Job, Event]:
                 stored = stored.model_copy(update={"wait": timed_out})
             if when == "waiting, not due yet":
                 stored = stored.model_copy(update={"wait": _APPROVAL})
-            return stored, Release()
+            paused = frozenset({"wf"}) if "paused" in when else frozenset()
+            return stored, Release(paused)
         case "Claim":
             if when == "first step, past its deadline":
                 stored = stored.model_copy(
@@ -146,6 +150,17 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "already received":
                 stored = stored.model_copy(update={"signals": {"ok": 1}})
             return stored, Signalled("ok", {"by": "ana"})
+        case "Retry":
+            if when == "cancelled before its start time":
+                later = NOW + timedelta(hours=1)
+                stored = stored.model_copy(update={"requested_start_time": later})
+            return stored, Retry()
+        case "Park":
+            if when.startswith("already parked"):
+                stored = stored.model_copy(update={"parked": True})
+            return stored, Park("b", 1)
+        case "Unpark":
+            return stored.model_copy(update={"parked": when == "parked"}), Unpark()
     raise AssertionError(row)
 
 
@@ -159,14 +174,58 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 12
+    assert len(events) == 15
     assert pairs == {(status, event) for status in S for event in events}
 
 
-def test_final_jobs_never_change() -> None:
+def test_final_jobs_change_only_by_retry() -> None:
     for row in LIFECYCLE:
-        if row.status.is_final:
+        if row.status.is_final and row.event != "Retry":
             assert row.to is None, row
+
+
+def test_a_retry_goes_back_to_the_step_it_stopped_at_with_its_input() -> None:
+    error = JobError(type="ValueError", message="boom", step="b")
+    stored = _stored(
+        S.FAILED,
+        error=error,
+        initial_input_value={"start": 1},
+        last_return_value={"after_a": 2},
+        percent_completed=50.0,
+        lost_runs=2,
+    )
+    retried = transition(stored, Retry(), NOW)
+    assert retried is not None
+    assert (retried.status, retried.current_step_name, retried.steps_completed) == (
+        S.QUEUED,
+        "b",
+        1,
+    )
+    assert retried.input_value == {"after_a": 2}
+    assert (retried.retries, retried.error, retried.errors) == (1, None, [error])
+    assert (retried.percent_completed, retried.lost_runs, retried.finished_at) == (50.0, 0, None)
+    # A second retry finds it QUEUED: only one of two racing retries is written.
+    assert transition(retried, Retry(), NOW) is None
+
+
+def test_a_parked_job_is_unparked_once() -> None:
+    parked = transition(_stored(S.QUEUED), Park("b", 1), NOW)
+    assert parked is not None
+    assert parked.parked
+    assert transition(_stored(S.QUEUED), Park("a", 1), NOW) is None
+    unparked = transition(parked, Unpark(), NOW)
+    assert unparked is not None
+    assert not unparked.parked
+    assert transition(unparked, Unpark(), NOW) is None
+
+
+def test_a_due_job_of_a_paused_workflow_is_released_parked() -> None:
+    released = transition(_stored(S.SCHEDULED), Release(frozenset({"wf"})), NOW)
+    assert released is not None
+    assert (released.status, released.parked) == (S.QUEUED, True)
+    other = transition(_stored(S.SCHEDULED), Release(frozenset({"other"})), NOW)
+    assert other is not None
+    assert not other.parked
 
 
 def test_claim_holds_a_token_and_lease_and_addresses_the_step_by_name() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import UnsupportedBackendError
@@ -18,21 +19,23 @@ __all__ = [
 ]
 
 
-def store_for_backend(backend: Any, max_bytes: int) -> JobStore:
+def store_for_backend(
+    backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
+) -> JobStore:
     """The store for `backend`, or `UnsupportedBackendError` saying which backends work."""
     module = type(backend).__module__
     if module == "celery.backends.redis":
         from .redis import RedisJobStore
 
-        return RedisJobStore(backend, max_bytes)
+        return RedisJobStore(backend, max_bytes, expires_by_status)
     if module.startswith("celery.backends.database"):
         from .sqlalchemy import SQLAlchemyJobStore
 
-        return SQLAlchemyJobStore(backend, max_bytes)
+        return SQLAlchemyJobStore(backend, max_bytes, expires_by_status)
     if module.startswith("django_celery_results.backends.database"):
         from .django import DjangoJobStore
 
-        return DjangoJobStore(backend, max_bytes)
+        return DjangoJobStore(backend, max_bytes, expires_by_status)
     raise UnsupportedBackendError(
         f"ergate_celery keeps jobs in the result backend, and {type(backend).__name__} "
         f"({module}) is not supported; set result_backend to redis://..., db+postgresql://..., "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
@@ -16,6 +16,7 @@ from ..exceptions import DuplicateJobError, InvalidInputError
 from ..job import Job
 from ..job_status import JobStatus
 from ..waiting import due_at
+from .listing import JobPage, JobQuery, Position, list_page
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: It may be called more than once when a concurrent write wins a race, so it must be pure.
@@ -63,10 +64,10 @@ class IndexEntry(NamedTuple):
 
 def index_entry(job: Job) -> IndexEntry | None:
     """Where a job belongs in the job index, written with every change of its record; final
-    and PENDING jobs are not indexed."""
+    and PENDING jobs are not indexed, nor parked ones (no message is lost: nothing to sweep)."""
     if job.status is JobStatus.SCHEDULED:
         return IndexEntry(SCHEDULED, str(job.id), due_at(job))
-    if job.is_final or job.status is JobStatus.PENDING:
+    if job.is_final or job.status is JobStatus.PENDING or job.parked:
         return None
     return IndexEntry(ACTIVE, str(job.id), datetime.now(UTC))
 
@@ -140,6 +141,23 @@ class JobStore(Protocol):
     def close(self) -> None:
         """Release the connections this store holds of its own (the app's are Celery's)."""
 
+    def list_jobs(self, query: JobQuery, limit: int, cursor: str | None) -> JobPage:
+        """Jobs matching `query`, newest first (by `submitted_at`), finished ones until they
+        expire; a page costs what it reads, not what is stored."""
+
+    def paused_workflows(self) -> set[str]:
+        """The names of the paused workflows, as stored (shared by every process)."""
+
+    def set_paused(self, workflow_name: str, paused: bool) -> bool:
+        """Pause or resume `workflow_name`; whether that changed anything."""
+
+
+def seconds(expires: Any) -> float | None:
+    """A backend's `expires` (seconds, a timedelta, or None) in seconds."""
+    if isinstance(expires, timedelta):
+        return expires.total_seconds()
+    return float(expires) if expires else None
+
 
 class Stored(NamedTuple, Generic[Token]):
     """A record as read, with what its compare-and-set compares against."""
@@ -164,9 +182,12 @@ class BaseJobStore(ABC, Generic[Token]):
     #: write); otherwise it is stored right after the job's change.
     writes_task_result = False
 
-    def __init__(self, backend: Any, max_bytes: int) -> None:
+    def __init__(
+        self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
+    ) -> None:
         self.backend = backend
         self.max_bytes = max_bytes
+        self.expires_by_status = dict(expires_by_status or {})
 
     # The primitives.
 
@@ -201,8 +222,37 @@ class BaseJobStore(ABC, Generic[Token]):
     def drop_index_entry(self, entry: IndexEntry) -> bool:
         """See `JobStore.drop_index_entry`."""
 
+    @abstractmethod
+    def _listed(
+        self, query: JobQuery, after: Position | None, count: int
+    ) -> list[tuple[Position, Job | None]]:
+        """The next `count` listing entries after `after` for `query`, newest first, as many
+        of the query's filters applied as the index serves; a gone record's job is None (and
+        its entry is trimmed)."""
+
+    @abstractmethod
+    def paused_workflows(self) -> set[str]:
+        """See `JobStore.paused_workflows`."""
+
+    @abstractmethod
+    def set_paused(self, workflow_name: str, paused: bool) -> bool:
+        """See `JobStore.set_paused`."""
+
     def close(self) -> None:
         """See `JobStore.close`; most stores hold nothing of their own."""
+
+    def expires_after(self, job: Job) -> float | None:
+        """Seconds the record of `job` is kept from now: None while it must not expire (the
+        rule of `expiring`), else its status's `ergate_expires_by_status` or
+        `result_expires`."""
+        if not expiring(job):
+            return None
+        kept = self.expires_by_status.get(job.status.name)
+        return float(kept) if kept is not None else seconds(self.backend.expires)
+
+    def list_jobs(self, query: JobQuery, limit: int, cursor: str | None) -> JobPage:
+        """See `JobStore.list_jobs`."""
+        return list_page(self._listed, query, limit, cursor)
 
     # The logic on top of them.
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ..exceptions import ErgateError
@@ -23,7 +25,10 @@ from .base import (
     index_entry,
     job_document,
     job_from_document,
+    seconds,
 )
+from .listing import JobQuery, Position
+from .sqlalchemy import date_done
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, str]
@@ -46,8 +51,10 @@ def _from_db(moment: datetime) -> datetime:
 class DjangoJobStore(BaseJobStore[Columns]):
     """One `TaskResult` row per job, so the Django admin lists jobs with their status."""
 
-    def __init__(self, backend: Any, max_bytes: int) -> None:
-        super().__init__(backend, max_bytes)
+    def __init__(
+        self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
+    ) -> None:
+        super().__init__(backend, max_bytes, expires_by_status)
         self.model: Any = backend.TaskModel
 
     def _content(self, job: Job) -> str:
@@ -64,17 +71,18 @@ class DjangoJobStore(BaseJobStore[Columns]):
             "content_encoding": content_encoding,
             "traceback": job.error.traceback if job.error else None,
             "task_name": f"ergate.{job.workflow_name}",
-            "date_done": timezone.now() if expiring(job) else _to_db(_NEVER),
+            "date_done": self._date_done(job),
         }
+
+    def _date_done(self, job: Job) -> datetime:
+        if not expiring(job):
+            return _to_db(_NEVER)
+        done = date_done(self.expires_after(job), seconds(self.backend.expires))
+        return timezone.now() if done is None else _to_db(done)
 
     @property
     def index(self) -> Any:
-        if not apps.is_installed("ergate_celery.contrib.django"):
-            raise ErgateError(
-                "Jobs on the django-db backend need the ergate_celery Django app: add "
-                '"ergate_celery.contrib.django" to INSTALLED_APPS and run migrate'
-            )
-        return apps.get_model("ergate_celery", "JobIndexEntry")
+        return _model("JobIndexEntry")
 
     def _reindex(self, job: Job) -> None:
         index = self.index
@@ -104,6 +112,8 @@ class DjangoJobStore(BaseJobStore[Columns]):
             if written != 1:
                 return self._read(job_id) or Outcome.GONE
             self._reindex(new)
+            if status != new.status.name:
+                _model("JobListing").objects.filter(job_id=job_id).update(status=new.status.name)
         return Outcome.WRITTEN
 
     def _insert(self, job: Job) -> bool:
@@ -114,6 +124,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
                 # date_done is auto_now, which save() overrides: set it with an UPDATE.
                 self.model.objects.filter(task_id=str(job.id)).update(date_done=values["date_done"])
                 self._reindex(job)
+                self._list(job)
         except IntegrityError:
             return False
         return True
@@ -122,6 +133,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
         with transaction.atomic():
             self.model.objects.filter(task_id=job_id).delete()
             self.index.objects.filter(job_id=job_id).delete()
+            _unlist([job_id])
 
     def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
         rows = self.index.objects.filter(kind=kind, at__lte=_to_db(until)).order_by("at")[:limit]
@@ -135,3 +147,85 @@ class DjangoJobStore(BaseJobStore[Columns]):
             job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at)
         ).delete()
         return bool(dropped)
+
+    # The listing index.
+
+    def _list(self, job: Job) -> None:
+        if job.submitted_at is None:
+            return
+        job_id = str(job.id)
+        _model("JobListing").objects.create(
+            job_id=job_id,
+            workflow=job.workflow_name,
+            status=job.status.name,
+            submitted_at=_to_db(job.submitted_at),
+        )
+        tag = _model("JobTag")
+        tag.objects.bulk_create(
+            [tag(job_id=job_id, key=key, value=value) for key, value in job.tags.items()]
+        )
+
+    def _listed(
+        self, query: JobQuery, after: Position | None, count: int
+    ) -> list[tuple[Position, Job | None]]:
+        rows = _model("JobListing").objects.all()
+        if query.statuses is not None:
+            rows = rows.filter(status__in=[status.name for status in query.statuses])
+        if query.workflow is not None:
+            rows = rows.filter(workflow=query.workflow)
+        if query.since is not None:
+            rows = rows.filter(submitted_at__gte=_to_db(query.since))
+        if query.until is not None:
+            rows = rows.filter(submitted_at__lte=_to_db(query.until))
+        tags = _model("JobTag").objects
+        for key, value in query.tags.items():
+            rows = rows.filter(job_id__in=tags.filter(key=key, value=value).values("job_id"))
+        if after is not None:
+            at = _to_db(after.at)
+            rows = rows.filter(Q(submitted_at__lt=at) | Q(submitted_at=at, job_id__lt=after.job_id))
+        entries = list(
+            rows.order_by("-submitted_at", "-job_id").values_list("job_id", "submitted_at")[:count]
+        )
+        records = {
+            row.task_id: row
+            for row in self.model.objects.filter(task_id__in=[job_id for job_id, _ in entries])
+        }
+        listed: list[tuple[Position, Job | None]] = []
+        for job_id, at in entries:
+            row = records.get(job_id)
+            job = None
+            if row is not None and row.result is not None:
+                job = job_from_document(self.backend.decode_content(row, row.result))
+            listed.append((Position(_from_db(at), str(job_id)), job))
+        gone = [position.job_id for position, job in listed if job is None]
+        if gone:  # removed by backend_cleanup: trim what the records left behind
+            _unlist(gone)
+        return listed
+
+    # Paused workflows.
+
+    def paused_workflows(self) -> set[str]:
+        return set(_model("PausedWorkflow").objects.values_list("workflow", flat=True))
+
+    def set_paused(self, workflow_name: str, paused: bool) -> bool:
+        model = _model("PausedWorkflow")
+        if not paused:
+            deleted, _ = model.objects.filter(workflow=workflow_name).delete()
+            return bool(deleted)
+        _, created = model.objects.get_or_create(workflow=workflow_name)
+        return bool(created)
+
+
+def _model(name: str) -> Any:
+    if not apps.is_installed("ergate_celery.contrib.django"):
+        raise ErgateError(
+            "Jobs on the django-db backend need the ergate_celery Django app: add "
+            '"ergate_celery.contrib.django" to INSTALLED_APPS and run migrate'
+        )
+    return apps.get_model("ergate_celery", name)
+
+
+def _unlist(job_ids: list[str]) -> None:
+    with transaction.atomic():
+        _model("JobListing").objects.filter(job_id__in=job_ids).delete()
+        _model("JobTag").objects.filter(job_id__in=job_ids).delete()

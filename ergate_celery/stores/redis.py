@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +15,7 @@ from celery import states
 from celery.backends.base import KeyValueStoreBackend
 
 from ..job import Job
+from ..job_status import JobStatus
 from .base import (
     ACTIVE,
     SCHEDULED,
@@ -27,10 +30,15 @@ from .base import (
     job_document,
     job_from_document,
 )
+from .listing import JobQuery, Position
 
 #: The job index: one sorted set per kind, scored by time, as rq's job registries. Each key
 #: takes the `global_keyprefix` Celery puts before its own keys.
 INDEX_KEYS = {SCHEDULED: "ergate:scheduled", ACTIVE: "ergate:active"}
+#: The listing index: sorted sets scored by `submitted_at`, one of every job, one per status
+#: (moved with each status change), per workflow and per tag (written at create).
+LISTING_KEY = "ergate:jobs"
+PAUSED_KEY = "ergate:paused"
 
 
 # Shared by the scripts below: a write with an optional TTL ('' for none), and the move of a
@@ -69,6 +77,10 @@ if KEYS[4] then
   put(KEYS[4], ARGV[8], ARGV[9])
   redis.call('PUBLISH', KEYS[4], ARGV[8])
 end
+if ARGV[10] ~= '' then
+  for i = 12, #ARGV do redis.call('ZREM', ARGV[i], ARGV[4]) end
+  redis.call('ZADD', ARGV[11], ARGV[10], ARGV[4])
+end
 return 1
 """
 )
@@ -80,6 +92,9 @@ _CREATE = (
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 put(KEYS[1], ARGV[1], ARGV[2])
 index(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
+if ARGV[6] ~= '' then
+  for i = 7, #ARGV do redis.call('ZADD', ARGV[i], ARGV[6], ARGV[3]) end
+end
 return 1
 """
 )
@@ -146,8 +161,10 @@ class RedisJobStore(BaseJobStore[str]):
 
     writes_task_result = True
 
-    def __init__(self, backend: Any, max_bytes: int) -> None:
-        super().__init__(backend, max_bytes)
+    def __init__(
+        self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
+    ) -> None:
+        super().__init__(backend, max_bytes, expires_by_status)
         self._compare_and_set_script = backend.client.register_script(_COMPARE_AND_SET)
         self._create = backend.client.register_script(_CREATE)
         self._drop_index_entry = backend.client.register_script(_DROP_INDEX_ENTRY)
@@ -161,6 +178,9 @@ class RedisJobStore(BaseJobStore[str]):
         self.index_keys: dict[str, bytes] = {
             kind: prefix + key.encode() for kind, key in INDEX_KEYS.items()
         }
+        self.listing_key: bytes = prefix + LISTING_KEY.encode()
+        self.paused_key: bytes = prefix + PAUSED_KEY.encode()
+        self._status_keys = {status: self._listing(f"status:{status.name}") for status in JobStatus}
 
     @property
     def client(self) -> Any:
@@ -195,7 +215,8 @@ class RedisJobStore(BaseJobStore[str]):
         if check:
             check_size(job, encoded, self.max_bytes)
         # Celery would put result_expires on every write; here only where the rule says.
-        return encoded, (self.backend.expires or None) if expiring(job) else None
+        kept = self.expires_after(job) if expiring(job) else None
+        return encoded, math.ceil(kept) if kept else None
 
     def _stored(self, raw: bytes) -> Stored[str]:
         return Stored(job_from_document(self.backend.decode(raw)["result"]), _digest(raw))
@@ -246,6 +267,9 @@ class RedisJobStore(BaseJobStore[str]):
         if result is not None:
             keys.append(self._key(result.task_id))
             arguments += self._result_arguments(result, new)
+        else:
+            arguments += ["", ""]
+        arguments += self._status_move(new)
         reply = self._compare_and_set_script(keys=keys, args=arguments)
         if reply == 1:
             self._digests.remember(new, _digest(encoded))
@@ -256,7 +280,8 @@ class RedisJobStore(BaseJobStore[str]):
     def _insert(self, job: Job) -> bool:
         encoded, ttl = self._encode(job)
         keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
-        if not self._create(keys=keys, args=[encoded, ttl or "", *self._index_arguments(job)]):
+        arguments = [encoded, ttl or "", *self._index_arguments(job), *self._listing_adds(job)]
+        if not self._create(keys=keys, args=arguments):
             return False
         self._digests.remember(job, _digest(encoded))
         return True
@@ -296,3 +321,91 @@ class RedisJobStore(BaseJobStore[str]):
     def drop_index_entry(self, entry: IndexEntry) -> bool:
         keys = [self.index_keys[entry.kind]]
         return bool(self._drop_index_entry(keys=keys, args=[entry.job_id, _score(entry.at)]))
+
+    # The listing index.
+
+    def _listing(self, suffix: str) -> bytes:
+        return self.listing_key + b":" + suffix.encode()
+
+    def _tag_key(self, key: str, value: str) -> bytes:
+        return self._listing("tag:" + json.dumps([key, value]))
+
+    def _workflow_key(self, workflow_name: str) -> bytes:
+        return self._listing(f"workflow:{workflow_name}")
+
+    def _status_move(self, job: Job) -> list[Any]:
+        # Into the set of its status, out of every other: a job is in one status set at a time.
+        if job.submitted_at is None:
+            return [""]
+        others = [key for status, key in self._status_keys.items() if status is not job.status]
+        return [_score(job.submitted_at), self._status_keys[job.status], *others]
+
+    def _listing_adds(self, job: Job) -> list[Any]:
+        if job.submitted_at is None:
+            return [""]
+        keys = [
+            self.listing_key,
+            self._status_keys[job.status],
+            self._workflow_key(job.workflow_name),
+        ]
+        keys += [self._tag_key(key, value) for key, value in sorted(job.tags.items())]
+        return [_score(job.submitted_at), *keys]
+
+    def _driving_key(self, query: JobQuery) -> bytes:
+        # The narrowest set the index has for the query; the other filters are checked on the
+        # records read.
+        if query.statuses is not None and len(query.statuses) == 1:
+            return self._status_keys[next(iter(query.statuses))]
+        if query.tags:
+            key, value = sorted(query.tags.items())[0]
+            return self._tag_key(key, value)
+        if query.workflow is not None:
+            return self._workflow_key(query.workflow)
+        return self.listing_key
+
+    def _listed(
+        self, query: JobQuery, after: Position | None, count: int
+    ) -> list[tuple[Position, Job | None]]:
+        key = self._driving_key(query)
+        top: Any = "+inf" if query.until is None else _score(query.until)
+        if after is not None:
+            top = _score(after.at) if top == "+inf" else min(top, _score(after.at))
+        bottom: Any = "-inf" if query.since is None else _score(query.since)
+        entries: list[Position] = []
+        offset = 0
+        while len(entries) < count:
+            # Entries with the cursor's own time come in descending id order: skip up to it.
+            found = self.client.zrevrangebyscore(
+                key, top, bottom, start=offset, num=count, withscores=True
+            )
+            offset += len(found)
+            for member, score in found:
+                position = Position(_at(score), _text(member))
+                if after is None or position.before(after):
+                    entries.append(position)
+            if len(found) < count:
+                break
+        entries = entries[:count]
+        if not entries:
+            return []
+        raws = self.client.mget([self._key(entry.job_id) for entry in entries])
+        listed: list[tuple[Position, Job | None]] = []
+        gone = []
+        for entry, raw in zip(entries, raws, strict=True):
+            job = None if raw is None else self._stored(raw).job
+            if job is None:
+                gone.append(entry.job_id)
+            listed.append((entry, job))
+        if gone:  # expired or deleted: trim the entries the records left behind
+            self.client.zrem(key, *gone)
+        return listed
+
+    # Paused workflows.
+
+    def paused_workflows(self) -> set[str]:
+        return {_text(name) for name in self.client.smembers(self.paused_key)}
+
+    def set_paused(self, workflow_name: str, paused: bool) -> bool:
+        if paused:
+            return bool(self.client.sadd(self.paused_key, workflow_name))
+        return bool(self.client.srem(self.paused_key, workflow_name))

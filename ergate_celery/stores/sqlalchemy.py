@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +22,9 @@ from .base import (
     index_entry,
     job_document,
     job_from_document,
+    seconds,
 )
+from .listing import JobQuery, Position
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, bytes]
@@ -45,13 +48,56 @@ def index_table(schema: str | None) -> sa.Table:
     return table
 
 
+def listing_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """The listing index (every job by submitted_at, with its status and workflow), the tags
+    of each job, and the paused workflows."""
+    metadata = sa.MetaData(schema=schema)
+    listing = sa.Table(
+        "ergate_job_list",
+        metadata,
+        sa.Column("job_id", sa.String(155), primary_key=True),
+        sa.Column("workflow", sa.String(255), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("submitted_at", sa.DateTime, nullable=False),
+    )
+    sa.Index("ergate_job_list_at", listing.c.submitted_at, listing.c.job_id)
+    sa.Index("ergate_job_list_status_at", listing.c.status, listing.c.submitted_at)
+    sa.Index("ergate_job_list_workflow_at", listing.c.workflow, listing.c.submitted_at)
+    tags = sa.Table(
+        "ergate_job_tag",
+        metadata,
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("value", sa.String(200), primary_key=True),
+        sa.Column("job_id", sa.String(155), primary_key=True),
+    )
+    sa.Index("ergate_job_tag_job", tags.c.job_id)
+    paused = sa.Table(
+        "ergate_paused_workflow",
+        metadata,
+        sa.Column("workflow", sa.String(255), primary_key=True),
+    )
+    return listing, tags, paused
+
+
+def date_done(kept: float | None, default: float | None) -> datetime | None:
+    """The `date_done` that makes Celery's `backend_cleanup` (rows whose date_done is older
+    than `result_expires`) remove a row `kept` seconds from now."""
+    if kept is None:
+        return None
+    now = datetime.now(UTC)
+    return now + timedelta(seconds=kept - default) if default else now
+
+
 class SQLAlchemyJobStore(BaseJobStore[Columns]):
     """One row per job in Celery's task table; changes are conditional UPDATEs."""
 
-    def __init__(self, backend: Any, max_bytes: int) -> None:
-        super().__init__(backend, max_bytes)
+    def __init__(
+        self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
+    ) -> None:
+        super().__init__(backend, max_bytes, expires_by_status)
         self.table: sa.Table = backend.task_cls.__table__
         self.index = index_table(self.table.schema)
+        self.listing, self.tags, self.paused = listing_tables(self.table.schema)
         self._engine: sa.Engine | None = None
         self._engine_pid = 0
 
@@ -65,6 +111,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             engine = sa.create_engine(self.backend.url, **options)
             self.table.metadata.create_all(engine, tables=[self.table])
             self.index.metadata.create_all(engine)
+            self.listing.metadata.create_all(engine)
             self._engine, self._engine_pid = engine, os.getpid()
         return self._engine
 
@@ -89,8 +136,14 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             "traceback": job.error.traceback if job.error else None,
             # Celery's backend_cleanup leaves rows without date_done alone: that is how a
             # job that must not expire is kept.
-            "date_done": _naive_utc(datetime.now(UTC)) if expiring(job) else None,
+            "date_done": self._date_done(job),
         }
+
+    def _date_done(self, job: Job) -> datetime | None:
+        if not expiring(job):
+            return None
+        done = date_done(self.expires_after(job), seconds(self.backend.expires))
+        return None if done is None else _naive_utc(done)
 
     def _reindex(self, conn: sa.Connection, job: Job) -> None:
         job_id = str(job.id)
@@ -134,6 +187,12 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 # In the same transaction: the record that won, for the caller to retry on.
                 return self._select(conn, job_id) or Outcome.GONE
             self._reindex(conn, new)
+            if status != new.status.name:
+                conn.execute(
+                    sa.update(self.listing)
+                    .where(self.listing.c.job_id == job_id)
+                    .values(status=new.status.name)
+                )
         return Outcome.WRITTEN
 
     def _insert(self, job: Job) -> bool:
@@ -141,6 +200,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(self.table).values(task_id=str(job.id), **self._values(job)))
                 self._reindex(conn, job)
+                self._list(conn, job)
         except IntegrityError:
             return False
         return True
@@ -149,6 +209,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         with self.engine.begin() as conn:
             conn.execute(sa.delete(self.table).where(self.table.c.task_id == job_id))
             conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
+            self._unlist(conn, [job_id])
 
     def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
         column = self.index.c
@@ -175,3 +236,88 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 )
             )
         return dropped.rowcount == 1
+
+    # The listing index.
+
+    def _list(self, conn: sa.Connection, job: Job) -> None:
+        if job.submitted_at is None:
+            return
+        job_id = str(job.id)
+        conn.execute(
+            sa.insert(self.listing).values(
+                job_id=job_id,
+                workflow=job.workflow_name,
+                status=job.status.name,
+                submitted_at=_naive_utc(job.submitted_at),
+            )
+        )
+        if job.tags:
+            conn.execute(
+                sa.insert(self.tags),
+                [{"key": k, "value": v, "job_id": job_id} for k, v in job.tags.items()],
+            )
+
+    def _unlist(self, conn: sa.Connection, job_ids: list[str]) -> None:
+        conn.execute(sa.delete(self.listing).where(self.listing.c.job_id.in_(job_ids)))
+        conn.execute(sa.delete(self.tags).where(self.tags.c.job_id.in_(job_ids)))
+
+    def _listed(
+        self, query: JobQuery, after: Position | None, count: int
+    ) -> list[tuple[Position, Job | None]]:
+        listing, tags = self.listing.c, self.tags.c
+        select = sa.select(listing.job_id, listing.submitted_at, self.table.c.result).select_from(
+            self.listing.outerjoin(self.table, self.table.c.task_id == listing.job_id)
+        )
+        if query.statuses is not None:
+            select = select.where(listing.status.in_([s.name for s in query.statuses]))
+        if query.workflow is not None:
+            select = select.where(listing.workflow == query.workflow)
+        if query.since is not None:
+            select = select.where(listing.submitted_at >= _naive_utc(query.since))
+        if query.until is not None:
+            select = select.where(listing.submitted_at <= _naive_utc(query.until))
+        for key, value in query.tags.items():
+            select = select.where(
+                sa.exists().where(
+                    tags.job_id == listing.job_id, tags.key == key, tags.value == value
+                )
+            )
+        if after is not None:
+            at = _naive_utc(after.at)
+            select = select.where(
+                sa.or_(
+                    listing.submitted_at < at,
+                    sa.and_(listing.submitted_at == at, listing.job_id < after.job_id),
+                )
+            )
+        select = select.order_by(listing.submitted_at.desc(), listing.job_id.desc()).limit(count)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select).all()
+        listed: list[tuple[Position, Job | None]] = []
+        for job_id, at, raw in rows:
+            job = None if raw is None else job_from_document(self.backend.decode(raw))
+            listed.append((Position(at.replace(tzinfo=UTC), str(job_id)), job))
+        gone = [position.job_id for position, job in listed if job is None]
+        if gone:  # removed by backend_cleanup: trim what the records left behind
+            with self.engine.begin() as conn:
+                self._unlist(conn, gone)
+        return listed
+
+    # Paused workflows.
+
+    def paused_workflows(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {str(name) for (name,) in conn.execute(sa.select(self.paused.c.workflow))}
+
+    def set_paused(self, workflow_name: str, paused: bool) -> bool:
+        column = self.paused.c.workflow
+        with self.engine.begin() as conn:
+            if not paused:
+                deleted = conn.execute(sa.delete(self.paused).where(column == workflow_name))
+                return deleted.rowcount == 1
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(self.paused).values(workflow=workflow_name))
+            except IntegrityError:
+                return False
+            return True

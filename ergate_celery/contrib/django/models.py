@@ -24,6 +24,54 @@ class JobIndexEntry(models.Model):
         return f"{self.job_id} {self.kind} since {self.at:%Y-%m-%d %H:%M:%S}"
 
 
+class JobListing(models.Model):
+    """Every job by submission time, with its status (moved with each change) and workflow:
+    where `list_jobs` reads, newest first."""
+
+    job_id = models.CharField(max_length=255, primary_key=True)
+    workflow = models.CharField(max_length=255)
+    status = models.CharField(max_length=16)
+    submitted_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "job listing entry"
+        verbose_name_plural = "job listing"
+        indexes = [
+            models.Index(fields=["submitted_at", "job_id"], name="ergate_list_at"),
+            models.Index(fields=["status", "submitted_at"], name="ergate_list_status_at"),
+            models.Index(fields=["workflow", "submitted_at"], name="ergate_list_workflow_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.status}"
+
+
+class JobTag(models.Model):
+    """One tag of a job (`submit_job(tags=...)`), searchable."""
+
+    job_id = models.CharField(max_length=255)
+    key = models.CharField(max_length=64)
+    value = models.CharField(max_length=200)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["key", "value", "job_id"], name="ergate_tag_unique")
+        ]
+        indexes = [models.Index(fields=["job_id"], name="ergate_tag_job")]
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+class PausedWorkflow(models.Model):
+    """A workflow whose steps do not start until it is resumed."""
+
+    workflow = models.CharField(max_length=255, primary_key=True)
+
+    def __str__(self) -> str:
+        return str(self.workflow)
+
+
 class ErgateJob(TaskResult):
     """A job record, seen through django-celery-results' TaskResult row (a proxy)."""
 
