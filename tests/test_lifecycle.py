@@ -12,7 +12,6 @@ import pytest
 from ergate_celery.job import Job, JobError, Wait
 from ergate_celery.job_status import JobStatus
 from ergate_celery.lifecycle import (
-    LIFECYCLE,
     Cancel,
     Claim,
     Event,
@@ -25,14 +24,13 @@ from ergate_celery.lifecycle import (
     Reject,
     Release,
     Retry,
-    Row,
     Signalled,
     TimeLimit,
     Unpark,
     Yield,
-    mermaid,
     transition,
 )
+from ergate_celery.lifecycle_table import LIFECYCLE, Row, mermaid
 
 S = JobStatus
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -329,8 +327,8 @@ def test_not_an_event_is_a_type_error() -> None:
 def test_readme_shows_the_generated_state_diagram() -> None:
     text = README.read_text()
     assert f"```mermaid\n{mermaid()}```" in text, (
-        "README.md's state diagram is stale: paste ergate_celery.lifecycle.mermaid() into its "
-        "```mermaid block"
+        "README.md's state diagram is stale: paste ergate_celery.lifecycle_table.mermaid() "
+        "into its ```mermaid block"
     )
 
 
