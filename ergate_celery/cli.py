@@ -15,19 +15,17 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from .binding import ErgateCelery
 from .exceptions import ErgateError, JobNotFoundError, JobStateError
+from .graph import mermaid
 from .job import Job
 from .job_status import JobStatus
-from .operations import every_job, retry_query
-from .paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath
 from .stores.listing import MAX_LIMIT
-from .workflow import Workflow
 
 #: Above this many jobs, `retry --status` asks before retrying (unless --yes).
 CONFIRM_ABOVE = 10
@@ -377,128 +375,5 @@ def graph(ctx: click.Context, workflow: str) -> None:
     click.echo(mermaid(found))
 
 
-def mermaid(workflow: Workflow) -> str:
-    """`flowchart TD`: next-step edges, labelled go-to edges, and go-to-end edges to END.
-
-    A step declaring `WaitPath` is drawn as a hexagon, its edge to the next step dotted and
-    labelled with what it waits for.
-    """
-    lines = ["flowchart TD", f"    %% workflow {workflow.unique_name}"]
-    for step in workflow:
-        text = _mermaid_text(step.name)
-        waits = any(isinstance(path, WaitPath) for path in step.paths)
-        lines.append(
-            f'    s{step.index}{{{{"{text}"}}}}' if waits else f'    s{step.index}["{text}"]'
-        )
-    lines.append("    END([END])")
-    seen: set[str] = set()
-    for step in workflow:
-        for path in step.paths:
-            target = workflow.next_index(step.index, path)
-            node = "END" if target >= len(workflow) else f"s{target}"
-            if isinstance(path, GoToStepPath):
-                edge = f"s{step.index} -->|GoToStep| {node}"
-            elif isinstance(path, GoToEndPath):
-                edge = f"s{step.index} -->|GoToEnd| {node}"
-            elif isinstance(path, WaitPath):
-                what = "Sleep" if path.signal is None else f"WaitForSignal {path.signal}"
-                edge = f's{step.index} -.->|"{_mermaid_text(what)}"| {node}'
-            elif isinstance(path, NextStepPath):
-                edge = f"s{step.index} --> {node}"
-            else:
-                _unknown_path(path)
-            if edge not in seen:
-                seen.add(edge)
-                lines.append(f"    {edge}")
-    return "\n".join(lines)
-
-
-def _mermaid_text(text: str) -> str:
-    """Text safe inside a quoted Mermaid label."""
-    return text.replace('"', "#quot;")
-
-
-def _unknown_path(path: object) -> NoReturn:
-    raise click.ClickException(f"unknown path hint {path!r}")
-
-
-@ergate.command()
-@click.argument("job_id", required=False)
-@click.option(
-    "--status",
-    "statuses",
-    multiple=True,
-    type=click.Choice(["FAILED", "ABORTED", "CANCELLED"], case_sensitive=False),
-    help="Retry every job in this status (repeatable) instead of one JOB_ID.",
-)
-@click.option("--workflow", help="With --status: only jobs of this workflow.")
-@click.option("--since", metavar="DURATION", help="With --status: only jobs submitted within it.")
-@click.option("--yes", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE} jobs.")
-@click.pass_context
-def retry(
-    ctx: click.Context,
-    job_id: str | None,
-    statuses: Sequence[str],
-    workflow: str | None,
-    since: str | None,
-    yes: bool,
-) -> None:
-    """Send a failed, aborted or cancelled job back to the step it stopped at.
-
-    `retry JOB_ID`, or `retry --status FAILED [--workflow W] [--since 1d]` for many.
-    """
-    ergate = _binding(ctx)
-    if (job_id is None) == (not statuses):
-        raise BadInput("give either a JOB_ID or --status (with --workflow / --since)")
-    if job_id is not None:
-        try:
-            job = ergate.retry_job(job_id)
-        except JobNotFoundError as exc:
-            raise BadInput(str(exc)) from None
-        except JobStateError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"{job.id} {job.status.name} at step {job.current_step_name}")
-        return
-    try:
-        if workflow is not None:
-            ergate.workflow(workflow)
-        query = retry_query([name.upper() for name in statuses], workflow, _since_arg(since))
-    except ErgateError as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
-    ids = [str(job.id) for job in every_job(ergate.runtime, query)]
-    if len(ids) > CONFIRM_ABOVE and not yes:
-        click.confirm(f"Retry {len(ids)} jobs?", abort=True)
-    retried = 0
-    for one in ids:
-        try:
-            ergate.retry_job(one)
-        except (JobStateError, JobNotFoundError):
-            continue  # retried or changed meanwhile
-        retried += 1
-    click.echo(f"retried {retried} jobs")
-
-
-@ergate.command()
-@click.argument("workflow")
-@click.pass_context
-def pause(ctx: click.Context, workflow: str) -> None:
-    """Start no step of WORKFLOW until `resume` (running steps finish; submits are kept)."""
-    ergate = _binding(ctx)
-    try:
-        changed = ergate.pause_workflow(workflow)
-    except ErgateError as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
-    click.echo(f"{workflow} paused" if changed else f"{workflow} was already paused")
-
-
-@ergate.command()
-@click.argument("workflow")
-@click.pass_context
-def resume(ctx: click.Context, workflow: str) -> None:
-    """Resume WORKFLOW and publish the jobs parked while it was paused."""
-    ergate = _binding(ctx)
-    try:
-        published = ergate.resume_workflow(workflow)
-    except ErgateError as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
-    click.echo(f"{workflow} resumed; {published} parked jobs published")
+# The commands that operate jobs in bulk and pause workflows register on the same group.
+from . import cli_operations  # noqa: E402, F401

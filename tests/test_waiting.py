@@ -32,7 +32,7 @@ from ergate_celery import (
 )
 from ergate_celery import signals as ergate_signals
 from ergate_celery.beat import release_due_jobs
-from ergate_celery.cli import mermaid
+from ergate_celery.graph import mermaid
 from ergate_celery.stores.base import SCHEDULED
 from ergate_celery.waiting import FOREVER
 
