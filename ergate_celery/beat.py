@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import release, sweep
 from .release import RELEASE_TASK
+from .submission import new_job
 from .sweep import RECOVER_TASK
 
 if TYPE_CHECKING:
@@ -89,3 +90,39 @@ def periodic_entry(
         "kwargs": {"initial_input_value": initial_input_value, "user_context": user_context},
         "options": options,
     }
+
+
+def add_periodic_job(
+    ergate: ErgateCelery,
+    workflow_name: str,
+    schedule: Any,
+    *,
+    name: str | None,
+    initial_input_value: Any,
+    user_context: Any,
+) -> str:
+    """`ErgateCelery.add_periodic_job`: check the input now, then add the beat entry."""
+    new_job(
+        ergate.workflow(workflow_name),
+        initial_input_value=initial_input_value,
+        user_context=user_context,
+        requested_start_time=None,
+        job_id=None,
+        now=datetime.now(UTC),
+    )
+    entry = periodic_entry(
+        workflow_name,
+        schedule,
+        initial_input_value=initial_input_value,
+        user_context=user_context,
+    )
+    key = name or f"ergate: {workflow_name} every {schedule}"
+
+    def add(**kwargs: Any) -> None:
+        ergate.app.conf.beat_schedule[key] = entry
+
+    if getattr(ergate.app, "configured", False):
+        add()
+    else:
+        ergate.app.on_after_configure.connect(add, weak=False)
+    return key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
@@ -22,7 +21,7 @@ from .job_status import JobStatus
 from .lifecycle import Cancel, HandOver
 from .operations import StatusFilter
 from .pausing import PausedWorkflows
-from .registry import WorkflowRegistry
+from .registry import WorkflowRegistry, discover_django_workflows
 from .runtime import Runtime
 from .settings import ErgateSettings
 from .signalling import signal_job
@@ -62,7 +61,7 @@ class ErgateCelery:
         task_unknown.connect(partial(fail_unknown_task, self), weak=False)
         worker_init.connect(self._on_worker_init, weak=False)
         self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
-        _discover_django_workflows(self)
+        discover_django_workflows(self)
 
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
@@ -258,30 +257,14 @@ class ErgateCelery:
         """Have beat submit a new job of `workflow_name` on `schedule` (seconds, timedelta,
         crontab or solar); returns the `beat_schedule` key. The input is checked now, as
         `submit_job` would check it, so a bad entry fails here and not at every firing."""
-        new_job(
-            self.workflow(workflow_name),
-            initial_input_value=initial_input_value,
-            user_context=user_context,
-            requested_start_time=None,
-            job_id=None,
-            now=datetime.now(UTC),
-        )
-        entry = beat.periodic_entry(
+        return beat.add_periodic_job(
+            self,
             workflow_name,
             schedule,
+            name=name,
             initial_input_value=initial_input_value,
             user_context=user_context,
         )
-        key = name or f"ergate: {workflow_name} every {schedule}"
-
-        def add(**kwargs: Any) -> None:
-            self.app.conf.beat_schedule[key] = entry
-
-        if getattr(self.app, "configured", False):
-            add()
-        else:
-            self.app.on_after_configure.connect(add, weak=False)
-        return key
 
     def close(self) -> None:
         """Release the connections of the job store (call it before `app.close()`)."""
@@ -412,16 +395,3 @@ def _not_found(job_id: str) -> JobNotFoundError:
 def all_bindings() -> list[ErgateCelery]:
     """Every ErgateCelery of this process."""
     return list(_bindings.values())
-
-
-def _discover_django_workflows(binding: ErgateCelery) -> None:
-    # When the Celery app is created after Django's apps are ready, the Django app's
-    # ready() has already run: register its autodiscovery here instead.
-    if "django.apps" not in sys.modules:
-        return
-    from django.apps import apps
-
-    if apps.ready and apps.is_installed("ergate_celery.contrib.django"):
-        from .contrib.django.apps import discover_installed_workflows
-
-        discover_installed_workflows(binding)

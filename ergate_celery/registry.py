@@ -154,3 +154,17 @@ def django_hint() -> str:
         f"; Django is configured but {app!r} is not in INSTALLED_APPS, so the workflows.py "
         "modules of installed apps are not registered: add it to INSTALLED_APPS"
     )
+
+
+def discover_django_workflows(binding: Any) -> None:
+    """Register the Django app's autodiscovery with `binding` (an ErgateCelery)."""
+    # When the Celery app is created after Django's apps are ready, the Django app's
+    # ready() has already run: register its autodiscovery here instead.
+    if "django.apps" not in sys.modules:
+        return
+    from django.apps import apps
+
+    if apps.ready and apps.is_installed("ergate_celery.contrib.django"):
+        from .contrib.django.apps import discover_installed_workflows
+
+        discover_installed_workflows(binding)
