@@ -221,9 +221,12 @@ def test_two_signals_at_once_release_the_job_once_and_the_first_payload_stays(
 ) -> None:
     setup = make_setup(setup_name)
     _register(setup)
-    with _published_etas() as published, in_process_worker(setup.app):
-        job = setup.ergate.submit_job("approval", initial_input_value={})
-        _waiting(setup, str(job.id))
+    with _published_etas() as published:
+        with in_process_worker(setup.app):
+            job = setup.ergate.submit_job("approval", initial_input_value={})
+            _waiting(setup, str(job.id))
+        # No worker while both signals race: the job cannot finish between them (a signal to
+        # a finished job is a JobStateError, rightly).
         barrier = threading.Barrier(2)
         replies: list[Any] = []
 
@@ -236,7 +239,8 @@ def test_two_signals_at_once_release_the_job_once_and_the_first_payload_stays(
             thread.start()
         for thread in threads:
             thread.join()
-        done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
+        with in_process_worker(setup.app):
+            done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
     assert done.status is JobStatus.COMPLETED
     assert len(published) == 2, "the first step and `decide`, published once"
     answer = done.last_return_value["answer"]
