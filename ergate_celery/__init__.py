@@ -23,6 +23,7 @@ from .exceptions import (
     UnsupportedBackendError,
 )
 from .job import Job, JobError
+from .job_result import JobFailedError, JobResult
 from .job_status import JobStatus
 from .paths import GoToEndPath, GoToStepPath, NextStepPath, WorkflowPath
 from .progress import Progress, ProgressReporter
@@ -48,7 +49,9 @@ __all__ = [
     "InvalidInputError",
     "Job",
     "JobError",
+    "JobFailedError",
     "JobNotFoundError",
+    "JobResult",
     "JobStatus",
     "NextStepPath",
     "Progress",
