@@ -14,7 +14,7 @@ from celery import Celery
 from celery.app import app_or_default
 from celery.signals import task_unknown, worker_init
 
-from . import beat, job_result
+from . import beat, job_result, overdue
 from .announce import Announcer
 from .exceptions import ErgateError, JobNotFoundError
 from .job import Job
@@ -56,6 +56,7 @@ class ErgateCelery:
         _bindings[app] = self
         beat.install(self)
         job_result.install(self)
+        overdue.install(app)
         task_unknown.connect(partial(fail_unknown_task, self), weak=False)
         worker_init.connect(self._on_worker_init, weak=False)
         self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
