@@ -38,6 +38,7 @@ from .exceptions import (
     WaitForSignal,
 )
 from .job import Job, JobError, Wait
+from .job_result import JobFailedError, JobResult
 from .job_status import JobStatus
 from .paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath, WorkflowPath
 from .progress import Progress, ProgressReporter
@@ -64,8 +65,10 @@ __all__ = [
     "InvalidInputError",
     "Job",
     "JobError",
+    "JobFailedError",
     "JobNotFoundError",
     "JobPage",
+    "JobResult",
     "JobStateError",
     "JobStatus",
     "NextStepPath",

@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import release, sweep
+from .index_schedule import IndexSchedule
 from .release import RELEASE_TASK
+from .stores.base import ACTIVE, SCHEDULED
 from .submission import new_job
 from .sweep import RECOVER_TASK
 
@@ -56,15 +58,19 @@ def install(ergate: ErgateCelery) -> None:
         settings = ergate.settings
         if settings.beat_enabled:
             interval = settings.schedule_interval
+            # Each entry fires only when its index holds due work: no task while idle.
             app.conf.beat_schedule[RELEASE_TASK] = {
                 "task": RELEASE_TASK,
-                "schedule": interval,
+                "schedule": IndexSchedule(SCHEDULED, interval, app=app),
                 # With no worker up, stale release messages expire instead of piling up.
                 "options": {"expires": max(10 * interval, 30.0)},
             }
+            stuck = IndexSchedule(
+                ACTIVE, settings.stuck_check_interval, age=settings.stuck_after, app=app
+            )
             app.conf.beat_schedule[RECOVER_TASK] = {
                 "task": RECOVER_TASK,
-                "schedule": settings.stuck_check_interval,
+                "schedule": stuck,
                 "options": {"expires": settings.stuck_check_interval},
             }
 

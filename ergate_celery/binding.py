@@ -13,7 +13,7 @@ from celery import Celery
 from celery.app import app_or_default
 from celery.signals import task_unknown, worker_init
 
-from . import beat, operations
+from . import beat, job_result, operations, overdue
 from .announce import Announcer
 from .exceptions import ErgateError, JobNotFoundError
 from .job import Job
@@ -58,6 +58,8 @@ class ErgateCelery:
         self.registry = WorkflowRegistry(app, lambda step: install_step(self, step))
         _bindings[app] = self
         beat.install(self)
+        job_result.install(self)
+        overdue.install(app)
         task_unknown.connect(partial(fail_unknown_task, self), weak=False)
         worker_init.connect(self._on_worker_init, weak=False)
         self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
@@ -120,9 +122,11 @@ class ErgateCelery:
     def store(self) -> JobStore:
         """Where jobs live: the store for the app's result backend."""
         if self._store is None:
+            backend = self.app.backend
             self._store = store_for_backend(
-                self.app.backend, self.settings.max_payload_bytes, self.settings.expires_by_status
+                backend, self.settings.max_payload_bytes, self.settings.expires_by_status
             )
+            job_result.adapt_backend(backend, self)
         return self._store
 
     # Workflows ---------------------------------------------------------------------------

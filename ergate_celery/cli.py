@@ -25,6 +25,7 @@ from .exceptions import ErgateError, JobNotFoundError, JobStateError
 from .graph import mermaid
 from .job import Job
 from .job_status import JobStatus
+from .overdue import overdue_by, overdue_note
 from .stores.listing import MAX_LIMIT
 
 #: Above this many jobs, `retry --status` asks before retrying (unless --yes).
@@ -69,14 +70,27 @@ def _step_label(ergate: ErgateCelery, job: Job) -> str:
 
 
 def _summary(ergate: ErgateCelery, job: Job) -> dict[str, Any]:
-    """The one-line view of a job that `list` and `watch` print."""
-    return {
+    """The one-line view of a job that `list` and `watch` print (`overdue`: a scheduled job
+    beat has not released, in seconds past its start time)."""
+    row = {
         "id": str(job.id),
         "workflow": job.workflow_name,
         "status": job.status.name,
         "step": _step_label(ergate, job),
         "percent": round(job.percent_completed, 1),
     }
+    late = overdue_by(job, ergate.settings)
+    if late is not None:
+        row["overdue"] = round(late, 1)
+    return row
+
+
+def _status_text(row: dict[str, Any]) -> str:
+    """The status as `list` and `watch` show it, with the overdue hint."""
+    late = row.get("overdue")
+    if late is None:
+        return str(row["status"])
+    return f"{row['status']} (overdue by {late:.0f} s — is celery beat running?)"
 
 
 def _json_arg(name: str, text: str | None) -> Any:
@@ -180,7 +194,13 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
     """A table of jobs."""
     headers = {key: key.upper() for key in ("id", "workflow", "status", "step", "percent")}
     cells = [headers]
-    cells += [{k: f"{v}%" if k == "percent" else str(v) for k, v in row.items()} for row in rows]
+    cells += [
+        {
+            **{k: f"{v}%" if k == "percent" else str(v) for k, v in row.items()},
+            "status": _status_text(row),
+        }
+        for row in rows
+    ]
     widths = {key: max(len(str(cell[key])) for cell in cells) for key in headers}
     for cell in cells:
         click.echo("  ".join(str(cell[key]).ljust(widths[key]) for key in headers).rstrip())
@@ -203,7 +223,8 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     error = document.pop("error", None)
     for name, value in document.items():
         if name == "status":
-            value = job.status.name
+            note = overdue_note(job, ergate.settings)
+            value = job.status.name if note is None else f"{job.status.name} ({note})"
         elif name == "current_step":
             value = _step_label(ergate, job)
         elif name == "wait" and job.wait is not None:
@@ -326,13 +347,14 @@ def watch(ctx: click.Context, job_id: str, interval: float) -> None:
 
 def _watch_lines(ergate: ErgateCelery, job: Job, interval: float) -> Job:
     """Print a line whenever status, step or percent change."""
-    last: dict[str, Any] | None = None
+    last: tuple[Any, ...] | None = None
     while True:
         row = _summary(ergate, job)
-        if row != last:
+        seen = (row["status"], row["step"], row["percent"], "overdue" in row)
+        if seen != last:
             stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            click.echo(f"{stamp} {row['status']:<10} {row['step']} {row['percent']}%")
-            last = row
+            click.echo(f"{stamp} {_status_text(row):<10} {row['step']} {row['percent']}%")
+            last = seen
         if job.is_final:
             return job
         time.sleep(interval)
@@ -352,7 +374,7 @@ def _watch_bar(ergate: ErgateCelery, job: Job, interval: float) -> Job:
         while True:
             row = _summary(ergate, job)
             percent = int(job.percent_completed)
-            bar.update(percent - shown, f"{row['status']} {row['step']}")
+            bar.update(percent - shown, f"{_status_text(row)} {row['step']}")
             shown = percent
             if job.is_final:
                 break

@@ -10,6 +10,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 from .annotations import Context, CurrentRun, Depends, Input, Marker, SignalPayload, StepRun
 from .exceptions import InvalidDefinitionError
+from .json_values import parser_for
 from .progress import Progress, ProgressReporter
 
 
@@ -22,6 +23,8 @@ class Parameter:
     marker: Marker
     annotation: Any
     dependency_plan: CallPlan | None = None
+    #: For an input whose type is not plain JSON (a datetime, a pydantic model): its parser.
+    parse: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,14 @@ class CallPlan:
 
     function: Callable[..., Any]
     parameters: tuple[Parameter, ...]
+
+    @property
+    def input_parser(self) -> Callable[[Any], Any] | None:
+        """The parser of the first parameter receiving the input (None: plain JSON)."""
+        for parameter in self.parameters:
+            if isinstance(parameter.marker, Input):
+                return parameter.parse
+        return None
 
     @property
     def input_annotation(self) -> Any:
@@ -66,6 +77,7 @@ def plan_call(function: Callable[..., Any]) -> CallPlan:
                 marker=marker,
                 annotation=annotation,
                 dependency_plan=plan,
+                parse=parser_for(annotation) if isinstance(marker, Input) else None,
             )
         )
     return CallPlan(function, tuple(parameters))
@@ -111,7 +123,8 @@ def _arguments(plan: CallPlan, values: _Values) -> tuple[list[Any], dict[str, An
 
 def _value(parameter: Parameter, values: _Values) -> Any:
     if isinstance(parameter.marker, Input):
-        return values.input_value
+        parse = parameter.parse
+        return values.input_value if parse is None else parse(values.input_value)
     if isinstance(parameter.marker, Context):
         return values.user_context
     if isinstance(parameter.marker, CurrentRun):

@@ -32,7 +32,8 @@ class ErgateSettings:
     wait_poll_interval: float = 0.05
     #: Install `ergate.release_scheduled_jobs` into `beat_schedule`.
     beat_enabled: bool = True
-    #: Seconds between two runs of `ergate.release_scheduled_jobs`.
+    #: Most seconds between two looks of beat at the scheduled index (a release task is sent
+    #: only when a job is due).
     schedule_interval: float = 1.0
     #: Due jobs read from the index per query by one release run.
     release_batch_size: int = 500
@@ -41,7 +42,8 @@ class ErgateSettings:
     stuck_after: float = 3600.0
     #: What the sweep does with a stuck job: "requeue" its current step, or "fail" it.
     stuck_action: str = "requeue"
-    #: Seconds between two runs of `ergate.recover_stuck_jobs` (installed with beat_enabled).
+    #: Most seconds between two looks of beat at the active index (a sweep is sent only when
+    #: a job is idle past stuck_after; installed with beat_enabled).
     stuck_check_interval: float = 60.0
     #: Least seconds between two stored progress reports of a step.
     progress_interval: float = 1.0

@@ -15,12 +15,13 @@ from typing import Any
 
 from celery import Task
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from .annotations import StepRun
 from .exceptions import InvalidInputError
 from .job import Job, JobError, StepTiming
 from .job_status import JobStatus
+from .json_values import non_json, parses_back
 from .lifecycle import Claim, Finish, Park, Progress, Yield
 from .progress import ProgressReporter
 from .rejects import not_a_job, reject
@@ -222,6 +223,8 @@ def _finish(
         return rt.retrying(f"storing the outcome of {step} for job {job.id}", attempt)
 
     try:
+        if after.last_return_value is not job.last_return_value:  # the step gave a value
+            after = _json_result(step, after)
         return write(after)
     except (PydanticSerializationError, InvalidInputError) as exc:
         # The step's return value cannot be stored: fail the job, keeping its last good value.
@@ -236,6 +239,26 @@ def _finish(
         error = JobError.from_exception(reason, step.name)
         failed = job.model_copy(update={"status": JobStatus.FAILED, "error": error})
         return write(_timed(job, step, failed))
+
+
+def _json_result(step: WorkflowStep[Any, Any], after: Job) -> Job:
+    """`after` with its new value as JSON, or `InvalidInputError` naming what JSON would
+    change (unless the step receiving it parses it back from its JSON form)."""
+    value = after.last_return_value
+    problem = non_json(value, "return value")
+    if problem is None:
+        return after
+    parse = None
+    if after.status is JobStatus.QUEUED and after.current_step_name is not None:
+        parse = step.workflow.step_named(after.current_step_name).plan.input_parser
+    json_value = to_jsonable_python(value) if parse is not None else None
+    if parses_back(parse, value, json_value):
+        return after.model_copy(update={"last_return_value": json_value})
+    raise InvalidInputError(
+        f"Step {step} returned a value that is not JSON-serializable as it is: {problem}; "
+        "return dicts with str keys, lists, strings, numbers, booleans or None (or a value the "
+        "next step's annotated input type parses back, such as a datetime)"
+    )
 
 
 def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job) -> Job:

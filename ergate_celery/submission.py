@@ -12,6 +12,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from .exceptions import InvalidInputError
 from .job import Job
 from .job_status import JobStatus
+from .json_values import non_json, parses_back
 from .stores.listing import check_tags
 from .workflow import Workflow
 
@@ -40,8 +41,9 @@ def new_job(
             f"priority must be a whole number from 0 to 255 (Celery's range), got {priority!r}"
         )
     checked_tags = check_tags(tags if tags is not None else {})
-    input_json = _jsonable("initial_input_value", initial_input_value)
-    context_json = _jsonable("user_context", user_context)
+    first_parser = workflow[0].plan.input_parser
+    input_json = _jsonable("initial_input_value", initial_input_value, first_parser)
+    context_json = _jsonable("user_context", user_context, None)
     _check_input_type(workflow, input_json)
     return Job(
         id=_job_id(job_id),
@@ -84,14 +86,25 @@ def _utc(name: str, value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _jsonable(name: str, value: Any) -> Any:
+def _jsonable(name: str, value: Any, parse: Any) -> Any:
+    """`value` as JSON, refused when the round trip would change it, unless `parse` (the
+    receiving step's input type) gives it back."""
+    problem = non_json(value, name)
+    if problem is None:
+        return value
     try:
-        return to_jsonable_python(value)
-    except (PydanticSerializationError, ValueError, TypeError) as exc:
-        raise InvalidInputError(
-            f"{name} is not JSON-serializable ({exc}); jobs travel as JSON, so pass dicts, "
-            "lists, strings, numbers, booleans, None (or pydantic models, dates, UUIDs)"
-        ) from None
+        json_value = to_jsonable_python(value)
+    except (PydanticSerializationError, ValueError, TypeError):
+        json_value = None
+    else:
+        if parses_back(parse, value, json_value):
+            return json_value
+    raise InvalidInputError(
+        f"{problem}; jobs travel as JSON and it would not come back unchanged: pass dicts "
+        "with str keys, lists, strings, numbers, booleans and None (a step whose input is "
+        "annotated with a type that parses it back, such as datetime or a pydantic model, "
+        "may receive such a value as its input)"
+    )
 
 
 def _check_input_type(workflow: Workflow, value: Any) -> None:

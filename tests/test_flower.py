@@ -78,7 +78,7 @@ def _tasks_of(base: str, job_id: str, count: int) -> dict[str, Any]:
     found: dict[str, Any] = {}
     while time.monotonic() < deadline:
         found = _get(base, "/api/tasks", search=job_id)
-        done = [task for task in found.values() if task.get("state") == "SUCCESS"]
+        done = [task for task in found.values() if task.get("state") in ("SUCCESS", "FAILURE")]
         if len(done) >= count:
             return found
         time.sleep(0.2)
@@ -140,3 +140,43 @@ def test_flower_shows_redacted_step_tasks(setup: Setup, flower_installed: None) 
     last = ast.literal_eval(by_step["ergate.cli_steps.finish"]["result"])
     assert (last["status"], last["percent_completed"]) == ("COMPLETED", 100.0)
     assert warm_up.id not in json.dumps(found)
+
+
+def test_flower_shows_a_failed_step_as_failure_and_an_aborted_one_not(
+    setup: Setup, flower_installed: None
+) -> None:
+    for workflow in WORKFLOWS:
+        setup.ergate.register_workflow(workflow)
+    queue = setup.conf["task_default_queue"]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    worker_args = ("worker", "-E", "-P", "solo", "-Q", queue, "--loglevel", "INFO")
+    flower_args = ("flower", "--address=127.0.0.1", f"--port={port}")
+    flower_env = {"FLOWER_UNAUTHENTICATED_API": "true"}
+    with setup.celery(*flower_args, env=flower_env) as flower, setup.celery(*worker_args):
+        _wait_for_http(base, flower)
+        deadline = time.monotonic() + WAIT
+        while True:  # Flower sees only events sent after its receiver is up
+            warm_up = setup.ergate.submit_job("cli_steps", initial_input_value={})
+            setup.ergate.wait_for_job(warm_up.id, timeout=WAIT)
+            if _seen(base, str(warm_up.id), within=3):
+                break
+            assert time.monotonic() < deadline, "flower never received the worker's events"
+        failed = setup.ergate.submit_job("cli_steps", initial_input_value={"fail": True})
+        aborted = setup.ergate.submit_job("cli_steps", initial_input_value={"abort": True})
+        assert setup.ergate.wait_for_job(failed.id, timeout=WAIT).status.name == "FAILED"
+        assert setup.ergate.wait_for_job(aborted.id, timeout=WAIT).status.name == "ABORTED"
+        failed_tasks = _tasks_of(base, str(failed.id), 2)
+        aborted_tasks = _tasks_of(base, str(aborted.id), 2)
+        failed_tab = _get(base, "/api/tasks", state="FAILURE")
+
+    by_step = {task["name"]: task for task in failed_tasks.values()}
+    assert by_step["ergate.cli_steps.prepare"]["state"] == "SUCCESS"
+    failing = by_step["ergate.cli_steps.process"]
+    assert failing["state"] == "FAILURE"
+    assert "the cli test asked this step to fail" in failing["exception"]
+    assert "ValueError" in failing["traceback"]
+    # Flower's Failed tab lists the failed step task, and nothing of the aborted job.
+    assert f"{failed.id}:1" in failed_tab
+    assert not [uuid for uuid in failed_tab if uuid.startswith(f"{aborted.id}:")]
+    assert {task["state"] for task in aborted_tasks.values()} == {"SUCCESS"}

@@ -67,6 +67,12 @@ BAD_SUBMISSIONS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("workflow name not a string", {"workflow_name": 42}, TypeError, "string"),
     ("input not JSON", {"initial_input_value": object()}, InvalidInputError, "JSON"),
     ("context not JSON", {"user_context": {"x": object()}}, InvalidInputError, "user_context"),
+    (
+        "context a date",
+        {"user_context": {"when": date(2030, 1, 2)}},
+        InvalidInputError,
+        r"user_context\['when'\]: date is not JSON",
+    ),
     ("input of the wrong type", {"initial_input_value": "many"}, InvalidInputError, "int"),
     ("input list for int", {"initial_input_value": [1]}, InvalidInputError, "input type"),
     ("id not a string", {"id": 7}, InvalidInputError, "must be a string"),
@@ -112,8 +118,9 @@ def test_duplicate_id_leaves_the_existing_job_untouched(setup: Setup) -> None:
 
 def test_valid_submission_is_stored_as_json_and_published_once(setup: Setup) -> None:
     _register(setup)
-    job = submit_job("typed", initial_input_value="5", user_context={"when": date(2030, 1, 2)})
-    # Lax validation accepts "5" for int; values are kept in their JSON form.
+    job = submit_job("typed", initial_input_value="5", user_context={"when": "2030-01-02"})
+    # Lax validation accepts "5" for int; values are kept as given (a date would be refused:
+    # JSON would hand it back a string).
     assert job.initial_input_value == "5"
     assert job.user_context == {"when": "2030-01-02"}
     assert job.status is JobStatus.QUEUED

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.urls import reverse
 from ergate_celery import ErgateCelery, Job, JobNotFoundError, JobStatus, get_job
+from ergate_celery.overdue import overdue_note
 
 from .services import CATALOG
 
@@ -46,6 +47,8 @@ def describe(job: Job) -> dict[str, Any]:
         "order": f"{order.get('quantity', '?')} × {product.name if product else '?'}",
         "outcome": result.get("outcome") if isinstance(result, dict) else None,
         "error": f"{job.error.type}: {job.error.message}" if job.error else None,
+        # A scheduled job past its time that beat has not released.
+        "overdue": overdue_note(job, ErgateCelery.of().settings),
         "requested_start_time": _iso(job.requested_start_time),
         "submitted_at": _iso(job.submitted_at),
         "started_at": _iso(job.started_at),
@@ -67,6 +70,7 @@ FIELDS = (
     "order",
     "outcome",
     "error",
+    "overdue",
     "requested_start_time",
     "submitted_at",
     "started_at",

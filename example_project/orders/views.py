@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 from django.contrib import messages
@@ -84,7 +85,12 @@ def job_detail(request: HttpRequest, job_id: UUID) -> HttpResponse:
     except JobNotFoundError:
         job = None
     state = describe(job) if job is not None else job_state(link.job_id)
-    return render(request, "orders/job_detail.html", {"job": job, "state": state, "link": link})
+    context = {"job": job, "state": state, "link": link}
+    if job is not None:
+        # Shown as the JSON the job holds, not as a Python repr.
+        context["input_json"] = json.dumps(job.initial_input_value, indent=2, ensure_ascii=False)
+        context["result_json"] = json.dumps(job.last_return_value, indent=2, ensure_ascii=False)
+    return render(request, "orders/job_detail.html", context)
 
 
 @login_required

@@ -5,9 +5,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ergate_celery import GoToEnd, GoToEndPath, GoToStep, GoToStepPath, NextStepPath, Workflow
+from ergate_celery import (
+    AbortJob,
+    GoToEnd,
+    GoToEndPath,
+    GoToStep,
+    GoToStepPath,
+    NextStepPath,
+    Workflow,
+)
 
-#: Three steps; each sleeps `input["sleep"]` seconds; `input["fail"]` fails the second;
+#: Three steps; each sleeps `input["sleep"]` seconds; `input["fail"]` fails the second,
+#: `input["abort"]` aborts the job there;
 #: `input["wait_for"]` (a path) holds the first step until that file exists.
 cli_steps = Workflow(unique_name="cli_steps")
 
@@ -32,6 +41,8 @@ def process(x: dict[str, Any]) -> dict[str, Any]:
     time.sleep(x.get("sleep", 0))
     if x.get("fail"):
         raise ValueError("the cli test asked this step to fail")
+    if x.get("abort"):
+        raise AbortJob("the test asked this job to stop")
     return x
 
 

@@ -158,6 +158,21 @@ class JobPagesTests(ViewTestCase):
         self.assertContains(response, '<progress max="100" value="0.0">')
         self.assertContains(response, f"/jobs/{self.ada_job}/cancel/")  # still cancellable
 
+    def test_the_job_page_shows_the_input_as_json(self) -> None:
+        response = self.client.get(f"/jobs/{self.ada_job}/")
+        self.assertContains(response, "&quot;sku&quot;: &quot;MUG&quot;")  # not {'sku': ...}
+        self.assertNotContains(response, "&#x27;sku&#x27;")
+
+    def test_a_job_beat_did_not_release_is_marked_overdue(self) -> None:
+        self.assertNotContains(self.client.get(f"/jobs/{self.ada_job}/"), "overdue by")
+        late = self.later + timedelta(seconds=75)
+        with mock.patch("ergate_celery.overdue.datetime") as clock:
+            clock.now.return_value = late
+            page = self.client.get(f"/jobs/{self.ada_job}/")
+            data = self.client.get(f"/jobs/{self.ada_job}.json").json()
+        self.assertContains(page, "is celery beat running?")
+        self.assertRegex(data["overdue"], r"^overdue by 7\d s — is celery beat running\?$")
+
     def test_the_json_endpoint(self) -> None:
         data = self.client.get(f"/jobs/{self.ada_job}.json").json()
         self.assertEqual(data["id"], self.ada_job)

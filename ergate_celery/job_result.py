@@ -1,0 +1,133 @@
+"""`AsyncResult(job.id)` for a job: `.ready()`, `.get()`, `.successful()`, `.failed()`.
+
+A job's record is a task result whose state is the job's status name (`"RUNNING"`,
+`"COMPLETED"`...), which Celery's own ready states do not include: a plain `AsyncResult`
+would call a finished job not ready and wait for it forever. Two things make it right:
+
+- `JobResult`, an `AsyncResult` subclass, is the app's `app.AsyncResult` (what tasks, the
+  `celery result` command and `task.AsyncResult` create): for a job it is ready once the job
+  is final, `successful()` when COMPLETED, `failed()` when FAILED, and `get()` waits for the
+  job's end and returns the job as JSON (raising `JobFailedError` for a FAILED job). For any
+  other task it is Celery's `AsyncResult` unchanged.
+- The backend instance the job store uses knows the final statuses as ready states and waits
+  for a job by its record, so `celery.result.AsyncResult(job.id)` created in that thread
+  (a script, a shell) is ready once final and its `get()` returns as well.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celery import states
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult, assert_will_not_block  # type: ignore[attr-defined]
+
+from .exceptions import ErgateError
+from .job import Job
+from .job_status import JobStatus
+
+if TYPE_CHECKING:
+    from .binding import ErgateCelery
+
+#: The statuses a job record can show that Celery has no state of that name for.
+JOB_STATES = frozenset(s.name for s in JobStatus) - {"PENDING"}
+FINAL_STATES = frozenset(
+    s.name for s in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABORTED, JobStatus.CANCELLED)
+)
+
+
+class JobFailedError(ErgateError):
+    """`AsyncResult(job.id).get()` of a job that ended FAILED; `.job` is the job."""
+
+    def __init__(self, message: str, job: Job) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+class JobResult(AsyncResult):  # type: ignore[type-arg]
+    """An `AsyncResult` that understands job records (and any task's result as Celery does)."""
+
+    def ready(self) -> bool:
+        """Whether the job is final (COMPLETED, FAILED, ABORTED, CANCELLED)."""
+        state = self.state
+        if state in JOB_STATES:
+            return state in FINAL_STATES
+        return bool(super().ready())
+
+    def successful(self) -> bool:
+        """Whether the job COMPLETED."""
+        state: str = self.state
+        return state == "COMPLETED" if state in JOB_STATES else bool(super().successful())
+
+    def failed(self) -> bool:
+        """Whether the job ended FAILED (ABORTED and CANCELLED are not failures)."""
+        state: str = self.state
+        return state == "FAILED" if state in JOB_STATES else bool(super().failed())
+
+    def get(  # type: ignore[override]
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+        **options: Any,
+    ) -> Any:
+        """The job as JSON once it is final, waiting at most `timeout` s; for a FAILED job
+        `JobFailedError` unless `propagate=False`. Other tasks: Celery's `get()`."""
+        if self.state not in JOB_STATES:
+            return super().get(
+                timeout=timeout,
+                propagate=propagate,
+                interval=interval,
+                disable_sync_subtasks=disable_sync_subtasks,
+                **options,
+            )
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        return wait_for_record(self.app, self.id, timeout, propagate)
+
+
+def wait_for_record(app: Any, job_id: str, timeout: float | None, propagate: bool) -> Any:
+    """What `get()` returns for a job: its JSON once final; Celery's TimeoutError after
+    `timeout` seconds."""
+    from .binding import ErgateCelery
+
+    ergate = ErgateCelery.of(app)
+    job = ergate.store.wait_final(job_id, timeout, ergate.settings.wait_poll_interval)
+    if job is None:
+        raise CeleryTimeoutError(f"Job {job_id!r} is gone (deleted, or expired)")
+    if not job.is_final:
+        raise CeleryTimeoutError(
+            f"Job {job_id!r} is still {job.status.name} after {timeout} s "
+            "(AsyncResult.get() of a job waits as ergate_celery's wait_for_job does)"
+        )
+    if propagate and job.status is JobStatus.FAILED:
+        error = job.error.message if job.error is not None else "no error recorded"
+        raise JobFailedError(f"Job {job_id!r} FAILED: {error}", job)
+    return job.model_dump(mode="json")
+
+
+def adapt_backend(backend: Any, ergate: ErgateCelery) -> None:
+    """Make `backend` (an instance) treat final job statuses as ready, and wait for a job by
+    its record, so that a plain `AsyncResult` using it never waits forever for a job."""
+    if getattr(backend, "_ergate_adapted", False):
+        return
+    celery_wait = backend.wait_for_pending
+
+    def wait_for_pending(result: Any, timeout: float | None = None, **options: Any) -> Any:
+        if result.state not in JOB_STATES:
+            return celery_wait(result, timeout=timeout, **options)
+        remove = getattr(backend, "remove_pending_result", None)
+        if remove is not None:
+            remove(result)  # get() subscribed to the key; the record is read instead
+        return wait_for_record(ergate.app, result.id, timeout, options.get("propagate", True))
+
+    backend.READY_STATES = states.READY_STATES | FINAL_STATES
+    backend.wait_for_pending = wait_for_pending
+    backend._ergate_adapted = True
+
+
+def install(ergate: ErgateCelery) -> None:
+    """Make `JobResult` the app's `app.AsyncResult`."""
+    app = ergate.app
+    app.AsyncResult = app.subclass_with_self(JobResult, reverse="AsyncResult")  # type: ignore[misc]

@@ -1,0 +1,146 @@
+"""Beat sends the release and sweep tasks only when the job index holds due work."""
+
+import logging
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ergate_celery import JobStatus, Workflow
+from ergate_celery.index_schedule import IndexSchedule
+from ergate_celery.release import RELEASE_TASK
+from ergate_celery.stores.base import ACTIVE, SCHEDULED, IndexEntry
+from ergate_celery.sweep import RECOVER_TASK
+
+from .support import Setup, in_process_worker, wait_until
+
+WAIT = 60
+INTERVAL = 0.5
+
+
+def _started_workflow(name: str, started: dict[str, float]) -> Workflow:
+    workflow = Workflow(unique_name=name)
+    lock = threading.Lock()
+
+    @workflow.step
+    def record(x: Any) -> Any:
+        with lock:
+            started.setdefault(str(x), time.time())
+        return x
+
+    return workflow
+
+
+def _sent(log_folder: Path, task: str) -> int:
+    """How many times the beat logs in `log_folder` say they sent `task`."""
+    return sum(
+        log.read_text(errors="replace").count(f"Sending due task {task}")
+        for log in log_folder.glob("celery-beat-*.log")
+    )
+
+
+def test_idle_beat_sends_no_task_and_a_due_job_is_still_released(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    setup = make_setup(
+        setup_name, ergate_schedule_interval=INTERVAL, ergate_stuck_check_interval=INTERVAL
+    )
+    started: dict[str, float] = {}
+    setup.ergate.register_workflow(_started_workflow("idle", started))
+    # Work in both indexes, none of it due: a job next month, and one queued a moment ago.
+    setup.ergate.submit_job(
+        "idle", initial_input_value="later", requested_start_time=datetime.now(UTC) + timedelta(30)
+    )
+    setup.ergate.submit_job("idle", initial_input_value="queued")  # no worker yet
+    beat_args = ("beat", "-l", "INFO", "-s", str(setup.tmp_path / "sched"))
+    with setup.celery(*beat_args):
+        time.sleep(8 * INTERVAL)
+        assert _sent(setup.tmp_path, RELEASE_TASK) == 0
+        assert _sent(setup.tmp_path, RECOVER_TASK) == 0
+        with in_process_worker(setup.app):
+            due = datetime.now(UTC) + timedelta(seconds=1)
+            job = setup.ergate.submit_job(
+                "idle", initial_input_value="due", requested_start_time=due
+            )
+            done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+            time.sleep(4 * INTERVAL)  # once released, beat goes quiet again
+    assert done.status is JobStatus.COMPLETED
+    assert started["due"] >= due.timestamp()
+    # One release run for the due job (two if beat looked while the worker was releasing it).
+    assert 1 <= _sent(setup.tmp_path, RELEASE_TASK) <= 2
+    assert _sent(setup.tmp_path, RECOVER_TASK) == 0
+
+
+@pytest.mark.setup("redis")
+def test_release_lateness_with_an_idle_beat(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    """Prints how late jobs start after their time (not asserted: this machine is shared)."""
+    setup = make_setup(setup_name, ergate_schedule_interval=INTERVAL)
+    started: dict[str, float] = {}
+    setup.ergate.register_workflow(_started_workflow("late", started))
+    beat_args = ("beat", "-s", str(setup.tmp_path / "sched"))
+    due_at: dict[str, float] = {}
+    with in_process_worker(setup.app), setup.celery(*beat_args):
+        time.sleep(2)  # beat up
+        now = datetime.now(UTC)
+        for i in range(30):
+            due = now + timedelta(seconds=1 + random.uniform(0, 8))
+            due_at[f"j{i}"] = due.timestamp()
+            setup.ergate.submit_job("late", initial_input_value=f"j{i}", requested_start_time=due)
+        wait_until(lambda: len(started) == len(due_at), timeout=WAIT, what="all jobs started")
+    lateness = sorted(started[name] - due_at[name] for name in due_at)
+    assert min(lateness) >= 0
+    p99 = lateness[min(len(lateness) - 1, int(0.99 * len(lateness)))]
+    print(
+        f"\nrelease lateness, interval {INTERVAL} s, {len(lateness)} jobs: "
+        f"p50 {statistics.median(lateness):.3f} s, p99 {p99:.3f} s, max {lateness[-1]:.3f} s"
+    )
+
+
+class _Store:
+    def __init__(self, entries: list[IndexEntry] | Exception) -> None:
+        self.entries = entries
+
+    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
+        if isinstance(self.entries, Exception):
+            raise self.entries
+        return self.entries[:limit]
+
+
+def test_index_schedule_fires_only_for_due_entries() -> None:
+    now = datetime.now(UTC)
+    store = _Store([])
+    release = IndexSchedule(SCHEDULED, 1.0, store=lambda: store)  # type: ignore[arg-type,return-value]
+    assert tuple(release.is_due(now)) == (False, 1.0)
+    store.entries = [IndexEntry(SCHEDULED, "a", now + timedelta(seconds=0.3))]
+    due, wait = release.is_due(now)
+    assert not due
+    assert 0 < wait <= 0.3  # asks again when the head falls due
+    store.entries = [IndexEntry(SCHEDULED, "a", now - timedelta(seconds=1))]
+    assert tuple(release.is_due(now)) == (True, 1.0)
+    sweep = IndexSchedule(ACTIVE, 5.0, age=60, store=lambda: store)  # type: ignore[arg-type,return-value]
+    store.entries = [IndexEntry(ACTIVE, "a", now - timedelta(seconds=30))]
+    due, wait = sweep.is_due(now)
+    assert not due
+    assert wait == 5.0
+    store.entries = [IndexEntry(ACTIVE, "a", now - timedelta(seconds=61))]
+    assert sweep.is_due(now)[0]
+
+
+def test_index_schedule_survives_a_store_error(caplog: pytest.LogCaptureFixture) -> None:
+    store = _Store(ConnectionError("backend down"))
+    release = IndexSchedule(SCHEDULED, 1.0, store=lambda: store)  # type: ignore[arg-type,return-value]
+    with caplog.at_level(logging.WARNING, logger="ergate_celery"):
+        assert [tuple(release.is_due(datetime.now(UTC))) for _ in range(3)] == [(True, 1.0)] * 3
+        store.entries = []
+        assert tuple(release.is_due(datetime.now(UTC))) == (False, 1.0)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2, messages  # once when it fails, once when it reads again
+    assert "backend down" in messages[0]
