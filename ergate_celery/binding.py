@@ -21,8 +21,10 @@ from .job import Job
 from .job_status import JobStatus
 from .lifecycle import Cancel, HandOver
 from .registry import WorkflowRegistry
+from .release import UNREADABLE
 from .runtime import Runtime
 from .settings import ErgateSettings
+from .step_results import step_task_id
 from .stores import JobStore, store_for_backend
 from .stores.base import job_document
 from .submission import new_job
@@ -212,9 +214,7 @@ class ErgateCelery:
         options = self._display_options(job, step)
         if job.priority is not None:
             options["priority"] = job.priority
-        task.apply_async(
-            args=(job_document(job),), task_id=f"{job.id}:{job.steps_completed}", **options
-        )
+        task.apply_async(args=(job_document(job),), task_id=step_task_id(job), **options)
 
     def _display_options(self, job: Job, step: WorkflowStep[Any, Any]) -> dict[str, Any]:
         if self.settings.show_task_args:
@@ -270,7 +270,10 @@ class ErgateCelery:
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
         _check_id(job_id)
-        job = self.store.get(job_id)
+        try:
+            job = self.store.get(job_id)
+        except UNREADABLE:
+            raise _not_a_job(job_id) from None
         if job is None:
             raise _not_found(job_id)
         return job
@@ -288,7 +291,10 @@ class ErgateCelery:
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job is final and return it; `TimeoutError` after `timeout` s."""
         _check_id(job_id)
-        job = self.store.wait_final(job_id, timeout, self.settings.wait_poll_interval)
+        try:
+            job = self.store.wait_final(job_id, timeout, self.settings.wait_poll_interval)
+        except UNREADABLE:
+            raise _not_a_job(job_id) from None
         if job is None:
             raise _not_found(job_id)
         if not job.is_final:
@@ -303,6 +309,13 @@ def _check_id(job_id: Any) -> None:
 
 def _not_found(job_id: str) -> JobNotFoundError:
     return JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
+
+
+def _not_a_job(job_id: str) -> JobNotFoundError:
+    return JobNotFoundError(
+        f"{job_id!r} holds a Celery task result that is not a job (a plain task's result, "
+        "or one a job id collided with); no job with that id is stored"
+    )
 
 
 def all_bindings() -> list[ErgateCelery]:

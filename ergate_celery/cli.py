@@ -26,7 +26,7 @@ from .paths import GoToEndPath, GoToStepPath, NextStepPath
 from .workflow import Workflow
 
 #: Reading the job index "up to the end of time" lists every indexed job.
-_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+_FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 #: `list` reads at most this many index entries per kind (more when --limit is larger).
 SCAN_LIMIT = 10_000
 #: The statuses the job index holds: `list` can show these (finished jobs are not indexed).

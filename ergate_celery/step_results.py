@@ -14,6 +14,18 @@ from .job import Job
 from .stores.base import TaskResult
 from .workflow_step import WorkflowStep
 
+#: Step task ids start with this, and job ids may not (`submit_job` refuses them): a step's
+#: own result then never lands on a job's record, whatever characters job ids hold.
+STEP_TASK_ID_PREFIX = "ergate-step:"
+
+
+def step_task_id(job: Job) -> str:
+    """The Celery task id of the message of the job's current step run.
+
+    It holds the job id, so searching Flower for a job id lists the job's steps.
+    """
+    return f"{STEP_TASK_ID_PREFIX}{job.id}:{job.steps_completed}"
+
 
 def own_result(task: Task[Any, Any], step: WorkflowStep[Any, Any]) -> TaskResult | None:
     """The step task's own result, which it stores itself (step tasks ignore their results);

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from .exceptions import InvalidInputError
 from .job import Job
 from .job_status import JobStatus
+from .step_results import STEP_TASK_ID_PREFIX
 from .workflow import Workflow
 
 MAX_JOB_ID_LENGTH = 100
@@ -68,6 +69,11 @@ def _job_id(job_id: Any) -> str:
             f"Job id {job_id[:120]!r} must be 1 to {MAX_JOB_ID_LENGTH} printable characters "
             "without spaces"
         )
+    if job_id.startswith(STEP_TASK_ID_PREFIX):
+        raise InvalidInputError(
+            f"Job id {job_id[:120]!r} starts with {STEP_TASK_ID_PREFIX!r}, which names the "
+            "results of step tasks; choose another id"
+        )
     return job_id
 
 
@@ -82,7 +88,9 @@ def _utc(name: str, value: Any) -> datetime | None:
 
 def _jsonable(name: str, value: Any) -> Any:
     try:
-        return to_jsonable_python(value)
+        jsonable = to_jsonable_python(value)
+        to_json(jsonable)  # what only encoding finds: a lone surrogate in a string
+        return jsonable
     except (PydanticSerializationError, ValueError, TypeError) as exc:
         raise InvalidInputError(
             f"{name} is not JSON-serializable ({exc}); jobs travel as JSON, so pass dicts, "

@@ -19,6 +19,7 @@ from ergate_celery import (
     JobStatus,
     Workflow,
 )
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
 
 from .django_support import configure_django
 from .services import RedisService
@@ -187,7 +188,7 @@ def test_admin_lists_jobs_with_workflow_status_and_progress(app: Celery) -> None
     assert job.id in page
     assert "discovered" in page
     assert "100%" in page
-    assert f"{job.id}:0" not in page  # step task results are not jobs
+    assert f"{STEP_TASK_ID_PREFIX}{job.id}:0" not in page  # step task results are not jobs
     detail = client.get(f"/admin/ergate_celery/ergatejob/{TaskResultId.of(job.id)}/change/")
     assert detail.status_code == 200
 

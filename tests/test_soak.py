@@ -14,6 +14,7 @@ import pytest
 
 from ergate_celery import JobStatus
 from ergate_celery.beat import recover_stuck_jobs
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
 from ergate_celery.stores.redis import INDEX_KEYS
 
 from .apps import fault_app
@@ -131,7 +132,7 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
 
     for job in jobs.values():
         for line in job.recoveries:
-            hop = f"{job.id}:{line.split('after ')[1].split(' ')[0]}"
+            hop = f"{STEP_TASK_ID_PREFIX}{job.id}:{line.split('after ')[1].split(' ')[0]}"
             print(f"soak: job {job.id} recovered ({published[hop]} publish of {hop}): {line}")
 
     # Nothing doubled: no step's outcome stored twice, no step message published twice by
@@ -161,7 +162,7 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
             else:
                 assert (started[step], completed[step]) == (0, 0), step
         for hop in range(1, fault_app.SOAK_STEPS):
-            message = f"{job_id}:{hop}"
+            message = f"{STEP_TASK_ID_PREFIX}{job_id}:{hop}"
             if hop < reached:
                 # A successor never published: the job was stranded, and the sweep requeued it
                 # (or the kill fell between the publish and its count).

@@ -54,9 +54,9 @@ class DjangoJobStore(BaseJobStore[Columns]):
         content: str = self.backend.encode_content(job_document(job))[2]
         return content
 
-    def _values(self, job: Job) -> dict[str, Any]:
+    def _values(self, job: Job, limit: int | None = None) -> dict[str, Any]:
         content_type, content_encoding, content = self.backend.encode_content(job_document(job))
-        check_size(job, content, self.max_bytes)
+        check_size(job, content, limit or self.max_bytes)
         return {
             "status": job.status.name,
             "result": content,
@@ -107,7 +107,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
         return Outcome.WRITTEN
 
     def _insert(self, job: Job) -> bool:
-        values = self._values(job)
+        values = self._values(job, self.create_limit)
         try:
             with transaction.atomic():
                 self.model.objects.create(task_id=str(job.id), **values)

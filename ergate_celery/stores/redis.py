@@ -170,7 +170,9 @@ class RedisJobStore(BaseJobStore[str]):
         key: bytes = self.backend.get_key_for_task(job_id)
         return key
 
-    def _encode(self, job: Job, *, check: bool = True) -> tuple[bytes, int | None]:
+    def _encode(
+        self, job: Job, *, check: bool = True, limit: int | None = None
+    ) -> tuple[bytes, int | None]:
         final = job.is_final
         traceback = job.error.traceback if job.error else None
         date_done = datetime.now(UTC).isoformat() if final else None
@@ -193,7 +195,7 @@ class RedisJobStore(BaseJobStore[str]):
             }
             encoded = self.backend.encode(meta)
         if check:
-            check_size(job, encoded, self.max_bytes)
+            check_size(job, encoded, limit or self.max_bytes)
         # Celery would put result_expires on every write; here only where the rule says.
         return encoded, (self.backend.expires or None) if expiring(job) else None
 
@@ -254,7 +256,7 @@ class RedisJobStore(BaseJobStore[str]):
         return Outcome.GONE if reply is None else self._stored(reply)
 
     def _insert(self, job: Job) -> bool:
-        encoded, ttl = self._encode(job)
+        encoded, ttl = self._encode(job, limit=self.create_limit)
         keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
         if not self._create(keys=keys, args=[encoded, ttl or "", *self._index_arguments(job)]):
             return False
