@@ -89,7 +89,8 @@ def _largest_accepted_input(setup: Setup, mode: str) -> str:
                 requested_start_time=datetime.now(UTC) + timedelta(days=1),
             )
         except InvalidInputError as exc:
-            assert exc.oversized
+            if not exc.oversized:
+                raise
             size -= 100
             continue
         setup.ergate.store.delete(str(job.id))
@@ -116,7 +117,8 @@ def test_an_input_just_under_the_submit_limit_reaches_a_final_status(
     assert done.status is JobStatus.COMPLETED, done.error
     assert done.last_return_value == "done"
     assert failed.status is JobStatus.FAILED
-    assert failed.error is not None and "ergate_max_payload_bytes" in failed.error.message
+    assert failed.error is not None
+    assert "ergate_max_payload_bytes" in failed.error.message
 
 
 @pytest.mark.setup("redis", "django_db")
@@ -132,7 +134,8 @@ def test_a_failure_too_large_to_store_is_stored_without_the_values(
         )
         failed = setup.ergate.wait_for_job(job.id, timeout=WAIT)
     assert failed.status is JobStatus.FAILED
-    assert failed.error is not None and failed.error.type == "ValueError"
+    assert failed.error is not None
+    assert failed.error.type == "ValueError"
     assert "were dropped to store this failure" in failed.error.message
     assert failed.initial_input_value is None
 
