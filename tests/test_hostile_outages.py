@@ -122,3 +122,34 @@ def test_a_1s_broker_blip_at_a_steps_end_with_events_on_does_not_strand_the_job(
         assert job.status is JobStatus.COMPLETED, job.error
         assert job.recoveries == []  # no sweep was needed
         assert job.last_return_value == [f"outage_{i}" for i in range(5)]
+
+
+def test_a_1_5s_backend_blip_while_a_step_reports_progress_does_not_fail_the_job(
+    make_setup: Callable[..., Setup], tmp_path: Path
+) -> None:
+    server, url = _private_redis(tmp_path)
+    try:
+        setup = make_setup("redis", result_backend=url, ergate_progress_interval=0.05)
+        setup.ergate.register_workflow(fault_app.progressing)
+        job_id = str(setup.ergate.submit_job("fault_progress", initial_input_value=1).id)
+        gate = tmp_path / "progress-gate"
+        supervisor = _Supervisor(setup, "progress", env={"ERGATE_FAULT_OUTAGE_GATE": str(gate)})
+        try:
+            supervisor.ensure()
+            wait_until(
+                lambda: setup.ergate.get_job(job_id).percent_completed > 0,
+                what="progress stored",
+            )
+            server.stop()
+            time.sleep(1.5)  # the step reports progress all along
+            server.start()
+            gate.touch()
+            done = _final(setup, job_id, supervisor)
+        finally:
+            supervisor.close()
+    finally:
+        server.stop()
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.last_return_value == 4
+    assert _step_counts(setup, job_id) == {"crunch": 1, "settle": 1}
+    assert "Could not store the progress of job" in _worker_log(setup)
