@@ -24,14 +24,13 @@ from .registry import WorkflowRegistry
 from .release import UNREADABLE
 from .runtime import Runtime
 from .settings import ErgateSettings
-from .step_results import step_task_id
+from .step_results import display_options, step_task_id
 from .stores import JobStore, store_for_backend
 from .stores.base import job_document
 from .submission import new_job
 from .tasks import fail_unknown_task, install_step
 from .transactions import in_django_transaction, on_commit
 from .workflow import Workflow
-from .workflow_step import WorkflowStep
 
 logger = logging.getLogger("ergate_celery")
 
@@ -211,19 +210,10 @@ class ErgateCelery:
         name = job.current_step_name
         step = workflow.step_named(name) if name is not None else workflow[job.current_step]
         task = self.app.tasks[step.task_name]
-        options = self._display_options(job, step)
+        options = display_options(job, step, self.settings.show_task_args)
         if job.priority is not None:
             options["priority"] = job.priority
         task.apply_async(args=(job_document(job),), task_id=step_task_id(job), **options)
-
-    def _display_options(self, job: Job, step: WorkflowStep[Any, Any]) -> dict[str, Any]:
-        if self.settings.show_task_args:
-            return {}
-        return {
-            "argsrepr": f"job={job.id} workflow={job.workflow_name} step={step.name}"
-            f"#{step.index} [input and context redacted]",
-            "kwargsrepr": "{}",
-        }
 
     def add_periodic_job(
         self,

@@ -27,6 +27,19 @@ def step_task_id(job: Job) -> str:
     return f"{STEP_TASK_ID_PREFIX}{job.id}:{job.steps_completed}"
 
 
+def display_options(job: Job, step: WorkflowStep[Any, Any], show: bool) -> dict[str, Any]:
+    """The `argsrepr`/`kwargsrepr` of a step message, given to every publish of one (the
+    first, the next step, release, the sweep, a Celery retry): logs and Flower show these
+    instead of the job, whose input and user context may hold personal data."""
+    if show:
+        return {}
+    return {
+        "argsrepr": f"job={job.id} workflow={job.workflow_name} step={step.name}"
+        f"#{step.index} [input and context redacted]",
+        "kwargsrepr": "{}",
+    }
+
+
 def own_result(task: Task[Any, Any], step: WorkflowStep[Any, Any]) -> TaskResult | None:
     """The step task's own result, which it stores itself (step tasks ignore their results);
     None when there is nowhere to store it (an eager call)."""

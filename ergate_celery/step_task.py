@@ -30,7 +30,7 @@ from .progress import ProgressReporter
 from .rejects import not_a_job, reject
 from .retry_policy import retry_delay, should_retry
 from .runtime import Runtime
-from .step_results import own_result, reply, summary
+from .step_results import display_options, own_result, reply, summary
 from .step_runner import Raised, advance, percent_after_return, run_step
 from .workflow_step import WorkflowStep
 
@@ -99,7 +99,9 @@ def _execute(
                 f"yielding {step} of job {job.id} for a retry",
                 lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
             )
-        raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task))
+        # The retry is a new message: it shows what every step message shows, not the job.
+        display = display_options(job, step, rt.settings.show_task_args)
+        raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task), **display)
     after = _timed(job, step, advance(job, step.workflow, outcome))
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
