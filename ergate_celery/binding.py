@@ -107,7 +107,12 @@ class ErgateCelery:
     def store(self) -> JobStore:
         """Where jobs live: the store for the app's result backend."""
         if self._store is None:
-            self._store = store_for_backend(self.app.backend, self.settings.max_payload_bytes)
+            settings = self.settings
+            self._store = store_for_backend(
+                self.app.backend,
+                settings.max_payload_bytes,
+                settings.index_name_of(self.app.main),
+            )
         return self._store
 
     # Workflows ---------------------------------------------------------------------------

@@ -50,6 +50,10 @@ class ErgateSettings:
     #: before the job ends FAILED with `WorkerLost`. Celery `retry()`s count against
     #: `max_retries` instead.
     max_step_attempts: int = 3
+    #: The name of this app's job index (on Redis, its keys `ergate:<name>:scheduled|active`
+    #: after `global_keyprefix`); None: the app's main name. Every process of one app (web,
+    #: workers, beat) must use the same one; "" is the index shared by all apps.
+    index_name: str | None = None
 
     @classmethod
     def from_conf(cls, conf: Any) -> ErgateSettings:
@@ -61,7 +65,12 @@ class ErgateSettings:
             if value is None:
                 continue
             default = field.default
-            if isinstance(default, str):
+            if field.name == "index_name":
+                if not isinstance(value, str) or any(c.isspace() for c in value):
+                    raise ImproperlyConfiguredError(
+                        f"{key} must be a string without whitespace, got {value!r}"
+                    )
+            elif isinstance(default, str):
                 if value not in STUCK_ACTIONS:
                     raise ImproperlyConfiguredError(
                         f"{key} must be one of {', '.join(STUCK_ACTIONS)}, got {value!r}"
@@ -75,3 +84,9 @@ class ErgateSettings:
                 raise ImproperlyConfiguredError(f"{key} must be a whole number, got {value!r}")
             values[field.name] = value
         return cls(**values)
+
+    def index_name_of(self, main: str | None) -> str:
+        """The job index name of an app whose main name is `main`."""
+        if self.index_name is not None:
+            return self.index_name
+        return "" if main in (None, "__main__") else str(main)

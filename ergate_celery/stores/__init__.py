@@ -18,13 +18,16 @@ __all__ = [
 ]
 
 
-def store_for_backend(backend: Any, max_bytes: int) -> JobStore:
-    """The store for `backend`, or `UnsupportedBackendError` saying which backends work."""
+def store_for_backend(backend: Any, max_bytes: int, index_name: str = "") -> JobStore:
+    """The store for `backend`, or `UnsupportedBackendError` saying which backends work.
+
+    `index_name` names the app's job index where the backend is shared by apps (Redis).
+    """
     module = type(backend).__module__
     if module == "celery.backends.redis":
         from .redis import RedisJobStore
 
-        return RedisJobStore(backend, max_bytes)
+        return RedisJobStore(backend, max_bytes, index_name)
     if module.startswith("celery.backends.database"):
         from .sqlalchemy import SQLAlchemyJobStore
 

@@ -28,9 +28,14 @@ from .base import (
     job_from_document,
 )
 
-#: The job index: one sorted set per kind, scored by time, as rq's job registries. Each key
-#: takes the `global_keyprefix` Celery puts before its own keys.
-INDEX_KEYS = {SCHEDULED: "ergate:scheduled", ACTIVE: "ergate:active"}
+
+def index_keys(index_name: str) -> dict[str, str]:
+    """The job index of an app: one sorted set per kind, scored by time, as rq's job
+    registries, named after the app (`ergate_index_name`) so that apps sharing a Redis
+    database never release or sweep each other's jobs. Each key also takes the
+    `global_keyprefix` Celery puts before its own keys."""
+    base = f"ergate:{index_name}:" if index_name else "ergate:"
+    return {SCHEDULED: f"{base}scheduled", ACTIVE: f"{base}active"}
 
 
 # Shared by the scripts below: a write with an optional TTL ('' for none), and the move of a
@@ -146,7 +151,7 @@ class RedisJobStore(BaseJobStore[str]):
 
     writes_task_result = True
 
-    def __init__(self, backend: Any, max_bytes: int) -> None:
+    def __init__(self, backend: Any, max_bytes: int, index_name: str = "") -> None:
         super().__init__(backend, max_bytes)
         self._compare_and_set_script = backend.client.register_script(_COMPARE_AND_SET)
         self._create = backend.client.register_script(_CREATE)
@@ -159,7 +164,7 @@ class RedisJobStore(BaseJobStore[str]):
             backend.key_t(KeyValueStoreBackend.task_keyprefix)
         )
         self.index_keys: dict[str, bytes] = {
-            kind: prefix + key.encode() for kind, key in INDEX_KEYS.items()
+            kind: prefix + key.encode() for kind, key in index_keys(index_name).items()
         }
 
     @property
