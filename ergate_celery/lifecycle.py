@@ -249,11 +249,17 @@ def _recover(stored: Job, recover: Recover, now: datetime) -> Job | None:
         seen.status,
         seen.steps_completed,
         seen.attempt,
-    ) or stored.status not in (S.QUEUED, S.RUNNING, S.CANCELLING):
+    ) or stored.status not in (S.PENDING, S.QUEUED, S.RUNNING, S.CANCELLING):
         return None
     where = f"{stored.status.name} at step {_step_label(stored)}"
     note = f"{now.isoformat()} {recover.action}: {where} for {recover.idle_seconds:g} s"
-    if stored.status is S.CANCELLING:
+    if stored.status is S.PENDING:
+        # Only django-db indexes PENDING jobs, and there a readable one was committed: the
+        # hook that hands it over never ran (an earlier on_commit hook raised). Hand it over.
+        start = stored.requested_start_time
+        changed = _set(stored, S.SCHEDULED if start is not None and start > now else S.QUEUED)
+        note = f"{now.isoformat()} hand over: committed, PENDING for {recover.idle_seconds:g} s"
+    elif stored.status is S.CANCELLING:
         changed = _set(stored, S.CANCELLED)
     elif recover.action == "fail":
         changed = _fail(stored, "StuckJob", f"No progress {where} for {recover.idle_seconds:g} s")
@@ -358,6 +364,8 @@ def _rows() -> list[Row]:
         Row(S.RUNNING, "Recover", "stuck, requeued max_step_attempts times", S.FAILED),
         Row(S.RUNNING, "Recover", "stuck, ergate_stuck_action = fail", S.FAILED),
         Row(S.CANCELLING, "Recover", "stuck", S.CANCELLED),
+        Row(S.PENDING, "Recover", "committed, never handed over (django-db)", S.QUEUED),
+        Row(S.PENDING, "Recover", "the same, start later", S.SCHEDULED),
         Row(S.QUEUED, "PublishFailed", "", S.FAILED),
         Row(S.QUEUED, "Reject", "malformed, oversized or unknown step", S.FAILED),
         Row(S.RUNNING, "Reject", "malformed, oversized or unknown step", S.FAILED),

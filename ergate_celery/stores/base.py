@@ -67,13 +67,19 @@ class IndexEntry(NamedTuple):
     at: datetime
 
 
-def index_entry(job: Job) -> IndexEntry | None:
+def index_entry(job: Job, *, pending: bool = False) -> IndexEntry | None:
     """Where a job belongs in the job index, written with every change of its record; final
-    and PENDING jobs are not indexed."""
+    jobs are not indexed, nor PENDING ones unless `pending`.
+
+    A store whose records live inside the Django transaction (django-db) indexes PENDING jobs
+    as active: a PENDING record it can read was committed, so the sweep hands it over if its
+    commit hook never ran. Elsewhere a PENDING record may belong to a rolled-back transaction,
+    and is left to expire.
+    """
     if job.status is JobStatus.SCHEDULED:
         assert job.requested_start_time is not None, "a SCHEDULED job has a start time"
         return IndexEntry(SCHEDULED, str(job.id), job.requested_start_time)
-    if job.is_final or job.status is JobStatus.PENDING:
+    if job.is_final or (job.status is JobStatus.PENDING and not pending):
         return None
     return IndexEntry(ACTIVE, str(job.id), datetime.now(UTC))
 

@@ -79,7 +79,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
     def _reindex(self, job: Job) -> None:
         index = self.index
         index.objects.filter(job_id=str(job.id)).delete()
-        entry = index_entry(job)
+        entry = index_entry(job, pending=True)
         if entry is not None:
             index.objects.create(job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at))
 
