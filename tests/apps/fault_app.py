@@ -156,6 +156,18 @@ def settle(x: int, run: Run) -> int:
     return x * 2
 
 
+# A step that hangs (input "hang") until the gate file exists, on every run.
+hanging = Workflow(unique_name="fault_hang")
+
+
+@hanging.step
+def hangs(x: str, run: Run) -> str:
+    mark(run)
+    if x == "hang":
+        _wait_for_file(os.environ["ERGATE_FAULT_OUTAGE_GATE"])
+    return x
+
+
 def _wait_for_file(path: str) -> None:
     deadline = time.monotonic() + GATE_TIMEOUT
     while not os.path.exists(path):
@@ -225,7 +237,7 @@ def make_app(conf: dict[str, object]) -> tuple[Celery, ErgateCelery]:
 
 
 app, ergate = make_app(json.loads(os.environ.get("ERGATE_TEST_CONF", "{}")))
-for _workflow in (slow, outage, window, soak, progressing):
+for _workflow in (slow, outage, window, soak, progressing, hanging):
     ergate.register_workflow(_workflow)
 
 
