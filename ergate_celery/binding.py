@@ -22,9 +22,11 @@ from .lifecycle import Cancel, HandOver
 from .operations import StatusFilter
 from .pausing import PausedWorkflows
 from .registry import WorkflowRegistry, discover_django_workflows
+from .release import UNREADABLE
 from .runtime import Runtime
 from .settings import ErgateSettings
 from .signalling import signal_job
+from .step_results import display_options, step_task_id
 from .stores import JobStore, store_for_backend
 from .stores.base import job_document
 from .stores.listing import JobPage
@@ -32,7 +34,6 @@ from .submission import new_job
 from .tasks import fail_unknown_task, install_step
 from .transactions import in_django_transaction, on_commit
 from .workflow import Workflow
-from .workflow_step import WorkflowStep
 
 logger = logging.getLogger("ergate_celery")
 
@@ -122,9 +123,13 @@ class ErgateCelery:
     def store(self) -> JobStore:
         """Where jobs live: the store for the app's result backend."""
         if self._store is None:
+            settings = self.settings
             backend = self.app.backend
             self._store = store_for_backend(
-                backend, self.settings.max_payload_bytes, self.settings.expires_by_status
+                backend,
+                settings.max_payload_bytes,
+                settings.expires_by_status,
+                settings.index_name_of(self.app.main),
             )
             job_result.adapt_backend(backend, self)
         return self._store
@@ -233,21 +238,10 @@ class ErgateCelery:
         name = job.current_step_name
         step = workflow.step_named(name) if name is not None else workflow[job.current_step]
         task = self.app.tasks[step.task_name]
-        options = self._display_options(job, step)
+        options = display_options(job, step, self.settings.show_task_args)
         if job.priority is not None:
             options["priority"] = job.priority
-        task.apply_async(
-            args=(job_document(job),), task_id=f"{job.id}:{job.steps_completed}", **options
-        )
-
-    def _display_options(self, job: Job, step: WorkflowStep[Any, Any]) -> dict[str, Any]:
-        if self.settings.show_task_args:
-            return {}
-        return {
-            "argsrepr": f"job={job.id} workflow={job.workflow_name} step={step.name}"
-            f"#{step.index} [input and context redacted]",
-            "kwargsrepr": "{}",
-        }
+        task.apply_async(args=(job_document(job),), task_id=step_task_id(job), **options)
 
     def add_periodic_job(
         self,
@@ -278,7 +272,10 @@ class ErgateCelery:
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
         _check_id(job_id)
-        job = self.store.get(job_id)
+        try:
+            job = self.store.get(job_id)
+        except UNREADABLE:
+            raise _not_a_job(job_id) from None
         if job is None:
             raise _not_found(job_id)
         return job
@@ -306,7 +303,10 @@ class ErgateCelery:
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job is final and return it; `TimeoutError` after `timeout` s."""
         _check_id(job_id)
-        job = self.store.wait_final(job_id, timeout, self.settings.wait_poll_interval)
+        try:
+            job = self.store.wait_final(job_id, timeout, self.settings.wait_poll_interval)
+        except UNREADABLE:
+            raise _not_a_job(job_id) from None
         if job is None:
             raise _not_found(job_id)
         if not job.is_final:
@@ -394,6 +394,13 @@ def _check_id(job_id: Any) -> None:
 
 def _not_found(job_id: str) -> JobNotFoundError:
     return JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
+
+
+def _not_a_job(job_id: str) -> JobNotFoundError:
+    return JobNotFoundError(
+        f"{job_id!r} holds a Celery task result that is not a job (a plain task's result, "
+        "or one a job id collided with); no job with that id is stored"
+    )
 
 
 def all_bindings() -> list[ErgateCelery]:

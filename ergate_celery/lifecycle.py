@@ -328,11 +328,17 @@ def _recover(stored: Job, recover: Recover, now: datetime) -> Job | None:
         seen.status,
         seen.steps_completed,
         seen.attempt,
-    ) or stored.status not in (S.QUEUED, S.RUNNING, S.CANCELLING):
+    ) or stored.status not in (S.PENDING, S.QUEUED, S.RUNNING, S.CANCELLING):
         return None
     where = f"{stored.status.name} at step {_step_label(stored)}"
     note = f"{now.isoformat()} {recover.action}: {where} for {recover.idle_seconds:g} s"
-    if stored.status is S.CANCELLING:
+    if stored.status is S.PENDING:
+        # Only django-db indexes PENDING jobs, and there a readable one was committed: the
+        # hook that hands it over never ran (an earlier on_commit hook raised). Hand it over.
+        start = stored.requested_start_time
+        changed = _set(stored, S.SCHEDULED if start is not None and start > now else S.QUEUED)
+        note = f"{now.isoformat()} hand over: committed, PENDING for {recover.idle_seconds:g} s"
+    elif stored.status is S.CANCELLING:
         changed = _set(stored, S.CANCELLED)
     elif recover.action == "fail":
         changed = _fail(stored, "StuckJob", f"No progress {where} for {recover.idle_seconds:g} s")

@@ -82,6 +82,8 @@ def _rows() -> list[Row]:
         Row(S.RUNNING, "Recover", "stuck, requeued max_step_attempts times", S.FAILED),
         Row(S.RUNNING, "Recover", "stuck, ergate_stuck_action = fail", S.FAILED),
         Row(S.CANCELLING, "Recover", "stuck", S.CANCELLED),
+        Row(S.PENDING, "Recover", "committed, never handed over (django-db)", S.QUEUED),
+        Row(S.PENDING, "Recover", "the same, start later", S.SCHEDULED),
         Row(S.QUEUED, "PublishFailed", "", S.FAILED),
         Row(S.QUEUED, "Reject", "malformed, oversized or unknown step", S.FAILED),
         Row(S.RUNNING, "Reject", "malformed, oversized or unknown step", S.FAILED),

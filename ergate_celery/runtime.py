@@ -77,13 +77,19 @@ class Runtime:
         """Run `action`, retried with backoff while the broker or backend is unreachable.
 
         A job must not be left between two states by a blip; the last failure propagates.
-        Errors about the data itself (unserializable, oversized) are not retried.
+        Errors about the data itself (unserializable, oversized) or the definition (a step
+        or workflow a deploy removed) are not retried.
         """
         attempts = self.settings.after_step_attempts
         for attempt in range(1, attempts + 1):
             try:
                 return action()
-            except (PydanticSerializationError, InvalidInputError):
+            except (
+                PydanticSerializationError,
+                InvalidInputError,
+                UnknownStepError,
+                UnknownWorkflowError,
+            ):
                 raise
             except Exception as exc:
                 if attempt == attempts:

@@ -59,9 +59,20 @@ class ErgateSettings:
     #: Seconds a worker trusts its copy of the paused workflows before reading them again.
     pause_refresh: float = 1.0
 
+    #: The name of this app's job index (on Redis, its keys `ergate:<name>:scheduled|active`
+    #: after `global_keyprefix`); None: the app's main name. Every process of one app (web,
+    #: workers, beat) must use the same one; "" is the index shared by all apps.
+    index_name: str | None = None
+
     def expires_for(self, status_name: str, default: float | None) -> float | None:
         """Seconds a finished job of `status_name` is kept (`default`: `result_expires`)."""
         return self.expires_by_status.get(status_name, default)
+
+    def index_name_of(self, main: str | None) -> str:
+        """The job index name of an app whose main name is `main`."""
+        if self.index_name is not None:
+            return self.index_name
+        return "" if main in (None, "__main__") else str(main)
 
     @classmethod
     def from_conf(cls, conf: Any) -> ErgateSettings:
@@ -76,7 +87,12 @@ class ErgateSettings:
             if field.name == "expires_by_status":
                 values[field.name] = _expires_by_status(key, value)
                 continue
-            if isinstance(default, str):
+            if field.name == "index_name":
+                if not isinstance(value, str) or any(c.isspace() for c in value):
+                    raise ImproperlyConfiguredError(
+                        f"{key} must be a string without whitespace, got {value!r}"
+                    )
+            elif isinstance(default, str):
                 if value not in STUCK_ACTIONS:
                     raise ImproperlyConfiguredError(
                         f"{key} must be one of {', '.join(STUCK_ACTIONS)}, got {value!r}"

@@ -14,6 +14,31 @@ from .job import Job
 from .stores.base import TaskResult
 from .workflow_step import WorkflowStep
 
+#: Step task ids start with this, and job ids may not (`submit_job` refuses them): a step's
+#: own result then never lands on a job's record, whatever characters job ids hold.
+STEP_TASK_ID_PREFIX = "ergate-step:"
+
+
+def step_task_id(job: Job) -> str:
+    """The Celery task id of the message of the job's current step run.
+
+    It holds the job id, so searching Flower for a job id lists the job's steps.
+    """
+    return f"{STEP_TASK_ID_PREFIX}{job.id}:{job.steps_completed}"
+
+
+def display_options(job: Job, step: WorkflowStep[Any, Any], show: bool) -> dict[str, Any]:
+    """The `argsrepr`/`kwargsrepr` of a step message, given to every publish of one (the
+    first, the next step, release, the sweep, a Celery retry): logs and Flower show these
+    instead of the job, whose input and user context may hold personal data."""
+    if show:
+        return {}
+    return {
+        "argsrepr": f"job={job.id} workflow={job.workflow_name} step={step.name}"
+        f"#{step.index} [input and context redacted]",
+        "kwargsrepr": "{}",
+    }
+
 
 def own_result(task: Task[Any, Any], step: WorkflowStep[Any, Any]) -> TaskResult | None:
     """The step task's own result, which it stores itself (step tasks ignore their results);

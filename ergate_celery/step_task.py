@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
@@ -23,11 +26,12 @@ from .job import Job, JobError, StepTiming
 from .job_status import JobStatus
 from .json_values import non_json, parses_back
 from .lifecycle import Claim, Finish, Park, Progress, Yield
+from .outages import is_outage
 from .progress import ProgressReporter
 from .rejects import not_a_job, reject
 from .retry_policy import retry_delay, should_retry
 from .runtime import Runtime
-from .step_results import own_result, reply, summary
+from .step_results import display_options, own_result, reply, summary
 from .step_runner import Raised, advance, percent_after_return, run_step
 from .workflow_step import WorkflowStep
 
@@ -50,10 +54,25 @@ def execute_step(
         return reject(rt, task, step, payload, f"is too large ({exc})")
 
 
+@contextmanager
+def _requeued_on_outage(what: str) -> Iterator[None]:
+    """Send the message back to the queue when the backend stays unreachable (past the
+    retries of `Runtime.retrying`), rather than acknowledge and drop it: its redelivery
+    tries again, and the job continues once the backend returns."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logger.warning("%s failed (%r); the message goes back to the queue", what, exc)
+        raise Reject(exc, requeue=True) from exc
+
+
 def _execute(
     rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
 ) -> dict[str, Any]:
-    job = _claim(rt, step, task, message)
+    with _requeued_on_outage(f"Claiming {step} of job {message.id}"):
+        job = _claim(rt, step, task, message)
     if job is None:
         return reply(task, summary(message, step, dropped=True))
     if job.status is not JobStatus.RUNNING:  # cancelled, or failed, at the claim
@@ -76,16 +95,20 @@ def _execute(
     )
     outcome = run_step(step, job.get_input_value(), job.user_context, run, progress, job.signals)
     if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
-        rt.retrying(
-            f"yielding {step} of job {job.id} for a retry",
-            lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
-        )
-        raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task))
+        with _requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
+            rt.retrying(
+                f"yielding {step} of job {job.id} for a retry",
+                lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
+            )
+        # The retry is a new message: it shows what every step message shows, not the job.
+        display = display_options(job, step, rt.settings.show_task_args)
+        raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task), **display)
     after = _timed(job, step, advance(job, step.workflow, outcome))
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
-    finished = _finish(rt, task, job, step, after, with_result=raised is None)
+    with _requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
+        finished = _finish(rt, task, job, step, after, with_result=raised is None)
     if raised is not None and finished is not None:
         raise raised
     if finished is None:

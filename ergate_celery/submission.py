@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from .exceptions import InvalidInputError
 from .job import Job
 from .job_status import JobStatus
 from .json_values import non_json, parses_back
+from .step_results import STEP_TASK_ID_PREFIX
 from .stores.listing import check_tags
 from .workflow import Workflow
 
@@ -74,6 +75,11 @@ def _job_id(job_id: Any) -> str:
             f"Job id {job_id[:120]!r} must be 1 to {MAX_JOB_ID_LENGTH} printable characters "
             "without spaces"
         )
+    if job_id.startswith(STEP_TASK_ID_PREFIX):
+        raise InvalidInputError(
+            f"Job id {job_id[:120]!r} starts with {STEP_TASK_ID_PREFIX!r}, which names the "
+            "results of step tasks; choose another id"
+        )
     return job_id
 
 
@@ -91,6 +97,12 @@ def _jsonable(name: str, value: Any, parse: Any) -> Any:
     receiving step's input type) gives it back."""
     problem = non_json(value, name)
     if problem is None:
+        try:
+            to_json(value)  # what only encoding finds: a lone surrogate in a string
+        except PydanticSerializationError as exc:
+            raise InvalidInputError(
+                f"{name} is not JSON-serializable ({exc}); pass text as valid Unicode"
+            ) from None
         return value
     try:
         json_value = to_jsonable_python(value)

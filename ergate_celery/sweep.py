@@ -19,7 +19,8 @@ from .stores.base import ACTIVE, IndexEntry
 logger = logging.getLogger("ergate_celery")
 
 RECOVER_TASK = "ergate.recover_stuck_jobs"
-_STUCK = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+#: PENDING is indexed only on django-db, where a readable PENDING record was committed.
+_STUCK = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 _BATCH = 1000
 
 

@@ -20,7 +20,15 @@ def in_django_transaction() -> bool:
 
 
 def on_commit(callback: Callable[[], None]) -> None:
-    """Run `callback` once the current Django transaction commits."""
+    """Run `callback` once the current Django transaction commits.
+
+    Robust (Django 4.2+): when it raises, the hooks registered after it still run. A hook
+    registered before it that raises stops it; the sweep then hands the job over.
+    """
+    import django
     from django.db import transaction
 
-    transaction.on_commit(callback)
+    if django.VERSION >= (4, 2):
+        transaction.on_commit(callback, robust=True)
+    else:
+        transaction.on_commit(callback)

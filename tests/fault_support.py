@@ -81,8 +81,10 @@ def _worker(
     concurrency: int = 1,
     env: dict[str, str] | None = None,
     loglevel: str = "INFO",
+    events: bool = False,
 ) -> Iterator[Popen[bytes]]:
-    """A `celery -A tests.apps.fault_app worker` (prefork) on the setup's queue.
+    """A `celery -A tests.apps.fault_app worker` (prefork) on the setup's queue; `events`
+    turns worker events on (`-E`, as Flower needs).
 
     On exit the worker is stopped as `Setup.celery` does, and any pool process left over
     (its main process was killed, or would not stop) is killed.
@@ -102,6 +104,7 @@ def _worker(
         f"{name}-{uuid.uuid4().hex[:6]}@%h",
         "-l",
         loglevel,
+        *(["-E"] if events else []),
     ]
     environment = {"ERGATE_FAULT_MARKS": str(_marks_path(setup)), **(env or {})}
     pool: list[int] = []

@@ -131,6 +131,9 @@ def setup_conf(name: str, tmp_path: Path, services: Mapping[str, Any]) -> dict[s
         "broker_connection_retry_on_startup": False,
         "result_extended": True,
         "worker_hijack_root_logger": False,
+        # The test's app and the worker and beat subprocesses (tests/apps) have different
+        # main names: as every process of one real app, they share one job index.
+        "ergate_index_name": "ergate-tests",
     }
     if name == "redis":
         services["redis"].flush()

@@ -15,10 +15,12 @@ from ergate_celery import (
     DuplicateJobError,
     ErgateCelery,
     InvalidInputError,
+    Job,
     JobNotFoundError,
     JobStatus,
     Workflow,
 )
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
 
 from .django_support import configure_django
 from .services import RedisService
@@ -187,7 +189,7 @@ def test_admin_lists_jobs_with_workflow_status_and_progress(app: Celery) -> None
     assert job.id in page
     assert "discovered" in page
     assert "100%" in page
-    assert f"{job.id}:0" not in page  # step task results are not jobs
+    assert f"{STEP_TASK_ID_PREFIX}{job.id}:0" not in page  # step task results are not jobs
     detail = client.get(f"/admin/ergate_celery/ergatejob/{TaskResultId.of(job.id)}/change/")
     assert detail.status_code == 200
 
@@ -248,3 +250,51 @@ def test_unfinished_jobs_survive_django_db_cleanup(app: Celery) -> None:
     assert ergate.get_job(queued.id).status is JobStatus.QUEUED
     with pytest.raises(JobNotFoundError):
         ergate.get_job(finished.id)
+
+
+def test_a_job_whose_hand_over_hook_never_ran_is_handed_over_by_the_sweep(app: Celery) -> None:
+    # An on_commit hook registered before submit_job's raises: Django runs no later hook,
+    # so the committed job stays PENDING until the sweep finds it (issue 12, point 7).
+    from django.db import transaction
+
+    from ergate_celery.beat import recover_stuck_jobs
+
+    ergate = ErgateCelery(app)
+
+    def broken_hook() -> None:
+        raise RuntimeError("a hook of the application failed")
+
+    submitted: list[Job] = []
+
+    def submit() -> None:
+        with transaction.atomic():
+            transaction.on_commit(broken_hook)
+            submitted.append(ergate.submit_job("discovered", initial_input_value="dot"))
+
+    with pytest.raises(RuntimeError, match="hook of the application"):
+        submit()
+    job = submitted[0]
+    assert ergate.get_job(job.id).status is JobStatus.PENDING
+    assert _queued_messages(app) == 0
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    assert recover_stuck_jobs(ergate, soon) == 0  # not before ergate_stuck_after
+    later = datetime.now(UTC) + timedelta(hours=2)
+    with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        assert recover_stuck_jobs(ergate, later) == 1
+        done = ergate.wait_for_job(job.id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED
+    assert done.last_return_value == "hello dot"
+    assert "hand over" in done.recoveries[0]
+
+
+def test_a_robust_hand_over_lets_later_hooks_run(app: Celery) -> None:
+    from django.db import transaction
+
+    ergate = ErgateCelery(app)
+    ran: list[str] = []
+    app.conf.broker_url = "redis://127.0.0.1:1/0"  # publishing the first step fails
+    with transaction.atomic():
+        job = ergate.submit_job("discovered", initial_input_value="eve")
+        transaction.on_commit(lambda: ran.append("later hook"))
+    assert ran == ["later hook"]
+    assert ergate.get_job(job.id).status is JobStatus.FAILED

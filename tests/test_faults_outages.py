@@ -96,6 +96,7 @@ def test_redis_restart_mid_job_completes(tmp_path: Path) -> None:
         "broker_connection_retry_on_startup": False,
         "result_extended": True,
         "worker_hijack_root_logger": False,
+        "ergate_index_name": "ergate-tests",
         "broker_url": url,
         "result_backend": url,
         "broker_transport_options": FAST_REDIS_REDELIVERY,

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+
 from .apps.cli_workflows import WORKFLOWS
 from .services import services_required
 from .support import Setup
@@ -123,7 +125,7 @@ def test_flower_shows_redacted_step_tasks(setup: Setup, flower_installed: None) 
     for index, step in enumerate(STEPS):
         task = by_step[f"ergate.cli_steps.{step}"]
         assert task["state"] == "SUCCESS"
-        assert task["uuid"] == f"{job.id}:{index}"
+        assert task["uuid"] == f"{STEP_TASK_ID_PREFIX}{job.id}:{index}"
         # The displayed args name the job, workflow and step, and nothing the user sent.
         assert f"job={job.id}" in task["args"]
         assert "workflow=cli_steps" in task["args"]

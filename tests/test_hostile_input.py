@@ -10,6 +10,7 @@ from celery.result import AsyncResult
 from celery.signals import before_task_publish
 
 from ergate_celery import CurrentRun, ErgateCelery, JobStatus, StepRun, Workflow
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
 
 from .support import Setup, in_process_worker, wait_until
 
@@ -186,7 +187,7 @@ def test_task_args_are_redacted_unless_enabled(setup_name: str, make_setup: Any)
             job = setup.ergate.submit_job(
                 "healthy", initial_input_value=4, user_context={"email": "ann@example.com"}
             )
-            text = shown[f"{job.id}:0"]
+            text = shown[f"{STEP_TASK_ID_PREFIX}{job.id}:0"]
             assert job.id in text
             assert ("ann@example.com" in text) is flag
             assert "healthy" in text

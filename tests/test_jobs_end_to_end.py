@@ -15,6 +15,7 @@ from ergate_celery import (
     get_job,
     submit_job,
 )
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
 
 from .support import Setup, wait_until
 
@@ -107,7 +108,7 @@ def test_queued_job_cancelled_runs_no_step(setup: Setup, worker: Any) -> None:
     assert cancel_job(job.id).status is JobStatus.CANCELLED
     with worker():
         # The first step's message still arrives; its task sees the cancel and does nothing.
-        summary = AsyncResult(f"{job.id}:0", app=setup.app).get(timeout=WAIT)
+        summary = AsyncResult(f"{STEP_TASK_ID_PREFIX}{job.id}:0", app=setup.app).get(timeout=WAIT)
     assert summary["dropped"] is True
     assert ran == []
     assert get_job(job.id).status is JobStatus.CANCELLED

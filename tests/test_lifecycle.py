@@ -136,6 +136,9 @@ def scenario(row: Row) -> tuple[Job, Event]:
         case "Recover":
             if "max_step_attempts" in when:
                 stored = stored.model_copy(update={"lost_runs": 2})
+            if when == "the same, start later":
+                later = NOW + timedelta(hours=1)
+                stored = stored.model_copy(update={"requested_start_time": later})
             action = "fail" if "fail" in when else "requeue"
             return stored, Recover(stored, action, 3600.0, 3)
         case "PublishFailed":

@@ -12,6 +12,7 @@ from celery.result import AsyncResult
 from celery.signals import task_failure
 
 from ergate_celery import AbortJob, JobStatus, Progress, ProgressReporter, Workflow, signals
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
 
 from .support import Setup, in_process_worker, wait_until
 
@@ -269,7 +270,7 @@ def test_a_step_that_raised_is_a_failed_celery_task(setup: Setup, worker: Any) -
             aborted = setup.ergate.submit_job("watched", initial_input_value="abort")
             done = setup.ergate.wait_for_job(failed.id, timeout=WAIT)
             assert setup.ergate.wait_for_job(aborted.id, timeout=WAIT).status is JobStatus.ABORTED
-            step = AsyncResult(f"{failed.id}:1", app=setup.app)
+            step = AsyncResult(f"{STEP_TASK_ID_PREFIX}{failed.id}:1", app=setup.app)
             wait_until(lambda: step.state == "FAILURE", what="the failed step's FAILURE result")
     finally:
         task_failure.disconnect(on_failure)
@@ -277,5 +278,7 @@ def test_a_step_that_raised_is_a_failed_celery_task(setup: Setup, worker: Any) -
     assert isinstance(step.result, ValueError)
     assert str(step.result) == "card declined"
     assert 'raise ValueError("card declined")' in (step.traceback or "")
-    assert failures == [("ergate.watched.second", f"{failed.id}:1", "ValueError")]
-    assert AsyncResult(f"{aborted.id}:1", app=setup.app).state == "SUCCESS"
+    assert failures == [
+        ("ergate.watched.second", f"{STEP_TASK_ID_PREFIX}{failed.id}:1", "ValueError")
+    ]
+    assert AsyncResult(f"{STEP_TASK_ID_PREFIX}{aborted.id}:1", app=setup.app).state == "SUCCESS"

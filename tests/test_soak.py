@@ -14,7 +14,7 @@ import pytest
 
 from ergate_celery import JobStatus
 from ergate_celery.beat import recover_stuck_jobs
-from ergate_celery.stores.redis import INDEX_KEYS
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
 
 from .apps import fault_app
 from .fault_support import FAST_REDIS_REDELIVERY, _children, _kill_worker, _Supervisor
@@ -61,10 +61,12 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
     )
     setup.ergate.register_workflow(fault_app.soak)
     counters = redis.Redis.from_url(setup.conf["broker_url"])
+    active_index = setup.ergate.store.index_keys["active"]  # type: ignore[attr-defined]
     rng = random.Random(20261123)
     env = {"ERGATE_FAULT_REDIS": setup.conf["broker_url"]}
     workers = [
-        _Supervisor(setup, f"soak{i}-", concurrency=2, env=env, loglevel="WARNING")
+        # With worker events on (-E, as Flower needs): announcing must never break a step.
+        _Supervisor(setup, f"soak{i}-", concurrency=2, env=env, loglevel="WARNING", events=True)
         for i in range(2)
     ]
     began = time.monotonic()
@@ -78,7 +80,7 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
         submitted = time.monotonic()
         next_kill = submitted
         progress, progressed_at = -1, submitted
-        while counters.zcard(INDEX_KEYS["active"]):
+        while counters.zcard(active_index):
             now = time.monotonic()
             assert now - began < 220, "the soak did not finish in time"
             for worker in workers:
@@ -100,7 +102,7 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
             elif now - progressed_at > SOAK_STALL:
                 # Nothing moves any more, yet jobs are not final: the periodic sweep's turn.
                 print(
-                    f"\nsoak: stalled with {counters.zcard(INDEX_KEYS['active'])} live jobs; "
+                    f"\nsoak: stalled with {counters.zcard(active_index)} live jobs; "
                     f"unacked {counters.hlen('unacked')}, queued "
                     f"{counters.llen(setup.conf['task_default_queue'])}, unacked_mutex ttl "
                     f"{counters.ttl('unacked_mutex')}"
@@ -131,7 +133,7 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
 
     for job in jobs.values():
         for line in job.recoveries:
-            hop = f"{job.id}:{line.split('after ')[1].split(' ')[0]}"
+            hop = f"{STEP_TASK_ID_PREFIX}{job.id}:{line.split('after ')[1].split(' ')[0]}"
             print(f"soak: job {job.id} recovered ({published[hop]} publish of {hop}): {line}")
 
     # Nothing doubled: no step's outcome stored twice, no step message published twice by
@@ -161,7 +163,7 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
             else:
                 assert (started[step], completed[step]) == (0, 0), step
         for hop in range(1, fault_app.SOAK_STEPS):
-            message = f"{job_id}:{hop}"
+            message = f"{STEP_TASK_ID_PREFIX}{job_id}:{hop}"
             if hop < reached:
                 # A successor never published: the job was stranded, and the sweep requeued it
                 # (or the kill fell between the publish and its count).

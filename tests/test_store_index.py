@@ -153,9 +153,9 @@ def test_redis_apps_with_other_key_prefixes_keep_their_own_index(
     assert second.ergate.store.due(later, 10) == ["second-due"]
     assert first.ergate.store.stale(now, 10) == ["first-active"]
     assert second.ergate.store.stale(now, 10) == []
-    client = redis.Redis.from_url(first.conf["result_backend"])
+    client = redis.Redis.from_url(first.services["redis"].url)
     assert sorted(client.keys("*ergate:*")) == [
-        b"first_ergate:active",
-        b"first_ergate:scheduled",
-        b"second:ergate:scheduled",
+        b"first_ergate:ergate-tests:active",
+        b"first_ergate:ergate-tests:scheduled",
+        b"second:ergate:ergate-tests:scheduled",
     ]

@@ -20,14 +20,20 @@ __all__ = [
 
 
 def store_for_backend(
-    backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
+    backend: Any,
+    max_bytes: int,
+    expires_by_status: Mapping[str, int] | None = None,
+    index_name: str = "",
 ) -> JobStore:
-    """The store for `backend`, or `UnsupportedBackendError` saying which backends work."""
+    """The store for `backend`, or `UnsupportedBackendError` saying which backends work.
+
+    `index_name` names the app's job index where the backend is shared by apps (Redis).
+    """
     module = type(backend).__module__
     if module == "celery.backends.redis":
         from .redis import RedisJobStore
 
-        return RedisJobStore(backend, max_bytes, expires_by_status)
+        return RedisJobStore(backend, max_bytes, expires_by_status, index_name)
     if module.startswith("celery.backends.database"):
         from .sqlalchemy import SQLAlchemyJobStore
 

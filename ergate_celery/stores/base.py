@@ -13,7 +13,7 @@ from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 from celery import states
 
 from ..exceptions import DuplicateJobError, InvalidInputError
-from ..job import Job
+from ..job import Job, JobError
 from ..job_status import JobStatus
 from ..waiting import due_at
 from .listing import JobPage, JobQuery, Position, list_page
@@ -49,6 +49,13 @@ class TaskResult:
         backend.store_result(self.task_id, summary, states.SUCCESS, request=self.request)
 
 
+#: A new record may take all but 1/CREATE_HEADROOM of `ergate_max_payload_bytes`.
+CREATE_HEADROOM: Final = 10
+#: What is kept of a traceback, a message, and of the timings and recoveries lists, in a
+#: failure record stored `without_values`.
+_KEPT_CHARS: Final = 4000
+_KEPT_LINES: Final = 20
+
 SCHEDULED: Final = "scheduled"
 ACTIVE: Final = "active"
 
@@ -62,12 +69,19 @@ class IndexEntry(NamedTuple):
     at: datetime
 
 
-def index_entry(job: Job) -> IndexEntry | None:
+def index_entry(job: Job, *, pending: bool = False) -> IndexEntry | None:
     """Where a job belongs in the job index, written with every change of its record; final
-    and PENDING jobs are not indexed, nor parked ones (no message is lost: nothing to sweep)."""
+    jobs are not indexed, nor parked ones (no message is lost: nothing to sweep), nor PENDING
+    ones unless `pending`.
+
+    A store whose records live inside the Django transaction (django-db) indexes PENDING jobs
+    as active: a PENDING record it can read was committed, so the sweep hands it over if its
+    commit hook never ran. Elsewhere a PENDING record may belong to a rolled-back transaction,
+    and is left to expire.
+    """
     if job.status is JobStatus.SCHEDULED:
         return IndexEntry(SCHEDULED, str(job.id), due_at(job))
-    if job.is_final or job.status is JobStatus.PENDING or job.parked:
+    if job.is_final or job.parked or (job.status is JobStatus.PENDING and not pending):
         return None
     return IndexEntry(ACTIVE, str(job.id), datetime.now(UTC))
 
@@ -188,6 +202,9 @@ class BaseJobStore(ABC, Generic[Token]):
         self.backend = backend
         self.max_bytes = max_bytes
         self.expires_by_status = dict(expires_by_status or {})
+        #: A new record may take this much: the rest of `max_bytes` is room for what a job
+        #: gathers as it runs (timings, claims, recoveries, an error with its traceback).
+        self.create_limit = max_bytes - max_bytes // CREATE_HEADROOM
 
     # The primitives.
 
@@ -299,7 +316,14 @@ class BaseJobStore(ABC, Generic[Token]):
                 continue
             new = stamped(new)
             expected = self._token_of(job) if token is None else token
-            reply = self._compare_and_set(job_id, expected, new, result)
+            try:
+                reply = self._compare_and_set(job_id, expected, new, result)
+            except InvalidInputError as exc:
+                if not exc.oversized or new.status is not JobStatus.FAILED:
+                    raise
+                # A failure must always be storable: without the job's values, it fits.
+                new = without_values(new)
+                reply = self._compare_and_set(job_id, expected, new, result)
             if reply is Outcome.WRITTEN:
                 if result is not None and not self.writes_task_result:
                     result.store_after(self.backend, new)
@@ -333,6 +357,32 @@ def stamped(job: Job) -> Job:
     if job.is_final and job.finished_at is None:
         return job.model_copy(update={"finished_at": datetime.now(UTC)})
     return job
+
+
+def without_values(failed: Job) -> Job:
+    """A FAILED record too large to store, made small: its input, user context and last
+    return value are dropped (and its error says so), long texts and lists are cut."""
+    error = failed.error or JobError(type="PayloadTooLarge", message="The job failed")
+    note = (
+        " [the record was over ergate_max_payload_bytes: its initial_input_value, "
+        "user_context and last_return_value were dropped to store this failure]"
+    )
+    trace = error.traceback
+    return failed.model_copy(
+        update={
+            "initial_input_value": None,
+            "user_context": None,
+            "last_return_value": None,
+            "timings": failed.timings[-_KEPT_LINES:],
+            "recoveries": failed.recoveries[-_KEPT_LINES:],
+            "error": error.model_copy(
+                update={
+                    "message": error.message[:_KEPT_CHARS] + note,
+                    "traceback": trace[-_KEPT_CHARS:] if trace is not None else None,
+                }
+            ),
+        }
+    )
 
 
 def job_document(job: Job) -> dict[str, Any]:

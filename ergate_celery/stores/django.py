@@ -61,9 +61,9 @@ class DjangoJobStore(BaseJobStore[Columns]):
         content: str = self.backend.encode_content(job_document(job))[2]
         return content
 
-    def _values(self, job: Job) -> dict[str, Any]:
+    def _values(self, job: Job, limit: int | None = None) -> dict[str, Any]:
         content_type, content_encoding, content = self.backend.encode_content(job_document(job))
-        check_size(job, content, self.max_bytes)
+        check_size(job, content, limit or self.max_bytes)
         return {
             "status": job.status.name,
             "result": content,
@@ -87,7 +87,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
     def _reindex(self, job: Job) -> None:
         index = self.index
         index.objects.filter(job_id=str(job.id)).delete()
-        entry = index_entry(job)
+        entry = index_entry(job, pending=True)
         if entry is not None:
             index.objects.create(job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at))
 
@@ -117,7 +117,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
         return Outcome.WRITTEN
 
     def _insert(self, job: Job) -> bool:
-        values = self._values(job)
+        values = self._values(job, self.create_limit)
         try:
             with transaction.atomic():
                 self.model.objects.create(task_id=str(job.id), **values)

@@ -32,13 +32,23 @@ from .base import (
 )
 from .listing import JobQuery, Position
 
-#: The job index: one sorted set per kind, scored by time, as rq's job registries. Each key
-#: takes the `global_keyprefix` Celery puts before its own keys.
-INDEX_KEYS = {SCHEDULED: "ergate:scheduled", ACTIVE: "ergate:active"}
-#: The listing index: sorted sets scored by `submitted_at`, one of every job, one per status
-#: (moved with each status change), per workflow and per tag (written at create).
-LISTING_KEY = "ergate:jobs"
-PAUSED_KEY = "ergate:paused"
+
+def app_keys(index_name: str) -> dict[str, str]:
+    """The keys of an app's indexes, named after the app (`ergate_index_name`) so that apps
+    sharing a Redis database never release, sweep, list or pause each other's jobs; each
+    also takes the `global_keyprefix` Celery puts before its own keys.
+
+    The job index: one sorted set per kind, scored by time, as rq's job registries. The
+    listing index: sorted sets scored by `submitted_at`, one of every job (`jobs`) and, under
+    that name, one per status (moved with each status change), per workflow and per tag.
+    """
+    base = f"ergate:{index_name}:" if index_name else "ergate:"
+    return {
+        SCHEDULED: f"{base}scheduled",
+        ACTIVE: f"{base}active",
+        "jobs": f"{base}jobs",
+        "paused": f"{base}paused",
+    }
 
 
 # Shared by the scripts below: a write with an optional TTL ('' for none), and the move of a
@@ -162,7 +172,11 @@ class RedisJobStore(BaseJobStore[str]):
     writes_task_result = True
 
     def __init__(
-        self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
+        self,
+        backend: Any,
+        max_bytes: int,
+        expires_by_status: Mapping[str, int] | None = None,
+        index_name: str = "",
     ) -> None:
         super().__init__(backend, max_bytes, expires_by_status)
         self._compare_and_set_script = backend.client.register_script(_COMPARE_AND_SET)
@@ -175,11 +189,10 @@ class RedisJobStore(BaseJobStore[str]):
         prefix = backend.task_keyprefix.removesuffix(
             backend.key_t(KeyValueStoreBackend.task_keyprefix)
         )
-        self.index_keys: dict[str, bytes] = {
-            kind: prefix + key.encode() for kind, key in INDEX_KEYS.items()
-        }
-        self.listing_key: bytes = prefix + LISTING_KEY.encode()
-        self.paused_key: bytes = prefix + PAUSED_KEY.encode()
+        keys = {name: prefix + key.encode() for name, key in app_keys(index_name).items()}
+        self.index_keys: dict[str, bytes] = {kind: keys[kind] for kind in (SCHEDULED, ACTIVE)}
+        self.listing_key: bytes = keys["jobs"]
+        self.paused_key: bytes = keys["paused"]
         self._status_keys = {status: self._listing(f"status:{status.name}") for status in JobStatus}
 
     @property
@@ -190,7 +203,9 @@ class RedisJobStore(BaseJobStore[str]):
         key: bytes = self.backend.get_key_for_task(job_id)
         return key
 
-    def _encode(self, job: Job, *, check: bool = True) -> tuple[bytes, int | None]:
+    def _encode(
+        self, job: Job, *, check: bool = True, limit: int | None = None
+    ) -> tuple[bytes, int | None]:
         final = job.is_final
         traceback = job.error.traceback if job.error else None
         date_done = datetime.now(UTC).isoformat() if final else None
@@ -213,7 +228,7 @@ class RedisJobStore(BaseJobStore[str]):
             }
             encoded = self.backend.encode(meta)
         if check:
-            check_size(job, encoded, self.max_bytes)
+            check_size(job, encoded, limit or self.max_bytes)
         # Celery would put result_expires on every write; here only where the rule says.
         kept = self.expires_after(job) if expiring(job) else None
         return encoded, math.ceil(kept) if kept else None
@@ -278,7 +293,7 @@ class RedisJobStore(BaseJobStore[str]):
         return Outcome.GONE if reply is None else self._stored(reply)
 
     def _insert(self, job: Job) -> bool:
-        encoded, ttl = self._encode(job)
+        encoded, ttl = self._encode(job, limit=self.create_limit)
         keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
         arguments = [encoded, ttl or "", *self._index_arguments(job), *self._listing_adds(job)]
         if not self._create(keys=keys, args=arguments):

@@ -127,9 +127,9 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             encoded = encoded.encode()
         return encoded  # type: ignore[no-any-return]
 
-    def _values(self, job: Job) -> dict[str, Any]:
+    def _values(self, job: Job, limit: int | None = None) -> dict[str, Any]:
         encoded = self._encoded(job)
-        check_size(job, encoded, self.max_bytes)
+        check_size(job, encoded, limit or self.max_bytes)
         return {
             "status": job.status.name,
             "result": encoded,
@@ -198,7 +198,11 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def _insert(self, job: Job) -> bool:
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.insert(self.table).values(task_id=str(job.id), **self._values(job)))
+                conn.execute(
+                    sa.insert(self.table).values(
+                        task_id=str(job.id), **self._values(job, self.create_limit)
+                    )
+                )
                 self._reindex(conn, job)
                 self._list(conn, job)
         except IntegrityError:

@@ -27,7 +27,14 @@ from typing import Annotated, Any
 from celery import Celery, current_task
 from celery.signals import after_task_publish
 
-from ergate_celery import CurrentRun, ErgateCelery, StepRun, Workflow
+from ergate_celery import (
+    CurrentRun,
+    ErgateCelery,
+    Progress,
+    ProgressReporter,
+    StepRun,
+    Workflow,
+)
 from ergate_celery import signals as ergate_signals
 
 #: How long the first run of a "slow" step sleeps: far longer than a test waits to kill it.
@@ -126,6 +133,41 @@ def _outage_step(name: str, gated: bool = False) -> None:
     outage.step(step)
 
 
+# A step reporting progress until the gate file exists, while the test stops the backend.
+progressing = Workflow(unique_name="fault_progress")
+
+
+@progressing.step
+def crunch(x: int, run: Run, progress: Annotated[ProgressReporter, Progress()]) -> int:
+    mark(run)
+    gate = os.environ.get("ERGATE_FAULT_OUTAGE_GATE", "")
+    deadline = time.monotonic() + GATE_TIMEOUT
+    tick = 0
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        tick += 1
+        progress.report(min(99.0, tick / 10))
+        time.sleep(0.02)
+    return x + 1
+
+
+@progressing.step
+def settle(x: int, run: Run) -> int:
+    mark(run)
+    return x * 2
+
+
+# A step that hangs (input "hang") until the gate file exists, on every run.
+hanging = Workflow(unique_name="fault_hang")
+
+
+@hanging.step
+def hangs(x: str, run: Run) -> str:
+    mark(run)
+    if x == "hang":
+        _wait_for_file(os.environ["ERGATE_FAULT_OUTAGE_GATE"])
+    return x
+
+
 def _wait_for_file(path: str) -> None:
     deadline = time.monotonic() + GATE_TIMEOUT
     while not os.path.exists(path):
@@ -195,7 +237,7 @@ def make_app(conf: dict[str, object]) -> tuple[Celery, ErgateCelery]:
 
 
 app, ergate = make_app(json.loads(os.environ.get("ERGATE_TEST_CONF", "{}")))
-for _workflow in (slow, outage, window, soak):
+for _workflow in (slow, outage, window, soak, progressing, hanging):
     ergate.register_workflow(_workflow)
 
 
