@@ -124,14 +124,15 @@ class ErgateCelery:
         """Where jobs live: the store for the app's result backend."""
         if self._store is None:
             settings = self.settings
-            backend = self.app.backend
             self._store = store_for_backend(
-                backend,
+                self.app.backend,
                 settings.max_payload_bytes,
                 settings.expires_by_status,
                 settings.index_name_of(self.app.main),
             )
-            job_result.adapt_backend(backend, self)
+        # Celery keeps a backend per thread: make this thread's one know job statuses, so a
+        # plain AsyncResult made here never waits forever for a job (once per backend).
+        job_result.adapt_backend(self.app.backend, self)
         return self._store
 
     # Workflows ---------------------------------------------------------------------------

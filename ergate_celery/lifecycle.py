@@ -331,17 +331,19 @@ def _recover(stored: Job, recover: Recover, now: datetime) -> Job | None:
     ) or stored.status not in (S.PENDING, S.QUEUED, S.RUNNING, S.CANCELLING):
         return None
     where = f"{stored.status.name} at step {_step_label(stored)}"
-    note = f"{now.isoformat()} {recover.action}: {where} for {recover.idle_seconds:g} s"
+    idle = f"{recover.idle_seconds:g} s"
+    done = f"after {stored.steps_completed} steps"
+    note = f"{now.isoformat()} {recover.action}: {where} {done}, idle {idle}"
     if stored.status is S.PENDING:
         # Only django-db indexes PENDING jobs, and there a readable one was committed: the
         # hook that hands it over never ran (an earlier on_commit hook raised). Hand it over.
         start = stored.requested_start_time
         changed = _set(stored, S.SCHEDULED if start is not None and start > now else S.QUEUED)
-        note = f"{now.isoformat()} hand over: committed, PENDING for {recover.idle_seconds:g} s"
+        note = f"{now.isoformat()} hand over: committed, PENDING {done}, idle {idle}"
     elif stored.status is S.CANCELLING:
         changed = _set(stored, S.CANCELLED)
     elif recover.action == "fail":
-        changed = _fail(stored, "StuckJob", f"No progress {where} for {recover.idle_seconds:g} s")
+        changed = _fail(stored, "StuckJob", f"No progress {where} for {idle}")
     elif stored.lost_runs + 1 >= recover.max_attempts:
         message = (
             f"The job was requeued {stored.lost_runs + 1} times without its step finishing "

@@ -179,6 +179,8 @@ def test_flower_shows_a_failed_step_as_failure_and_an_aborted_one_not(
     assert "the cli test asked this step to fail" in failing["exception"]
     assert "ValueError" in failing["traceback"]
     # Flower's Failed tab lists the failed step task, and nothing of the aborted job.
-    assert f"{failed.id}:1" in failed_tab
-    assert not [uuid for uuid in failed_tab if uuid.startswith(f"{aborted.id}:")]
+    assert f"{STEP_TASK_ID_PREFIX}{failed.id}:1" in failed_tab
+    assert not [
+        uuid for uuid in failed_tab if uuid.startswith(f"{STEP_TASK_ID_PREFIX}{aborted.id}:")
+    ]
     assert {task["state"] for task in aborted_tasks.values()} == {"SUCCESS"}

@@ -177,5 +177,5 @@ def test_a_job_scheduled_for_year_9999_is_listed(setup: Setup) -> None:
     job = setup.ergate.submit_job("branchy", initial_input_value="later", requested_start_time=far)
     listed = setup.run_celery("ergate", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    rows = json.loads(listed.stdout)
     assert [(row["id"], row["status"]) for row in rows] == [(job.id, "SCHEDULED")]

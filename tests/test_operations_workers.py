@@ -204,7 +204,8 @@ def test_a_pause_is_shared_through_the_store(setup: Setup) -> None:
     setup.ergate.register_workflow(_flaky("orders", Counter(), set()))
     setup.ergate.pause_workflow("orders")
     # A store of its own, as another process or a restarted worker has, reads the pause.
-    other = store_for_backend(setup.app.backend, 1_000_000)
+    index = setup.ergate.settings.index_name_of(setup.app.main)
+    other = store_for_backend(setup.app.backend, 1_000_000, index_name=index)
     try:
         assert other.paused_workflows() == {"orders"}
     finally:

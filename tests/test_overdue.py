@@ -41,7 +41,7 @@ def test_cli_says_a_scheduled_job_is_overdue(
     table = setup.run_celery("ergate", "list")
     assert HINT in table.stdout
     listed = setup.run_celery("ergate", "list", "--json").stdout
-    rows = [json.loads(line) for line in listed.splitlines() if line]
+    rows = json.loads(listed)
     assert [row["status"] for row in rows] == ["SCHEDULED"]
     assert rows[0]["overdue"] >= 2
     with setup.celery("ergate", "watch", job_id, "--interval", "0.2"):
