@@ -43,6 +43,12 @@ class TimelineBar:
         return max((end - self.started_at).total_seconds(), 0.0)
 
     @property
+    def duration_text(self) -> str:
+        """`12 ms` under a second, `2.03 s` above."""
+        seconds = self.seconds
+        return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+    @property
     def css_class(self) -> str:
         """`ok`, `failed`, `stopped`, `waiting` or `running`, for the bar's colour."""
         if self.outcome == "FAILED":
