@@ -3,8 +3,8 @@
 from datetime import UTC, datetime, timedelta
 
 from ergate_celery import Job, JobStatus
-from ergate_celery.job import StepTiming
 from ergate_celery.contrib.django.job_display import MIN_BAR_PERCENT, display
+from ergate_celery.job import StepTiming
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
@@ -58,6 +58,7 @@ def test_the_running_step_is_an_open_bar_and_a_fresh_job_has_none() -> None:
         ("a", "QUEUED", 0, 25),
         ("b", "RUNNING", 25, 75),
     ]
-    assert shown.cancellable and not shown.retryable
+    assert shown.cancellable
+    assert not shown.retryable
     assert shown.current_step == "#1 b"
     assert display(Job(workflow_name="w")).timeline == []
