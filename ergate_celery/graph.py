@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from .exceptions import InvalidDefinitionError
 from .paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath
@@ -23,26 +23,48 @@ def mermaid(workflow: Workflow) -> str:
             f'    s{step.index}{{{{"{text}"}}}}' if waits else f'    s{step.index}["{text}"]'
         )
     lines.append("    END([END])")
-    seen: set[str] = set()
+    for edge in edges(workflow):
+        source, target = f"s{edge.source}", "END" if edge.target is None else f"s{edge.target}"
+        if edge.waits:
+            lines.append(f'    {source} -.->|"{_mermaid_text(edge.label)}"| {target}')
+        elif edge.label:
+            lines.append(f"    {source} -->|{edge.label}| {target}")
+        else:
+            lines.append(f"    {source} --> {target}")
+    return "\n".join(lines)
+
+
+class Edge(NamedTuple):
+    """A way from one step to the next: step indexes (`target` None is the end), the path
+    hint's label ("" for the next step) and whether the step waits on the way."""
+
+    source: int
+    target: int | None
+    label: str
+    waits: bool
+
+
+def edges(workflow: Workflow) -> list[Edge]:
+    """The distinct edges of `workflow`, step by step, as its path hints declare them."""
+    found: list[Edge] = []
     for step in workflow:
         for path in step.paths:
-            target = workflow.next_index(step.index, path)
-            node = "END" if target >= len(workflow) else f"s{target}"
+            index = workflow.next_index(step.index, path)
+            target = None if index >= len(workflow) else index
             if isinstance(path, GoToStepPath):
-                edge = f"s{step.index} -->|GoToStep| {node}"
+                edge = Edge(step.index, target, "GoToStep", False)
             elif isinstance(path, GoToEndPath):
-                edge = f"s{step.index} -->|GoToEnd| {node}"
+                edge = Edge(step.index, target, "GoToEnd", False)
             elif isinstance(path, WaitPath):
                 what = "Sleep" if path.signal is None else f"WaitForSignal {path.signal}"
-                edge = f's{step.index} -.->|"{_mermaid_text(what)}"| {node}'
+                edge = Edge(step.index, target, what, True)
             elif isinstance(path, NextStepPath):
-                edge = f"s{step.index} --> {node}"
+                edge = Edge(step.index, target, "", False)
             else:
                 _unknown_path(path)
-            if edge not in seen:
-                seen.add(edge)
-                lines.append(f"    {edge}")
-    return "\n".join(lines)
+            if edge not in found:
+                found.append(edge)
+    return found
 
 
 def _mermaid_text(text: str) -> str:

@@ -5,6 +5,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from ergate_celery import ErgateCelery
+from ergate_celery.step_results import STEP_TASK_ID_PREFIX
 
 from .test_django_db_backend import app, django_db  # noqa: F401 - the django-db fixtures
 
@@ -21,7 +22,7 @@ def test_admin_task_results_name_the_step_tasks(app: Celery) -> None:  # noqa: F
     with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
         job = ergate.submit_job("discovered", initial_input_value="dee")
         ergate.wait_for_job(job.id, timeout=WAIT)
-    step = TaskResult.objects.get(task_id=f"{job.id}:0")
+    step = TaskResult.objects.get(task_id=f"{STEP_TASK_ID_PREFIX}{job.id}:0")
     assert step.task_name == "ergate.discovered.greet"
     assert step.status == "SUCCESS"
     User.objects.filter(username="admin").delete()
@@ -29,7 +30,7 @@ def test_admin_task_results_name_the_step_tasks(app: Celery) -> None:  # noqa: F
     client = Client()
     client.force_login(User.objects.get(username="admin"))
     page = client.get("/admin/django_celery_results/taskresult/").content.decode()
-    assert f"{job.id}:0" in page
+    assert f"{STEP_TASK_ID_PREFIX}{job.id}:0" in page
     assert "ergate.discovered.greet" in page
 
 
@@ -49,4 +50,4 @@ def test_without_result_extended_no_task_has_a_name(app: Celery) -> None:  # noq
         plain.get(timeout=WAIT)
     # Celery's rule, for a plain task and a step alike: names need result_extended.
     assert TaskResult.objects.get(task_id=plain.id).task_name is None
-    assert TaskResult.objects.get(task_id=f"{job.id}:0").task_name is None
+    assert TaskResult.objects.get(task_id=f"{STEP_TASK_ID_PREFIX}{job.id}:0").task_name is None

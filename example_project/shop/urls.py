@@ -1,4 +1,4 @@
-"""URLs of the shop: the orders app, login/logout and the admin."""
+"""URLs of the shop: the orders app, login/logout, the admin and the ergate console."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -7,4 +7,5 @@ urlpatterns = [
     path("", include("orders.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
+    path("ergate/", include("ergate_celery.contrib.django.urls")),  # staff only
 ]

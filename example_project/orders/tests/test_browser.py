@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from unittest import SkipTest
+from unittest import SkipTest, mock
 
 from celery.contrib.testing.worker import start_worker
 from django.conf import settings
@@ -191,3 +191,55 @@ class BrowserTests(StaticLiveServerTestCase):
             "the approved order to complete",
         )
         self.assertIn("shipped", self.js("return document.body.innerText"))
+
+    def test_staff_retry_a_failed_order_from_the_console(self) -> None:
+        from selenium.webdriver.common.by import By
+
+        from orders import services
+
+        make_user("ops", is_staff=True)
+        self.open("/")
+        self.fill(username="ops", password="secret-pass-123")
+        self.wait_for("document.querySelector('h1')?.textContent === 'My orders'", "the list")
+        status = "document.querySelector('#job [data-field=status]')?.textContent"
+        with self.assertLogs("ergate_celery", "ERROR"):  # the worker logs the failed job
+            # 25 mugs: more than the warehouse holds, so reserve_stock fails the job.
+            failed = self.place_order(sku="MUG", quantity="25")
+            self.wait_for(f"{status} === 'FAILED'", "the order to fail")
+        shipped = self.place_order(sku="TEE", quantity="1")
+        self.wait_for(f"{status} === 'COMPLETED'", "the other order to complete")
+
+        # The console, filtered to the failed jobs: only the out-of-stock order is left.
+        self.open("/ergate/")
+        rows = "Array.from(document.querySelectorAll('#jobs tbody tr[data-job-id]'))"
+        self.wait_for(f"{rows}.length === 2", "both jobs listed")
+        self.fill(status="FAILED")
+        self.wait_for("location.search.includes('status=FAILED')", "the filtered list")
+        listed = self.js(f"return {rows}.map(row => [row.dataset.jobId, row.dataset.status])")
+        self.assertEqual(listed, [[failed, "FAILED"]])
+        self.assertNotIn(shipped, self.js("return document.body.innerText"))
+        self.screenshot("console-failed-jobs.png")
+
+        # Its page: the error with its traceback, and the timeline of what ran.
+        self.driver.find_element(By.CSS_SELECTOR, f"tr[data-job-id='{failed}'] a").click()
+        job = "document.getElementById('ergate-job')"
+        self.wait_for(f"{job}?.dataset.status === 'FAILED'", "the job page")
+        text = self.js("return document.body.innerText")
+        self.assertIn("OutOfStockError: Only 20 × MUG in stock", text)
+        self.assertIn("Traceback (most recent call last)", text)
+        self.driver.set_window_size(1200, 1000)
+        self.screenshot("console-job-failed.png")
+
+        # The warehouse is restocked; a retry runs the order on from reserve_stock.
+        with mock.patch.object(services, "STOCK", 100):
+            self.driver.find_element(By.CSS_SELECTOR, "button[value=retry]").click()
+            self.wait_for("document.body.innerText.includes('Job retried')", "the retry")
+            # The page reloads itself every 2 s while the job runs.
+            self.wait_for(f"{job}?.dataset.status === 'COMPLETED'", "the retried job to complete")
+        text = self.js("return document.body.innerText")
+        self.assertIn("retry 1", text)  # the runs after the retry, marked on the timeline
+        self.assertIn("Errors of earlier runs", text)
+        bars = self.js(f"return Array.from({job}.querySelectorAll('.timeline .bar')).length")
+        self.assertEqual(bars, 6)  # validate, reserve_stock (failed); then 4 steps to notify
+        self.screenshot("console-job-retried.png")
+        self.driver.set_window_size(1200, 800)

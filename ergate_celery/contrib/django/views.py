@@ -1,0 +1,195 @@
+"""The staff console: list, filter, retry and cancel jobs, pause and resume workflows, and see
+each workflow's graph, on every result backend (it reads `list_jobs`, not the database)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_http_methods
+
+from ...binding import ErgateCelery
+from ...exceptions import (
+    InvalidInputError,
+    JobNotFoundError,
+    JobStateError,
+    UnknownWorkflowError,
+)
+from ...graph import edges, mermaid
+from ...job_status import JobStatus
+from ...stores.listing import JobPage
+from .job_display import current_step, display
+
+#: Jobs per page of the list.
+PAGE_SIZE = 50
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@staff_member_required
+@require_GET
+def job_list(request: HttpRequest) -> HttpResponse:
+    """Jobs newest first, filtered by status, workflow, since and tag, a page at a time."""
+    ergate = ErgateCelery.of()
+    given = {key: request.GET.get(key, "").strip() for key in ("status", "workflow", "since")}
+    given["tag"] = request.GET.get("tag", "").strip()
+    cursor = request.GET.get("cursor") or None
+    context: dict[str, Any] = {
+        "filters": given,
+        "statuses": [status.name for status in JobStatus],
+        "workflows": sorted(ergate.workflows),
+        "paused": ergate.paused_workflows(),
+        "rows": [],
+        "next_url": None,
+        "error": None,
+        "first_page": cursor is None,
+    }
+    try:
+        page = _list(ergate, given, cursor)
+    except (InvalidInputError, UnknownWorkflowError) as exc:
+        context["error"] = str(exc)
+        return render(request, "ergate_celery/console/job_list.html", context, status=400)
+    context["rows"] = [
+        {
+            "job": job,
+            "status": job.status.name,
+            "percent": round(job.percent_completed, 1),
+            "step": current_step(job),
+        }
+        for job in page.jobs
+    ]
+    if page.next_cursor is not None:
+        query = {key: value for key, value in given.items() if value}
+        context["next_url"] = f"?{urlencode({**query, 'cursor': page.next_cursor})}"
+    return render(request, "ergate_celery/console/job_list.html", context)
+
+
+def _list(ergate: ErgateCelery, given: dict[str, str], cursor: str | None) -> JobPage:
+    tags = None
+    if given["tag"]:
+        key, equals, value = given["tag"].partition("=")
+        if not equals or not key:
+            raise InvalidInputError(f"tag {given['tag']!r} is not KEY=VALUE, e.g. order=A-17")
+        tags = {key.strip(): value.strip()}
+    return ergate.list_jobs(
+        status=given["status"] or None,
+        workflow=given["workflow"] or None,
+        since=parse_since(given["since"]),
+        tags=tags,
+        limit=PAGE_SIZE,
+        cursor=cursor,
+    )
+
+
+def parse_since(text: str) -> datetime | None:
+    """`1h` (30s, 15m, 2d, 1w: that long ago) or an ISO date or datetime (naive is UTC)."""
+    if not text:
+        return None
+    match = _DURATION.match(text.lower())
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"since {text!r} is neither a duration (30s, 15m, 1h, 2d, 1w) nor a date "
+            "(2026-11-30 or 2026-11-30T09:00)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@staff_member_required
+@require_http_methods(["GET", "POST"])
+def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
+    """One job: status, progress, error, timeline; POST `action=retry|cancel` changes it."""
+    ergate = ErgateCelery.of()
+    try:
+        job = ergate.get_job(job_id)
+    except JobNotFoundError as exc:
+        raise Http404(str(exc)) from None
+    if request.method == "POST":
+        _act_on_job(request, ergate, job_id, request.POST.get("action", ""))
+        return HttpResponseRedirect(request.path)
+    context = {"shown": display(job), "console": True}
+    return render(request, "ergate_celery/console/job_detail.html", context)
+
+
+def _act_on_job(request: HttpRequest, ergate: ErgateCelery, job_id: str, action: str) -> None:
+    try:
+        if action == "retry":
+            job = ergate.retry_job(job_id)
+            step = current_step(job)
+            _say(request, messages.SUCCESS, f"Job retried: {job.status.name} at {step}.")
+        elif action == "cancel":
+            job = ergate.cancel_job(job_id)
+            _say(request, messages.SUCCESS, f"Cancel asked: the job is {job.status.name}.")
+        else:
+            _say(request, messages.ERROR, f"Unknown action {action[:40]!r}: retry or cancel.")
+    except (JobStateError, JobNotFoundError) as exc:
+        _say(request, messages.ERROR, str(exc))
+
+
+@staff_member_required
+@require_GET
+def workflow_list(request: HttpRequest) -> HttpResponse:
+    """Every registered workflow, paused or running, with its steps."""
+    ergate = ErgateCelery.of()
+    paused = ergate.paused_workflows()
+    rows = [
+        {"name": name, "steps": len(workflow), "paused": name in paused}
+        for name, workflow in sorted(ergate.workflows.items())
+    ]
+    return render(request, "ergate_celery/console/workflow_list.html", {"rows": rows})
+
+
+@staff_member_required
+@require_http_methods(["GET", "POST"])
+def workflow_detail(request: HttpRequest, name: str) -> HttpResponse:
+    """A workflow's steps and edges, its Mermaid source; POST `action=pause|resume`."""
+    ergate = ErgateCelery.of()
+    try:
+        workflow = ergate.workflow(name)
+    except UnknownWorkflowError as exc:
+        raise Http404(str(exc)) from None
+    if request.method == "POST":
+        action = request.POST.get("action", "")
+        if action == "pause":
+            ergate.pause_workflow(name)
+            _say(request, messages.SUCCESS, f"{name} paused: none of its steps starts now.")
+        elif action == "resume":
+            published = ergate.resume_workflow(name)
+            _say(request, messages.SUCCESS, f"{name} resumed; {published} parked jobs sent on.")
+        else:
+            _say(request, messages.ERROR, f"Unknown action {action[:40]!r}: pause or resume.")
+        return HttpResponseRedirect(request.path)
+    steps = [step.name for step in workflow]
+    context = {
+        "name": name,
+        "paused": name in ergate.paused_workflows(),
+        "steps": [{"index": index, "name": step} for index, step in enumerate(steps)],
+        "edges": [
+            {
+                "source": steps[edge.source],
+                "target": "END" if edge.target is None else steps[edge.target],
+                "label": edge.label,
+                "waits": edge.waits,
+            }
+            for edge in edges(workflow)
+        ],
+        "mermaid": mermaid(workflow),
+        "jobs_url": f"{reverse('ergate_celery:job_list')}?{urlencode({'workflow': name})}",
+    }
+    return render(request, "ergate_celery/console/workflow_detail.html", context)
+
+
+def _say(request: HttpRequest, level: int, text: str) -> None:
+    # Without the messages app the redirect still shows the changed job.
+    messages.add_message(request, level, text, fail_silently=True)
