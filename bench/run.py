@@ -1,9 +1,11 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,rabbitmq_postgres,embedded]
+                        [--only compare,listing,waiting]
 
-For each setup whose services answer on loopback, the harness starts its own worker
-subprocesses (prefork, 2 processes) and measures, bare Celery vs ergate_celery:
+Three parts, all by default. `compare`: for each setup whose services answer on loopback,
+the harness starts its own worker subprocesses (prefork, 2 processes) and measures, bare
+Celery vs ergate_celery:
 
 - hop latency: one 20-step job, submit to final, vs a `chain` of 20 no-op tasks (median);
 - throughput: N jobs of 5 no-op steps vs N chains of 5, submitted then awaited (steps/s);
@@ -13,7 +15,11 @@ subprocesses (prefork, 2 processes) and measures, bare Celery vs ergate_celery:
 - worker memory: RSS of a worker and its pool processes with 50 extra workflows registered
   vs a worker holding only the no-op task.
 
-It prints one table and writes the numbers to `bench/results/<UTC date-time>.json`.
+`listing` (bench/listing.py): one `list_jobs` page with 1,000 and 100,000 stored jobs, on
+Redis and PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs released per second by a
+release run, and wake-up lateness with 10,000 sleeping jobs and a real beat.
+
+It prints one table per part and writes the numbers to `bench/results/<UTC date-time>.json`.
 """
 
 from __future__ import annotations
@@ -30,13 +36,13 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps
+from . import apps, listing, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -51,11 +57,13 @@ from .measures import (
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PARTS = ("compare", "listing", "waiting")
 
 SERVICES = {
     "redis": [("Redis", "127.0.0.1", 6379)],
     "rabbitmq_postgres": [("RabbitMQ", "127.0.0.1", 5672), ("PostgreSQL", "127.0.0.1", 5432)],
     "embedded": [],
+    "postgresql": [("PostgreSQL", "127.0.0.1", 5432)],
 }
 
 
@@ -310,13 +318,32 @@ def write_report(report: dict[str, Any], directory: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class PartSizes:
+    """The sizes of the listing and waiting parts."""
+
+    listing: listing.ListingSizes = listing.FULL
+    waiting: waiting.WaitingSizes = waiting.FULL
+
+
+def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    # Other processes on the machine skew every number: the 1-minute load, before/after.
+    start = os.getloadavg()[0]
+    outcome = part()
+    return {**outcome, "load_average": {"start": start, "end": os.getloadavg()[0]}}
+
+
 def run_bench(
     setups: Sequence[str],
     sizes: Sizes,
     results_dir: Path = RESULTS_DIR,
     log: Callable[[str], None] = print,
+    parts: Sequence[str] = ("compare",),
+    part_sizes: PartSizes | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Run every measure on every setup, then write the JSON report; returns it and its path."""
+    """Run the `parts` asked for (`compare`: every measure on every setup), then write the
+    JSON report; returns it and its path."""
+    part_sizes = part_sizes or PartSizes()
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -333,8 +360,20 @@ def run_bench(
         "setups": {},
     }
     try:
-        for setup in setups:
-            report["setups"][setup] = run_setup(setup, sizes, log)
+        if "compare" in parts:
+            for setup in setups:
+                report["setups"][setup] = run_setup(setup, sizes, log)
+        if "listing" in parts:
+            report["listing"] = _loaded(
+                lambda: listing.run_listing(part_sizes.listing, unavailable, log)
+            )
+        if "waiting" in parts:
+            reason = unavailable("redis")
+            if reason is None:
+                report["waiting"] = _loaded(lambda: waiting.run_waiting(part_sizes.waiting, log))
+            else:
+                log(f"waiting: skipped ({reason})")
+                report["waiting"] = {"status": "skipped", "reason": reason}
     finally:
         stop_all()
     return report, write_report(report, results_dir)
@@ -354,23 +393,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(apps.SETUPS),
         help=f"comma-separated, among {','.join(apps.SETUPS)} (default: all)",
     )
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run, among {','.join(PARTS)} (default: all)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     options = parser.parse_args(argv)
+    parts = [name.strip() for name in options.only.split(",") if name.strip()]
+    if set(parts) - set(PARTS) or not parts:
+        parser.error(f"unknown part(s) in --only {options.only!r}; choose among {', '.join(PARTS)}")
     setups = [name.strip() for name in options.setups.split(",") if name.strip()]
     unknown = sorted(set(setups) - set(apps.SETUPS))
     if unknown or not setups:
         parser.error(f"unknown setup(s) {unknown}; choose among {', '.join(apps.SETUPS)}")
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        report, path = run_bench(setups, QUICK if options.quick else FULL, options.results_dir)
+        report, path = run_bench(
+            setups,
+            QUICK if options.quick else FULL,
+            options.results_dir,
+            parts=parts,
+            part_sizes=PartSizes(listing.QUICK, waiting.QUICK) if options.quick else PartSizes(),
+        )
     except KeyboardInterrupt:
         print("Interrupted; every worker started was stopped.", file=sys.stderr)
         return 130
-    print()
-    print(table(report))
+    print(
+        f"\nMachine: {os.cpu_count()} cores; numbers from a shared machine are only as steady "
+        "as its load (see load_average in the JSON)."
+    )
+    if "compare" in parts:
+        print()
+        print(table(report))
+    if "listing" in report:
+        print(f"\nlist_jobs, one page (limit {report['listing']['sizes']['limit']}):")
+        print(listing.table(report["listing"]))
+    if "waiting" in report and report["waiting"].get("status") != "skipped":
+        print("\nWaiting jobs (Redis):")
+        print(waiting.table(report["waiting"]))
     print(f"\nWritten to {path}")
-    failed = any(outcome.get("errors") for outcome in report["setups"].values())
-    return 1 if failed else 0
+    return 1 if failures(report) else 0
+
+
+def failures(report: dict[str, Any]) -> list[str]:
+    """What failed in `report`, one line each."""
+    found = [
+        f"{setup}: {title}"
+        for setup, outcome in report["setups"].items()
+        for title in outcome.get("errors", {})
+    ]
+    for backend, outcome in report.get("listing", {}).get("backends", {}).items():
+        if outcome["status"] == "failed":
+            found.append(f"listing on {backend}")
+    found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
+    return found
 
 
 if __name__ == "__main__":

@@ -66,6 +66,34 @@ def worker(config: BenchConfig, bench: Bench, log_dir: Path, timeout: float) -> 
             _stop(process)
 
 
+@contextlib.contextmanager
+def started(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[int]:
+    """Run `command` (a worker, a beat) in its own session until the block ends; yields its
+    pid. Its output goes to `log_path`."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _started.append(process)
+        try:
+            yield process.pid
+        finally:
+            _stop(process)
+
+
+def exited(pid: int) -> int | None:
+    """The exit code of a process `started` here, or None while it runs."""
+    for process in _started:
+        if process.pid == pid:
+            return process.poll()
+    return None
+
+
 def _wait_ready(bench: Bench, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     # A round trip through the worker's own queue: only this worker consumes it.
     result = bench.noop.delay("ready")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench import listing, waiting
 from bench.measures import Sizes
-from bench.run import run_bench, table
+from bench.run import PartSizes, run_bench, table
 
 from .services import REDIS_HOST, REDIS_PORT, require
 
@@ -42,3 +43,50 @@ def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
         for side in ("bare", "ergate", "ratio"):
             assert measure[side] > 0, (name, side, measure)
     assert "hop_latency_ms" in table(written)
+
+
+def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    lines: list[str] = []
+
+    _, path = run_bench(
+        ["redis"],
+        TINY,
+        results_dir=tmp_path,
+        log=lines.append,
+        parts=["listing"],
+        part_sizes=PartSizes(listing=listing.TINY, waiting=waiting.TINY),
+    )
+
+    written = json.loads(path.read_text())["listing"]
+    redis = written["backends"]["redis"]
+    assert redis["status"] == "ran", lines
+    assert set(redis["pages"]) == set(listing.QUERIES)
+    for by_count in redis["pages"].values():
+        assert set(by_count) == {str(count) for count in listing.TINY.counts}
+        for measured in by_count.values():
+            assert measured["median_ms"] > 0
+            assert measured["jobs_per_page"] == listing.TINY.limit
+    assert "tag shard=3" in listing.table(written)
+
+
+def test_waiting_bench_measures_release_and_lateness(tmp_path: Path) -> None:
+    require("Redis", REDIS_HOST, REDIS_PORT)
+    lines: list[str] = []
+
+    _, path = run_bench(
+        [],
+        TINY,
+        results_dir=tmp_path,
+        log=lines.append,
+        parts=["waiting"],
+        part_sizes=PartSizes(listing=listing.TINY, waiting=waiting.TINY),
+    )
+
+    written = json.loads(path.read_text())["waiting"]
+    assert written["errors"] == {}, lines
+    assert written["measures"]["release"]["jobs_per_s"] > 0
+    lateness = written["measures"]["lateness"]
+    assert lateness["jobs"] == waiting.TINY.sleepers
+    assert lateness["early"] == 0
+    assert "claim p99" in waiting.table(written)
