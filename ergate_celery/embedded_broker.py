@@ -50,6 +50,27 @@ class Channel(filesystem.Channel):
                 os.unlink(staging)
             raise ChannelError(f"Cannot add message to {folder!r}") from exc
 
+    def _queue_bind(
+        self, exchange: str, routing_key: str | None, pattern: str | None, queue: str | None
+    ) -> None:
+        """Create a new exchange table whole: kombu creates the file empty, then locks and
+        writes it, and a publisher reading it in between (an event sent while a receiver
+        binds) fails on the empty file."""
+        table = Path(self.control_folder) / f"{exchange}.exchange"
+        if not table.exists():
+            table.parent.mkdir(exist_ok=True)
+            entry = [(routing_key or "", pattern or "", queue or "")]
+            staging = table.with_name(f".{uuid.uuid4().hex}.tmp")
+            staging.write_bytes(dumps(entry).encode("utf-8"))
+            try:
+                os.link(staging, table)  # create-if-absent, never seen half written
+                return
+            except FileExistsError:
+                pass  # created meanwhile: add the entry to it as kombu does
+            finally:
+                staging.unlink()
+        super()._queue_bind(exchange, routing_key or "", pattern, queue or "")
+
 
 class Transport(filesystem.Transport):
     """kombu filesystem transport whose channels write messages atomically, and whose

@@ -56,14 +56,8 @@ class WorkflowRegistry:
         related_name: str = "workflows",
         force: bool = False,
     ) -> None:
-        """Register the workflows of `<package>.workflows` modules, as Celery finds tasks.
-
-        Unless `force`, modules are imported when a worker or beat starts (an import error
-        stops it there, as with Celery's `autodiscover_tasks`), when the app is finalized, or
-        when a workflow is first looked up. The current folder is on `sys.path` meanwhile,
-        as for Celery's `include`, so `celery -A proj worker` finds them from the project
-        folder. A package without a `workflows` module is skipped.
-        """
+        """See `ErgateCelery.autodiscover_workflows`: import now when the moment has come,
+        else when a worker or beat starts, the app is finalized, or a workflow is looked up."""
 
         def discover() -> None:
             names = packages() if callable(packages) else packages

@@ -111,3 +111,37 @@ def test_without_a_timeout_drain_blocks_until_a_message_comes(
         connection.drain_events()  # no timeout: returns only with the message
         later.join()
     assert received == [{"late": True}]
+
+
+def test_a_new_exchange_table_is_never_read_half_written(tmp_path: Path) -> None:
+    """Fanout publishers read an exchange's table while receivers create it (Celery events:
+    a dispatcher sends while a receiver binds); kombu's own create left it empty a moment."""
+    folder = tmp_path / "broker"
+    errors: list[BaseException] = []
+    with _connect(folder) as reader_connection:
+        reader = reader_connection.channel()
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                for n in range(20):
+                    try:
+                        reader.get_table(f"fan-{n}")
+                    except BaseException as exc:
+                        errors.append(exc)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        try:
+            with _connect(folder) as binder_connection:
+                binder = binder_connection.channel()
+                for n in range(20):
+                    binder._queue_bind(f"fan-{n}", "", "", f"queue-{n}")
+        finally:
+            stop.set()
+            thread.join(10)
+        tables = [reader.get_table(f"fan-{n}") for n in range(20)]
+    assert errors == []
+    assert [[entry.queue for entry in table] for table in tables] == [
+        [f"queue-{n}"] for n in range(20)
+    ]
