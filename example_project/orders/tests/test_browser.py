@@ -1,4 +1,6 @@
-"""In headless Chromium: log in, place orders, watch the progress bars move until the jobs end.
+"""In headless Chromium: log in, place orders, watch the progress bars move until the jobs end;
+staff approve a waiting order, and retry a failed one from the ergate console (/ergate/) and
+from the admin's job records (/admin/ergate_celery/ergatejob/).
 
 Run with `python manage.py test --tag browser`; needs Debian's `chromium` and
 `chromium-driver` packages and `pip install selenium`. Screenshots go to
