@@ -67,6 +67,7 @@ def test_admin_job_page_reads_as_a_job(ergate: ErgateCelery) -> None:  # noqa: F
     failed, _ = _failed_and_completed(ergate)
     client: object = _admin()
     page = client.get(f"{CHANGELIST}{_row_id(failed)}/change/").content.decode()  # type: ignore[attr-defined]
+    assert f"<h2>flaky job {failed} (FAILED)</h2>" in page  # not "<Task: …>"
     assert 'data-field="status">FAILED<' in page
     assert '<progress max="100" value="0.0">' in page
     assert 'data-field="step">#0 check' in page

@@ -1,11 +1,15 @@
 """Retrying, pausing and resuming on real workers, on every broker/backend setup: a retry
 reruns only the step a job stopped at, with its input; two racing retries publish once; a
-retry racing a cancel ends in one state; a paused workflow starts no step (its messages are
-parked, its due jobs released parked) and resume runs them."""
+retry racing a cancel or the stuck-job sweep ends in one state; a paused workflow starts no
+step (its messages are parked, its due jobs released parked) and resume runs them."""
 
+import re
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from ergate_celery import (
     retry_job,
     submit_job,
 )
+from ergate_celery.beat import recover_stuck_jobs
 from ergate_celery.release import release_due_jobs
 from ergate_celery.stores import store_for_backend
 
@@ -169,6 +174,116 @@ def test_a_retry_racing_a_cancel_ends_in_one_state(setup: Setup, worker: Any) ->
     if final.status is JobStatus.COMPLETED:
         assert runs["ship"] == 1
     assert setup.ergate.get_job(job_id).status is final.status
+
+
+def _race(*actions: Callable[[], object]) -> None:
+    """Run `actions` in threads of their own, released together by a barrier."""
+    barrier = threading.Barrier(len(actions))
+
+    def run(action: Callable[[], object]) -> None:
+        barrier.wait()
+        action()
+
+    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _sweep(setup: Setup, delay: float, swept: list[int]) -> None:
+    """One sweep a day ahead, when every active job looks idle; how many it changed."""
+    time.sleep(delay)
+    swept.append(recover_stuck_jobs(setup.ergate, datetime.now(UTC) + timedelta(days=1)))
+
+
+def test_a_retry_racing_the_sweep_ends_in_one_state(setup: Setup, worker: Any) -> None:
+    """`retry_job` of a FAILED job while `recover_stuck_jobs` runs with a `now` a day ahead,
+    so that to the sweep every active job is idle: whatever it finds, the job completes once.
+
+    What the sweep may do is one `Recover` of the job (one index entry, one pass), written only
+    if nothing moved since it read it: nothing (it read the index before the retry wrote its
+    entry, or the job moved on); requeue it QUEUED — a second message for the same step,
+    dropped at its claim, so the step still runs once; or requeue it RUNNING, which it cannot
+    tell from a hung step — the step runs once more and only one of the two outcomes is
+    stored (the at-least-once rule of the README). Steps before the retried one never run
+    again, and each stored outcome is one timing.
+    """
+    runs: Counter[tuple[str, str]] = Counter()
+    lock = threading.Lock()
+    broken: set[str] = set()
+    workflow = Workflow(unique_name="orders")
+
+    def count(step: str, order: dict[str, Any]) -> None:
+        with lock:
+            runs[step, order["id"]] += 1
+
+    @workflow.step
+    def prepare(order: dict[str, Any]) -> dict[str, Any]:
+        count("prepare", order)
+        return {**order, "prepared": True}
+
+    @workflow.step
+    def charge(order: dict[str, Any]) -> dict[str, Any]:
+        count("charge", order)
+        if order["id"] in broken:
+            raise ConnectionError("payment provider down")
+        time.sleep(0.02)  # a step that takes a moment: the sweep may find it RUNNING
+        return {**order, "charged": True}
+
+    @workflow.step
+    def ship(order: dict[str, Any]) -> dict[str, Any]:
+        count("ship", order)
+        return {**order, "shipped": True}
+
+    setup.ergate.register_workflow(workflow)
+    rounds: list[tuple[str, int]] = []
+    with worker():
+        for round_ in range(8):
+            order = f"o-{round_}"
+            broken.add(order)
+            job_id = str(submit_job("orders", initial_input_value={"id": order}).id)
+            assert _final(setup, job_id).status is JobStatus.FAILED
+            broken.discard(order)
+            swept: list[int] = []
+            # Spread where the sweep lands in the retry: at once, or a few ms after it.
+            _race(partial(retry_job, job_id), partial(_sweep, setup, 0.004 * (round_ % 4), swept))
+            assert len(swept) == 1, "the sweep raised"
+            rounds.append((job_id, swept[0]))
+            assert _final(setup, job_id).status is JobStatus.COMPLETED
+    # Checked once the worker has stopped: a run whose outcome was dropped has counted itself.
+    outcomes = []
+    for round_, (job_id, recovered) in enumerate(rounds):
+        order = f"o-{round_}"
+        job = setup.ergate.get_job(job_id)
+        assert job.status is JobStatus.COMPLETED, job.error
+        assert job.last_return_value == {
+            "id": order,
+            "prepared": True,
+            "charged": True,
+            "shipped": True,
+        }
+        assert (job.retries, job.error, job.percent_completed) == (1, None, 100.0)
+        assert [error.type for error in job.errors] == ["ConnectionError"]
+        assert [timing.step for timing in job.timings] == ["prepare", "charge", "charge", "ship"]
+        # The sweep changed this job as often as it said (nothing else is in its index) and
+        # wrote one line for it.
+        assert len(job.recoveries) == recovered <= 1
+        extra = Counter[str]()
+        for line in job.recoveries:
+            found = re.search(
+                r" requeue: (QUEUED|RUNNING) at step '(charge|ship)' after (\d) ", line
+            )
+            assert found is not None, line
+            status, step, done = found.groups()
+            assert int(done) == ["prepare", "charge", "ship"].index(step), line
+            if status == "RUNNING":
+                extra[step] += 1  # taken for a hung step: run again, one outcome stored
+            outcomes.append(f"{status} at {step}")
+        assert runs["prepare", order] == 1  # never again after the retry
+        assert runs["charge", order] == 2 + extra["charge"]  # the failed run, then the retry
+        assert runs["ship", order] == 1 + extra["ship"]
+    print("sweep outcomes:", Counter(outcomes) or "none", "in", len(rounds), "rounds")
 
 
 def test_a_paused_workflow_parks_its_steps_and_resume_runs_them(setup: Setup, worker: Any) -> None:

@@ -79,6 +79,11 @@ class ErgateJob(TaskResult):
         proxy = True
         verbose_name = "ergate job"
 
+    def __str__(self) -> str:
+        # The admin's title and breadcrumb: a job of a workflow, not TaskResult's "<Task: …>".
+        workflow = str(self.task_name or "").removeprefix("ergate.")
+        return f"{workflow} job {self.task_id} ({self.status})"
+
     def document(self) -> dict[str, Any]:
         """The stored job as a dict (empty if the row holds no readable job)."""
         try:

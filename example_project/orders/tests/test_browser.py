@@ -1,4 +1,6 @@
-"""In headless Chromium: log in, place orders, watch the progress bars move until the jobs end.
+"""In headless Chromium: log in, place orders, watch the progress bars move until the jobs end;
+staff approve a waiting order, and retry a failed one from the ergate console (/ergate/) and
+from the admin's job records (/admin/ergate_celery/ergatejob/).
 
 Run with `python manage.py test --tag browser`; needs Debian's `chromium` and
 `chromium-driver` packages and `pip install selenium`. Screenshots go to
@@ -242,4 +244,116 @@ class BrowserTests(StaticLiveServerTestCase):
         bars = self.js(f"return Array.from({job}.querySelectorAll('.timeline .bar')).length")
         self.assertEqual(bars, 6)  # validate, reserve_stock (failed); then 4 steps to notify
         self.screenshot("console-job-retried.png")
+        self.driver.set_window_size(1200, 800)
+
+    def test_staff_retry_a_failed_order_from_the_admin(self) -> None:
+        from django.contrib.auth.models import Permission
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import Select
+
+        from orders import services
+
+        # Staff, not superuser: the job records' view and change permissions are what the
+        # admin's list, job page and Retry action need.
+        clerk = make_user("clerk", is_staff=True)
+        clerk.user_permissions.add(  # type: ignore[attr-defined]
+            *Permission.objects.filter(
+                content_type__app_label="ergate_celery",
+                codename__in=["view_ergatejob", "change_ergatejob"],
+            )
+        )
+        self.open("/admin/")
+        self.assertIn("/admin/login/", self.driver.current_url)
+        self.driver.find_element(By.NAME, "username").send_keys("clerk")
+        self.driver.find_element(By.NAME, "password").send_keys("secret-pass-123")
+        self.driver.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
+        self.wait_for("document.getElementById('site-name')", "the admin index")
+
+        status = "document.querySelector('#job [data-field=status]')?.textContent"
+        with self.assertLogs("ergate_celery", "ERROR"):  # the worker logs the failed job
+            # 30 mugs: more than the warehouse holds, so reserve_stock fails the job.
+            failed = self.place_order(sku="MUG", quantity="30")
+            self.wait_for(f"{status} === 'FAILED'", "the order to fail")
+        shipped = self.place_order(sku="TEE", quantity="2")
+        self.wait_for(f"{status} === 'COMPLETED'", "the other order to complete")
+
+        # The job records, then the status filter's FAILED: only the out-of-stock order.
+        changelist = "/admin/ergate_celery/ergatejob/"
+        self.open(changelist)
+        ids = "Array.from(document.querySelectorAll('#result_list tbody th.field-task_id'))"
+        self.assertEqual(
+            sorted(self.js(f"return {ids}.map(cell => cell.textContent)")),
+            sorted([failed, shipped]),
+        )
+        self.driver.find_element(
+            By.CSS_SELECTOR, "#changelist-filter a[href*='status=FAILED']"
+        ).click()
+        self.wait_for("location.search.includes('status=FAILED')", "the filtered list")
+        rows = self.js(
+            "return Array.from(document.querySelectorAll('#result_list tbody tr')).map(row =>"
+            " [row.querySelector('th.field-task_id').textContent,"
+            " row.querySelector('td.field-status_name').textContent,"
+            " row.querySelector('td.field-step').textContent])"
+        )
+        self.assertEqual(rows, [[failed, "FAILED", "#1 reserve_stock"]])
+        self.screenshot("admin-failed-jobs.png")
+
+        # The job's page reads as a job: status, the error with its traceback, a timeline.
+        self.driver.find_element(By.LINK_TEXT, failed).click()
+        job = "document.getElementById('ergate-job')"
+        self.wait_for(f"{job}?.dataset.status === 'FAILED'", "the admin's job page")
+        self.assertEqual(self.js(f"return {job}.dataset.jobId"), failed)
+        text = self.js("return document.getElementById('content').innerText")
+        self.assertIn(f"process_order job {failed} (FAILED)", text)  # its title
+        self.assertIn("OutOfStockError: Only 20 × MUG in stock", text)
+        self.assertIn("in step reserve_stock", text)
+        self.assertIn("Traceback (most recent call last)", text)
+        self.assertNotIn('"status"', text)  # not the record's JSON
+        labels = self.js(
+            f"return Array.from({job}.querySelectorAll('.timeline .label'))"
+            ".map(label => label.title)"
+        )
+        self.assertEqual(labels, ["validate", "reserve_stock"])
+        self.driver.set_window_size(1200, 1100)
+        self.screenshot("admin-job-failed.png")
+        self.driver.set_window_size(1200, 800)
+
+        # Back in the filtered list: select the job and run the Retry action, the warehouse
+        # restocked first. The admin page does not reload itself: reload until it has ended.
+        with mock.patch.object(services, "STOCK", 100):
+            self.open(f"{changelist}?status=FAILED")
+            self.driver.find_element(
+                By.XPATH,
+                f"//tr[th[normalize-space()='{failed}']]//input[@name='_selected_action']",
+            ).click()
+            Select(self.driver.find_element(By.NAME, "action")).select_by_value("retry_jobs")
+            self.driver.find_element(By.CSS_SELECTOR, "#changelist-form button[name=index]").click()
+            self.wait_for(
+                "document.querySelector('.messagelist')?.innerText.includes('1 job retried.')",
+                "the action's message",
+            )
+            self.assertEqual(
+                self.js("return document.querySelectorAll('.messagelist .warning').length"), 0
+            )
+            self.open(f"{changelist}?q={failed}")
+            self.driver.find_element(By.LINK_TEXT, failed).click()
+            self.wait_for(job, "the admin's job page")
+            deadline = time.monotonic() + WAIT
+            while (shown := self.js(f"return {job}.dataset.status")) != "COMPLETED":
+                self.assertNotIn(shown, ("FAILED", "ABORTED", "CANCELLED"))
+                self.assertLess(time.monotonic(), deadline, "timed out waiting for COMPLETED")
+                time.sleep(0.3)
+                self.driver.refresh()
+                self.wait_for(job, "the admin's job page")
+        text = self.js("return document.getElementById('content').innerText")
+        self.assertIn("retry 1", text)
+        self.assertIn("Errors of earlier runs", text)
+        self.assertEqual(
+            self.js(f"return {job}.querySelector('[data-field=retries]').textContent"), "1"
+        )
+        self.assertEqual(self.js(f"return {job}.querySelector('progress').value"), 100)
+        bars = self.js(f"return {job}.querySelectorAll('.timeline .bar').length")
+        self.assertEqual(bars, 6)  # validate, reserve_stock (failed); then 4 steps to notify
+        self.driver.set_window_size(1200, 1100)
+        self.screenshot("admin-job-retried.png")
         self.driver.set_window_size(1200, 800)
