@@ -23,12 +23,13 @@ format: $(STAMP)
 	$(BIN)/ruff format ergate_celery tests bench example_project
 	$(BIN)/ruff check --fix ergate_celery tests bench example_project
 
+# Two pytest processes at once: each keeps its own Redis db, schema and vhost (tests/services.py).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # Skips the fault tests marked slow; CI runs everything through `make test`.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 # The example Django project end to end on its embedded defaults (no server needed).
 demo: $(STAMP)
