@@ -249,11 +249,16 @@ def _retry(stored: Job, now: datetime) -> Job | None:
         return None
     start = stored.requested_start_time
     errors = stored.errors if stored.error is None else [*stored.errors, stored.error]
+    status = S.SCHEDULED if start is not None and start > now else S.QUEUED
+    wait = stored.wait
+    if wait is not None:  # it stopped while waiting: it waits again
+        wait, status = waiting.again(wait, now), S.SCHEDULED
     return stored.model_copy(
         update={
             # The step it stopped at is current_step_name, its input `input_value`: both were
             # left as they were when it stopped, so no completed step runs again.
-            "status": S.SCHEDULED if start is not None and start > now else S.QUEUED,
+            "status": status,
+            "wait": wait,
             "error": None,
             "errors": errors,
             "retries": stored.retries + 1,

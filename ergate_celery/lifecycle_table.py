@@ -100,6 +100,7 @@ def _rows() -> list[Row]:
         Row(S.ABORTED, "Retry", "back to the step it stopped at", S.QUEUED),
         Row(S.CANCELLED, "Retry", "back to the step it stopped at", S.QUEUED),
         Row(S.CANCELLED, "Retry", "cancelled before its start time", S.SCHEDULED),
+        Row(S.FAILED, "Retry", "a signal wait timed out: it waits again", S.SCHEDULED),
         Row(S.QUEUED, "Park", "the message's step, its workflow paused", S.QUEUED),
         Row(S.QUEUED, "Park", "already parked, or a stale message", None),
         Row(S.QUEUED, "Unpark", "parked", S.QUEUED),

@@ -98,5 +98,13 @@ def receive(stored: Job, name: str, payload: Any) -> Job | None:
     return received
 
 
+def again(wait: Wait, now: datetime) -> Wait:
+    """The wait a retried job waits anew (it stopped while waiting: a signal's timeout, or a
+    cancel): a signal wait as long as before from now; a sleep until its own end."""
+    if wait.signal is None or wait.until is None:
+        return wait.model_copy(update={"since": now})
+    return wait.model_copy(update={"since": now, "until": now + (wait.until - wait.since)})
+
+
 def _released(job: Job) -> Job:
     return job.model_copy(update={"status": S.QUEUED, "wait": None})

@@ -155,6 +155,9 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "cancelled before its start time":
                 later = NOW + timedelta(hours=1)
                 stored = stored.model_copy(update={"requested_start_time": later})
+            if when.startswith("a signal wait timed out"):
+                timed_out = _APPROVAL.model_copy(update={"until": NOW - timedelta(seconds=1)})
+                stored = stored.model_copy(update={"wait": timed_out})
             return stored, Retry()
         case "Park":
             if when.startswith("already parked"):

@@ -414,3 +414,34 @@ def test_the_graph_draws_a_waiting_step_as_such() -> None:
     assert 's0 -.->|"WaitForSignal approved"| s1' in drawn
     assert 's1["decide"]' in drawn
     assert 's0 -.->|"Sleep"| s1' in mermaid(waiting_app.napping)
+
+
+def test_a_waiting_job_is_listed_and_a_timed_out_wait_is_retried_as_a_wait(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    setup = make_setup(setup_name)
+    _register(setup)
+    with in_process_worker(setup.app):
+        job = setup.ergate.submit_job("approval", initial_input_value={"timeout": 60})
+        waiting = _waiting(setup, str(job.id))
+        listed = setup.ergate.list_jobs(status=JobStatus.SCHEDULED, workflow="approval")
+        assert [j.id for j in listed.jobs] == [job.id]
+        with pytest.raises(JobStateError):
+            setup.ergate.retry_job(str(job.id))  # waiting is not stopped
+        late = waiting.wait.until + timedelta(seconds=1)
+        assert release_due_jobs(setup.ergate, late) == 0
+        failed = setup.ergate.get_job(str(job.id))
+        assert failed.error is not None
+        assert (failed.status, failed.error.type) == (JobStatus.FAILED, "SignalTimeout")
+        retried = setup.ergate.retry_job(str(job.id))
+        # It stopped waiting for "approved": the retry waits for it again, as long as before.
+        assert retried.status is JobStatus.SCHEDULED
+        assert retried.wait is not None
+        assert retried.wait.signal == "approved"
+        assert retried.wait.until - retried.wait.since == timedelta(seconds=60)
+        assert retried.wait.until > datetime.now(UTC)
+        setup.ergate.signal_job(str(job.id), "approved", {"by": "ana"})
+        done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.last_return_value["answer"] == {"by": "ana"}
+    assert (done.retries, [e.type for e in done.errors]) == (1, ["SignalTimeout"])
