@@ -14,9 +14,17 @@ import math
 import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, get_args, get_origin
 
 from pydantic import TypeAdapter
+from pydantic_core import to_jsonable_python
+
+from .exceptions import InvalidInputError
+from .job import Job
+from .job_status import JobStatus
+
+if TYPE_CHECKING:
+    from .workflow_step import WorkflowStep
 
 #: The Python types JSON gives back as they were.
 _SCALARS = (str, int, bool, type(None))
@@ -94,3 +102,23 @@ def parses_back(parse: Callable[[Any], Any] | None, value: Any, json_value: Any)
         return bool(parse(json_value) == value)
     except Exception:
         return False
+
+
+def json_result(step: WorkflowStep[Any, Any], after: Job) -> Job:
+    """`after` with its new value as JSON, or `InvalidInputError` naming what JSON would
+    change (unless the step receiving it parses it back from its JSON form)."""
+    value = after.last_return_value
+    problem = non_json(value, "return value")
+    if problem is None:
+        return after
+    parse = None
+    if after.status is JobStatus.QUEUED and after.current_step_name is not None:
+        parse = step.workflow.step_named(after.current_step_name).plan.input_parser
+    json_value = to_jsonable_python(value) if parse is not None else None
+    if parses_back(parse, value, json_value):
+        return after.model_copy(update={"last_return_value": json_value})
+    raise InvalidInputError(
+        f"Step {step} returned a value that is not JSON-serializable as it is: {problem}; "
+        "return dicts with str keys, lists, strings, numbers, booleans or None (or a value the "
+        "next step's annotated input type parses back, such as a datetime)"
+    )

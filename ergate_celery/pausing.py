@@ -3,10 +3,21 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
+from .job import Job
+from .lifecycle import Park
+from .rejects import dropped_because
 from .stores import JobStore
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+    from .workflow_step import WorkflowStep
+
+logger = logging.getLogger("ergate_celery")
 
 
 class PausedWorkflows:
@@ -36,3 +47,26 @@ class PausedWorkflows:
     def forget(self) -> None:
         """Read the store again at the next question (after this process paused or resumed)."""
         self._read_at = float("-inf")
+
+
+def park(rt: Runtime, step: WorkflowStep[Any, Any], message: Job) -> None:
+    """The workflow is paused: the job waits QUEUED, without a message, for resume_workflow."""
+    job_id = str(message.id)
+    park = Park(step.name, message.steps_completed)
+    before, after = rt.retrying(
+        f"parking {step} of job {job_id}",
+        lambda: rt.apply(job_id, park, sender=step.task_name, assume=message),
+    )
+    if after is not None:
+        logger.info(
+            "Parked job %s at %s: workflow %s is paused", job_id, step, step.workflow.unique_name
+        )
+    else:
+        logger.warning(
+            "Dropped a message for %s of job %s while its workflow is paused: %s",
+            step,
+            job_id,
+            "already parked"
+            if before is not None and before.parked
+            else dropped_because(before, message),
+        )

@@ -8,16 +8,19 @@ data.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from pydantic import ValidationError
 
-from .job import JobError
+from .job import Job, JobError
+from .job_status import JobStatus
 from .lifecycle import Reject
-from .runtime import Runtime
 from .step_results import reply
 from .workflow_step import WorkflowStep
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
 
@@ -69,3 +72,19 @@ def _where(exc: ValidationError) -> str:
 def not_a_job(exc: ValidationError) -> str:
     """Why a payload is not a job, for the log and the job's error."""
     return f"is not a job ({len(exc.errors())} errors, first at {_where(exc)})"
+
+
+def dropped_because(stored: Job | None, message: Job) -> str:
+    """Why a step message of `message` is not run, given the job as stored."""
+    if stored is None:
+        return "no such job is stored (deleted, or expired)"
+    if stored.workflow_name != message.workflow_name:
+        return f"the job belongs to workflow {stored.workflow_name!r}"
+    if stored.is_final:
+        return f"the job is already {stored.status.name}"
+    if stored.status is JobStatus.RUNNING and stored.steps_completed == message.steps_completed:
+        return f"a duplicate: the step is running elsewhere (lease until {stored.lease_until})"
+    return (
+        f"stale: the job is {stored.status.name} at step {stored.current_step_name!r} after "
+        f"{stored.steps_completed} steps, the message was sent after {message.steps_completed}"
+    )

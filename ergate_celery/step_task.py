@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import PydanticSerializationError
 
 from .annotations import StepRun
 from .exceptions import InvalidInputError
 from .job import Job, JobError, StepTiming
 from .job_status import JobStatus
-from .json_values import non_json, parses_back
-from .lifecycle import Claim, Finish, Park, Progress, Yield
-from .outages import is_outage
+from .json_values import json_result
+from .lifecycle import Claim, Finish, Progress, Yield
+from .outages import requeued_on_outage
+from .pausing import park
 from .progress import ProgressReporter
-from .rejects import not_a_job, reject
+from .rejects import dropped_because, not_a_job, reject
 from .retry_policy import retry_delay, should_retry
 from .runtime import Runtime
 from .step_results import display_options, own_result, reply, summary
@@ -54,24 +52,10 @@ def execute_step(
         return reject(rt, task, step, payload, f"is too large ({exc})")
 
 
-@contextmanager
-def _requeued_on_outage(what: str) -> Iterator[None]:
-    """Send the message back to the queue when the backend stays unreachable (past the
-    retries of `Runtime.retrying`), rather than acknowledge and drop it: its redelivery
-    tries again, and the job continues once the backend returns."""
-    try:
-        yield
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        logger.warning("%s failed (%r); the message goes back to the queue", what, exc)
-        raise Reject(exc, requeue=True) from exc
-
-
 def _execute(
     rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
 ) -> dict[str, Any]:
-    with _requeued_on_outage(f"Claiming {step} of job {message.id}"):
+    with requeued_on_outage(f"Claiming {step} of job {message.id}"):
         job = _claim(rt, step, task, message)
     if job is None:
         return reply(task, summary(message, step, dropped=True))
@@ -95,7 +79,7 @@ def _execute(
     )
     outcome = run_step(step, job.get_input_value(), job.user_context, run, progress, job.signals)
     if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
-        with _requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
+        with requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
             rt.retrying(
                 f"yielding {step} of job {job.id} for a retry",
                 lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
@@ -107,7 +91,7 @@ def _execute(
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
-    with _requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
+    with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
         finished = _finish(rt, task, job, step, after, with_result=raised is None)
     if raised is not None and finished is not None:
         raise raised
@@ -126,7 +110,7 @@ def _claim(
 ) -> Job | None:
     job_id = str(message.id)
     if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
-        _park(rt, step, message)
+        park(rt, step, message)
         return None
     now = datetime.now(UTC)
     token = uuid.uuid4().hex
@@ -156,44 +140,10 @@ def _claim(
         logger.warning("Republishing step %s of job %s", before.current_step_name, job_id)
         rt.hand_on(before, step.task_name)
         return None
-    logger.warning("Dropped a message for %s of job %s: %s", step, job_id, _why(before, message))
+    logger.warning(
+        "Dropped a message for %s of job %s: %s", step, job_id, dropped_because(before, message)
+    )
     return None
-
-
-def _park(rt: Runtime, step: WorkflowStep[Any, Any], message: Job) -> None:
-    # The workflow is paused: the job waits QUEUED, without a message, for resume_workflow.
-    job_id = str(message.id)
-    park = Park(step.name, message.steps_completed)
-    before, after = rt.retrying(
-        f"parking {step} of job {job_id}",
-        lambda: rt.apply(job_id, park, sender=step.task_name, assume=message),
-    )
-    if after is not None:
-        logger.info(
-            "Parked job %s at %s: workflow %s is paused", job_id, step, step.workflow.unique_name
-        )
-    else:
-        logger.warning(
-            "Dropped a message for %s of job %s while its workflow is paused: %s",
-            step,
-            job_id,
-            "already parked" if before is not None and before.parked else _why(before, message),
-        )
-
-
-def _why(stored: Job | None, message: Job) -> str:
-    if stored is None:
-        return "no such job is stored (deleted, or expired)"
-    if stored.workflow_name != message.workflow_name:
-        return f"the job belongs to workflow {stored.workflow_name!r}"
-    if stored.is_final:
-        return f"the job is already {stored.status.name}"
-    if stored.status is JobStatus.RUNNING and stored.steps_completed == message.steps_completed:
-        return f"a duplicate: the step is running elsewhere (lease until {stored.lease_until})"
-    return (
-        f"stale: the job is {stored.status.name} at step {stored.current_step_name!r} after "
-        f"{stored.steps_completed} steps, the message was sent after {message.steps_completed}"
-    )
 
 
 def _redelivered(task: Task[Any, Any]) -> bool:
@@ -247,7 +197,7 @@ def _finish(
 
     try:
         if after.last_return_value is not job.last_return_value:  # the step gave a value
-            after = _json_result(step, after)
+            after = json_result(step, after)
         return write(after)
     except (PydanticSerializationError, InvalidInputError) as exc:
         # The step's return value cannot be stored: fail the job, keeping its last good value.
@@ -262,26 +212,6 @@ def _finish(
         error = JobError.from_exception(reason, step.name)
         failed = job.model_copy(update={"status": JobStatus.FAILED, "error": error})
         return write(_timed(job, step, failed))
-
-
-def _json_result(step: WorkflowStep[Any, Any], after: Job) -> Job:
-    """`after` with its new value as JSON, or `InvalidInputError` naming what JSON would
-    change (unless the step receiving it parses it back from its JSON form)."""
-    value = after.last_return_value
-    problem = non_json(value, "return value")
-    if problem is None:
-        return after
-    parse = None
-    if after.status is JobStatus.QUEUED and after.current_step_name is not None:
-        parse = step.workflow.step_named(after.current_step_name).plan.input_parser
-    json_value = to_jsonable_python(value) if parse is not None else None
-    if parses_back(parse, value, json_value):
-        return after.model_copy(update={"last_return_value": json_value})
-    raise InvalidInputError(
-        f"Step {step} returned a value that is not JSON-serializable as it is: {problem}; "
-        "return dicts with str keys, lists, strings, numbers, booleans or None (or a value the "
-        "next step's annotated input type parses back, such as a datetime)"
-    )
 
 
 def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job) -> Job:
