@@ -27,7 +27,8 @@ from celery.signals import before_task_publish
 if TYPE_CHECKING:
     from ergate_celery import ErgateCelery
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+#: Redis db 12 unless ERGATE_BENCH_REDIS_URL says otherwise (the smoke tests give their run's).
+REDIS_URL = os.environ.get("ERGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 POSTGRES_SCHEMA = "ergate_bench"

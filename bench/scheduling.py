@@ -27,7 +27,7 @@ from celery import Celery
 from ergate_celery import ErgateCelery, Workflow
 from ergate_celery.beat import release_due_jobs
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("ERGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 STARTED_KEY = "ergate-bench:started"
 
 released = Workflow(unique_name="bench_released")

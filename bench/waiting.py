@@ -80,7 +80,7 @@ def wake_up(x: dict[str, float]) -> None:
 
 
 def make_app(queue: str) -> tuple[Celery, ErgateCelery]:
-    """The app of this bench: Redis db 12 as broker and backend, the queue given."""
+    """The app of this bench: its Redis db as broker and backend, the queue given."""
     celery_app = Celery("ergate_bench_waiting", set_as_current=False)
     celery_app.conf.update(
         broker_url=REDIS_URL,
@@ -202,7 +202,7 @@ def lateness(
 
 
 def run_waiting(sizes: WaitingSizes, log: Callable[[str], None]) -> dict[str, Any]:
-    """Both parts on Redis db 12, flushed before and after; an error is recorded."""
+    """Both parts on the bench's Redis db, flushed before and after; an error is recorded."""
     report: dict[str, Any] = {
         "sizes": asdict(sizes),
         "schedule_interval_s": SCHEDULE_INTERVAL,
@@ -211,7 +211,8 @@ def run_waiting(sizes: WaitingSizes, log: Callable[[str], None]) -> dict[str, An
     }
     client = _redis()
     queue = f"ergate-bench-waiting-{uuid.uuid4().hex[:8]}"
-    app.conf.task_default_queue = queue
+    # An app of this run's own: REDIS_URL may have been set after this module was imported.
+    bench_app, bench = make_app(queue)
     fill_rate = 50.0
     with tempfile.TemporaryDirectory(prefix="ergate-bench-waiting-") as name:
         folder = Path(name)
@@ -219,7 +220,7 @@ def run_waiting(sizes: WaitingSizes, log: Callable[[str], None]) -> dict[str, An
             client.flushdb()
             log(f"waiting: release run over {sizes.release_jobs:,} sleeping jobs…")
             try:
-                rate = release_rate(ergate, sizes.release_jobs, folder, sizes.timeout)
+                rate = release_rate(bench, sizes.release_jobs, folder, sizes.timeout)
                 report["measures"]["release"] = rate
                 fill_rate = rate["jobs"] / rate["fill_s"]
                 log(f"waiting: {rate['jobs_per_s']:,.0f} jobs released per second")
@@ -230,7 +231,7 @@ def run_waiting(sizes: WaitingSizes, log: Callable[[str], None]) -> dict[str, An
             log(f"waiting: {sizes.sleepers:,} sleeping jobs woken by beat over {sizes.window_s} s…")
             try:
                 late = lateness(
-                    ergate, sizes.sleepers, sizes.window_s, folder, sizes.timeout, fill_rate
+                    bench, sizes.sleepers, sizes.window_s, folder, sizes.timeout, fill_rate
                 )
                 report["measures"]["lateness"] = late
                 log(
@@ -242,7 +243,8 @@ def run_waiting(sizes: WaitingSizes, log: Callable[[str], None]) -> dict[str, An
                 log(f"waiting: lateness failed: {type(exc).__name__}: {exc}")
         finally:
             client.flushdb()
-            ergate.close()
+            bench.close()
+            bench_app.close()
     return report
 
 

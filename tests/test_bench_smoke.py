@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import listing, waiting
+import pytest
+
+from bench import apps, listing, waiting
 from bench.measures import Sizes
 from bench.run import PartSizes, run_bench, table
 
-from .services import REDIS_HOST, REDIS_PORT, require
+from .services import RedisService
 
 TINY = Sizes(latency_runs=1, throughput_jobs=4, submit_calls=4, warmup=1, timeout=60.0)
 
@@ -24,8 +26,16 @@ MEASURES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def bench_redis(redis_service: RedisService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benches on this run's Redis database, not the bench's own db 12: two test runs at
+    once must not share it. Worker subprocesses read it from the environment."""
+    monkeypatch.setenv("ERGATE_BENCH_REDIS_URL", redis_service.url)
+    for module in (apps, listing, waiting):
+        monkeypatch.setattr(module, "REDIS_URL", redis_service.url)
+
+
 def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
-    require("Redis", REDIS_HOST, REDIS_PORT)
     lines: list[str] = []
 
     report, path = run_bench(["redis"], TINY, results_dir=tmp_path, log=lines.append)
@@ -46,7 +56,6 @@ def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
 
 
 def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
-    require("Redis", REDIS_HOST, REDIS_PORT)
     lines: list[str] = []
 
     _, path = run_bench(
@@ -71,7 +80,6 @@ def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
 
 
 def test_waiting_bench_measures_release_and_lateness(tmp_path: Path) -> None:
-    require("Redis", REDIS_HOST, REDIS_PORT)
     lines: list[str] = []
 
     _, path = run_bench(
