@@ -95,13 +95,24 @@ class BrowserTests(StaticLiveServerTestCase):
             time.sleep(0.05)
         return value
 
+    def wait_for_log(self, logs: Any) -> None:
+        """A failure is logged right after it is stored: wait for the line to arrive."""
+        deadline = time.monotonic() + WAIT
+        while not logs.output:
+            self.assertLess(time.monotonic(), deadline, "timed out waiting for the log line")
+            time.sleep(0.02)
+
     def fill(self, **fields: str) -> None:
         """Fill the page's form as a user would and press its button."""
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import Select
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import Select, WebDriverWait
 
         for name, value in fields.items():
-            element = self.driver.find_element(By.NAME, name)
+            # A page still loading on a busy machine: wait for the field rather than fail.
+            element = WebDriverWait(self.driver, WAIT).until(
+                expected_conditions.presence_of_element_located((By.NAME, name))
+            )
             if element.tag_name == "select":
                 Select(element).select_by_value(value)
             else:
@@ -144,7 +155,7 @@ class BrowserTests(StaticLiveServerTestCase):
         self.screenshot("order-detail.png")
 
         # Two more; the list refreshes its rows by itself (no reload) until all have ended.
-        with self.assertLogs("ergate_celery", "ERROR"):  # the worker logs the failed job
+        with self.assertLogs("ergate_celery", "ERROR") as logs:  # the worker logs the failed job
             self.place_order(sku="HIVE", card="declined")
             self.place_order(sku="MUG", quantity="50")
             self.open("/")
@@ -154,6 +165,7 @@ class BrowserTests(StaticLiveServerTestCase):
             if self.js(f"return {running}"):
                 self.screenshot("order-list-running.png")
             self.wait_for(f"!({running})", "the list to show every job ending")
+            self.wait_for_log(logs)
         self.assertTrue(self.js("return window.notReloaded === true"))
         table = self.js(
             f"return {rows}.map(row => [row.querySelector('[data-field=status]').textContent,"
@@ -204,10 +216,11 @@ class BrowserTests(StaticLiveServerTestCase):
         self.fill(username="ops", password="secret-pass-123")
         self.wait_for("document.querySelector('h1')?.textContent === 'My orders'", "the list")
         status = "document.querySelector('#job [data-field=status]')?.textContent"
-        with self.assertLogs("ergate_celery", "ERROR"):  # the worker logs the failed job
+        with self.assertLogs("ergate_celery", "ERROR") as logs:  # the worker logs the failed job
             # 25 mugs: more than the warehouse holds, so reserve_stock fails the job.
             failed = self.place_order(sku="MUG", quantity="25")
             self.wait_for(f"{status} === 'FAILED'", "the order to fail")
+            self.wait_for_log(logs)
         shipped = self.place_order(sku="TEE", quantity="1")
         self.wait_for(f"{status} === 'COMPLETED'", "the other order to complete")
 
@@ -270,10 +283,11 @@ class BrowserTests(StaticLiveServerTestCase):
         self.wait_for("document.getElementById('site-name')", "the admin index")
 
         status = "document.querySelector('#job [data-field=status]')?.textContent"
-        with self.assertLogs("ergate_celery", "ERROR"):  # the worker logs the failed job
+        with self.assertLogs("ergate_celery", "ERROR") as logs:  # the worker logs the failed job
             # 30 mugs: more than the warehouse holds, so reserve_stock fails the job.
             failed = self.place_order(sku="MUG", quantity="30")
             self.wait_for(f"{status} === 'FAILED'", "the order to fail")
+            self.wait_for_log(logs)
         shipped = self.place_order(sku="TEE", quantity="2")
         self.wait_for(f"{status} === 'COMPLETED'", "the other order to complete")
 

@@ -90,6 +90,10 @@ class JobRunTests(TransactionTestCase):
     def test_more_than_the_stock_fails_the_job(self) -> None:
         with self.assertLogs("ergate_celery", "ERROR") as logs:  # the worker logs the failure
             job = self.run_order(quantity=50)
+            # The failure is announced (and logged) right after it is stored: wait for the line.
+            deadline = time.monotonic() + WAIT
+            while not logs.output and time.monotonic() < deadline:
+                time.sleep(0.02)
         self.assertIn("OutOfStockError", "\n".join(logs.output))
         self.assertEqual(job.status, JobStatus.FAILED)
         assert job.error is not None
