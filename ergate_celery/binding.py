@@ -135,8 +135,6 @@ class ErgateCelery:
         job_result.adapt_backend(self.app.backend, self)
         return self._store
 
-    # Workflows ---------------------------------------------------------------------------
-
     def register_workflow(self, workflow: Workflow) -> None:
         """Check `workflow` and install one Celery task per step."""
         self.registry.register(workflow)
@@ -171,8 +169,6 @@ class ErgateCelery:
             self.announcer.events_enabled = bool(
                 getattr(sender, "task_events", self.events_enabled)
             )
-
-    # Jobs --------------------------------------------------------------------------------
 
     def submit_job(
         self,
@@ -272,14 +268,7 @@ class ErgateCelery:
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
-        _check_id(job_id)
-        try:
-            job = self.store.get(job_id)
-        except UNREADABLE:
-            raise _not_a_job(job_id) from None
-        if job is None:
-            raise _not_found(job_id)
-        return job
+        return _found(job_id, lambda: self.store.get(job_id))
 
     def cancel_job(self, job_id: str) -> Job:
         """Cancel a job; returns it as it is now (a finished job is left as it was).
@@ -303,13 +292,8 @@ class ErgateCelery:
 
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job is final and return it; `TimeoutError` after `timeout` s."""
-        _check_id(job_id)
-        try:
-            job = self.store.wait_final(job_id, timeout, self.settings.wait_poll_interval)
-        except UNREADABLE:
-            raise _not_a_job(job_id) from None
-        if job is None:
-            raise _not_found(job_id)
+        poll = self.settings.wait_poll_interval
+        job = _found(job_id, lambda: self.store.wait_final(job_id, timeout, poll))
         if not job.is_final:
             raise TimeoutError(f"Job {job_id!r} is still {job.status.name} after {timeout} s")
         return job
@@ -393,15 +377,19 @@ def _check_id(job_id: Any) -> None:
         raise TypeError(f"A job id is a string, got {type(job_id).__name__}")
 
 
-def _not_found(job_id: str) -> JobNotFoundError:
-    return JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
-
-
-def _not_a_job(job_id: str) -> JobNotFoundError:
-    return JobNotFoundError(
-        f"{job_id!r} holds a Celery task result that is not a job (a plain task's result, "
-        "or one a job id collided with); no job with that id is stored"
-    )
+def _found(job_id: str, read: Callable[[], Job | None]) -> Job:
+    """The job `read` gives for `job_id`, or `JobNotFoundError` saying why there is none."""
+    _check_id(job_id)
+    try:
+        job = read()
+    except UNREADABLE:
+        raise JobNotFoundError(
+            f"{job_id!r} holds a Celery task result that is not a job (a plain task's result, "
+            "or one a job id collided with); no job with that id is stored"
+        ) from None
+    if job is None:
+        raise JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
+    return job
 
 
 def all_bindings() -> list[ErgateCelery]:

@@ -277,7 +277,7 @@ def signal(ctx: click.Context, job_id: str, name: str, payload_json: str | None)
         click.echo(str(exc), err=True)
         ctx.exit(1)
     except (ErgateError, TypeError, ValueError) as exc:
-        raise BadInput(_one_line(exc)) from None
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
     click.echo(job.status.name)
 
 
@@ -310,13 +310,8 @@ def submit(
             id=job_id,
         )
     except (ErgateError, ValidationError, TypeError, ValueError) as exc:
-        raise BadInput(_one_line(exc)) from None
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
     click.echo(str(job.id))
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as `Type: message`, pydantic's multi-line messages included."""
-    return f"{type(exc).__name__}: {exc}"
 
 
 @ergate.command()

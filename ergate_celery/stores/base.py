@@ -13,10 +13,11 @@ from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 from celery import states
 
 from ..exceptions import DuplicateJobError, InvalidInputError
-from ..job import Job, JobError
+from ..job import Job
 from ..job_status import JobStatus
 from ..waiting import due_at
 from .listing import JobPage, JobQuery, Position, list_page
+from .oversized import without_values
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: It may be called more than once when a concurrent write wins a race, so it must be pure.
@@ -51,10 +52,6 @@ class TaskResult:
 
 #: A new record may take all but 1/CREATE_HEADROOM of `ergate_max_payload_bytes`.
 CREATE_HEADROOM: Final = 10
-#: What is kept of a traceback, a message, and of the timings and recoveries lists, in a
-#: failure record stored `without_values`.
-_KEPT_CHARS: Final = 4000
-_KEPT_LINES: Final = 20
 
 SCHEDULED: Final = "scheduled"
 ACTIVE: Final = "active"
@@ -357,32 +354,6 @@ def stamped(job: Job) -> Job:
     if job.is_final and job.finished_at is None:
         return job.model_copy(update={"finished_at": datetime.now(UTC)})
     return job
-
-
-def without_values(failed: Job) -> Job:
-    """A FAILED record too large to store, made small: its input, user context and last
-    return value are dropped (and its error says so), long texts and lists are cut."""
-    error = failed.error or JobError(type="PayloadTooLarge", message="The job failed")
-    note = (
-        " [the record was over ergate_max_payload_bytes: its initial_input_value, "
-        "user_context and last_return_value were dropped to store this failure]"
-    )
-    trace = error.traceback
-    return failed.model_copy(
-        update={
-            "initial_input_value": None,
-            "user_context": None,
-            "last_return_value": None,
-            "timings": failed.timings[-_KEPT_LINES:],
-            "recoveries": failed.recoveries[-_KEPT_LINES:],
-            "error": error.model_copy(
-                update={
-                    "message": error.message[:_KEPT_CHARS] + note,
-                    "traceback": trace[-_KEPT_CHARS:] if trace is not None else None,
-                }
-            ),
-        }
-    )
 
 
 def job_document(job: Job) -> dict[str, Any]:

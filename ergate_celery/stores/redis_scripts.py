@@ -1,0 +1,71 @@
+"""The Lua scripts of the Redis job store: each change of a record, its index entries and
+the step's own result in one round trip."""
+
+# Shared by the scripts below: a write with an optional TTL ('' for none), and the move of a
+# job's entry into the index of its kind ('' for not indexed).
+LUA_HELPERS = """
+local function put(key, value, ttl)
+  if ttl == '' then
+    redis.call('SET', key, value)
+  else
+    redis.call('SET', key, value, 'EX', ttl)
+  end
+end
+local function index(scheduled, active, id, kind, at)
+  redis.call('ZREM', scheduled, id)
+  redis.call('ZREM', active, id)
+  if kind == 'scheduled' then redis.call('ZADD', scheduled, at, id) end
+  if kind == 'active' then redis.call('ZADD', active, at, id) end
+end
+"""
+
+# Compare-and-set in one round trip: the record is written (and its index entry moved) only if
+# the SHA-1 of its stored bytes is the one the change was computed from. On a mismatch the
+# stored bytes come back, so the caller computes again without another read. A final record
+# is also published on its key, for waiters. KEYS[4], when given, is the step task's result
+# key: written in the same script, as Celery would write it.
+COMPARE_AND_SET = (
+    LUA_HELPERS
+    + """
+local current = redis.call('GET', KEYS[1])
+if not current then return false end
+if redis.sha1hex(current) ~= ARGV[1] then return current end
+put(KEYS[1], ARGV[2], ARGV[3])
+index(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6])
+if ARGV[7] == '1' then redis.call('PUBLISH', KEYS[1], ARGV[2]) end
+if KEYS[4] then
+  put(KEYS[4], ARGV[8], ARGV[9])
+  redis.call('PUBLISH', KEYS[4], ARGV[8])
+end
+if ARGV[10] ~= '' then
+  for i = 12, #ARGV do redis.call('ZREM', ARGV[i], ARGV[4]) end
+  redis.call('ZADD', ARGV[11], ARGV[10], ARGV[4])
+end
+return 1
+"""
+)
+
+# Create in one round trip: nothing is written when the id is taken.
+CREATE = (
+    LUA_HELPERS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+put(KEYS[1], ARGV[1], ARGV[2])
+index(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
+if ARGV[6] ~= '' then
+  for i = 7, #ARGV do redis.call('ZADD', ARGV[i], ARGV[6], ARGV[3]) end
+end
+return 1
+"""
+)
+
+# Drop an index entry only if its score is still the one read: a job that a concurrent write
+# has just moved (same member, new score) keeps its entry. Scores are compared as the doubles
+# Redis stores; both sides are written by `_score`.
+DROP_INDEX_ENTRY = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
