@@ -280,7 +280,10 @@ class BrowserTests(StaticLiveServerTestCase):
         self.driver.find_element(By.NAME, "username").send_keys("clerk")
         self.driver.find_element(By.NAME, "password").send_keys("secret-pass-123")
         self.driver.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
-        self.wait_for("document.getElementById('site-name')", "the admin index")
+        # The login page has the site name too: wait for what only a logged-in page shows,
+        # or the next navigation could cut the login short.
+        logged_in = "document.getElementById('user-tools') && !location.pathname.includes('login')"
+        self.wait_for(logged_in, "the admin index")
 
         status = "document.querySelector('#job [data-field=status]')?.textContent"
         with self.assertLogs("ergate_celery", "ERROR") as logs:  # the worker logs the failed job
