@@ -49,9 +49,7 @@ def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | N
         before, after = rt.apply(entry.job_id, Release(paused), sender=RELEASE_TASK, now=now)
     except UNREADABLE as exc:
         # A record that is not a job must not hold up every release after it.
-        why = type(exc).__name__
-        logger.error("Dropped the scheduled index entry of %s: not a job (%s)", entry.job_id, why)
-        rt.store.drop_index_entry(entry)
+        drop_entry(rt, entry, f"its record is not a job ({type(exc).__name__})")
         return JobStatus.SCHEDULED
     except Exception:
         logger.exception("Could not release job %s; the next run tries again", entry.job_id)
@@ -59,10 +57,15 @@ def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | N
     if after is None:
         if before is not None and before.status is JobStatus.SCHEDULED:
             return None  # not due yet, whatever the index said
-        if rt.store.drop_index_entry(entry):
-            state = "gone" if before is None else before.status.name
-            logger.warning("Dropped the scheduled index entry of %s: it is %s", entry.job_id, state)
+        drop_entry(rt, entry, f"it is {'gone' if before is None else before.status.name}")
         return JobStatus.SCHEDULED
     if after.status is JobStatus.QUEUED and not after.parked:  # parked: its workflow is paused
         rt.hand_on(after, RELEASE_TASK)
     return after.status
+
+
+def drop_entry(rt: Runtime, entry: IndexEntry, why: str) -> None:
+    """Remove an index entry whose record is gone or no longer matches it, saying why (an
+    entry a concurrent write has just moved is kept)."""
+    if rt.store.drop_index_entry(entry):
+        logger.warning("Dropped the %s index entry of %s: %s", entry.kind, entry.job_id, why)

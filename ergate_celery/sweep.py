@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from .job_status import JobStatus
 from .lifecycle import Recover
-from .release import UNREADABLE
+from .release import UNREADABLE, drop_entry
 from .runtime import Runtime
 from .stores.base import ACTIVE, IndexEntry
 
@@ -37,14 +37,10 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
     try:
         seen = rt.store.get(entry.job_id)
     except UNREADABLE as exc:
-        why = type(exc).__name__
-        logger.error("Dropped the active index entry of %s: not a job (%s)", entry.job_id, why)
-        rt.store.drop_index_entry(entry)
+        drop_entry(rt, entry, f"its record is not a job ({type(exc).__name__})")
         return 0
     if seen is None or seen.status not in _STUCK:
-        if rt.store.drop_index_entry(entry):
-            state = "gone" if seen is None else seen.status.name
-            logger.warning("Dropped the active index entry of %s: it is %s", entry.job_id, state)
+        drop_entry(rt, entry, f"it is {'gone' if seen is None else seen.status.name}")
         return 0
     settings = rt.settings
     idle = (now - entry.at).total_seconds()
