@@ -58,6 +58,9 @@ class ErgateSettings:
     expires_by_status: dict[str, int] = default_factory_field(default_factory=dict)
     #: Seconds a worker trusts its copy of the paused workflows before reading them again.
     pause_refresh: float = 1.0
+    #: Step runs kept in `job.timings`, the latest ones: the list travels in every step
+    #: message and record write, so a long job would otherwise pay for all its past steps.
+    timings_kept: int = 10
 
     #: The name of this app's job index (on Redis, its keys `ergate:<name>:scheduled|active`
     #: after `global_keyprefix`); None: the app's main name. Every process of one app (web,

@@ -87,12 +87,13 @@ def _execute(
         # The retry is a new message: it shows what every step message shows, not the job.
         display = display_options(job, step, rt.settings.show_task_args)
         raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task), **display)
-    after = _timed(job, step, advance(job, step.workflow, outcome))
+    kept = rt.settings.timings_kept
+    after = _timed(job, step, advance(job, step.workflow, outcome), kept)
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
     with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
-        finished = _finish(rt, task, job, step, after, with_result=raised is None)
+        finished = _finish(rt, task, job, step, after, kept, with_result=raised is None)
     if raised is not None and finished is not None:
         raise raised
     if finished is None:
@@ -170,6 +171,7 @@ def _finish(
     job: Job,
     step: WorkflowStep[Any, Any],
     after: Job,
+    kept: int,
     *,
     with_result: bool = True,
 ) -> Job | None:
@@ -211,10 +213,10 @@ def _finish(
         )
         error = JobError.from_exception(reason, step.name)
         failed = job.model_copy(update={"status": JobStatus.FAILED, "error": error})
-        return write(_timed(job, step, failed))
+        return write(_timed(job, step, failed, kept))
 
 
-def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job) -> Job:
+def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int) -> Job:
     timing = StepTiming(
         step=step.name,
         index=step.index,
@@ -223,7 +225,8 @@ def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job) -> Job:
         attempt=job.attempt,
         outcome=after.status.name,
     )
-    return after.model_copy(update={"timings": [*job.timings, timing], "step_started_at": None})
+    timings = [*job.timings[-(kept - 1) :], timing] if kept > 1 else [timing]
+    return after.model_copy(update={"timings": timings, "step_started_at": None})
 
 
 def _store_progress(rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float) -> None:

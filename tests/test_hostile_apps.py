@@ -78,6 +78,13 @@ def test_a_bad_index_name_is_refused() -> None:
     assert ErgateSettings.from_conf({"ergate_index_name": ""}).index_name_of("proj") == ""
 
 
+@pytest.mark.parametrize("value", [0, -3, 2.5, "10", True])
+def test_a_bad_timings_kept_is_refused(value: object) -> None:
+    with pytest.raises(ImproperlyConfiguredError, match="ergate_timings_kept"):
+        ErgateSettings.from_conf({"ergate_timings_kept": value})
+    assert ErgateSettings.from_conf({"ergate_timings_kept": 50}).timings_kept == 50
+
+
 @pytest.mark.setup("redis", "rabbitmq_postgres")
 def test_a_job_whose_workflow_a_deploy_removed_ends_failed_at_release_and_sweep(
     setup: Setup,

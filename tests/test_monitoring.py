@@ -74,6 +74,32 @@ def test_failed_job_says_which_step_and_why(setup: Setup, worker: Any) -> None:
     assert done.timings[-1].outcome == "FAILED"
 
 
+@pytest.mark.parametrize("kept", [1, 3])
+def test_timings_keep_only_the_latest_step_runs(
+    make_setup: Callable[..., Setup], kept: int
+) -> None:
+    # A long job must not carry all its past step runs in every message.
+    setup = make_setup("redis", ergate_timings_kept=kept)
+    workflow = Workflow(unique_name="long")
+    for index in range(6):
+
+        def step(x: int) -> int:
+            return x + 1
+
+        step.__name__ = step.__qualname__ = f"step_{index}"
+        workflow.step(step)
+    setup.ergate.register_workflow(workflow)
+    with in_process_worker(setup.app):
+        job = setup.ergate.submit_job("long", initial_input_value=0)
+        done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED
+    assert done.last_return_value == 6
+    assert done.steps_completed == 6
+    expected = [f"step_{index}" for index in range(6)][-kept:]
+    assert [timing.step for timing in done.timings] == expected
+    assert done.timings[-1].outcome == "COMPLETED"
+
+
 def test_lifecycle_signals_fire_and_a_raising_receiver_is_harmless(
     setup: Setup, worker: Any
 ) -> None:
