@@ -40,6 +40,7 @@ SETUPS = ("redis", "rabbitmq_postgres", "embedded")
 #: Workflow names; each has a bare Celery counterpart of the same length.
 LONG_WORKFLOW, LONG_STEPS = "bench_chain20", 20
 SHORT_WORKFLOW, SHORT_STEPS = "bench_chain5", 5
+LENGTHY_WORKFLOW, LENGTHY_STEPS = "bench_chain100", 100
 SIZED_WORKFLOW, SIZED_STEPS = "bench_sized5", 5
 EXTRA_WORKFLOWS, EXTRA_STEPS = 50, 5
 
@@ -172,6 +173,7 @@ def build(config: BenchConfig) -> Bench:
         ergate = ErgateCelery(app)
         ergate.register_workflow(_workflow(LONG_WORKFLOW, LONG_STEPS, noop))
         ergate.register_workflow(_workflow(SHORT_WORKFLOW, SHORT_STEPS, noop))
+        ergate.register_workflow(_workflow(LENGTHY_WORKFLOW, LENGTHY_STEPS, noop))
         ergate.register_workflow(_workflow(SIZED_WORKFLOW, SIZED_STEPS, sized))
         if config.many_workflows:
             for number in range(EXTRA_WORKFLOWS):
