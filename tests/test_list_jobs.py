@@ -219,3 +219,30 @@ def _kept_for(setup: Setup, job_id: str) -> float | None:
     if done is None:
         return None
     return (done.replace(tzinfo=UTC) - now).total_seconds() + expires
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_a_job_is_in_the_status_set_of_its_latest_status_only(
+    make_setup: Any, serializer: str
+) -> None:
+    # On Redis a write moves the job out of the set its stored record names; a record stored
+    # in another serializer than JSON is moved out of every other set instead.
+    setup = make_setup(
+        "redis", result_serializer=serializer, result_accept_content=["json", "pickle"]
+    )
+    _register(setup, "alpha")
+    _stored(setup, "job-0", 0)
+    _stored(setup, "job-1", 1)
+    _stored(setup, "job-2", 2)
+    _fail(setup, "job-0")
+    _fail(setup, "job-2")
+    expected = {JobStatus.FAILED: ["job-2", "job-0"], JobStatus.QUEUED: ["job-1"]}
+    for status in JobStatus:
+        assert _ids(setup.ergate.list_jobs(status=status)) == expected.get(status, []), status
+    keys = setup.ergate.store._status_keys
+    members = {status: keys[status] for status in JobStatus}
+    found = {status: setup.app.backend.client.zrange(key, 0, -1) for status, key in members.items()}
+    assert {status: value for status, value in found.items() if value} == {
+        JobStatus.FAILED: [b"job-0", b"job-2"],
+        JobStatus.QUEUED: [b"job-1"],
+    }

@@ -124,7 +124,10 @@ class RedisJobStore(BaseJobStore[str]):
         self.index_keys: dict[str, bytes] = {kind: keys[kind] for kind in (SCHEDULED, ACTIVE)}
         self.listing_key: bytes = keys["jobs"]
         self.paused_key: bytes = keys["paused"]
-        self._status_keys = {status: self._listing(f"status:{status.name}") for status in JobStatus}
+        self._status_prefix = self._listing("status:")
+        self._status_keys = {
+            status: self._status_prefix + status.name.encode() for status in JobStatus
+        }
 
     @property
     def client(self) -> Any:
@@ -280,11 +283,23 @@ class RedisJobStore(BaseJobStore[str]):
         return self._listing(f"workflow:{workflow_name}")
 
     def _status_move(self, job: Job) -> list[Any]:
-        # Into the set of its status, out of every other: a job is in one status set at a time.
+        # Into the set of its status, out of the old one: a job is in one status set at a
+        # time. Only records this store cannot read the old status from (not its JSON) need
+        # the list of every other set.
         if job.submitted_at is None:
             return [""]
-        others = [key for status, key in self._status_keys.items() if status is not job.status]
-        return [_score(job.submitted_at), self._status_keys[job.status], *others]
+        others = (
+            []
+            if self._json
+            else [key for status, key in self._status_keys.items() if status is not job.status]
+        )
+        return [
+            _score(job.submitted_at),
+            self._status_keys[job.status],
+            self._status_prefix,
+            job.status.name,
+            *others,
+        ]
 
     def _listing_adds(self, job: Job) -> list[Any]:
         if job.submitted_at is None:

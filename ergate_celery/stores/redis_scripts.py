@@ -12,10 +12,16 @@ local function put(key, value, ttl)
   end
 end
 local function index(scheduled, active, id, kind, at)
-  redis.call('ZREM', scheduled, id)
-  redis.call('ZREM', active, id)
-  if kind == 'scheduled' then redis.call('ZADD', scheduled, at, id) end
-  if kind == 'active' then redis.call('ZADD', active, at, id) end
+  if kind == 'scheduled' then
+    redis.call('ZREM', active, id)
+    redis.call('ZADD', scheduled, at, id)
+  elseif kind == 'active' then
+    redis.call('ZREM', scheduled, id)
+    redis.call('ZADD', active, at, id)
+  else
+    redis.call('ZREM', scheduled, id)
+    redis.call('ZREM', active, id)
+  end
 end
 """
 
@@ -23,7 +29,9 @@ end
 # the SHA-1 of its stored bytes is the one the change was computed from. On a mismatch the
 # stored bytes come back, so the caller computes again without another read. A final record
 # is also published on its key, for waiters. KEYS[4], when given, is the step task's result
-# key: written in the same script, as Celery would write it.
+# key: written in the same script, as Celery would write it. The job moves between the
+# listing's status sets only when its status changes: the stored record (JSON, as this store
+# writes it) names the old one; a record it cannot read that way leaves every other set.
 COMPARE_AND_SET = (
     LUA_HELPERS
     + """
@@ -38,8 +46,14 @@ if KEYS[4] then
   redis.call('PUBLISH', KEYS[4], ARGV[8])
 end
 if ARGV[10] ~= '' then
-  for i = 12, #ARGV do redis.call('ZREM', ARGV[i], ARGV[4]) end
-  redis.call('ZADD', ARGV[11], ARGV[10], ARGV[4])
+  local old = string.match(current, '^{"status": "(%u+)"')
+  if old == nil then
+    for i = 14, #ARGV do redis.call('ZREM', ARGV[i], ARGV[4]) end
+    redis.call('ZADD', ARGV[11], ARGV[10], ARGV[4])
+  elseif old ~= ARGV[13] then
+    redis.call('ZREM', ARGV[12] .. old, ARGV[4])
+    redis.call('ZADD', ARGV[11], ARGV[10], ARGV[4])
+  end
 end
 return 1
 """
