@@ -330,3 +330,30 @@ def test_a_forked_child_watches_with_descriptors_of_its_own(tmp_path: Path, queu
         os.waitpid(pid, 0)
         assert transport._watch is parent_watch
     assert answer == b"1"
+
+
+def test_where_inotify_is_missing_the_consumer_polls(
+    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another system, or this user's inotify instances used up: `watch_folder` has none."""
+    from ergate_celery import embedded_broker
+
+    monkeypatch.setattr(embedded_broker, "watch_folder", lambda folder, suffix: None)
+    received: list[Any] = []
+    with _connect(tmp_path / "broker", polling_interval=0.05) as connection:
+        _consume(connection, queue, received)
+        thread = _drain_until(connection, received, 1)
+        with _connect(tmp_path / "broker") as publisher:
+            _publish(publisher, queue, {"polled": True})
+        wait_until(lambda: received, what="the polled message")
+        thread.join(60)
+    assert received == [{"polled": True}]
+
+
+@inotify_only
+def test_a_folder_that_cannot_be_watched_gives_no_watch_and_keeps_no_descriptor(
+    tmp_path: Path,
+) -> None:
+    before = _inotify_descriptors()
+    assert folder_watch.watch_folder(str(tmp_path / "absent"), ".msg") is None
+    assert _inotify_descriptors() == before
