@@ -17,6 +17,7 @@ def share_between_processes(engine: sa.Engine) -> None:
     `synchronous=NORMAL` a commit survives the crash of any process but not of the machine
     (power loss, kernel panic), which may lose the last commits before the next checkpoint.
     The journal mode is kept in the database file, so every process gets it once one set it.
+    A writer waits up to 30 s for another's write to end.
     """
     sa.event.listen(engine, "connect", _set_up)
 
@@ -32,6 +33,8 @@ def share_backend_between_processes(backend: Any) -> None:
 def _set_up(connection: Any, record: Any) -> None:
     cursor = connection.cursor()
     try:
+        # Wait for another process's write to end rather than fail (Python's default is 5 s).
+        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
