@@ -17,9 +17,10 @@ from typing import Any
 
 __all__ = ["FolderWatch", "watch_folder"]
 
-# From <sys/inotify.h>: a file created in, or moved into, the watched folder; the event
-# queue overflowed; the watch is gone (its folder was removed). Flags of inotify_init1.
-_IN_CREATE, _IN_MOVED_TO, _IN_Q_OVERFLOW, _IN_IGNORED = 0x100, 0x80, 0x4000, 0x8000
+# From <sys/inotify.h>: a file written to, created in or moved into the watched folder; the
+# event queue overflowed; the watch is gone (its folder was removed). Flags of inotify_init1.
+_IN_MODIFY, _IN_CREATE, _IN_MOVED_TO = 0x2, 0x100, 0x80
+_IN_Q_OVERFLOW, _IN_IGNORED = 0x4000, 0x8000
 _IN_ONLYDIR = 0x01000000
 _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 #: struct inotify_event: wd, mask, cookie, len, then `len` bytes of NUL-padded name.
@@ -27,13 +28,13 @@ _EVENT = struct.Struct("iIII")
 
 
 class FolderWatch:
-    """One inotify instance watching one folder for files whose name ends with a suffix, and
-    an eventfd that any thread may `poke` to end a `wait` early."""
+    """One inotify instance watching one folder for files whose name ends with one of some
+    suffixes, and an eventfd that any thread may `poke` to end a `wait` early."""
 
-    def __init__(self, inotify_fd: int, wake_fd: int, suffix: str) -> None:
+    def __init__(self, inotify_fd: int, wake_fd: int, suffixes: tuple[str, ...]) -> None:
         self._inotify = inotify_fd
         self._wake = wake_fd
-        self._suffix = suffix.encode()
+        self._suffixes = tuple(os.fsencode(suffix) for suffix in suffixes)
         self._broken = False
         self._poll = select.poll()
         self._poll.register(inotify_fd, select.POLLIN)
@@ -81,7 +82,7 @@ class FolderWatch:
                 offset += _EVENT.size + size
                 if mask & _IN_IGNORED:
                     self._broken = True
-                if mask & _IN_Q_OVERFLOW or name.endswith(self._suffix):
+                if mask & _IN_Q_OVERFLOW or name.endswith(self._suffixes):
                     landed = True
 
     def close(self) -> None:
@@ -93,9 +94,9 @@ class FolderWatch:
         self._inotify = self._wake = -1
 
 
-def watch_folder(folder: str, suffix: str) -> FolderWatch | None:
-    """A watch on `folder` for files named `*suffix` created or renamed into it, or None
-    where inotify is not available."""
+def watch_folder(folder: str, *suffixes: str, written: bool = False) -> FolderWatch | None:
+    """A watch on `folder` for files named `*<one of suffixes>` created or renamed into it
+    (or, if `written`, also written to), or None where inotify is not available."""
     calls = _inotify_calls()
     if calls is None:
         return None
@@ -104,7 +105,7 @@ def watch_folder(folder: str, suffix: str) -> FolderWatch | None:
     if inotify_fd < 0:  # EMFILE: this user's inotify instances are used up
         return None
     try:
-        mask = _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR
+        mask = _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR | (_IN_MODIFY if written else 0)
         if add(inotify_fd, os.fsencode(folder), mask) < 0:  # ENOSPC, ENOENT, ...
             os.close(inotify_fd)
             return None
@@ -112,7 +113,7 @@ def watch_folder(folder: str, suffix: str) -> FolderWatch | None:
     except BaseException:
         os.close(inotify_fd)
         raise
-    return FolderWatch(inotify_fd, wake_fd, suffix)
+    return FolderWatch(inotify_fd, wake_fd, suffixes)
 
 
 @functools.cache
