@@ -35,6 +35,10 @@ def store_for_backend(
 
         return RedisJobStore(backend, max_bytes, expires_by_status, index_name)
     if module.startswith("celery.backends.database"):
+        if str(backend.url).startswith("sqlite"):
+            from .sqlite_store import SQLiteJobStore
+
+            return SQLiteJobStore(backend, max_bytes, expires_by_status)
         from .sqlalchemy import SQLAlchemyJobStore
 
         return SQLAlchemyJobStore(backend, max_bytes, expires_by_status)

@@ -25,6 +25,7 @@ from .base import (
     seconds,
 )
 from .listing import JobQuery, Position
+from .sqlite import share_backend_between_processes, share_between_processes
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, bytes]
@@ -100,15 +101,20 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         self.listing, self.tags, self.paused = listing_tables(self.table.schema)
         self._engine: sa.Engine | None = None
         self._engine_pid = 0
+        if str(backend.url).startswith("sqlite"):
+            share_backend_between_processes(backend)
 
     @property
     def engine(self) -> sa.Engine:
         # One pooled engine per process: a pool must not cross a fork into prefork children.
         if self._engine is None or self._engine_pid != os.getpid():
             options = dict(self.backend.engine_options)
-            if str(self.backend.url).startswith("sqlite"):
+            sqlite = str(self.backend.url).startswith("sqlite")
+            if sqlite:
                 options.setdefault("connect_args", {"timeout": 30})
             engine = sa.create_engine(self.backend.url, **options)
+            if sqlite:
+                share_between_processes(engine)
             self.table.metadata.create_all(engine, tables=[self.table])
             self.index.metadata.create_all(engine)
             self.listing.metadata.create_all(engine)
