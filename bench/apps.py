@@ -15,8 +15,9 @@ result backend, the queue and every Celery setting. Environment variables:
 - `ERGATE_BENCH_MANY_WORKFLOWS=1`: also register 50 extra workflows (memory measure).
 - `ERGATE_BENCH_BARE_ONLY=1`: bare Celery tasks only; ergate_celery is not even imported.
 - `ERGATE_BENCH_CAPTURE`: a folder; every message published in a worker is measured there.
-- `ERGATE_BENCH_REDIS_URL`, `ERGATE_BENCH_POSTGRES_SCHEMA`: where the Redis and PostgreSQL
-  setups write (Redis db 12 and schema `ergate_bench` by default), so runs can go side by side.
+- `ERGATE_BENCH_REDIS_URL`, `ERGATE_BENCH_POSTGRES_SCHEMA`, `ERGATE_BENCH_RABBITMQ_URL`:
+  where the setups write (Redis db 12, schema `ergate_bench` and vhost `/` by default), so
+  runs can go side by side.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 #: Redis db 12 unless ERGATE_BENCH_REDIS_URL says otherwise (the smoke tests give their run's).
 REDIS_URL = os.environ.get("ERGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+RABBITMQ_URL = os.environ.get("ERGATE_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 #: The schema the PostgreSQL setups write to; one per harness run that runs at the same time.
 POSTGRES_SCHEMA = os.environ.get("ERGATE_BENCH_POSTGRES_SCHEMA", "ergate_bench")

@@ -61,6 +61,8 @@ from .workers import stop_all, worker
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARTS = ("compare", "nodes", "listing", "waiting")
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
+#: A measure: its results by name.
+Measure = Callable[[], dict[str, dict[str, Any]]]
 
 SERVICES = {
     "redis": [("Redis", "127.0.0.1", 6379)],
@@ -193,6 +195,37 @@ def _server_version(bench: Bench) -> dict[str, str]:
     return versions
 
 
+def _run_group(
+    bench: Bench,
+    worker_config: BenchConfig | None,
+    measures: list[tuple[str, Measure]],
+    run_dir: Path,
+    sizes: Sizes,
+    outcome: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    """Run `measures` on one worker of `worker_config` (none if None); record each error."""
+    setup = bench.config.setup
+
+    def failed(title: str, exc: Exception) -> None:
+        outcome["errors"][title] = f"{type(exc).__name__}: {exc}"
+        log(f"{setup}: {title} failed: {type(exc).__name__}: {exc}")
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if worker_config is not None:
+                stack.enter_context(worker(worker_config, bench, run_dir, sizes.timeout))
+            for title, measure in measures:
+                log(f"{setup}: {title}…")
+                try:
+                    outcome["measures"].update(measure())
+                except Exception as exc:
+                    failed(title, exc)
+    except Exception as exc:  # the worker did not start
+        for title, _ in measures:
+            failed(title, exc)
+
+
 def setup_notes(setup: str) -> dict[str, Any]:
     """How a setup's workers run and acknowledge, for the JSON report."""
     options = apps.WORKER_OPTIONS.get(setup, apps.DEFAULT_WORKER_OPTIONS)
@@ -235,42 +268,35 @@ def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str,
             current = bench = apps.build(config)
             outcome["servers"] = _server_version(current)
             capture = run_dir / "capture"
-            steps: list[tuple[str, Callable[[], dict[str, dict[str, Any]]], BenchConfig | None]]
 
             def progress(title: str) -> Callable[[str], None]:
                 return lambda message: log(f"{setup}: {title}: {message}")
 
-            steps = [
-                ("submit", lambda: measure_submit(current, sizes, progress("submit")), None),
+            # Measures grouped by the worker they need (None: no worker); hop latency and
+            # throughput share one, as a worker start costs seconds.
+            groups: list[tuple[BenchConfig | None, list[tuple[str, Measure]]]] = [
+                (None, [("submit", lambda: measure_submit(current, sizes, progress("submit")))]),
                 (
-                    "hop latency",
-                    lambda: measure_hop_latency(current, sizes, progress("hop latency")),
                     config,
+                    [
+                        (
+                            "hop latency",
+                            lambda: measure_hop_latency(current, sizes, progress("hop latency")),
+                        ),
+                        (
+                            "throughput",
+                            lambda: measure_throughput(current, sizes, progress("throughput")),
+                        ),
+                    ],
                 ),
                 (
-                    "throughput",
-                    lambda: measure_throughput(current, sizes, progress("throughput")),
-                    config,
-                ),
-                (
-                    "bytes per hop",
-                    lambda: measure_bytes(current, capture, sizes),
                     replace(config, capture=capture),
+                    [("bytes per hop", lambda: measure_bytes(current, capture, sizes))],
                 ),
-                ("worker memory", lambda: measure_memory(current, run_dir, sizes), None),
+                (None, [("worker memory", lambda: measure_memory(current, run_dir, sizes))]),
             ]
-            for title, measure, worker_config in steps:
-                log(f"{setup}: {title}…")
-                try:
-                    with contextlib.ExitStack() as stack:
-                        if worker_config is not None:
-                            stack.enter_context(
-                                worker(worker_config, current, run_dir, sizes.timeout)
-                            )
-                        outcome["measures"].update(measure())
-                except Exception as exc:
-                    outcome["errors"][title] = f"{type(exc).__name__}: {exc}"
-                    log(f"{setup}: {title} failed: {type(exc).__name__}: {exc}")
+            for worker_config, measures in groups:
+                _run_group(current, worker_config, measures, run_dir, sizes, outcome, log)
             _delete_queue(current)
     except Exception as exc:
         outcome["errors"]["setup"] = f"{type(exc).__name__}: {exc}"
@@ -505,8 +531,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             chosen, part_sizes = QUICK, PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK)
         else:
             chosen, part_sizes = FULL, PartSizes()
+        began = time.monotonic()
+
+        def log(message: str) -> None:
+            print(f"[{time.monotonic() - began:5.0f} s] {message}", flush=True)
+
         report, path = run_bench(
-            setups, chosen, options.results_dir, parts=parts, part_sizes=part_sizes
+            setups, chosen, options.results_dir, log, parts=parts, part_sizes=part_sizes
         )
     except KeyboardInterrupt:
         print("Interrupted; every worker started was stopped.", file=sys.stderr)
