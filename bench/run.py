@@ -1,25 +1,38 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
-    python -m bench.run [--quick] [--setups redis,rabbitmq_postgres,embedded]
-                        [--only compare,listing,waiting]
+    python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
+                        [--only compare,nodes,listing,waiting]
 
-Three parts, all by default. `compare`: for each setup whose services answer on loopback,
-the harness starts its own worker subprocesses (prefork, 2 processes) and measures, bare
-Celery vs ergate_celery:
+`compare`: for each setup whose services answer on loopback (all by default), the harness
+starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
 
-- hop latency: one 20-step job, submit to final, vs a `chain` of 20 no-op tasks (median);
+- hop latency: one 20-step job, submit to final, vs a `chain` of 20 no-op tasks;
 - throughput: N jobs of 5 no-op steps vs N chains of 5, submitted then awaited (steps/s);
-- submit latency: `submit_job()` vs `noop.delay()` (p50, p99), with no worker consuming;
+- submit latency: `submit_job()` vs `noop.delay()` (p50, p99), with no worker consuming; on
+  the PostgreSQL setups also against one INSERT transaction (psycopg) plus a `delay()`;
 - bytes per hop: the JSON body of a message published by a worker between two steps, for a
   small and a 10 kB return value (captured by a `before_task_publish` receiver);
 - worker memory: RSS of a worker and its pool processes with 50 extra workflows registered
   vs a worker holding only the no-op task.
 
-`listing` (bench/listing.py): one `list_jobs` page with 1,000 and 100,000 stored jobs, on
-Redis and PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs released per second by a
-release run, and wake-up lateness with 10,000 sleeping jobs and a real beat.
+The first three run as interleaved bare/ergate pairs (bench/pairs.py; at least 5 per setup
+in the full run, sizes per setup in `measures.FULL`) and report the median of each side, the
+median ratio of the pairs and its spread; bytes and memory are measured once.
 
-It prints one table per part and writes the numbers to `bench/results/<UTC date-time>.json`.
+Setups (bench/apps.py): `redis` (`-c 2`; bare tasks acknowledge early, Celery's default,
+steps late, ergate_celery's), `redis_c1` (`-c 1 --prefetch-multiplier 1`, late
+acknowledgement on both sides), `rabbitmq_postgres` (`db+postgresql`), `django_db` (the
+django-db backend on PostgreSQL, RabbitMQ as broker as in a typical Django deployment; both
+sides store their results in django-celery-results' table, as a Django project using
+ergate_celery does) and `embedded` (the file broker and SQLite of `make demo`).
+
+`nodes` (bench/nodes.py): throughput with 1, 2 and 4 worker nodes on Redis, with each
+component's CPU seconds. `listing` (bench/listing.py): one `list_jobs` page with 1,000 and
+100,000 stored jobs, on Redis and PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
+released per second by a release run, and wake-up lateness with 10,000 sleeping jobs.
+
+It prints one table per setup and part and writes the numbers to
+`bench/results/<UTC date-time>.json`.
 """
 
 from __future__ import annotations
@@ -504,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # for the tests
     parser.add_argument(
+        "--pairs", type=int, default=None, help="interleaved pairs per measure (default: 5)"
+    )
+    parser.add_argument(
         "--setups",
         default=",".join(apps.SETUPS),
         help=f"comma-separated, among {','.join(apps.SETUPS)} (default: all)",
@@ -531,6 +547,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             chosen, part_sizes = QUICK, PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK)
         else:
             chosen, part_sizes = FULL, PartSizes()
+        if options.pairs is not None:
+            if options.pairs < 1:
+                parser.error("--pairs must be at least 1")
+            chosen = (
+                replace(chosen, pairs=options.pairs)
+                if isinstance(chosen, Sizes)
+                else {name: replace(one, pairs=options.pairs) for name, one in chosen.items()}
+            )
         began = time.monotonic()
 
         def log(message: str) -> None:

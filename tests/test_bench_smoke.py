@@ -57,6 +57,8 @@ def check_setup(written: dict[str, Any], setup: str, lines: list[str]) -> dict[s
         if name in PAIRED | {FLOOR}:
             assert measure["pairs"] == TINY.pairs, (name, measure)
             assert len(measure["detail"]["bare_by_pair"]) == TINY.pairs
+            if name == "throughput_steps_per_s":  # the warm-up runs are not among them
+                assert len(measure["detail"]["seconds"]["ergate"]) == TINY.pairs
             low, high = measure["ratio_min"], measure["ratio_max"]
             assert 0 < low <= measure["ratio"] <= high, (name, measure)
             assert low <= measure["ratio_iqr"][0] <= measure["ratio_iqr"][1] <= high
