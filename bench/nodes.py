@@ -15,7 +15,8 @@ included) of each component are read:
 - redis-server: every process of that name (one server, shared with anything else using it);
 - harness: this process, which submits and polls;
 - postgres, beam.smp (RabbitMQ): not used by the run; what other users of the machine cost;
-- machine: all cores' busy time, from `/proc/stat`.
+- machine: all cores' busy time, from `/proc/stat`; others: the machine's busy time that
+  none of the above took (other users of a shared machine, the kernel).
 
 The component that saturates is the busiest against what it can use: one core for
 redis-server and for the harness, min(nodes, cores) for the workers, every core for the
@@ -153,7 +154,10 @@ def measure(
         after = snapshot(pids)
     finally:
         reader.close()
-    cpu = {**{name: after[name] - before[name] for name in before}, "machine": busy}
+    cpu = {name: after[name] - before[name] for name in before}
+    # Whatever else runs on the machine (other users, the kernel) took the rest.
+    cpu["others"] = max(0.0, busy - sum(cpu.values()))
+    cpu["machine"] = busy
     use = saturated(cpu, wall, nodes)
     return {
         "nodes": nodes,
@@ -228,7 +232,7 @@ def run_nodes(sizes: NodeSizes, log: Callable[[str], None]) -> dict[str, Any]:
 
 def table(outcome: dict[str, Any]) -> str:
     """One row per node count and side: steps/s, CPU seconds per component, what saturates."""
-    names = ("workers", "redis-server", "harness", "postgres", "rabbitmq", "machine")
+    names = ("workers", "redis-server", "harness", "postgres", "rabbitmq", "others", "machine")
     rows: list[tuple[str, ...]] = [
         ("nodes", "side", "steps/s", "wall s", *(f"{n} cpu s" for n in names), "saturated")
     ]

@@ -187,6 +187,7 @@ def test_nodes_bench_reports_throughput_and_cpu_per_component(tmp_path: Path) ->
             "redis-server",
             "postgres",
             "rabbitmq",
+            "others",
             "machine",
         }
         assert run["cpu_seconds"]["workers"] > 0, run
