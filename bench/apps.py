@@ -4,14 +4,20 @@ The harness process and its worker subprocesses (`celery -A bench.apps worker`) 
 with the same function, so bare Celery tasks and ergate_celery steps share the broker, the
 result backend, the queue and every Celery setting. Environment variables:
 
-- `ERGATE_BENCH_SETUP`: `redis` (default), `rabbitmq_postgres` or `embedded`.
+- `ERGATE_BENCH_SETUP`: one of `SETUPS` (`redis` by default):
+  `redis` (broker and backend; worker `-c 2`), `redis_c1` (the same with `-c 1
+  --prefetch-multiplier 1` and late acknowledgement on both sides), `rabbitmq_postgres`
+  (RabbitMQ broker, `db+postgresql` backend), `django_db` (RabbitMQ broker, the `django-db`
+  backend of django-celery-results on PostgreSQL, see bench/django_settings.py) or
+  `embedded` (the file broker and SQLite of `make demo`).
 - `ERGATE_BENCH_FOLDER`: the embedded setup's folder (broker files and results.sqlite).
 - `ERGATE_BENCH_QUEUE`: the queue every task goes to (default `ergate-bench`).
 - `ERGATE_BENCH_MANY_WORKFLOWS=1`: also register 50 extra workflows (memory measure).
 - `ERGATE_BENCH_BARE_ONLY=1`: bare Celery tasks only; ergate_celery is not even imported.
 - `ERGATE_BENCH_CAPTURE`: a folder; every message published in a worker is measured there.
-- `ERGATE_BENCH_REDIS_URL`, `ERGATE_BENCH_POSTGRES_SCHEMA`: where the Redis and PostgreSQL
-  setups write (Redis db 12 and schema `ergate_bench` by default), so runs can go side by side.
+- `ERGATE_BENCH_REDIS_URL`, `ERGATE_BENCH_POSTGRES_SCHEMA`, `ERGATE_BENCH_RABBITMQ_URL`:
+  where the setups write (Redis db 12, schema `ergate_bench` and vhost `/` by default), so
+  runs can go side by side.
 """
 
 from __future__ import annotations
@@ -31,11 +37,23 @@ if TYPE_CHECKING:
 
 #: Redis db 12 unless ERGATE_BENCH_REDIS_URL says otherwise (the smoke tests give their run's).
 REDIS_URL = os.environ.get("ERGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+RABBITMQ_URL = os.environ.get("ERGATE_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 #: The schema the PostgreSQL setups write to; one per harness run that runs at the same time.
 POSTGRES_SCHEMA = os.environ.get("ERGATE_BENCH_POSTGRES_SCHEMA", "ergate_bench")
-SETUPS = ("redis", "rabbitmq_postgres", "embedded")
+SETUPS = ("redis", "redis_c1", "rabbitmq_postgres", "django_db", "embedded")
+#: Setups whose result backend is PostgreSQL.
+POSTGRES_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
+#: The options of a setup's `celery worker` beyond the pool (prefork) and the queue.
+WORKER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "redis_c1": ("-c", "1", "--prefetch-multiplier", "1"),
+}
+DEFAULT_WORKER_OPTIONS = ("-c", "2")
+#: Setups whose bare tasks acknowledge late, like ergate_celery's steps (`ergate_acks_late`
+#: is True by default); elsewhere bare tasks keep Celery's default, early acknowledgement.
+BARE_ACKS_LATE = frozenset({"redis_c1"})
+#: The Django settings of the django_db setup.
+DJANGO_SETTINGS = "bench.django_settings"
 
 #: Workflow names; each has a bare Celery counterpart of the same length.
 LONG_WORKFLOW, LONG_STEPS = "bench_chain20", 20
@@ -85,6 +103,8 @@ class BenchConfig:
             "ERGATE_BENCH_MANY_WORKFLOWS": "1" if self.many_workflows else "",
             "ERGATE_BENCH_BARE_ONLY": "1" if self.bare_only else "",
         }
+        if self.setup == "django_db":
+            env["DJANGO_SETTINGS_MODULE"] = DJANGO_SETTINGS
         if self.folder is not None:
             env["ERGATE_BENCH_FOLDER"] = str(self.folder)
         if self.capture is not None:
@@ -111,8 +131,12 @@ def celery_conf(config: BenchConfig) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "ergate_wait_poll_interval": WAIT_POLL_INTERVAL,
     }
-    if config.setup == "redis":
+    if config.setup in ("redis", "redis_c1"):
         return {**conf, "broker_url": REDIS_URL, "result_backend": REDIS_URL}
+    if config.setup == "django_db":
+        # The result backend a Django project uses with ergate_celery (the example project's
+        # too): both sides write their results to django-celery-results' TaskResult table.
+        return {**conf, "broker_url": RABBITMQ_URL, "result_backend": "django-db"}
     if config.setup == "rabbitmq_postgres":
         return {
             **conf,
@@ -162,10 +186,13 @@ def _workflow(name: str, steps: int, function: Callable[[Any], Any]) -> Any:
 
 def build(config: BenchConfig) -> Bench:
     """A new Celery app (set as current) for `config`, with tasks and workflows registered."""
+    if config.setup == "django_db":
+        setup_django()
     app = Celery("ergate_bench", set_as_current=True)
     app.conf.update(celery_conf(config))
-    noop_task = app.task(name="bench.noop", shared=False)(noop)
-    sized_task = app.task(name="bench.sized", shared=False)(sized)
+    acks_late = config.setup in BARE_ACKS_LATE
+    noop_task = app.task(name="bench.noop", shared=False, acks_late=acks_late)(noop)
+    sized_task = app.task(name="bench.sized", shared=False, acks_late=acks_late)(sized)
     ergate = None
     if not config.bare_only:
         from ergate_celery import ErgateCelery
@@ -181,6 +208,21 @@ def build(config: BenchConfig) -> Bench:
     if config.capture is not None:
         _capture_into(config.capture)
     return Bench(config, app, noop_task, sized_task, ergate)
+
+
+def setup_django() -> None:
+    """Configure Django from bench/django_settings.py, once per process. Worker subprocesses
+    get `DJANGO_SETTINGS_MODULE` in their environment, so Celery's Django fixup runs in them
+    as it does in a Django project's workers."""
+    import django
+    from django.conf import settings
+
+    if settings.configured:
+        if getattr(settings, "SETTINGS_MODULE", None) != DJANGO_SETTINGS:
+            raise RuntimeError("Django is already configured with other settings")
+        return
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", DJANGO_SETTINGS)
+    django.setup()
 
 
 def _capture_into(folder: Path) -> None:

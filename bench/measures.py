@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,10 @@ from celery import chain
 
 from . import apps
 from .apps import Bench
+from .pairs import run_pairs, single, summary
 from .workers import tree_memory, worker
+
+Log = Callable[[str], None]
 
 #: Stored states that end a bare chain / an ergate job, and whether that state is a success.
 BARE_FINAL = {"SUCCESS": True, "FAILURE": False, "REVOKED": False}
@@ -26,18 +30,33 @@ SMALL_VALUE, LARGE_VALUE = 10, 10_000
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much work each measure does."""
+    """How much work each measure does; the hop latency, throughput and submit measures run
+    `pairs` interleaved bare/ergate pairs, with the per-side amounts below in each pair."""
 
-    latency_runs: int = 15
+    pairs: int = 5
+    #: 20-step runs per side and pair; the side's sample is their median.
+    latency_runs: int = 3
+    #: 5-step jobs (and bare chains) per side and pair.
     throughput_jobs: int = 2_000
-    submit_calls: int = 500
+    #: Calls per side and pair; the side's sample is their p50 (and p99).
+    submit_calls: int = 100
     warmup: int = 3
     #: Upper bound, in seconds, on any single wait (a batch, a job, a worker start).
     timeout: float = 900.0
 
 
-FULL = Sizes()
-QUICK = Sizes(latency_runs=2, throughput_jobs=20, submit_calls=20, warmup=1, timeout=120.0)
+#: The full run, per setup: 2,000 jobs per side and pair where a side takes under a minute
+#: (Redis); fewer where steps are slower, so that all of `make bench` stays near 20 minutes.
+FULL: dict[str, Sizes] = {
+    "redis": Sizes(pairs=5, throughput_jobs=2_000),
+    "redis_c1": Sizes(pairs=5, throughput_jobs=500),
+    "rabbitmq_postgres": Sizes(pairs=5, throughput_jobs=400),
+    "django_db": Sizes(pairs=5, throughput_jobs=200),
+    "embedded": Sizes(pairs=5, throughput_jobs=200),
+}
+QUICK = Sizes(latency_runs=1, throughput_jobs=20, submit_calls=20, warmup=1, timeout=120.0)
+#: For the smoke tests only: two pairs are no measure, they check that pairs work.
+TINY = Sizes(pairs=2, latency_runs=1, throughput_jobs=4, submit_calls=4, warmup=1, timeout=60.0)
 
 
 # Reading many results at once --------------------------------------------------------------
@@ -55,13 +74,17 @@ class StatusReader:
         backend: Any = bench.app.backend
         self.backend = backend
         self._engine: Any = None
-        if not hasattr(backend, "client"):
+        self._django = hasattr(backend, "TaskModel")
+        if not hasattr(backend, "client") and not self._django:
             import sqlalchemy as sa
 
             self._engine = sa.create_engine(backend.url, **backend.engine_options)
 
     def states(self, ids: Sequence[str]) -> dict[str, str]:
         """The state of each id that has a stored result."""
+        if self._django:
+            rows = self.backend.TaskModel.objects.filter(task_id__in=ids)
+            return {str(i): str(state) for i, state in rows.values_list("task_id", "status")}
         if self._engine is None:
             keys = [self.backend.get_key_for_task(i) for i in ids]
             raws = self.backend.client.mget(keys)
@@ -131,123 +154,192 @@ def _percentile(values: Sequence[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def _measure(bare: float, ergate: float, unit: str, better: str, **detail: Any) -> dict[str, Any]:
-    return {
-        "bare": bare,
-        "ergate": ergate,
-        "ratio": ergate / bare if bare else None,
-        "unit": unit,
-        "better": better,
-        "detail": detail,
-    }
-
-
-def measure_submit(bench: Bench, sizes: Sizes) -> dict[str, dict[str, Any]]:
-    """Client-side cost of one submission, with no worker consuming; the queue is purged."""
-    ergate = _ergate(bench)
-    bare: list[float] = []
-    job: list[float] = []
-    for index in range(sizes.warmup + sizes.submit_calls):
+def _timed(calls: int, call: Callable[[int], Any]) -> list[float]:
+    times: list[float] = []
+    for index in range(calls):
         start = time.perf_counter()
-        bench.noop.delay(index)
-        middle = time.perf_counter()
-        ergate.submit_job(apps.SHORT_WORKFLOW, initial_input_value=index)
-        end = time.perf_counter()
-        if index >= sizes.warmup:
-            bare.append((middle - start) * 1000)
-            job.append((end - middle) * 1000)
-    bench.app.control.purge()
+        call(index)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+class InsertReference:
+    """One INSERT + COMMIT of a ~1 kB row through psycopg on an open connection, into a
+    scratch table of the bench schema: the floor of a submission that must be durable."""
+
+    body = "x" * 1_000
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.table = f"{apps.POSTGRES_SCHEMA}.bench_insert_reference"
+        self.conn = psycopg.connect(apps.POSTGRES_URL)
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (id text PRIMARY KEY, body text NOT NULL)"
+        )
+        self.conn.commit()
+
+    def insert(self, index: int) -> None:
+        self.conn.execute(
+            f"INSERT INTO {self.table} (id, body) VALUES (%s, %s)", (uuid.uuid4().hex, self.body)
+        )
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def measure_submit(bench: Bench, sizes: Sizes, log: Log | None = None) -> dict[str, dict[str, Any]]:
+    """Client-side cost of one submission, with no worker consuming; the queue is purged.
+
+    `submit_job()` vs `noop.delay()`, p50 and p99 of each side's calls in each pair. On the
+    PostgreSQL setups a third sample in each pair times one INSERT transaction through
+    psycopg, and the ergate p50 is also reported against that INSERT plus the `delay()`.
+    """
+    ergate = _ergate(bench)
     calls = sizes.submit_calls
-    return {
-        "submit_p50_ms": _measure(
-            statistics.median(bare), statistics.median(job), "ms", "lower", calls=calls
-        ),
-        "submit_p99_ms": _measure(
-            _percentile(bare, 0.99), _percentile(job, 0.99), "ms", "lower", calls=calls
+    samples: dict[str, Callable[[], list[float]]] = {
+        "bare": lambda: _timed(calls, bench.noop.delay),
+        "ergate": lambda: _timed(
+            calls, lambda i: ergate.submit_job(apps.SHORT_WORKFLOW, initial_input_value=i)
         ),
     }
+    reference = InsertReference() if bench.config.setup in apps.POSTGRES_SETUPS else None
+    try:
+        if reference is not None:
+            samples["insert"] = lambda: _timed(calls, reference.insert)
+        _timed(sizes.warmup, bench.noop.delay)
+        _timed(
+            sizes.warmup, lambda i: ergate.submit_job(apps.SHORT_WORKFLOW, initial_input_value=i)
+        )
+        if reference is not None:
+            _timed(sizes.warmup, reference.insert)
+        taken = run_pairs(sizes.pairs, samples, log)
+    finally:
+        if reference is not None:
+            reference.close()
+    bench.app.control.purge()
+    p50 = {side: [statistics.median(times) for times in taken[side]] for side in taken}
+    p99 = {side: [_percentile(times, 0.99) for times in taken[side]] for side in taken}
+    results = {
+        "submit_p50_ms": summary(p50["bare"], p50["ergate"], "ms", "lower", calls=calls),
+        "submit_p99_ms": summary(p99["bare"], p99["ergate"], "ms", "lower", calls=calls),
+    }
+    if reference is not None:
+        floor = [i + d for i, d in zip(p50["insert"], p50["bare"], strict=True)]
+        results["submit_p50_vs_insert_publish_ms"] = summary(
+            floor,
+            p50["ergate"],
+            "ms",
+            "lower",
+            calls=calls,
+            reference="p50 of one INSERT + COMMIT of a 1 kB row (psycopg, open connection) "
+            "plus p50 of noop.delay(), both in the same pair",
+            insert_p50_by_pair=p50["insert"],
+            delay_p50_by_pair=p50["bare"],
+        )
+    return results
 
 
-def measure_hop_latency(bench: Bench, sizes: Sizes) -> dict[str, dict[str, Any]]:
-    """One 20-step job end to end vs a bare chain of 20, alternating; medians."""
+def measure_hop_latency(
+    bench: Bench, sizes: Sizes, log: Log | None = None
+) -> dict[str, dict[str, Any]]:
+    """One 20-step job end to end vs a bare chain of 20: per pair, each side's median of
+    `latency_runs` runs, divided by 20."""
     ergate = _ergate(bench)
     steps = apps.LONG_STEPS
-    bare: list[float] = []
-    job: list[float] = []
-    for index in range(sizes.warmup + sizes.latency_runs):
-        start = time.perf_counter()
+    timeout = min(sizes.timeout, 120)
+
+    def bare_run(index: int) -> None:
         value = (
             _bare_chain(bench, steps, index)
             .apply_async()
-            .get(timeout=min(sizes.timeout, 120), interval=apps.WAIT_POLL_INTERVAL)
+            .get(timeout=timeout, interval=apps.WAIT_POLL_INTERVAL)
         )
-        middle = time.perf_counter()
+        if value != index:
+            raise RuntimeError(f"wrong outcome: chain gave {value!r}")
+
+    def job_run(index: int) -> None:
         submitted = ergate.submit_job(apps.LONG_WORKFLOW, initial_input_value=index)
-        done = ergate.wait_for_job(submitted.id, timeout=min(sizes.timeout, 120))
-        end = time.perf_counter()
-        if value != index or done.status.name != "COMPLETED" or done.last_return_value != index:
-            raise RuntimeError(f"wrong outcome: chain gave {value!r}, job {done!r}")
-        if index >= sizes.warmup:
-            bare.append((middle - start) * 1000)
-            job.append((end - middle) * 1000)
-    bare_ms, job_ms = statistics.median(bare), statistics.median(job)
+        done = ergate.wait_for_job(submitted.id, timeout=timeout)
+        if done.status.name != "COMPLETED" or done.last_return_value != index:
+            raise RuntimeError(f"wrong outcome: job {done!r}")
+
+    _timed(sizes.warmup, bare_run)
+    _timed(sizes.warmup, job_run)
+    taken = run_pairs(
+        sizes.pairs,
+        {
+            "bare": lambda: _timed(sizes.latency_runs, bare_run),
+            "ergate": lambda: _timed(sizes.latency_runs, job_run),
+        },
+        log,
+    )
+    per_hop = {side: [statistics.median(runs) / steps for runs in taken[side]] for side in taken}
     return {
-        "hop_latency_ms": _measure(
-            bare_ms / steps,
-            job_ms / steps,
+        "hop_latency_ms": summary(
+            per_hop["bare"],
+            per_hop["ergate"],
             "ms/hop",
             "lower",
             steps=steps,
-            runs=sizes.latency_runs,
-            end_to_end_median_ms={"bare": bare_ms, "ergate": job_ms},
-            end_to_end_min_ms={"bare": min(bare), "ergate": min(job)},
+            runs_per_side_and_pair=sizes.latency_runs,
+            end_to_end_ms=taken,
             wait_poll_interval_s=apps.WAIT_POLL_INTERVAL,
         )
     }
 
 
-def measure_throughput(bench: Bench, sizes: Sizes) -> dict[str, dict[str, Any]]:
-    """N jobs of 5 steps vs N bare chains of 5: all submitted, then all awaited.
-
-    Runs in the order bare, ergate, ergate, bare, so that a machine getting slower or faster
-    during the measure (shared hosts drift by tens of percent) weighs on both sides alike;
-    each side's figure is its total steps over its total seconds.
-    """
+def measure_throughput(
+    bench: Bench, sizes: Sizes, log: Log | None = None
+) -> dict[str, dict[str, Any]]:
+    """N jobs of 5 steps vs N bare chains of 5, all submitted then all awaited, per side and
+    pair; a side's sample is its steps over its seconds, submission included."""
     ergate = _ergate(bench)
     steps, count = apps.SHORT_STEPS, sizes.throughput_jobs
     reader = StatusReader(bench)
     seconds: dict[str, list[float]] = {"bare": [], "ergate": []}
     submitting: dict[str, list[float]] = {"bare": [], "ergate": []}
-    failed = {"bare": 0, "ergate": 0}
+
+    def run(side: str, jobs: int, warm: bool = False) -> float:
+        start = time.perf_counter()
+        if side == "bare":
+            ids = [_bare_chain(bench, steps, i).apply_async().id for i in range(jobs)]
+            final = BARE_FINAL
+        else:
+            ids = [
+                str(ergate.submit_job(apps.SHORT_WORKFLOW, initial_input_value=i).id)
+                for i in range(jobs)
+            ]
+            final = JOB_FINAL
+        submitted = time.perf_counter() - start
+        failed = reader.wait_all(ids, final, sizes.timeout)
+        if failed:
+            raise RuntimeError(f"{failed} of {jobs} {side} runs did not succeed")
+        elapsed = time.perf_counter() - start
+        if not warm:
+            seconds[side].append(elapsed)
+            submitting[side].append(submitted)
+        return jobs * steps / elapsed
+
     try:
-        for side in ("bare", "ergate", "ergate", "bare"):
-            start = time.perf_counter()
-            if side == "bare":
-                ids = [_bare_chain(bench, steps, i).apply_async().id for i in range(count)]
-                final = BARE_FINAL
-            else:
-                ids = [
-                    str(ergate.submit_job(apps.SHORT_WORKFLOW, initial_input_value=i).id)
-                    for i in range(count)
-                ]
-                final = JOB_FINAL
-            submitting[side].append(time.perf_counter() - start)
-            failed[side] += reader.wait_all(ids, final, sizes.timeout)
-            seconds[side].append(time.perf_counter() - start)
+        for side in ("bare", "ergate"):
+            run(side, max(sizes.warmup, min(20, count)), warm=True)
+        taken = run_pairs(
+            sizes.pairs,
+            {"bare": lambda: run("bare", count), "ergate": lambda: run("ergate", count)},
+            log,
+        )
     finally:
         reader.close()
-    if failed["bare"] or failed["ergate"]:
-        raise RuntimeError(f"{failed['bare']} chains and {failed['ergate']} jobs did not succeed")
-    total = count * steps * 2
     return {
-        "throughput_steps_per_s": _measure(
-            total / sum(seconds["bare"]),
-            total / sum(seconds["ergate"]),
+        "throughput_steps_per_s": summary(
+            taken["bare"],
+            taken["ergate"],
             "steps/s",
             "higher",
             jobs=count,
             steps_per_job=steps,
-            order="bare, ergate, ergate, bare",
             seconds=seconds,
             submitting_seconds=submitting,
         )
@@ -279,7 +371,7 @@ def measure_bytes(bench: Bench, capture: Path, sizes: Sizes) -> dict[str, dict[s
         steps_sent = [m for m in _captured(capture) if m["task"].startswith("ergate.")]
         if len(bare) != steps - 1 or len(steps_sent) != steps - 1:
             raise RuntimeError(f"captured {len(bare)} bare and {len(steps_sent)} step hops")
-        results[f"bytes_per_hop_{label}"] = _measure(
+        results[f"bytes_per_hop_{label}"] = single(
             statistics.mean(m["body_bytes"] for m in bare),
             statistics.mean(m["body_bytes"] for m in steps_sent),
             "bytes",
@@ -319,7 +411,7 @@ def measure_memory(bench: Bench, run_dir: Path, sizes: Sizes) -> dict[str, dict[
             time.sleep(0.5)
             memory[side] = tree_memory(pid)
     return {
-        "worker_rss_mib": _measure(
+        "worker_rss_mib": single(
             memory["bare"]["rss_mib"],
             memory["ergate"]["rss_mib"],
             "MiB",

@@ -1,25 +1,38 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
-    python -m bench.run [--quick] [--setups redis,rabbitmq_postgres,embedded]
-                        [--only compare,listing,waiting]
+    python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
+                        [--only compare,nodes,listing,waiting]
 
-Three parts, all by default. `compare`: for each setup whose services answer on loopback,
-the harness starts its own worker subprocesses (prefork, 2 processes) and measures, bare
-Celery vs ergate_celery:
+`compare`: for each setup whose services answer on loopback (all by default), the harness
+starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
 
-- hop latency: one 20-step job, submit to final, vs a `chain` of 20 no-op tasks (median);
+- hop latency: one 20-step job, submit to final, vs a `chain` of 20 no-op tasks;
 - throughput: N jobs of 5 no-op steps vs N chains of 5, submitted then awaited (steps/s);
-- submit latency: `submit_job()` vs `noop.delay()` (p50, p99), with no worker consuming;
+- submit latency: `submit_job()` vs `noop.delay()` (p50, p99), with no worker consuming; on
+  the PostgreSQL setups also against one INSERT transaction (psycopg) plus a `delay()`;
 - bytes per hop: the JSON body of a message published by a worker between two steps, for a
   small and a 10 kB return value (captured by a `before_task_publish` receiver);
 - worker memory: RSS of a worker and its pool processes with 50 extra workflows registered
   vs a worker holding only the no-op task.
 
-`listing` (bench/listing.py): one `list_jobs` page with 1,000 and 100,000 stored jobs, on
-Redis and PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs released per second by a
-release run, and wake-up lateness with 10,000 sleeping jobs and a real beat.
+The first three run as interleaved bare/ergate pairs (bench/pairs.py; at least 5 per setup
+in the full run, sizes per setup in `measures.FULL`) and report the median of each side, the
+median ratio of the pairs and its spread; bytes and memory are measured once.
 
-It prints one table per part and writes the numbers to `bench/results/<UTC date-time>.json`.
+Setups (bench/apps.py): `redis` (`-c 2`; bare tasks acknowledge early, Celery's default,
+steps late, ergate_celery's), `redis_c1` (`-c 1 --prefetch-multiplier 1`, late
+acknowledgement on both sides), `rabbitmq_postgres` (`db+postgresql`), `django_db` (the
+django-db backend on PostgreSQL, RabbitMQ as broker as in a typical Django deployment; both
+sides store their results in django-celery-results' table, as a Django project using
+ergate_celery does) and `embedded` (the file broker and SQLite of `make demo`).
+
+`nodes` (bench/nodes.py): throughput with 1, 2 and 4 worker nodes on Redis, with each
+component's CPU seconds. `listing` (bench/listing.py): one `list_jobs` page with 1,000 and
+100,000 stored jobs, on Redis and PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
+released per second by a release run, and wake-up lateness with 10,000 sleeping jobs.
+
+It prints one table per setup and part and writes the numbers to
+`bench/results/<UTC date-time>.json`.
 """
 
 from __future__ import annotations
@@ -34,19 +47,21 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, listing, waiting
+from . import apps, listing, nodes, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
     QUICK,
+    TINY,
     Sizes,
     measure_bytes,
     measure_hop_latency,
@@ -57,11 +72,16 @@ from .measures import (
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "listing", "waiting")
+PARTS = ("compare", "nodes", "listing", "waiting")
+RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
+#: A measure: its results by name.
+Measure = Callable[[], dict[str, dict[str, Any]]]
 
 SERVICES = {
     "redis": [("Redis", "127.0.0.1", 6379)],
+    "redis_c1": [("Redis", "127.0.0.1", 6379)],
     "rabbitmq_postgres": [("RabbitMQ", "127.0.0.1", 5672), ("PostgreSQL", "127.0.0.1", 5432)],
+    "django_db": [("RabbitMQ", "127.0.0.1", 5672), ("PostgreSQL", "127.0.0.1", 5432)],
     "embedded": [],
     "postgresql": [("PostgreSQL", "127.0.0.1", 5432)],
 }
@@ -89,6 +109,12 @@ def unavailable(setup: str) -> str | None:
             from ergate_celery.embedded_broker import embedded_broker_settings  # noqa: F401
         except ImportError as exc:
             return f"ergate_celery.embedded_broker is not importable ({exc})"
+    if setup == "django_db":
+        try:
+            import django  # noqa: F401
+            import django_celery_results  # noqa: F401
+        except ImportError as exc:
+            return f"Django or django-celery-results is not installed ({exc})"
     return None
 
 
@@ -118,18 +144,28 @@ def _postgres(statements: Sequence[str]) -> None:
 @contextlib.contextmanager
 def prepared(setup: str, folder: Path) -> Iterator[None]:
     """Empty the setup's own storage before and after: Redis db 12, the `ergate_bench`
-    schema, the embedded folder. Nothing else is touched."""
+    schema, the embedded folder. Nothing else is touched. On django_db, Django's migrations
+    are applied to the new schema."""
     schema = apps.POSTGRES_SCHEMA
 
     def clean() -> None:
-        if setup == "redis":
+        if setup in ("redis", "redis_c1"):
             _redis_flush()
-        elif setup == "rabbitmq_postgres":
+        elif setup in apps.POSTGRES_SETUPS:
+            if setup == "django_db" and "django.db" in sys.modules:
+                from django.db import connections
+
+                connections.close_all()
             _postgres([f"DROP SCHEMA IF EXISTS {schema} CASCADE"])
 
     clean()
-    if setup == "rabbitmq_postgres":
+    if setup in apps.POSTGRES_SETUPS:
         _postgres([f"CREATE SCHEMA {schema}"])
+    if setup == "django_db":
+        from django.core.management import call_command
+
+        apps.setup_django()
+        call_command("migrate", verbosity=0)
     try:
         yield
     finally:
@@ -138,7 +174,7 @@ def prepared(setup: str, folder: Path) -> Iterator[None]:
 
 def _delete_queue(bench: Bench) -> None:
     # RabbitMQ keeps a durable queue after its consumers leave; Redis is flushed anyway.
-    if bench.config.setup != "rabbitmq_postgres":
+    if bench.config.setup not in RABBITMQ_SETUPS:
         return
     with bench.app.connection_for_write() as conn:
         channel: Any = conn.default_channel
@@ -151,13 +187,13 @@ def _delete_queue(bench: Bench) -> None:
 def _server_version(bench: Bench) -> dict[str, str]:
     versions: dict[str, str] = {}
     with contextlib.suppress(Exception):
-        if bench.config.setup == "redis":
+        if bench.config.setup in ("redis", "redis_c1"):
             import redis
 
             client = redis.Redis.from_url(apps.REDIS_URL)
             versions["redis_server"] = str(client.info("server")["redis_version"])
             client.close()
-        elif bench.config.setup == "rabbitmq_postgres":
+        elif bench.config.setup in RABBITMQ_SETUPS:
             import sqlalchemy as sa
 
             with bench.app.connection_for_write() as conn:
@@ -172,6 +208,53 @@ def _server_version(bench: Bench) -> dict[str, str]:
     return versions
 
 
+def _run_group(
+    bench: Bench,
+    worker_config: BenchConfig | None,
+    measures: list[tuple[str, Measure]],
+    run_dir: Path,
+    sizes: Sizes,
+    outcome: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    """Run `measures` on one worker of `worker_config` (none if None); record each error."""
+    setup = bench.config.setup
+
+    def failed(title: str, exc: Exception) -> None:
+        outcome["errors"][title] = f"{type(exc).__name__}: {exc}"
+        log(f"{setup}: {title} failed: {type(exc).__name__}: {exc}")
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if worker_config is not None:
+                stack.enter_context(worker(worker_config, bench, run_dir, sizes.timeout))
+            for title, measure in measures:
+                log(f"{setup}: {title}…")
+                try:
+                    outcome["measures"].update(measure())
+                except Exception as exc:
+                    failed(title, exc)
+    except Exception as exc:  # the worker did not start
+        for title, _ in measures:
+            failed(title, exc)
+
+
+def setup_notes(setup: str) -> dict[str, Any]:
+    """How a setup's workers run and acknowledge, for the JSON report."""
+    options = apps.WORKER_OPTIONS.get(setup, apps.DEFAULT_WORKER_OPTIONS)
+    return {
+        "worker": " ".join(("celery worker -P prefork", *options)),
+        "acks_late": {"bare": setup in apps.BARE_ACKS_LATE, "ergate": True},
+        "broker_and_backend": {
+            "redis": "Redis / Redis",
+            "redis_c1": "Redis / Redis",
+            "rabbitmq_postgres": "RabbitMQ / db+postgresql (SQLAlchemy)",
+            "django_db": "RabbitMQ / django-db (django-celery-results) on PostgreSQL",
+            "embedded": "files (ergate embedded broker) / db+sqlite",
+        }[setup],
+    }
+
+
 def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
     """All measures on one setup; a measure that fails is recorded with its error."""
     reason = unavailable(setup)
@@ -181,9 +264,12 @@ def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str,
     run_dir = Path(tempfile.mkdtemp(prefix=f"ergate-bench-{setup}-"))
     queue = f"ergate-bench-{uuid.uuid4().hex[:12]}"
     config = BenchConfig(setup=setup, folder=run_dir, queue=queue)
+    began = time.monotonic()
     outcome: dict[str, Any] = {
         "status": "ran",
         "queue": queue,
+        "sizes": asdict(sizes),
+        **setup_notes(setup),
         # Other processes on the machine skew every number: the 1-minute load, before/after.
         "load_average": {"start": os.getloadavg()[0]},
         "measures": {},
@@ -195,30 +281,35 @@ def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str,
             current = bench = apps.build(config)
             outcome["servers"] = _server_version(current)
             capture = run_dir / "capture"
-            steps: list[tuple[str, Callable[[], dict[str, dict[str, Any]]], BenchConfig | None]]
-            steps = [
-                ("submit", lambda: measure_submit(current, sizes), None),
-                ("hop latency", lambda: measure_hop_latency(current, sizes), config),
-                ("throughput", lambda: measure_throughput(current, sizes), config),
+
+            def progress(title: str) -> Callable[[str], None]:
+                return lambda message: log(f"{setup}: {title}: {message}")
+
+            # Measures grouped by the worker they need (None: no worker); hop latency and
+            # throughput share one, as a worker start costs seconds.
+            groups: list[tuple[BenchConfig | None, list[tuple[str, Measure]]]] = [
+                (None, [("submit", lambda: measure_submit(current, sizes, progress("submit")))]),
                 (
-                    "bytes per hop",
-                    lambda: measure_bytes(current, capture, sizes),
-                    replace(config, capture=capture),
+                    config,
+                    [
+                        (
+                            "hop latency",
+                            lambda: measure_hop_latency(current, sizes, progress("hop latency")),
+                        ),
+                        (
+                            "throughput",
+                            lambda: measure_throughput(current, sizes, progress("throughput")),
+                        ),
+                    ],
                 ),
-                ("worker memory", lambda: measure_memory(current, run_dir, sizes), None),
+                (
+                    replace(config, capture=capture),
+                    [("bytes per hop", lambda: measure_bytes(current, capture, sizes))],
+                ),
+                (None, [("worker memory", lambda: measure_memory(current, run_dir, sizes))]),
             ]
-            for title, measure, worker_config in steps:
-                log(f"{setup}: {title}…")
-                try:
-                    with contextlib.ExitStack() as stack:
-                        if worker_config is not None:
-                            stack.enter_context(
-                                worker(worker_config, current, run_dir, sizes.timeout)
-                            )
-                        outcome["measures"].update(measure())
-                except Exception as exc:
-                    outcome["errors"][title] = f"{type(exc).__name__}: {exc}"
-                    log(f"{setup}: {title} failed: {type(exc).__name__}: {exc}")
+            for worker_config, measures in groups:
+                _run_group(current, worker_config, measures, run_dir, sizes, outcome, log)
             _delete_queue(current)
     except Exception as exc:
         outcome["errors"]["setup"] = f"{type(exc).__name__}: {exc}"
@@ -226,6 +317,7 @@ def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str,
     finally:
         stop_all()
         outcome["load_average"]["end"] = os.getloadavg()[0]
+        outcome["seconds"] = round(time.monotonic() - began, 1)
         if bench is not None:
             bench.app.close()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -275,36 +367,57 @@ def _number(value: Any) -> str:
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
-def table(report: dict[str, Any]) -> str:
-    """One row per setup and measure: bare, ergate, ratio (ergate / bare)."""
-    rows = [("setup", "measure", "bare", "ergate", "ratio")]
-    notes: list[str] = []
-    for setup, outcome in report["setups"].items():
-        if outcome["status"] == "skipped":
-            notes.append(f"{setup}: skipped ({outcome['reason']})")
-            continue
-        for name, measure in outcome["measures"].items():
-            ratio = measure["ratio"]
-            rows.append(
-                (
-                    setup,
-                    f"{name} ({measure['better']} is better)",
-                    _number(measure["bare"]),
-                    _number(measure["ergate"]),
-                    f"{ratio:.2f}x" if ratio is not None else "-",
-                )
-            )
-        notes += [f"{setup}: {title} failed: {error}" for title, error in outcome["errors"].items()]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+def _ratio(value: Any) -> str:
+    return f"{value:.2f}x" if isinstance(value, int | float) else "-"
+
+
+def _aligned(rows: list[tuple[str, ...]], left: int = 1) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
-            cell.ljust(width) if i < 2 else cell.rjust(width)
+            cell.ljust(width) if i < left else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines + notes)
+    return lines
+
+
+def setup_table(setup: str, outcome: dict[str, Any]) -> str:
+    """One setup's measures: the median of each side, the median ratio (ergate / bare) of
+    the pairs, its range and interquartile range, and the number of pairs."""
+    rows: list[tuple[str, ...]] = [
+        ("measure", "bare", "ergate", "ratio", "min-max", "IQR", "pairs")
+    ]
+    for name, measure in outcome["measures"].items():
+        low, high = measure.get("ratio_min"), measure.get("ratio_max")
+        iqr = measure.get("ratio_iqr")
+        rows.append(
+            (
+                f"{name} ({measure['better']} is better)",
+                _number(measure["bare"]),
+                _number(measure["ergate"]),
+                _ratio(measure["ratio"]),
+                f"{low:.2f}-{high:.2f}" if low is not None else "-",
+                f"{iqr[0]:.2f}-{iqr[1]:.2f}" if iqr else "-",
+                str(measure.get("pairs", 1)),
+            )
+        )
+    title = f"{setup}: {outcome.get('broker_and_backend', '')}, {outcome.get('worker', '')}"
+    notes = [f"  {title} failed: {error}" for title, error in outcome["errors"].items()]
+    return "\n".join([title, *_aligned(rows), *notes])
+
+
+def table(report: dict[str, Any]) -> str:
+    """One table per setup (see `setup_table`); a line for each setup skipped."""
+    blocks: list[str] = []
+    for setup, outcome in report["setups"].items():
+        if outcome["status"] == "skipped":
+            blocks.append(f"{setup}: skipped ({outcome['reason']})")
+        else:
+            blocks.append(setup_table(setup, outcome))
+    return "\n\n".join(blocks)
 
 
 def write_report(report: dict[str, Any], directory: Path) -> Path:
@@ -324,6 +437,7 @@ class PartSizes:
 
     listing: listing.ListingSizes = listing.FULL
     waiting: waiting.WaitingSizes = waiting.FULL
+    nodes: nodes.NodeSizes = nodes.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -335,25 +449,29 @@ def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def run_bench(
     setups: Sequence[str],
-    sizes: Sizes,
+    sizes: Sizes | Mapping[str, Sizes],
     results_dir: Path = RESULTS_DIR,
     log: Callable[[str], None] = print,
     parts: Sequence[str] = ("compare",),
     part_sizes: PartSizes | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Run the `parts` asked for (`compare`: every measure on every setup), then write the
-    JSON report; returns it and its path."""
+    JSON report; returns it and its path. `sizes` is one for all setups or one per setup."""
     part_sizes = part_sizes or PartSizes()
+    began = time.monotonic()
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
-        "sizes": asdict(sizes),
         "notes": {
-            "ratio": "ergate / bare",
-            "worker": "celery worker -P prefork -c 2 --without-gossip --without-mingle "
-            "--without-heartbeat, one per measure, on a queue of the run's own",
-            "acks_late": {"bare": False, "ergate": True},
+            "ratio": "ergate / bare; for paired measures the median of the pairs' ratios, "
+            "with their range (ratio_min, ratio_max) and interquartile range (ratio_iqr); "
+            "bare and ergate are the medians of each side's samples",
+            "pairs": "each pair takes one sample of each side back to back; bare goes first "
+            "in even pairs, ergate in odd ones",
+            "worker": "celery worker -P prefork (options per setup) --without-gossip "
+            "--without-mingle --without-heartbeat, one per measure, on a queue of the run's "
+            "own",
             "wait": "on Redis, wait_for_job and AsyncResult.get are woken by a publish; "
             f"elsewhere they read every {apps.WAIT_POLL_INTERVAL} s",
         },
@@ -362,7 +480,15 @@ def run_bench(
     try:
         if "compare" in parts:
             for setup in setups:
-                report["setups"][setup] = run_setup(setup, sizes, log)
+                sized = sizes if isinstance(sizes, Sizes) else sizes[setup]
+                report["setups"][setup] = run_setup(setup, sized, log)
+        if "nodes" in parts:
+            reason = unavailable("redis")
+            if reason is None:
+                report["nodes"] = _loaded(lambda: nodes.run_nodes(part_sizes.nodes, log))
+            else:
+                log(f"nodes: skipped ({reason})")
+                report["nodes"] = {"status": "skipped", "reason": reason}
         if "listing" in parts:
             report["listing"] = _loaded(
                 lambda: listing.run_listing(part_sizes.listing, unavailable, log)
@@ -376,6 +502,7 @@ def run_bench(
                 report["waiting"] = {"status": "skipped", "reason": reason}
     finally:
         stop_all()
+        report["seconds"] = round(time.monotonic() - began, 1)
     return report, write_report(report, results_dir)
 
 
@@ -387,7 +514,11 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: `python -m bench.run [--quick] [--setups a,b]`."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # for the tests
+    parser.add_argument(
+        "--pairs", type=int, default=None, help="interleaved pairs per measure (default: 5)"
+    )
     parser.add_argument(
         "--setups",
         default=",".join(apps.SETUPS),
@@ -409,12 +540,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown setup(s) {unknown}; choose among {', '.join(apps.SETUPS)}")
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if options.tiny:
+            chosen: Sizes | Mapping[str, Sizes] = TINY
+            part_sizes = PartSizes(listing.TINY, waiting.TINY, nodes.TINY)
+        elif options.quick:
+            chosen, part_sizes = QUICK, PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK)
+        else:
+            chosen, part_sizes = FULL, PartSizes()
+        if options.pairs is not None:
+            if options.pairs < 1:
+                parser.error("--pairs must be at least 1")
+            chosen = (
+                replace(chosen, pairs=options.pairs)
+                if isinstance(chosen, Sizes)
+                else {name: replace(one, pairs=options.pairs) for name, one in chosen.items()}
+            )
+        began = time.monotonic()
+
+        def log(message: str) -> None:
+            print(f"[{time.monotonic() - began:5.0f} s] {message}", flush=True)
+
         report, path = run_bench(
-            setups,
-            QUICK if options.quick else FULL,
-            options.results_dir,
-            parts=parts,
-            part_sizes=PartSizes(listing.QUICK, waiting.QUICK) if options.quick else PartSizes(),
+            setups, chosen, options.results_dir, log, parts=parts, part_sizes=part_sizes
         )
     except KeyboardInterrupt:
         print("Interrupted; every worker started was stopped.", file=sys.stderr)
@@ -426,13 +573,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "compare" in parts:
         print()
         print(table(report))
+    if "nodes" in report and report["nodes"].get("status") != "skipped":
+        print("\nWorker nodes (Redis, ergate jobs and bare chains):")
+        print(nodes.table(report["nodes"]))
     if "listing" in report:
         print(f"\nlist_jobs, one page (limit {report['listing']['sizes']['limit']}):")
         print(listing.table(report["listing"]))
     if "waiting" in report and report["waiting"].get("status") != "skipped":
         print("\nWaiting jobs (Redis):")
         print(waiting.table(report["waiting"]))
-    print(f"\nWritten to {path}")
+    print(f"\nWritten to {path} ({report['seconds']:.0f} s)")
     return 1 if failures(report) else 0
 
 
@@ -447,6 +597,7 @@ def failures(report: dict[str, Any]) -> list[str]:
         if outcome["status"] == "failed":
             found.append(f"listing on {backend}")
     found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
+    found += [f"nodes: {title}" for title in report.get("nodes", {}).get("errors", {})]
     return found
 
 

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from .apps import Bench, BenchConfig
+from .apps import DEFAULT_WORKER_OPTIONS, WORKER_OPTIONS, Bench, BenchConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,14 +44,31 @@ def stop_all() -> None:
 
 
 @contextlib.contextmanager
-def worker(config: BenchConfig, bench: Bench, log_dir: Path, timeout: float) -> Iterator[int]:
-    """Run `celery -A bench.apps worker` on `config` until the block ends; yields its pid."""
+def worker(
+    config: BenchConfig,
+    bench: Bench,
+    log_dir: Path,
+    timeout: float,
+    options: tuple[str, ...] | None = None,
+    own_queue: bool = False,
+) -> Iterator[int]:
+    """Run `celery -A bench.apps worker` on `config` until the block ends; yields its pid.
+
+    `options` replace the setup's own (`-c 2` unless `apps.WORKER_OPTIONS` says otherwise).
+    With `own_queue`, the worker also consumes a queue of its own, through which its
+    readiness is checked: needed when several workers share the run's queue, where another
+    worker could answer the check (used on Redis only, where a queue leaves nothing behind).
+    """
     name = f"bench-{uuid.uuid4().hex[:8]}@127.0.0.1"
     env = {**os.environ, **config.env(), "PYTHONPATH": str(ROOT)}
     log_path = log_dir / f"worker-{name.split('@')[0]}.log"
+    if options is None:
+        options = WORKER_OPTIONS.get(config.setup, DEFAULT_WORKER_OPTIONS)
+    probe = f"{config.queue}.{name.split('@')[0]}" if own_queue else None
+    queues = f"{config.queue},{probe}" if probe else config.queue
     command = [
         *(sys.executable, "-m", "celery", "-A", "bench.apps", "worker"),
-        *("-P", "prefork", "-c", "2", "-n", name, "-Q", config.queue, "-l", "WARNING"),
+        *("-P", "prefork", *options, "-n", name, "-Q", queues, "-l", "WARNING"),
         *("--without-gossip", "--without-mingle", "--without-heartbeat"),
     ]
     with log_path.open("wb") as log:
@@ -60,7 +77,7 @@ def worker(config: BenchConfig, bench: Bench, log_dir: Path, timeout: float) -> 
         )
         _started.append(process)
         try:
-            _wait_ready(bench, process, log_path, min(timeout, 120.0))
+            _wait_ready(bench, process, log_path, min(timeout, 120.0), probe)
             yield process.pid
         finally:
             _stop(process)
@@ -94,9 +111,11 @@ def exited(pid: int) -> int | None:
     return None
 
 
-def _wait_ready(bench: Bench, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    # A round trip through the worker's own queue: only this worker consumes it.
-    result = bench.noop.delay("ready")
+def _wait_ready(
+    bench: Bench, process: subprocess.Popen[bytes], log: Path, timeout: float, queue: str | None
+) -> None:
+    # A round trip through the worker's queue: only this worker consumes it.
+    result = bench.noop.apply_async(("ready",), queue=queue) if queue else bench.noop.delay("ready")
     deadline = time.monotonic() + timeout
     while not result.ready():
         if process.poll() is not None:

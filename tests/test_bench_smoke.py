@@ -1,19 +1,24 @@
-"""The benchmark harness runs end to end on Redis with tiny sizes and reports every measure."""
+"""The benchmark harness runs end to end with tiny sizes on every setup whose services answer,
+and reports every measure: paired ones with their median ratio and spread."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench import apps, listing, waiting
-from bench.measures import Sizes
+from bench import apps, listing, nodes, waiting
+from bench.measures import TINY
 from bench.run import PartSizes, run_bench, table
 
-from .services import RedisService
+from .services import PostgresService, RabbitMQService, RedisService
 
-TINY = Sizes(latency_runs=1, throughput_jobs=4, submit_calls=4, warmup=1, timeout=60.0)
+ROOT = Path(__file__).resolve().parent.parent
 
 MEASURES = {
     "hop_latency_ms",
@@ -24,6 +29,10 @@ MEASURES = {
     "bytes_per_hop_10kB",
     "worker_rss_mib",
 }
+PAIRED = {"hop_latency_ms", "throughput_steps_per_s", "submit_p50_ms", "submit_p99_ms"}
+#: On the PostgreSQL setups, submit is also set against one INSERT transaction + publish.
+FLOOR = "submit_p50_vs_insert_publish_ms"
+TINY_PARTS = PartSizes(listing=listing.TINY, waiting=waiting.TINY, nodes=nodes.TINY)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +44,31 @@ def bench_redis(redis_service: RedisService, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(module, "REDIS_URL", redis_service.url)
 
 
+def check_setup(written: dict[str, Any], setup: str, lines: list[str]) -> dict[str, Any]:
+    """Every measure of `setup` ran; the paired ones with a pair count and a spread."""
+    outcome: dict[str, Any] = written["setups"][setup]
+    assert outcome["status"] == "ran", lines
+    assert outcome["errors"] == {}, outcome["errors"]
+    expected = MEASURES | ({FLOOR} if setup in apps.POSTGRES_SETUPS else set())
+    assert set(outcome["measures"]) == expected
+    for name, measure in outcome["measures"].items():
+        for side in ("bare", "ergate", "ratio"):
+            assert measure[side] > 0, (name, side, measure)
+        if name in PAIRED | {FLOOR}:
+            assert measure["pairs"] == TINY.pairs, (name, measure)
+            assert len(measure["detail"]["bare_by_pair"]) == TINY.pairs
+            if name == "throughput_steps_per_s":  # the warm-up runs are not among them
+                assert len(measure["detail"]["seconds"]["ergate"]) == TINY.pairs
+            low, high = measure["ratio_min"], measure["ratio_max"]
+            assert 0 < low <= measure["ratio"] <= high, (name, measure)
+            assert low <= measure["ratio_iqr"][0] <= measure["ratio_iqr"][1] <= high
+        else:
+            assert measure["pairs"] == 1
+            assert measure["ratio_min"] is None
+    assert f"{setup}: " in table(written)
+    return outcome
+
+
 def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
     lines: list[str] = []
 
@@ -42,17 +76,123 @@ def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
 
     written = json.loads(path.read_text())
     assert written == json.loads(json.dumps(report))
-    assert {"date", "machine", "versions", "sizes", "setups"} <= set(written)
+    assert {"date", "machine", "versions", "setups", "seconds"} <= set(written)
     assert written["machine"]["nproc"] > 0
     assert written["versions"]["celery"]
-    redis = written["setups"]["redis"]
-    assert redis["status"] == "ran", lines
-    assert redis["errors"] == {}, redis["errors"]
-    assert set(redis["measures"]) == MEASURES
-    for name, measure in redis["measures"].items():
-        for side in ("bare", "ergate", "ratio"):
-            assert measure[side] > 0, (name, side, measure)
+    redis = check_setup(written, "redis", lines)
+    assert redis["sizes"]["pairs"] == TINY.pairs
+    assert redis["acks_late"] == {"bare": False, "ergate": True}
     assert "hop_latency_ms" in table(written)
+
+
+def test_one_slot_setup_acknowledges_late_on_both_sides(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    _, path = run_bench(["redis_c1"], TINY, results_dir=tmp_path, log=lines.append)
+
+    outcome = check_setup(json.loads(path.read_text()), "redis_c1", lines)
+    assert outcome["acks_late"] == {"bare": True, "ergate": True}
+    assert outcome["worker"].endswith("-c 1 --prefetch-multiplier 1")
+
+
+def test_bench_on_rabbitmq_and_postgresql_sets_submit_against_an_insert(
+    tmp_path: Path,
+    rabbitmq_service: RabbitMQService,
+    postgres_service: PostgresService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    schema = f"{postgres_service.schema}_bench"
+    monkeypatch.setenv("ERGATE_BENCH_RABBITMQ_URL", rabbitmq_service.url)
+    monkeypatch.setenv("ERGATE_BENCH_POSTGRES_SCHEMA", schema)
+    monkeypatch.setattr(apps, "RABBITMQ_URL", rabbitmq_service.url)
+    monkeypatch.setattr(apps, "POSTGRES_SCHEMA", schema)
+    lines: list[str] = []
+
+    _, path = run_bench(["rabbitmq_postgres"], TINY, results_dir=tmp_path, log=lines.append)
+
+    outcome = check_setup(json.loads(path.read_text()), "rabbitmq_postgres", lines)
+    floor = outcome["measures"][FLOOR]
+    by_pair = zip(
+        floor["detail"]["insert_p50_by_pair"],
+        floor["detail"]["delay_p50_by_pair"],
+        floor["detail"]["bare_by_pair"],
+        strict=True,
+    )
+    for insert, delay, both in by_pair:
+        assert insert > 0
+        assert delay > 0
+        assert both == pytest.approx(insert + delay)
+
+
+def test_bench_runs_the_django_store_on_postgresql(
+    tmp_path: Path,
+    redis_service: RedisService,
+    rabbitmq_service: RabbitMQService,
+    postgres_service: PostgresService,
+) -> None:
+    """In a process of its own: this one may have configured Django for other tests."""
+    env = {
+        **os.environ,
+        "ERGATE_BENCH_REDIS_URL": redis_service.url,
+        "ERGATE_BENCH_RABBITMQ_URL": rabbitmq_service.url,
+        "ERGATE_BENCH_POSTGRES_SCHEMA": f"{postgres_service.schema}_bench",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    command = [sys.executable, "-m", "bench.run", "--tiny", "--setups", "django_db"]
+    finished = subprocess.run(
+        [*command, "--only", "compare", "--results-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    (path,) = tmp_path.glob("*.json")
+    outcome = check_setup(json.loads(path.read_text()), "django_db", [finished.stdout])
+    assert "django-db" in outcome["broker_and_backend"]
+    assert "django_db: RabbitMQ / django-db" in finished.stdout
+
+
+def test_bench_runs_on_the_embedded_broker(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    _, path = run_bench(["embedded"], TINY, results_dir=tmp_path, log=lines.append)
+
+    check_setup(json.loads(path.read_text()), "embedded", lines)
+
+
+def test_nodes_bench_reports_throughput_and_cpu_per_component(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    _, path = run_bench(
+        [], TINY, results_dir=tmp_path, log=lines.append, parts=["nodes"], part_sizes=TINY_PARTS
+    )
+
+    written = json.loads(path.read_text())["nodes"]
+    assert written["errors"] == {}, lines
+    runs = written["runs"]
+    assert [(run["nodes"], run["side"]) for run in runs] == [
+        (1, "ergate"),
+        (1, "bare"),
+        (2, "bare"),
+        (2, "ergate"),
+    ]
+    for run in runs:
+        assert run["steps_per_s"] > 0
+        assert set(run["cpu_seconds"]) == {
+            "workers",
+            "harness",
+            "redis-server",
+            "postgres",
+            "rabbitmq",
+            "others",
+            "machine",
+        }
+        assert run["cpu_seconds"]["workers"] > 0, run
+        assert run["saturated"] in run["utilisation"]
+    assert "saturated" in nodes.table(written)
 
 
 def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
@@ -64,7 +204,7 @@ def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
         results_dir=tmp_path,
         log=lines.append,
         parts=["listing"],
-        part_sizes=PartSizes(listing=listing.TINY, waiting=waiting.TINY),
+        part_sizes=TINY_PARTS,
     )
 
     written = json.loads(path.read_text())["listing"]
@@ -88,7 +228,7 @@ def test_waiting_bench_measures_release_and_lateness(tmp_path: Path) -> None:
         results_dir=tmp_path,
         log=lines.append,
         parts=["waiting"],
-        part_sizes=PartSizes(listing=listing.TINY, waiting=waiting.TINY),
+        part_sizes=TINY_PARTS,
     )
 
     written = json.loads(path.read_text())["waiting"]
