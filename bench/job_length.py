@@ -34,6 +34,7 @@ class LengthSizes:
 
 FULL = LengthSizes()
 QUICK = LengthSizes(pairs=2, timeout=120.0)
+TINY = LengthSizes(pairs=1, timeout=120.0)
 
 
 def _job_ms_per_step(bench: Bench, workflow: str, steps: int, timeout: float) -> float:

@@ -1,7 +1,7 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
-                        [--only compare,nodes,listing,waiting]
+                        [--only compare,length,nodes,listing,waiting]
 
 `compare`: for each setup whose services answer on loopback (all by default), the harness
 starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
@@ -26,9 +26,11 @@ django-db backend on PostgreSQL, RabbitMQ as broker as in a typical Django deplo
 sides store their results in django-celery-results' table, as a Django project using
 ergate_celery does) and `embedded` (the file broker and SQLite of `make demo`).
 
-`nodes` (bench/nodes.py): throughput with 1, 2 and 4 worker nodes on Redis, with each
-component's CPU seconds. `listing` (bench/listing.py): one `list_jobs` page with 1,000 and
-100,000 stored jobs, on Redis and PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
+`length` (bench/job_length.py): a step of a 100-step job against a step of a 5-step job,
+next to bare chains of 100 and 5 links (Redis). `nodes` (bench/nodes.py): throughput with 1,
+2 and 4 worker nodes on Redis, with each component's CPU seconds. `listing`
+(bench/listing.py): one `list_jobs` page with 1,000 and 100,000 stored jobs, on Redis and
+PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
 released per second by a release run, and wake-up lateness with 10,000 sleeping jobs.
 
 It prints one table per setup and part and writes the numbers to
@@ -56,7 +58,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, listing, nodes, waiting
+from . import apps, job_length, listing, nodes, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -72,7 +74,7 @@ from .measures import (
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "nodes", "listing", "waiting")
+PARTS = ("compare", "length", "nodes", "listing", "waiting")
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
 #: A measure: its results by name.
 Measure = Callable[[], dict[str, dict[str, Any]]]
@@ -438,6 +440,7 @@ class PartSizes:
     listing: listing.ListingSizes = listing.FULL
     waiting: waiting.WaitingSizes = waiting.FULL
     nodes: nodes.NodeSizes = nodes.FULL
+    length: job_length.LengthSizes = job_length.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -482,6 +485,10 @@ def run_bench(
             for setup in setups:
                 sized = sizes if isinstance(sizes, Sizes) else sizes[setup]
                 report["setups"][setup] = run_setup(setup, sized, log)
+        if "length" in parts:
+            report["length"] = _loaded(
+                lambda: job_length.run_job_length(part_sizes.length, unavailable, log)
+            )
         if "nodes" in parts:
             reason = unavailable("redis")
             if reason is None:
@@ -542,9 +549,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.tiny:
             chosen: Sizes | Mapping[str, Sizes] = TINY
-            part_sizes = PartSizes(listing.TINY, waiting.TINY, nodes.TINY)
+            part_sizes = PartSizes(listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY)
         elif options.quick:
-            chosen, part_sizes = QUICK, PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK)
+            chosen, part_sizes = (
+                QUICK,
+                PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK, job_length.QUICK),
+            )
         else:
             chosen, part_sizes = FULL, PartSizes()
         if options.pairs is not None:
@@ -573,6 +583,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "compare" in parts:
         print()
         print(table(report))
+    if "length" in report:
+        print("\nJob length (Redis), ms per step:")
+        print(job_length.table(report["length"]))
     if "nodes" in report and report["nodes"].get("status") != "skipped":
         print("\nWorker nodes (Redis, ergate jobs and bare chains):")
         print(nodes.table(report["nodes"]))
@@ -598,6 +611,8 @@ def failures(report: dict[str, Any]) -> list[str]:
             found.append(f"listing on {backend}")
     found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
     found += [f"nodes: {title}" for title in report.get("nodes", {}).get("errors", {})]
+    if report.get("length", {}).get("status") == "failed":
+        found.append("length")
     return found
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import apps, listing, nodes, waiting
+from bench import apps, job_length, listing, nodes, waiting
 from bench.measures import TINY
 from bench.run import PartSizes, run_bench, table
 
@@ -32,7 +32,9 @@ MEASURES = {
 PAIRED = {"hop_latency_ms", "throughput_steps_per_s", "submit_p50_ms", "submit_p99_ms"}
 #: On the PostgreSQL setups, submit is also set against one INSERT transaction + publish.
 FLOOR = "submit_p50_vs_insert_publish_ms"
-TINY_PARTS = PartSizes(listing=listing.TINY, waiting=waiting.TINY, nodes=nodes.TINY)
+TINY_PARTS = PartSizes(
+    listing=listing.TINY, waiting=waiting.TINY, nodes=nodes.TINY, length=job_length.TINY
+)
 
 
 @pytest.fixture(autouse=True)
@@ -193,6 +195,27 @@ def test_nodes_bench_reports_throughput_and_cpu_per_component(tmp_path: Path) ->
         assert run["cpu_seconds"]["workers"] > 0, run
         assert run["saturated"] in run["utilisation"]
     assert "saturated" in nodes.table(written)
+
+
+def test_job_length_bench_compares_long_and_short_jobs(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    _, path = run_bench(
+        [], TINY, results_dir=tmp_path, log=lines.append, parts=["length"], part_sizes=TINY_PARTS
+    )
+
+    written = json.loads(path.read_text())["length"]
+    assert written["status"] == "ran", lines
+    assert written["steps"] == {"short": 5, "long": 100}
+    assert set(written["ms_per_step_median"]) == {
+        "ergate_short",
+        "ergate_long",
+        "bare_short",
+        "bare_long",
+    }
+    assert all(value > 0 for value in written["ms_per_step_median"].values())
+    assert written["long_over_short"]["ergate"]["median"] > 0
+    assert "100 steps" in job_length.table(written)
 
 
 def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
