@@ -129,15 +129,16 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def autocommit(self) -> sa.Engine:
         """The engine's pool in autocommit: a read, or a write of one statement, is sent
         without BEGIN and COMMIT (and without the ROLLBACK that ends a read otherwise)."""
-        if self.engine is not None and self._autocommit is not None:
-            return self._autocommit
-        raise AssertionError("unreachable")
+        engine = self.engine  # this process's, with its autocommit view made beside it
+        assert self._autocommit is not None
+        assert self._autocommit.pool is engine.pool
+        return self._autocommit
 
     def close(self) -> None:
         """Dispose of this process's engine and its pooled connections."""
         if self._engine is not None and self._engine_pid == os.getpid():
             self._engine.dispose()
-        self._engine = None
+        self._engine = self._autocommit = None
 
     def _encoded(self, job: Job) -> bytes:
         encoded = self.backend.encode(job_document(job))
