@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import states
 from django.apps import apps
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -56,6 +57,11 @@ class DjangoJobStore(BaseJobStore[Columns]):
     ) -> None:
         super().__init__(backend, max_bytes, expires_by_status)
         self.model: Any = backend.TaskModel
+        features = connections[router.db_for_write(self.model)].features
+        #: Where the database has upserts (PostgreSQL, SQLite), the index entry and the step
+        #: summary are each one statement, and the summary is written in the job's transaction.
+        self.upserts = bool(features.supports_update_conflicts_with_target)
+        self.writes_task_result = self.upserts
 
     def _content(self, job: Job) -> str:
         content: str = self.backend.encode_content(job_document(job))[2]
@@ -86,10 +92,43 @@ class DjangoJobStore(BaseJobStore[Columns]):
 
     def _reindex(self, job: Job) -> None:
         index = self.index
-        index.objects.filter(job_id=str(job.id)).delete()
         entry = index_entry(job, pending=True)
-        if entry is not None:
-            index.objects.create(job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at))
+        if entry is None or not self.upserts:
+            index.objects.filter(job_id=str(job.id)).delete()
+        if entry is None:
+            return
+        row = index(job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at))
+        if self.upserts:
+            index.objects.bulk_create(
+                [row], update_conflicts=True, unique_fields=["job_id"], update_fields=["kind", "at"]
+            )
+        else:
+            row.save(force_insert=True)
+
+    def _store_summary(self, result: TaskResult, job: Job) -> None:
+        """The step's summary row, as django-celery-results stores a task's SUCCESS (its
+        `_store_result`), as one upsert in the job's transaction."""
+        backend = self.backend
+        content_type, content_encoding, content = backend.encode_content(result.summarize(job))
+        request = result.request
+        meta = {
+            **backend._get_meta_from_request(request),
+            "children": backend.current_task_children(request),
+        }
+        fields = {
+            "content_type": content_type,
+            "content_encoding": content_encoding,
+            "meta": backend.encode_content(meta)[2],
+            "result": content,
+            "status": states.SUCCESS,
+            **backend._get_extended_properties(request, None),
+        }
+        self.model._default_manager.bulk_create(
+            [self.model(task_id=result.task_id, **fields)],
+            update_conflicts=True,
+            unique_fields=["task_id"],
+            update_fields=[*fields, "date_done"],
+        )
 
     def _read(self, job_id: str) -> Stored[Columns] | None:
         row = self.model.objects.filter(task_id=job_id).first()
@@ -114,6 +153,8 @@ class DjangoJobStore(BaseJobStore[Columns]):
             self._reindex(new)
             if status != new.status.name:
                 _model("JobListing").objects.filter(job_id=job_id).update(status=new.status.name)
+            if result is not None and self.writes_task_result:
+                self._store_summary(result, new)
         return Outcome.WRITTEN
 
     def _insert(self, job: Job) -> bool:

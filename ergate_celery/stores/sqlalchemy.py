@@ -25,6 +25,8 @@ from .base import (
     seconds,
 )
 from .listing import JobQuery, Position
+from .sql_postgres import PostgresStatements
+from .sql_statements import Statements, engine_for
 from .sqlite import share_backend_between_processes, share_between_processes
 
 #: The compare-and-set token: the row's status and result columns as read.
@@ -99,7 +101,17 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         self.table: sa.Table = backend.task_cls.__table__
         self.index = index_table(self.table.schema)
         self.listing, self.tags, self.paused = listing_tables(self.table.schema)
+        self.sql = Statements(self.table, self.index, self.listing, backend.url)
+        #: The step summary goes in the job's transaction where the database has upserts.
+        self.writes_task_result = self.sql.writes_summaries
+        #: On PostgreSQL, each write is one statement (sql_postgres.py).
+        self.postgres: PostgresStatements | None = None
+        if sa.engine.make_url(str(backend.url)).get_backend_name() == "postgresql":
+            self.postgres = PostgresStatements(
+                self.table, self.index, self.listing, self.tags, self.sql.summary_columns
+            )
         self._engine: sa.Engine | None = None
+        self._autocommit: sa.Engine | None = None
         self._engine_pid = 0
         if str(backend.url).startswith("sqlite"):
             share_backend_between_processes(backend)
@@ -108,24 +120,30 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def engine(self) -> sa.Engine:
         # One pooled engine per process: a pool must not cross a fork into prefork children.
         if self._engine is None or self._engine_pid != os.getpid():
-            options = dict(self.backend.engine_options)
-            sqlite = str(self.backend.url).startswith("sqlite")
-            if sqlite:
-                options.setdefault("connect_args", {"timeout": 30})
-            engine = sa.create_engine(self.backend.url, **options)
-            if sqlite:
+            engine = engine_for(self.backend)
+            if str(self.backend.url).startswith("sqlite"):
                 share_between_processes(engine)
             self.table.metadata.create_all(engine, tables=[self.table])
             self.index.metadata.create_all(engine)
             self.listing.metadata.create_all(engine)
             self._engine, self._engine_pid = engine, os.getpid()
+            self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         return self._engine
+
+    @property
+    def autocommit(self) -> sa.Engine:
+        """The engine's pool in autocommit: a read, or a write of one statement, is sent
+        without BEGIN and COMMIT (and without the ROLLBACK that ends a read otherwise)."""
+        engine = self.engine  # this process's, with its autocommit view made beside it
+        assert self._autocommit is not None
+        assert self._autocommit.pool is engine.pool
+        return self._autocommit
 
     def close(self) -> None:
         """Dispose of this process's engine and its pooled connections."""
         if self._engine is not None and self._engine_pid == os.getpid():
             self._engine.dispose()
-        self._engine = None
+        self._engine = self._autocommit = None
 
     def _encoded(self, job: Job) -> bytes:
         encoded = self.backend.encode(job_document(job))
@@ -152,27 +170,20 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         return None if done is None else _naive_utc(done)
 
     def _reindex(self, conn: sa.Connection, job: Job) -> None:
-        job_id = str(job.id)
-        conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
         entry = index_entry(job)
-        if entry is not None:
-            conn.execute(
-                sa.insert(self.index).values(
-                    job_id=job_id, kind=entry.kind, at=_naive_utc(entry.at)
-                )
-            )
+        if entry is None:
+            self.sql.reindex(conn, str(job.id), None, None)
+        else:
+            self.sql.reindex(conn, entry.job_id, entry.kind, _naive_utc(entry.at))
 
     def _select(self, conn: sa.Connection, job_id: str) -> Stored[Columns] | None:
-        column = self.table.c
-        row = conn.execute(
-            sa.select(column.status, column.result).where(column.task_id == job_id)
-        ).first()
+        row = conn.execute(self.sql.select, {"b_task_id": job_id}).first()
         if row is None or row.result is None:
             return None
         return Stored(job_from_document(self.backend.decode(row.result)), (row.status, row.result))
 
     def _read(self, job_id: str) -> Stored[Columns] | None:
-        with self.engine.connect() as conn:
+        with self.autocommit.connect() as conn:
             return self._select(conn, job_id)
 
     def _token_of(self, job: Job) -> Columns:
@@ -181,27 +192,68 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def _compare_and_set(
         self, job_id: str, expected: Columns, new: Job, result: TaskResult | None
     ) -> Stored[Columns] | Outcome:
-        column = self.table.c
         status, raw = expected
+        values = self._values(new)
+        if self.postgres is not None:
+            return self._compare_and_set_postgres(job_id, expected, new, values, result)
         with self.engine.begin() as conn:
             written = conn.execute(
-                sa.update(self.table)
-                .where(column.task_id == job_id, column.status == status, column.result == raw)
-                .values(**self._values(new))
+                self.sql.compare_and_set,
+                {"b_task_id": job_id, "b_status": status, "b_result": raw, **values},
             )
             if written.rowcount != 1:
                 # In the same transaction: the record that won, for the caller to retry on.
                 return self._select(conn, job_id) or Outcome.GONE
             self._reindex(conn, new)
             if status != new.status.name:
-                conn.execute(
-                    sa.update(self.listing)
-                    .where(self.listing.c.job_id == job_id)
-                    .values(status=new.status.name)
-                )
+                conn.execute(self.sql.relist, {"b_job_id": job_id, "status": new.status.name})
+            if result is not None and self.writes_task_result:
+                self.sql.store_summary(conn, self.backend, result, new)
         return Outcome.WRITTEN
 
+    def _compare_and_set_postgres(
+        self,
+        job_id: str,
+        expected: Columns,
+        new: Job,
+        values: dict[str, Any],
+        result: TaskResult | None,
+    ) -> Stored[Columns] | Outcome:
+        assert self.postgres is not None
+        status, raw = expected
+        entry = index_entry(new)
+        with self.autocommit.connect() as conn:
+            written, row = self.postgres.compare_and_set(
+                conn,
+                {"b_task_id": job_id, "b_status": status, "b_result": raw, **values},
+                None if entry is None else (entry.kind, _naive_utc(entry.at)),
+                None if status == new.status.name else new.status.name,
+                None if result is None else self.sql.summary_values(self.backend, result, new),
+            )
+        if written:
+            return Outcome.WRITTEN
+        if row is None or row.result is None:
+            return Outcome.GONE
+        return Stored(job_from_document(self.backend.decode(row.result)), (row.status, row.result))
+
     def _insert(self, job: Job) -> bool:
+        if self.postgres is not None:
+            entry = index_entry(job)
+            submitted = job.submitted_at
+            try:
+                with self.autocommit.connect() as conn:
+                    self.postgres.create(
+                        conn,
+                        {"task_id": str(job.id), **self._values(job, self.create_limit)},
+                        None if entry is None else (entry.kind, _naive_utc(entry.at)),
+                        None
+                        if submitted is None
+                        else (job.workflow_name, job.status.name, _naive_utc(submitted)),
+                        job.tags,
+                    )
+            except IntegrityError:
+                return False
+            return True
         try:
             with self.engine.begin() as conn:
                 conn.execute(

@@ -1,0 +1,206 @@
+"""PostgreSQL: each write of a job is one statement, sent in one round trip.
+
+A job's change touches its row, its job index entry, its listing row and the step's summary
+row. On PostgreSQL these go into one statement of data-modifying CTEs, run in autocommit:
+a single statement is its own transaction, so it is as atomic as BEGIN … COMMIT and costs
+one round trip instead of five to seven (BEGIN, each statement, COMMIT). Every part after
+the compare-and-set selects from its RETURNING, so nothing else is written when it misses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from celery import states
+from sqlalchemy.dialects import postgresql as pg
+
+
+def _param(name: str, column: sa.Column[Any]) -> Any:
+    # Typed and cast: a bare parameter in a SELECT list would be typed `text` by PostgreSQL.
+    return sa.cast(sa.bindparam(name, type_=column.type), column.type)
+
+
+class Written(NamedTuple):
+    """What a compare-and-set found: whether it wrote, and the row as it stood if it did not
+    (None: no row)."""
+
+    written: bool
+    row: Any
+
+
+class PostgresStatements:
+    """The one-statement writes, built once per shape (index kept or dropped, listing status
+    changed or not, summary or not) and reused, so SQLAlchemy's compiled cache serves them."""
+
+    def __init__(
+        self,
+        table: sa.Table,
+        index: sa.Table,
+        listing: sa.Table,
+        tags: sa.Table,
+        summary_columns: list[str],
+    ) -> None:
+        self.table, self.index, self.listing, self.tags = table, index, listing, tags
+        self.summary_columns = summary_columns
+        self._shapes: dict[tuple[bool, bool, bool], Any] = {}
+        self.insert = self._insert()
+
+    def _index_upsert(self, source: Any, key: Any, *when: Any) -> Any:
+        index = self.index
+        rows = sa.select(key, _param("i_kind", index.c.kind), _param("i_at", index.c.at))
+        statement = pg.insert(index).from_select(
+            ["job_id", "kind", "at"], rows.select_from(source).where(*when)
+        )
+        return statement.on_conflict_do_update(
+            index_elements=[index.c.job_id],
+            set_={"kind": statement.excluded.kind, "at": statement.excluded.at},
+        )
+
+    def _shape(self, indexed: bool, relisted: bool, summarized: bool) -> Any:
+        table, column = self.table, self.table.c
+        written = (
+            sa.update(table)
+            .where(
+                column.task_id == sa.bindparam("b_task_id"),
+                column.status == sa.bindparam("b_status"),
+                column.result == sa.bindparam("b_result"),
+            )
+            .values(
+                status=sa.bindparam("status"),
+                result=sa.bindparam("result"),
+                traceback=sa.bindparam("traceback"),
+                date_done=sa.bindparam("date_done"),
+            )
+            .returning(column.task_id)
+            .cte("written")
+        )
+        parts = []
+        if indexed:
+            parts.append(self._index_upsert(written, written.c.task_id).cte("indexed"))
+        else:
+            index = self.index
+            unindexed = sa.delete(index).where(index.c.job_id.in_(sa.select(written.c.task_id)))
+            parts.append(unindexed.cte("unindexed"))
+        if relisted:
+            listing = self.listing
+            relist = (
+                sa.update(listing)
+                .where(listing.c.job_id.in_(sa.select(written.c.task_id)))
+                .values(status=sa.bindparam("l_status"))
+            )
+            parts.append(relist.cte("relisted"))
+        if summarized:
+            names = ["task_id", *self.summary_columns]
+            summary = pg.insert(table).from_select(
+                names,
+                sa.select(*[_param(f"s_{name}", column[name]) for name in names]).where(
+                    sa.exists(sa.select(written.c.task_id))
+                ),
+            )
+            summary = summary.on_conflict_do_update(
+                index_elements=[column.task_id],
+                set_={name: summary.excluded[name] for name in self.summary_columns},
+                # As Celery: a result stays once SUCCESS is stored.
+                where=column.status != states.SUCCESS,
+            )
+            parts.append(summary.cte("summarized"))
+        found = table.alias("found")
+        count = sa.select(sa.func.count()).select_from(written).scalar_subquery()
+        # The row as it stood before this statement: read only when nothing was written.
+        return (
+            sa.select(count.label("written"), found.c.status, found.c.result)
+            .select_from(sa.select(sa.literal(1).label("one")).subquery())
+            .outerjoin(found, found.c.task_id == sa.bindparam("b_task_id"))
+            .add_cte(*parts)
+        )
+
+    def compare_and_set(
+        self,
+        conn: sa.Connection,
+        params: dict[str, Any],
+        entry: tuple[str, Any] | None,
+        relist: str | None,
+        summary: dict[str, Any] | None,
+    ) -> Written:
+        """Write the job (params: `b_task_id`, `b_status`, `b_result` to compare and the new
+        columns) with its index `entry` (kind, at) or none, its listing status `relist` when
+        it changed, and the step's `summary` row, if its row still holds what is compared."""
+        key = (entry is not None, relist is not None, summary is not None)
+        statement = self._shapes.get(key)
+        if statement is None:
+            statement = self._shapes[key] = self._shape(*key)
+        values = dict(params)
+        if entry is not None:
+            values["i_kind"], values["i_at"] = entry
+        if relist is not None:
+            values["l_status"] = relist
+        if summary is not None:
+            values.update({f"s_{name}": value for name, value in summary.items()})
+        row = conn.execute(statement, values).one()
+        if row.written == 1:
+            return Written(True, None)
+        return Written(False, None if row.status is None else row)
+
+    def _insert(self) -> Any:
+        table, listing, tags = self.table, self.listing, self.tags
+        created = (
+            sa.insert(table)
+            .values(
+                task_id=sa.bindparam("task_id"),
+                status=sa.bindparam("status"),
+                result=sa.bindparam("result"),
+                traceback=sa.bindparam("traceback"),
+                date_done=sa.bindparam("date_done"),
+            )
+            .returning(table.c.task_id)
+            .cte("created")
+        )
+        indexed = self._index_upsert(
+            created, created.c.task_id, sa.bindparam("i_kind", type_=sa.String) != sa.null()
+        )
+        listed = listing.insert().from_select(
+            ["job_id", "workflow", "status", "submitted_at"],
+            sa.select(
+                created.c.task_id,
+                _param("l_workflow", listing.c.workflow),
+                _param("l_status", listing.c.status),
+                _param("l_submitted_at", listing.c.submitted_at),
+            ).where(sa.bindparam("l_submitted_at", type_=sa.DateTime) != sa.null()),
+        )
+        pairs = (
+            sa.func.unnest(
+                sa.bindparam("t_keys", type_=pg.ARRAY(sa.String)),
+                sa.bindparam("t_values", type_=pg.ARRAY(sa.String)),
+            )
+            .table_valued("key", "value")
+            .render_derived(name="pairs")
+        )
+        tagged = tags.insert().from_select(
+            ["key", "value", "job_id"],
+            sa.select(pairs.c.key, pairs.c.value, created.c.task_id).select_from(
+                created.join(pairs, sa.true())
+            ),
+        )
+        count = sa.select(sa.func.count()).select_from(created).scalar_subquery()
+        return sa.select(count).add_cte(
+            indexed.cte("indexed"), listed.cte("listed"), tagged.cte("tagged")
+        )
+
+    def create(
+        self,
+        conn: sa.Connection,
+        values: dict[str, Any],
+        entry: tuple[str, Any] | None,
+        listed: tuple[str, str, Any] | None,
+        tags: dict[str, str],
+    ) -> None:
+        """Insert a job row with its index entry, listing row and tags in one statement;
+        IntegrityError when the id is taken (and nothing is written)."""
+        params = dict(values)
+        params["i_kind"], params["i_at"] = entry if entry is not None else (None, None)
+        params["l_workflow"], params["l_status"], params["l_submitted_at"] = (
+            listed if listed is not None else (None, None, None)
+        )
+        params["t_keys"], params["t_values"] = list(tags), list(tags.values())
+        conn.execute(self.insert, params)

@@ -1,0 +1,89 @@
+"""The SQLAlchemy store's own promises: each write of a job is one statement on PostgreSQL, a
+step summary stays once SUCCESS (as Celery's own write), and a pooled connection that the
+database closed while it sat idle is replaced, not handed to the caller."""
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ergate_celery import Job, Workflow
+from ergate_celery.stores import sql_statements
+from ergate_celery.stores.base import TaskResult
+
+from .support import Setup
+
+
+def _job(setup: Setup) -> Job:
+    workflow = Workflow(unique_name="sql_stored")
+
+    @workflow.step
+    def only(x: Any) -> Any:
+        return x
+
+    setup.ergate.register_workflow(workflow)
+    return setup.ergate.submit_job("sql_stored", initial_input_value=1, tags={"team": "a"})
+
+
+def _bump(stored: Job) -> Job | None:
+    return stored.model_copy(update={"attempt": stored.attempt + 1})
+
+
+@pytest.mark.setup("rabbitmq_postgres")
+def test_each_write_and_read_is_one_statement_on_postgres(setup: Setup) -> None:
+    store: Any = setup.ergate.store
+    job = _job(setup)  # the engine exists from here on
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        second = setup.ergate.submit_job("sql_stored", initial_input_value=2, tags={"a": "b"})
+        assert len(statements) == 1
+        statements.clear()
+        result = TaskResult("ergate-step:sql-1", lambda written: {"attempt": written.attempt})
+        written = store.update(str(job.id), _bump, assume=job, result=result)
+        assert len(statements) == 1
+        statements.clear()
+        assert store.get(str(job.id)) == written
+        assert len(statements) == 1
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+    assert setup.app.AsyncResult("ergate-step:sql-1").result == {"attempt": 1}
+    assert [j.id for j in setup.ergate.list_jobs(tags={"a": "b"}).jobs] == [second.id]
+
+
+@pytest.mark.setup("rabbitmq_postgres", "embedded")
+def test_a_step_summary_stays_once_success_is_stored(setup: Setup) -> None:
+    job = _job(setup)
+    first = TaskResult("ergate-step:sql-2", lambda written: {"attempt": written.attempt})
+    written = setup.ergate.store.update(str(job.id), _bump, assume=job, result=first)
+    again = TaskResult("ergate-step:sql-2", lambda written: {"again": written.attempt})
+    setup.ergate.store.update(str(job.id), _bump, assume=written, result=again)
+    stored = setup.app.AsyncResult("ergate-step:sql-2")
+    assert (stored.state, stored.result) == ("SUCCESS", {"attempt": 1})
+    assert setup.ergate.get_job(str(job.id)).attempt == 2
+
+
+@pytest.mark.setup("rabbitmq_postgres")
+def test_a_pooled_connection_closed_while_idle_is_replaced(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store: Any = setup.ergate.store
+    job = _job(setup)
+    monkeypatch.setattr(sql_statements, "IDLE_PING_AFTER", 0.0)
+    with store.engine.connect() as conn:
+        pid = conn.connection.driver_connection.info.backend_pid
+    admin = sa.create_engine(store.backend.url, poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    finally:
+        admin.dispose()
+    # The store's only pooled connection is now closed by the server: the ping at checkout
+    # finds it, and the pool connects anew.
+    assert setup.ergate.get_job(str(job.id)).id == job.id
+    with store.engine.connect() as conn:
+        assert conn.connection.driver_connection.info.backend_pid != pid
