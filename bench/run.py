@@ -1,9 +1,9 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,rabbitmq_postgres,embedded]
-                        [--only compare,listing,waiting]
+                        [--only compare,listing,waiting,scale]
 
-Three parts, all by default. `compare`: for each setup whose services answer on loopback,
+Four parts, all by default. `compare`: for each setup whose services answer on loopback,
 the harness starts its own worker subprocesses (prefork, 2 processes) and measures, bare
 Celery vs ergate_celery:
 
@@ -17,7 +17,9 @@ Celery vs ergate_celery:
 
 `listing` (bench/listing.py): one `list_jobs` page with 1,000 and 100,000 stored jobs, on
 Redis and PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs released per second by a
-release run, and wake-up lateness with 10,000 sleeping jobs and a real beat.
+release run, and wake-up lateness with 10,000 sleeping jobs and a real beat. `scale`
+(bench/scale.py): step, release, sweep and `list_jobs` costs against the stored-job count,
+with a chart in `bench/results/scale.png`.
 
 It prints one table per part and writes the numbers to `bench/results/<UTC date-time>.json`.
 """
@@ -42,7 +44,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, listing, waiting
+from . import apps, listing, scale, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -57,7 +59,7 @@ from .measures import (
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "listing", "waiting")
+PARTS = ("compare", "listing", "waiting", "scale")
 
 SERVICES = {
     "redis": [("Redis", "127.0.0.1", 6379)],
@@ -324,6 +326,7 @@ class PartSizes:
 
     listing: listing.ListingSizes = listing.FULL
     waiting: waiting.WaitingSizes = waiting.FULL
+    scale: scale.ScaleSizes = scale.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -374,6 +377,10 @@ def run_bench(
             else:
                 log(f"waiting: skipped ({reason})")
                 report["waiting"] = {"status": "skipped", "reason": reason}
+        if "scale" in parts:
+            report["scale"] = _loaded(
+                lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir)
+            )
     finally:
         stop_all()
     return report, write_report(report, results_dir)
@@ -414,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             QUICK if options.quick else FULL,
             options.results_dir,
             parts=parts,
-            part_sizes=PartSizes(listing.QUICK, waiting.QUICK) if options.quick else PartSizes(),
+            part_sizes=PartSizes(listing.QUICK, waiting.QUICK, scale.QUICK)
+            if options.quick
+            else PartSizes(),
         )
     except KeyboardInterrupt:
         print("Interrupted; every worker started was stopped.", file=sys.stderr)
@@ -432,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "waiting" in report and report["waiting"].get("status") != "skipped":
         print("\nWaiting jobs (Redis):")
         print(waiting.table(report["waiting"]))
+    if "scale" in report:
+        print("\nScale curve (stored jobs):")
+        print(scale.table(report["scale"]))
     print(f"\nWritten to {path}")
     return 1 if failures(report) else 0
 
@@ -446,6 +458,9 @@ def failures(report: dict[str, Any]) -> list[str]:
     for backend, outcome in report.get("listing", {}).get("backends", {}).items():
         if outcome["status"] == "failed":
             found.append(f"listing on {backend}")
+    for backend, outcome in report.get("scale", {}).get("backends", {}).items():
+        if outcome["status"] == "failed":
+            found.append(f"scale on {backend}")
     found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
     return found
 

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bench import apps, listing, waiting
+from bench import apps, listing, scale, waiting
 from bench.measures import Sizes
 from bench.run import PartSizes, run_bench, table
 
 from .services import RedisService
 
 TINY = Sizes(latency_runs=1, throughput_jobs=4, submit_calls=4, warmup=1, timeout=60.0)
+
+TINY_PARTS = PartSizes(listing=listing.TINY, waiting=waiting.TINY, scale=scale.TINY)
 
 MEASURES = {
     "hop_latency_ms",
@@ -64,7 +66,7 @@ def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
         results_dir=tmp_path,
         log=lines.append,
         parts=["listing"],
-        part_sizes=PartSizes(listing=listing.TINY, waiting=waiting.TINY),
+        part_sizes=TINY_PARTS,
     )
 
     written = json.loads(path.read_text())["listing"]
@@ -88,7 +90,7 @@ def test_waiting_bench_measures_release_and_lateness(tmp_path: Path) -> None:
         results_dir=tmp_path,
         log=lines.append,
         parts=["waiting"],
-        part_sizes=PartSizes(listing=listing.TINY, waiting=waiting.TINY),
+        part_sizes=TINY_PARTS,
     )
 
     written = json.loads(path.read_text())["waiting"]
@@ -98,3 +100,26 @@ def test_waiting_bench_measures_release_and_lateness(tmp_path: Path) -> None:
     assert lateness["jobs"] == waiting.TINY.sleepers
     assert lateness["early"] == 0
     assert "claim p99" in waiting.table(written)
+
+
+def test_scale_bench_draws_every_measure_on_redis(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    _, path = run_bench(
+        [], TINY, results_dir=tmp_path, log=lines.append, parts=["scale"], part_sizes=TINY_PARTS
+    )
+
+    written = json.loads(path.read_text())["scale"]
+    assert set(written["backends"]) == {"redis"}
+    redis = written["backends"]["redis"]
+    assert redis["status"] == "ran", lines
+    assert set(redis["measures"]) == set(scale.MEASURES)
+    for by_count in redis["measures"].values():
+        assert set(by_count) == {str(count) for count in scale.TINY.redis}
+        assert all(value > 0 for value in by_count.values())
+    chart = tmp_path / "scale.png"
+    assert written["chart"] == str(chart)
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    printed = scale.table(written)
+    assert "recover_stuck_jobs run" in printed
+    assert "1,000" in printed
