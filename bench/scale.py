@@ -1,22 +1,25 @@
 """The scale curve (issue 16): what a step, a release run, a sweep and a `list_jobs` page cost
 with 1,000 / 100,000 / 1,000,000 stored jobs on Redis and 1,000 / 100,000 on PostgreSQL.
 
-For each backend the store is filled up to each count in turn (bench/stored.py: the mix a
-store holds after a while, written in bulk as `store.create` writes it), then, at that count:
+Each count gets a store of its own, filled once (bench/stored.py: the mix a store holds after
+a while, written in bulk as `store.create` writes it): on Redis an app per count with its own
+`ergate_index_name` on the one db, on PostgreSQL a schema per count. Then the counts are
+measured in turn, round after round (the first round a warm-up; each figure the median of
+the rounds), so the machine's load, which drifts, weighs on every count alike:
 
 - `list_jobs`: the first page of 100 with no filter, with status=FAILED, with a workflow
-  (median of `page_reads`);
-- `release_due_jobs`: one run with `due` SCHEDULED jobs due (written just before each run),
-  the rest a month ahead (median of `repeats` runs);
+  (each the median of `page_reads` reads);
+- `release_due_jobs`: one run with `due` SCHEDULED jobs due (written just before it), every
+  other scheduled job a month ahead; `repeats` rounds;
 - `recover_stuck_jobs`: one sweep with `stuck` QUEUED jobs idle for two days, every other
-  active job recent (median of `repeats` sweeps);
-- then a real `celery worker -P prefork -c 2` runs the released and requeued jobs, and the
-  step cost is timed: one 20-step job end to end per hop, and `step_jobs` jobs of 5 steps
-  submitted at once (wall ms per step); medians of `hop_runs`.
+  active job recent; `repeats` rounds;
+- then a real `celery worker -P prefork -c 2` per store runs the released and requeued jobs,
+  and the step cost is timed: one 20-step job end to end (ms per hop), and `step_jobs` jobs
+  of 5 steps submitted at once (wall ms per step); `hop_runs` rounds.
 
 Redis runs on the Redis setup of bench/apps.py (its db, flushed before and after); PostgreSQL
-on the rabbitmq_postgres setup (RabbitMQ broker, `db+postgresql` backend, its schema dropped
-before and after, ANALYZEd after each fill as autovacuum would). The chart (stored jobs on a
+on the rabbitmq_postgres setup (RabbitMQ broker, `db+postgresql` backend; the schemas dropped
+before and after, ANALYZEd after the fill as autovacuum would). The chart (stored jobs on a
 log axis, ms on a log axis, a panel per backend) is written beside the JSON as scale.png.
 """
 
@@ -89,7 +92,7 @@ TINY = ScaleSizes(
     postgresql=(),
     due=10,
     stuck=3,
-    repeats=2,
+    repeats=1,
     page_reads=3,
     hop_runs=1,
     step_jobs=4,
@@ -108,101 +111,102 @@ def _fresh(status: JobStatus, count: int, update: dict[str, Any]) -> list[Job]:
 
 
 def time_release(bench: Bench, sizes: ScaleSizes) -> tuple[float, list[str]]:
-    """Median ms of a release run with `sizes.due` jobs due; the ids released."""
+    """Ms of one release run with `sizes.due` jobs due; the ids released."""
     ergate: Any = bench.ergate
-    runs, ids = [], []
-    for _ in range(sizes.repeats):
-        due = datetime.now(UTC) - timedelta(minutes=1)
-        jobs = _fresh(JobStatus.SCHEDULED, sizes.due, {"requested_start_time": due})
-        stored.fill(ergate.store, jobs)
-        start = time.perf_counter()
-        released = release_due_jobs(ergate)
-        runs.append((time.perf_counter() - start) * 1000)
-        if released != sizes.due:
-            raise RuntimeError(f"a release run released {released} of {sizes.due} due jobs")
-        ids += [str(job.id) for job in jobs]
-    return statistics.median(runs), ids
+    due = datetime.now(UTC) - timedelta(minutes=1)
+    jobs = _fresh(JobStatus.SCHEDULED, sizes.due, {"requested_start_time": due})
+    stored.fill(ergate.store, jobs)
+    start = time.perf_counter()
+    released = release_due_jobs(ergate)
+    elapsed = (time.perf_counter() - start) * 1000
+    if released != sizes.due:
+        raise RuntimeError(f"a release run released {released} of {sizes.due} due jobs")
+    return elapsed, [str(job.id) for job in jobs]
 
 
 def time_sweep(bench: Bench, sizes: ScaleSizes) -> tuple[float, list[str]]:
-    """Median ms of a sweep with `sizes.stuck` jobs stuck; the ids requeued."""
+    """Ms of one sweep with `sizes.stuck` jobs stuck; the ids requeued."""
     ergate: Any = bench.ergate
-    runs, ids = [], []
+    jobs = _fresh(JobStatus.QUEUED, sizes.stuck, {})
+    stored.fill(ergate.store, jobs, active_at=datetime.now(UTC) - timedelta(days=2))
     quiet = logging.getLogger("ergate_celery")
     level = quiet.level
-    for _ in range(sizes.repeats):
-        jobs = _fresh(JobStatus.QUEUED, sizes.stuck, {})
-        stored.fill(ergate.store, jobs, active_at=datetime.now(UTC) - timedelta(days=2))
-        quiet.setLevel(logging.ERROR)  # not a warning per job recovered, as planned
-        try:
-            start = time.perf_counter()
-            recovered = recover_stuck_jobs(ergate)
-            runs.append((time.perf_counter() - start) * 1000)
-        finally:
-            quiet.setLevel(level)
-        if recovered != sizes.stuck:
-            raise RuntimeError(f"a sweep recovered {recovered} of {sizes.stuck} stuck jobs")
-        ids += [str(job.id) for job in jobs]
-    return statistics.median(runs), ids
+    quiet.setLevel(logging.ERROR)  # not a warning per job recovered, as planned
+    try:
+        start = time.perf_counter()
+        recovered = recover_stuck_jobs(ergate)
+        elapsed = (time.perf_counter() - start) * 1000
+    finally:
+        quiet.setLevel(level)
+    if recovered != sizes.stuck:
+        raise RuntimeError(f"a sweep recovered {recovered} of {sizes.stuck} stuck jobs")
+    return elapsed, [str(job.id) for job in jobs]
 
 
 def time_steps(bench: Bench, reader: StatusReader, sizes: ScaleSizes) -> dict[str, float]:
-    """Median ms per hop of a 20-step job, and wall ms per step of `step_jobs` 5-step jobs."""
+    """Ms per hop of one 20-step job, and wall ms per step of `step_jobs` 5-step jobs."""
     ergate: Any = bench.ergate
-    hops, steps = [], []
-    for run in range(1 + sizes.hop_runs):  # the first is a warm-up
-        start = time.perf_counter()
-        job = ergate.submit_job(apps.LONG_WORKFLOW, initial_input_value=run)
-        done = ergate.wait_for_job(job.id, timeout=sizes.timeout)
-        middle = time.perf_counter()
-        if done.status is not JobStatus.COMPLETED:
-            raise RuntimeError(f"the 20-step job ended {done.status.name}")
-        ids = [
-            str(ergate.submit_job(apps.SHORT_WORKFLOW, initial_input_value=n).id)
-            for n in range(sizes.step_jobs)
-        ]
-        if reader.wait_all(ids, JOB_FINAL, sizes.timeout):
-            raise RuntimeError("a 5-step job did not complete")
-        end = time.perf_counter()
-        if run:
-            hops.append((middle - start) * 1000 / apps.LONG_STEPS)
-            steps.append((end - middle) * 1000 / (sizes.step_jobs * apps.SHORT_STEPS))
-    return {"hop_ms": statistics.median(hops), "step_ms": statistics.median(steps)}
+    start = time.perf_counter()
+    job = ergate.submit_job(apps.LONG_WORKFLOW, initial_input_value=0)
+    done = ergate.wait_for_job(job.id, timeout=sizes.timeout)
+    middle = time.perf_counter()
+    if done.status is not JobStatus.COMPLETED:
+        raise RuntimeError(f"the 20-step job ended {done.status.name}")
+    ids = [
+        str(ergate.submit_job(apps.SHORT_WORKFLOW, initial_input_value=n).id)
+        for n in range(sizes.step_jobs)
+    ]
+    if reader.wait_all(ids, JOB_FINAL, sizes.timeout):
+        raise RuntimeError("a 5-step job did not complete")
+    end = time.perf_counter()
+    return {
+        "hop_ms": (middle - start) * 1000 / apps.LONG_STEPS,
+        "step_ms": (end - middle) * 1000 / (sizes.step_jobs * apps.SHORT_STEPS),
+    }
 
 
 def time_pages(bench: Bench, sizes: ScaleSizes) -> dict[str, float]:
     """Median ms of the first page of each query."""
     ergate: Any = bench.ergate
     reads = listing.ListingSizes(reads=sizes.page_reads, depth=1)
-    for query in QUERIES.values():  # a warm-up read each
-        ergate.list_jobs(limit=reads.limit, **query)
     return {
         name: listing.time_pages(ergate.list_jobs, query, reads)["median_ms"]
         for name, query in QUERIES.items()
     }
 
 
+def _config(backend: str, count: int, run_dir: Path) -> BenchConfig:
+    # Each count has a store of its own: its own indexes on the one Redis db, its own schema
+    # on PostgreSQL; so the counts can be measured in turn, round after round.
+    queue = f"ergate-bench-scale-{count}-{uuid.uuid4().hex[:8]}"
+    if backend == "redis":
+        return BenchConfig("redis", run_dir, queue, index_name=f"bench_scale_{count}")
+    schema = f"{apps.POSTGRES_SCHEMA}_{count}"
+    return BenchConfig("rabbitmq_postgres", run_dir, queue, postgres_schema=schema)
+
+
 @contextlib.contextmanager
 def _emptied(bench: Bench) -> Iterator[None]:
-    """The setup's own storage, emptied before and after."""
-    setup = bench.config.setup
+    """The store's own storage, emptied before and after."""
+    config = bench.config
+    schema = config.postgres_schema
 
     def clean() -> None:
-        if setup == "redis":
+        if config.setup == "redis":
             bench.app.backend.client.flushdb()
         else:
-            listing._postgres(f"DROP SCHEMA IF EXISTS {apps.POSTGRES_SCHEMA} CASCADE")
+            listing._postgres(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
     clean()
-    if setup != "redis":
-        listing._postgres(f"CREATE SCHEMA {apps.POSTGRES_SCHEMA}")
+    if config.setup != "redis":
+        listing._postgres(f"CREATE SCHEMA {schema}")
     try:
         yield
     finally:
         with contextlib.suppress(Exception):
-            if setup != "redis":  # RabbitMQ keeps a durable queue after its consumers leave
+            if config.setup != "redis":  # RabbitMQ keeps a durable queue after its consumers
                 with bench.app.connection_for_write() as conn:
-                    conn.default_channel.queue_delete(bench.config.queue)
+                    conn.default_channel.queue_delete(config.queue)
         clean()
 
 
@@ -210,55 +214,77 @@ def _redis_mib(bench: Bench) -> float:
     return int(bench.app.backend.client.info("memory")["used_memory"]) / 2**20
 
 
+def _fill(bench: Bench, count: int, outcome: dict[str, Any], log: Callable[[str], None]) -> None:
+    ergate: Any = bench.ergate
+    log(f"scale on {bench.config.setup}: storing {count:,} jobs…")
+    redis = bench.config.setup == "redis"
+    before = _redis_mib(bench) if redis else 0.0
+    start = time.perf_counter()
+    stored.fill(ergate.store, stored.mixed_jobs(0, count, datetime.now(UTC) - timedelta(days=2)))
+    outcome["fill_s"][str(count)] = round(time.perf_counter() - start, 2)
+    if redis:
+        outcome["redis_used_mib"][str(count)] = round(_redis_mib(bench) - before, 1)
+    else:
+        schema = bench.config.postgres_schema
+        listing._postgres(f"ANALYZE {', '.join(f'{schema}.{table}' for table in TABLES)}")
+
+
 def run_backend(
     backend: str, counts: tuple[int, ...], sizes: ScaleSizes, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Fill `backend` up to each count in turn and take every measure at that count."""
+    """Fill a store per count, then measure the counts in turn, round after round (a first
+    round as warm-up): the machine's load drifts alike over every count."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"ergate-bench-scale-{backend}-"))
-    config = BenchConfig(
-        setup=SETUPS[backend], folder=run_dir, queue=f"ergate-bench-scale-{uuid.uuid4().hex[:8]}"
-    )
-    bench = apps.build(config)
-    bench.app.conf.ergate_stuck_after = STUCK_AFTER
-    ergate: Any = bench.ergate
     outcome: dict[str, Any] = {"fill_s": {}, "measures": {name: {} for name in MEASURES}}
     if backend == "redis":
         outcome["redis_used_mib"] = {}
-    reader = StatusReader(bench)
+    samples: dict[str, dict[int, list[float]]] = {m: {c: [] for c in counts} for m in MEASURES}
+    backlog: dict[int, list[str]] = {count: [] for count in counts}
     started = time.perf_counter()
+    benches: dict[int, Bench] = {}
     try:
-        with _emptied(bench):
-            base = datetime.now(UTC) - timedelta(days=2)
-            filled = 0
+        with contextlib.ExitStack() as stack:
             for count in counts:
-                log(f"scale on {backend}: storing {count:,} jobs…")
-                start = time.perf_counter()
-                stored.fill(ergate.store, stored.mixed_jobs(filled, count, base))
-                outcome["fill_s"][str(count)] = round(time.perf_counter() - start, 2)
-                filled = count
-                if backend == "redis":
-                    outcome["redis_used_mib"][str(count)] = round(_redis_mib(bench), 1)
-                else:
-                    tables = ", ".join(f"{apps.POSTGRES_SCHEMA}.{t}" for t in TABLES)
-                    listing._postgres(f"ANALYZE {tables}")
-                measured = time_pages(bench, sizes)
-                measured["release_ms"], released = time_release(bench, sizes)
-                measured["sweep_ms"], requeued = time_sweep(bench, sizes)
-                with worker(config, bench, run_dir, sizes.timeout):
-                    # The released and requeued jobs run first, so the queue is empty after.
-                    if reader.wait_all(released + requeued, JOB_FINAL, sizes.timeout):
-                        raise RuntimeError("a released or requeued job did not complete")
-                    measured.update(time_steps(bench, reader, sizes))
-                for name, value in measured.items():
-                    outcome["measures"][name][str(count)] = value
-                log(
-                    f"scale on {backend}: {count:>9,} stored: "
-                    + ", ".join(f"{name} {value:.2f}" for name, value in measured.items())
-                )
+                bench = benches[count] = apps.build(_config(backend, count, run_dir))
+                bench.app.conf.ergate_stuck_after = STUCK_AFTER
+                stack.callback(bench.app.close)
+                stack.enter_context(_emptied(bench))
+            for count, bench in benches.items():
+                _fill(bench, count, outcome, log)
+            log(f"scale on {backend}: release, sweep and list_jobs, {sizes.repeats} rounds…")
+            for round_number in range(1 + sizes.repeats):
+                for count, bench in benches.items():
+                    measured = time_pages(bench, sizes)
+                    measured["release_ms"], released = time_release(bench, sizes)
+                    measured["sweep_ms"], requeued = time_sweep(bench, sizes)
+                    backlog[count] += released + requeued
+                    for name, value in measured.items():
+                        if round_number:
+                            samples[name][count].append(value)
+            readers = {count: StatusReader(bench) for count, bench in benches.items()}
+            for reader in readers.values():
+                stack.callback(reader.close)
+            for count, bench in benches.items():
+                stack.enter_context(worker(bench.config, bench, run_dir, sizes.timeout))
+                # The released and requeued jobs run first, so the queue is empty after.
+                if readers[count].wait_all(backlog[count], JOB_FINAL, sizes.timeout):
+                    raise RuntimeError("a released or requeued job did not complete")
+            log(f"scale on {backend}: step cost, {sizes.hop_runs} rounds…")
+            for round_number in range(1 + sizes.hop_runs):
+                for count, bench in benches.items():
+                    for name, value in time_steps(bench, readers[count], sizes).items():
+                        if round_number:
+                            samples[name][count].append(value)
     finally:
-        reader.close()
-        bench.app.close()
         outcome["wall_s"] = round(time.perf_counter() - started, 1)
+    for name, by_count in samples.items():
+        for count, values in by_count.items():
+            outcome["measures"][name][str(count)] = statistics.median(values)
+    for count in counts:
+        log(
+            f"scale on {backend}: {count:>9,} stored: "
+            + ", ".join(f"{name} {by[str(count)]:.2f}" for name, by in outcome["measures"].items())
+        )
     return outcome
 
 
