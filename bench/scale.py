@@ -3,9 +3,10 @@ with 1,000 / 100,000 / 1,000,000 stored jobs on Redis and 1,000 / 100,000 on Pos
 
 Each count gets a store of its own, filled once (bench/stored.py: the mix a store holds after
 a while, written in bulk as `store.create` writes it): on Redis an app per count with its own
-`ergate_index_name` on the one db, on PostgreSQL a schema per count. Then the counts are
-measured in turn, round after round (the first round a warm-up; each figure the median of
-the rounds), so the machine's load, which drifts, weighs on every count alike:
+`ergate_index_name` on the one db, on PostgreSQL a schema per count. On Redis the counts are
+then measured in turn, round after round (the first round a warm-up; each figure the median
+of the rounds), so the machine's load, which drifts, weighs on every count alike; on
+PostgreSQL one count after the other (see `run_backend`):
 
 - `list_jobs`: the first page of 100 with no filter, with status=FAILED, with a workflow
   (each the median of `page_reads` reads);
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import statistics
 import tempfile
 import time
@@ -210,13 +212,17 @@ def _emptied(bench: Bench) -> Iterator[None]:
         clean()
 
 
+def _backend(bench: Bench) -> str:
+    return next(name for name, setup in SETUPS.items() if setup == bench.config.setup)
+
+
 def _redis_mib(bench: Bench) -> float:
     return int(bench.app.backend.client.info("memory")["used_memory"]) / 2**20
 
 
 def _fill(bench: Bench, count: int, outcome: dict[str, Any], log: Callable[[str], None]) -> None:
     ergate: Any = bench.ergate
-    log(f"scale on {bench.config.setup}: storing {count:,} jobs…")
+    log(f"scale on {_backend(bench)}: storing {count:,} jobs…")
     redis = bench.config.setup == "redis"
     before = _redis_mib(bench) if redis else 0.0
     start = time.perf_counter()
@@ -233,14 +239,48 @@ def run_backend(
     backend: str, counts: tuple[int, ...], sizes: ScaleSizes, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Fill a store per count, then measure the counts in turn, round after round (a first
-    round as warm-up): the machine's load drifts alike over every count."""
-    run_dir = Path(tempfile.mkdtemp(prefix=f"ergate-bench-scale-{backend}-"))
+    round as warm-up), so the machine's drifting load weighs on every count alike.
+
+    On PostgreSQL the counts are measured one after the other: Celery's database backend
+    sets its schema on the one `Task` model class of the process, so two schemas cannot be
+    open in one process at once.
+    """
     outcome: dict[str, Any] = {"fill_s": {}, "measures": {name: {} for name in MEASURES}}
     if backend == "redis":
         outcome["redis_used_mib"] = {}
+        outcome["order"] = "interleaved rounds over every count"
+        groups = [counts]
+    else:
+        outcome["order"] = "one count after the other"
+        groups = [(count,) for count in counts]
+    started = time.perf_counter()
+    try:
+        for group in groups:
+            samples = _measure_together(backend, group, sizes, log, outcome)
+            for name, by_count in samples.items():
+                for count, values in by_count.items():
+                    outcome["measures"][name][str(count)] = statistics.median(values)
+    finally:
+        outcome["wall_s"] = round(time.perf_counter() - started, 1)
+    for count in counts:
+        log(
+            f"scale on {backend}: {count:>9,} stored: "
+            + ", ".join(f"{name} {by[str(count)]:.2f}" for name, by in outcome["measures"].items())
+        )
+    return outcome
+
+
+def _measure_together(
+    backend: str,
+    counts: tuple[int, ...],
+    sizes: ScaleSizes,
+    log: Callable[[str], None],
+    outcome: dict[str, Any],
+) -> dict[str, dict[int, list[float]]]:
+    """Every measure's samples at each of `counts`, whose stores are open side by side."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"ergate-bench-scale-{backend}-"))
     samples: dict[str, dict[int, list[float]]] = {m: {c: [] for c in counts} for m in MEASURES}
     backlog: dict[int, list[str]] = {count: [] for count in counts}
-    started = time.perf_counter()
     benches: dict[int, Bench] = {}
     try:
         with contextlib.ExitStack() as stack:
@@ -276,16 +316,8 @@ def run_backend(
                         if round_number:
                             samples[name][count].append(value)
     finally:
-        outcome["wall_s"] = round(time.perf_counter() - started, 1)
-    for name, by_count in samples.items():
-        for count, values in by_count.items():
-            outcome["measures"][name][str(count)] = statistics.median(values)
-    for count in counts:
-        log(
-            f"scale on {backend}: {count:>9,} stored: "
-            + ", ".join(f"{name} {by[str(count)]:.2f}" for name, by in outcome["measures"].items())
-        )
-    return outcome
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return samples
 
 
 def run_scale(
