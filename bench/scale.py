@@ -376,7 +376,7 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     if not ran:
         raise RuntimeError("no backend ran")
     figure, axes = plt.subplots(
-        1, len(ran), figsize=(6.5 * len(ran), 5), sharey=True, squeeze=False
+        1, len(ran), figsize=(6.5 * len(ran), 6), sharey=True, squeeze=False
     )
     for axis, (backend, outcome) in zip(axes[0], ran.items(), strict=True):
         for name, by_count in outcome["measures"].items():
@@ -389,9 +389,10 @@ def chart(report: dict[str, Any], path: Path) -> Path:
         axis.set_title(f"{backend} (ms, log scale)")
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("ms")
-    axes[0][-1].legend(fontsize="small", loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize="small")
     figure.suptitle(f"ergate_celery scale curve, {report['date']}")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -418,9 +419,7 @@ def table(report: dict[str, Any]) -> str:
                 f"{backend}: {outcome['status']} ({outcome.get('reason') or outcome.get('error')})"
             )
             continue
-        fills = ", then ".join(
-            f"up to {int(c):,} in {s:.0f} s" for c, s in outcome["fill_s"].items()
-        )
+        fills = ", ".join(f"{int(c):,} in {s:.0f} s" for c, s in outcome["fill_s"].items())
         notes.append(f"{backend}: filled {fills}; {outcome['wall_s']:.0f} s in all")
         if "redis_used_mib" in outcome:
             memory = ", ".join(
