@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[redis,sqlalchemy,postgres,django,test]"
+	$(BIN)/python -m pip install --quiet -e ".[redis,sqlalchemy,postgres,django,test,bench]"
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -18,6 +18,8 @@ result backend, the queue and every Celery setting. Environment variables:
 - `ERGATE_BENCH_REDIS_URL`, `ERGATE_BENCH_POSTGRES_SCHEMA`, `ERGATE_BENCH_RABBITMQ_URL`:
   where the setups write (Redis db 12, schema `ergate_bench` and vhost `/` by default), so
   runs can go side by side.
+- `ERGATE_BENCH_INDEX_NAME`: the app's `ergate_index_name` (its own job indexes on a shared
+  Redis db), so apps of one run can hold different stores side by side.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class BenchConfig:
     many_workflows: bool = False
     bare_only: bool = False
     capture: Path | None = None
+    index_name: str = ""
+    #: The PostgreSQL schema, when not POSTGRES_SCHEMA.
+    postgres_schema: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> BenchConfig:
@@ -93,6 +98,8 @@ class BenchConfig:
             many_workflows=env.get("ERGATE_BENCH_MANY_WORKFLOWS", "") not in ("", "0"),
             bare_only=env.get("ERGATE_BENCH_BARE_ONLY", "") not in ("", "0"),
             capture=Path(capture) if capture else None,
+            index_name=env.get("ERGATE_BENCH_INDEX_NAME", ""),
+            postgres_schema=env.get("ERGATE_BENCH_POSTGRES_SCHEMA", ""),
         )
 
     def env(self) -> dict[str, str]:
@@ -109,6 +116,10 @@ class BenchConfig:
             env["ERGATE_BENCH_FOLDER"] = str(self.folder)
         if self.capture is not None:
             env["ERGATE_BENCH_CAPTURE"] = str(self.capture)
+        if self.index_name:
+            env["ERGATE_BENCH_INDEX_NAME"] = self.index_name
+        if self.postgres_schema:
+            env["ERGATE_BENCH_POSTGRES_SCHEMA"] = self.postgres_schema
         return env
 
 
@@ -131,6 +142,8 @@ def celery_conf(config: BenchConfig) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "ergate_wait_poll_interval": WAIT_POLL_INTERVAL,
     }
+    if config.index_name:
+        conf["ergate_index_name"] = config.index_name
     if config.setup in ("redis", "redis_c1"):
         return {**conf, "broker_url": REDIS_URL, "result_backend": REDIS_URL}
     if config.setup == "django_db":
@@ -138,11 +151,12 @@ def celery_conf(config: BenchConfig) -> dict[str, Any]:
         # too): both sides write their results to django-celery-results' TaskResult table.
         return {**conf, "broker_url": RABBITMQ_URL, "result_backend": "django-db"}
     if config.setup == "rabbitmq_postgres":
+        schema = config.postgres_schema or POSTGRES_SCHEMA
         return {
             **conf,
             "broker_url": RABBITMQ_URL,
             "result_backend": f"db+{POSTGRES_URL}",
-            "database_table_schemas": {"task": POSTGRES_SCHEMA, "group": POSTGRES_SCHEMA},
+            "database_table_schemas": {"task": schema, "group": schema},
         }
     if config.folder is None:
         raise ValueError("The embedded setup needs ERGATE_BENCH_FOLDER")

@@ -1,7 +1,8 @@
 """What one `list_jobs` page costs with 1,000 and with 100,000 stored jobs (issue 14).
 
-The store is filled through `store.create` with records as a worker leaves them (completed,
-failed, and scheduled far in the future), so no broker message is sent. Then ~50 pages of
+The store is filled with records as a worker leaves them (completed, failed, and scheduled
+far in the future), written in bulk as `store.create` writes them (bench/stored.py), so no
+broker message is sent. Then ~50 pages of
 100 are read through `ErgateCelery.list_jobs`, the first page and the next one (through its
 `next_cursor`) in turn: with no filter, with a status filter, with a tag filter.
 Each backend gets storage of its own: Redis db 12 (flushed before and after), the PostgreSQL
@@ -130,9 +131,10 @@ def _job(number: int, at: datetime) -> Any:
 
 
 def fill(store: Any, start: int, stop: int, base: datetime) -> None:
-    """Create jobs `start` to `stop - 1` through the store, one millisecond apart."""
-    for number in range(start, stop):
-        store.create(_job(number, base + timedelta(milliseconds=number)))
+    """Store jobs `start` to `stop - 1`, one millisecond apart."""
+    from . import stored
+
+    stored.fill(store, (_job(n, base + timedelta(milliseconds=n)) for n in range(start, stop)))
 
 
 def _percentile(values: Sequence[float], fraction: float) -> float:
@@ -261,7 +263,7 @@ def table(report: dict[str, Any]) -> str:
         fills = ", then ".join(
             f"up to {int(c):,} in {seconds:.0f} s" for c, seconds in outcome["fill_s"].items()
         )
-        notes.append(f"{backend}: stored through store.create, {fills}")
+        notes.append(f"{backend}: stored in bulk as store.create writes, {fills}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(

@@ -1,7 +1,7 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
-                        [--only compare,length,nodes,listing,waiting]
+                        [--only compare,length,nodes,listing,waiting,scale]
 
 `compare`: for each setup whose services answer on loopback (all by default), the harness
 starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
@@ -31,7 +31,9 @@ next to bare chains of 100 and 5 links (Redis). `nodes` (bench/nodes.py): throug
 2 and 4 worker nodes on Redis, with each component's CPU seconds. `listing`
 (bench/listing.py): one `list_jobs` page with 1,000 and 100,000 stored jobs, on Redis and
 PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
-released per second by a release run, and wake-up lateness with 10,000 sleeping jobs.
+released per second by a release run, and wake-up lateness with 10,000 sleeping jobs. `scale`
+(bench/scale.py): step, release, sweep and `list_jobs` costs against the stored-job count
+(1,000 to 1,000,000), with a chart in `bench/results/scale.png`.
 
 It prints one table per setup and part and writes the numbers to
 `bench/results/<UTC date-time>.json`.
@@ -58,7 +60,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, job_length, listing, nodes, waiting
+from . import apps, job_length, listing, nodes, scale, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -74,7 +76,7 @@ from .measures import (
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "length", "nodes", "listing", "waiting")
+PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale")
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
 #: A measure: its results by name.
 Measure = Callable[[], dict[str, dict[str, Any]]]
@@ -441,6 +443,7 @@ class PartSizes:
     waiting: waiting.WaitingSizes = waiting.FULL
     nodes: nodes.NodeSizes = nodes.FULL
     length: job_length.LengthSizes = job_length.FULL
+    scale: scale.ScaleSizes = scale.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -507,6 +510,10 @@ def run_bench(
             else:
                 log(f"waiting: skipped ({reason})")
                 report["waiting"] = {"status": "skipped", "reason": reason}
+        if "scale" in parts:
+            report["scale"] = _loaded(
+                lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir)
+            )
     finally:
         stop_all()
         report["seconds"] = round(time.monotonic() - began, 1)
@@ -549,11 +556,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.tiny:
             chosen: Sizes | Mapping[str, Sizes] = TINY
-            part_sizes = PartSizes(listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY)
+            part_sizes = PartSizes(
+                listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY
+            )
         elif options.quick:
             chosen, part_sizes = (
                 QUICK,
-                PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK, job_length.QUICK),
+                PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK, job_length.QUICK, scale.QUICK),
             )
         else:
             chosen, part_sizes = FULL, PartSizes()
@@ -595,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "waiting" in report and report["waiting"].get("status") != "skipped":
         print("\nWaiting jobs (Redis):")
         print(waiting.table(report["waiting"]))
+    if "scale" in report:
+        print("\nScale curve (stored jobs):")
+        print(scale.table(report["scale"]))
     print(f"\nWritten to {path} ({report['seconds']:.0f} s)")
     return 1 if failures(report) else 0
 
@@ -609,6 +621,9 @@ def failures(report: dict[str, Any]) -> list[str]:
     for backend, outcome in report.get("listing", {}).get("backends", {}).items():
         if outcome["status"] == "failed":
             found.append(f"listing on {backend}")
+    for backend, outcome in report.get("scale", {}).get("backends", {}).items():
+        if outcome["status"] == "failed":
+            found.append(f"scale on {backend}")
     found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
     found += [f"nodes: {title}" for title in report.get("nodes", {}).get("errors", {})]
     if report.get("length", {}).get("status") == "failed":

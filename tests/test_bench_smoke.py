@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import apps, job_length, listing, nodes, waiting
+from bench import apps, job_length, listing, nodes, scale, waiting
 from bench.measures import TINY
 from bench.run import PartSizes, run_bench, table
 
@@ -33,7 +33,11 @@ PAIRED = {"hop_latency_ms", "throughput_steps_per_s", "submit_p50_ms", "submit_p
 #: On the PostgreSQL setups, submit is also set against one INSERT transaction + publish.
 FLOOR = "submit_p50_vs_insert_publish_ms"
 TINY_PARTS = PartSizes(
-    listing=listing.TINY, waiting=waiting.TINY, nodes=nodes.TINY, length=job_length.TINY
+    listing=listing.TINY,
+    waiting=waiting.TINY,
+    nodes=nodes.TINY,
+    length=job_length.TINY,
+    scale=scale.TINY,
 )
 
 
@@ -261,3 +265,26 @@ def test_waiting_bench_measures_release_and_lateness(tmp_path: Path) -> None:
     assert lateness["jobs"] == waiting.TINY.sleepers
     assert lateness["early"] == 0
     assert "claim p99" in waiting.table(written)
+
+
+def test_scale_bench_draws_every_measure_on_redis(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    _, path = run_bench(
+        [], TINY, results_dir=tmp_path, log=lines.append, parts=["scale"], part_sizes=TINY_PARTS
+    )
+
+    written = json.loads(path.read_text())["scale"]
+    assert set(written["backends"]) == {"redis"}
+    redis = written["backends"]["redis"]
+    assert redis["status"] == "ran", lines
+    assert set(redis["measures"]) == set(scale.MEASURES)
+    for by_count in redis["measures"].values():
+        assert set(by_count) == {str(count) for count in scale.TINY.redis}
+        assert all(value > 0 for value in by_count.values())
+    chart = tmp_path / "scale.png"
+    assert written["chart"] == str(chart)
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    printed = scale.table(written)
+    assert "recover_stuck_jobs run" in printed
+    assert "1,000" in printed
