@@ -23,6 +23,7 @@ from typing import Any
 from celery import Celery
 
 from .apps import POSTGRES_URL, REDIS_URL
+from .report import aligned
 
 SCHEMA = "ergate_bench_listing"
 WORKFLOW = "bench_listed"
@@ -264,13 +265,5 @@ def table(report: dict[str, Any]) -> str:
             f"up to {int(c):,} in {seconds:.0f} s" for c, seconds in outcome["fill_s"].items()
         )
         notes.append(f"{backend}: stored in bulk as store.create writes, {fills}")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i < 2 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned(rows, left=2)
     return "\n".join(lines + notes)

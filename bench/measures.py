@@ -43,6 +43,8 @@ class Sizes:
     warmup: int = 3
     #: Upper bound, in seconds, on any single wait (a batch, a job, a worker start).
     timeout: float = 900.0
+    #: Also take the measures done once (bytes per hop, worker memory), three worker starts.
+    once: bool = True
 
 
 #: The full run, per setup: 2,000 jobs per side and pair where a side takes under a minute
@@ -57,6 +59,8 @@ FULL: dict[str, Sizes] = {
 QUICK = Sizes(latency_runs=1, throughput_jobs=20, submit_calls=20, warmup=1, timeout=120.0)
 #: For the smoke tests only: two pairs are no measure, they check that pairs work.
 TINY = Sizes(pairs=2, latency_runs=1, throughput_jobs=4, submit_calls=4, warmup=1, timeout=60.0)
+#: The smoke tests of the other setups: the measures taken once are the same code everywhere.
+TINY_PAIRED = replace(TINY, once=False)
 
 
 # Reading many results at once --------------------------------------------------------------

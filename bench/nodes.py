@@ -41,6 +41,7 @@ from celery import chain
 from . import apps
 from .apps import Bench, BenchConfig
 from .measures import BARE_FINAL, JOB_FINAL, StatusReader
+from .report import aligned
 from .workers import descendants, stop_all, worker
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -248,14 +249,6 @@ def table(outcome: dict[str, Any]) -> str:
                 f"{top} {run['utilisation'][top]:.0%}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i < 2 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned(rows, left=2)
     errors = [f"{count} nodes failed: {error}" for count, error in outcome["errors"].items()]
     return "\n".join(lines + errors)

@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -65,7 +63,7 @@ from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
     QUICK,
-    TINY,
+    TINY_PAIRED,
     Sizes,
     measure_bytes,
     measure_hop_latency,
@@ -73,6 +71,7 @@ from .measures import (
     measure_submit,
     measure_throughput,
 )
+from .report import machine, table, versions, write_report
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -306,12 +305,15 @@ def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str,
                         ),
                     ],
                 ),
-                (
-                    replace(config, capture=capture),
-                    [("bytes per hop", lambda: measure_bytes(current, capture, sizes))],
-                ),
-                (None, [("worker memory", lambda: measure_memory(current, run_dir, sizes))]),
             ]
+            if sizes.once:
+                groups += [
+                    (
+                        replace(config, capture=capture),
+                        [("bytes per hop", lambda: measure_bytes(current, capture, sizes))],
+                    ),
+                    (None, [("worker memory", lambda: measure_memory(current, run_dir, sizes))]),
+                ]
             for worker_config, measures in groups:
                 _run_group(current, worker_config, measures, run_dir, sizes, outcome, log)
             _delete_queue(current)
@@ -331,110 +333,6 @@ def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str,
 # Report ------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    memory_kib = 0
-    cpu = platform.processor()
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_kib = int(line.split()[1])
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "memory_mib": memory_kib // 1024,
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries on both sides."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str] = {}
-    for package in ("celery", "kombu", "ergate-celery", "redis", "SQLAlchemy", "pydantic"):
-        with contextlib.suppress(PackageNotFoundError):
-            found[package] = version(package)
-    return found
-
-
-def _number(value: Any) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
-
-
-def _ratio(value: Any) -> str:
-    return f"{value:.2f}x" if isinstance(value, int | float) else "-"
-
-
-def _aligned(rows: list[tuple[str, ...]], left: int = 1) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i < left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return lines
-
-
-def setup_table(setup: str, outcome: dict[str, Any]) -> str:
-    """One setup's measures: the median of each side, the median ratio (ergate / bare) of
-    the pairs, its range and interquartile range, and the number of pairs."""
-    rows: list[tuple[str, ...]] = [
-        ("measure", "bare", "ergate", "ratio", "min-max", "IQR", "pairs")
-    ]
-    for name, measure in outcome["measures"].items():
-        low, high = measure.get("ratio_min"), measure.get("ratio_max")
-        iqr = measure.get("ratio_iqr")
-        rows.append(
-            (
-                f"{name} ({measure['better']} is better)",
-                _number(measure["bare"]),
-                _number(measure["ergate"]),
-                _ratio(measure["ratio"]),
-                f"{low:.2f}-{high:.2f}" if low is not None else "-",
-                f"{iqr[0]:.2f}-{iqr[1]:.2f}" if iqr else "-",
-                str(measure.get("pairs", 1)),
-            )
-        )
-    title = f"{setup}: {outcome.get('broker_and_backend', '')}, {outcome.get('worker', '')}"
-    notes = [f"  {title} failed: {error}" for title, error in outcome["errors"].items()]
-    return "\n".join([title, *_aligned(rows), *notes])
-
-
-def table(report: dict[str, Any]) -> str:
-    """One table per setup (see `setup_table`); a line for each setup skipped."""
-    blocks: list[str] = []
-    for setup, outcome in report["setups"].items():
-        if outcome["status"] == "skipped":
-            blocks.append(f"{setup}: skipped ({outcome['reason']})")
-        else:
-            blocks.append(setup_table(setup, outcome))
-    return "\n\n".join(blocks)
-
-
-def write_report(report: dict[str, Any], directory: Path) -> Path:
-    """Write `report` to `<directory>/<UTC date-time>.json` (atomically) and return the path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
-    path = directory / f"{stamp}.json"
-    temporary = directory / f"{stamp}.json.tmp"
-    temporary.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    os.replace(temporary, path)
-    return path
-
-
 @dataclass(frozen=True)
 class PartSizes:
     """The sizes of the listing and waiting parts."""
@@ -451,6 +349,17 @@ def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     start = os.getloadavg()[0]
     outcome = part()
     return {**outcome, "load_average": {"start": start, "end": os.getloadavg()[0]}}
+
+
+def _on_redis(
+    name: str, part: Callable[[], dict[str, Any]], log: Callable[[str], None]
+) -> dict[str, Any]:
+    # A part that runs on Redis only: skipped, with the reason, when Redis does not answer.
+    reason = unavailable("redis")
+    if reason is not None:
+        log(f"{name}: skipped ({reason})")
+        return {"status": "skipped", "reason": reason}
+    return _loaded(part)
 
 
 def run_bench(
@@ -493,23 +402,17 @@ def run_bench(
                 lambda: job_length.run_job_length(part_sizes.length, unavailable, log)
             )
         if "nodes" in parts:
-            reason = unavailable("redis")
-            if reason is None:
-                report["nodes"] = _loaded(lambda: nodes.run_nodes(part_sizes.nodes, log))
-            else:
-                log(f"nodes: skipped ({reason})")
-                report["nodes"] = {"status": "skipped", "reason": reason}
+            report["nodes"] = _on_redis(
+                "nodes", lambda: nodes.run_nodes(part_sizes.nodes, log), log
+            )
         if "listing" in parts:
             report["listing"] = _loaded(
                 lambda: listing.run_listing(part_sizes.listing, unavailable, log)
             )
         if "waiting" in parts:
-            reason = unavailable("redis")
-            if reason is None:
-                report["waiting"] = _loaded(lambda: waiting.run_waiting(part_sizes.waiting, log))
-            else:
-                log(f"waiting: skipped ({reason})")
-                report["waiting"] = {"status": "skipped", "reason": reason}
+            report["waiting"] = _on_redis(
+                "waiting", lambda: waiting.run_waiting(part_sizes.waiting, log), log
+            )
         if "scale" in parts:
             report["scale"] = _loaded(
                 lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir)
@@ -555,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if options.tiny:
-            chosen: Sizes | Mapping[str, Sizes] = TINY
+            chosen: Sizes | Mapping[str, Sizes] = TINY_PAIRED
             part_sizes = PartSizes(
                 listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY
             )

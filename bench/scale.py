@@ -46,6 +46,7 @@ from ergate_celery.job_status import JobStatus
 from . import apps, listing, stored
 from .apps import Bench, BenchConfig
 from .measures import JOB_FINAL, StatusReader
+from .report import aligned
 from .workers import worker
 
 #: The backend's name in the report, and the bench setup it runs on.
@@ -433,13 +434,5 @@ def table(report: dict[str, Any]) -> str:
     )
     if "chart" in report:
         notes.append(f"chart: {report['chart']}")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i < 2 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines = aligned(rows, left=2)
     return "\n".join(lines + notes)

@@ -13,23 +13,16 @@ from typing import Any
 import pytest
 
 from bench import apps, job_length, listing, nodes, scale, waiting
-from bench.measures import TINY
+from bench.measures import TINY, TINY_PAIRED
 from bench.run import PartSizes, run_bench, table
 
 from .services import PostgresService, RabbitMQService, RedisService
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MEASURES = {
-    "hop_latency_ms",
-    "throughput_steps_per_s",
-    "submit_p50_ms",
-    "submit_p99_ms",
-    "bytes_per_hop_small",
-    "bytes_per_hop_10kB",
-    "worker_rss_mib",
-}
 PAIRED = {"hop_latency_ms", "throughput_steps_per_s", "submit_p50_ms", "submit_p99_ms"}
+#: Taken once, on Redis only in these tests (`Sizes.once`): the same code on every setup.
+ONCE = {"bytes_per_hop_small", "bytes_per_hop_10kB", "worker_rss_mib"}
 #: On the PostgreSQL setups, submit is also set against one INSERT transaction + publish.
 FLOOR = "submit_p50_vs_insert_publish_ms"
 TINY_PARTS = PartSizes(
@@ -55,7 +48,8 @@ def check_setup(written: dict[str, Any], setup: str, lines: list[str]) -> dict[s
     outcome: dict[str, Any] = written["setups"][setup]
     assert outcome["status"] == "ran", lines
     assert outcome["errors"] == {}, outcome["errors"]
-    expected = MEASURES | ({FLOOR} if setup in apps.POSTGRES_SETUPS else set())
+    expected = PAIRED | (ONCE if outcome["sizes"]["once"] else set())
+    expected |= {FLOOR} if setup in apps.POSTGRES_SETUPS else set()
     assert set(outcome["measures"]) == expected
     for name, measure in outcome["measures"].items():
         for side in ("bare", "ergate", "ratio"):
@@ -86,6 +80,7 @@ def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
     assert written["machine"]["nproc"] > 0
     assert written["versions"]["celery"]
     redis = check_setup(written, "redis", lines)
+    assert set(redis["measures"]) >= ONCE
     assert redis["sizes"]["pairs"] == TINY.pairs
     assert redis["acks_late"] == {"bare": False, "ergate": True}
     assert "hop_latency_ms" in table(written)
@@ -94,7 +89,7 @@ def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
 def test_one_slot_setup_acknowledges_late_on_both_sides(tmp_path: Path) -> None:
     lines: list[str] = []
 
-    _, path = run_bench(["redis_c1"], TINY, results_dir=tmp_path, log=lines.append)
+    _, path = run_bench(["redis_c1"], TINY_PAIRED, results_dir=tmp_path, log=lines.append)
 
     outcome = check_setup(json.loads(path.read_text()), "redis_c1", lines)
     assert outcome["acks_late"] == {"bare": True, "ergate": True}
@@ -114,7 +109,7 @@ def test_bench_on_rabbitmq_and_postgresql_sets_submit_against_an_insert(
     monkeypatch.setattr(apps, "POSTGRES_SCHEMA", schema)
     lines: list[str] = []
 
-    _, path = run_bench(["rabbitmq_postgres"], TINY, results_dir=tmp_path, log=lines.append)
+    _, path = run_bench(["rabbitmq_postgres"], TINY_PAIRED, results_dir=tmp_path, log=lines.append)
 
     outcome = check_setup(json.loads(path.read_text()), "rabbitmq_postgres", lines)
     floor = outcome["measures"][FLOOR]
@@ -164,7 +159,7 @@ def test_bench_runs_the_django_store_on_postgresql(
 def test_bench_runs_on_the_embedded_broker(tmp_path: Path) -> None:
     lines: list[str] = []
 
-    _, path = run_bench(["embedded"], TINY, results_dir=tmp_path, log=lines.append)
+    _, path = run_bench(["embedded"], TINY_PAIRED, results_dir=tmp_path, log=lines.append)
 
     check_setup(json.loads(path.read_text()), "embedded", lines)
 
