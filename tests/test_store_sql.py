@@ -87,3 +87,26 @@ def test_a_pooled_connection_closed_while_idle_is_replaced(
     assert setup.ergate.get_job(str(job.id)).id == job.id
     with store.engine.connect() as conn:
         assert conn.connection.driver_connection.info.backend_pid != pid
+
+
+@pytest.mark.setup("rabbitmq_postgres")
+def test_a_read_on_a_connection_closed_since_its_last_use_is_sent_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No ping at checkout: the read's first statement meets the closed connection.
+    store: Any = setup.ergate.store
+    job = _job(setup)
+    monkeypatch.setattr(sql_statements, "IDLE_PING_AFTER", 3600.0)
+    with store.engine.connect() as conn:
+        pid = conn.connection.driver_connection.info.backend_pid
+    admin = sa.create_engine(store.backend.url, poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    finally:
+        admin.dispose()
+    assert setup.ergate.get_job(str(job.id)).id == job.id
+    assert store.paused_workflows() == set()
+    assert setup.ergate.list_jobs().jobs[0].id == job.id
+    with store.engine.connect() as conn:
+        assert conn.connection.driver_connection.info.backend_pid != pid

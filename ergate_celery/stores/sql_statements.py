@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from celery import states
 from kombu.utils.encoding import ensure_bytes
 
 from .base import TaskResult
+
+T = TypeVar("T")
 
 #: Columns of Celery's task table the summary row never sets (as Celery's own write).
 _NOT_SET = frozenset({"id", "task_id", "children", "stamps"})
@@ -159,3 +161,17 @@ def engine_for(backend: Any) -> sa.Engine:
             raise sa.exc.DisconnectionError(f"A pooled connection is gone ({exc})") from exc
 
     return engine
+
+
+def reading(engine: sa.Engine, read: Callable[[sa.Connection], T]) -> T:
+    """`read` on a pooled connection, sent once more on a new one if the server had closed
+    that one (a restart, `pg_terminate_backend`): without `pool_pre_ping` a closed connection
+    fails its first statement, and a read is safe to repeat."""
+    try:
+        with engine.connect() as conn:
+            return read(conn)
+    except sa.exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    with engine.connect() as conn:
+        return read(conn)

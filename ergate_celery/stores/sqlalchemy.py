@@ -26,7 +26,7 @@ from .base import (
 )
 from .listing import JobQuery, Position
 from .sql_postgres import PostgresStatements
-from .sql_statements import Statements, engine_for
+from .sql_statements import Statements, engine_for, reading
 from .sqlite import share_backend_between_processes, share_between_processes
 
 #: The compare-and-set token: the row's status and result columns as read.
@@ -183,8 +183,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         return Stored(job_from_document(self.backend.decode(row.result)), (row.status, row.result))
 
     def _read(self, job_id: str) -> Stored[Columns] | None:
-        with self.autocommit.connect() as conn:
-            return self._select(conn, job_id)
+        return reading(self.autocommit, lambda conn: self._select(conn, job_id))
 
     def _token_of(self, job: Job) -> Columns:
         return job.status.name, self._encoded(job)
@@ -281,11 +280,8 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             .order_by(column.at)
             .limit(limit)
         )
-        with self.engine.connect() as conn:
-            return [
-                IndexEntry(kind, str(job_id), at.replace(tzinfo=UTC))
-                for job_id, at in conn.execute(query)
-            ]
+        rows = reading(self.engine, lambda conn: conn.execute(query).all())
+        return [IndexEntry(kind, str(job_id), at.replace(tzinfo=UTC)) for job_id, at in rows]
 
     def drop_index_entry(self, entry: IndexEntry) -> bool:
         column = self.index.c
@@ -353,8 +349,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 )
             )
         select = select.order_by(listing.submitted_at.desc(), listing.job_id.desc()).limit(count)
-        with self.engine.connect() as conn:
-            rows = conn.execute(select).all()
+        rows = reading(self.engine, lambda conn: conn.execute(select).all())
         listed: list[tuple[Position, Job | None]] = []
         for job_id, at, raw in rows:
             job = None if raw is None else job_from_document(self.backend.decode(raw))
@@ -368,8 +363,8 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     # Paused workflows.
 
     def paused_workflows(self) -> set[str]:
-        with self.engine.connect() as conn:
-            return {str(name) for (name,) in conn.execute(sa.select(self.paused.c.workflow))}
+        query = sa.select(self.paused.c.workflow)
+        return {str(name) for (name,) in reading(self.engine, lambda c: c.execute(query).all())}
 
     def set_paused(self, workflow_name: str, paused: bool) -> bool:
         column = self.paused.c.workflow
