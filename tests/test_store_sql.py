@@ -67,6 +67,19 @@ def test_a_step_summary_stays_once_success_is_stored(setup: Setup) -> None:
     assert setup.ergate.get_job(str(job.id)).attempt == 2
 
 
+def _close_pooled_connection(store: Any) -> int:
+    """Have the server close the store's pooled connection; returns its backend pid."""
+    with store.engine.connect() as conn:
+        pid: int = conn.connection.driver_connection.info.backend_pid
+    admin = sa.create_engine(store.backend.url, poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+    finally:
+        admin.dispose()
+    return pid
+
+
 @pytest.mark.setup("rabbitmq_postgres")
 def test_a_pooled_connection_closed_while_idle_is_replaced(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
@@ -74,14 +87,7 @@ def test_a_pooled_connection_closed_while_idle_is_replaced(
     store: Any = setup.ergate.store
     job = _job(setup)
     monkeypatch.setattr(sql_statements, "IDLE_PING_AFTER", 0.0)
-    with store.engine.connect() as conn:
-        pid = conn.connection.driver_connection.info.backend_pid
-    admin = sa.create_engine(store.backend.url, poolclass=sa.pool.NullPool)
-    try:
-        with admin.connect() as conn:
-            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-    finally:
-        admin.dispose()
+    pid = _close_pooled_connection(store)
     # The store's only pooled connection is now closed by the server: the ping at checkout
     # finds it, and the pool connects anew.
     assert setup.ergate.get_job(str(job.id)).id == job.id
@@ -97,14 +103,7 @@ def test_a_read_on_a_connection_closed_since_its_last_use_is_sent_again(
     store: Any = setup.ergate.store
     job = _job(setup)
     monkeypatch.setattr(sql_statements, "IDLE_PING_AFTER", 3600.0)
-    with store.engine.connect() as conn:
-        pid = conn.connection.driver_connection.info.backend_pid
-    admin = sa.create_engine(store.backend.url, poolclass=sa.pool.NullPool)
-    try:
-        with admin.connect() as conn:
-            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-    finally:
-        admin.dispose()
+    pid = _close_pooled_connection(store)
     assert setup.ergate.get_job(str(job.id)).id == job.id
     assert store.paused_workflows() == set()
     assert setup.ergate.list_jobs().jobs[0].id == job.id

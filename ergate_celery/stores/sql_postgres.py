@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from celery import states
 from sqlalchemy.dialects import postgresql as pg
 
+from .sql_statements import compare_and_set
+
 
 def _param(name: str, column: sa.Column[Any]) -> Any:
     # Typed and cast: a bare parameter in a SELECT list would be typed `text` by PostgreSQL.
@@ -59,22 +61,7 @@ class PostgresStatements:
 
     def _shape(self, indexed: bool, relisted: bool, summarized: bool) -> Any:
         table, column = self.table, self.table.c
-        written = (
-            sa.update(table)
-            .where(
-                column.task_id == sa.bindparam("b_task_id"),
-                column.status == sa.bindparam("b_status"),
-                column.result == sa.bindparam("b_result"),
-            )
-            .values(
-                status=sa.bindparam("status"),
-                result=sa.bindparam("result"),
-                traceback=sa.bindparam("traceback"),
-                date_done=sa.bindparam("date_done"),
-            )
-            .returning(column.task_id)
-            .cte("written")
-        )
+        written = compare_and_set(table).returning(column.task_id).cte("written")
         parts = []
         if indexed:
             parts.append(self._index_upsert(written, written.c.task_id).cte("indexed"))

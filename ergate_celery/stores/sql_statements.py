@@ -38,26 +38,33 @@ def upsert_for(url: Any) -> Callable[[sa.Table], Any] | None:
     return None
 
 
+def compare_and_set(table: sa.Table) -> sa.Update:
+    """The job row's compare-and-set: the new columns, only where the row still holds the
+    status and result read (`b_status`, `b_result`)."""
+    column = table.c
+    return (
+        sa.update(table)
+        .where(
+            column.task_id == sa.bindparam("b_task_id"),
+            column.status == sa.bindparam("b_status"),
+            column.result == sa.bindparam("b_result"),
+        )
+        .values(
+            status=sa.bindparam("status"),
+            result=sa.bindparam("result"),
+            traceback=sa.bindparam("traceback"),
+            date_done=sa.bindparam("date_done"),
+        )
+    )
+
+
 class Statements:
     """Prebuilt statements (bound by name), so SQLAlchemy builds and compiles each once."""
 
     def __init__(self, table: sa.Table, index: sa.Table, listing: sa.Table, url: Any) -> None:
         column = table.c
         self.table = table
-        self.compare_and_set = (
-            sa.update(table)
-            .where(
-                column.task_id == sa.bindparam("b_task_id"),
-                column.status == sa.bindparam("b_status"),
-                column.result == sa.bindparam("b_result"),
-            )
-            .values(
-                status=sa.bindparam("status"),
-                result=sa.bindparam("result"),
-                traceback=sa.bindparam("traceback"),
-                date_done=sa.bindparam("date_done"),
-            )
-        )
+        self.compare_and_set = compare_and_set(table)
         self.select = sa.select(column.status, column.result).where(
             column.task_id == sa.bindparam("b_task_id")
         )
