@@ -131,6 +131,23 @@ def main(schema: str, use_tz: bool) -> None:
         ]
 
     one_statement = run("pg")
+    # A connection the server closed between two writes (between a step's claim and its
+    # outcome): the write fails, and the next one, as the runtime's retry, goes through.
+    job = ergate.submit_job("pg_writes", initial_input_value=3)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    import psycopg
+
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    try:
+        store.update(str(job.id), bump, assume=job)
+    except Exception:  # noqa: BLE001 - whichever error the closed connection gives
+        pass
+    else:
+        raise AssertionError("a write on a closed connection went through")
+    assert store.update(str(job.id), bump, assume=job) is not None
     store._postgres = None  # the ORM writes, as on other databases
     orm = run("orm")
     one_statement[-1] = [(key, value.replace("pg", "orm")) for key, value in one_statement[-1]]

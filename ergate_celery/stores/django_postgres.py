@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 
@@ -199,8 +199,15 @@ class DjangoPostgres:
             with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
                 yield cursor
         else:
-            with self.connection.cursor() as cursor:
-                yield cursor
+            try:
+                with self.connection.cursor() as cursor:
+                    yield cursor
+            except DatabaseError:
+                # A connection the server closed (a restart, pg_terminate_backend) would fail
+                # every later statement of this task: Celery's Django fixup replaces it only
+                # between tasks. Closed here if unusable, the runtime's retry opens a new one.
+                self.connection.close_if_unusable_or_obsolete()
+                raise
 
     def compare_and_set(
         self,
