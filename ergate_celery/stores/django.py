@@ -237,12 +237,15 @@ class DjangoJobStore(BaseJobStore[Columns]):
         listed = None
         if submitted is not None:  # as `_list`: tags go with the listing row
             listed = (job.workflow_name, job.status.name, _to_db(submitted))
-        return postgres.create(
-            row,
-            None if entry is None else (entry.kind, _to_db(entry.at)),
-            listed,
-            job.tags if listed else {},
-        )
+        try:
+            return postgres.create(
+                row,
+                None if entry is None else (entry.kind, _to_db(entry.at)),
+                listed,
+                job.tags if listed else {},
+            )
+        except IntegrityError:  # as the ORM path: a listing row left behind by the id
+            return False
 
     def delete(self, job_id: str) -> None:
         with transaction.atomic():
