@@ -18,6 +18,9 @@ result backend, the queue and every Celery setting. Environment variables:
 - `ERGATE_BENCH_REDIS_URL`, `ERGATE_BENCH_POSTGRES_SCHEMA`, `ERGATE_BENCH_RABBITMQ_URL`:
   where the setups write (Redis db 12, schema `ergate_bench` and vhost `/` by default), so
   runs can go side by side.
+- `ERGATE_BENCH_DB_REUSE_MAX`: django_db only, Celery's `CELERY_DB_REUSE_MAX` (the worker
+  keeps its Django connection for that many tasks instead of closing it around each), for
+  both sides alike; unset by default, as in a Django project that does not set it.
 - `ERGATE_BENCH_INDEX_NAME`: the app's `ergate_index_name` (its own job indexes on a shared
   Redis db), so apps of one run can hold different stores side by side.
 """
@@ -43,6 +46,7 @@ RABBITMQ_URL = os.environ.get("ERGATE_BENCH_RABBITMQ_URL", "amqp://guest:guest@1
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 #: The schema the PostgreSQL setups write to; one per harness run that runs at the same time.
 POSTGRES_SCHEMA = os.environ.get("ERGATE_BENCH_POSTGRES_SCHEMA", "ergate_bench")
+DB_REUSE_MAX = os.environ.get("ERGATE_BENCH_DB_REUSE_MAX", "")
 SETUPS = ("redis", "redis_c1", "rabbitmq_postgres", "django_db", "embedded")
 #: Setups whose result backend is PostgreSQL.
 POSTGRES_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
@@ -149,7 +153,10 @@ def celery_conf(config: BenchConfig) -> dict[str, Any]:
     if config.setup == "django_db":
         # The result backend a Django project uses with ergate_celery (the example project's
         # too): both sides write their results to django-celery-results' TaskResult table.
-        return {**conf, "broker_url": RABBITMQ_URL, "result_backend": "django-db"}
+        conf = {**conf, "broker_url": RABBITMQ_URL, "result_backend": "django-db"}
+        if DB_REUSE_MAX:  # read by Celery's Django fixup, in the worker, for both sides
+            conf["CELERY_DB_REUSE_MAX"] = int(DB_REUSE_MAX)
+        return conf
     if config.setup == "rabbitmq_postgres":
         schema = config.postgres_schema or POSTGRES_SCHEMA
         return {

@@ -28,6 +28,7 @@ from .base import (
     job_from_document,
     seconds,
 )
+from .django_postgres import DjangoPostgres
 from .listing import JobQuery, Position
 from .sqlalchemy import date_done
 
@@ -62,6 +63,22 @@ class DjangoJobStore(BaseJobStore[Columns]):
         #: summary are each one statement, and the summary is written in the job's transaction.
         self.upserts = bool(features.supports_update_conflicts_with_target)
         self.writes_task_result = self.upserts
+        self._postgres: DjangoPostgres | bool | None = False  # False: not looked at yet
+
+    @property
+    def postgres(self) -> DjangoPostgres | None:
+        """The one-statement writes, where the job rows and the app's tables are all on one
+        PostgreSQL database (django_postgres.py); None elsewhere (the ORM writes)."""
+        if self._postgres is False:
+            models = [self.model, self.index, _model("JobListing"), _model("JobTag")]
+            aliases = {router.db_for_write(model) for model in models}
+            alias = aliases.pop()
+            connection = connections[alias]
+            self._postgres = None
+            if not aliases and connection.vendor == "postgresql":
+                self._postgres = DjangoPostgres(alias, connection, *models)
+        assert self._postgres is not True
+        return self._postgres
 
     def _content(self, job: Job) -> str:
         content: str = self.backend.encode_content(job_document(job))[2]
@@ -108,6 +125,13 @@ class DjangoJobStore(BaseJobStore[Columns]):
     def _store_summary(self, result: TaskResult, job: Job) -> None:
         """The step's summary row, as django-celery-results stores a task's SUCCESS (its
         `_store_result`), as one upsert in the job's transaction."""
+        row, fields = self._summary(result, job)
+        self.model._default_manager.bulk_create(
+            [row], update_conflicts=True, unique_fields=["task_id"], update_fields=fields
+        )
+
+    def _summary(self, result: TaskResult, job: Job) -> tuple[Any, list[str]]:
+        """The summary row, and the fields its upsert sets when the row exists."""
         backend = self.backend
         content_type, content_encoding, content = backend.encode_content(result.summarize(job))
         request = result.request
@@ -123,12 +147,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
             "status": states.SUCCESS,
             **backend._get_extended_properties(request, None),
         }
-        self.model._default_manager.bulk_create(
-            [self.model(task_id=result.task_id, **fields)],
-            update_conflicts=True,
-            unique_fields=["task_id"],
-            update_fields=[*fields, "date_done"],
-        )
+        return self.model(task_id=result.task_id, **fields), [*fields, "date_done"]
 
     def _read(self, job_id: str) -> Stored[Columns] | None:
         row = self.model.objects.filter(task_id=job_id).first()
@@ -143,6 +162,8 @@ class DjangoJobStore(BaseJobStore[Columns]):
     def _compare_and_set(
         self, job_id: str, expected: Columns, new: Job, result: TaskResult | None
     ) -> Stored[Columns] | Outcome:
+        if self.postgres is not None:
+            return self._compare_and_set_postgres(self.postgres, job_id, expected, new, result)
         status, content = expected
         with transaction.atomic():
             written = self.model.objects.filter(
@@ -157,8 +178,45 @@ class DjangoJobStore(BaseJobStore[Columns]):
                 self._store_summary(result, new)
         return Outcome.WRITTEN
 
+    def _compare_and_set_postgres(
+        self,
+        postgres: DjangoPostgres,
+        job_id: str,
+        expected: Columns,
+        new: Job,
+        result: TaskResult | None,
+    ) -> Stored[Columns] | Outcome:
+        status, content = expected
+        values = self._values(new)
+        entry = index_entry(new, pending=True)
+        summary = None
+        if result is not None and self.writes_task_result:
+            row, fields = self._summary(result, new)
+            summary = (tuple(fields), postgres.prepared(row, postgres.insert_fields))
+        written, found = postgres.compare_and_set(
+            {
+                "b_task_id": job_id,
+                "b_status": status,
+                "b_result": content,
+                **postgres.prepare(values),
+            },
+            tuple(values),
+            None if entry is None else (entry.kind, _to_db(entry.at)),
+            None if status == new.status.name else new.status.name,
+            summary,
+        )
+        if written:
+            return Outcome.WRITTEN
+        if found is None or found.result is None:
+            return Outcome.GONE
+        job = job_from_document(self.backend.decode_content(found, found.result))
+        return Stored(job, (found.status, found.result))
+
     def _insert(self, job: Job) -> bool:
         values = self._values(job, self.create_limit)
+        postgres = self.postgres
+        if postgres is not None:
+            return self._insert_postgres(postgres, job, values)
         try:
             with transaction.atomic():
                 self.model.objects.create(task_id=str(job.id), **values)
@@ -169,6 +227,25 @@ class DjangoJobStore(BaseJobStore[Columns]):
         except IntegrityError:
             return False
         return True
+
+    def _insert_postgres(self, postgres: DjangoPostgres, job: Job, values: dict[str, Any]) -> bool:
+        row = postgres.prepared(self.model(task_id=str(job.id), **values), postgres.insert_fields)
+        # As the ORM path's UPDATE after its INSERT: date_done as computed, not auto_now's now.
+        row["s_date_done"] = postgres.prepare({"date_done": values["date_done"]})["v_date_done"]
+        entry = index_entry(job, pending=True)
+        submitted = job.submitted_at
+        listed = None
+        if submitted is not None:  # as `_list`: tags go with the listing row
+            listed = (job.workflow_name, job.status.name, _to_db(submitted))
+        try:
+            return postgres.create(
+                row,
+                None if entry is None else (entry.kind, _to_db(entry.at)),
+                listed,
+                job.tags if listed else {},
+            )
+        except IntegrityError:  # as the ORM path: a listing row left behind by the id
+            return False
 
     def delete(self, job_id: str) -> None:
         with transaction.atomic():

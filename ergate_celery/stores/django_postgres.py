@@ -1,0 +1,271 @@
+"""The django-db store on PostgreSQL: each write of a job is one statement, in one round trip.
+
+As the SQLAlchemy store does on PostgreSQL (sql_postgres.py): a job's change (its
+`TaskResult` row's compare-and-set, its job index entry, its listing status, the step's
+summary row) and a submission (the row, its index entry, listing row and tags) are each one
+statement of data-modifying CTEs, sent on Django's own connection. In autocommit that one
+statement is its own transaction; inside the caller's `atomic()` block it joins the caller's
+transaction, in a savepoint as the ORM's nested `atomic()` would, so a failed write leaves
+the caller's transaction usable. Every part after the row's write selects from its RETURNING,
+so nothing else is written when it misses.
+
+Table and column names come from the models' `_meta`, values go through each field's own
+`pre_save` and `get_db_prep_save` (as the ORM's INSERT and UPDATE do), and the statement texts
+are built once per shape and reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+from django.db import DatabaseError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+
+class Found(NamedTuple):
+    """The job's row as it stood when a compare-and-set missed (what `decode_content` reads)."""
+
+    status: str
+    result: str | None
+    content_type: str
+    content_encoding: str
+
+
+class Written(NamedTuple):
+    """Whether a compare-and-set wrote, and the row as it stood if not (None: no row)."""
+
+    written: bool
+    found: Found | None
+
+
+class DjangoPostgres:
+    """The one-statement writes of `DjangoJobStore` on one PostgreSQL connection alias."""
+
+    def __init__(
+        self,
+        alias: str,
+        connection: BaseDatabaseWrapper,
+        model: Any,
+        index: Any,
+        listing: Any,
+        tag: Any,
+    ) -> None:
+        self.alias = alias
+        #: For the texts only (quoting, types): statements run on `connection`, this thread's.
+        self._vendor_connection = connection
+        self.model, self.index, self.listing, self.tag = model, index, listing, tag
+        quote = connection.ops.quote_name
+        self._q = quote
+        meta = model._meta
+        #: The columns an ORM INSERT of a `TaskResult` writes: all but an unset AutoField.
+        self.insert_fields = [
+            field
+            for field in meta.concrete_fields
+            if not field.db_returning and not getattr(field, "generated", False)
+        ]
+        self.table = quote(meta.db_table)
+        self.task_id = self._column(model, "task_id")
+        self._shapes: dict[tuple[tuple[str, ...], bool, bool, tuple[str, ...]], str] = {}
+        self._inserts: dict[bool, str] = {}
+
+    def _column(self, model: Any, name: str) -> str:
+        return str(self._q(model._meta.get_field(name).column))
+
+    def _cast(self, model: Any, name: str, param: str) -> str:
+        """A typed parameter `%(param)s` for the field `name` in a SELECT list, whose type
+        PostgreSQL could not infer: text for character fields (an explicit cast to varchar(n)
+        would truncate), the field's own type otherwise."""
+        field = model._meta.get_field(name)
+        if field.get_internal_type() in ("CharField", "TextField"):
+            kind = "text"
+        else:
+            kind = field.db_type(self._vendor_connection)
+        return f"CAST(%({param})s AS {kind})"
+
+    @property
+    def connection(self) -> BaseDatabaseWrapper:
+        """This thread's connection (Django's connections are per thread)."""
+        return connections[self.alias]
+
+    def prepared(self, instance: Any, fields: list[Any]) -> dict[str, Any]:
+        """The parameters of an ORM INSERT of `instance` (auto_now fields set to now)."""
+        return {
+            f"s_{field.name}": field.get_db_prep_save(
+                field.pre_save(instance, True), self.connection
+            )
+            for field in fields
+        }
+
+    def prepare(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters (`v_<name>`) of an ORM UPDATE of the row's fields to `values`."""
+        field = self.model._meta.get_field
+        return {
+            f"v_{name}": field(name).get_db_prep_save(value, self.connection)
+            for name, value in values.items()
+        }
+
+    # The statements.
+
+    def _index_part(self, source: str, indexed: bool) -> str:
+        index, job_id = self._q(self.index._meta.db_table), self._column(self.index, "job_id")
+        if not indexed:
+            return f"DELETE FROM {index} WHERE {job_id} IN (SELECT task_id FROM {source})"
+        kind, at = self._column(self.index, "kind"), self._column(self.index, "at")
+        return (
+            f"INSERT INTO {index} ({job_id}, {kind}, {at}) SELECT task_id, "
+            f"{self._cast(self.index, 'kind', 'i_kind')}, {self._cast(self.index, 'at', 'i_at')} "
+            f"FROM {source} "
+            f"ON CONFLICT ({job_id}) DO UPDATE SET {kind} = EXCLUDED.{kind}, {at} = EXCLUDED.{at}"
+        )
+
+    def _shape(
+        self, columns: tuple[str, ...], indexed: bool, relisted: bool, summary: tuple[str, ...]
+    ) -> str:
+        column = self._column
+        model = self.model
+        sets = ", ".join(f"{column(model, name)} = %(v_{name})s" for name in columns)
+        parts = [
+            f"written AS (UPDATE {self.table} SET {sets} WHERE {self.task_id} = %(b_task_id)s "
+            f"AND {column(model, 'status')} = %(b_status)s "
+            f"AND {column(model, 'result')} = %(b_result)s RETURNING {self.task_id} AS task_id)",
+            f"indexed AS ({self._index_part('written', indexed)})",
+        ]
+        if relisted:
+            listing = self.listing
+            parts.append(
+                f"relisted AS (UPDATE {self._q(listing._meta.db_table)} "
+                f"SET {column(listing, 'status')} = %(l_status)s "
+                f"WHERE {column(listing, 'job_id')} IN (SELECT task_id FROM written))"
+            )
+        if summary:
+            names = [field.name for field in self.insert_fields]
+            into = ", ".join(column(model, name) for name in names)
+            values = ", ".join(self._cast(model, name, f"s_{name}") for name in names)
+            updates = ", ".join(
+                f"{column(model, name)} = EXCLUDED.{column(model, name)}" for name in summary
+            )
+            parts.append(
+                f"summarized AS (INSERT INTO {self.table} ({into}) SELECT {values} "
+                f"WHERE EXISTS (SELECT 1 FROM written) "
+                f"ON CONFLICT ({self.task_id}) DO UPDATE SET {updates})"
+            )
+        found = ", ".join(
+            f"found.{column(model, name)}"
+            for name in ("status", "result", "content_type", "content_encoding")
+        )
+        # The row as it stood before this statement: read only when nothing was written.
+        return (
+            f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM written), {found} "
+            f"FROM (SELECT 1) AS one LEFT JOIN {self.table} AS found "
+            f"ON found.{self.task_id} = %(b_task_id)s"
+        )
+
+    def _insert(self, indexed: bool) -> str:
+        model, column = self.model, self._column
+        names = [field.name for field in self.insert_fields]
+        into = ", ".join(column(model, name) for name in names)
+        values = ", ".join(f"%(s_{name})s" for name in names)
+        listing, tag = self.listing, self.tag
+        listed = ", ".join(
+            column(listing, name) for name in ("job_id", "workflow", "status", "submitted_at")
+        )
+        tagged = ", ".join(column(tag, name) for name in ("job_id", "key", "value"))
+        index = self._index_part("created", indexed)
+        return (
+            f"WITH created AS (INSERT INTO {self.table} ({into}) VALUES ({values}) "
+            f"ON CONFLICT ({self.task_id}) DO NOTHING RETURNING {self.task_id} AS task_id), "
+            f"indexed AS ({index}), "
+            f"listed AS (INSERT INTO {self._q(listing._meta.db_table)} ({listed}) "
+            f"SELECT task_id, {self._cast(listing, 'workflow', 'l_workflow')}, "
+            f"{self._cast(listing, 'status', 'l_status')}, "
+            f"{self._cast(listing, 'submitted_at', 'l_submitted_at')} FROM created "
+            f"WHERE %(l_submitted_at)s IS NOT NULL), "
+            f"tagged AS (INSERT INTO {self._q(tag._meta.db_table)} ({tagged}) "
+            f"SELECT created.task_id, pairs.key, pairs.value FROM created, "
+            f"unnest(CAST(%(t_keys)s AS text[]), CAST(%(t_values)s AS text[])) "
+            f"AS pairs(key, value)) "
+            f"SELECT count(*) FROM created"
+        )
+
+    # Running them.
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        # Inside the caller's transaction, in a savepoint (as the ORM's nested atomic()): a
+        # failed statement would otherwise abort the caller's whole transaction.
+        if self.connection.in_atomic_block:
+            with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
+                yield cursor
+        else:
+            try:
+                with self.connection.cursor() as cursor:
+                    yield cursor
+            except DatabaseError:
+                # A connection the server closed (a restart, pg_terminate_backend) would fail
+                # every later statement of this task: Celery's Django fixup replaces it only
+                # between tasks. Closed here if unusable, the runtime's retry opens a new one.
+                self.connection.close_if_unusable_or_obsolete()
+                raise
+
+    def compare_and_set(
+        self,
+        params: dict[str, Any],
+        columns: tuple[str, ...],
+        entry: tuple[str, Any] | None,
+        relist: str | None,
+        summary: tuple[tuple[str, ...], dict[str, Any]] | None,
+    ) -> Written:
+        """Set the row's `columns` (params hold them as `v_<name>`, and `b_task_id`,
+        `b_status`, `b_result` to compare), its index `entry` (kind, at) or none, its listing
+        status `relist` when it changed, and the step's `summary` (the columns its upsert
+        sets on conflict, and its row's parameters)."""
+        key = (
+            columns,
+            entry is not None,
+            relist is not None,
+            () if summary is None else summary[0],
+        )
+        statement = self._shapes.get(key)
+        if statement is None:
+            statement = self._shapes[key] = self._shape(*key)
+        values = dict(params)
+        if entry is not None:
+            values["i_kind"], values["i_at"] = entry
+        if relist is not None:
+            values["l_status"] = relist
+        if summary is not None:
+            values.update(summary[1])
+        with self._cursor() as cursor:
+            cursor.execute(statement, values)
+            count, *found = cursor.fetchone()
+        if count == 1:
+            return Written(True, None)
+        return Written(False, None if found[0] is None else Found(*found))
+
+    def create(
+        self,
+        row: dict[str, Any],
+        entry: tuple[str, Any] | None,
+        listed: tuple[str, str, Any] | None,
+        tags: Mapping[str, str],
+    ) -> bool:
+        """Insert a job's row (its INSERT parameters) with its index entry (or the removal of
+        any), listing row and tags; False, with nothing written, when the id is taken."""
+        indexed = entry is not None
+        statement = self._inserts.get(indexed)
+        if statement is None:
+            statement = self._inserts[indexed] = self._insert(indexed)
+        values = dict(row)
+        values["i_kind"], values["i_at"] = entry or (None, None)
+        values["l_workflow"], values["l_status"], values["l_submitted_at"] = listed or (
+            None,
+            None,
+            None,
+        )
+        values["t_keys"], values["t_values"] = list(tags), list(tags.values())
+        with self._cursor() as cursor:
+            cursor.execute(statement, values)
+            (count,) = cursor.fetchone()
+        return bool(count == 1)
