@@ -27,14 +27,9 @@ def test_admin_task_results_name_the_step_tasks(app: Celery) -> None:  # noqa: F
     assert step.status == "SUCCESS"
     User.objects.filter(username="admin").delete()
     User.objects.create_superuser("admin", "admin@example.com", "pw")
-    try:
-        client = Client()
-        client.force_login(User.objects.get(username="admin"))
-        page = client.get("/admin/django_celery_results/taskresult/").content.decode()
-    finally:
-        # This process's Django database is shared by the later tests that run in it, and
-        # tests/test_django_admin_jobs.py creates its own "admin".
-        User.objects.filter(username="admin").delete()
+    client = Client()
+    client.force_login(User.objects.get(username="admin"))
+    page = client.get("/admin/django_celery_results/taskresult/").content.decode()
     assert f"{STEP_TASK_ID_PREFIX}{job.id}:0" in page
     assert "ergate.discovered.greet" in page
 
