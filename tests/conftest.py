@@ -60,6 +60,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("setup_name", names)
 
 
+#: The modules whose tests took longest in a full run (`--durations`), longest first. They run
+#: first: with `--dist worksteal` (pyproject addopts) one pytest process starts on them while the
+#: other takes the short tests, and takes its share of what is left at the end, so no long
+#: test starts last and holds up the run alone.
+LONG_FIRST = (
+    "test_soak.py",
+    "test_lifecycle_workers.py",
+    "test_faults_waiting.py",
+    "test_hostile_outages.py",
+    "test_example_project.py",
+    "test_bench_smoke.py",
+    "test_beat_idle.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the tests of `LONG_FIRST` first, in its order (the rest keep theirs)."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
+
+
 def pytest_sessionfinish() -> None:
     """The services' namespaces are gone (session fixtures end before this): so is the run."""
     release_run_lock()

@@ -27,6 +27,9 @@ def _admin() -> object:
     from django.contrib.auth.models import User
     from django.test import Client
 
+    # The process's Django database is shared by every module that runs in it: others'
+    # admin tests may have left their "admin" (in any order, with --dist worksteal).
+    User.objects.filter(username="admin").delete()
     User.objects.create_superuser("admin", "admin@example.com", "pw")
     client = Client()
     client.force_login(User.objects.get(username="admin"))

@@ -22,8 +22,11 @@ from .support import Setup, wait_until
 
 WAIT = 60
 MODULE = "tests.apps.waiting_app"
-#: How long beat stays down while a sleep ends (a minute in production terms, shortened).
-BEAT_DOWN = 10.0
+#: Beat's release interval in the beat-down test, and how long beat stays down while a sleep
+#: ends: 20 intervals, as many as the 10 s at 0.5 s it was (a minute or more in production
+#: terms, shortened), and past the workers' overdue grace of max(5 intervals, 2 s).
+BEAT_INTERVAL = 0.2
+BEAT_DOWN = 20 * BEAT_INTERVAL
 
 
 @contextmanager
@@ -85,7 +88,7 @@ def test_worker_killed_right_after_wait_for_signal_stores_the_wait_once(
 def test_beat_down_while_a_sleep_ends_releases_it_once_when_beat_is_back(
     setup_name: str, make_setup: Callable[..., Setup]
 ) -> None:
-    setup = make_setup(setup_name, ergate_schedule_interval=0.5)
+    setup = make_setup(setup_name, ergate_schedule_interval=BEAT_INTERVAL)
     for workflow in waiting_app.WORKFLOWS:
         setup.ergate.register_workflow(workflow)
     with _worker(setup):
@@ -101,7 +104,7 @@ def test_beat_down_while_a_sleep_ends_releases_it_once_when_beat_is_back(
         # Beat is down: the sleep ends, and nothing releases the job.
         while datetime.now(UTC) < until + timedelta(seconds=BEAT_DOWN):
             assert setup.ergate.get_job(job_id).status is JobStatus.SCHEDULED
-            time.sleep(0.5)
+            time.sleep(BEAT_INTERVAL)
         back = time.time()
         with _beat(setup):
             done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
