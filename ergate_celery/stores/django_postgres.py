@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from .sql_statements import write_parameters
+
 
 class Found(NamedTuple):
     """The job's row as it stood when a compare-and-set missed (what `decode_content` reads)."""
@@ -230,13 +232,7 @@ class DjangoPostgres:
         statement = self._shapes.get(key)
         if statement is None:
             statement = self._shapes[key] = self._shape(*key)
-        values = dict(params)
-        if entry is not None:
-            values["i_kind"], values["i_at"] = entry
-        if relist is not None:
-            values["l_status"] = relist
-        if summary is not None:
-            values.update(summary[1])
+        values = write_parameters(params, entry, relist, None if summary is None else summary[1])
         with self._cursor() as cursor:
             cursor.execute(statement, values)
             count, *found = cursor.fetchone()

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from celery import states
 from sqlalchemy.dialects import postgresql as pg
 
-from .sql_statements import compare_and_set
+from .sql_statements import compare_and_set, write_parameters
 
 
 def _param(name: str, column: sa.Column[Any]) -> Any:
@@ -117,13 +117,10 @@ class PostgresStatements:
         statement = self._shapes.get(key)
         if statement is None:
             statement = self._shapes[key] = self._shape(*key)
-        values = dict(params)
-        if entry is not None:
-            values["i_kind"], values["i_at"] = entry
-        if relist is not None:
-            values["l_status"] = relist
+        summarized = None
         if summary is not None:
-            values.update({f"s_{name}": value for name, value in summary.items()})
+            summarized = {f"s_{name}": value for name, value in summary.items()}
+        values = write_parameters(params, entry, relist, summarized)
         row = conn.execute(statement, values).one()
         if row.written == 1:
             return Written(True, None)
