@@ -167,7 +167,7 @@ def celery_conf(config: BenchConfig) -> dict[str, Any]:
         }
     if config.folder is None:
         raise ValueError("The embedded setup needs ERGATE_BENCH_FOLDER")
-    from ergate_celery.embedded_broker import embedded_broker_settings
+    from ergate_celery.embedded.broker import embedded_broker_settings
 
     return {
         **conf,

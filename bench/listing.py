@@ -106,8 +106,8 @@ def listed(x: Any) -> Any:
 
 def _job(number: int, at: datetime) -> Any:
     """Job `number` as a worker leaves it: 2 in 4 COMPLETED, 1 FAILED, 1 SCHEDULED."""
-    from ergate_celery.job import Job, JobError
-    from ergate_celery.job_status import JobStatus
+    from ergate_celery.model.job import Job, JobError
+    from ergate_celery.model.job_status import JobStatus
 
     kind = number % 4
     fields: dict[str, Any] = {}

@@ -109,9 +109,9 @@ def unavailable(setup: str) -> str | None:
             return f"{name} is not reachable on {host}:{port}"
     if setup == "embedded":
         try:
-            from ergate_celery.embedded_broker import embedded_broker_settings  # noqa: F401
+            from ergate_celery.embedded.broker import embedded_broker_settings  # noqa: F401
         except ImportError as exc:
-            return f"ergate_celery.embedded_broker is not importable ({exc})"
+            return f"ergate_celery.embedded.broker is not importable ({exc})"
     if setup == "django_db":
         try:
             import django  # noqa: F401

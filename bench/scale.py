@@ -39,9 +39,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ergate_celery.beat import recover_stuck_jobs, release_due_jobs
-from ergate_celery.job import Job
-from ergate_celery.job_status import JobStatus
+from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.scheduling.beat import recover_stuck_jobs, release_due_jobs
 
 from . import apps, listing, stored
 from .apps import Bench, BenchConfig

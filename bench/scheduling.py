@@ -25,7 +25,7 @@ import redis
 from celery import Celery
 
 from ergate_celery import ErgateCelery, Workflow
-from ergate_celery.beat import release_due_jobs
+from ergate_celery.scheduling.beat import release_due_jobs
 
 REDIS_URL = os.environ.get("ERGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 STARTED_KEY = "ergate-bench:started"

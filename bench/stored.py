@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ergate_celery.job import Job, JobError, StepTiming
-from ergate_celery.job_status import JobStatus
+from ergate_celery.model.job import Job, JobError, StepTiming
+from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.base import ACTIVE, index_entry
 
 from . import apps

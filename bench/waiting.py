@@ -30,7 +30,7 @@ import redis
 from celery import Celery
 
 from ergate_celery import ErgateCelery, Sleep, WaitPath, Workflow
-from ergate_celery.beat import release_due_jobs
+from ergate_celery.scheduling.beat import release_due_jobs
 from ergate_celery.stores import SCHEDULED
 
 from .apps import REDIS_URL

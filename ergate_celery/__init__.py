@@ -5,8 +5,7 @@ Workflows written for `ergate` 0.6 run unchanged with `from ergate_celery import
 
 from pydantic import ValidationError
 
-from .annotations import Context, CurrentRun, Depends, Input, SignalPayload, StepRun
-from .api import (
+from ergate_celery.api import (
     cancel_job,
     get_job,
     list_jobs,
@@ -19,8 +18,8 @@ from .api import (
     submit_job,
     wait_for_job,
 )
-from .binding import ErgateCelery
-from .exceptions import (
+from ergate_celery.binding import ErgateCelery
+from ergate_celery.exceptions import (
     AbortJob,
     DuplicateJobError,
     ErgateError,
@@ -37,14 +36,28 @@ from .exceptions import (
     UnsupportedBackendError,
     WaitForSignal,
 )
-from .job import Job, JobError, Wait
-from .job_result import JobFailedError, JobResult
-from .job_status import JobStatus
-from .paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath, WorkflowPath
-from .progress import Progress, ProgressReporter
-from .stores.listing import JobPage
-from .workflow import Workflow
-from .workflow_step import WorkflowStep
+from ergate_celery.job_result import JobFailedError, JobResult
+from ergate_celery.model.annotations import (
+    Context,
+    CurrentRun,
+    Depends,
+    Input,
+    SignalPayload,
+    StepRun,
+)
+from ergate_celery.model.job import Job, JobError, Wait
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.model.paths import (
+    GoToEndPath,
+    GoToStepPath,
+    NextStepPath,
+    WaitPath,
+    WorkflowPath,
+)
+from ergate_celery.model.progress import Progress, ProgressReporter
+from ergate_celery.model.workflow import Workflow
+from ergate_celery.model.workflow_step import WorkflowStep
+from ergate_celery.stores.listing import JobPage
 
 __version__ = "0.1.0"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .binding import ErgateCelery
-from .job import Job
-from .operations import StatusFilter
-from .stores.listing import JobPage
+from ergate_celery.binding import ErgateCelery
+from ergate_celery.model.job import Job
+from ergate_celery.operations.jobs import StatusFilter
+from ergate_celery.stores.listing import JobPage
 
 
 def submit_job(

@@ -13,27 +13,29 @@ from celery import Celery
 from celery.app import app_or_default
 from celery.signals import task_unknown, worker_init
 
-from . import beat, job_result, operations, overdue
-from .announce import Announcer
-from .exceptions import ErgateError, JobNotFoundError
-from .job import Job
-from .job_status import JobStatus
-from .lifecycle import Cancel, HandOver
-from .operations import StatusFilter
-from .pausing import PausedWorkflows
-from .registry import WorkflowRegistry, discover_django_workflows
-from .release import UNREADABLE
-from .runtime import Runtime
-from .settings import ErgateSettings
-from .signalling import signal_job
-from .step_results import display_options, step_task_id
-from .stores import JobStore, store_for_backend
-from .stores.base import job_document
-from .stores.listing import JobPage
-from .submission import new_job
-from .tasks import fail_unknown_task, install_step
-from .transactions import in_django_transaction, on_commit
-from .workflow import Workflow
+from ergate_celery import job_result
+from ergate_celery.exceptions import ErgateError, JobNotFoundError
+from ergate_celery.lifecycle.transitions import Cancel, HandOver
+from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.model.workflow import Workflow
+from ergate_celery.operations import jobs as operations
+from ergate_celery.operations.jobs import StatusFilter
+from ergate_celery.operations.signalling import signal_job
+from ergate_celery.operations.submission import new_job
+from ergate_celery.registry import WorkflowRegistry, discover_django_workflows
+from ergate_celery.scheduling import beat, overdue
+from ergate_celery.scheduling.release import UNREADABLE
+from ergate_celery.settings import ErgateSettings
+from ergate_celery.stores import JobStore, store_for_backend
+from ergate_celery.stores.base import job_document
+from ergate_celery.stores.listing import JobPage
+from ergate_celery.transactions import in_django_transaction, on_commit
+from ergate_celery.worker.announcer import Announcer
+from ergate_celery.worker.pausing import PausedWorkflows
+from ergate_celery.worker.runtime import Runtime
+from ergate_celery.worker.step_results import display_options, step_task_id
+from ergate_celery.worker.step_task import fail_unknown_task, install_step
 
 logger = logging.getLogger("ergate_celery")
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
-    from .workflow_step import WorkflowStep
+    from ergate_celery.model.workflow_step import WorkflowStep
 
 __all__ = [
     "AbortJob",

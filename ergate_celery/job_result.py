@@ -22,12 +22,12 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, assert_will_not_block  # type: ignore[attr-defined]
 
-from .exceptions import ErgateError
-from .job import Job
-from .job_status import JobStatus
+from ergate_celery.exceptions import ErgateError
+from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import JobStatus
 
 if TYPE_CHECKING:
-    from .binding import ErgateCelery
+    from ergate_celery.binding import ErgateCelery
 
 #: The statuses a job record can show that Celery has no state of that name for.
 JOB_STATES = frozenset(s.name for s in JobStatus) - {"PENDING"}
@@ -90,7 +90,7 @@ class JobResult(AsyncResult):  # type: ignore[type-arg]
 def wait_for_record(app: Any, job_id: str, timeout: float | None, propagate: bool) -> Any:
     """What `get()` returns for a job: its JSON once final; Celery's TimeoutError after
     `timeout` seconds."""
-    from .binding import ErgateCelery
+    from ergate_celery.binding import ErgateCelery
 
     ergate = ErgateCelery.of(app)
     job = ergate.store.wait_final(job_id, timeout, ergate.settings.wait_poll_interval)

@@ -12,9 +12,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import import_modules
 
-from .exceptions import InvalidDefinitionError, UnknownWorkflowError
-from .workflow import Workflow
-from .workflow_step import WorkflowStep
+from ergate_celery.exceptions import InvalidDefinitionError, UnknownWorkflowError
+from ergate_celery.model.workflow import Workflow
+from ergate_celery.model.workflow_step import WorkflowStep
 
 #: One discovery receiver per app and signal, however often autodiscover is called.
 _DISCOVER_UID = "ergate_celery.autodiscover_workflows"
@@ -159,6 +159,6 @@ def discover_django_workflows(binding: Any) -> None:
     from django.apps import apps
 
     if apps.ready and apps.is_installed("ergate_celery.contrib.django"):
-        from .contrib.django.apps import discover_installed_workflows
+        from ergate_celery.contrib.django.apps import discover_installed_workflows
 
         discover_installed_workflows(binding)

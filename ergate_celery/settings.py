@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from dataclasses import field as default_factory_field
 from typing import Any
 
-from .exceptions import ErgateError
+from ergate_celery.exceptions import ErgateError
 
 
 class ImproperlyConfiguredError(ErgateError):

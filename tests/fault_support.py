@@ -20,7 +20,7 @@ from subprocess import Popen
 from typing import Any
 
 from ergate_celery import Workflow
-from ergate_celery.beat import recover_stuck_jobs
+from ergate_celery.scheduling.beat import recover_stuck_jobs
 
 from .apps import fault_app
 from .support import Setup, wait_until

@@ -167,7 +167,7 @@ def setup_conf(name: str, tmp_path: Path, services: Mapping[str, Any]) -> dict[s
             "database_table_schemas": {"task": postgres.schema, "group": postgres.schema},
         }
     if name == "embedded":
-        from ergate_celery.embedded_broker import embedded_broker_settings
+        from ergate_celery.embedded.broker import embedded_broker_settings
 
         return {
             **common,

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from ergate_celery import JobStatus, Workflow
-from ergate_celery.index_schedule import IndexSchedule
-from ergate_celery.release import RELEASE_TASK
+from ergate_celery.scheduling.index_schedule import IndexSchedule
+from ergate_celery.scheduling.release import RELEASE_TASK
+from ergate_celery.scheduling.sweep import RECOVER_TASK
 from ergate_celery.stores.base import ACTIVE, SCHEDULED, IndexEntry
-from ergate_celery.sweep import RECOVER_TASK
 
 from .support import Setup, in_process_worker, wait_until
 

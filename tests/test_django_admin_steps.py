@@ -5,7 +5,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from ergate_celery import ErgateCelery
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .test_django_db_backend import app, django_db  # noqa: F401 - the django-db fixtures
 

@@ -20,7 +20,7 @@ from ergate_celery import (
     JobStatus,
     Workflow,
 )
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .django_support import configure_django
 from .services import RedisService
@@ -257,7 +257,7 @@ def test_a_job_whose_hand_over_hook_never_ran_is_handed_over_by_the_sweep(app: C
     # so the committed job stays PENDING until the sweep finds it (issue 12, point 7).
     from django.db import transaction
 
-    from ergate_celery.beat import recover_stuck_jobs
+    from ergate_celery.scheduling.beat import recover_stuck_jobs
 
     ergate = ErgateCelery(app)
 

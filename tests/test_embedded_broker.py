@@ -15,8 +15,8 @@ import pytest
 from celery.worker import state
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from ergate_celery import folder_watch
-from ergate_celery.embedded_broker import embedded_broker_settings
+from ergate_celery.embedded import folder_watch
+from ergate_celery.embedded.broker import embedded_broker_settings
 from tests.support import wait_until
 
 #: Longer than any test: a consumer that waited this long for its next look would hang it.
@@ -195,7 +195,7 @@ def _waiting_for_a_landing(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 PUBLISHER = """
 import sys
 from kombu import Connection, Exchange, Producer, Queue
-from ergate_celery.embedded_broker import embedded_broker_settings
+from ergate_celery.embedded.broker import embedded_broker_settings
 folder, name = sys.argv[1], sys.argv[2]
 settings = embedded_broker_settings(folder)
 queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
@@ -336,7 +336,7 @@ def test_where_inotify_is_missing_the_consumer_polls(
     tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another system, or this user's inotify instances used up: `watch_folder` has none."""
-    from ergate_celery import embedded_broker
+    from ergate_celery.embedded import broker as embedded_broker
 
     monkeypatch.setattr(embedded_broker, "watch_folder", lambda folder, suffix: None)
     received: list[Any] = []

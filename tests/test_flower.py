@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .apps.cli_workflows import WORKFLOWS
 from .services import services_required

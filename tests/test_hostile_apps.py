@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 
 from ergate_celery import ErgateCelery, JobStatus, Workflow
-from ergate_celery.beat import recover_stuck_jobs, release_due_jobs
+from ergate_celery.scheduling.beat import recover_stuck_jobs, release_due_jobs
 from ergate_celery.settings import ErgateSettings, ImproperlyConfiguredError
 
 from .support import Setup, in_process_worker

@@ -10,7 +10,7 @@ from celery.result import AsyncResult
 from celery.signals import before_task_publish
 
 from ergate_celery import CurrentRun, ErgateCelery, JobStatus, StepRun, Workflow
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .support import Setup, in_process_worker, wait_until
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ergate_celery import JobStatus, Workflow
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .support import Setup, in_process_worker
 

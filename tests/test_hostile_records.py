@@ -13,8 +13,8 @@ import pytest
 from celery import states
 
 from ergate_celery import InvalidInputError, JobNotFoundError, JobStatus, Workflow
-from ergate_celery.beat import release_due_jobs
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.scheduling.beat import release_due_jobs
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .apps.cli_workflows import WORKFLOWS
 from .support import Setup, in_process_worker

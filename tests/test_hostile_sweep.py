@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ergate_celery import JobStatus
-from ergate_celery.beat import recover_stuck_jobs
+from ergate_celery.scheduling.beat import recover_stuck_jobs
 
 from .apps import fault_app
 from .fault_support import _runs, _worker

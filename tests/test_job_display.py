@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from ergate_celery import Job, JobStatus
 from ergate_celery.contrib.django.job_display import MIN_BAR_PERCENT, display
-from ergate_celery.job import StepTiming
+from ergate_celery.model.job import StepTiming
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from ergate_celery import (
     get_job,
     submit_job,
 )
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .support import Setup, wait_until
 

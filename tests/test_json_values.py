@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from ergate_celery import InvalidInputError, JobNotFoundError, JobStatus, Workflow
-from ergate_celery.json_values import non_json
+from ergate_celery.model.json_values import non_json
 
 from .support import Setup
 

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from ergate_celery.job import Job, JobError, Wait
-from ergate_celery.job_status import JobStatus
-from ergate_celery.lifecycle import (
+from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
+from ergate_celery.lifecycle.transitions import (
     Cancel,
     Claim,
     Event,
@@ -30,7 +29,8 @@ from ergate_celery.lifecycle import (
     Yield,
     transition,
 )
-from ergate_celery.lifecycle_table import LIFECYCLE, Row, mermaid
+from ergate_celery.model.job import Job, JobError, Wait
+from ergate_celery.model.job_status import JobStatus
 
 S = JobStatus
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -333,7 +333,7 @@ def test_not_an_event_is_a_type_error() -> None:
 def test_readme_shows_the_generated_state_diagram() -> None:
     text = README.read_text()
     assert f"```mermaid\n{mermaid()}```" in text, (
-        "README.md's state diagram is stale: paste ergate_celery.lifecycle_table.mermaid() "
+        "README.md's state diagram is stale: paste ergate_celery.lifecycle.table.mermaid() "
         "into its ```mermaid block"
     )
 

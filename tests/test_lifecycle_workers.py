@@ -20,7 +20,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from ergate_celery import ErgateCelery, Job, JobStatus, Workflow, signals
-from ergate_celery.beat import recover_stuck_jobs, release_due_jobs
+from ergate_celery.scheduling.beat import recover_stuck_jobs, release_due_jobs
 from ergate_celery.stores.base import job_document
 
 from .apps import lifecycle_app

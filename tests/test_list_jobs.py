@@ -16,8 +16,8 @@ from ergate_celery import (
     list_jobs,
     submit_job,
 )
-from ergate_celery.job import JobError
-from ergate_celery.lifecycle import Reject
+from ergate_celery.lifecycle.transitions import Reject
+from ergate_celery.model.job import JobError
 
 from .support import STORES, Setup
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ergate_celery import Job, JobStatus
-from ergate_celery.job import JobError, StepTiming
+from ergate_celery.model.job import JobError, StepTiming
 from ergate_celery.stores.base import job_document
 
 _json_values = st.recursive(

@@ -12,7 +12,7 @@ from celery.result import AsyncResult
 from celery.signals import task_failure
 
 from ergate_celery import AbortJob, JobStatus, Progress, ProgressReporter, Workflow, signals
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .support import Setup, in_process_worker, wait_until
 

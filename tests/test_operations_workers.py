@@ -24,8 +24,8 @@ from ergate_celery import (
     retry_job,
     submit_job,
 )
-from ergate_celery.beat import recover_stuck_jobs
-from ergate_celery.release import release_due_jobs
+from ergate_celery.scheduling.beat import recover_stuck_jobs
+from ergate_celery.scheduling.release import release_due_jobs
 from ergate_celery.stores import store_for_backend
 
 from .support import Setup, wait_until

@@ -12,7 +12,7 @@ import pytest
 from celery.signals import before_task_publish
 
 from ergate_celery import InvalidInputError, JobNotFoundError, JobStatus, Workflow
-from ergate_celery.beat import release_due_jobs
+from ergate_celery.scheduling.beat import release_due_jobs
 
 from .support import Setup, in_process_worker, wait_until
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from ergate_celery import JobStatus
-from ergate_celery.beat import recover_stuck_jobs
-from ergate_celery.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.scheduling.beat import recover_stuck_jobs
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .apps import fault_app
 from .fault_support import FAST_REDIS_REDELIVERY, _children, _kill_worker, _Supervisor

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ergate_celery import Workflow, folder_watch
+from ergate_celery import Workflow
+from ergate_celery.embedded import folder_watch
 from ergate_celery.stores import sqlite_store
 from tests.support import Setup
 

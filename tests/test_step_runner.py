@@ -17,7 +17,7 @@ from ergate_celery import (
     JobStatus,
     Workflow,
 )
-from ergate_celery.step_runner import Raised, advance, run_step
+from ergate_celery.lifecycle.advance import Raised, advance, run_step
 
 
 def _linear(n: int) -> Workflow:

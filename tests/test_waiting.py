@@ -31,10 +31,10 @@ from ergate_celery import (
     signal_job,
 )
 from ergate_celery import signals as ergate_signals
-from ergate_celery.beat import release_due_jobs
-from ergate_celery.graph import mermaid
+from ergate_celery.lifecycle.waiting import FOREVER
+from ergate_celery.model.graph import mermaid
+from ergate_celery.scheduling.beat import release_due_jobs
 from ergate_celery.stores.base import SCHEDULED
-from ergate_celery.waiting import FOREVER
 
 from .apps import waiting_app
 from .support import Setup, in_process_worker, wait_until

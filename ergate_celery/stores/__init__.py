@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..exceptions import UnsupportedBackendError
-from .base import ACTIVE, SCHEDULED, BaseJobStore, Change, IndexEntry, JobStore
+from ergate_celery.exceptions import UnsupportedBackendError
+from ergate_celery.stores.base import ACTIVE, SCHEDULED, BaseJobStore, Change, IndexEntry, JobStore
 
 __all__ = [
     "ACTIVE",
@@ -31,19 +31,19 @@ def store_for_backend(
     """
     module = type(backend).__module__
     if module == "celery.backends.redis":
-        from .redis import RedisJobStore
+        from ergate_celery.stores.redis import RedisJobStore
 
         return RedisJobStore(backend, max_bytes, expires_by_status, index_name)
     if module.startswith("celery.backends.database"):
         if str(backend.url).startswith("sqlite"):
-            from .sqlite_store import SQLiteJobStore
+            from ergate_celery.stores.sqlite_store import SQLiteJobStore
 
             return SQLiteJobStore(backend, max_bytes, expires_by_status)
-        from .sqlalchemy import SQLAlchemyJobStore
+        from ergate_celery.stores.sqlalchemy import SQLAlchemyJobStore
 
         return SQLAlchemyJobStore(backend, max_bytes, expires_by_status)
     if module.startswith("django_celery_results.backends.database"):
-        from .django import DjangoJobStore
+        from ergate_celery.stores.django import DjangoJobStore
 
         return DjangoJobStore(backend, max_bytes, expires_by_status)
     raise UnsupportedBackendError(

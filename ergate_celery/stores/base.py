@@ -12,12 +12,12 @@ from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
 from celery import states
 
-from ..exceptions import DuplicateJobError, InvalidInputError
-from ..job import Job
-from ..job_status import JobStatus
-from ..waiting import due_at
-from .listing import JobPage, JobQuery, Position, list_page
-from .oversized import without_values
+from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
+from ergate_celery.lifecycle.waiting import due_at
+from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
+from ergate_celery.stores.oversized import without_values
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: It may be called more than once when a concurrent write wins a race, so it must be pure.

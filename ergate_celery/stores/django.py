@@ -13,9 +13,9 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..exceptions import ErgateError
-from ..job import Job
-from .base import (
+from ergate_celery.exceptions import ErgateError
+from ergate_celery.model.job import Job
+from ergate_celery.stores.base import (
     BaseJobStore,
     IndexEntry,
     Outcome,
@@ -28,9 +28,9 @@ from .base import (
     job_from_document,
     seconds,
 )
-from .django_postgres import DjangoPostgres
-from .listing import JobQuery, Position
-from .sqlalchemy import date_done
+from ergate_celery.stores.django_postgres import DjangoPostgres
+from ergate_celery.stores.listing import JobQuery, Position
+from ergate_celery.stores.sqlalchemy import date_done
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, str]

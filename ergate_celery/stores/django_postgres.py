@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from .sql_statements import write_parameters
+from ergate_celery.stores.sql_statements import write_parameters
 
 
 class Found(NamedTuple):

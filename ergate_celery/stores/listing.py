@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from ..exceptions import InvalidInputError
-from ..job import Job
-from ..job_status import JobStatus
+from ergate_celery.exceptions import InvalidInputError
+from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import JobStatus
 
 #: A listing reads at most this many index entries per job asked for, so that the cost of a
 #: page follows its size even when a filter the index does not serve rejects most entries; a

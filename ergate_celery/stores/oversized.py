@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..job import Job, JobError
+from ergate_celery.model.job import Job, JobError
 
 #: What is kept of a traceback, a message, and of the timings and recoveries lists, in a
 #: failure record stored `without_values`.

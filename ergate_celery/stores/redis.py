@@ -14,9 +14,9 @@ from typing import Any
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 
-from ..job import Job
-from ..job_status import JobStatus
-from .base import (
+from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores.base import (
     ACTIVE,
     SCHEDULED,
     BaseJobStore,
@@ -30,8 +30,8 @@ from .base import (
     job_document,
     job_from_document,
 )
-from .listing import JobQuery, Position
-from .redis_scripts import COMPARE_AND_SET, CREATE, DROP_INDEX_ENTRY
+from ergate_celery.stores.listing import JobQuery, Position
+from ergate_celery.stores.redis_scripts import COMPARE_AND_SET, CREATE, DROP_INDEX_ENTRY
 
 
 def app_keys(index_name: str) -> dict[str, str]:

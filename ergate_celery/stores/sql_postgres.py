@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from celery import states
 from sqlalchemy.dialects import postgresql as pg
 
-from .sql_statements import compare_and_set, write_parameters
+from ergate_celery.stores.sql_statements import compare_and_set, write_parameters
 
 
 def _param(name: str, column: sa.Column[Any]) -> Any:

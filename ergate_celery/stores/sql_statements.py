@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from celery import states
 from kombu.utils.encoding import ensure_bytes
 
-from .base import TaskResult
+from ergate_celery.stores.base import TaskResult
 
 T = TypeVar("T")
 

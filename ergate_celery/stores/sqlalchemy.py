@@ -10,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from ..job import Job
-from .base import (
+from ergate_celery.model.job import Job
+from ergate_celery.stores.base import (
     BaseJobStore,
     IndexEntry,
     Outcome,
@@ -24,10 +24,10 @@ from .base import (
     job_from_document,
     seconds,
 )
-from .listing import JobQuery, Position
-from .sql_postgres import PostgresStatements
-from .sql_statements import Statements, engine_for, reading
-from .sqlite import share_backend_between_processes, share_between_processes
+from ergate_celery.stores.listing import JobQuery, Position
+from ergate_celery.stores.sql_postgres import PostgresStatements
+from ergate_celery.stores.sql_statements import Statements, engine_for, reading
+from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, bytes]

@@ -7,9 +7,9 @@ import time
 
 import sqlalchemy as sa
 
-from ..folder_watch import watch_folder
-from ..job import Job
-from .sqlalchemy import SQLAlchemyJobStore
+from ergate_celery.embedded.folder_watch import watch_folder
+from ergate_celery.model.job import Job
+from ergate_celery.stores.sqlalchemy import SQLAlchemyJobStore
 
 #: Longest wait between two reads of a waited-for job while commits are watched (s): a
 #: safety net only, for a change the watch could not tell.

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.urls import reverse
 from ergate_celery import ErgateCelery, Job, JobNotFoundError, JobStatus, get_job
-from ergate_celery.overdue import overdue_note
+from ergate_celery.scheduling.overdue import overdue_note
 
 from .services import CATALOG
 

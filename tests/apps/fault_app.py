@@ -27,14 +27,7 @@ from typing import Annotated, Any
 from celery import Celery, current_task
 from celery.signals import after_task_publish
 
-from ergate_celery import (
-    CurrentRun,
-    ErgateCelery,
-    Progress,
-    ProgressReporter,
-    StepRun,
-    Workflow,
-)
+from ergate_celery import CurrentRun, ErgateCelery, Progress, ProgressReporter, StepRun, Workflow
 from ergate_celery import signals as ergate_signals
 
 #: How long the first run of a "slow" step sleeps: far longer than a test waits to kill it.

@@ -13,12 +13,12 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from pydantic import ValidationError
 
-from ...binding import ErgateCelery
-from ...exceptions import ErgateError, JobNotFoundError, JobStateError
-from ...job_status import FINAL_STATUSES, JobStatus
-from ...stores.base import job_from_document
-from .job_display import current_step, display
-from .models import ErgateJob, JobTag
+from ergate_celery.binding import ErgateCelery
+from ergate_celery.contrib.django.job_display import current_step, display
+from ergate_celery.contrib.django.models import ErgateJob, JobTag
+from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
+from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
+from ergate_celery.stores.base import job_from_document
 
 _FINAL_NAMES = [status.name for status in FINAL_STATUSES]
 

@@ -12,7 +12,7 @@ class ErgateCeleryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from ...binding import all_bindings
+        from ergate_celery.binding import all_bindings
 
         for binding in all_bindings():
             discover_installed_workflows(binding)
@@ -20,7 +20,7 @@ class ErgateCeleryConfig(AppConfig):
 
 def discover_installed_workflows(binding: object) -> None:
     """Have `binding` register the workflows of every installed app's `workflows` module."""
-    from ...binding import ErgateCelery
+    from ergate_celery.binding import ErgateCelery
 
     assert isinstance(binding, ErgateCelery)
     binding.autodiscover_workflows(lambda: [config.name for config in apps.get_app_configs()])

@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ...job import Job, JobError, StepTiming
-from ...job_status import JobStatus
-from ...lifecycle import RETRYABLE
+from ergate_celery.lifecycle.transitions import RETRYABLE
+from ergate_celery.model.job import Job, JobError, StepTiming
+from ergate_celery.model.job_status import JobStatus
 
 #: A bar is never drawn narrower than this share of the timeline (a 1 ms step stays visible).
 MIN_BAR_PERCENT = 0.6

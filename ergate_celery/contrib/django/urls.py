@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import views
+from ergate_celery.contrib.django import views
 
 app_name = "ergate_celery"
 

@@ -15,17 +15,17 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods
 
-from ...binding import ErgateCelery
-from ...exceptions import (
+from ergate_celery.binding import ErgateCelery
+from ergate_celery.contrib.django.job_display import current_step, display
+from ergate_celery.exceptions import (
     InvalidInputError,
     JobNotFoundError,
     JobStateError,
     UnknownWorkflowError,
 )
-from ...graph import edges, mermaid
-from ...job_status import JobStatus
-from ...stores.listing import JobPage
-from .job_display import current_step, display
+from ergate_celery.model.graph import edges, mermaid
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores.listing import JobPage
 
 #: Jobs per page of the list.
 PAGE_SIZE = 50

@@ -166,7 +166,7 @@ class JobPagesTests(ViewTestCase):
     def test_a_job_beat_did_not_release_is_marked_overdue(self) -> None:
         self.assertNotContains(self.client.get(f"/jobs/{self.ada_job}/"), "overdue by")
         late = self.later + timedelta(seconds=75)
-        with mock.patch("ergate_celery.overdue.datetime") as clock:
+        with mock.patch("ergate_celery.scheduling.overdue.datetime") as clock:
             clock.now.return_value = late
             page = self.client.get(f"/jobs/{self.ada_job}/")
             data = self.client.get(f"/jobs/{self.ada_job}.json").json()

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.test import TransactionTestCase, override_settings
 from django.utils import timezone
 from ergate_celery import ErgateCelery, Job, JobNotFoundError, JobStatus, get_job, submit_job
-from ergate_celery.beat import release_due_jobs
+from ergate_celery.scheduling.beat import release_due_jobs
 
 from shop.celery import app
 

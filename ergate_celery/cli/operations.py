@@ -1,0 +1,93 @@
+"""`celery ergate retry | pause | resume`: the day-2 commands of the `celery ergate` group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+from ergate_celery.cli.commands import CONFIRM_ABOVE, BadInput, _binding, _since_arg, ergate
+from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
+from ergate_celery.operations.jobs import every_job, retry_query
+
+
+@ergate.command()
+@click.argument("job_id", required=False)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["FAILED", "ABORTED", "CANCELLED"], case_sensitive=False),
+    help="Retry every job in this status (repeatable) instead of one JOB_ID.",
+)
+@click.option("--workflow", help="With --status: only jobs of this workflow.")
+@click.option("--since", metavar="DURATION", help="With --status: only jobs submitted within it.")
+@click.option("--yes", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE} jobs.")
+@click.pass_context
+def retry(
+    ctx: click.Context,
+    job_id: str | None,
+    statuses: Sequence[str],
+    workflow: str | None,
+    since: str | None,
+    yes: bool,
+) -> None:
+    """Send a failed, aborted or cancelled job back to the step it stopped at.
+
+    `retry JOB_ID`, or `retry --status FAILED [--workflow W] [--since 1d]` for many.
+    """
+    ergate = _binding(ctx)
+    if (job_id is None) == (not statuses):
+        raise BadInput("give either a JOB_ID or --status (with --workflow / --since)")
+    if job_id is not None:
+        try:
+            job = ergate.retry_job(job_id)
+        except JobNotFoundError as exc:
+            raise BadInput(str(exc)) from None
+        except JobStateError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{job.id} {job.status.name} at step {job.current_step_name}")
+        return
+    try:
+        if workflow is not None:
+            ergate.workflow(workflow)
+        query = retry_query([name.upper() for name in statuses], workflow, _since_arg(since))
+    except ErgateError as exc:
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    ids = [str(job.id) for job in every_job(ergate.runtime, query)]
+    if len(ids) > CONFIRM_ABOVE and not yes:
+        click.confirm(f"Retry {len(ids)} jobs?", abort=True)
+    retried = 0
+    for one in ids:
+        try:
+            ergate.retry_job(one)
+        except (JobStateError, JobNotFoundError):
+            continue  # retried or changed meanwhile
+        retried += 1
+    click.echo(f"retried {retried} jobs")
+
+
+@ergate.command()
+@click.argument("workflow")
+@click.pass_context
+def pause(ctx: click.Context, workflow: str) -> None:
+    """Start no step of WORKFLOW until `resume` (running steps finish; submits are kept)."""
+    ergate = _binding(ctx)
+    try:
+        changed = ergate.pause_workflow(workflow)
+    except ErgateError as exc:
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    click.echo(f"{workflow} paused" if changed else f"{workflow} was already paused")
+
+
+@ergate.command()
+@click.argument("workflow")
+@click.pass_context
+def resume(ctx: click.Context, workflow: str) -> None:
+    """Resume WORKFLOW and publish the jobs parked while it was paused."""
+    ergate = _binding(ctx)
+    try:
+        published = ergate.resume_workflow(workflow)
+    except ErgateError as exc:
+        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    click.echo(f"{workflow} resumed; {published} parked jobs published")

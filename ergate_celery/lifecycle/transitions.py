@@ -1,0 +1,390 @@
+"""Every status change of a job, as pure functions: (stored job, event, now) -> new job or None.
+
+Whoever changes a job (a step on a worker, beat's release, the stuck sweep, `cancel_job` in a
+web process, Celery's time-limit hook) describes what happened as one of the events below and
+hands it to `transition`, inside the store's compare-and-set. None means "leave the record
+as it is": the event does not apply to the job as it is stored now. Nothing here reads a
+clock, a store or Celery, so the whole lifecycle is tested as a table
+(`lifecycle_table.LIFECYCLE`), and the README's state diagram is printed from that table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ergate_celery.lifecycle import waiting
+from ergate_celery.model.job import Job, JobError
+from ergate_celery.model.job_status import JobStatus
+
+S = JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """A job stored PENDING inside a transaction is handed on when it commits."""
+
+    to: JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Beat found the SCHEDULED job due in its index; a job of a `paused` workflow is parked
+    (QUEUED without a message) rather than left in the index, where it would hold up the rest."""
+
+    paused: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A step message asks to run its step: the claim holds the job while the step runs."""
+
+    workflow_name: str
+    step_name: str
+    step_index: int
+    steps_completed: int
+    token: str
+    lease_until: datetime
+    #: The broker redelivered the message: the worker that had it is gone.
+    redelivered: bool
+    max_attempts: int
+    workflow_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The step run holding `token` ended; `after` is the job the step runner computed."""
+
+    token: str
+    after: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Yield:
+    """The step run holding `token` gives its claim back for a Celery `retry()`."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The step run holding `token` reports `percent`; the lease is renewed with it."""
+
+    token: str
+    percent: float
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """`cancel_job` was asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimeLimit:
+    """Celery killed the step at its hard `time_limit`."""
+
+    step_name: str
+    steps_completed: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """The sweep found the job idle since it was `seen`; `action` is "requeue" or "fail"."""
+
+    seen: Job
+    action: str
+    idle_seconds: float
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishFailed:
+    """The message of the job's next step could not be published."""
+
+    steps_completed: int
+    error: JobError
+
+
+@dataclass(frozen=True, slots=True)
+class Signalled:
+    """`signal_job` sent signal `name` with `payload` (see `waiting.py`)."""
+
+    name: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message for the job cannot run: malformed, oversized, or its step is unknown.
+
+    With `steps_completed`, only a job still at that point is failed: a bad copy of an old
+    message must not fail a job that has moved on.
+    """
+
+    error: JobError
+    steps_completed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """`retry_job` was asked: a FAILED, ABORTED or CANCELLED job goes back to the step it
+    stopped at, with the input that step had."""
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """A step message arrived while its workflow is paused: the job waits, QUEUED, with no
+    message in the broker, until `resume_workflow` publishes it again."""
+
+    step_name: str
+    steps_completed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unpark:
+    """`resume_workflow` publishes a parked job's step again."""
+
+
+Event = (
+    HandOver
+    | Release
+    | Claim
+    | Finish
+    | Yield
+    | Progress
+    | Cancel
+    | TimeLimit
+    | Recover
+    | PublishFailed
+    | Reject
+    | Signalled
+    | Retry
+    | Park
+    | Unpark
+)
+
+#: The final statuses `retry_job` accepts.
+RETRYABLE = (S.FAILED, S.ABORTED, S.CANCELLED)
+
+
+def transition(stored: Job, event: Event, now: datetime) -> Job | None:
+    """The job after `event`, or None when the event leaves the stored job as it is."""
+    status = stored.status
+    match event:
+        case HandOver(to=to):
+            return _set(stored, to) if status is S.PENDING else None
+        case Release():
+            return _release(stored, event, now)
+        case Claim():
+            return _claim(stored, event, now)
+        case Finish(token=token, after=after):
+            return _finish(stored, token, after, now)
+        case Yield(token=token):
+            if status is not S.RUNNING or stored.claim != token:
+                return None
+            return stored.model_copy(update={"claim": None, "lease_until": None})
+        case Progress(token=token, percent=percent, lease_until=lease_until):
+            holds = status in (S.RUNNING, S.CANCELLING) and stored.claim == token
+            if not holds or stored.percent_completed >= percent:
+                return None
+            return stored.model_copy(
+                update={"percent_completed": percent, "lease_until": lease_until}
+            )
+        case Cancel():
+            if status in (S.SCHEDULED, S.QUEUED, S.PENDING):
+                return _set(stored, S.CANCELLED)
+            return _set(stored, S.CANCELLING) if status is S.RUNNING else None
+        case TimeLimit(step_name=step_name, steps_completed=steps_completed, seconds=seconds):
+            at_step = stored.steps_completed == steps_completed and _at(stored, step_name)
+            if status not in (S.RUNNING, S.CANCELLING) or not at_step:
+                return None
+            message = f"Step {step_name!r} ran past its hard time_limit of {seconds:g} s"
+            return _fail(stored, "TimeLimitExceeded", message, step_name)
+        case Recover():
+            return _recover(stored, event, now)
+        case PublishFailed(steps_completed=steps_completed, error=error):
+            if status is not S.QUEUED or stored.steps_completed != steps_completed:
+                return None
+            return _failed(stored, error)
+        case Reject(error=error, steps_completed=steps_completed):
+            if stored.is_final or status is S.SCHEDULED:
+                return None
+            if steps_completed is not None and stored.steps_completed != steps_completed:
+                return None
+            return _failed(stored, error)
+        case Signalled(name=name, payload=payload):
+            return waiting.receive(stored, name, payload)
+        case Retry():
+            return _retry(stored, now)
+        case Park(step_name=step_name, steps_completed=steps_completed):
+            queued = status is S.QUEUED and not stored.parked
+            if not queued or stored.steps_completed != steps_completed:
+                return None
+            return stored.model_copy(update={"parked": True}) if _at(stored, step_name) else None
+        case Unpark():
+            if status is not S.QUEUED or not stored.parked:
+                return None
+            return stored.model_copy(update={"parked": False})
+    raise TypeError(f"Not a lifecycle event: {event!r}")
+
+
+def _release(stored: Job, release: Release, now: datetime) -> Job | None:
+    if stored.status is not S.SCHEDULED:
+        return None  # cancelled, or released by a concurrent run
+    if stored.wait is not None:
+        return waiting.wake(stored, now)
+    if stored.requested_start_time is not None and stored.requested_start_time > now:
+        return None  # never before its time, whatever the index says
+    if stored.deadline_passed(now):
+        return stored.expired()
+    parked = stored.workflow_name in release.paused
+    return stored.model_copy(update={"status": S.QUEUED, "parked": parked})
+
+
+def _retry(stored: Job, now: datetime) -> Job | None:
+    if stored.status not in RETRYABLE:
+        return None
+    start = stored.requested_start_time
+    errors = stored.errors if stored.error is None else [*stored.errors, stored.error]
+    status = S.SCHEDULED if start is not None and start > now else S.QUEUED
+    wait = stored.wait
+    if wait is not None:  # it stopped while waiting: it waits again
+        wait, status = waiting.again(wait, now), S.SCHEDULED
+    return stored.model_copy(
+        update={
+            # The step it stopped at is current_step_name, its input `input_value`: both were
+            # left as they were when it stopped, so no completed step runs again.
+            "status": status,
+            "wait": wait,
+            "error": None,
+            "errors": errors,
+            "retries": stored.retries + 1,
+            "finished_at": None,
+            "claim": None,
+            "lease_until": None,
+            "lost_runs": 0,
+            "parked": False,
+        }
+    )
+
+
+def _claim(stored: Job, claim: Claim, now: datetime) -> Job | None:
+    if stored.workflow_name != claim.workflow_name:
+        return None
+    if stored.steps_completed != claim.steps_completed or not _at(stored, claim.step_name):
+        return None
+    status = stored.status
+    if status is S.CANCELLING:
+        return _set(stored, S.CANCELLED)
+    lost_runs = stored.lost_runs
+    if status is S.RUNNING:
+        held = stored.claim is not None
+        lease_live = stored.lease_until is not None and stored.lease_until > now
+        if held and lease_live and not claim.redelivered:
+            return None  # a duplicate while the step runs elsewhere: never run it twice at once
+        if held:  # that run ended without an outcome: its worker was lost
+            lost_runs += 1
+        if lost_runs >= claim.max_attempts:
+            message = (
+                f"Step {claim.step_name!r} was started {lost_runs} times and its worker was "
+                "lost each time (killed, out of memory, or os._exit); it is not started again"
+            )
+            return _fail(stored, "WorkerLost", message, claim.step_name)
+    elif status is S.QUEUED:
+        if stored.steps_completed == 0 and stored.deadline_passed(now):
+            return stored.expired()
+    else:
+        return None
+    return stored.model_copy(
+        update={
+            "status": S.RUNNING,
+            "current_step": claim.step_index,
+            "current_step_name": claim.step_name,
+            "workflow_version": claim.workflow_version,
+            "claim": claim.token,
+            "lease_until": claim.lease_until,
+            "lost_runs": lost_runs,
+            "attempt": stored.attempt + 1,
+            "started_at": stored.started_at or now,
+            "step_started_at": now,
+        }
+    )
+
+
+def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
+    if stored.status not in (S.RUNNING, S.CANCELLING) or stored.claim != token:
+        return None  # another run took the job over, or this outcome is already stored
+    # Signals that came while the step ran are kept (a step never changes them).
+    after = waiting.begin(after.model_copy(update={"signals": stored.signals}), now)
+    if stored.status is S.CANCELLING and after.status in (S.QUEUED, S.SCHEDULED):
+        after = _set(after, S.CANCELLED)
+    return after.model_copy(
+        update={"claim": None, "lease_until": None, "lost_runs": 0, "finished_by": token}
+    )
+
+
+def _recover(stored: Job, recover: Recover, now: datetime) -> Job | None:
+    seen = recover.seen
+    # Only if nothing moved since it was seen idle: a job that progressed is left alone.
+    if (stored.status, stored.steps_completed, stored.attempt) != (
+        seen.status,
+        seen.steps_completed,
+        seen.attempt,
+    ) or stored.status not in (S.PENDING, S.QUEUED, S.RUNNING, S.CANCELLING):
+        return None
+    where = f"{stored.status.name} at step {_step_label(stored)}"
+    idle = f"{recover.idle_seconds:g} s"
+    done = f"after {stored.steps_completed} steps"
+    note = f"{now.isoformat()} {recover.action}: {where} {done}, idle {idle}"
+    if stored.status is S.PENDING:
+        # Only django-db indexes PENDING jobs, and there a readable one was committed: the
+        # hook that hands it over never ran (an earlier on_commit hook raised). Hand it over.
+        start = stored.requested_start_time
+        changed = _set(stored, S.SCHEDULED if start is not None and start > now else S.QUEUED)
+        note = f"{now.isoformat()} hand over: committed, PENDING {done}, idle {idle}"
+    elif stored.status is S.CANCELLING:
+        changed = _set(stored, S.CANCELLED)
+    elif recover.action == "fail":
+        changed = _fail(stored, "StuckJob", f"No progress {where} for {idle}")
+    elif stored.lost_runs + 1 >= recover.max_attempts:
+        message = (
+            f"The job was requeued {stored.lost_runs + 1} times without its step finishing "
+            f"({where}); it is not requeued again"
+        )
+        changed = _fail(stored, "WorkerLost", message)
+    else:
+        changed = stored.model_copy(
+            update={
+                "status": S.QUEUED,
+                "claim": None,
+                "lease_until": None,
+                "lost_runs": stored.lost_runs + 1,
+            }
+        )
+    return changed.model_copy(update={"recoveries": [*stored.recoveries, note]})
+
+
+def _at(stored: Job, step_name: str) -> bool:
+    # Jobs stored before steps were named carry only the index; those compare as before.
+    return stored.current_step_name is None or stored.current_step_name == step_name
+
+
+def _step_label(job: Job) -> str:
+    return repr(job.current_step_name) if job.current_step_name else f"#{job.current_step}"
+
+
+def _set(job: Job, status: JobStatus) -> Job:
+    return job.model_copy(update={"status": status})
+
+
+def _fail(job: Job, kind: str, message: str, step: str | None = None) -> Job:
+    return _failed(job, JobError(type=kind, message=message, step=step))
+
+
+def _failed(job: Job, error: JobError) -> Job:
+    return job.model_copy(
+        update={"status": S.FAILED, "error": error, "claim": None, "lease_until": None}
+    )

@@ -1,0 +1,161 @@
+"""The job: one execution of a workflow, as Ergate's `Job` model plus what Celery needs."""
+
+from __future__ import annotations
+
+import copy
+import traceback as traceback_module
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, computed_field
+
+from ergate_celery.model.job_status import JobStatus
+
+
+class JobError(BaseModel):
+    """Why a job failed: the exception's type, message and traceback, and the step."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    step: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, step: str | None = None) -> JobError:
+        """Describe `exc`, with its traceback when it has one."""
+        trace = None
+        if exc.__traceback__ is not None:
+            trace = "".join(traceback_module.format_exception(exc))
+        return cls(type=type(exc).__qualname__, message=str(exc), traceback=trace, step=step)
+
+
+class StepTiming(BaseModel):
+    """When one step ran, and how it ended (the job's status right after it)."""
+
+    step: str
+    index: int
+    started_at: datetime
+    finished_at: datetime
+    attempt: int
+    outcome: str
+
+    @property
+    def duration(self) -> float:
+        """Seconds the step took."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class Wait(BaseModel):
+    """What a SCHEDULED job waits for since a step raised `Sleep` or `WaitForSignal`."""
+
+    step: str
+    """The step that raised it (the job continues at the step after it)."""
+    since: datetime
+    until: datetime | None = None
+    """The end of a sleep, or a signal's timeout; None: a signal waited for forever."""
+    signal: str | None = None
+    """The signal name waited for; None for a sleep."""
+
+    def describe(self) -> str:
+        """One line: what, and until when."""
+        what = f"signal {self.signal!r}" if self.signal is not None else "a sleep to end"
+        end = "forever" if self.until is None else f"until {self.until.isoformat()}"
+        if self.signal is not None and self.until is not None:
+            end += " (then FAILED: SignalTimeout)"
+        return f"{what}, {end}, since step {self.step!r}"
+
+
+class Job(BaseModel):
+    """One execution of a workflow; travels between steps as `model_dump(mode="json")`."""
+
+    id: Any = None
+    workflow_name: str
+    status: JobStatus = JobStatus.QUEUED
+    current_step: int = Field(default=0, ge=0)
+    steps_completed: int = Field(default=0, ge=0)
+    percent_completed: float = Field(default=0.0, ge=0.0, le=100.0)
+    initial_input_value: Any = None
+    last_return_value: Any = None
+    user_context: Any = None
+    requested_start_time: datetime | None = None
+    error: JobError | None = None
+    priority: int | None = Field(default=None, ge=0, le=255)
+    attempt: int = Field(default=0, ge=0)
+    """How many times the current step has been started (retries and redeliveries count)."""
+    recoveries: list[str] = Field(default_factory=list)
+    """What the stuck-job sweep did to this job, one line each."""
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    """When its first step started."""
+    finished_at: datetime | None = None
+    """When it reached a final status."""
+    step_started_at: datetime | None = None
+    """When the current step (if RUNNING) started."""
+    timings: list[StepTiming] = Field(default_factory=list)
+    """One entry per completed step run, in order."""
+    current_step_name: str | None = None
+    """The name of the current step: a job continues at the step of this name in the
+    definition the worker runs, so inserting or reordering steps in a deploy is safe."""
+    workflow_version: str | None = None
+    """The fingerprint of the workflow definition (step names and paths) last run."""
+    claim: str | None = None
+    """The token of the step run that holds the job while it is RUNNING."""
+    lease_until: datetime | None = None
+    """Until when that claim holds against a duplicate message (a redelivery takes it)."""
+    lost_runs: int = Field(default=0, ge=0)
+    """Runs of the current step that ended without an outcome (worker lost, stuck requeue)."""
+    finished_by: str | None = None
+    """The claim token of the step run whose outcome is stored last."""
+    wait: Wait | None = None
+    """What the job waits for while SCHEDULED after a `Sleep` or `WaitForSignal`."""
+    signals: dict[str, Any] = Field(default_factory=dict)
+    """The payload of each signal received by `signal_job`, by name (the first one wins)."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Labels given at submit (`tags={"order": "A-17"}`), searchable with `list_jobs`."""
+    retries: int = Field(default=0, ge=0)
+    """How many times `retry_job` sent the job back to the step it stopped at."""
+    errors: list[JobError] = Field(default_factory=list)
+    """The errors of earlier runs, oldest first: a retry moves `error` here."""
+    parked: bool = False
+    """QUEUED with no message in the broker: its workflow was paused when the step was due;
+    `resume_workflow` publishes it."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def duration(self) -> float | None:
+        """Seconds from submission to the final status, once final."""
+        if self.submitted_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.submitted_at).total_seconds()
+
+    deadline: datetime | None = None
+
+    def deadline_passed(self, now: datetime) -> bool:
+        """True when the job has a deadline and `now` is past it."""
+        return self.deadline is not None and now > self.deadline
+
+    def expired(self) -> Job:
+        """This job FAILED because it was not started before its deadline."""
+        return self.model_copy(
+            update={
+                "status": JobStatus.FAILED,
+                "error": JobError(
+                    type="DeadlineExpired",
+                    message=f"The job was not started before its deadline {self.deadline}",
+                ),
+            }
+        )
+
+    def get_input_value(self) -> Any:
+        """A deep copy of the value the current step receives."""
+        return copy.deepcopy(self.input_value)
+
+    @property
+    def input_value(self) -> Any:
+        """The current step's input: the initial input before any step completed."""
+        return self.initial_input_value if self.steps_completed == 0 else self.last_return_value
+
+    @property
+    def is_final(self) -> bool:
+        """True when no step of this job will run any more."""
+        return self.status.is_final

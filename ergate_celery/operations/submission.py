@@ -1,0 +1,136 @@
+"""Validation at the edge: everything `submit_job` checks before anything is stored."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
+
+from ergate_celery.exceptions import InvalidInputError
+from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.model.json_values import non_json, parses_back
+from ergate_celery.model.workflow import Workflow
+from ergate_celery.stores.listing import check_tags
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
+
+MAX_JOB_ID_LENGTH = 100
+
+
+def new_job(
+    workflow: Workflow,
+    *,
+    initial_input_value: Any,
+    user_context: Any,
+    requested_start_time: Any,
+    job_id: Any,
+    now: datetime,
+    priority: Any = None,
+    deadline: Any = None,
+    tags: Any = None,
+) -> Job:
+    """The job to store for a submission, in its JSON form, or `InvalidInputError`."""
+    start = _utc("requested_start_time", requested_start_time)
+    end = _utc("deadline", deadline)
+    if priority is not None and (
+        not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 255
+    ):
+        raise InvalidInputError(
+            f"priority must be a whole number from 0 to 255 (Celery's range), got {priority!r}"
+        )
+    checked_tags = check_tags(tags if tags is not None else {})
+    first_parser = workflow[0].plan.input_parser
+    input_json = _jsonable("initial_input_value", initial_input_value, first_parser)
+    context_json = _jsonable("user_context", user_context, None)
+    _check_input_type(workflow, input_json)
+    return Job(
+        id=_job_id(job_id),
+        workflow_name=workflow.unique_name,
+        current_step_name=workflow[0].name,
+        workflow_version=workflow.version,
+        status=JobStatus.SCHEDULED if start is not None and start > now else JobStatus.QUEUED,
+        initial_input_value=input_json,
+        user_context=context_json,
+        requested_start_time=start,
+        priority=priority,
+        deadline=end,
+        submitted_at=now,
+        tags=checked_tags,
+    )
+
+
+def _job_id(job_id: Any) -> str:
+    if job_id is None:
+        return str(uuid.uuid4())
+    if not isinstance(job_id, str):
+        raise InvalidInputError(
+            f"Job id must be a string, got {type(job_id).__name__} {job_id!r}; "
+            "pass id=str(...) or leave it out to get a UUID"
+        )
+    if not 0 < len(job_id) <= MAX_JOB_ID_LENGTH or not job_id.isprintable() or " " in job_id:
+        raise InvalidInputError(
+            f"Job id {job_id[:120]!r} must be 1 to {MAX_JOB_ID_LENGTH} printable characters "
+            "without spaces"
+        )
+    if job_id.startswith(STEP_TASK_ID_PREFIX):
+        raise InvalidInputError(
+            f"Job id {job_id[:120]!r} starts with {STEP_TASK_ID_PREFIX!r}, which names the "
+            "results of step tasks; choose another id"
+        )
+    return job_id
+
+
+def _utc(name: str, value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidInputError(f"{name} must be a datetime or None, got {type(value).__name__}")
+    # A naive datetime is UTC, as Celery reads a naive eta.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _jsonable(name: str, value: Any, parse: Any) -> Any:
+    """`value` as JSON, refused when the round trip would change it, unless `parse` (the
+    receiving step's input type) gives it back."""
+    problem = non_json(value, name)
+    if problem is None:
+        try:
+            to_json(value)  # what only encoding finds: a lone surrogate in a string
+        except PydanticSerializationError as exc:
+            raise InvalidInputError(
+                f"{name} is not JSON-serializable ({exc}); pass text as valid Unicode"
+            ) from None
+        return value
+    try:
+        json_value = to_jsonable_python(value)
+    except (PydanticSerializationError, ValueError, TypeError):
+        json_value = None
+    else:
+        if parses_back(parse, value, json_value):
+            return json_value
+    raise InvalidInputError(
+        f"{problem}; jobs travel as JSON and it would not come back unchanged: pass dicts "
+        "with str keys, lists, strings, numbers, booleans and None (a step whose input is "
+        "annotated with a type that parses it back, such as datetime or a pydantic model, "
+        "may receive such a value as its input)"
+    )
+
+
+def _check_input_type(workflow: Workflow, value: Any) -> None:
+    step = workflow[0]
+    annotation = step.plan.input_annotation
+    if annotation is Any:
+        return
+    try:
+        TypeAdapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        raise InvalidInputError(
+            f"initial_input_value does not fit the input type of {step} ({annotation!r}): "
+            f"{exc.errors(include_url=False)}"
+        ) from None
+    except Exception:
+        # An annotation pydantic cannot build a validator for is not checked.
+        return

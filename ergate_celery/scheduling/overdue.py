@@ -1,0 +1,110 @@
+"""Scheduled jobs that nobody released: the hint that beat is not running.
+
+A SCHEDULED job is released by `celery beat` at most about `ergate_schedule_interval` after
+its `requested_start_time`. One still SCHEDULED several intervals later is overdue: the CLI
+and the example's pages say so, and every worker checks the head of the scheduled index
+(one entry) at that grace period and logs one WARNING while due jobs wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import bootsteps
+
+from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.settings import ErgateSettings
+from ergate_celery.stores.base import SCHEDULED
+
+logger = logging.getLogger("ergate_celery")
+
+
+def grace(settings: ErgateSettings) -> float:
+    """Seconds past its start time after which a SCHEDULED job counts as overdue."""
+    return max(5 * settings.schedule_interval, 2.0)
+
+
+def overdue_by(job: Job, settings: ErgateSettings, now: datetime | None = None) -> float | None:
+    """Seconds the job is past its start time while still SCHEDULED (beyond the grace)."""
+    if job.status is not JobStatus.SCHEDULED or job.requested_start_time is None:
+        return None
+    late = ((now or datetime.now(UTC)) - job.requested_start_time).total_seconds()
+    return late if late > grace(settings) else None
+
+
+def overdue_note(job: Job, settings: ErgateSettings, now: datetime | None = None) -> str | None:
+    """`overdue by N s — is celery beat running?`, or None."""
+    late = overdue_by(job, settings, now)
+    return None if late is None else f"overdue by {late:.0f} s — is celery beat running?"
+
+
+class OverdueWatch(bootsteps.StartStopStep):
+    """A worker bootstep: warn once when due jobs wait unreleased, again after they cleared."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.timer_ref: Any = None
+        self.warned = False
+
+    def start(self, worker: Any) -> None:
+        """Look now, then every few intervals."""
+        from ergate_celery.binding import ErgateCelery  # the binding installs this step
+
+        try:
+            ergate = ErgateCelery.of(worker.app)
+        except Exception:
+            return
+        self.check(ergate)
+        every = grace(ergate.settings)
+        self.timer_ref = worker.timer.call_repeatedly(every, self.check, (ergate,))
+
+    def stop(self, worker: Any) -> None:
+        """Stop looking."""
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+
+    def check(self, ergate: Any) -> None:
+        """Log one WARNING when the earliest scheduled job is overdue."""
+        now = datetime.now(UTC)
+        try:
+            head = ergate.store.index_entries(
+                SCHEDULED, now - timedelta(seconds=grace(ergate.settings)), 1
+            )
+        except Exception as exc:
+            logger.debug("Could not read the scheduled job index: %r", exc)
+            return
+        finally:
+            _close_django_connections()
+        if not head:
+            self.warned = False
+            return
+        if not self.warned:
+            late = (now - head[0].at).total_seconds()
+            logger.warning(
+                "Scheduled jobs are overdue (job %s by %.0f s) and nobody released them: is "
+                "celery beat running? Start it with `celery -A <your app> beat`",
+                head[0].job_id,
+                late,
+            )
+            self.warned = True
+
+
+def _close_django_connections() -> None:
+    # The timer thread is no task: nothing else closes the Django connection it opened on
+    # django-db, and a connection left open keeps e.g. a test database from being dropped.
+    if "django.db" in sys.modules:
+        from django.db import connections
+
+        connections.close_all()
+
+
+def install(app: Any) -> None:
+    """Add the overdue watch to the app's workers."""
+    app.steps["worker"].add(OverdueWatch)

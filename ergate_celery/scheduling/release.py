@@ -1,0 +1,71 @@
+"""Releasing due SCHEDULED jobs, the work of `ergate.release_scheduled_jobs`.
+
+Due jobs are found as a range query on the scheduled index; each is claimed by the `Release`
+transition (SCHEDULED to QUEUED, which also moves its index entry), so overlapping runs and
+several beat processes release a job once. Entries whose record is gone or no longer
+scheduled are removed, so that they never hold up the jobs behind them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from ergate_celery.lifecycle.transitions import Release
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores.base import SCHEDULED, IndexEntry
+from ergate_celery.worker.runtime import Runtime
+
+logger = logging.getLogger("ergate_celery")
+
+RELEASE_TASK = "ergate.release_scheduled_jobs"
+#: What reading a record that is not a job raises (as opposed to a backend that is down).
+UNREADABLE = (ValidationError, KeyError, TypeError, ValueError)
+
+
+def release_due_jobs(rt: Runtime, now: datetime | None = None) -> int:
+    """Release every SCHEDULED job due at `now`; returns how many this call released."""
+    batch = rt.settings.release_batch_size
+    released = 0
+    while True:
+        moment = now or datetime.now(UTC)
+        entries = rt.store.index_entries(SCHEDULED, moment, batch)
+        moved = 0
+        for entry in entries:
+            outcome = _release_one(rt, entry, moment)
+            released += outcome is JobStatus.QUEUED
+            moved += outcome is not None
+        # Stop when the index had no more, or nothing at its head could move (not due yet).
+        if len(entries) < batch or moved == 0:
+            return released
+
+
+def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | None:
+    """The status the job moved to, JobStatus.SCHEDULED for a dropped entry, None if kept."""
+    try:
+        paused = rt.paused.current() if rt.paused is not None else frozenset()
+        before, after = rt.apply(entry.job_id, Release(paused), sender=RELEASE_TASK, now=now)
+    except UNREADABLE as exc:
+        # A record that is not a job must not hold up every release after it.
+        drop_entry(rt, entry, f"its record is not a job ({type(exc).__name__})")
+        return JobStatus.SCHEDULED
+    except Exception:
+        logger.exception("Could not release job %s; the next run tries again", entry.job_id)
+        return None
+    if after is None:
+        if before is not None and before.status is JobStatus.SCHEDULED:
+            return None  # not due yet, whatever the index said
+        drop_entry(rt, entry, f"it is {'gone' if before is None else before.status.name}")
+        return JobStatus.SCHEDULED
+    if after.status is JobStatus.QUEUED and not after.parked:  # parked: its workflow is paused
+        rt.hand_on(after, RELEASE_TASK)
+    return after.status
+
+
+def drop_entry(rt: Runtime, entry: IndexEntry, why: str) -> None:
+    """Remove an index entry whose record is gone or no longer matches it, saying why (an
+    entry a concurrent write has just moved is kept)."""
+    if rt.store.drop_index_entry(entry):
+        logger.warning("Dropped the %s index entry of %s: %s", entry.kind, entry.job_id, why)

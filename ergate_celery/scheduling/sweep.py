@@ -1,0 +1,58 @@
+"""The stuck-job sweep, the work of `ergate.recover_stuck_jobs`.
+
+A job idle in QUEUED, RUNNING or CANCELLING past `ergate_stuck_after` lost its message or its
+worker. The `Recover` transition requeues it (counted as a start of its step, so no job is
+requeued forever) or fails it; index entries whose record is gone or final are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from ergate_celery.lifecycle.transitions import Recover
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.scheduling.release import UNREADABLE, drop_entry
+from ergate_celery.stores.base import ACTIVE, IndexEntry
+from ergate_celery.worker.runtime import Runtime
+
+logger = logging.getLogger("ergate_celery")
+
+RECOVER_TASK = "ergate.recover_stuck_jobs"
+#: PENDING is indexed only on django-db, where a readable PENDING record was committed.
+_STUCK = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
+_BATCH = 1000
+
+
+def recover_stuck_jobs(rt: Runtime, now: datetime | None = None) -> int:
+    """Requeue or fail every job idle past `stuck_after`; returns how many it changed."""
+    settings = rt.settings
+    moment = now or datetime.now(UTC)
+    before = moment - timedelta(seconds=settings.stuck_after)
+    entries = rt.store.index_entries(ACTIVE, before, _BATCH)
+    return sum(_recover(rt, entry, moment) for entry in entries)
+
+
+def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
+    try:
+        seen = rt.store.get(entry.job_id)
+    except UNREADABLE as exc:
+        drop_entry(rt, entry, f"its record is not a job ({type(exc).__name__})")
+        return 0
+    if seen is None or seen.status not in _STUCK:
+        drop_entry(rt, entry, f"it is {'gone' if seen is None else seen.status.name}")
+        return 0
+    settings = rt.settings
+    idle = (now - entry.at).total_seconds()
+    event = Recover(seen, settings.stuck_action, idle, settings.max_step_attempts)
+    try:
+        recovered = rt.apply(entry.job_id, event, sender=RECOVER_TASK, now=now).after
+        if recovered is None:
+            return 0
+        logger.warning("Stuck job %s: %s", seen.id, recovered.recoveries[-1])
+        if recovered.status is JobStatus.QUEUED:
+            rt.hand_on(recovered, RECOVER_TASK)
+    except Exception:
+        logger.exception("Could not recover stuck job %s; the next sweep tries again", seen.id)
+        return 0
+    return 1

@@ -1,0 +1,129 @@
+"""What the step task body, beat's release and the sweep work with: a store, the settings, a
+way to publish a step, and the announcer — not the whole `ErgateCelery`.
+
+`Runtime.apply` is the one path by which a job's status changes: the lifecycle transition
+inside the store's compare-and-set, then the announcement of what was written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, TypeVar
+
+from pydantic_core import PydanticSerializationError
+
+from ergate_celery.exceptions import InvalidInputError, UnknownStepError, UnknownWorkflowError
+from ergate_celery.lifecycle.transitions import Event, PublishFailed, Reject, transition
+from ergate_celery.model.job import Job, JobError
+from ergate_celery.settings import ErgateSettings
+from ergate_celery.stores import JobStore
+from ergate_celery.stores.base import TaskResult
+from ergate_celery.worker.announcer import Announcer
+from ergate_celery.worker.pausing import PausedWorkflows
+
+logger = logging.getLogger("ergate_celery")
+T = TypeVar("T")
+
+
+class Applied(NamedTuple):
+    """What `Runtime.apply` did: the job as last read (None: no record) and as written."""
+
+    before: Job | None
+    after: Job | None
+
+
+@dataclass
+class Runtime:
+    """The collaborators of everything that changes jobs."""
+
+    store: JobStore
+    settings: ErgateSettings
+    announce: Announcer
+    #: Sends the message of a job's current step (by its step's name).
+    publish: Callable[[Job], None]
+    #: The paused workflows, cached (None: nothing is ever paused, as in unit tests).
+    paused: PausedWorkflows | None = None
+
+    def apply(
+        self,
+        job_id: str,
+        event: Event,
+        *,
+        sender: str,
+        now: datetime | None = None,
+        assume: Job | None = None,
+        result: TaskResult | None = None,
+        task: Any = None,
+    ) -> Applied:
+        """Store the transition of `event` on the job, and announce it when it was written."""
+        moment = now or datetime.now(UTC)
+        seen: list[Job] = []
+
+        def change(stored: Job) -> Job | None:
+            seen[:] = [stored]
+            return transition(stored, event, moment)
+
+        after = self.store.update(job_id, change, assume=assume, result=result)
+        before = seen[0] if seen else None
+        if after is not None:
+            self.announce(before, after, sender, task)
+        return Applied(before, after)
+
+    def retrying(self, what: str, action: Callable[[], T]) -> T:
+        """Run `action`, retried with backoff while the broker or backend is unreachable.
+
+        A job must not be left between two states by a blip; the last failure propagates.
+        Errors about the data itself (unserializable, oversized) or the definition (a step
+        or workflow a deploy removed) are not retried.
+        """
+        attempts = self.settings.after_step_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return action()
+            except (
+                PydanticSerializationError,
+                InvalidInputError,
+                UnknownStepError,
+                UnknownWorkflowError,
+            ):
+                raise
+            except Exception as exc:
+                if attempt == attempts:
+                    raise
+                delay = min(0.25 * 2 ** (attempt - 1), 8.0)
+                logger.warning(
+                    "%s failed (%r); try %d of %d in %.2fs", what, exc, attempt + 1, attempts, delay
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def hand_on(self, job: Job, sender: str) -> None:
+        """Publish the job's current step; a job whose step cannot be published ends FAILED.
+
+        A step or workflow that this process's definition no longer has (removed by a deploy)
+        fails the job with `UnknownStep`; a broker that stays down fails it with the reason
+        after the retries, and the error propagates.
+        """
+        job_id = str(job.id)
+        try:
+            self.retrying(
+                f"publishing step {_label(job)} of job {job_id}", lambda: self.publish(job)
+            )
+        except (UnknownStepError, UnknownWorkflowError) as exc:
+            error = JobError(type="UnknownStep", message=str(exc), step=job.current_step_name)
+            self.apply(job_id, Reject(error, job.steps_completed), sender=sender)
+        except Exception as exc:
+            error = JobError.from_exception(exc, job.current_step_name)
+            error = error.model_copy(
+                update={"message": f"The next step could not be published: {error.message}"}
+            )
+            self.apply(job_id, PublishFailed(job.steps_completed, error), sender=sender)
+            raise
+
+
+def _label(job: Job) -> str:
+    return repr(job.current_step_name) if job.current_step_name else f"#{job.current_step}"

@@ -1,0 +1,239 @@
+"""The body of every step task: claim the step, run it, advance the job, finish, publish the next.
+
+A claim holds a token and a lease: a duplicate message of a step that is running is dropped,
+and only a redelivery (the broker saw the worker die) or an expired lease takes it over. The
+outcome is written only by the run that holds the claim, and carries its token, so a write
+whose reply was lost is recognised when it is tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Task
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
+from ergate_celery.exceptions import InvalidInputError
+from ergate_celery.lifecycle.advance import Raised, advance, percent_after_return, run_step
+from ergate_celery.lifecycle.transitions import Claim, Finish, Progress, Yield
+from ergate_celery.model.annotations import StepRun
+from ergate_celery.model.job import Job, JobError, StepTiming
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.model.json_values import json_result
+from ergate_celery.model.progress import ProgressReporter
+from ergate_celery.model.workflow_step import WorkflowStep
+from ergate_celery.worker.outages import requeued_on_outage
+from ergate_celery.worker.pausing import park
+from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
+from ergate_celery.worker.retry_policy import retry_delay, should_retry
+from ergate_celery.worker.runtime import Runtime
+from ergate_celery.worker.step_results import display_options, own_result, reply, summary
+
+logger = logging.getLogger("ergate_celery")
+
+
+def execute_step(
+    rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], payload: Any
+) -> dict[str, Any]:
+    """Run one step message; returns the small summary stored as the task's result."""
+    try:
+        message = Job.model_validate(payload)
+    except ValidationError as exc:
+        return reject(rt, task, step, payload, not_a_job(exc))
+    try:
+        return _execute(rt, step, task, message)
+    except InvalidInputError as exc:
+        if not exc.oversized:
+            raise
+        return reject(rt, task, step, payload, f"is too large ({exc})")
+
+
+def _execute(
+    rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
+) -> dict[str, Any]:
+    with requeued_on_outage(f"Claiming {step} of job {message.id}"):
+        job = _claim(rt, step, task, message)
+    if job is None:
+        return reply(task, summary(message, step, dropped=True))
+    if job.status is not JobStatus.RUNNING:  # cancelled, or failed, at the claim
+        return reply(task, summary(job, step, dropped=True))
+    token = job.claim
+    assert token is not None
+    run = StepRun(
+        job_id=str(job.id),
+        workflow_name=job.workflow_name,
+        step_name=step.name,
+        step_index=step.index,
+        hop=job.steps_completed,
+        attempt=job.attempt,
+    )
+    progress = ProgressReporter(
+        job.percent_completed,
+        percent_after_return(job, step.workflow),
+        lambda percent: _store_progress(rt, job, step, percent),
+        rt.settings.progress_interval,
+    )
+    outcome = run_step(step, job.get_input_value(), job.user_context, run, progress, job.signals)
+    if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
+        with requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
+            rt.retrying(
+                f"yielding {step} of job {job.id} for a retry",
+                lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
+            )
+        # The retry is a new message: it shows what every step message shows, not the job.
+        display = display_options(job, step, rt.settings.show_task_args)
+        raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task), **display)
+    kept = rt.settings.timings_kept
+    after = _timed(job, step, advance(job, step.workflow, outcome), kept)
+    # A step that raised becomes a failed Celery task once its job's FAILED record is stored
+    # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
+    raised = outcome.exception if isinstance(outcome, Raised) else None
+    with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
+        finished = _finish(rt, task, job, step, after, kept, with_result=raised is None)
+    if raised is not None and finished is not None:
+        raise raised
+    if finished is None:
+        logger.warning(
+            "Dropped the outcome of %s for job %s: another run took the job over", step, job.id
+        )
+        return reply(task, summary(job, step, dropped=True))
+    if finished.status is JobStatus.QUEUED:
+        rt.hand_on(finished, step.task_name)
+    return summary(finished, step)
+
+
+def _claim(
+    rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
+) -> Job | None:
+    job_id = str(message.id)
+    if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
+        park(rt, step, message)
+        return None
+    now = datetime.now(UTC)
+    token = uuid.uuid4().hex
+    claim = Claim(
+        workflow_name=step.workflow.unique_name,
+        step_name=step.name,
+        step_index=step.index,
+        steps_completed=message.steps_completed,
+        token=token,
+        lease_until=now + timedelta(seconds=rt.settings.stuck_after),
+        redelivered=_redelivered(task),
+        max_attempts=rt.settings.max_step_attempts,
+        workflow_version=step.workflow.version,
+    )
+    before, after = rt.retrying(
+        f"claiming {step} of job {job_id}",
+        lambda: rt.apply(job_id, claim, sender=step.task_name, now=now, assume=message, task=task),
+    )
+    if after is not None:
+        return after
+    if before is not None and before.claim == token:  # written, but the reply was lost
+        rt.announce(message, before, step.task_name, task)
+        return before
+    if before is not None and _stranded_successor(before, message, step, task):
+        # The worker that ran this step died after storing its outcome and before publishing
+        # the next step: the redelivered message hands the job on.
+        logger.warning("Republishing step %s of job %s", before.current_step_name, job_id)
+        rt.hand_on(before, step.task_name)
+        return None
+    logger.warning(
+        "Dropped a message for %s of job %s: %s", step, job_id, dropped_because(before, message)
+    )
+    return None
+
+
+def _redelivered(task: Task[Any, Any]) -> bool:
+    return bool((task.request.delivery_info or {}).get("redelivered"))
+
+
+def _stranded_successor(
+    stored: Job, message: Job, step: WorkflowStep[Any, Any], task: Task[Any, Any]
+) -> bool:
+    # Only a redelivery may republish: a plain duplicate of an old message must not publish
+    # a successor twice.
+    return (
+        _redelivered(task)
+        and stored.status is JobStatus.QUEUED
+        and stored.steps_completed == message.steps_completed + 1
+        and stored.timings[-1:] != []
+        and stored.timings[-1].step == step.name
+    )
+
+
+def _finish(
+    rt: Runtime,
+    task: Task[Any, Any],
+    job: Job,
+    step: WorkflowStep[Any, Any],
+    after: Job,
+    kept: int,
+    *,
+    with_result: bool = True,
+) -> Job | None:
+    token = job.claim
+    assert token is not None
+    # The step's summary is stored with the outcome (one write on Redis), not by Celery.
+    result = own_result(task, step) if with_result else None
+
+    def write(outcome: Job) -> Job | None:
+        def attempt() -> Job | None:
+            before, written = rt.apply(
+                str(job.id),
+                Finish(token, outcome),
+                sender=step.task_name,
+                assume=job,
+                result=result,
+                task=task,
+            )
+            if written is None and before is not None and before.finished_by == token:
+                rt.announce(job, before, step.task_name, task)  # written; the reply was lost
+                return before
+            return written
+
+        return rt.retrying(f"storing the outcome of {step} for job {job.id}", attempt)
+
+    try:
+        if after.last_return_value is not job.last_return_value:  # the step gave a value
+            after = json_result(step, after)
+        return write(after)
+    except (PydanticSerializationError, InvalidInputError) as exc:
+        # The step's return value cannot be stored: fail the job, keeping its last good value.
+        reason = (
+            exc
+            if isinstance(exc, InvalidInputError)
+            else InvalidInputError(
+                f"Step {step} returned a value that is not JSON-serializable: {exc}; "
+                "return dicts, lists, strings, numbers, booleans or None"
+            )
+        )
+        error = JobError.from_exception(reason, step.name)
+        failed = job.model_copy(update={"status": JobStatus.FAILED, "error": error})
+        return write(_timed(job, step, failed, kept))
+
+
+def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int) -> Job:
+    timing = StepTiming(
+        step=step.name,
+        index=step.index,
+        started_at=job.step_started_at or datetime.now(UTC),
+        finished_at=datetime.now(UTC),
+        attempt=job.attempt,
+        outcome=after.status.name,
+    )
+    timings = [*job.timings[-(kept - 1) :], timing] if kept > 1 else [timing]
+    return after.model_copy(update={"timings": timings, "step_started_at": None})
+
+
+def _store_progress(rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float) -> None:
+    assert job.claim is not None
+    lease = datetime.now(UTC) + timedelta(seconds=rt.settings.stuck_after)
+    try:
+        rt.apply(str(job.id), Progress(job.claim, percent, lease), sender=step.task_name)
+    except Exception:
+        # Progress is best-effort: a backend blip must not fail the step that reports it.
+        logger.warning("Could not store the progress of job %s", job.id, exc_info=True)

@@ -1,0 +1,111 @@
+"""The Celery side of steps: the task class every step task has, installing a step as a task,
+and failing the job of a message for a step task this worker does not know."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from billiard.exceptions import TimeLimitExceeded
+from celery import Task
+
+from ergate_celery.lifecycle.transitions import TimeLimit
+from ergate_celery.model.job import Job, JobError
+from ergate_celery.model.workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS
+from ergate_celery.model.workflow_step import WorkflowStep
+from ergate_celery.worker.rejects import reject_message
+from ergate_celery.worker.step_body import execute_step
+
+if TYPE_CHECKING:
+    from ergate_celery.binding import ErgateCelery
+
+logger = logging.getLogger("ergate_celery")
+
+# Retries are decided in the step body (a retry must stay the same step), so these step
+# options are not handed to Celery's own autoretry wrapper.
+_CELERY_OPTIONS = STEP_TASK_OPTIONS - RETRY_OPTIONS
+
+
+class StepTask(Task):  # type: ignore[type-arg]
+    """The Celery task class of every step; its one argument is the job as JSON."""
+
+    ergate: ErgateCelery
+    ergate_step: WorkflowStep[Any, Any]
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery calls this in the worker's main process when it kills a step at its hard
+        `time_limit`: the job ends FAILED at once instead of waiting for the sweep."""
+        if not isinstance(exc, TimeLimitExceeded):
+            return
+        payload = args[0] if args else None
+        try:
+            job = Job.model_validate(payload)
+        except Exception:
+            logger.warning("A step of %s hit its time limit with an unreadable job", self.name)
+            return
+        step = self.ergate_step
+        seconds = float(exc.args[0]) if exc.args else float(self.time_limit or 0)
+        event = TimeLimit(step.name, job.steps_completed, seconds)
+        try:
+            self.ergate.runtime.apply(str(job.id), event, sender=self.name)
+        except Exception:
+            logger.exception("Could not fail job %s after its step's time limit", job.id)
+
+
+def install_step(ergate: ErgateCelery, step: WorkflowStep[Any, Any]) -> None:
+    """Install `step` into the app as the Celery task `ergate.<workflow>.<step>`."""
+    settings = ergate.settings
+    options: dict[str, Any] = {
+        "acks_late": settings.acks_late,
+        "reject_on_worker_lost": settings.reject_on_worker_lost,
+        # The step body stores its summary itself, with the job's outcome in one write
+        # where the backend allows; Celery still stores a step's failure.
+        "ignore_result": True,
+        "store_errors_even_if_ignored": True,
+    }
+    options.update({k: v for k, v in step.task_options.items() if k in _CELERY_OPTIONS})
+    ergate.app.task(  # type: ignore[no-untyped-call]
+        name=step.task_name,
+        base=StepTask,
+        bind=True,
+        shared=False,
+        lazy=False,
+        ergate=ergate,
+        ergate_step=step,
+        **options,
+    )(_step_body)
+
+
+def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:
+    return execute_step(self.ergate.runtime, self.ergate_step, self, payload)
+
+
+def fail_unknown_task(
+    ergate: ErgateCelery, sender: Any = None, name: str = "", message: Any = None, **kwargs: Any
+) -> None:
+    """Celery's `task_unknown` receiver: fail the job an unknown step message names."""
+    # A step task this worker does not know (a deploy removed or renamed it): Celery
+    # drops the message, so the job would wait forever; fail it with the reason instead.
+    if not name.startswith("ergate.") or message is None:
+        return
+    if getattr(sender, "app", ergate.app) is not ergate.app:
+        return
+    try:
+        body = message.decode()
+        payload = body[0][0] if isinstance(body, list | tuple) else body["args"][0]
+    except Exception:
+        logger.error("Dropped an unreadable message for unknown task %s", name)
+        return
+    known = ", ".join(sorted(ergate.workflows)) or "none"
+    hop = payload.get("steps_completed") if isinstance(payload, dict) else None
+    reject_message(
+        ergate.runtime,
+        payload,
+        JobError(
+            type="UnknownStep",
+            message=f"This worker has no task {name} (workflows it knows: {known}); "
+            "was the workflow or step removed or renamed by a deploy?",
+        ),
+        name,
+        hop if isinstance(hop, int) else None,
+    )
