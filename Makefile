@@ -15,13 +15,14 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ergate_celery tests bench example_project
-	$(BIN)/ruff format --check ergate_celery tests bench example_project
+	$(BIN)/ruff check ergate_celery tests bench example_project tools
+	$(BIN)/ruff format --check ergate_celery tests bench example_project tools
 	$(BIN)/mypy
+	$(BIN)/python tools/check_layout.py
 
 format: $(STAMP)
-	$(BIN)/ruff format ergate_celery tests bench example_project
-	$(BIN)/ruff check --fix ergate_celery tests bench example_project
+	$(BIN)/ruff format ergate_celery tests bench example_project tools
+	$(BIN)/ruff check --fix ergate_celery tests bench example_project tools
 
 # Two pytest processes at once: each keeps its own Redis db, schema and vhost (tests/services.py).
 test: lint

@@ -1,1 +1,10 @@
-"""TODO-docstring"""
+"""`celery ergate ...`: the click group Celery's `celery.commands` entry point loads, and its
+commands (list, show, watch, submit, cancel, signal, retry, pause, resume, graph).
+
+May import anything of the package; nothing in the package imports it.
+"""
+
+from ergate_celery.cli import operations
+from ergate_celery.cli.commands import ergate
+
+__all__ = ["ergate", "operations"]

@@ -390,7 +390,3 @@ def graph(ctx: click.Context, workflow: str) -> None:
     except ErgateError as exc:
         raise BadInput(str(exc)) from None
     click.echo(mermaid(found))
-
-
-# The commands that operate jobs in bulk and pause workflows register on the same group.
-from ergate_celery.cli import operations as cli_operations  # noqa: E402, F401
