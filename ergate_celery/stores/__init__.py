@@ -62,7 +62,7 @@ def store_for_backend(
             return MemoryJobStore(backend, max_bytes, expires_by_status, index_name)
         raise UnsupportedBackendError(
             f"ergate_celery keeps jobs in the result backend, and the cache backend on "
-            f"{kind}:// (memcached) evicts and expires entries whatever they hold, "
+            f"{kind}:// evicts and expires entries whatever they hold, "
             f"so it would lose jobs that have not finished; {_SUPPORTED}"
         )
     raise UnsupportedBackendError(
