@@ -1,10 +1,13 @@
-"""The README's five-minute tutorial, run as written.
+"""The README's five-minute tutorial, and its section on testing workflows, run as written.
 
-Its marked blocks are the project: `<!-- layout -->` lists the files, each
+The tutorial's marked blocks are the project: `<!-- layout -->` lists the files, each
 `<!-- file: PATH -->` block is one of them, `<!-- commands -->` holds the commands of step 3
 and `<!-- output: COMMAND -->` what step 4 prints. The files go into an empty folder; the
 commands run from there with the venv's `celery` script, as a user runs them, on the tests'
 Redis database of the run (`REDIS_URL`, which the tutorial's app module reads).
+
+The testing section's `<!-- file: PATH -->` blocks are a project with its tests: they go into
+an empty folder, where the venv's `pytest` runs them as a user would, with no server.
 """
 
 from __future__ import annotations
@@ -35,10 +38,10 @@ MARKED_BLOCK = re.compile(
 WAIT = 60.0
 
 
-def tutorial_blocks() -> dict[tuple[str, str], str]:
-    """The marked code blocks of the tutorial section, by (kind, name)."""
+def tutorial_blocks(title: str = "Five-minute tutorial") -> dict[tuple[str, str], str]:
+    """The marked code blocks of a section (the tutorial's by default), by (kind, name)."""
     text = README.read_text()
-    start = text.index("## Five-minute tutorial")
+    start = text.index(f"## {title}")
     section = text[start : text.index("\n## ", start)]
     blocks: dict[tuple[str, str], str] = {}
     for match in MARKED_BLOCK.finditer(section):
@@ -151,3 +154,31 @@ def test_status_prints_its_value_and_its_name_is_the_name() -> None:
     # As the README says: an IntEnum with Ergate's values, str() is the number.
     assert str(JobStatus.QUEUED) == "2"
     assert JobStatus.QUEUED.name == "QUEUED"
+
+
+def test_readme_testing_section_runs_as_written(tmp_path: Path) -> None:
+    blocks = tutorial_blocks("Testing your workflows")
+    files = {name: body for (kind, name), body in blocks.items() if kind == "file"}
+    assert sorted(files) == [
+        "conftest.py",
+        "shop/workflows.py",
+        "tests/test_refunds.py",
+        "tests/test_with_a_worker.py",
+    ]
+    for path, body in {**files, "shop/__init__.py": ""}.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(body)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+    result = subprocess.run(
+        [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
