@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,17 +17,15 @@ from ergate_celery.stores.base import (
     Outcome,
     Stored,
     TaskResult,
-    check_size,
-    expiring,
     index_entry,
     job_document,
     job_from_document,
-    seconds,
 )
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_postgres import PostgresStatements
 from ergate_celery.stores.sql_statements import Statements, engine_for, reading
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
+from ergate_celery.stores.task_rows import date_done, row_columns
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, bytes]
@@ -80,15 +78,6 @@ def listing_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table]:
         sa.Column("workflow", sa.String(255), primary_key=True),
     )
     return listing, tags, paused
-
-
-def date_done(kept: float | None, default: float | None) -> datetime | None:
-    """The `date_done` that makes Celery's `backend_cleanup` (rows whose date_done is older
-    than `result_expires`) remove a row `kept` seconds from now."""
-    if kept is None:
-        return None
-    now = datetime.now(UTC)
-    return now + timedelta(seconds=kept - default) if default else now
 
 
 class SQLAlchemyJobStore(BaseJobStore[Columns]):
@@ -152,22 +141,13 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         return encoded  # type: ignore[no-any-return]
 
     def _values(self, job: Job, limit: int | None = None) -> dict[str, Any]:
-        encoded = self._encoded(job)
-        check_size(job, encoded, limit or self.max_bytes)
+        # Celery's backend_cleanup leaves rows without date_done alone: that is how a job
+        # that must not expire is kept.
+        done = date_done(self, job)
         return {
-            "status": job.status.name,
-            "result": encoded,
-            "traceback": job.error.traceback if job.error else None,
-            # Celery's backend_cleanup leaves rows without date_done alone: that is how a
-            # job that must not expire is kept.
-            "date_done": self._date_done(job),
+            **row_columns(job, self._encoded(job), limit or self.max_bytes),
+            "date_done": None if done is None else _naive_utc(done),
         }
-
-    def _date_done(self, job: Job) -> datetime | None:
-        if not expiring(job):
-            return None
-        done = date_done(self.expires_after(job), seconds(self.backend.expires))
-        return None if done is None else _naive_utc(done)
 
     def _reindex(self, conn: sa.Connection, job: Job) -> None:
         entry = index_entry(job)
