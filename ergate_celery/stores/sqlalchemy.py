@@ -35,28 +35,26 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def index_table(schema: str | None) -> sa.Table:
-    """The job index (scheduled by due time, active by last change), beside Celery's table."""
+def job_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table, sa.Table]:
+    """The store's own tables beside Celery's, on one `MetaData` in `schema`: the job index
+    (scheduled jobs by due time, active ones by their last change), the listing index (every
+    job by submitted_at, with its status and workflow), the tags of each job, and the paused
+    workflows."""
     metadata = sa.MetaData(schema=schema)
-    table = sa.Table(
+    # As long as Celery's task_id: a job's id is its record's task id.
+    job_id = sa.String(155)
+    index = sa.Table(
         "ergate_job_index",
         metadata,
-        sa.Column("job_id", sa.String(155), primary_key=True),
+        sa.Column("job_id", job_id, primary_key=True),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("at", sa.DateTime, nullable=False),
     )
-    sa.Index("ergate_job_index_kind_at", table.c.kind, table.c.at)
-    return table
-
-
-def listing_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table]:
-    """The listing index (every job by submitted_at, with its status and workflow), the tags
-    of each job, and the paused workflows."""
-    metadata = sa.MetaData(schema=schema)
+    sa.Index("ergate_job_index_kind_at", index.c.kind, index.c.at)
     listing = sa.Table(
         "ergate_job_list",
         metadata,
-        sa.Column("job_id", sa.String(155), primary_key=True),
+        sa.Column("job_id", job_id, primary_key=True),
         sa.Column("workflow", sa.String(255), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("submitted_at", sa.DateTime, nullable=False),
@@ -69,7 +67,7 @@ def listing_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table]:
         metadata,
         sa.Column("key", sa.String(64), primary_key=True),
         sa.Column("value", sa.String(200), primary_key=True),
-        sa.Column("job_id", sa.String(155), primary_key=True),
+        sa.Column("job_id", job_id, primary_key=True),
     )
     sa.Index("ergate_job_tag_job", tags.c.job_id)
     paused = sa.Table(
@@ -77,7 +75,7 @@ def listing_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table]:
         metadata,
         sa.Column("workflow", sa.String(255), primary_key=True),
     )
-    return listing, tags, paused
+    return index, listing, tags, paused
 
 
 class SQLAlchemyJobStore(BaseJobStore[Columns]):
@@ -88,8 +86,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     ) -> None:
         super().__init__(backend, max_bytes, expires_by_status)
         self.table: sa.Table = backend.task_cls.__table__
-        self.index = index_table(self.table.schema)
-        self.listing, self.tags, self.paused = listing_tables(self.table.schema)
+        self.index, self.listing, self.tags, self.paused = job_tables(self.table.schema)
         self.sql = Statements(self.table, self.index, self.listing, backend.url)
         #: The step summary goes in the job's transaction where the database has upserts.
         self.writes_task_result = self.sql.writes_summaries
@@ -113,8 +110,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             if str(self.backend.url).startswith("sqlite"):
                 share_between_processes(engine)
             self.table.metadata.create_all(engine, tables=[self.table])
-            self.index.metadata.create_all(engine)
-            self.listing.metadata.create_all(engine)
+            self.index.metadata.create_all(engine)  # every table of `job_tables`
             self._engine, self._engine_pid = engine, os.getpid()
             self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         return self._engine
