@@ -25,7 +25,6 @@ from ergate_celery.stores.base import (
     Stored,
     TaskResult,
     check_size,
-    expiring,
     index_entry,
     job_from_document,
     job_meta,
@@ -156,7 +155,7 @@ class RedisJobStore(BaseJobStore[str]):
         if check:
             check_size(job, encoded, limit or self.max_bytes)
         # Celery would put result_expires on every write; here only where the rule says.
-        kept = self.expires_after(job) if expiring(job) else None
+        kept = self.expires_after(job)
         return encoded, math.ceil(kept) if kept else None
 
     def _stored(self, raw: bytes) -> Stored[str]:
