@@ -72,6 +72,18 @@ def command(line: str) -> list[str]:
     return [str(BIN / program), *args]
 
 
+def user_env() -> dict[str, str]:
+    """What a user's shell has: no checkout on PYTHONPATH."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+def run_to_end(line: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a command from `folder` until it ends, its output captured."""
+    return subprocess.run(
+        command(line), cwd=folder, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def wait_for_log(log: Path, text: str) -> None:
     """Wait until `text` appears in the log of a command; fail with the log otherwise."""
     deadline = time.monotonic() + WAIT
@@ -112,9 +124,7 @@ def test_readme_tutorial_runs_as_written(tmp_path: Path, redis_db: str) -> None:
     project = tmp_path / "shop"
     project.mkdir()
     write_project(project, blocks)
-    # What a user's shell has: no checkout on PYTHONPATH, the project folder as cwd.
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["REDIS_URL"] = redis_db
+    env = {**user_env(), "REDIS_URL": redis_db}  # the commands run from the project folder
     commands: dict[str, str] = {}  # "worker": "celery -A proj worker ...", "beat": ...
     for line in blocks[("commands", "")].splitlines():
         program, option, module, role, *_ = shlex.split(line)
@@ -133,16 +143,7 @@ def test_readme_tutorial_runs_as_written(tmp_path: Path, redis_db: str) -> None:
         wait_for_log(logs["worker"], " ready.")
         wait_for_log(logs["beat"], "beat: Starting")
 
-        result = subprocess.run(
-            command(run_line),
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
+        result = run_to_end(run_line, project, env)
         worker_log = logs["worker"].read_text()
     assert result.returncode == 0, result.stderr + worker_log
     assert result.stdout == expected
@@ -168,17 +169,8 @@ def test_readme_testing_section_runs_as_written(tmp_path: Path) -> None:
     for path, body in {**files, "shop/__init__.py": ""}.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(body)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
-    result = subprocess.run(
-        [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_to_end("pytest -q -p no:cacheprovider", tmp_path, user_env())
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout

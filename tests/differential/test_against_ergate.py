@@ -3,17 +3,15 @@ the traces must be equal: steps run and their inputs, dependency set-up and tear
 status write with its progress fields, and the final state."""
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from celery import Celery
 
 import ergate_celery
-from ergate_celery.signals import step_completed, step_started
 
 from ..support import SETUPS, cleanup_setup, in_process_worker, services_for, setup_conf
 from .reference import run_reference
-from .trace import Snapshot, Trace
+from .trace import Trace, recorded_snapshots
 from .workflows import CASES, ESCAPING_CASES, Case, Recorder
 
 pytest.importorskip("ergate")
@@ -32,29 +30,18 @@ def run_on_celery(
     }
     for workflow in workflows.values():
         ergate.register_workflow(workflow)
-    snapshots: dict[str, list[Snapshot]] = {w.unique_name: [] for w in workflows.values()}
-
-    def record(sender: str, job: ergate_celery.Job, **kwargs: Any) -> None:
-        if job.workflow_name in snapshots:
-            snapshots[job.workflow_name].append(Snapshot.from_job(job, job.last_return_value))
-
-    step_started.connect(record, weak=False)
-    step_completed.connect(record, weak=False)
-    try:
-        with in_process_worker(app):
-            submitted = {
-                case.name: ergate.submit_job(
-                    workflows[case.name].unique_name,
-                    initial_input_value=case.initial_input_value,
-                    user_context=case.user_context,
-                )
-                for case in cases
-            }
-            for job in submitted.values():
-                ergate.wait_for_job(job.id, timeout=WAIT)
-    finally:
-        step_started.disconnect(record)
-        step_completed.disconnect(record)
+    names = [workflow.unique_name for workflow in workflows.values()]
+    with recorded_snapshots(names) as snapshots, in_process_worker(app):
+        submitted = {
+            case.name: ergate.submit_job(
+                workflows[case.name].unique_name,
+                initial_input_value=case.initial_input_value,
+                user_context=case.user_context,
+            )
+            for case in cases
+        }
+        for job in submitted.values():
+            ergate.wait_for_job(job.id, timeout=WAIT)
     return {
         case.name: Trace.from_recording(
             recorders[case.name], snapshots[workflows[case.name].unique_name]

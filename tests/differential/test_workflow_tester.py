@@ -10,13 +10,12 @@ from celery import Celery
 
 import ergate_celery
 from ergate_celery import Job
-from ergate_celery.signals import step_completed, step_started
 from ergate_celery.testing import WorkflowTester
 
 from ..support import cleanup_setup, services_for, setup_conf
 from .reference import run_reference
 from .test_against_ergate import run_on_celery
-from .trace import Snapshot, Trace
+from .trace import Trace, recorded_snapshots
 from .workflows import CASES, ESCAPING_CASES, Case, Recorder
 
 pytest.importorskip("ergate")
@@ -40,15 +39,8 @@ def tester_runs() -> dict[str, tuple[Trace, Job]]:
     for case in EVERY_CASE:
         workflows[case.name] = case.builder(ergate_celery, recorders[case.name], _prefix(case))
         tester.register(workflows[case.name])
-    snapshots: dict[str, list[Snapshot]] = {w.unique_name: [] for w in workflows.values()}
-
-    def record(sender: str, job: Job, **kwargs: Any) -> None:
-        if job.workflow_name in snapshots:
-            snapshots[job.workflow_name].append(Snapshot.from_job(job, job.last_return_value))
-
-    step_started.connect(record)
-    step_completed.connect(record)
-    try:
+    names = [workflow.unique_name for workflow in workflows.values()]
+    with recorded_snapshots(names) as snapshots:
         jobs = {
             case.name: tester.submit(
                 workflows[case.name].unique_name,
@@ -58,9 +50,6 @@ def tester_runs() -> dict[str, tuple[Trace, Job]]:
             for case in EVERY_CASE
         }
         tester.run()
-    finally:
-        step_started.disconnect(record)
-        step_completed.disconnect(record)
     return {
         case.name: (
             Trace.from_recording(recorders[case.name], snapshots[workflows[case.name].unique_name]),

@@ -119,26 +119,25 @@ def test_a_signal_that_does_not_come_times_out() -> None:
     assert failed.error.type == "SignalTimeout"
 
 
-def _flaky(
-    attempts_before_success: int, times: list[datetime], tester: list[WorkflowTester]
-) -> Workflow:
+def _flaky(failures: int) -> tuple[WorkflowTester, list[datetime]]:
+    """A tester whose one step fails `failures` times (retried every 60 s, 3 times at most),
+    and the virtual times at which the step ran."""
     workflow = Workflow(unique_name="flaky")
+    times: list[datetime] = []
 
     @workflow.step(autoretry_for=(ConnectionError,), max_retries=3, default_retry_delay=60)
     def charge(value: int, run: Annotated[StepRun, CurrentRun()]) -> int:
-        times.append(tester[0].now)
-        if run.attempt <= attempts_before_success:
+        times.append(tester.now)
+        if run.attempt <= failures:
             raise ConnectionError("the bank is down")
         return value + run.attempt
 
-    return workflow
+    tester = WorkflowTester(workflow, now=START)
+    return tester, times
 
 
 def test_a_retried_step_runs_again_after_its_countdown() -> None:
-    times: list[datetime] = []
-    holder: list[WorkflowTester] = []
-    tester = WorkflowTester(_flaky(2, times, holder), now=START)
-    holder.append(tester)
+    tester, times = _flaky(2)
     job = tester.submit("flaky", initial_input_value=1)
 
     tester.run()
@@ -152,10 +151,7 @@ def test_a_retried_step_runs_again_after_its_countdown() -> None:
 
 
 def test_retries_stop_at_max_retries_and_the_job_fails() -> None:
-    times: list[datetime] = []
-    holder: list[WorkflowTester] = []
-    tester = WorkflowTester(_flaky(10, times, holder), now=START)
-    holder.append(tester)
+    tester, times = _flaky(10)
     job = tester.submit("flaky", initial_input_value=1)
     tester.advance(hours=1)
     failed = tester.get_job(job.id)
