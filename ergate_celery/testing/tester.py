@@ -198,7 +198,9 @@ class WorkflowTester:
         """Send signal `name` with a JSON `payload` to a job, as `signal_job` does; a job
         waiting for it is queued, and runs at the next `run()`."""
         _check_id(job_id)
-        return signal_job(self.runtime, job_id, name, payload)
+        # Queued at once, also inside a Django transaction (a test's, say): the tester's jobs
+        # are not in the database, and a test's transaction never commits.
+        return signal_job(self.runtime, job_id, name, payload, on_commit_hand_on=False)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job, as `cancel_job` does; returns it as it is now."""

@@ -3,6 +3,7 @@ order, waits that end when the clock reaches them, signals, Celery retries whose
 passes on the clock, errors and final states; each tester apart from the others."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -20,6 +21,8 @@ from ergate_celery import (
     signals,
 )
 from ergate_celery.testing import WorkflowTester
+
+from ..django_support import configure_django
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -105,6 +108,21 @@ def test_a_signal_releases_the_job_waiting_for_it() -> None:
     assert signalled.status is JobStatus.QUEUED
     tester.run()
     assert tester.get_job(job.id).last_return_value == {"sku": "A1", "by": "ana"}
+
+
+def test_a_signal_inside_a_django_transaction_queues_the_job_at_once(tmp_path: Path) -> None:
+    # Tests of Django projects run inside a transaction that never commits.
+    configure_django(tmp_path)
+    from django.db import transaction
+
+    tester = WorkflowTester(_approval(), now=START)
+    job = tester.submit("approval", initial_input_value={"sku": "A1"})
+    tester.run()
+    with transaction.atomic():
+        tester.signal(job.id, "approved", {"by": "ana"})
+        tester.run()
+        assert tester.get_job(job.id).status is JobStatus.COMPLETED
+        transaction.set_rollback(True)
 
 
 def test_a_signal_that_does_not_come_times_out() -> None:
