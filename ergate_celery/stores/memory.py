@@ -121,9 +121,10 @@ class MemoryJobStore(BaseJobStore[Raw]):
     def _key(self, job_id: str) -> Any:
         return self.backend.get_key_for_task(job_id)
 
-    def _encode(self, job: Job, limit: int | None = None) -> Raw:
+    def _encode(self, job: Job, limit: int | None = None, *, check: bool = True) -> Raw:
         encoded: Raw = self.backend.encode(job_meta(job, self.clock()))
-        check_size(job, encoded, limit or self.max_bytes)
+        if check:
+            check_size(job, encoded, limit or self.max_bytes)
         return encoded
 
     def _stored(self, raw: Raw) -> Stored[Raw]:
@@ -168,7 +169,7 @@ class MemoryJobStore(BaseJobStore[Raw]):
         return None if raw is None else self._stored(raw)
 
     def _token_of(self, job: Job) -> Raw:
-        return self._encode(job)
+        return self._encode(job, check=False)
 
     def _compare_and_set(
         self, job_id: str, expected: Raw, new: Job, result: TaskResult | None

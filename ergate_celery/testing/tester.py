@@ -286,11 +286,9 @@ class WorkflowTester:
             sent: Any = vars(retry)["sig"]
             retries = int(sent.options["retries"])
             self.messages.put(message.task_name, message.task_id, sent.args[0], due, retries)
-        except Exception:
-            # As on a worker, the task failed and the job's record says why.
-            logger.debug(
-                "Step task %s (%s) raised", message.task_name, message.task_id, exc_info=True
-            )
+        except Exception as exc:
+            # The task failed, as on a worker; the job's record holds the step's error.
+            logger.info("Step task %s (%s) raised %r", message.task_name, message.task_id, exc)
         finally:
             task.pop_request()
 
