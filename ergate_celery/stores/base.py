@@ -370,18 +370,6 @@ def job_document(job: Job) -> dict[str, Any]:
     return job.model_dump(mode="json")
 
 
-def job_meta(job: Job, now: datetime) -> dict[str, Any]:
-    """Celery's task result document holding `job`: state its status name, done at `now`."""
-    return {
-        "status": job.status.name,
-        "result": job_document(job),
-        "traceback": job.error.traceback if job.error else None,
-        "children": [],
-        "date_done": now.isoformat() if job.is_final else None,
-        "task_id": str(job.id),
-    }
-
-
 def job_from_document(document: Any) -> Job:
     """Rebuild a job from its stored document."""
     return Job.model_validate(document)

@@ -34,8 +34,8 @@ from ergate_celery.stores.base import (
     check_size,
     index_entry,
     job_from_document,
-    job_meta,
 )
+from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
 
 #: A record as stored in the cache (the backend's encoding: text for JSON); its token.

@@ -27,8 +27,8 @@ from ergate_celery.stores.base import (
     check_size,
     index_entry,
     job_from_document,
-    job_meta,
 )
+from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.redis_scripts import COMPARE_AND_SET, CREATE, DROP_INDEX_ENTRY
 

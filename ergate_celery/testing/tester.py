@@ -200,7 +200,7 @@ class WorkflowTester:
         _check_id(job_id)
         # Queued at once, also inside a Django transaction (a test's, say): the tester's jobs
         # are not in the database, and a test's transaction never commits.
-        return signal_job(self.runtime, job_id, name, payload, on_commit_hand_on=False)
+        return signal_job(self.runtime, job_id, name, payload, publish_on_commit=False)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job, as `cancel_job` does; returns it as it is now."""
