@@ -9,45 +9,13 @@ from celery import Celery
 
 import ergate_celery
 
-from ..support import SETUPS, cleanup_setup, in_process_worker, services_for, setup_conf
+from ..support import SETUPS, cleanup_setup, services_for, setup_conf
 from .reference import run_reference
-from .trace import Trace, recorded_snapshots
-from .workflows import CASES, ESCAPING_CASES, Case, Recorder
+from .runs import run_on_celery
+from .trace import Trace
+from .workflows import CASES, ESCAPING_CASES, Case
 
 pytest.importorskip("ergate")
-
-WAIT = 120
-
-
-def run_on_celery(
-    cases: list[Case], app: Celery, ergate: ergate_celery.ErgateCelery
-) -> dict[str, Trace]:
-    """Run every case through `submit_job` on one real worker, recording each status write."""
-    recorders = {case.name: Recorder() for case in cases}
-    workflows = {
-        case.name: case.builder(ergate_celery, recorders[case.name], f"celery-{case.name}-")
-        for case in cases
-    }
-    for workflow in workflows.values():
-        ergate.register_workflow(workflow)
-    names = [workflow.unique_name for workflow in workflows.values()]
-    with recorded_snapshots(names) as snapshots, in_process_worker(app):
-        submitted = {
-            case.name: ergate.submit_job(
-                workflows[case.name].unique_name,
-                initial_input_value=case.initial_input_value,
-                user_context=case.user_context,
-            )
-            for case in cases
-        }
-        for job in submitted.values():
-            ergate.wait_for_job(job.id, timeout=WAIT)
-    return {
-        case.name: Trace.from_recording(
-            recorders[case.name], snapshots[workflows[case.name].unique_name]
-        )
-        for case in cases
-    }
 
 
 @pytest.fixture(scope="module", params=SETUPS)
@@ -61,7 +29,8 @@ def celery_traces(
     app.conf.update(setup_conf(name, tmp_path_factory.mktemp(f"differential-{name}"), services))
     ergate = ergate_celery.ErgateCelery(app)
     try:
-        yield run_on_celery([*CASES, *ESCAPING_CASES], app, ergate)
+        runs = run_on_celery([*CASES, *ESCAPING_CASES], app, ergate)
+        yield {name: run.trace for name, run in runs.items()}
     finally:
         cleanup_setup(name, app, services)
 
