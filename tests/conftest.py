@@ -27,6 +27,10 @@ from .support import (
 # Test modules written against the conftest of before support.py import these from here.
 __all__ = ["ROOT", "SETUPS", "STORES", "Setup", "in_process_worker"]
 
+# Celery's own fixtures (celery_app, celery_worker, ...), enabled as Celery's docs tell users
+# to: tests/test_celery_fixtures.py uses them as a user's tests would.
+pytest_plugins = ("celery.contrib.pytest",)
+
 
 @pytest.fixture(scope="session")
 def redis_service() -> Iterator[RedisService]:
