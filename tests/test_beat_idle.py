@@ -1,6 +1,5 @@
 """Beat sends the release and sweep tasks only when the job index holds due work."""
 
-import logging
 import random
 import statistics
 import threading
@@ -13,10 +12,8 @@ from typing import Any
 import pytest
 
 from ergate_celery import JobStatus, Workflow
-from ergate_celery.scheduling.index_schedule import IndexSchedule
 from ergate_celery.scheduling.release import RELEASE_TASK
 from ergate_celery.scheduling.sweep import RECOVER_TASK
-from ergate_celery.stores.base import ACTIVE, SCHEDULED, IndexEntry
 
 from .support import Setup, in_process_worker, wait_until
 
@@ -102,45 +99,3 @@ def test_release_lateness_with_an_idle_beat(
         f"\nrelease lateness, interval {INTERVAL} s, {len(lateness)} jobs: "
         f"p50 {statistics.median(lateness):.3f} s, p99 {p99:.3f} s, max {lateness[-1]:.3f} s"
     )
-
-
-class _Store:
-    def __init__(self, entries: list[IndexEntry] | Exception) -> None:
-        self.entries = entries
-
-    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
-        if isinstance(self.entries, Exception):
-            raise self.entries
-        return self.entries[:limit]
-
-
-def test_index_schedule_fires_only_for_due_entries() -> None:
-    now = datetime.now(UTC)
-    store = _Store([])
-    release = IndexSchedule(SCHEDULED, 1.0, store=lambda: store)  # type: ignore[arg-type,return-value]
-    assert tuple(release.is_due(now)) == (False, 1.0)
-    store.entries = [IndexEntry(SCHEDULED, "a", now + timedelta(seconds=0.3))]
-    due, wait = release.is_due(now)
-    assert not due
-    assert 0 < wait <= 0.3  # asks again when the head falls due
-    store.entries = [IndexEntry(SCHEDULED, "a", now - timedelta(seconds=1))]
-    assert tuple(release.is_due(now)) == (True, 1.0)
-    sweep = IndexSchedule(ACTIVE, 5.0, age=60, store=lambda: store)  # type: ignore[arg-type,return-value]
-    store.entries = [IndexEntry(ACTIVE, "a", now - timedelta(seconds=30))]
-    due, wait = sweep.is_due(now)
-    assert not due
-    assert wait == 5.0
-    store.entries = [IndexEntry(ACTIVE, "a", now - timedelta(seconds=61))]
-    assert sweep.is_due(now)[0]
-
-
-def test_index_schedule_survives_a_store_error(caplog: pytest.LogCaptureFixture) -> None:
-    store = _Store(ConnectionError("backend down"))
-    release = IndexSchedule(SCHEDULED, 1.0, store=lambda: store)  # type: ignore[arg-type,return-value]
-    with caplog.at_level(logging.WARNING, logger="ergate_celery"):
-        assert [tuple(release.is_due(datetime.now(UTC))) for _ in range(3)] == [(True, 1.0)] * 3
-        store.entries = []
-        assert tuple(release.is_due(datetime.now(UTC))) == (False, 1.0)
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2, messages  # once when it fails, once when it reads again
-    assert "backend down" in messages[0]

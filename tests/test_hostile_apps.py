@@ -13,7 +13,6 @@ from celery import Celery
 
 from ergate_celery import ErgateCelery, JobStatus, Workflow
 from ergate_celery.scheduling.beat import recover_stuck_jobs, release_due_jobs
-from ergate_celery.settings import ErgateSettings, ImproperlyConfiguredError
 
 from .support import Setup, in_process_worker
 
@@ -69,20 +68,6 @@ def test_apps_on_one_redis_database_never_release_each_others_jobs(
         assert release_due_jobs(setup.ergate, now=later) == 5
         for job in jobs:
             assert setup.ergate.wait_for_job(job.id, timeout=WAIT).status is JobStatus.COMPLETED
-
-
-def test_a_bad_index_name_is_refused() -> None:
-    with pytest.raises(ImproperlyConfiguredError, match="ergate_index_name"):
-        ErgateSettings.from_conf({"ergate_index_name": "two words"})
-    assert ErgateSettings.from_conf({}).index_name_of("proj") == "proj"
-    assert ErgateSettings.from_conf({"ergate_index_name": ""}).index_name_of("proj") == ""
-
-
-@pytest.mark.parametrize("value", [0, -3, 2.5, "10", True])
-def test_a_bad_timings_kept_is_refused(value: object) -> None:
-    with pytest.raises(ImproperlyConfiguredError, match="ergate_timings_kept"):
-        ErgateSettings.from_conf({"ergate_timings_kept": value})
-    assert ErgateSettings.from_conf({"ergate_timings_kept": 50}).timings_kept == 50
 
 
 @pytest.mark.setup("redis", "rabbitmq_postgres")

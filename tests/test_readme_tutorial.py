@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from ergate_celery import JobStatus
-
 from .services import RedisService
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -145,9 +143,3 @@ def test_readme_tutorial_runs_as_written(tmp_path: Path, redis_db: str) -> None:
     assert result.stdout == expected
     for step in ("validate", "charge", "ship", "refund"):
         assert f"  . ergate.process_order.{step}\n" in worker_log  # listed under [tasks]
-
-
-def test_status_prints_its_value_and_its_name_is_the_name() -> None:
-    # As the README says: an IntEnum with Ergate's values, str() is the number.
-    assert str(JobStatus.QUEUED) == "2"
-    assert JobStatus.QUEUED.name == "QUEUED"

@@ -32,7 +32,6 @@ from ergate_celery import (
 )
 from ergate_celery import signals as ergate_signals
 from ergate_celery.lifecycle.waiting import FOREVER
-from ergate_celery.model.graph import mermaid
 from ergate_celery.scheduling.beat import release_due_jobs
 from ergate_celery.stores.base import SCHEDULED
 
@@ -308,28 +307,6 @@ def test_signal_job_bad_input_is_refused_and_changes_nothing(
     assert setup.ergate.get_job(job_id) == waiting
 
 
-def test_sleep_and_wait_for_signal_refuse_bad_arguments() -> None:
-    now = datetime.now(UTC)
-    for kwargs in ({}, {"seconds": 1, "until": now}):
-        with pytest.raises(InvalidInputError, match="exactly one"):
-            Sleep(**kwargs)
-    for seconds in (-1, float("inf"), True, "5"):
-        with pytest.raises(InvalidInputError, match="number >= 0"):
-            Sleep(seconds=seconds)
-    with pytest.raises(InvalidInputError, match="naive"):
-        Sleep(until=datetime.now())
-    with pytest.raises(InvalidInputError, match="must be a datetime"):
-        Sleep(until="2030-01-01")  # type: ignore[arg-type]
-    for name in ("", None, "a b", "n" * 65):
-        with pytest.raises(InvalidInputError, match="signal name"):
-            WaitForSignal(name)  # type: ignore[arg-type]
-    for timeout in (0, -5, float("nan")):
-        with pytest.raises(InvalidInputError, match="timeout"):
-            WaitForSignal("ok", timeout=timeout)
-    assert Sleep(seconds=0).seconds == 0
-    assert WaitForSignal("ok").timeout is None
-
-
 @pytest.mark.setup("redis")
 def test_a_step_raising_a_bad_sleep_fails_with_the_reason(
     make_setup: Callable[..., Setup],
@@ -406,14 +383,6 @@ def test_cli_signal_and_show(make_setup: Callable[..., Setup]) -> None:
     unknown = setup.run_celery("ergate", "signal", "nope", "x", module="tests.apps.waiting_app")
     assert unknown.returncode == 2
     assert "No job with id 'nope'" in unknown.stderr
-
-
-def test_the_graph_draws_a_waiting_step_as_such() -> None:
-    drawn = mermaid(waiting_app.approval)
-    assert 's0{{"ask"}}' in drawn
-    assert 's0 -.->|"WaitForSignal approved"| s1' in drawn
-    assert 's1["decide"]' in drawn
-    assert 's0 -.->|"Sleep"| s1' in mermaid(waiting_app.napping)
 
 
 def test_a_waiting_job_is_listed_and_a_timed_out_wait_is_retried_as_a_wait(
