@@ -68,10 +68,10 @@ LONG_FIRST = (
     "test_soak.py",
     "test_lifecycle_workers.py",
     "test_faults_waiting.py",
-    "test_hostile_outages.py",
+    "test_outages.py",
     "test_example_project.py",
     "test_bench_smoke.py",
-    "test_beat_idle.py",
+    "test_beat.py",
 )
 
 

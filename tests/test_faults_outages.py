@@ -16,7 +16,7 @@ from celery import Celery
 from ergate_celery import ErgateCelery, Job, JobStatus
 
 from .apps import fault_app
-from .fault_support import FAST_REDIS_REDELIVERY, _runs, _step_counts, _Supervisor
+from .faults import FAST_REDIS_REDELIVERY, _runs, _step_counts, _Supervisor
 from .services import services_required
 from .support import Setup, wait_until
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from ergate_celery import Job, JobStatus
 
 from .apps import fault_app
-from .fault_support import _runs, _step_counts, _Supervisor
+from .faults import _runs, _step_counts, _Supervisor
 from .support import Setup, wait_until
 
 

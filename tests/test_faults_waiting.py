@@ -17,7 +17,7 @@ import pytest
 from ergate_celery import JobStatus
 
 from .apps import waiting_app
-from .fault_support import FAST_REDIS_REDELIVERY
+from .faults import FAST_REDIS_REDELIVERY
 from .support import Setup, wait_until
 
 WAIT = 60

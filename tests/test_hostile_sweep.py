@@ -13,7 +13,7 @@ from ergate_celery import JobStatus
 from ergate_celery.scheduling.beat import recover_stuck_jobs
 
 from .apps import fault_app
-from .fault_support import _runs, _worker
+from .faults import _runs, _worker
 from .support import Setup, wait_until
 
 WAIT = 60

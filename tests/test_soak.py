@@ -17,7 +17,7 @@ from ergate_celery.scheduling.beat import recover_stuck_jobs
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .apps import fault_app
-from .fault_support import FAST_REDIS_REDELIVERY, _children, _kill_worker, _Supervisor
+from .faults import FAST_REDIS_REDELIVERY, _children, _kill_worker, _Supervisor
 from .support import Setup
 
 # 5. Soak: many jobs, failing steps, killed workers -----------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from ergate_celery import JobStatus
 
 from .apps import fault_app
-from .fault_support import (
+from .faults import (
     FAST_REDIS_REDELIVERY,
     WAIT,
     _children,

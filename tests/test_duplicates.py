@@ -14,7 +14,7 @@ from celery.signals import before_task_publish
 from ergate_celery import Job, JobStatus
 from ergate_celery.stores.base import job_document
 
-from .fault_support import WAIT, _counting_workflow
+from .faults import WAIT, _counting_workflow
 from .support import Setup
 
 # 2. Duplicated messages --------------------------------------------------------------------

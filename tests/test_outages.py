@@ -16,7 +16,7 @@ from pathlib import Path
 from ergate_celery import Job, JobStatus
 
 from .apps import fault_app
-from .fault_support import FAST_REDIS_REDELIVERY, _runs, _step_counts, _Supervisor
+from .faults import FAST_REDIS_REDELIVERY, _runs, _step_counts, _Supervisor
 from .support import Setup, wait_until
 from .test_faults_outages import _free_port, _redis_binary, _RedisServer
 

@@ -12,7 +12,7 @@ import pytest
 from ergate_celery import Job, JobStatus, Workflow
 from ergate_celery.scheduling.beat import recover_stuck_jobs
 
-from .fault_support import WAIT, _counting_workflow, _recover_once
+from .faults import WAIT, _counting_workflow, _recover_once
 from .support import Setup, in_process_worker, wait_until
 
 # 4. A lost message: the stuck-job sweep ----------------------------------------------------
