@@ -1,12 +1,15 @@
-"""Beat sends the release and sweep tasks only when the job index holds due work."""
+"""Beat sends the release and sweep tasks only when the job index holds due work, and a sleep
+that ended while beat was down is released once when it is back."""
 
 import random
 import statistics
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import pytest
@@ -15,10 +18,18 @@ from ergate_celery import JobStatus, Workflow
 from ergate_celery.scheduling.release import RELEASE_TASK
 from ergate_celery.scheduling.sweep import RECOVER_TASK
 
+from .apps import waiting_app
+from .faults import worker_process
 from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
 INTERVAL = 0.5
+#: Beat's release interval in the beat-down test, and how long beat stays down while a sleep
+#: ends: 20 intervals, as many as the 10 s at 0.5 s it was (a minute or more in production
+#: terms, shortened), and past the workers' overdue grace of max(5 intervals, 2 s).
+BEAT_INTERVAL = 0.2
+BEAT_DOWN = 20 * BEAT_INTERVAL
+WAITING_APP = "tests.apps.waiting_app"
 
 
 def _started_workflow(name: str, started: dict[str, float]) -> Workflow:
@@ -99,3 +110,36 @@ def test_release_lateness_with_an_idle_beat(
         f"\nrelease lateness, interval {INTERVAL} s, {len(lateness)} jobs: "
         f"p50 {statistics.median(lateness):.3f} s, p99 {p99:.3f} s, max {lateness[-1]:.3f} s"
     )
+
+
+def _beat(setup: Setup) -> Iterator[Popen[bytes]]:
+    schedule = setup.tmp_path / f"beat-{uuid.uuid4().hex[:6]}"
+    return setup.celery("beat", "-s", str(schedule), module=WAITING_APP)  # type: ignore[return-value]
+
+
+def test_beat_down_while_a_sleep_ends_releases_it_once_when_beat_is_back(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    setup = make_setup(setup_name, ergate_schedule_interval=BEAT_INTERVAL)
+    for workflow in waiting_app.WORKFLOWS:
+        setup.ergate.register_workflow(workflow)
+    with worker_process(setup, "waiting", module=WAITING_APP):
+        with _beat(setup):
+            job = setup.ergate.submit_job("napping", initial_input_value={"seconds": 2})
+            job_id = str(job.id)
+            waiting = wait_until(
+                lambda: (found := setup.ergate.get_job(job_id)).wait is not None and found,
+                WAIT,
+                what="the job sleeps",
+            )
+        until = waiting.wait.until
+        # Beat is down: the sleep ends, and nothing releases the job.
+        while datetime.now(UTC) < until + timedelta(seconds=BEAT_DOWN):
+            assert setup.ergate.get_job(job_id).status is JobStatus.SCHEDULED
+            time.sleep(BEAT_INTERVAL)
+        back = time.time()
+        with _beat(setup):
+            done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.last_return_value["woke_at"] >= back
+    assert [timing.step for timing in done.timings] == ["nap", "woke"]

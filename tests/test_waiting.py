@@ -2,8 +2,8 @@
 job SCHEDULED in the due index (no ETA message, no worker slot); `signal_job` releases it at
 once; a timed-out wait fails; a signal sent before the wait is kept; bad input changes nothing.
 
-Release runs are called here directly (`release_due_jobs`); a real beat releases waiting jobs
-in `test_faults_waiting.py`.
+Release runs are called here directly (`release_due_jobs`); a real beat releases a waiting job
+in `test_beat.py`, a worker dies after its step raised `WaitForSignal` in `test_worker_loss.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 import pytest
@@ -36,7 +37,7 @@ from ergate_celery.scheduling.beat import release_due_jobs
 from ergate_celery.stores.base import SCHEDULED
 
 from .apps import waiting_app
-from .support import Setup, in_process_worker, wait_until
+from .support import Setup, in_process_worker, race, wait_until
 
 WAIT = 60
 
@@ -226,18 +227,12 @@ def test_two_signals_at_once_release_the_job_once_and_the_first_payload_stays(
             _waiting(setup, str(job.id))
         # No worker while both signals race: the job cannot finish between them (a signal to
         # a finished job is a JobStateError, rightly).
-        barrier = threading.Barrier(2)
         replies: list[Any] = []
 
         def send(who: str) -> None:
-            barrier.wait()
             replies.append(setup.ergate.signal_job(str(job.id), "approved", {"by": who}))
 
-        threads = [threading.Thread(target=send, args=(who,)) for who in ("ana", "bob")]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        race(partial(send, "ana"), partial(send, "bob"))
         with in_process_worker(setup.app):
             done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
     assert done.status is JobStatus.COMPLETED

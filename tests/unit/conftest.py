@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 #: The fixtures of tests/conftest.py that reach a service (`setup` and `worker` use `make_setup`).
-SERVICE_FIXTURES = frozenset({"redis_service", "rabbitmq_service", "postgres_service", "make_setup"})
+SERVICE_FIXTURES = {"redis_service", "rabbitmq_service", "postgres_service", "make_setup"}
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
