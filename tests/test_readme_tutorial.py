@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from .services import RedisService
+from .support import run_captured
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent
@@ -128,15 +129,7 @@ def test_readme_tutorial_runs_as_written(tmp_path: Path, redis_db: str) -> None:
         wait_for_log(logs["worker"], " ready.")
         wait_for_log(logs["beat"], "beat: Starting")
 
-        result = subprocess.run(
-            command(run_line),
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_captured(command(run_line), project, env)
 
         worker_log = logs["worker"].read_text()
     assert result.returncode == 0, result.stderr + worker_log

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from ergate_celery import ErgateCelery, ErgateError, UnsupportedBackendError, Workflow, submit_job
+from ergate_celery import ErgateCelery, ErgateError, UnsupportedBackendError, submit_job
 from ergate_celery.settings import ErgateSettings, ImproperlyConfiguredError
+
+from ..workflows import echo_workflow
 
 
 def test_a_bad_index_name_is_refused() -> None:
@@ -37,12 +39,6 @@ def test_binding_errors_say_what_to_do() -> None:
 def test_unsupported_result_backend_is_named() -> None:
     app = Celery("rpc", broker="memory://", backend="rpc://", set_as_current=True)
     ergate = ErgateCelery(app)
-    workflow = Workflow(unique_name="w")
-
-    @workflow.step
-    def only(x: int) -> int:
-        return x
-
-    ergate.register_workflow(workflow)
+    ergate.register_workflow(echo_workflow("w"))
     with pytest.raises(UnsupportedBackendError, match="redis://"):
         ergate.submit_job("w", initial_input_value=1)
