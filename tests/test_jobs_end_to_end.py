@@ -41,15 +41,11 @@ def _order_workflow(name: str = "order") -> Workflow:
     return workflow
 
 
-def _run_order(
-    setup: Setup, worker: Any, order: dict[str, Any], unit_price: int
-) -> tuple[Job, Job]:
+def _run_order(setup: Setup, worker: Any, order: dict[str, Any], price: int) -> tuple[Job, Job]:
     """Run one order through the order workflow on a worker: the job submitted, and its end."""
     setup.ergate.register_workflow(_order_workflow())
     with worker():
-        job = submit_job(
-            "order", initial_input_value=order, user_context={"unit_price": unit_price}
-        )
+        job = submit_job("order", initial_input_value=order, user_context={"unit_price": price})
         return job, setup.ergate.wait_for_job(job.id, timeout=WAIT)
 
 

@@ -7,6 +7,8 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -112,21 +114,22 @@ def test_retry_jobs_retries_every_failed_job_of_a_workflow(setup: Setup, worker:
     assert runs["prepare"] == 4
 
 
-def _failed_then_fixed(setup: Setup) -> tuple[str, Counter[str]]:
-    """Job "o-1" of "orders", FAILED at `charge`, whose payment provider is back since; with
-    the steps' runs. Call it with a worker up."""
+@contextmanager
+def _failed_then_fixed(setup: Setup, worker: Any) -> Iterator[tuple[str, Counter[str]]]:
+    """With a worker up: job "o-1" of "orders", FAILED at `charge`, whose payment provider is
+    back since; and the steps' runs."""
     runs: Counter[str] = Counter()
     broken = {"o-1"}
     setup.ergate.register_workflow(_flaky("orders", runs, broken))
-    job_id = str(submit_job("orders", initial_input_value={"id": "o-1"}).id)
-    _final(setup, job_id)
-    broken.clear()
-    return job_id, runs
+    with worker():
+        job_id = str(submit_job("orders", initial_input_value={"id": "o-1"}).id)
+        _final(setup, job_id)
+        broken.clear()
+        yield job_id, runs
 
 
 def test_two_racing_retries_publish_once(setup: Setup, worker: Any) -> None:
-    with worker():
-        job_id, runs = _failed_then_fixed(setup)
+    with _failed_then_fixed(setup, worker) as (job_id, runs):
         outcomes: list[str] = []
 
         def retry() -> None:
@@ -144,8 +147,7 @@ def test_two_racing_retries_publish_once(setup: Setup, worker: Any) -> None:
 
 
 def test_a_retry_racing_a_cancel_ends_in_one_state(setup: Setup, worker: Any) -> None:
-    with worker():
-        job_id, runs = _failed_then_fixed(setup)
+    with _failed_then_fixed(setup, worker) as (job_id, runs):
         race(partial(retry_job, job_id), partial(setup.ergate.cancel_job, job_id))
         final = _final(setup, job_id)
     # Either the cancel came first (a finished job is left alone) and the retry completed it,
