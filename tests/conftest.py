@@ -48,6 +48,10 @@ from .support import (
 
 TESTS = Path(__file__).parent
 
+# Celery's own fixtures (celery_app, celery_worker, ...), enabled as Celery's docs tell users
+# to: tests/test_celery_fixtures.py uses them as a user's tests would.
+pytest_plugins = ("celery.contrib.pytest",)
+
 
 @pytest.fixture(scope="session")
 def redis_service() -> Iterator[RedisService]:

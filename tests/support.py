@@ -34,11 +34,13 @@ SETUP_SERVICES: dict[str, tuple[str, ...]] = {
     "rabbitmq_postgres": ("rabbitmq", "postgres"),
     "embedded": (),
     "django_db": ("redis",),
+    "memory": (),
 }
-#: Every job store: the setups' (Redis, SQLAlchemy on PostgreSQL and SQLite), and django-db
-#: (django-celery-results on SQLite, broker Redis). Store tests run on all of them with
+#: Every job store: the setups' (Redis, SQLAlchemy on PostgreSQL and SQLite), django-db
+#: (django-celery-results on SQLite, broker Redis), and Celery's in-memory backend (broker
+#: `memory://`; in-process workers only). Store tests run on all of them with
 #: `pytestmark = pytest.mark.setup(*STORES)`.
-STORES = (*SETUPS, "django_db")
+STORES = (*SETUPS, "django_db", "memory")
 
 T = TypeVar("T")
 
@@ -192,6 +194,16 @@ def setup_conf(name: str, tmp_path: Path, services: Mapping[str, Any]) -> dict[s
         services["redis"].flush()
         _django_empty()
         return {**common, "broker_url": services["redis"].url, "result_backend": "django-db"}
+    if name == "memory":
+        # The process's one memory cache: a key prefix and index of this test's own.
+        namespace = f"ergate-test-{uuid.uuid4().hex[:12]}"
+        return {
+            **common,
+            "broker_url": "memory://",
+            "result_backend": "cache+memory://",
+            "result_backend_transport_options": {"global_keyprefix": namespace},
+            "ergate_index_name": namespace,
+        }
     raise ValueError(name)
 
 

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 from pydantic_core import PydanticSerializationError
@@ -21,7 +21,7 @@ from ergate_celery.lifecycle.transitions import Event, PublishFailed, Reject, tr
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
-from ergate_celery.stores.base import TaskResult
+from ergate_celery.stores.base import TaskResult, utc_now
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 
@@ -47,6 +47,8 @@ class Runtime:
     publish: Callable[[Job], None]
     #: The paused workflows, cached (None: nothing is ever paused, as in unit tests).
     paused: PausedWorkflows | None = None
+    #: The current time of every change (a test's virtual clock may replace it).
+    clock: Callable[[], datetime] = utc_now
 
     def apply(
         self,
@@ -60,7 +62,7 @@ class Runtime:
         task: Any = None,
     ) -> Applied:
         """Store the transition of `event` on the job, and announce it when it was written."""
-        moment = now or datetime.now(UTC)
+        moment = now or self.clock()
         seen: list[Job] = []
 
         def change(stored: Job) -> Job | None:
