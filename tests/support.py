@@ -294,3 +294,25 @@ def race(*actions: Callable[[], object]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+@dataclass
+class Recorder:
+    """Stands in for a Runtime's broker and announcer: what they would get is kept here."""
+
+    published: list[Job] = field(default_factory=list)
+    announced: list[tuple[Job | None, Job, str]] = field(default_factory=list)
+
+    def publish(self, job: Job) -> None:
+        self.published.append(job)
+
+    def announce(self, before: Job | None, after: Job, sender: str, task: Any = None) -> None:
+        self.announced.append((before, after, sender))
+
+    @property
+    def changes(self) -> list[tuple[str | None, str]]:
+        """The status changes announced, as (before, after) names."""
+        return [
+            (before.status.name if before else None, after.status.name)
+            for before, after, _ in self.announced
+        ]
