@@ -24,9 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from ergate_celery import JobStatus
-
 from .services import RedisService
+from .support import run_captured
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent
@@ -79,9 +78,7 @@ def user_env() -> dict[str, str]:
 
 def run_to_end(line: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run a command from `folder` until it ends, its output captured."""
-    return subprocess.run(
-        command(line), cwd=folder, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return run_captured(command(line), folder, env)
 
 
 def wait_for_log(log: Path, text: str) -> None:
@@ -149,12 +146,6 @@ def test_readme_tutorial_runs_as_written(tmp_path: Path, redis_db: str) -> None:
     assert result.stdout == expected
     for step in ("validate", "charge", "ship", "refund"):
         assert f"  . ergate.process_order.{step}\n" in worker_log  # listed under [tasks]
-
-
-def test_status_prints_its_value_and_its_name_is_the_name() -> None:
-    # As the README says: an IntEnum with Ergate's values, str() is the number.
-    assert str(JobStatus.QUEUED) == "2"
-    assert JobStatus.QUEUED.name == "QUEUED"
 
 
 def test_readme_testing_section_runs_as_written(tmp_path: Path) -> None:
