@@ -15,7 +15,7 @@ from celery.signals import task_unknown, worker_init
 
 from ergate_celery import job_result
 from ergate_celery.exceptions import ErgateError, JobNotFoundError
-from ergate_celery.lifecycle.transitions import Cancel, HandOver
+from ergate_celery.lifecycle.events import Cancel, HandOver
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow import Workflow
@@ -229,7 +229,7 @@ class ErgateCelery:
     def _hand_over(self, pending: Job, status: JobStatus) -> None:
         job = self.runtime.apply(str(pending.id), HandOver(status), sender=SUBMIT_SENDER).after
         if job is not None and job.status is JobStatus.QUEUED:
-            self.runtime.hand_on(job, SUBMIT_SENDER)
+            self.runtime.publish_current_step(job, SUBMIT_SENDER)
 
     def publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name."""

@@ -5,8 +5,9 @@ leads to. `tests/test_lifecycle.py` checks every row against `lifecycle.transiti
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
+from ergate_celery.lifecycle.events import Event
 from ergate_celery.model.job_status import JobStatus
 
 S = JobStatus
@@ -21,23 +22,8 @@ class Row(NamedTuple):
     to: JobStatus | None
 
 
-_EVENTS = (
-    "HandOver",
-    "Release",
-    "Claim",
-    "Finish",
-    "Yield",
-    "Progress",
-    "Cancel",
-    "TimeLimit",
-    "Recover",
-    "PublishFailed",
-    "Reject",
-    "Signalled",
-    "Retry",
-    "Park",
-    "Unpark",
-)
+#: The name of every lifecycle event, as the rows name them.
+_EVENTS = tuple(event.__name__ for event in get_args(Event))
 
 
 def _rows() -> list[Row]:
@@ -69,8 +55,8 @@ def _rows() -> list[Row]:
         Row(S.CANCELLING, "Finish", "more steps", S.CANCELLED),
         Row(S.CANCELLING, "Finish", "last step returned", S.COMPLETED),
         Row(S.RUNNING, "Yield", "Celery retry()", S.RUNNING),
-        Row(S.RUNNING, "Progress", "higher percent", S.RUNNING),
-        Row(S.CANCELLING, "Progress", "higher percent", S.CANCELLING),
+        Row(S.RUNNING, "ProgressReported", "higher percent", S.RUNNING),
+        Row(S.CANCELLING, "ProgressReported", "higher percent", S.CANCELLING),
         Row(S.PENDING, "Cancel", "", S.CANCELLED),
         Row(S.SCHEDULED, "Cancel", "", S.CANCELLED),
         Row(S.QUEUED, "Cancel", "", S.CANCELLED),
@@ -85,10 +71,10 @@ def _rows() -> list[Row]:
         Row(S.PENDING, "Recover", "committed, never handed over (django-db)", S.QUEUED),
         Row(S.PENDING, "Recover", "the same, start later", S.SCHEDULED),
         Row(S.QUEUED, "PublishFailed", "", S.FAILED),
-        Row(S.QUEUED, "Reject", "malformed, oversized or unknown step", S.FAILED),
-        Row(S.RUNNING, "Reject", "malformed, oversized or unknown step", S.FAILED),
-        Row(S.CANCELLING, "Reject", "malformed, oversized or unknown step", S.FAILED),
-        Row(S.PENDING, "Reject", "malformed, oversized or unknown step", S.FAILED),
+        Row(S.QUEUED, "MessageRejected", "malformed, oversized or unknown step", S.FAILED),
+        Row(S.RUNNING, "MessageRejected", "malformed, oversized or unknown step", S.FAILED),
+        Row(S.CANCELLING, "MessageRejected", "malformed, oversized or unknown step", S.FAILED),
+        Row(S.PENDING, "MessageRejected", "malformed, oversized or unknown step", S.FAILED),
         Row(S.SCHEDULED, "Signalled", "the signal it waits for", S.QUEUED),
         Row(S.SCHEDULED, "Signalled", "not waiting for it: kept", S.SCHEDULED),
         Row(S.SCHEDULED, "Signalled", "already received", None),
@@ -96,11 +82,11 @@ def _rows() -> list[Row]:
         Row(S.QUEUED, "Signalled", "kept for a later wait", S.QUEUED),
         Row(S.RUNNING, "Signalled", "kept for a later wait", S.RUNNING),
         Row(S.CANCELLING, "Signalled", "kept for a later wait", S.CANCELLING),
-        Row(S.FAILED, "Retry", "back to the step it stopped at", S.QUEUED),
-        Row(S.ABORTED, "Retry", "back to the step it stopped at", S.QUEUED),
-        Row(S.CANCELLED, "Retry", "back to the step it stopped at", S.QUEUED),
-        Row(S.CANCELLED, "Retry", "cancelled before its start time", S.SCHEDULED),
-        Row(S.FAILED, "Retry", "a signal wait timed out: it waits again", S.SCHEDULED),
+        Row(S.FAILED, "RetryRequested", "back to the step it stopped at", S.QUEUED),
+        Row(S.ABORTED, "RetryRequested", "back to the step it stopped at", S.QUEUED),
+        Row(S.CANCELLED, "RetryRequested", "back to the step it stopped at", S.QUEUED),
+        Row(S.CANCELLED, "RetryRequested", "cancelled before its start time", S.SCHEDULED),
+        Row(S.FAILED, "RetryRequested", "a signal wait timed out: it waits again", S.SCHEDULED),
         Row(S.QUEUED, "Park", "the message's step, its workflow paused", S.QUEUED),
         Row(S.QUEUED, "Park", "already parked, or a stale message", None),
         Row(S.QUEUED, "Unpark", "parked", S.QUEUED),
@@ -108,7 +94,7 @@ def _rows() -> list[Row]:
     ]
     listed = {(row.status, row.event) for row in rows}
     # Every other (status, event) pair leaves the job as it is: final jobs change only by
-    # Retry.
+    # RetryRequested.
     rows += [
         Row(status, event, "", None)
         for status in S
@@ -126,7 +112,7 @@ def mermaid() -> str:
     """The state diagram of `LIFECYCLE` in Mermaid, as the README shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
-        quiet = ("Progress", "Yield", "Signalled")  # the status stays: not an edge
+        quiet = ("ProgressReported", "Yield", "Signalled")  # the status stays: not an edge
         if row.to is None or (row.to is row.status and row.event in quiet):
             continue
         edges.setdefault((row.status, row.to), [])

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 
 from ergate_celery.exceptions import InvalidInputError, JobNotFoundError, JobStateError
-from ergate_celery.lifecycle.transitions import RETRYABLE, Retry, Unpark
+from ergate_celery.lifecycle.events import RetryRequested, Unpark
+from ergate_celery.lifecycle.transitions import RETRYABLE
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.listing import JobPage, JobQuery, job_query
@@ -61,7 +62,7 @@ def every_job(rt: Runtime, query: JobQuery) -> Iterator[Job]:
 def retry_job(rt: Runtime, job_id: str) -> Job:
     """Send a FAILED, ABORTED or CANCELLED job back to the step it stopped at; the job as
     written. `JobNotFoundError` or `JobStateError` change nothing."""
-    before, after = rt.apply(job_id, Retry(), sender=RETRY_SENDER)
+    before, after = rt.apply(job_id, RetryRequested(), sender=RETRY_SENDER)
     if after is None:
         if before is None:
             raise JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
@@ -70,7 +71,7 @@ def retry_job(rt: Runtime, job_id: str) -> Job:
             "can be retried"
         )
     if after.status is JobStatus.QUEUED:
-        rt.hand_on(after, RETRY_SENDER)
+        rt.publish_current_step(after, RETRY_SENDER)
     return after
 
 
@@ -138,6 +139,6 @@ def _publish_parked(rt: Runtime, workflow_name: str) -> int:
             continue
         after = rt.apply(str(job.id), Unpark(), sender=RESUME_SENDER).after
         if after is not None:
-            rt.hand_on(after, RESUME_SENDER)
+            rt.publish_current_step(after, RESUME_SENDER)
             published += 1
     return published

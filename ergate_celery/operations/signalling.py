@@ -11,7 +11,7 @@ from ergate_celery.exceptions import (
     JobStateError,
     check_signal_name,
 )
-from ergate_celery.lifecycle.transitions import Signalled
+from ergate_celery.lifecycle.events import Signalled
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.transactions import in_django_transaction, on_commit
@@ -61,7 +61,7 @@ def signal_job(rt: Runtime, job_id: str, name: str, payload: Any = None) -> Job:
         return before  # already received: the first payload stays
     if after.status is JobStatus.QUEUED and before.status is JobStatus.SCHEDULED:
         if in_django_transaction():
-            on_commit(lambda: rt.hand_on(after, SIGNAL_SENDER))
+            on_commit(lambda: rt.publish_current_step(after, SIGNAL_SENDER))
         else:
-            rt.hand_on(after, SIGNAL_SENDER)
+            rt.publish_current_step(after, SIGNAL_SENDER)
     return after

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from ergate_celery.lifecycle.transitions import Recover
+from ergate_celery.lifecycle.events import Recover
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.scheduling.release import UNREADABLE, drop_entry
 from ergate_celery.stores.base import ACTIVE, IndexEntry
@@ -51,7 +51,7 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
             return 0
         logger.warning("Stuck job %s: %s", seen.id, recovered.recoveries[-1])
         if recovered.status is JobStatus.QUEUED:
-            rt.hand_on(recovered, RECOVER_TASK)
+            rt.publish_current_step(recovered, RECOVER_TASK)
     except Exception:
         logger.exception("Could not recover stuck job %s; the next sweep tries again", seen.id)
         return 0

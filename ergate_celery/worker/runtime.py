@@ -17,7 +17,8 @@ from typing import Any, NamedTuple, TypeVar
 from pydantic_core import PydanticSerializationError
 
 from ergate_celery.exceptions import InvalidInputError, UnknownStepError, UnknownWorkflowError
-from ergate_celery.lifecycle.transitions import Event, PublishFailed, Reject, transition
+from ergate_celery.lifecycle.events import Event, MessageRejected, PublishFailed
+from ergate_celery.lifecycle.transitions import transition
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
@@ -101,7 +102,7 @@ class Runtime:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def hand_on(self, job: Job, sender: str) -> None:
+    def publish_current_step(self, job: Job, sender: str) -> None:
         """Publish the job's current step; a job whose step cannot be published ends FAILED.
 
         A step or workflow that this process's definition no longer has (removed by a deploy)
@@ -115,7 +116,7 @@ class Runtime:
             )
         except (UnknownStepError, UnknownWorkflowError) as exc:
             error = JobError(type="UnknownStep", message=str(exc), step=job.current_step_name)
-            self.apply(job_id, Reject(error, job.steps_completed), sender=sender)
+            self.apply(job_id, MessageRejected(error, job.steps_completed), sender=sender)
         except Exception as exc:
             error = JobError.from_exception(exc, job.current_step_name)
             error = error.model_copy(
