@@ -25,10 +25,9 @@ from ergate_celery.operations.signalling import signal_job
 from ergate_celery.operations.submission import new_job
 from ergate_celery.registry import WorkflowRegistry, discover_django_workflows
 from ergate_celery.scheduling import beat, overdue
-from ergate_celery.scheduling.release import UNREADABLE
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore, store_for_backend
-from ergate_celery.stores.base import job_document
+from ergate_celery.stores.base import UNREADABLE, job_document
 from ergate_celery.stores.listing import JobPage
 from ergate_celery.transactions import in_django_transaction, on_commit
 from ergate_celery.worker.announcer import Announcer

@@ -22,26 +22,15 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, assert_will_not_block  # type: ignore[attr-defined]
 
-from ergate_celery.exceptions import ErgateError
-from ergate_celery.model.job import Job
-from ergate_celery.model.job_status import JobStatus
+from ergate_celery.exceptions import JobFailedError
+from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
 
 if TYPE_CHECKING:
     from ergate_celery.binding import ErgateCelery
 
 #: The statuses a job record can show that Celery has no state of that name for.
 JOB_STATES = frozenset(s.name for s in JobStatus) - {"PENDING"}
-FINAL_STATES = frozenset(
-    s.name for s in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABORTED, JobStatus.CANCELLED)
-)
-
-
-class JobFailedError(ErgateError):
-    """`AsyncResult(job.id).get()` of a job that ended FAILED; `.job` is the job."""
-
-    def __init__(self, message: str, job: Job) -> None:
-        super().__init__(message)
-        self.job = job
+FINAL_STATES = frozenset(status.name for status in FINAL_STATUSES)
 
 
 class JobResult(AsyncResult):  # type: ignore[type-arg]

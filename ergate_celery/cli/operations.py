@@ -8,6 +8,7 @@ import click
 
 from ergate_celery.cli.commands import CONFIRM_ABOVE, BadInput, _binding, _since_arg, ergate
 from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
+from ergate_celery.model.job_status import RETRYABLE_STATUSES
 from ergate_celery.operations.jobs import every_job, retry_query
 
 
@@ -17,7 +18,7 @@ from ergate_celery.operations.jobs import every_job, retry_query
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["FAILED", "ABORTED", "CANCELLED"], case_sensitive=False),
+    type=click.Choice([s.name for s in sorted(RETRYABLE_STATUSES)], case_sensitive=False),
     help="Retry every job in this status (repeatable) instead of one JOB_ID.",
 )
 @click.option("--workflow", help="With --status: only jobs of this workflow.")

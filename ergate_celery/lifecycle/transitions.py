@@ -31,12 +31,15 @@ from ergate_celery.lifecycle.events import (
     Yield,
 )
 from ergate_celery.model.job import Job, JobError
-from ergate_celery.model.job_status import JobStatus
+from ergate_celery.model.job_status import (
+    ACTIVE_STATUSES,
+    RETRYABLE_STATUSES,
+    RUNNING_STATUSES,
+    WAITING_STATUSES,
+    JobStatus,
+)
 
 S = JobStatus
-
-#: The final statuses `retry_job` accepts.
-RETRYABLE = (S.FAILED, S.ABORTED, S.CANCELLED)
 
 
 def transition(stored: Job, event: Event, now: datetime) -> Job | None:
@@ -56,19 +59,19 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
                 return None
             return stored.model_copy(update={"claim": None, "lease_until": None})
         case ProgressReported(token=token, percent=percent, lease_until=lease_until):
-            holds = status in (S.RUNNING, S.CANCELLING) and stored.claim == token
+            holds = status in RUNNING_STATUSES and stored.claim == token
             if not holds or stored.percent_completed >= percent:
                 return None
             return stored.model_copy(
                 update={"percent_completed": percent, "lease_until": lease_until}
             )
         case Cancel():
-            if status in (S.SCHEDULED, S.QUEUED, S.PENDING):
+            if status in WAITING_STATUSES:
                 return _set(stored, S.CANCELLED)
             return _set(stored, S.CANCELLING) if status is S.RUNNING else None
         case TimeLimit(step_name=step_name, steps_completed=steps_completed, seconds=seconds):
             at_step = stored.steps_completed == steps_completed and _at(stored, step_name)
-            if status not in (S.RUNNING, S.CANCELLING) or not at_step:
+            if status not in RUNNING_STATUSES or not at_step:
                 return None
             message = f"Step {step_name!r} ran past its hard time_limit of {seconds:g} s"
             return _fail(stored, "TimeLimitExceeded", message, step_name)
@@ -114,7 +117,7 @@ def _release(stored: Job, release: Release, now: datetime) -> Job | None:
 
 
 def _retry(stored: Job, now: datetime) -> Job | None:
-    if stored.status not in RETRYABLE:
+    if stored.status not in RETRYABLE_STATUSES:
         return None
     start = stored.requested_start_time
     errors = stored.errors if stored.error is None else [*stored.errors, stored.error]
@@ -184,7 +187,7 @@ def _claim(stored: Job, claim: Claim, now: datetime) -> Job | None:
 
 
 def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
-    if stored.status not in (S.RUNNING, S.CANCELLING) or stored.claim != token:
+    if stored.status not in RUNNING_STATUSES or stored.claim != token:
         return None  # another run took the job over, or this outcome is already stored
     # Signals that came while the step ran are kept (a step never changes them).
     after = waiting.begin(after.model_copy(update={"signals": stored.signals}), now)
@@ -202,7 +205,7 @@ def _recover(stored: Job, recover: Recover, now: datetime) -> Job | None:
         seen.status,
         seen.steps_completed,
         seen.attempt,
-    ) or stored.status not in (S.PENDING, S.QUEUED, S.RUNNING, S.CANCELLING):
+    ) or stored.status not in ACTIVE_STATUSES:
         return None
     where = f"{stored.status.name} at step {_step_label(stored)}"
     idle = f"{recover.idle_seconds:g} s"

@@ -14,9 +14,8 @@ from datetime import datetime
 
 from ergate_celery.exceptions import InvalidInputError, JobNotFoundError, JobStateError
 from ergate_celery.lifecycle.events import RetryRequested, Unpark
-from ergate_celery.lifecycle.transitions import RETRYABLE
 from ergate_celery.model.job import Job
-from ergate_celery.model.job_status import JobStatus
+from ergate_celery.model.job_status import RETRYABLE_STATUSES, JobStatus
 from ergate_celery.stores.listing import JobPage, JobQuery, job_query
 from ergate_celery.worker.pausing import PausedWorkflows
 from ergate_celery.worker.runtime import Runtime
@@ -78,7 +77,7 @@ def retry_job(rt: Runtime, job_id: str) -> Job:
 def retry_query(status: StatusFilter, workflow: str | None, since: datetime | None) -> JobQuery:
     """The jobs `retry_jobs` retries; a status that cannot be retried is an error."""
     query = job_query(
-        status=status if status is not None else RETRYABLE,
+        status=status if status is not None else RETRYABLE_STATUSES,
         workflow=workflow,
         since=since,
         until=None,
@@ -86,7 +85,7 @@ def retry_query(status: StatusFilter, workflow: str | None, since: datetime | No
         limit=1,
     )
     assert query.statuses is not None
-    wrong = sorted(s.name for s in query.statuses if s not in RETRYABLE)
+    wrong = sorted(s.name for s in query.statuses if s not in RETRYABLE_STATUSES)
     if wrong:
         raise InvalidInputError(
             f"status {', '.join(wrong)} cannot be retried; retry FAILED, ABORTED or CANCELLED jobs"

@@ -11,18 +11,14 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
-
 from ergate_celery.lifecycle.events import Release
 from ergate_celery.model.job_status import JobStatus
-from ergate_celery.stores.base import SCHEDULED, IndexEntry
+from ergate_celery.stores.base import SCHEDULED, UNREADABLE, IndexEntry
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
 
 RELEASE_TASK = "ergate.release_scheduled_jobs"
-#: What reading a record that is not a job raises (as opposed to a backend that is down).
-UNREADABLE = (ValidationError, KeyError, TypeError, ValueError)
 
 
 def release_due_jobs(rt: Runtime, now: datetime | None = None) -> int:

@@ -11,16 +11,14 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from ergate_celery.lifecycle.events import Recover
-from ergate_celery.model.job_status import JobStatus
-from ergate_celery.scheduling.release import UNREADABLE, drop_entry
-from ergate_celery.stores.base import ACTIVE, IndexEntry
+from ergate_celery.model.job_status import ACTIVE_STATUSES, JobStatus
+from ergate_celery.scheduling.release import drop_entry
+from ergate_celery.stores.base import ACTIVE, UNREADABLE, IndexEntry
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
 
 RECOVER_TASK = "ergate.recover_stuck_jobs"
-#: PENDING is indexed only on django-db, where a readable PENDING record was committed.
-_STUCK = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 _BATCH = 1000
 
 
@@ -39,7 +37,7 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
     except UNREADABLE as exc:
         drop_entry(rt, entry, f"its record is not a job ({type(exc).__name__})")
         return 0
-    if seen is None or seen.status not in _STUCK:
+    if seen is None or seen.status not in ACTIVE_STATUSES:
         drop_entry(rt, entry, f"it is {'gone' if seen is None else seen.status.name}")
         return 0
     settings = rt.settings

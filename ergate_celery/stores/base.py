@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
 from celery import states
+from pydantic import ValidationError
 
 from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
 from ergate_celery.lifecycle.waiting import due_at
@@ -49,6 +50,9 @@ class TaskResult:
         """Store `summary` through the backend, as Celery would when the task returns."""
         backend.store_result(self.task_id, summary, states.SUCCESS, request=self.request)
 
+
+#: What reading a record that is not a job raises (as opposed to a backend that is down).
+UNREADABLE = (ValidationError, KeyError, TypeError, ValueError)
 
 #: A new record may take all but 1/CREATE_HEADROOM of `ergate_max_payload_bytes`.
 CREATE_HEADROOM: Final = 10
