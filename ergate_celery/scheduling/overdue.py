@@ -99,10 +99,13 @@ class OverdueWatch(bootsteps.StartStopStep):
 def _close_django_connections() -> None:
     # The timer thread is no task: nothing else closes the Django connection it opened on
     # django-db, and a connection left open keeps e.g. a test database from being dropped.
+    # A process may import Django without configuring it: then it opened no connection.
     if "django.db" in sys.modules:
+        from django.conf import settings
         from django.db import connections
 
-        connections.close_all()
+        if settings.configured:
+            connections.close_all()
 
 
 def install(app: Any) -> None:
