@@ -23,7 +23,7 @@ from ergate_celery.operations import jobs as operations
 from ergate_celery.operations.jobs import StatusFilter
 from ergate_celery.operations.signalling import signal_job
 from ergate_celery.operations.submission import new_job
-from ergate_celery.registry import WorkflowRegistry, discover_django_workflows
+from ergate_celery.registry import WorkflowRegistry
 from ergate_celery.scheduling import beat, overdue
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore, store_for_backend
@@ -54,18 +54,19 @@ class ErgateCelery:
         if app in _bindings:
             raise ErgateError(f"Celery app {app.main!r} already has an ErgateCelery")
         self.app = app
-        self._store: JobStore | None = None
         self._settings: ErgateSettings | None = None
         self._runtime: Runtime | None = None
         self.registry = WorkflowRegistry(app, lambda step: install_step(self, step))
         _bindings[app] = self
-        beat.install(self)
-        job_result.install(self)
-        overdue.install(app)
+        self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
+        # The runtime and the settings are made at first use, after the app is configured:
+        # what is installed now is handed functions that give them.
+        beat.install(app, lambda: self.runtime, lambda: self.settings, self.submit_job)
+        job_result.install(app, lambda: self.runtime)
+        overdue.install(app, lambda: self.runtime)
         task_unknown.connect(partial(fail_unknown_task, self), weak=False)
         worker_init.connect(self._on_worker_init, weak=False)
-        self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
-        discover_django_workflows(self)
+        self.registry.autodiscover_django(if_ready=True)
 
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
@@ -104,37 +105,32 @@ class ErgateCelery:
 
     @property
     def runtime(self) -> Runtime:
-        """What the step tasks, release and sweep work with."""
+        """What the step tasks, release, sweep and operations work with."""
         if self._runtime is None:
-
-            def publish(job: Job) -> None:
-                # Looked up at each call: a subclass's or a patched publish() is honoured.
-                self.publish(job)
-
-            self._runtime = Runtime(
-                self.store,
-                self.settings,
-                self.announcer,
-                publish,
-                PausedWorkflows(self.store, self.settings.pause_refresh),
-            )
-        return self._runtime
-
-    @property
-    def store(self) -> JobStore:
-        """Where jobs live: the store for the app's result backend."""
-        if self._store is None:
             settings = self.settings
-            self._store = store_for_backend(
+            store = store_for_backend(
                 self.app.backend,
                 settings.max_payload_bytes,
                 settings.expires_by_status,
                 settings.index_name_of(self.app.main),
             )
+
+            def publish(job: Job) -> None:
+                # Looked up at each call: a subclass's or a patched publish() is honoured.
+                self.publish(job)
+
+            paused = PausedWorkflows(store, settings.pause_refresh)
+            self._runtime = Runtime(store, settings, self.announcer, publish, paused)
+        return self._runtime
+
+    @property
+    def store(self) -> JobStore:
+        """Where jobs live: the store for the app's result backend."""
+        rt = self.runtime
         # Celery keeps a backend per thread: make this thread's one know job statuses, so a
         # plain AsyncResult made here never waits forever for a job (once per backend).
-        job_result.adapt_backend(self.app.backend, self)
-        return self._store
+        job_result.adapt_backend(self.app.backend, rt)
+        return rt.store
 
     def register_workflow(self, workflow: Workflow) -> None:
         """Check `workflow` and install one Celery task per step."""
@@ -254,8 +250,8 @@ class ErgateCelery:
         crontab or solar); returns the `beat_schedule` key. The input is checked now, as
         `submit_job` would check it, so a bad entry fails here and not at every firing."""
         return beat.add_periodic_job(
-            self,
-            workflow_name,
+            self.app,
+            self.workflow(workflow_name),
             schedule,
             name=name,
             initial_input_value=initial_input_value,
@@ -264,8 +260,8 @@ class ErgateCelery:
 
     def close(self) -> None:
         """Release the connections of the job store (call it before `app.close()`)."""
-        if self._store is not None:
-            self._store.close()
+        if self._runtime is not None:
+            self._runtime.store.close()
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
