@@ -103,6 +103,18 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
     raise TypeError(f"Not a lifecycle event: {event!r}")
 
 
+def already_written(stored: Job, event: Event) -> bool:
+    """Whether `stored` holds what `event` writes already: its claim or its outcome carries
+    the event's token, so an earlier try of this very write went through (its reply was
+    lost). Tokens are unique per step run, so no other run's write matches."""
+    match event:
+        case Claim(token=token):
+            return stored.claim == token
+        case Finish(token=token):
+            return stored.finished_by == token
+    return False
+
+
 def _release(stored: Job, release: Release, now: datetime) -> Job | None:
     if stored.status is not S.SCHEDULED:
         return None  # cancelled, or released by a concurrent run

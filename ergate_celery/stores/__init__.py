@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ergate_celery.exceptions import UnsupportedBackendError
-from ergate_celery.stores.base import ACTIVE, SCHEDULED, BaseJobStore, Change, IndexEntry, JobStore
+from ergate_celery.stores.base import (
+    ACTIVE,
+    SCHEDULED,
+    BaseJobStore,
+    Change,
+    IndexEntry,
+    JobStore,
+    Updated,
+)
 
 __all__ = [
     "ACTIVE",
@@ -15,6 +23,7 @@ __all__ = [
     "Change",
     "IndexEntry",
     "JobStore",
+    "Updated",
     "store_for_backend",
 ]
 

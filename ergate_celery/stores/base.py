@@ -21,8 +21,18 @@ from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
 from ergate_celery.stores.oversized import without_values
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
-#: It may be called more than once when a concurrent write wins a race, so it must be pure.
+#: It may be called more than once when a concurrent write wins a race, so it must be pure:
+#: what the store read and wrote comes back from `update`.
 Change = Callable[[Job], Job | None]
+
+
+class Updated(NamedTuple):
+    """What `JobStore.update` did: the record its change was last computed from (None: there
+    is no record) and the job it wrote (None: nothing was written)."""
+
+    before: Job | None
+    after: Job | None
+
 
 #: What a backend's compare-and-set compares: a digest on Redis, the stored columns on SQL.
 Token = TypeVar("Token")
@@ -117,8 +127,9 @@ class JobStore(Protocol):
         *,
         assume: Job | None = None,
         result: TaskResult | None = None,
-    ) -> Job | None:
-        """Apply `change` atomically (compare-and-set); the job written, or None.
+    ) -> Updated:
+        """Apply `change` atomically (compare-and-set); the record it was computed from and
+        the job written (None: the change left the record alone, or there is none).
 
         `assume` is the job the caller believes is stored (the one it last wrote, or the one a
         step message carries): the store then writes `change(assume)` against it without
@@ -293,7 +304,7 @@ class BaseJobStore(ABC, Generic[Token]):
         *,
         assume: Job | None = None,
         result: TaskResult | None = None,
-    ) -> Job | None:
+    ) -> Updated:
         """See `JobStore.update`."""
         # `token` is None while `job` is only assumed: worked out if a write needs it.
         token: Token | None = None
@@ -302,17 +313,17 @@ class BaseJobStore(ABC, Generic[Token]):
         else:
             stored = self._read(job_id)
             if stored is None:
-                return None
+                return Updated(None, None)
             job, token = stored
         while True:
             new = change(job)
             if new is None:
                 if token is not None:
-                    return None
+                    return Updated(job, None)
                 # The assumption may be wrong: look at the record before giving up.
                 stored = self._read(job_id)
                 if stored is None:
-                    return None
+                    return Updated(None, None)
                 job, token = stored
                 continue
             new = stamped(new)
@@ -328,9 +339,9 @@ class BaseJobStore(ABC, Generic[Token]):
             if reply is Outcome.WRITTEN:
                 if result is not None and not self.writes_task_result:
                     result.store_after(self.backend, new)
-                return new
+                return Updated(job, new)
             if reply is Outcome.GONE:
-                return None
+                return Updated(None, None)
             job, token = reply
 
     def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:

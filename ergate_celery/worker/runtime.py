@@ -12,29 +12,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from pydantic_core import PydanticSerializationError
 
 from ergate_celery.exceptions import InvalidInputError, UnknownStepError, UnknownWorkflowError
 from ergate_celery.lifecycle.events import Event, MessageRejected, PublishFailed
-from ergate_celery.lifecycle.transitions import transition
+from ergate_celery.lifecycle.transitions import already_written, transition
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
-from ergate_celery.stores.base import TaskResult
+from ergate_celery.stores.base import TaskResult, Updated
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 
 logger = logging.getLogger("ergate_celery")
 T = TypeVar("T")
-
-
-class Applied(NamedTuple):
-    """What `Runtime.apply` did: the job as last read (None: no record) and as written."""
-
-    before: Job | None
-    after: Job | None
 
 
 @dataclass
@@ -59,20 +52,22 @@ class Runtime:
         assume: Job | None = None,
         result: TaskResult | None = None,
         task: Any = None,
-    ) -> Applied:
-        """Store the transition of `event` on the job, and announce it when it was written."""
+    ) -> Updated:
+        """Store the transition of `event` on the job, and announce it when it was written.
+
+        Tried again after an error (see `retrying`), a claim or an outcome whose earlier write
+        went through, with its reply lost, is recognised by its token: it is returned, and
+        announced, as written now, with `assume` as the job before it.
+        """
         moment = now or datetime.now(UTC)
-        seen: list[Job] = []
-
-        def change(stored: Job) -> Job | None:
-            seen[:] = [stored]
-            return transition(stored, event, moment)
-
-        after = self.store.update(job_id, change, assume=assume, result=result)
-        before = seen[0] if seen else None
+        before, after = self.store.update(
+            job_id, lambda stored: transition(stored, event, moment), assume=assume, result=result
+        )
+        if after is None and before is not None and already_written(before, event):
+            before, after = assume, before
         if after is not None:
             self.announce(before, after, sender, task)
-        return Applied(before, after)
+        return Updated(before, after)
 
     def retrying(self, what: str, action: Callable[[], T]) -> T:
         """Run `action`, retried with backoff while the broker or backend is unreachable.

@@ -132,9 +132,6 @@ def _claim(
     )
     if after is not None:
         return after
-    if before is not None and before.claim == token:  # written, but the reply was lost
-        rt.announce(message, before, step.task_name, task)
-        return before
     if before is not None and _stranded_successor(before, message, step, task):
         # The worker that ran this step died after storing its outcome and before publishing
         # the next step: the redelivered message hands the job on.
@@ -181,21 +178,15 @@ def _finish(
     result = own_result(task, step) if with_result else None
 
     def write(outcome: Job) -> Job | None:
-        def attempt() -> Job | None:
-            before, written = rt.apply(
-                str(job.id),
-                Finish(token, outcome),
-                sender=step.task_name,
-                assume=job,
-                result=result,
-                task=task,
-            )
-            if written is None and before is not None and before.finished_by == token:
-                rt.announce(job, before, step.task_name, task)  # written; the reply was lost
-                return before
-            return written
-
-        return rt.retrying(f"storing the outcome of {step} for job {job.id}", attempt)
+        event = Finish(token, outcome)
+        return rt.retrying(
+            f"storing the outcome of {step} for job {job.id}",
+            lambda: (
+                rt.apply(
+                    str(job.id), event, sender=step.task_name, assume=job, result=result, task=task
+                ).after
+            ),
+        )
 
     try:
         if after.last_return_value is not job.last_return_value:  # the step gave a value
