@@ -13,9 +13,11 @@ from celery import Celery
 from celery.utils.dispatch import Signal
 
 from ergate_celery import signals
+from ergate_celery.exceptions import JobNotFoundError
 from ergate_celery.lifecycle.events import Claim, Finish
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.operations.cancelling import cancel_job
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.base import (
     BaseJobStore,
@@ -44,8 +46,10 @@ class StubJobStore(BaseJobStore[str]):
         super().__init__(backend=None, max_bytes=1_000_000)
         self.records: dict[str, Job] = {}
         self.lose_replies = 0
+        self.reads = 0
 
     def _read(self, job_id: str) -> Stored[str] | None:
+        self.reads += 1
         job = self.records.get(job_id)
         return None if job is None else Stored(job, self._token_of(job))
 
@@ -55,11 +59,11 @@ class StubJobStore(BaseJobStore[str]):
     def _compare_and_set(
         self, job_id: str, expected: str, new: Job, result: TaskResult | None
     ) -> Stored[str] | Outcome:
-        stored = self._read(job_id)
-        if stored is None:
+        job = self.records.get(job_id)
+        if job is None:
             return Outcome.GONE
-        if stored.token != expected:
-            return stored
+        if self._token_of(job) != expected:
+            return Stored(job, self._token_of(job))
         self.records[job_id] = new
         if self.lose_replies:
             self.lose_replies -= 1
@@ -210,3 +214,27 @@ def test_an_outcome_whose_reply_was_lost_is_recognised_and_announced_once(
     assert after is not None
     assert (after.finished_by, after.status) == ("ours", JobStatus.COMPLETED)
     assert announced == ["step_completed", "job_completed"]
+
+
+@pytest.mark.parametrize(
+    ("status", "after"),
+    [
+        (JobStatus.QUEUED, JobStatus.CANCELLED),
+        (JobStatus.RUNNING, JobStatus.CANCELLING),
+        (JobStatus.COMPLETED, JobStatus.COMPLETED),
+    ],
+)
+def test_cancel_job_reads_the_job_once(
+    store: StubJobStore, status: JobStatus, after: JobStatus
+) -> None:
+    store.records["job-1"] = store.records["job-1"].model_copy(update={"status": status})
+    store.reads = 0
+    assert cancel_job(_runtime(store), "job-1").status is after
+    assert store.reads == 1
+
+
+def test_cancel_job_of_an_unknown_id_is_job_not_found(store: StubJobStore) -> None:
+    with pytest.raises(JobNotFoundError, match="No job with id 'nope'"):
+        cancel_job(_runtime(store), "nope")
+    with pytest.raises(TypeError, match="A job id is a string, got int"):
+        cancel_job(_runtime(store), 7)  # type: ignore[arg-type]

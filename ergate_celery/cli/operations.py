@@ -16,7 +16,8 @@ from ergate_celery.cli.arguments import (
 )
 from ergate_celery.exceptions import JobNotFoundError, JobStateError
 from ergate_celery.model.job_status import RETRYABLE_STATUSES
-from ergate_celery.operations.jobs import every_job, retry_query
+from ergate_celery.operations.listing import every_job
+from ergate_celery.operations.retrying import retry_query
 
 
 @ergate.command()

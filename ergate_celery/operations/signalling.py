@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ergate_celery.exceptions import (
-    InvalidInputError,
-    JobNotFoundError,
-    JobStateError,
-    check_signal_name,
-)
+from ergate_celery.exceptions import InvalidInputError, JobStateError, check_signal_name
 from ergate_celery.lifecycle.events import Signalled
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.operations.reading import check_id, job_not_found, reading
 from ergate_celery.transactions import in_django_transaction, on_commit
 from ergate_celery.worker.runtime import Runtime
 
@@ -47,11 +43,13 @@ def check_payload(payload: Any, max_bytes: int) -> None:
 def signal_job(rt: Runtime, job_id: str, name: str, payload: Any = None) -> Job:
     """Store signal `name` with `payload` on the job and release it if it waits for it;
     returns the job as stored. Bad input, an unknown job or a finished one change nothing."""
+    check_id(job_id)
     check_signal_name(name)
     check_payload(payload, rt.settings.max_payload_bytes)
-    before, after = rt.apply(job_id, Signalled(name, payload), sender=SIGNAL_SENDER)
+    with reading(job_id):
+        before, after = rt.apply(job_id, Signalled(name, payload), sender=SIGNAL_SENDER)
     if before is None:
-        raise JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
+        raise job_not_found(job_id)
     if after is None:
         if before.is_final:
             raise JobStateError(
