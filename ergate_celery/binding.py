@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -19,7 +18,7 @@ from ergate_celery.model.workflow import Workflow
 from ergate_celery.operations import cancelling, pausing, reading, retrying, signalling
 from ergate_celery.operations.listing import StatusFilter
 from ergate_celery.operations.submission import new_job, submit
-from ergate_celery.registry import WorkflowRegistry
+from ergate_celery.registry import Packages, WorkflowRegistry
 from ergate_celery.scheduling import beat, overdue
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore, store_for_backend
@@ -130,10 +129,7 @@ class ErgateCelery:
         self.registry.register(workflow)
 
     def autodiscover_workflows(
-        self,
-        packages: Iterable[str] | Callable[[], Iterable[str]],
-        related_name: str = "workflows",
-        force: bool = False,
+        self, packages: Packages, related_name: str = "workflows", force: bool = False
     ) -> None:
         """Register the workflows of `<package>.workflows` modules, as Celery finds tasks.
 

@@ -18,6 +18,8 @@ from ergate_celery.model.workflow_step import WorkflowStep
 
 #: One discovery receiver per app and signal, however often autodiscover is called.
 _DISCOVER_UID = "ergate_celery.autodiscover_workflows"
+#: Where `autodiscover` looks: package names, or a function giving them when it looks.
+Packages = Iterable[str] | Callable[[], Iterable[str]]
 #: The Django app that finds the workflows of the other installed apps.
 DJANGO_APP = "ergate_celery.contrib.django"
 
@@ -53,10 +55,7 @@ class WorkflowRegistry:
             self._workflows[workflow.unique_name] = workflow
 
     def autodiscover(
-        self,
-        packages: Iterable[str] | Callable[[], Iterable[str]],
-        related_name: str = "workflows",
-        force: bool = False,
+        self, packages: Packages, related_name: str = "workflows", force: bool = False
     ) -> None:
         """See `ErgateCelery.autodiscover_workflows`: import now when the moment has come,
         else when a worker or beat starts, the app is finalized, or a workflow is looked up."""

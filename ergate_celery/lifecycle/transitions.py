@@ -11,25 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ergate_celery.lifecycle import waiting
-from ergate_celery.lifecycle.events import (
-    Cancel,
-    Claim,
-    Event,
-    Finish,
-    HandOver,
-    MessageRejected,
-    Park,
-    ProgressReported,
-    PublishFailed,
-    Recover,
-    Release,
-    RetryRequested,
-    Signalled,
-    TimeLimit,
-    Unpark,
-    Yield,
-)
+from ergate_celery.lifecycle import events, waiting
+from ergate_celery.lifecycle.events import Event
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.job_status import (
     ACTIVE_STATUSES,
@@ -46,57 +29,59 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
     """The job after `event`, or None when the event leaves the stored job as it is."""
     status = stored.status
     match event:
-        case HandOver(to=to):
+        case events.HandOver(to=to):
             return _set(stored, to) if status is S.PENDING else None
-        case Release():
+        case events.Release():
             return _release(stored, event, now)
-        case Claim():
+        case events.Claim():
             return _claim(stored, event, now)
-        case Finish(token=token, after=after):
+        case events.Finish(token=token, after=after):
             return _finish(stored, token, after, now)
-        case Yield(token=token):
+        case events.Yield(token=token):
             if status is not S.RUNNING or stored.claim != token:
                 return None
             return stored.model_copy(update={"claim": None, "lease_until": None})
-        case ProgressReported(token=token, percent=percent, lease_until=lease_until):
+        case events.ProgressReported(token=token, percent=percent, lease_until=lease_until):
             holds = status in RUNNING_STATUSES and stored.claim == token
             if not holds or stored.percent_completed >= percent:
                 return None
             return stored.model_copy(
                 update={"percent_completed": percent, "lease_until": lease_until}
             )
-        case Cancel():
+        case events.Cancel():
             if status in WAITING_STATUSES:
                 return _set(stored, S.CANCELLED)
             return _set(stored, S.CANCELLING) if status is S.RUNNING else None
-        case TimeLimit(step_name=step_name, steps_completed=steps_completed, seconds=seconds):
+        case events.TimeLimit(
+            step_name=step_name, steps_completed=steps_completed, seconds=seconds
+        ):
             at_step = stored.steps_completed == steps_completed and _at(stored, step_name)
             if status not in RUNNING_STATUSES or not at_step:
                 return None
             message = f"Step {step_name!r} ran past its hard time_limit of {seconds:g} s"
             return _fail(stored, "TimeLimitExceeded", message, step_name)
-        case Recover():
+        case events.Recover():
             return _recover(stored, event, now)
-        case PublishFailed(steps_completed=steps_completed, error=error):
+        case events.PublishFailed(steps_completed=steps_completed, error=error):
             if status is not S.QUEUED or stored.steps_completed != steps_completed:
                 return None
             return _failed(stored, error)
-        case MessageRejected(error=error, steps_completed=steps_completed):
+        case events.MessageRejected(error=error, steps_completed=steps_completed):
             if stored.is_final or status is S.SCHEDULED:
                 return None
             if steps_completed is not None and stored.steps_completed != steps_completed:
                 return None
             return _failed(stored, error)
-        case Signalled(name=name, payload=payload):
+        case events.Signalled(name=name, payload=payload):
             return waiting.receive(stored, name, payload)
-        case RetryRequested():
+        case events.RetryRequested():
             return _retry(stored, now)
-        case Park(step_name=step_name, steps_completed=steps_completed):
+        case events.Park(step_name=step_name, steps_completed=steps_completed):
             queued = status is S.QUEUED and not stored.parked
             if not queued or stored.steps_completed != steps_completed:
                 return None
             return stored.model_copy(update={"parked": True}) if _at(stored, step_name) else None
-        case Unpark():
+        case events.Unpark():
             if status is not S.QUEUED or not stored.parked:
                 return None
             return stored.model_copy(update={"parked": False})
@@ -108,14 +93,14 @@ def already_written(stored: Job, event: Event) -> bool:
     the event's token, so an earlier try of this very write went through (its reply was
     lost). Tokens are unique per step run, so no other run's write matches."""
     match event:
-        case Claim(token=token):
+        case events.Claim(token=token):
             return stored.claim == token
-        case Finish(token=token):
+        case events.Finish(token=token):
             return stored.finished_by == token
     return False
 
 
-def _release(stored: Job, release: Release, now: datetime) -> Job | None:
+def _release(stored: Job, release: events.Release, now: datetime) -> Job | None:
     if stored.status is not S.SCHEDULED:
         return None  # cancelled, or released by a concurrent run
     if stored.wait is not None:
@@ -155,7 +140,7 @@ def _retry(stored: Job, now: datetime) -> Job | None:
     )
 
 
-def _claim(stored: Job, claim: Claim, now: datetime) -> Job | None:
+def _claim(stored: Job, claim: events.Claim, now: datetime) -> Job | None:
     if stored.workflow_name != claim.workflow_name:
         return None
     if stored.steps_completed != claim.steps_completed or not _at(stored, claim.step_name):
@@ -210,7 +195,7 @@ def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
     )
 
 
-def _recover(stored: Job, recover: Recover, now: datetime) -> Job | None:
+def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
     seen = recover.seen
     # Only if nothing moved since it was seen idle: a job that progressed is left alone.
     if (stored.status, stored.steps_completed, stored.attempt) != (

@@ -4,7 +4,7 @@ storing the job and publishing its first step."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -16,7 +16,7 @@ from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import non_json, parses_back
 from ergate_celery.model.workflow import Workflow
-from ergate_celery.stores.listing import check_tags
+from ergate_celery.stores.listing import check_tags, utc_moment
 from ergate_celery.transactions import in_django_transaction, on_commit
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
@@ -39,8 +39,8 @@ def new_job(
     tags: Any = None,
 ) -> Job:
     """The job to store for a submission, in its JSON form, or `InvalidInputError`."""
-    start = _utc("requested_start_time", requested_start_time)
-    end = _utc("deadline", deadline)
+    start = utc_moment("requested_start_time", requested_start_time)
+    end = utc_moment("deadline", deadline)
     if priority is not None and (
         not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 255
     ):
@@ -87,15 +87,6 @@ def _job_id(job_id: Any) -> str:
             "results of step tasks; choose another id"
         )
     return job_id
-
-
-def _utc(name: str, value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise InvalidInputError(f"{name} must be a datetime or None, got {type(value).__name__}")
-    # A naive datetime is UTC, as Celery reads a naive eta.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _jsonable(name: str, value: Any, parse: Any) -> Any:
