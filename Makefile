@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install lint format test test-fast demo bench clean
+.PHONY: install lint format test test-unit test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ format: $(STAMP)
 # Two pytest processes at once: each keeps its own Redis db, schema and vhost (tests/services.py).
 test: lint
 	$(BIN)/python -m pytest -n 2
+
+# The tests of tests/unit/ alone: no broker, backend, database or worker needed (under 30 s).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
 
 # Skips the fault tests marked slow; CI runs everything through `make test`.
 test-fast: $(STAMP)

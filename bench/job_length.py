@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from celery import chain
 
 from . import apps
 from .apps import Bench, BenchConfig
+from .report import attempt, not_ran
 from .workers import worker
 
 
@@ -97,29 +99,26 @@ def run_job_length(
     sizes: LengthSizes, unavailable: Callable[[str], str | None], log: Callable[[str], None]
 ) -> dict[str, Any]:
     """The measure on Redis with a worker of its own (prefork, 2 processes)."""
-    reason = unavailable("redis")
-    if reason is not None:
-        log(f"job length: skipped ({reason})")
-        return {"status": "skipped", "reason": reason}
+    return attempt("job length", "redis", unavailable, partial(_on_worker, sizes, log), log)
+
+
+def _on_worker(sizes: LengthSizes, log: Callable[[str], None]) -> dict[str, Any]:
     config = BenchConfig(setup="redis", queue=f"ergate-bench-length-{uuid.uuid4().hex[:8]}")
     bench = apps.build(config)
     folder = Path(tempfile.mkdtemp(prefix="ergate-bench-length-"))
     try:
         log("job length: 5-step against 100-step jobs…")
         with worker(config, bench, folder, sizes.timeout):
-            return {"status": "ran", **measure(bench, sizes)}
-    except Exception as exc:
-        log(f"job length failed: {type(exc).__name__}: {exc}")
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            return measure(bench, sizes)
     finally:
         bench.app.close()
 
 
 def table(outcome: dict[str, Any]) -> str:
     """Per-step milliseconds of short and long runs, and the long/short ratio per side."""
-    if outcome.get("status") != "ran":
-        why = outcome.get("reason") or outcome.get("error")
-        return f"job length: {outcome.get('status')} ({why})"
+    note = not_ran("job length", outcome)
+    if note is not None:
+        return note
     medians = outcome["ms_per_step_median"]
     steps = outcome["steps"]
     lines = [

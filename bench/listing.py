@@ -18,12 +18,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from celery import Celery
 
 from .apps import POSTGRES_URL, REDIS_URL
-from .report import aligned
+from .report import aligned, attempt, not_ran
+from .storage import flush_redis, postgres
 
 SCHEMA = "ergate_bench_listing"
 WORKFLOW = "bench_listed"
@@ -56,47 +58,24 @@ QUICK = ListingSizes(counts=(100, 1_000), reads=10)
 TINY = ListingSizes(counts=(100, 400), reads=4, limit=10)
 
 
-def _redis_flush() -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
-def _postgres(statement: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(POSTGRES_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("SET lock_timeout = '10s'"))
-            conn.execute(sa.text(statement))
-    finally:
-        engine.dispose()
-
-
 @contextlib.contextmanager
 def storage(backend: str) -> Iterator[dict[str, Any]]:
     """The Celery settings of `backend`, on storage emptied before and after."""
     if backend == "redis":
-        _redis_flush()
+        flush_redis()
         try:
             yield {"result_backend": REDIS_URL}
         finally:
-            _redis_flush()
+            flush_redis()
         return
-    _postgres(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-    _postgres(f"CREATE SCHEMA {SCHEMA}")
+    postgres(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE", f"CREATE SCHEMA {SCHEMA}")
     try:
         yield {
             "result_backend": f"db+{POSTGRES_URL}",
             "database_table_schemas": {"task": SCHEMA, "group": SCHEMA},
         }
     finally:
-        _postgres(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        postgres(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
 
 
 def listed(x: Any) -> Any:
@@ -193,7 +172,7 @@ def run_backend(backend: str, sizes: ListingSizes, log: Callable[[str], None]) -
                     rounds.append(("pages_analyzed", " (after ANALYZE)"))
                 for field, label in rounds:
                     if field == "pages_analyzed":
-                        _postgres(f"ANALYZE {', '.join(f'{SCHEMA}.{t}' for t in TABLES)}")
+                        postgres(f"ANALYZE {', '.join(f'{SCHEMA}.{t}' for t in TABLES)}")
                     for name, query in QUERIES.items():
                         measured = time_pages(ergate.list_jobs, query, sizes)
                         outcome.setdefault(field, {}).setdefault(name, {})[str(count)] = measured
@@ -211,25 +190,17 @@ def run_listing(
     sizes: ListingSizes, reachable: Callable[[str], str | None], log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Every backend that answers; a backend that fails is recorded with its error."""
-    report: dict[str, Any] = {
-        "sizes": asdict(sizes),
-        "backends": {},
+    backends = {
+        backend: attempt(
+            f"listing on {backend}",
+            backend,
+            reachable,
+            partial(run_backend, backend, sizes, log),
+            log,
+        )
+        for backend in BACKENDS
     }
-    for backend in BACKENDS:
-        reason = reachable(backend)
-        if reason is not None:
-            log(f"listing on {backend}: skipped ({reason})")
-            report["backends"][backend] = {"status": "skipped", "reason": reason}
-            continue
-        try:
-            report["backends"][backend] = {"status": "ran", **run_backend(backend, sizes, log)}
-        except Exception as exc:
-            log(f"listing on {backend}: failed: {type(exc).__name__}: {exc}")
-            report["backends"][backend] = {
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-    return report
+    return {"sizes": asdict(sizes), "backends": backends}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -240,10 +211,9 @@ def table(report: dict[str, Any]) -> str:
     rows = [header]
     notes = []
     for backend, outcome in report["backends"].items():
-        if outcome["status"] != "ran":
-            notes.append(
-                f"{backend}: {outcome['status']} ({outcome.get('reason') or outcome.get('error')})"
-            )
+        note = not_ran(backend, outcome)
+        if note is not None:
+            notes.append(note)
             continue
         measured_pages = [(name, by_count, "") for name, by_count in outcome["pages"].items()]
         measured_pages += [

@@ -41,7 +41,8 @@ from celery import chain
 from . import apps
 from .apps import Bench, BenchConfig
 from .measures import BARE_FINAL, JOB_FINAL, StatusReader
-from .report import aligned
+from .report import aligned, error_text
+from .storage import flush_redis
 from .workers import descendants, stop_all, worker
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -171,16 +172,6 @@ def measure(
     }
 
 
-def _flush() -> None:
-    import redis
-
-    client = redis.Redis.from_url(apps.REDIS_URL)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
 @contextlib.contextmanager
 def _nodes(
     config: BenchConfig, bench: Bench, run_dir: Path, count: int, timeout: float
@@ -209,7 +200,7 @@ def run_nodes(sizes: NodeSizes, log: Callable[[str], None]) -> dict[str, Any]:
         "errors": {},
     }
     bench: Bench | None = None
-    _flush()
+    flush_redis()
     try:
         bench = apps.build(config)
         for index, count in enumerate(sizes.counts):
@@ -220,13 +211,13 @@ def run_nodes(sizes: NodeSizes, log: Callable[[str], None]) -> dict[str, Any]:
                     for side in sides:
                         outcome["runs"].append(measure(bench, side, count, pids, sizes))
             except Exception as exc:
-                outcome["errors"][str(count)] = f"{type(exc).__name__}: {exc}"
-                log(f"nodes: {count} failed: {type(exc).__name__}: {exc}")
+                outcome["errors"][str(count)] = error_text(exc)
+                log(f"nodes: {count} failed: {error_text(exc)}")
     finally:
         stop_all()
         if bench is not None:
             bench.app.close()
-        _flush()
+        flush_redis()
         shutil.rmtree(run_dir, ignore_errors=True)
     return outcome
 

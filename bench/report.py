@@ -1,4 +1,5 @@
-"""The harness's report: what it ran on, the tables it prints, the JSON it writes."""
+"""The harness's report: what it ran on, each part's outcome, the tables it prints, the JSON
+it writes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,38 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             found[package] = version(package)
     return found
+
+
+def error_text(exc: BaseException) -> str:
+    """An error as the report records it: its type and message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def attempt(
+    label: str,
+    setup: str,
+    unavailable: Callable[[str], str | None],
+    run: Callable[[], dict[str, Any]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """`run()` as a report entry: `ran` with what it returns, `skipped` with the reason when
+    `setup`'s services do not answer, or `failed` with its error."""
+    reason = unavailable(setup)
+    if reason is not None:
+        log(f"{label}: skipped ({reason})")
+        return {"status": "skipped", "reason": reason}
+    try:
+        return {"status": "ran", **run()}
+    except Exception as exc:
+        log(f"{label}: failed: {error_text(exc)}")
+        return {"status": "failed", "error": error_text(exc)}
+
+
+def not_ran(label: str, outcome: dict[str, Any]) -> str | None:
+    """The note for an entry that did not run (its status and why), or None if it ran."""
+    if outcome.get("status") == "ran":
+        return None
+    return f"{label}: {outcome.get('status')} ({outcome.get('reason') or outcome.get('error')})"
 
 
 def _number(value: Any) -> str:

@@ -71,11 +71,14 @@ from .measures import (
     measure_submit,
     measure_throughput,
 )
-from .report import machine, table, versions, write_report
+from .report import error_text, machine, table, versions, write_report
+from .storage import flush_redis, postgres
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale")
+#: The parts that run on Redis only, and do not check that it answers themselves.
+REDIS_PARTS = frozenset({"nodes", "waiting"})
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
 #: A measure: its results by name.
 Measure = Callable[[], dict[str, dict[str, Any]]]
@@ -121,29 +124,6 @@ def unavailable(setup: str) -> str | None:
     return None
 
 
-def _redis_flush() -> None:
-    import redis
-
-    client = redis.Redis.from_url(apps.REDIS_URL)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
-def _postgres(statements: Sequence[str]) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(apps.POSTGRES_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("SET lock_timeout = '10s'"))
-            for statement in statements:
-                conn.execute(sa.text(statement))
-    finally:
-        engine.dispose()
-
-
 @contextlib.contextmanager
 def prepared(setup: str, folder: Path) -> Iterator[None]:
     """Empty the setup's own storage before and after: Redis db 12, the `ergate_bench`
@@ -153,17 +133,17 @@ def prepared(setup: str, folder: Path) -> Iterator[None]:
 
     def clean() -> None:
         if setup in ("redis", "redis_c1"):
-            _redis_flush()
+            flush_redis()
         elif setup in apps.POSTGRES_SETUPS:
             if setup == "django_db" and "django.db" in sys.modules:
                 from django.db import connections
 
                 connections.close_all()
-            _postgres([f"DROP SCHEMA IF EXISTS {schema} CASCADE"])
+            postgres(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
     clean()
     if setup in apps.POSTGRES_SETUPS:
-        _postgres([f"CREATE SCHEMA {schema}"])
+        postgres(f"CREATE SCHEMA {schema}")
     if setup == "django_db":
         from django.core.management import call_command
 
@@ -224,8 +204,8 @@ def _run_group(
     setup = bench.config.setup
 
     def failed(title: str, exc: Exception) -> None:
-        outcome["errors"][title] = f"{type(exc).__name__}: {exc}"
-        log(f"{setup}: {title} failed: {type(exc).__name__}: {exc}")
+        outcome["errors"][title] = error_text(exc)
+        log(f"{setup}: {title} failed: {error_text(exc)}")
 
     try:
         with contextlib.ExitStack() as stack:
@@ -318,8 +298,8 @@ def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str,
                 _run_group(current, worker_config, measures, run_dir, sizes, outcome, log)
             _delete_queue(current)
     except Exception as exc:
-        outcome["errors"]["setup"] = f"{type(exc).__name__}: {exc}"
-        log(f"{setup}: failed: {type(exc).__name__}: {exc}")
+        outcome["errors"]["setup"] = error_text(exc)
+        log(f"{setup}: failed: {error_text(exc)}")
     finally:
         stop_all()
         outcome["load_average"]["end"] = os.getloadavg()[0]
@@ -397,26 +377,16 @@ def run_bench(
             for setup in setups:
                 sized = sizes if isinstance(sizes, Sizes) else sizes[setup]
                 report["setups"][setup] = run_setup(setup, sized, log)
-        if "length" in parts:
-            report["length"] = _loaded(
-                lambda: job_length.run_job_length(part_sizes.length, unavailable, log)
-            )
-        if "nodes" in parts:
-            report["nodes"] = _on_redis(
-                "nodes", lambda: nodes.run_nodes(part_sizes.nodes, log), log
-            )
-        if "listing" in parts:
-            report["listing"] = _loaded(
-                lambda: listing.run_listing(part_sizes.listing, unavailable, log)
-            )
-        if "waiting" in parts:
-            report["waiting"] = _on_redis(
-                "waiting", lambda: waiting.run_waiting(part_sizes.waiting, log), log
-            )
-        if "scale" in parts:
-            report["scale"] = _loaded(
-                lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir)
-            )
+        others: dict[str, Callable[[], dict[str, Any]]] = {
+            "length": lambda: job_length.run_job_length(part_sizes.length, unavailable, log),
+            "nodes": lambda: nodes.run_nodes(part_sizes.nodes, log),
+            "listing": lambda: listing.run_listing(part_sizes.listing, unavailable, log),
+            "waiting": lambda: waiting.run_waiting(part_sizes.waiting, log),
+            "scale": lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir),
+        }
+        for name, part in others.items():
+            if name in parts:
+                report[name] = _on_redis(name, part, log) if name in REDIS_PARTS else _loaded(part)
     finally:
         stop_all()
         report["seconds"] = round(time.monotonic() - began, 1)

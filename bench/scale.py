@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ from ergate_celery.scheduling.beat import recover_stuck_jobs, release_due_jobs
 from . import apps, listing, stored
 from .apps import Bench, BenchConfig
 from .measures import JOB_FINAL, StatusReader
-from .report import aligned
+from .report import aligned, attempt, error_text, not_ran
+from .storage import postgres
 from .workers import worker
 
 #: The backend's name in the report, and the bench setup it runs on.
@@ -198,11 +200,11 @@ def _emptied(bench: Bench) -> Iterator[None]:
         if config.setup == "redis":
             bench.app.backend.client.flushdb()
         else:
-            listing._postgres(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            postgres(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
     clean()
     if config.setup != "redis":
-        listing._postgres(f"CREATE SCHEMA {schema}")
+        postgres(f"CREATE SCHEMA {schema}")
     try:
         yield
     finally:
@@ -233,7 +235,7 @@ def _fill(bench: Bench, count: int, outcome: dict[str, Any], log: Callable[[str]
         outcome["redis_used_mib"][str(count)] = round(_redis_mib(bench) - before, 1)
     else:
         schema = bench.config.postgres_schema
-        listing._postgres(f"ANALYZE {', '.join(f'{schema}.{table}' for table in TABLES)}")
+        postgres(f"ANALYZE {', '.join(f'{schema}.{table}' for table in TABLES)}")
 
 
 def run_backend(
@@ -331,30 +333,22 @@ def run_scale(
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "sizes": asdict(sizes),
-        "backends": {},
     }
-    for backend, setup in SETUPS.items():
-        counts: tuple[int, ...] = getattr(sizes, backend)
-        if not counts:
-            continue
-        reason = unavailable(setup)
-        if reason is not None:
-            log(f"scale on {backend}: skipped ({reason})")
-            report["backends"][backend] = {"status": "skipped", "reason": reason}
-            continue
-        try:
-            outcome = run_backend(backend, counts, sizes, log)
-            report["backends"][backend] = {"status": "ran", **outcome}
-        except Exception as exc:
-            log(f"scale on {backend}: failed: {type(exc).__name__}: {exc}")
-            report["backends"][backend] = {
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-            }
+    report["backends"] = {
+        backend: attempt(
+            f"scale on {backend}",
+            setup,
+            unavailable,
+            partial(run_backend, backend, getattr(sizes, backend), sizes, log),
+            log,
+        )
+        for backend, setup in SETUPS.items()
+        if getattr(sizes, backend)  # no stored counts: not measured
+    }
     try:
         report["chart"] = str(chart(report, results_dir / "scale.png"))
     except Exception as exc:
-        report["chart_error"] = f"{type(exc).__name__}: {exc}"
+        report["chart_error"] = error_text(exc)
         log(f"scale: no chart ({report['chart_error']})")
     return report
 
@@ -415,10 +409,9 @@ def table(report: dict[str, Any]) -> str:
                 ratio = f"{value / first:.2f}x" if first else "-"
                 rows.append([_label(name), backend, f"{count:,}", f"{value:.2f}", ratio])
     for backend, outcome in report["backends"].items():
-        if outcome["status"] != "ran":
-            notes.append(
-                f"{backend}: {outcome['status']} ({outcome.get('reason') or outcome.get('error')})"
-            )
+        note = not_ran(backend, outcome)
+        if note is not None:
+            notes.append(note)
             continue
         fills = ", ".join(f"{int(c):,} in {s:.0f} s" for c, s in outcome["fill_s"].items())
         notes.append(f"{backend}: filled {fills}; {outcome['wall_s']:.0f} s in all")

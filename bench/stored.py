@@ -65,14 +65,18 @@ def _timings(steps: int, at: datetime, outcome_last: str) -> list[StepTiming]:
 def template(status: JobStatus, workflow: str, steps: int, at: datetime) -> Job:
     """A job of `workflow` (`steps` steps) as a worker leaves it in `status`, submitted `at`."""
     fields: dict[str, Any] = {}
+    # A running or failed job is at its third step, two done.
+    at_third_step = {
+        "current_step": 2,
+        "steps_completed": 2,
+        "percent_completed": 200 / steps,
+        "started_at": at,
+    }
     if status is JobStatus.SCHEDULED:
         fields = {"requested_start_time": at + timedelta(days=30)}
     elif status is JobStatus.RUNNING:
         fields = {
-            "current_step": 2,
-            "steps_completed": 2,
-            "percent_completed": 200 / steps,
-            "started_at": at,
+            **at_third_step,
             "step_started_at": at + timedelta(milliseconds=14),
             "current_step_name": "step_02",
             "claim": uuid.uuid4().hex,
@@ -82,10 +86,7 @@ def template(status: JobStatus, workflow: str, steps: int, at: datetime) -> Job:
     elif status is JobStatus.FAILED:
         error = JobError(type="ValueError", message="bad order", step="step_02")
         fields = {
-            "current_step": 2,
-            "steps_completed": 2,
-            "percent_completed": 200 / steps,
-            "started_at": at,
+            **at_third_step,
             "finished_at": at + timedelta(milliseconds=21),
             "error": error,
             "errors": [error],

@@ -1,5 +1,21 @@
 """Fixtures: one per real service, in this run's own namespace; one per broker/backend setup;
-an in-process worker on it. What they are built from is in support.py and services.py."""
+an in-process worker on it. What they are built from is in support.py and services.py.
+
+Where a test goes:
+- `tests/unit/`: needs no broker, backend, database or worker (`make test-unit` runs them
+  alone, with every service down); one module per topic.
+- `tests/test_<topic>.py`: runs on real services, with in-process workers or `celery`
+  subprocesses; one module per topic (outages, worker loss, sweep, duplicates, waiting,
+  records, leaks, input, scheduling, operations, monitoring, stores, cli, django, ...), named
+  after what it tests, never after the issue that added it. A topic may have both: the pure
+  part in `tests/unit/test_<topic>.py`, the part with workers in `tests/test_<topic>.py`.
+- `tests/differential/`: each case on ergate's own runner and on ours, traces compared.
+- Shared fixtures live here; shared helpers under public names in the support modules:
+  support.py (setups, in-process worker, `wait_until`), services.py (the services),
+  faults.py (killable `celery worker` subprocesses, a supervisor, a Redis server of a test's
+  own), django_support.py; `tests/apps/` holds the apps the `celery` subprocesses load. A
+  test module imports from these, never from another test module.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +28,17 @@ from celery import Celery
 
 from ergate_celery import ErgateCelery
 
-from .services import NOTES, PostgresService, RabbitMQService, RedisService, release_run_lock
+from .django_support import configure_django
+from .services import (
+    NOTES,
+    PostgresService,
+    RabbitMQService,
+    RedisService,
+    claimed,
+    release_run_lock,
+)
 from .support import (
-    ROOT,
     SETUPS,
-    STORES,
     Setup,
     cleanup_setup,
     in_process_worker,
@@ -24,32 +46,38 @@ from .support import (
     setup_conf,
 )
 
-# Test modules written against the conftest of before support.py import these from here.
-__all__ = ["ROOT", "SETUPS", "STORES", "Setup", "in_process_worker"]
+TESTS = Path(__file__).parent
+
+# Celery's own fixtures (celery_app, celery_worker, ...), enabled as Celery's docs tell users
+# to: tests/test_celery_fixtures.py uses them as a user's tests would.
+pytest_plugins = ("celery.contrib.pytest",)
 
 
 @pytest.fixture(scope="session")
 def redis_service() -> Iterator[RedisService]:
     """A Redis database of this run's own."""
-    service = RedisService.claim()
-    yield service
-    service.release()
+    yield from claimed(RedisService)
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_service() -> Iterator[RabbitMQService]:
     """A RabbitMQ vhost of this run's own."""
-    service = RabbitMQService.claim()
-    yield service
-    service.release()
+    yield from claimed(RabbitMQService)
 
 
 @pytest.fixture(scope="session")
 def postgres_service() -> Iterator[PostgresService]:
     """A PostgreSQL schema of this run's own."""
-    service = PostgresService.claim()
-    yield service
-    service.drop()
+    yield from claimed(PostgresService)
+
+
+@pytest.fixture(scope="module")
+def django_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Django configured for this process (once), with a migrated database (the django-db
+    store, the console and the admin)."""
+    folder = tmp_path_factory.mktemp("django")
+    configure_django(folder)
+    return folder
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -64,14 +92,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 #: first: with `--dist worksteal` (pyproject addopts) one pytest process starts on them while the
 #: other takes the short tests, and takes its share of what is left at the end, so no long
 #: test starts last and holds up the run alone.
-LONG_FIRST = (
-    "test_soak.py",
-    "test_lifecycle_workers.py",
-    "test_faults_waiting.py",
-    "test_hostile_outages.py",
-    "test_example_project.py",
-    "test_bench_smoke.py",
-    "test_beat_idle.py",
+LONG_FIRST = tuple(
+    TESTS / name
+    for name in (
+        "test_soak.py",
+        "test_lifecycle_workers.py",
+        "test_worker_loss.py",
+        "test_beat.py",
+        "test_outages.py",
+        "test_example_project.py",
+        "test_bench_smoke.py",
+    )
 )
 
 
@@ -79,8 +110,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put the tests of `LONG_FIRST` first, in its order (the rest keep theirs)."""
 
     def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+        return LONG_FIRST.index(item.path) if item.path in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)  # stable: a module's tests keep their order
 

@@ -66,20 +66,16 @@ def main(schema: str, use_tz: bool) -> None:
     from django.test.utils import CaptureQueriesContext
     from django_celery_results.models import TaskResult as TaskRow
 
-    from ergate_celery import DuplicateJobError, ErgateCelery, JobStatus, Workflow
+    from ergate_celery import DuplicateJobError, ErgateCelery, JobStatus
     from ergate_celery.contrib.django.models import JobIndexEntry, JobListing, JobTag
     from ergate_celery.stores.base import TaskResult
+
+    from .workflows import echo_workflow
 
     app = Celery("django_postgres_writes", set_as_current=True)
     app.conf.update(broker_url="memory://", result_backend="django-db", result_extended=True)
     ergate = ErgateCelery(app)
-    workflow = Workflow(unique_name="pg_writes")
-
-    @workflow.step
-    def only(x: Any) -> Any:
-        return x
-
-    ergate.register_workflow(workflow)
+    ergate.register_workflow(echo_workflow("pg_writes"))
     store: Any = ergate.store
     assert store.postgres is not None
 

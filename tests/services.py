@@ -18,15 +18,18 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 import pytest
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+
+S = TypeVar("S", bound="Service")
 
 #: Names this run's namespaces after it: schema ergate_test_<id>, vhost ergate-test-<id>.
 RUN_ID = uuid.uuid4().hex[:8]
@@ -62,6 +65,22 @@ def require(name: str, host: str, port: int) -> None:
     if services_required():
         pytest.fail(f"ERGATE_REQUIRE_SERVICES is set and {message}")
     pytest.skip(message)
+
+
+class Service(Protocol):
+    """What the service fixtures do with a service: claim a namespace, release it."""
+
+    @classmethod
+    def claim(cls) -> Self: ...
+
+    def release(self) -> None: ...
+
+
+def claimed(kind: type[S]) -> Iterator[S]:
+    """A namespace of `kind` for as long as the generator runs (a fixture's body)."""
+    service = kind.claim()
+    yield service
+    service.release()
 
 
 # Run locks ----------------------------------------------------------------------------------
@@ -249,7 +268,8 @@ class PostgresService:
             f"DROP SCHEMA IF EXISTS {self.schema} CASCADE", f"CREATE SCHEMA {self.schema}"
         )
 
-    def drop(self) -> None:
+    def release(self) -> None:
+        """Drop this run's schema."""
         self._execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
 
     def _drop_dead_runs(self) -> None:

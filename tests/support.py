@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +21,8 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.worker import state as worker_state
 
-from ergate_celery import ErgateCelery
+from ergate_celery import ErgateCelery, Job, JobStatus
+from ergate_celery.embedded import folder_watch
 
 from .django_support import configure_django
 
@@ -32,11 +34,13 @@ SETUP_SERVICES: dict[str, tuple[str, ...]] = {
     "rabbitmq_postgres": ("rabbitmq", "postgres"),
     "embedded": (),
     "django_db": ("redis",),
+    "memory": (),
 }
-#: Every job store: the setups' (Redis, SQLAlchemy on PostgreSQL and SQLite), and django-db
-#: (django-celery-results on SQLite, broker Redis). Store tests run on all of them with
+#: Every job store: the setups' (Redis, SQLAlchemy on PostgreSQL and SQLite), django-db
+#: (django-celery-results on SQLite, broker Redis), and Celery's in-memory backend (broker
+#: `memory://`; in-process workers only). Store tests run on all of them with
 #: `pytestmark = pytest.mark.setup(*STORES)`.
-STORES = (*SETUPS, "django_db")
+STORES = (*SETUPS, "django_db", "memory")
 
 T = TypeVar("T")
 
@@ -61,6 +65,13 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"not reached within {timeout} s: {what or predicate}")
         time.sleep(interval)
+
+
+def failure(job: Job) -> tuple[str, str, str | None]:
+    """A failed job's error as (type, message, step); fails the test if the job did not fail."""
+    if job.status is not JobStatus.FAILED or job.error is None:
+        pytest.fail(f"job {job.id} is {job.status.name}, not FAILED with an error")
+    return job.error.type, job.error.message, job.error.step
 
 
 @dataclass
@@ -110,15 +121,19 @@ class Setup:
         self, *args: str, timeout: float = 120, module: str = "tests.apps.beat_app"
     ) -> CompletedProcess[str]:
         """Run the one-shot command `celery -A <module> <args>` on this setup; output captured."""
-        return run(
+        return run_captured(
             [sys.executable, "-m", "celery", "-A", module, *args],
-            cwd=ROOT,
-            env={**os.environ, "ERGATE_TEST_CONF": json.dumps(self.conf), "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+            ROOT,
+            {**os.environ, "ERGATE_TEST_CONF": json.dumps(self.conf), "PYTHONPATH": str(ROOT)},
+            timeout,
         )
+
+
+def run_captured(
+    args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = 120
+) -> CompletedProcess[str]:
+    """Run a command to its end, its output captured as text; the test checks its exit code."""
+    return run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def services_for(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
@@ -179,6 +194,16 @@ def setup_conf(name: str, tmp_path: Path, services: Mapping[str, Any]) -> dict[s
         services["redis"].flush()
         _django_empty()
         return {**common, "broker_url": services["redis"].url, "result_backend": "django-db"}
+    if name == "memory":
+        # The process's one memory cache: a key prefix and index of this test's own.
+        namespace = f"ergate-test-{uuid.uuid4().hex[:12]}"
+        return {
+            **common,
+            "broker_url": "memory://",
+            "result_backend": "cache+memory://",
+            "result_backend_transport_options": {"global_keyprefix": namespace},
+            "ergate_index_name": namespace,
+        }
     raise ValueError(name)
 
 
@@ -240,3 +265,72 @@ def in_process_worker(app: Celery, **options: Any) -> Iterator[Any]:
         deadline = time.monotonic() + settings["shutdown_timeout"]
         while worker_state.active_requests and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+def watch_waits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set each time something starts waiting on a folder watch (the embedded broker's
+    consumer, the SQLite store's waiter)."""
+    waiting = threading.Event()
+    wait = folder_watch.FolderWatch.wait
+
+    def wait_and_tell(self: folder_watch.FolderWatch, timeout: float) -> bool:
+        waiting.set()
+        return wait(self, timeout)
+
+    monkeypatch.setattr(folder_watch.FolderWatch, "wait", wait_and_tell)
+    return waiting
+
+
+def race(*actions: Callable[[], object]) -> None:
+    """Run `actions` in threads of their own, released together by a barrier; wait for all."""
+    barrier = threading.Barrier(len(actions))
+
+    def run(action: Callable[[], object]) -> None:
+        barrier.wait()
+        action()
+
+    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@dataclass
+class Recorder:
+    """Stands in for a Runtime's broker and announcer: what they would get is kept here."""
+
+    published: list[Job] = field(default_factory=list)
+    announced: list[tuple[Job | None, Job, str]] = field(default_factory=list)
+
+    def publish(self, job: Job) -> None:
+        self.published.append(job)
+
+    def announce(self, before: Job | None, after: Job, sender: str, task: Any = None) -> None:
+        self.announced.append((before, after, sender))
+
+    @property
+    def changes(self) -> list[tuple[str | None, str]]:
+        """The status changes announced, as (before, after) names."""
+        return [
+            (before.status.name if before else None, after.status.name)
+            for before, after, _ in self.announced
+        ]
+
+
+class LostReplies:
+    """A store whose `update` writes, then loses the reply of the calls numbered in `lose`
+    (the caller sees a connection error, as when the network drops after the write)."""
+
+    def __init__(self, store: Any, lose: set[int]) -> None:
+        self.store, self.lose, self.calls = store, lose, 0
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        written = self.store.update(*args, **kwargs)
+        if self.calls in self.lose:
+            raise ConnectionError("the reply was lost")
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)

@@ -69,6 +69,20 @@ def check_setup(written: dict[str, Any], setup: str, lines: list[str]) -> dict[s
     return outcome
 
 
+def run_part(part: str, tmp_path: Path, setups: list[str] | None = None) -> tuple[Any, list[str]]:
+    """Run one part of the bench at its tiny sizes: what it wrote for that part, and its log."""
+    lines: list[str] = []
+    _, path = run_bench(
+        setups or [],
+        TINY,
+        results_dir=tmp_path,
+        log=lines.append,
+        parts=[part],
+        part_sizes=TINY_PARTS,
+    )
+    return json.loads(path.read_text())[part], lines
+
+
 def test_bench_reports_every_measure_on_redis(tmp_path: Path) -> None:
     lines: list[str] = []
 
@@ -165,13 +179,7 @@ def test_bench_runs_on_the_embedded_broker(tmp_path: Path) -> None:
 
 
 def test_nodes_bench_reports_throughput_and_cpu_per_component(tmp_path: Path) -> None:
-    lines: list[str] = []
-
-    _, path = run_bench(
-        [], TINY, results_dir=tmp_path, log=lines.append, parts=["nodes"], part_sizes=TINY_PARTS
-    )
-
-    written = json.loads(path.read_text())["nodes"]
+    written, lines = run_part("nodes", tmp_path)
     assert written["errors"] == {}, lines
     runs = written["runs"]
     assert [(run["nodes"], run["side"]) for run in runs] == [
@@ -197,13 +205,7 @@ def test_nodes_bench_reports_throughput_and_cpu_per_component(tmp_path: Path) ->
 
 
 def test_job_length_bench_compares_long_and_short_jobs(tmp_path: Path) -> None:
-    lines: list[str] = []
-
-    _, path = run_bench(
-        [], TINY, results_dir=tmp_path, log=lines.append, parts=["length"], part_sizes=TINY_PARTS
-    )
-
-    written = json.loads(path.read_text())["length"]
+    written, lines = run_part("length", tmp_path)
     assert written["status"] == "ran", lines
     assert written["steps"] == {"short": 5, "long": 100}
     assert set(written["ms_per_step_median"]) == {
@@ -218,18 +220,7 @@ def test_job_length_bench_compares_long_and_short_jobs(tmp_path: Path) -> None:
 
 
 def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
-    lines: list[str] = []
-
-    _, path = run_bench(
-        ["redis"],
-        TINY,
-        results_dir=tmp_path,
-        log=lines.append,
-        parts=["listing"],
-        part_sizes=TINY_PARTS,
-    )
-
-    written = json.loads(path.read_text())["listing"]
+    written, lines = run_part("listing", tmp_path, ["redis"])
     redis = written["backends"]["redis"]
     assert redis["status"] == "ran", lines
     assert set(redis["pages"]) == set(listing.QUERIES)
@@ -242,18 +233,7 @@ def test_listing_bench_times_every_query_on_redis(tmp_path: Path) -> None:
 
 
 def test_waiting_bench_measures_release_and_lateness(tmp_path: Path) -> None:
-    lines: list[str] = []
-
-    _, path = run_bench(
-        [],
-        TINY,
-        results_dir=tmp_path,
-        log=lines.append,
-        parts=["waiting"],
-        part_sizes=TINY_PARTS,
-    )
-
-    written = json.loads(path.read_text())["waiting"]
+    written, lines = run_part("waiting", tmp_path)
     assert written["errors"] == {}, lines
     assert written["measures"]["release"]["jobs_per_s"] > 0
     lateness = written["measures"]["lateness"]
@@ -263,13 +243,7 @@ def test_waiting_bench_measures_release_and_lateness(tmp_path: Path) -> None:
 
 
 def test_scale_bench_draws_every_measure_on_redis(tmp_path: Path) -> None:
-    lines: list[str] = []
-
-    _, path = run_bench(
-        [], TINY, results_dir=tmp_path, log=lines.append, parts=["scale"], part_sizes=TINY_PARTS
-    )
-
-    written = json.loads(path.read_text())["scale"]
+    written, lines = run_part("scale", tmp_path)
     assert set(written["backends"]) == {"redis"}
     redis = written["backends"]["redis"]
     assert redis["status"] == "ran", lines

@@ -1,6 +1,7 @@
-"""Jobs stored through django-celery-results (`result_backend = "django-db"`) on a real worker."""
+"""Jobs stored through django-celery-results (`result_backend = "django-db"`) on a real worker;
+step task results in its admin carry their task name, as every task does with
+`result_extended` on (the README's Django section and the example turn it on)."""
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,21 +23,13 @@ from ergate_celery import (
 )
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
-from .django_support import configure_django
 from .services import RedisService
+from .workflows import blocking_workflow
 
 pytest.importorskip("django")
 pytest.importorskip("django_celery_results")
 
 WAIT = 60
-
-
-@pytest.fixture(scope="module")
-def django_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Django configured for this process (once), with a migrated database."""
-    folder = tmp_path_factory.mktemp("django")
-    configure_django(folder)
-    return folder
 
 
 @pytest.fixture
@@ -90,19 +83,7 @@ def test_job_record_is_a_task_result_row(app: Celery) -> None:
 
 
 def test_cancel_while_running_on_django_db(app: Celery) -> None:
-    started, release = threading.Event(), threading.Event()
-    workflow = Workflow(unique_name="blocking")
-
-    @workflow.step
-    def first(x: int) -> int:
-        started.set()
-        assert release.wait(WAIT)
-        return x
-
-    @workflow.step
-    def second(x: int) -> int:
-        return x
-
+    workflow, started, release = blocking_workflow("blocking", "second")
     ergate = ErgateCelery(app)
     ergate.register_workflow(workflow)
     with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
@@ -298,3 +279,44 @@ def test_a_robust_hand_over_lets_later_hooks_run(app: Celery) -> None:
         transaction.on_commit(lambda: ran.append("later hook"))
     assert ran == ["later hook"]
     assert ergate.get_job(job.id).status is JobStatus.FAILED
+
+
+def test_admin_task_results_name_the_step_tasks(app: Celery) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from django_celery_results.models import TaskResult
+
+    app.conf.result_extended = True
+    ergate = ErgateCelery(app)
+    with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        job = ergate.submit_job("discovered", initial_input_value="dee")
+        ergate.wait_for_job(job.id, timeout=WAIT)
+    step = TaskResult.objects.get(task_id=f"{STEP_TASK_ID_PREFIX}{job.id}:0")
+    assert step.task_name == "ergate.discovered.greet"
+    assert step.status == "SUCCESS"
+    User.objects.filter(username="admin").delete()
+    User.objects.create_superuser("admin", "admin@example.com", "pw")
+    client = Client()
+    client.force_login(User.objects.get(username="admin"))
+    page = client.get("/admin/django_celery_results/taskresult/").content.decode()
+    assert f"{STEP_TASK_ID_PREFIX}{job.id}:0" in page
+    assert "ergate.discovered.greet" in page
+
+
+def test_without_result_extended_no_task_has_a_name(app: Celery) -> None:
+    from django_celery_results.models import TaskResult
+
+    @app.task(name="plain_echo", shared=False)
+    def plain_echo(x: str) -> str:
+        return x
+
+    app.conf.result_extended = False
+    ergate = ErgateCelery(app)
+    with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        job = ergate.submit_job("discovered", initial_input_value="dee")
+        ergate.wait_for_job(job.id, timeout=WAIT)
+        plain = plain_echo.delay("x")
+        plain.get(timeout=WAIT)
+    # Celery's rule, for a plain task and a step alike: names need result_extended.
+    assert TaskResult.objects.get(task_id=plain.id).task_name is None
+    assert TaskResult.objects.get(task_id=f"{STEP_TASK_ID_PREFIX}{job.id}:0").task_name is None

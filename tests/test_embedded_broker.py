@@ -17,7 +17,8 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from ergate_celery.embedded import folder_watch
 from ergate_celery.embedded.broker import embedded_broker_settings
-from tests.support import wait_until
+
+from .support import wait_until, watch_waits
 
 #: Longer than any test: a consumer that waited this long for its next look would hang it.
 NEVER = 3600.0
@@ -179,17 +180,16 @@ def _drain_until(connection: Connection, received: list[Any], count: int) -> thr
     return thread
 
 
-def _waiting_for_a_landing(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """An event set each time a consumer starts waiting on its folder watch."""
-    waiting = threading.Event()
-    wait = folder_watch.FolderWatch.wait
-
-    def wait_and_tell(self: folder_watch.FolderWatch, timeout: float) -> bool:
-        waiting.set()
-        return wait(self, timeout)
-
-    monkeypatch.setattr(folder_watch.FolderWatch, "wait", wait_and_tell)
-    return waiting
+def _publish_and_drain(
+    connection: Connection, queue: Queue, folder: Path, received: list[Any]
+) -> None:
+    """Consume on `connection` in a thread while another connection publishes a message."""
+    _consume(connection, queue, received)
+    thread = _drain_until(connection, received, 1)
+    with _connect(folder) as publisher:
+        _publish(publisher, queue, {"polled": True})
+    wait_until(lambda: received, what="the polled message")
+    thread.join(60)
 
 
 PUBLISHER = """
@@ -212,7 +212,7 @@ def test_a_message_from_another_process_wakes_the_consumer_at_once(
 ) -> None:
     """The consumer's next look at the folder is an hour away: only the message's landing,
     seen through inotify, can bring it in before the wait below gives up."""
-    waiting = _waiting_for_a_landing(monkeypatch)
+    waiting = watch_waits(monkeypatch)
     received: list[Any] = []
     with _connect(tmp_path / "broker", polling_interval=NEVER) as connection:
         _consume(connection, queue, received)
@@ -234,7 +234,7 @@ def test_a_freed_prefetch_slot_wakes_the_consumer(
 ) -> None:
     """A message that landed while the consumer held all it may is taken as soon as one is
     acknowledged, not at the next look at the folder (an hour away)."""
-    waiting = _waiting_for_a_landing(monkeypatch)
+    waiting = watch_waits(monkeypatch)
     with _connect(tmp_path / "broker", polling_interval=NEVER) as connection:
         held: list[Any] = []
         channel: Any = connection.channel()
@@ -259,7 +259,7 @@ def test_a_freed_prefetch_slot_wakes_the_consumer(
 def test_a_worker_asked_to_stop_leaves_its_wait_for_a_landing(
     connection: Connection, queue: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    waiting = _waiting_for_a_landing(monkeypatch)
+    waiting = watch_waits(monkeypatch)
     with _connect(tmp_path / "quiet", polling_interval=NEVER) as quiet:
         _consume(quiet, queue, [])
         outcome: list[BaseException] = []
@@ -282,12 +282,7 @@ def test_without_the_watch_the_consumer_polls(tmp_path: Path, queue: Queue) -> N
     before = _inotify_descriptors()
     received: list[Any] = []
     with _connect(tmp_path / "broker", polling_interval=0.05, watch=False) as connection:
-        _consume(connection, queue, received)
-        thread = _drain_until(connection, received, 1)
-        with _connect(tmp_path / "broker") as publisher:
-            _publish(publisher, queue, {"polled": True})
-        wait_until(lambda: received, what="the polled message")
-        thread.join(60)
+        _publish_and_drain(connection, queue, tmp_path / "broker", received)
         assert _inotify_descriptors() == before  # it never watched
     assert received == [{"polled": True}]
 
@@ -341,12 +336,7 @@ def test_where_inotify_is_missing_the_consumer_polls(
     monkeypatch.setattr(embedded_broker, "watch_folder", lambda folder, suffix: None)
     received: list[Any] = []
     with _connect(tmp_path / "broker", polling_interval=0.05) as connection:
-        _consume(connection, queue, received)
-        thread = _drain_until(connection, received, 1)
-        with _connect(tmp_path / "broker") as publisher:
-            _publish(publisher, queue, {"polled": True})
-        wait_until(lambda: received, what="the polled message")
-        thread.join(60)
+        _publish_and_drain(connection, queue, tmp_path / "broker", received)
     assert received == [{"polled": True}]
 
 

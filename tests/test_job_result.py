@@ -7,9 +7,10 @@ import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from ergate_celery import AbortJob, JobFailedError, JobResult, Workflow
+from ergate_celery import JobFailedError, JobResult, Workflow
 
 from .support import Setup
+from .workflows import fail_or_abort
 
 WAIT = 30
 
@@ -19,11 +20,7 @@ def _register(setup: Setup) -> None:
 
     @workflow.step
     def decide(x: str) -> str:
-        if x == "fail":
-            raise ValueError("card declined")
-        if x == "abort":
-            raise AbortJob("nothing to ship")
-        return x
+        return fail_or_abort(x)
 
     setup.ergate.register_workflow(workflow)
 

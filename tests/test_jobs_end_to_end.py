@@ -17,7 +17,8 @@ from ergate_celery import (
 )
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
-from .support import Setup, wait_until
+from .support import Setup, failure, wait_until
+from .workflows import blocking_workflow
 
 WAIT = 60
 
@@ -40,13 +41,16 @@ def _order_workflow(name: str = "order") -> Workflow:
     return workflow
 
 
-def test_job_completes_and_lives_in_result_backend(setup: Setup, worker: Any) -> None:
+def _run_order(setup: Setup, worker: Any, order: dict[str, Any], price: int) -> tuple[Job, Job]:
+    """Run one order through the order workflow on a worker: the job submitted, and its end."""
     setup.ergate.register_workflow(_order_workflow())
     with worker():
-        job = submit_job(
-            "order", initial_input_value={"sku": "A1", "qty": 3}, user_context={"unit_price": 5}
-        )
-        done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+        job = submit_job("order", initial_input_value=order, user_context={"unit_price": price})
+        return job, setup.ergate.wait_for_job(job.id, timeout=WAIT)
+
+
+def test_job_completes_and_lives_in_result_backend(setup: Setup, worker: Any) -> None:
+    job, done = _run_order(setup, worker, {"sku": "A1", "qty": 3}, price=5)
     assert done.status is JobStatus.COMPLETED
     assert done.last_return_value == "A1 x3 = 15"
     assert (done.steps_completed, done.percent_completed) == (3, 100.0)
@@ -72,15 +76,7 @@ def test_step_tasks_are_named_after_workflow_and_step(setup: Setup) -> None:
 
 
 def test_running_status_is_visible_while_a_step_runs(setup: Setup, worker: Any) -> None:
-    started, release = threading.Event(), threading.Event()
-    workflow = Workflow(unique_name="slow")
-
-    @workflow.step
-    def wait(x: int) -> int:
-        started.set()
-        assert release.wait(WAIT)
-        return x
-
+    workflow, started, release = blocking_workflow("slow")
     setup.ergate.register_workflow(workflow)
     with worker():
         job = submit_job("slow", initial_input_value=1)
@@ -144,12 +140,7 @@ def test_running_job_cancelled_stops_at_step_boundary(setup: Setup, worker: Any)
 
 
 def test_cancelling_a_finished_job_leaves_it_unchanged(setup: Setup, worker: Any) -> None:
-    setup.ergate.register_workflow(_order_workflow())
-    with worker():
-        job = submit_job(
-            "order", initial_input_value={"sku": "B", "qty": 1}, user_context={"unit_price": 2}
-        )
-        done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+    job, done = _run_order(setup, worker, {"sku": "B", "qty": 1}, price=2)
     after = cancel_job(job.id)
     assert after == done
     assert after.status is JobStatus.COMPLETED
@@ -191,13 +182,7 @@ def test_exhausted_retries_fail_the_job_with_the_error(setup: Setup, worker: Any
     with worker():
         job = submit_job("always-down", initial_input_value=1)
         done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
-    assert done.status is JobStatus.FAILED
-    assert done.error is not None
-    assert (done.error.type, done.error.message, done.error.step) == (
-        "ConnectionError",
-        "still down",
-        "call_api",
-    )
+    assert failure(done) == ("ConnectionError", "still down", "call_api")
     assert AsyncResult(job.id, app=setup.app).state == "FAILED"
 
 

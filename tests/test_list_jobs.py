@@ -2,6 +2,7 @@
 time and tags, cursors that page without gaps or repeats, entries of expired records trimmed;
 and tags checked at submit, retention per status."""
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -147,7 +148,7 @@ def test_a_record_gone_from_the_store_leaves_the_listing(setup: Setup) -> None:
 def _forget(setup: Setup, job_id: str) -> None:
     # Only the record, as an expiry would: the listing entries stay behind to be trimmed.
     store: Any = setup.ergate.store
-    if setup.name == "redis":
+    if setup.name in ("redis", "memory"):
         store.client.delete(store._key(job_id))
     elif setup.name == "django_db":
         store.model.objects.filter(task_id=job_id).delete()
@@ -205,6 +206,9 @@ def _kept_for(setup: Setup, job_id: str) -> float | None:
     if setup.name == "redis":
         ttl = store.client.ttl(store._key(job_id))
         return None if ttl < 0 else float(ttl)
+    if setup.name == "memory":
+        at = store._space.expires.get(job_id)
+        return None if at is None else at - time.monotonic()
     if setup.name == "django_db":
         done = store.model.objects.get(task_id=job_id).date_done
         if done.year == 9999:

@@ -11,28 +11,21 @@ import pytest
 from celery.result import AsyncResult
 from celery.signals import task_failure
 
-from ergate_celery import AbortJob, JobStatus, Progress, ProgressReporter, Workflow, signals
+from ergate_celery import JobStatus, Progress, ProgressReporter, Workflow, signals
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
-from .support import Setup, in_process_worker, wait_until
+from .support import Setup, failure, in_process_worker, wait_until
+from .workflows import echo_workflow, fail_or_abort
 
 WAIT = 60
 
 
 def _workflows(setup: Setup) -> None:
-    workflow = Workflow(unique_name="watched")
-
-    @workflow.step
-    def first(x: str) -> str:
-        return x
+    workflow = echo_workflow("watched", "first")
 
     @workflow.step
     def second(x: str) -> str:
-        if x == "fail":
-            raise ValueError("card declined")
-        if x == "abort":
-            raise AbortJob("customer cancelled")
-        return x.upper()
+        return fail_or_abort(x).upper()
 
     setup.ergate.register_workflow(workflow)
 
@@ -61,13 +54,7 @@ def test_failed_job_says_which_step_and_why(setup: Setup, worker: Any) -> None:
     with worker():
         job = setup.ergate.submit_job("watched", initial_input_value="fail")
         done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
-    assert done.status is JobStatus.FAILED
-    assert done.error is not None
-    assert (done.error.type, done.error.message, done.error.step) == (
-        "ValueError",
-        "card declined",
-        "second",
-    )
+    assert failure(done) == ("ValueError", "card declined", "second")
     assert done.error.traceback is not None
     assert 'raise ValueError("card declined")' in done.error.traceback
     assert done.finished_at is not None
@@ -261,25 +248,6 @@ def test_progress_moves_inside_a_step_and_only_forward(setup_name: str, make_set
     assert seen == sorted(seen)
     assert all(33.0 < p <= 67.0 for p in seen if p < 99.0)
     assert current.percent_completed == 100.0
-
-
-def test_progress_reporter_throttles_and_bounds() -> None:
-    writes: list[float] = []
-    reporter = ProgressReporter(20.0, 40.0, writes.append, interval=3600)
-    for i in range(1, 11):
-        reporter.report(i / 10)
-    assert writes == [22.0]  # the first report is written; the rest fall in the same interval
-    assert reporter.percent == 40.0
-    reporter.report(0.5)  # backwards: ignored
-    reporter.report(7)  # clamped to the end of the step's share
-    assert reporter.percent == 40.0
-    with pytest.raises(TypeError, match="fraction"):
-        reporter.report("half")  # type: ignore[arg-type]
-    unthrottled: list[float] = []
-    reporter = ProgressReporter(0.0, 10.0, unthrottled.append, interval=0)
-    for i in range(1, 5):
-        reporter.report(i / 4)
-    assert unthrottled == [2.5, 5.0, 7.5, 10.0]
 
 
 def test_a_step_that_raised_is_a_failed_celery_task(setup: Setup, worker: Any) -> None:

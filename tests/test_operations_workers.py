@@ -7,7 +7,8 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -28,7 +29,7 @@ from ergate_celery.scheduling.beat import recover_stuck_jobs
 from ergate_celery.scheduling.release import release_due_jobs
 from ergate_celery.stores import store_for_backend
 
-from .support import Setup, wait_until
+from .support import Setup, race, wait_until
 
 WAIT = 60
 
@@ -113,7 +114,10 @@ def test_retry_jobs_retries_every_failed_job_of_a_workflow(setup: Setup, worker:
     assert runs["prepare"] == 4
 
 
-def test_two_racing_retries_publish_once(setup: Setup, worker: Any) -> None:
+@contextmanager
+def _failed_then_fixed(setup: Setup, worker: Any) -> Iterator[tuple[str, Counter[str]]]:
+    """With a worker up: job "o-1" of "orders", FAILED at `charge`, whose payment provider is
+    back since; and the steps' runs."""
     runs: Counter[str] = Counter()
     broken = {"o-1"}
     setup.ergate.register_workflow(_flaky("orders", runs, broken))
@@ -121,22 +125,21 @@ def test_two_racing_retries_publish_once(setup: Setup, worker: Any) -> None:
         job_id = str(submit_job("orders", initial_input_value={"id": "o-1"}).id)
         _final(setup, job_id)
         broken.clear()
+        yield job_id, runs
+
+
+def test_two_racing_retries_publish_once(setup: Setup, worker: Any) -> None:
+    with _failed_then_fixed(setup, worker) as (job_id, runs):
         outcomes: list[str] = []
-        barrier = threading.Barrier(2)
 
         def retry() -> None:
-            barrier.wait()
             try:
                 retry_job(job_id)
                 outcomes.append("retried")
             except JobStateError:
                 outcomes.append("refused")
 
-        threads = [threading.Thread(target=retry) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        race(retry, retry)
         assert sorted(outcomes) == ["refused", "retried"]
         assert _final(setup, job_id).status is JobStatus.COMPLETED
     assert runs["charge"] == 2
@@ -144,28 +147,8 @@ def test_two_racing_retries_publish_once(setup: Setup, worker: Any) -> None:
 
 
 def test_a_retry_racing_a_cancel_ends_in_one_state(setup: Setup, worker: Any) -> None:
-    runs: Counter[str] = Counter()
-    broken = {"o-1"}
-    setup.ergate.register_workflow(_flaky("orders", runs, broken))
-    with worker():
-        job_id = str(submit_job("orders", initial_input_value={"id": "o-1"}).id)
-        _final(setup, job_id)
-        broken.clear()
-        barrier = threading.Barrier(2)
-
-        def retry() -> None:
-            barrier.wait()
-            retry_job(job_id)
-
-        def cancel() -> None:
-            barrier.wait()
-            setup.ergate.cancel_job(job_id)
-
-        threads = [threading.Thread(target=retry), threading.Thread(target=cancel)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    with _failed_then_fixed(setup, worker) as (job_id, runs):
+        race(partial(retry_job, job_id), partial(setup.ergate.cancel_job, job_id))
         final = _final(setup, job_id)
     # Either the cancel came first (a finished job is left alone) and the retry completed it,
     # or the retry came first and the cancel stopped it: never both, never stuck.
@@ -174,21 +157,6 @@ def test_a_retry_racing_a_cancel_ends_in_one_state(setup: Setup, worker: Any) ->
     if final.status is JobStatus.COMPLETED:
         assert runs["ship"] == 1
     assert setup.ergate.get_job(job_id).status is final.status
-
-
-def _race(*actions: Callable[[], object]) -> None:
-    """Run `actions` in threads of their own, released together by a barrier."""
-    barrier = threading.Barrier(len(actions))
-
-    def run(action: Callable[[], object]) -> None:
-        barrier.wait()
-        action()
-
-    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 def _sweep(setup: Setup, delay: float, swept: list[int]) -> None:
@@ -247,7 +215,7 @@ def test_a_retry_racing_the_sweep_ends_in_one_state(setup: Setup, worker: Any) -
             broken.discard(order)
             swept: list[int] = []
             # Spread where the sweep lands in the retry: at once, or a few ms after it.
-            _race(partial(retry_job, job_id), partial(_sweep, setup, 0.004 * (round_ % 4), swept))
+            race(partial(retry_job, job_id), partial(_sweep, setup, 0.004 * (round_ % 4), swept))
             assert len(swept) == 1, "the sweep raised"
             rounds.append((job_id, swept[0]))
             assert _final(setup, job_id).status is JobStatus.COMPLETED

@@ -17,6 +17,7 @@ from ergate_celery.scheduling import release
 from ergate_celery.scheduling.beat import release_due_jobs
 
 from .support import Setup, in_process_worker, wait_until
+from .workflows import echo_workflow
 
 WAIT = 60
 FAST_BEAT = {"ergate_schedule_interval": 0.5}
@@ -203,16 +204,7 @@ def test_periodic_entry_needs_a_known_workflow(setup: Setup) -> None:
 
 
 def test_priority_applies_to_every_step_message(setup: Setup, worker: Any) -> None:
-    workflow = Workflow(unique_name="urgent")
-
-    @workflow.step
-    def first(x: int) -> int:
-        return x
-
-    @workflow.step
-    def second(x: int) -> int:
-        return x
-
+    workflow = echo_workflow("urgent", "first", "second")
     priorities: dict[str, Any] = {}
 
     def capture(

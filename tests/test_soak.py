@@ -17,7 +17,7 @@ from ergate_celery.scheduling.beat import recover_stuck_jobs
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .apps import fault_app
-from .fault_support import FAST_REDIS_REDELIVERY, _children, _kill_worker, _Supervisor
+from .faults import FAST_REDIS_REDELIVERY, Supervisor, children_of, kill_worker
 from .support import Setup
 
 # 5. Soak: many jobs, failing steps, killed workers -----------------------------------------
@@ -66,7 +66,7 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
     env = {"ERGATE_FAULT_REDIS": setup.conf["broker_url"]}
     workers = [
         # With worker events on (-E, as Flower needs): announcing must never break a step.
-        _Supervisor(setup, f"soak{i}-", concurrency=2, env=env, loglevel="WARNING", events=True)
+        Supervisor(setup, f"soak{i}-", concurrency=2, env=env, loglevel="WARNING", events=True)
         for i in range(2)
     ]
     began = time.monotonic()
@@ -88,10 +88,10 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
             if kills < SOAK_MAX_KILLS and now >= next_kill:
                 victim = rng.choice(workers).ensure()
                 if kills % SOAK_WHOLE_WORKER_EVERY == SOAK_WHOLE_WORKER_EVERY - 1:
-                    _kill_worker(victim)
+                    kill_worker(victim)
                     whole_kills += 1
                 else:
-                    pool = _children(victim.pid)
+                    pool = children_of(victim.pid)
                     if pool:
                         os.kill(rng.choice(pool), signal.SIGKILL)
                 kills += 1

@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ergate_celery import Workflow
 from ergate_celery.embedded import folder_watch
 from ergate_celery.stores import sqlite_store
-from tests.support import Setup
+
+from .support import Setup, watch_waits
+from .workflows import echo_workflow
 
 
 def _pragmas(connection: Any) -> tuple[str, int, int]:
@@ -44,10 +45,6 @@ def test_an_engine_of_its_own_is_left_alone(tmp_path: Any) -> None:
         engine.dispose()
 
 
-def _only(x: Any = None) -> Any:
-    return x
-
-
 @pytest.mark.setup("embedded")
 def test_a_waiter_wakes_on_the_commit_that_ends_its_job(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
@@ -57,18 +54,9 @@ def test_a_waiter_wakes_on_the_commit_that_ends_its_job(
     if folder_watch.watch_folder(str(setup.tmp_path), "x") is None:
         pytest.skip("needs Linux's inotify")
     monkeypatch.setattr(sqlite_store, "WATCHED_POLL", 3600.0)
-    waiting = threading.Event()
-    wait = folder_watch.FolderWatch.wait
-
-    def wait_and_tell(self: folder_watch.FolderWatch, timeout: float) -> bool:
-        waiting.set()
-        return wait(self, timeout)
-
-    monkeypatch.setattr(folder_watch.FolderWatch, "wait", wait_and_tell)
+    waiting = watch_waits(monkeypatch)
     ergate = setup.ergate
-    workflow = Workflow(unique_name="waited")
-    workflow.step(_only)
-    ergate.register_workflow(workflow)
+    ergate.register_workflow(echo_workflow("waited"))
     job = ergate.submit_job("waited")  # no worker: it stays QUEUED until cancelled below
     ended: list[Any] = []
     waiter = threading.Thread(

@@ -7,21 +7,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ergate_celery import Job, Workflow
+from ergate_celery import Job
 from ergate_celery.stores import sql_statements
 from ergate_celery.stores.base import TaskResult
 
 from .support import Setup
+from .workflows import echo_workflow
 
 
 def _job(setup: Setup) -> Job:
-    workflow = Workflow(unique_name="sql_stored")
-
-    @workflow.step
-    def only(x: Any) -> Any:
-        return x
-
-    setup.ergate.register_workflow(workflow)
+    setup.ergate.register_workflow(echo_workflow("sql_stored"))
     return setup.ergate.submit_job("sql_stored", initial_input_value=1, tags={"team": "a"})
 
 
@@ -67,32 +62,36 @@ def test_a_step_summary_stays_once_success_is_stored(setup: Setup) -> None:
     assert setup.ergate.get_job(str(job.id)).attempt == 2
 
 
-def _close_pooled_connection(store: Any) -> int:
-    """Have the server close the store's pooled connection; returns its backend pid."""
+def _backend_pid(store: Any) -> int:
+    """The server process of the store's pooled connection."""
     with store.engine.connect() as conn:
         pid: int = conn.connection.driver_connection.info.backend_pid
-    admin = sa.create_engine(store.backend.url, poolclass=sa.pool.NullPool)
+    return pid
+
+
+def _closed_behind(setup: Setup, monkeypatch: pytest.MonkeyPatch, ping_after: float) -> Any:
+    """Store a job, then have the server close the store's only pooled connection; the store
+    pings a connection idle for `ping_after` s at checkout. The job, and the closed pid."""
+    job = _job(setup)
+    monkeypatch.setattr(sql_statements, "IDLE_PING_AFTER", ping_after)
+    pid = _backend_pid(setup.ergate.store)
+    admin = sa.create_engine(setup.ergate.store.backend.url, poolclass=sa.pool.NullPool)
     try:
         with admin.connect() as conn:
             assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
     finally:
         admin.dispose()
-    return pid
+    return job, pid
 
 
 @pytest.mark.setup("rabbitmq_postgres")
 def test_a_pooled_connection_closed_while_idle_is_replaced(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store: Any = setup.ergate.store
-    job = _job(setup)
-    monkeypatch.setattr(sql_statements, "IDLE_PING_AFTER", 0.0)
-    pid = _close_pooled_connection(store)
-    # The store's only pooled connection is now closed by the server: the ping at checkout
-    # finds it, and the pool connects anew.
+    job, pid = _closed_behind(setup, monkeypatch, ping_after=0.0)
+    # The ping at checkout finds the closed connection, and the pool connects anew.
     assert setup.ergate.get_job(str(job.id)).id == job.id
-    with store.engine.connect() as conn:
-        assert conn.connection.driver_connection.info.backend_pid != pid
+    assert _backend_pid(setup.ergate.store) != pid
 
 
 @pytest.mark.setup("rabbitmq_postgres")
@@ -100,12 +99,9 @@ def test_a_read_on_a_connection_closed_since_its_last_use_is_sent_again(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No ping at checkout: the read's first statement meets the closed connection.
+    job, pid = _closed_behind(setup, monkeypatch, ping_after=3600.0)
     store: Any = setup.ergate.store
-    job = _job(setup)
-    monkeypatch.setattr(sql_statements, "IDLE_PING_AFTER", 3600.0)
-    pid = _close_pooled_connection(store)
     assert setup.ergate.get_job(str(job.id)).id == job.id
     assert store.paused_workflows() == set()
     assert setup.ergate.list_jobs().jobs[0].id == job.id
-    with store.engine.connect() as conn:
-        assert conn.connection.driver_connection.info.backend_pid != pid
+    assert _backend_pid(store) != pid

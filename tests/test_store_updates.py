@@ -6,22 +6,17 @@ from typing import Any
 
 import pytest
 
-from ergate_celery import DuplicateJobError, Job, JobStatus, Workflow
+from ergate_celery import DuplicateJobError, Job, JobStatus
 from ergate_celery.stores.base import TaskResult
 
 from .support import STORES, Setup
+from .workflows import echo_workflow
 
 pytestmark = pytest.mark.setup(*STORES)
 
 
 def _job(setup: Setup) -> Job:
-    workflow = Workflow(unique_name="stored")
-
-    @workflow.step
-    def only(x: Any) -> Any:
-        return x
-
-    setup.ergate.register_workflow(workflow)
+    setup.ergate.register_workflow(echo_workflow("stored"))
     return setup.ergate.submit_job("stored", initial_input_value=1)
 
 

@@ -4,18 +4,14 @@ from datetime import date
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from ergate_celery import (
     DuplicateJobError,
-    ErgateCelery,
-    ErgateError,
     InvalidDefinitionError,
     InvalidInputError,
     JobNotFoundError,
     JobStatus,
     UnknownWorkflowError,
-    UnsupportedBackendError,
     Workflow,
     cancel_job,
     get_job,
@@ -147,28 +143,3 @@ def test_register_rejects_non_workflows_and_name_clashes(setup: Setup) -> None:
     setup.ergate.register_workflow(workflow)  # the same object again is fine
     with pytest.raises(InvalidDefinitionError, match="already registered"):
         _register(setup)
-
-
-def test_binding_errors_say_what_to_do() -> None:
-    app = Celery("unbound", set_as_current=True)
-    with pytest.raises(ErgateError, match=r"create ErgateCelery\(app\)"):
-        submit_job("anything")
-    with pytest.raises(TypeError, match="Celery app"):
-        ErgateCelery("app")  # type: ignore[arg-type]
-    ErgateCelery(app)
-    with pytest.raises(ErgateError, match="already has"):
-        ErgateCelery(app)
-
-
-def test_unsupported_result_backend_is_named() -> None:
-    app = Celery("rpc", broker="memory://", backend="rpc://", set_as_current=True)
-    ergate = ErgateCelery(app)
-    workflow = Workflow(unique_name="w")
-
-    @workflow.step
-    def only(x: int) -> int:
-        return x
-
-    ergate.register_workflow(workflow)
-    with pytest.raises(UnsupportedBackendError, match="redis://"):
-        ergate.submit_job("w", initial_input_value=1)

@@ -2,8 +2,8 @@
 job SCHEDULED in the due index (no ETA message, no worker slot); `signal_job` releases it at
 once; a timed-out wait fails; a signal sent before the wait is kept; bad input changes nothing.
 
-Release runs are called here directly (`release_due_jobs`); a real beat releases waiting jobs
-in `test_faults_waiting.py`.
+Release runs are called here directly (`release_due_jobs`); a real beat releases a waiting job
+in `test_beat.py`, a worker dies after its step raised `WaitForSignal` in `test_worker_loss.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 import pytest
@@ -32,12 +33,11 @@ from ergate_celery import (
 )
 from ergate_celery import signals as ergate_signals
 from ergate_celery.lifecycle.waiting import FOREVER
-from ergate_celery.model.graph import mermaid
 from ergate_celery.scheduling.beat import release_due_jobs
 from ergate_celery.stores.base import SCHEDULED
 
 from .apps import waiting_app
-from .support import Setup, in_process_worker, wait_until
+from .support import Setup, in_process_worker, race, wait_until
 
 WAIT = 60
 
@@ -227,18 +227,12 @@ def test_two_signals_at_once_release_the_job_once_and_the_first_payload_stays(
             _waiting(setup, str(job.id))
         # No worker while both signals race: the job cannot finish between them (a signal to
         # a finished job is a JobStateError, rightly).
-        barrier = threading.Barrier(2)
         replies: list[Any] = []
 
         def send(who: str) -> None:
-            barrier.wait()
             replies.append(setup.ergate.signal_job(str(job.id), "approved", {"by": who}))
 
-        threads = [threading.Thread(target=send, args=(who,)) for who in ("ana", "bob")]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        race(partial(send, "ana"), partial(send, "bob"))
         with in_process_worker(setup.app):
             done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
     assert done.status is JobStatus.COMPLETED
@@ -306,28 +300,6 @@ def test_signal_job_bad_input_is_refused_and_changes_nothing(
     with pytest.raises(JobNotFoundError):
         setup.ergate.signal_job("no-such-job", "approved", None)
     assert setup.ergate.get_job(job_id) == waiting
-
-
-def test_sleep_and_wait_for_signal_refuse_bad_arguments() -> None:
-    now = datetime.now(UTC)
-    for kwargs in ({}, {"seconds": 1, "until": now}):
-        with pytest.raises(InvalidInputError, match="exactly one"):
-            Sleep(**kwargs)
-    for seconds in (-1, float("inf"), True, "5"):
-        with pytest.raises(InvalidInputError, match="number >= 0"):
-            Sleep(seconds=seconds)
-    with pytest.raises(InvalidInputError, match="naive"):
-        Sleep(until=datetime.now())
-    with pytest.raises(InvalidInputError, match="must be a datetime"):
-        Sleep(until="2030-01-01")  # type: ignore[arg-type]
-    for name in ("", None, "a b", "n" * 65):
-        with pytest.raises(InvalidInputError, match="signal name"):
-            WaitForSignal(name)  # type: ignore[arg-type]
-    for timeout in (0, -5, float("nan")):
-        with pytest.raises(InvalidInputError, match="timeout"):
-            WaitForSignal("ok", timeout=timeout)
-    assert Sleep(seconds=0).seconds == 0
-    assert WaitForSignal("ok").timeout is None
 
 
 @pytest.mark.setup("redis")
@@ -406,14 +378,6 @@ def test_cli_signal_and_show(make_setup: Callable[..., Setup]) -> None:
     unknown = setup.run_celery("ergate", "signal", "nope", "x", module="tests.apps.waiting_app")
     assert unknown.returncode == 2
     assert "No job with id 'nope'" in unknown.stderr
-
-
-def test_the_graph_draws_a_waiting_step_as_such() -> None:
-    drawn = mermaid(waiting_app.approval)
-    assert 's0{{"ask"}}' in drawn
-    assert 's0 -.->|"WaitForSignal approved"| s1' in drawn
-    assert 's1["decide"]' in drawn
-    assert 's0 -.->|"Sleep"| s1' in mermaid(waiting_app.napping)
 
 
 def test_a_waiting_job_is_listed_and_a_timed_out_wait_is_retried_as_a_wait(

@@ -7,7 +7,7 @@ bookkeeping exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -88,8 +88,11 @@ def run_step(
     run: StepRun | None = None,
     progress: ProgressReporter | None = None,
     signals: Mapping[str, Any] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> StepOutcome:
-    """Call `step` with injected arguments; dependencies are torn down before this returns."""
+    """Call `step` with injected arguments; dependencies are torn down before this returns.
+
+    A wait the step asks for starts at `clock()` (default: the current time)."""
     returned = False
     arguments = injected_arguments(step.plan, input_value, user_context, run, progress, signals)
     try:
@@ -103,7 +106,8 @@ def run_step(
     except AbortJob as exc:
         return Aborted(exc.message)
     except (Sleep, WaitForSignal) as exc:
-        return Waited(exc.retval, waiting.wait_for(exc, step.name, datetime.now(UTC)))
+        now = clock() if clock is not None else datetime.now(UTC)
+        return Waited(exc.retval, waiting.wait_for(exc, step.name, now))
     except Exception as exc:
         return Raised(exc)
     if not returned:

@@ -1,5 +1,5 @@
 """The job lifecycle as a table: one row per (status, event, condition) and the status it
-leads to. `tests/test_lifecycle.py` checks every row against `lifecycle.transition`, and
+leads to. `tests/unit/test_lifecycle.py` checks every row against `lifecycle.transition`, and
 `mermaid()` prints the README's state diagram from it, so neither can drift.
 """
 

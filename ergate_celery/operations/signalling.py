@@ -40,9 +40,14 @@ def check_payload(payload: Any, max_bytes: int) -> None:
         )
 
 
-def signal_job(rt: Runtime, job_id: str, name: str, payload: Any = None) -> Job:
+def signal_job(
+    rt: Runtime, job_id: str, name: str, payload: Any = None, *, publish_on_commit: bool = True
+) -> Job:
     """Store signal `name` with `payload` on the job and release it if it waits for it;
-    returns the job as stored. Bad input, an unknown job or a finished one change nothing."""
+    returns the job as stored. Bad input, an unknown job or a finished one change nothing.
+
+    Inside a Django transaction the released job's step is published when it commits, unless
+    not `publish_on_commit` (a store outside the transaction, as a test's memory store)."""
     check_id(job_id)
     check_signal_name(name)
     check_payload(payload, rt.settings.max_payload_bytes)
@@ -58,7 +63,7 @@ def signal_job(rt: Runtime, job_id: str, name: str, payload: Any = None) -> Job:
             )
         return before  # already received: the first payload stays
     if after.status is JobStatus.QUEUED and before.status is JobStatus.SCHEDULED:
-        if in_django_transaction():
+        if publish_on_commit and in_django_transaction():
             on_commit(lambda: rt.publish_current_step(after, SIGNAL_SENDER))
         else:
             rt.publish_current_step(after, SIGNAL_SENDER)

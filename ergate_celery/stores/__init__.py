@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from celery.backends.cache import CacheBackend
+
 from ergate_celery.exceptions import UnsupportedBackendError
 from ergate_celery.stores.base import (
     ACTIVE,
@@ -27,6 +29,11 @@ __all__ = [
     "store_for_backend",
 ]
 
+_SUPPORTED = (
+    "set result_backend to redis://..., db+postgresql://..., db+sqlite:///... or django-db "
+    "(django-celery-results), or cache+memory:// in tests that run in one process"
+)
+
 
 def store_for_backend(
     backend: Any,
@@ -36,7 +43,8 @@ def store_for_backend(
 ) -> JobStore:
     """The store for `backend`, or `UnsupportedBackendError` saying which backends work.
 
-    `index_name` names the app's job index where the backend is shared by apps (Redis).
+    `index_name` names the app's job index where the backend is shared by apps (Redis, and
+    the memory cache of a process).
     """
     module = type(backend).__module__
     if module == "celery.backends.redis":
@@ -55,8 +63,18 @@ def store_for_backend(
         from ergate_celery.stores.django import DjangoJobStore
 
         return DjangoJobStore(backend, max_bytes, expires_by_status)
+    if isinstance(backend, CacheBackend):
+        kind = vars(backend).get("backend")  # the scheme of its URL (untyped in the stubs)
+        if kind == "memory":
+            from ergate_celery.stores.memory import MemoryJobStore
+
+            return MemoryJobStore(backend, max_bytes, expires_by_status, index_name)
+        raise UnsupportedBackendError(
+            f"ergate_celery keeps jobs in the result backend, and the cache backend on "
+            f"{kind}:// evicts and expires entries whatever they hold, "
+            f"so it would lose jobs that have not finished; {_SUPPORTED}"
+        )
     raise UnsupportedBackendError(
         f"ergate_celery keeps jobs in the result backend, and {type(backend).__name__} "
-        f"({module}) is not supported; set result_backend to redis://..., db+postgresql://..., "
-        "db+sqlite:///... or django-db (django-celery-results)"
+        f"({module}) is not supported; {_SUPPORTED}"
     )

@@ -21,14 +21,12 @@ from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
 from ergate_celery.stores.oversized import without_values
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
-#: It may be called more than once when a concurrent write wins a race, so it must be pure:
-#: what the store read and wrote comes back from `update`.
+#: Called again when a concurrent write wins a race, so pure: `update` returns what it read.
 Change = Callable[[Job], Job | None]
 
 
 class Updated(NamedTuple):
-    """What `JobStore.update` did: the record its change was last computed from (None: there
-    is no record) and the job it wrote (None: nothing was written)."""
+    """What `JobStore.update` did: the record its change was computed from, the job written."""
 
     before: Job | None
     after: Job | None
@@ -80,10 +78,17 @@ class IndexEntry(NamedTuple):
     at: datetime
 
 
-def index_entry(job: Job, *, pending: bool = False) -> IndexEntry | None:
+def utc_now() -> datetime:
+    """The current time, as a store or the runtime reads it unless handed another clock."""
+    return datetime.now(UTC)
+
+
+def index_entry(
+    job: Job, *, pending: bool = False, now: datetime | None = None
+) -> IndexEntry | None:
     """Where a job belongs in the job index, written with every change of its record; final
     jobs are not indexed, nor parked ones (no message is lost: nothing to sweep), nor PENDING
-    ones unless `pending`.
+    ones unless `pending`. An active job is indexed at `now` (default: the current time).
 
     A store whose records live inside the Django transaction (django-db) indexes PENDING jobs
     as active: a PENDING record it can read was committed, so the sweep hands it over if its
@@ -94,7 +99,7 @@ def index_entry(job: Job, *, pending: bool = False) -> IndexEntry | None:
         return IndexEntry(SCHEDULED, str(job.id), due_at(job))
     if job.is_final or job.parked or (job.status is JobStatus.PENDING and not pending):
         return None
-    return IndexEntry(ACTIVE, str(job.id), datetime.now(UTC))
+    return IndexEntry(ACTIVE, str(job.id), now or utc_now())
 
 
 def expiring(job: Job) -> bool:
@@ -217,6 +222,8 @@ class BaseJobStore(ABC, Generic[Token]):
         #: A new record may take this much: the rest of `max_bytes` is room for what a job
         #: gathers as it runs (timings, claims, recoveries, an error with its traceback).
         self.create_limit = max_bytes - max_bytes // CREATE_HEADROOM
+        #: What `finished_at` is stamped with (a test's virtual clock may replace it).
+        self.clock: Callable[[], datetime] = utc_now
 
     # The primitives.
 
@@ -326,7 +333,7 @@ class BaseJobStore(ABC, Generic[Token]):
                     return Updated(None, None)
                 job, token = stored
                 continue
-            new = stamped(new)
+            new = stamped(new, self.clock())
             expected = self._token_of(job) if token is None else token
             try:
                 reply = self._compare_and_set(job_id, expected, new, result)
@@ -364,10 +371,10 @@ class BaseJobStore(ABC, Generic[Token]):
         return [entry.job_id for entry in self.index_entries(ACTIVE, before, limit)]
 
 
-def stamped(job: Job) -> Job:
+def stamped(job: Job, now: datetime) -> Job:
     """The job with `finished_at` set when it has just become final (done at every write)."""
     if job.is_final and job.finished_at is None:
-        return job.model_copy(update={"finished_at": datetime.now(UTC)})
+        return job.model_copy(update={"finished_at": now})
     return job
 
 

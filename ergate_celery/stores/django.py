@@ -21,16 +21,14 @@ from ergate_celery.stores.base import (
     Outcome,
     Stored,
     TaskResult,
-    check_size,
     expiring,
     index_entry,
     job_document,
     job_from_document,
-    seconds,
 )
 from ergate_celery.stores.django_postgres import DjangoPostgres
 from ergate_celery.stores.listing import JobQuery, Position
-from ergate_celery.stores.sqlalchemy import date_done
+from ergate_celery.stores.task_rows import date_done, row_columns
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, str]
@@ -86,13 +84,10 @@ class DjangoJobStore(BaseJobStore[Columns]):
 
     def _values(self, job: Job, limit: int | None = None) -> dict[str, Any]:
         content_type, content_encoding, content = self.backend.encode_content(job_document(job))
-        check_size(job, content, limit or self.max_bytes)
         return {
-            "status": job.status.name,
-            "result": content,
+            **row_columns(job, content, limit or self.max_bytes),
             "content_type": content_type,
             "content_encoding": content_encoding,
-            "traceback": job.error.traceback if job.error else None,
             "task_name": f"ergate.{job.workflow_name}",
             "date_done": self._date_done(job),
         }
@@ -100,7 +95,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
     def _date_done(self, job: Job) -> datetime:
         if not expiring(job):
             return _to_db(_NEVER)
-        done = date_done(self.expires_after(job), seconds(self.backend.expires))
+        done = date_done(self, job)
         return timezone.now() if done is None else _to_db(done)
 
     @property

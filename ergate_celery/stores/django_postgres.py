@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ergate_celery.stores.sql_statements import write_parameters
+from ergate_celery.stores.task_rows import create_parameters, write_parameters
 
 
 class Found(NamedTuple):
@@ -253,15 +253,7 @@ class DjangoPostgres:
         statement = self._inserts.get(indexed)
         if statement is None:
             statement = self._inserts[indexed] = self._insert(indexed)
-        values = dict(row)
-        values["i_kind"], values["i_at"] = entry or (None, None)
-        values["l_workflow"], values["l_status"], values["l_submitted_at"] = listed or (
-            None,
-            None,
-            None,
-        )
-        values["t_keys"], values["t_values"] = list(tags), list(tags.values())
         with self._cursor() as cursor:
-            cursor.execute(statement, values)
+            cursor.execute(statement, create_parameters(row, entry, listed, tags))
             (count,) = cursor.fetchone()
         return bool(count == 1)

@@ -25,11 +25,10 @@ from ergate_celery.stores.base import (
     Stored,
     TaskResult,
     check_size,
-    expiring,
     index_entry,
-    job_document,
     job_from_document,
 )
+from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.redis_scripts import COMPARE_AND_SET, CREATE, DROP_INDEX_ENTRY
 
@@ -140,9 +139,9 @@ class RedisJobStore(BaseJobStore[str]):
     def _encode(
         self, job: Job, *, check: bool = True, limit: int | None = None
     ) -> tuple[bytes, int | None]:
-        final = job.is_final
+        now = datetime.now(UTC)
         traceback = job.error.traceback if job.error else None
-        date_done = datetime.now(UTC).isoformat() if final else None
+        date_done = now.isoformat() if job.is_final else None
         if self._json:
             # The meta document Celery would write, with the job serialized by pydantic
             # straight to JSON: one pass instead of a dump to Python objects and an encode.
@@ -152,19 +151,11 @@ class RedisJobStore(BaseJobStore[str]):
                 f'"date_done": {json.dumps(date_done)}, "task_id": {json.dumps(str(job.id))}}}'
             ).encode()
         else:
-            meta: dict[str, Any] = {
-                "status": job.status.name,
-                "result": job_document(job),
-                "traceback": traceback,
-                "children": [],
-                "date_done": date_done,
-                "task_id": str(job.id),
-            }
-            encoded = self.backend.encode(meta)
+            encoded = self.backend.encode(job_meta(job, now))
         if check:
             check_size(job, encoded, limit or self.max_bytes)
         # Celery would put result_expires on every write; here only where the rule says.
-        kept = self.expires_after(job) if expiring(job) else None
+        kept = self.expires_after(job)
         return encoded, math.ceil(kept) if kept else None
 
     def _stored(self, raw: bytes) -> Stored[str]:

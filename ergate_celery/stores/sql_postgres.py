@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from celery import states
 from sqlalchemy.dialects import postgresql as pg
 
-from ergate_celery.stores.sql_statements import compare_and_set, write_parameters
+from ergate_celery.stores.sql_statements import compare_and_set
+from ergate_celery.stores.task_rows import create_parameters, write_parameters
 
 
 def _param(name: str, column: sa.Column[Any]) -> Any:
@@ -181,10 +182,4 @@ class PostgresStatements:
     ) -> None:
         """Insert a job row with its index entry, listing row and tags in one statement;
         IntegrityError when the id is taken (and nothing is written)."""
-        params = dict(values)
-        params["i_kind"], params["i_at"] = entry if entry is not None else (None, None)
-        params["l_workflow"], params["l_status"], params["l_submitted_at"] = (
-            listed if listed is not None else (None, None, None)
-        )
-        params["t_keys"], params["t_values"] = list(tags), list(tags.values())
-        conn.execute(self.insert, params)
+        conn.execute(self.insert, create_parameters(values, entry, listed, tags))

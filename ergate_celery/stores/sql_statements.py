@@ -9,7 +9,7 @@ DELETE + INSERT for the index and to Celery's `store_result` for the summary.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -56,26 +56,6 @@ def compare_and_set(table: sa.Table) -> sa.Update:
             date_done=sa.bindparam("date_done"),
         )
     )
-
-
-def write_parameters(
-    params: Mapping[str, Any],
-    entry: tuple[str, Any] | None,
-    relist: str | None,
-    summary: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """The parameters of a one-statement job write on PostgreSQL (sql_postgres.py,
-    django_postgres.py): the row's (`params`), its index `entry` (`i_kind`, `i_at`) when
-    kept, its listing status (`l_status`) when it changed, and the step's summary row (its
-    `s_<name>` parameters) when written."""
-    values = dict(params)
-    if entry is not None:
-        values["i_kind"], values["i_at"] = entry
-    if relist is not None:
-        values["l_status"] = relist
-    if summary is not None:
-        values.update(summary)
-    return values
 
 
 class Statements:

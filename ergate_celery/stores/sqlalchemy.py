@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,17 +17,15 @@ from ergate_celery.stores.base import (
     Outcome,
     Stored,
     TaskResult,
-    check_size,
-    expiring,
     index_entry,
     job_document,
     job_from_document,
-    seconds,
 )
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_postgres import PostgresStatements
 from ergate_celery.stores.sql_statements import Statements, engine_for, reading
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
+from ergate_celery.stores.task_rows import date_done, row_columns
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, bytes]
@@ -37,28 +35,26 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def index_table(schema: str | None) -> sa.Table:
-    """The job index (scheduled by due time, active by last change), beside Celery's table."""
+def job_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table, sa.Table]:
+    """The store's own tables beside Celery's, on one `MetaData` in `schema`: the job index
+    (scheduled jobs by due time, active ones by their last change), the listing index (every
+    job by submitted_at, with its status and workflow), the tags of each job, and the paused
+    workflows."""
     metadata = sa.MetaData(schema=schema)
-    table = sa.Table(
+    # As long as Celery's task_id: a job's id is its record's task id.
+    job_id = sa.String(155)
+    index = sa.Table(
         "ergate_job_index",
         metadata,
-        sa.Column("job_id", sa.String(155), primary_key=True),
+        sa.Column("job_id", job_id, primary_key=True),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("at", sa.DateTime, nullable=False),
     )
-    sa.Index("ergate_job_index_kind_at", table.c.kind, table.c.at)
-    return table
-
-
-def listing_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table]:
-    """The listing index (every job by submitted_at, with its status and workflow), the tags
-    of each job, and the paused workflows."""
-    metadata = sa.MetaData(schema=schema)
+    sa.Index("ergate_job_index_kind_at", index.c.kind, index.c.at)
     listing = sa.Table(
         "ergate_job_list",
         metadata,
-        sa.Column("job_id", sa.String(155), primary_key=True),
+        sa.Column("job_id", job_id, primary_key=True),
         sa.Column("workflow", sa.String(255), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("submitted_at", sa.DateTime, nullable=False),
@@ -71,7 +67,7 @@ def listing_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table]:
         metadata,
         sa.Column("key", sa.String(64), primary_key=True),
         sa.Column("value", sa.String(200), primary_key=True),
-        sa.Column("job_id", sa.String(155), primary_key=True),
+        sa.Column("job_id", job_id, primary_key=True),
     )
     sa.Index("ergate_job_tag_job", tags.c.job_id)
     paused = sa.Table(
@@ -79,16 +75,7 @@ def listing_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table]:
         metadata,
         sa.Column("workflow", sa.String(255), primary_key=True),
     )
-    return listing, tags, paused
-
-
-def date_done(kept: float | None, default: float | None) -> datetime | None:
-    """The `date_done` that makes Celery's `backend_cleanup` (rows whose date_done is older
-    than `result_expires`) remove a row `kept` seconds from now."""
-    if kept is None:
-        return None
-    now = datetime.now(UTC)
-    return now + timedelta(seconds=kept - default) if default else now
+    return index, listing, tags, paused
 
 
 class SQLAlchemyJobStore(BaseJobStore[Columns]):
@@ -99,8 +86,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     ) -> None:
         super().__init__(backend, max_bytes, expires_by_status)
         self.table: sa.Table = backend.task_cls.__table__
-        self.index = index_table(self.table.schema)
-        self.listing, self.tags, self.paused = listing_tables(self.table.schema)
+        self.index, self.listing, self.tags, self.paused = job_tables(self.table.schema)
         self.sql = Statements(self.table, self.index, self.listing, backend.url)
         #: The step summary goes in the job's transaction where the database has upserts.
         self.writes_task_result = self.sql.writes_summaries
@@ -124,8 +110,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             if str(self.backend.url).startswith("sqlite"):
                 share_between_processes(engine)
             self.table.metadata.create_all(engine, tables=[self.table])
-            self.index.metadata.create_all(engine)
-            self.listing.metadata.create_all(engine)
+            self.index.metadata.create_all(engine)  # every table of `job_tables`
             self._engine, self._engine_pid = engine, os.getpid()
             self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         return self._engine
@@ -152,22 +137,13 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         return encoded  # type: ignore[no-any-return]
 
     def _values(self, job: Job, limit: int | None = None) -> dict[str, Any]:
-        encoded = self._encoded(job)
-        check_size(job, encoded, limit or self.max_bytes)
+        # Celery's backend_cleanup leaves rows without date_done alone: that is how a job
+        # that must not expire is kept.
+        done = date_done(self, job)
         return {
-            "status": job.status.name,
-            "result": encoded,
-            "traceback": job.error.traceback if job.error else None,
-            # Celery's backend_cleanup leaves rows without date_done alone: that is how a
-            # job that must not expire is kept.
-            "date_done": self._date_done(job),
+            **row_columns(job, self._encoded(job), limit or self.max_bytes),
+            "date_done": None if done is None else _naive_utc(done),
         }
-
-    def _date_done(self, job: Job) -> datetime | None:
-        if not expiring(job):
-            return None
-        done = date_done(self.expires_after(job), seconds(self.backend.expires))
-        return None if done is None else _naive_utc(done)
 
     def _reindex(self, conn: sa.Connection, job: Job) -> None:
         entry = index_entry(job)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic_core import PydanticSerializationError
@@ -22,7 +22,7 @@ from ergate_celery.lifecycle.transitions import already_written, transition
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
-from ergate_celery.stores.base import TaskResult, Updated
+from ergate_celery.stores.base import TaskResult, Updated, utc_now
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 
@@ -41,6 +41,8 @@ class Runtime:
     publish: Callable[[Job], None]
     #: The paused workflows, cached (None: nothing is ever paused, as in unit tests).
     paused: PausedWorkflows | None = None
+    #: The current time of every change (a test's virtual clock may replace it).
+    clock: Callable[[], datetime] = utc_now
 
     def apply(
         self,
@@ -59,7 +61,7 @@ class Runtime:
         went through, with its reply lost, is recognised by its token: it is returned, and
         announced, as written now, with `assume` as the job before it.
         """
-        moment = now or datetime.now(UTC)
+        moment = now or self.clock()
         before, after = self.store.update(
             job_id, lambda stored: transition(stored, event, moment), assume=assume, result=result
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Task
@@ -77,7 +77,9 @@ def _execute(
         lambda percent: _store_progress(rt, job, step, percent),
         rt.settings.progress_interval,
     )
-    outcome = run_step(step, job.get_input_value(), job.user_context, run, progress, job.signals)
+    outcome = run_step(
+        step, job.get_input_value(), job.user_context, run, progress, job.signals, rt.clock
+    )
     if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
         with requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
             rt.retrying(
@@ -88,7 +90,7 @@ def _execute(
         display = display_options(job, step, rt.settings.show_task_args)
         raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task), **display)
     kept = rt.settings.timings_kept
-    after = _timed(job, step, advance(job, step.workflow, outcome), kept)
+    after = _timed(job, step, advance(job, step.workflow, outcome), kept, rt.clock())
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
@@ -113,7 +115,7 @@ def _claim(
     if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
         park(rt, step, message)
         return None
-    now = datetime.now(UTC)
+    now = rt.clock()
     token = uuid.uuid4().hex
     claim = Claim(
         workflow_name=step.workflow.unique_name,
@@ -204,15 +206,15 @@ def _finish(
         )
         error = JobError.from_exception(reason, step.name)
         failed = job.model_copy(update={"status": JobStatus.FAILED, "error": error})
-        return write(_timed(job, step, failed, kept))
+        return write(_timed(job, step, failed, kept, rt.clock()))
 
 
-def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int) -> Job:
+def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int, now: datetime) -> Job:
     timing = StepTiming(
         step=step.name,
         index=step.index,
-        started_at=job.step_started_at or datetime.now(UTC),
-        finished_at=datetime.now(UTC),
+        started_at=job.step_started_at or now,
+        finished_at=now,
         attempt=job.attempt,
         outcome=after.status.name,
     )
@@ -222,7 +224,7 @@ def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int) -> Job
 
 def _store_progress(rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float) -> None:
     assert job.claim is not None
-    lease = datetime.now(UTC) + timedelta(seconds=rt.settings.stuck_after)
+    lease = rt.clock() + timedelta(seconds=rt.settings.stuck_after)
     try:
         rt.apply(str(job.id), ProgressReported(job.claim, percent, lease), sender=step.task_name)
     except Exception:

@@ -4,16 +4,18 @@ and failing the job of a message for a step task this worker does not know."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from billiard.exceptions import TimeLimitExceeded
-from celery import Task
+from celery import Celery, Task
 
 from ergate_celery.lifecycle.events import TimeLimit
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS
 from ergate_celery.model.workflow_step import WorkflowStep
+from ergate_celery.settings import ErgateSettings
 from ergate_celery.worker.rejects import reject_message
+from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_body import execute_step
 
 if TYPE_CHECKING:
@@ -26,10 +28,24 @@ logger = logging.getLogger("ergate_celery")
 _CELERY_OPTIONS = STEP_TASK_OPTIONS - RETRY_OPTIONS
 
 
+class StepHost(Protocol):
+    """What installs the step tasks, and what their body runs with: an `ErgateCelery`, or
+    the private app of a `WorkflowTester`."""
+
+    @property
+    def app(self) -> Celery: ...
+
+    @property
+    def settings(self) -> ErgateSettings: ...
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+
 class StepTask(Task):  # type: ignore[type-arg]
     """The Celery task class of every step; its one argument is the job as JSON."""
 
-    ergate: ErgateCelery
+    ergate: StepHost
     ergate_step: WorkflowStep[Any, Any]
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -52,7 +68,7 @@ class StepTask(Task):  # type: ignore[type-arg]
             logger.exception("Could not fail job %s after its step's time limit", job.id)
 
 
-def install_step(ergate: ErgateCelery, step: WorkflowStep[Any, Any]) -> None:
+def install_step(ergate: StepHost, step: WorkflowStep[Any, Any]) -> None:
     """Install `step` into the app as the Celery task `ergate.<workflow>.<step>`."""
     settings = ergate.settings
     options: dict[str, Any] = {

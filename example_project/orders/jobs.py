@@ -14,11 +14,18 @@ from .services import CATALOG
 CANCELLABLE = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+def stored_job(job_id: str) -> Job | None:
+    """The job, or None once its record is gone from the result backend (expired)."""
+    try:
+        return get_job(job_id)
+    except JobNotFoundError:
+        return None
+
+
 def job_state(job_id: str) -> dict[str, Any]:
     """The job's state for display; a job gone from the result backend reads EXPIRED."""
-    try:
-        job = get_job(job_id)
-    except JobNotFoundError:
+    job = stored_job(job_id)
+    if job is None:
         return {
             **dict.fromkeys(FIELDS),
             **_links(job_id),

@@ -25,7 +25,7 @@ from ergate_celery import (
 )
 
 from .forms import OrderForm
-from .jobs import describe, job_state
+from .jobs import describe, job_state, stored_job
 from .models import OrderJob
 
 #: How many of a user's latest orders the list shows.
@@ -80,10 +80,7 @@ def order_new(request: HttpRequest) -> HttpResponse:
 @require_GET
 def job_detail(request: HttpRequest, job_id: UUID) -> HttpResponse:
     link = _own(request, job_id)
-    try:
-        job = get_job(link.job_id)
-    except JobNotFoundError:
-        job = None
+    job = stored_job(link.job_id)
     state = describe(job) if job is not None else job_state(link.job_id)
     context = {"job": job, "state": state, "link": link}
     if job is not None:
@@ -124,9 +121,8 @@ def approvals(request: HttpRequest) -> HttpResponse:
     """Staff: the orders waiting for approval, each with Approve and Reject buttons."""
     waiting = []
     for link in OrderJob.objects.select_related("user")[:LIST_LIMIT]:
-        try:
-            job = get_job(link.job_id)
-        except JobNotFoundError:
+        job = stored_job(link.job_id)
+        if job is None:  # its record has expired
             continue
         if job.status is JobStatus.SCHEDULED and job.wait and job.wait.signal == "approved":
             waiting.append({**describe(job), "user": link.user, "until": job.wait.until})

@@ -17,18 +17,19 @@ made visible across processes, so that a test can watch a worker it is about to 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 import zlib
 from typing import Annotated, Any
 
-from celery import Celery, current_task
+from celery import current_task
 from celery.signals import after_task_publish
 
-from ergate_celery import CurrentRun, ErgateCelery, Progress, ProgressReporter, StepRun, Workflow
+from ergate_celery import CurrentRun, Progress, ProgressReporter, StepRun, Workflow
 from ergate_celery import signals as ergate_signals
+
+from . import app_from_env
 
 #: How long the first run of a "slow" step sleeps: far longer than a test waits to kill it.
 FIRST_RUN_SLEEP = 30.0
@@ -222,16 +223,7 @@ for _i in range(SOAK_STEPS):
     _soak_step(_i)
 
 
-def make_app(conf: dict[str, object]) -> tuple[Celery, ErgateCelery]:
-    app = Celery("fault_app", set_as_current=True)
-    app.conf.update(conf)
-    ergate = ErgateCelery(app)
-    return app, ergate
-
-
-app, ergate = make_app(json.loads(os.environ.get("ERGATE_TEST_CONF", "{}")))
-for _workflow in (slow, outage, window, soak, progressing, hanging):
-    ergate.register_workflow(_workflow)
+app, ergate = app_from_env("fault_app", slow, outage, window, soak, progressing, hanging)
 
 
 # Cross-process observation -----------------------------------------------------------------

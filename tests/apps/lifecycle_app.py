@@ -7,14 +7,13 @@ a line `<step> <job id> <attempt> <pid>` to the file ERGATE_LIFECYCLE_MARKS, if 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Annotated
 
-from celery import Celery
+from ergate_celery import CurrentRun, StepRun, Workflow
 
-from ergate_celery import CurrentRun, ErgateCelery, StepRun, Workflow
+from . import app_from_env
 
 Run = Annotated[StepRun, CurrentRun()]
 
@@ -66,8 +65,4 @@ def explode(x: int, run: Run) -> int:
     os._exit(1)
 
 
-app = Celery("lifecycle_app", set_as_current=True)
-app.conf.update(json.loads(os.environ.get("ERGATE_TEST_CONF", "{}")))
-ergate = ErgateCelery(app)
-ergate.register_workflow(overrun)
-ergate.register_workflow(crash)
+app, ergate = app_from_env("lifecycle_app", overrun, crash)

@@ -10,18 +10,14 @@ subprocesses of the waiting tests (its configuration comes in ERGATE_TEST_CONF).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from celery import Celery
-
 from ergate_celery import (
     Depends,
-    ErgateCelery,
     SignalPayload,
     Sleep,
     WaitForSignal,
@@ -29,6 +25,8 @@ from ergate_celery import (
     Workflow,
 )
 from ergate_celery import signals as ergate_signals
+
+from . import app_from_env
 
 approval = Workflow(unique_name="approval")
 
@@ -90,13 +88,4 @@ def _on_waiting(sender: str, job: Any, **kwargs: Any) -> None:
         _kill_once("stored")
 
 
-def make_app(conf: dict[str, object]) -> tuple[Celery, ErgateCelery]:
-    app = Celery("waiting_app", set_as_current=True)
-    app.conf.update(conf)
-    ergate = ErgateCelery(app)
-    for workflow in WORKFLOWS:
-        ergate.register_workflow(workflow)
-    return app, ergate
-
-
-app, ergate = make_app(json.loads(os.environ.get("ERGATE_TEST_CONF", "{}")))
+app, ergate = app_from_env("waiting_app", *WORKFLOWS)

@@ -3,64 +3,19 @@ the traces must be equal: steps run and their inputs, dependency set-up and tear
 status write with its progress fields, and the final state."""
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from celery import Celery
 
 import ergate_celery
-from ergate_celery.signals import step_completed, step_started
 
-from ..support import SETUPS, cleanup_setup, in_process_worker, services_for, setup_conf
+from ..support import SETUPS, cleanup_setup, services_for, setup_conf
 from .reference import run_reference
-from .trace import Snapshot, Trace
-from .workflows import CASES, ESCAPING_CASES, Case, Recorder
+from .runs import run_on_celery
+from .trace import Trace
+from .workflows import CASES, ESCAPING_CASES, Case
 
 pytest.importorskip("ergate")
-
-WAIT = 120
-
-
-def run_on_celery(
-    cases: list[Case], app: Celery, ergate: ergate_celery.ErgateCelery
-) -> dict[str, Trace]:
-    """Run every case through `submit_job` on one real worker, recording each status write."""
-    recorders = {case.name: Recorder() for case in cases}
-    workflows = {
-        case.name: case.builder(ergate_celery, recorders[case.name], f"celery-{case.name}-")
-        for case in cases
-    }
-    for workflow in workflows.values():
-        ergate.register_workflow(workflow)
-    snapshots: dict[str, list[Snapshot]] = {w.unique_name: [] for w in workflows.values()}
-
-    def record(sender: str, job: ergate_celery.Job, **kwargs: Any) -> None:
-        if job.workflow_name in snapshots:
-            snapshots[job.workflow_name].append(Snapshot.from_job(job, job.last_return_value))
-
-    step_started.connect(record, weak=False)
-    step_completed.connect(record, weak=False)
-    try:
-        with in_process_worker(app):
-            submitted = {
-                case.name: ergate.submit_job(
-                    workflows[case.name].unique_name,
-                    initial_input_value=case.initial_input_value,
-                    user_context=case.user_context,
-                )
-                for case in cases
-            }
-            for job in submitted.values():
-                ergate.wait_for_job(job.id, timeout=WAIT)
-    finally:
-        step_started.disconnect(record)
-        step_completed.disconnect(record)
-    return {
-        case.name: Trace.from_recording(
-            recorders[case.name], snapshots[workflows[case.name].unique_name]
-        )
-        for case in cases
-    }
 
 
 @pytest.fixture(scope="module", params=SETUPS)
@@ -74,7 +29,8 @@ def celery_traces(
     app.conf.update(setup_conf(name, tmp_path_factory.mktemp(f"differential-{name}"), services))
     ergate = ergate_celery.ErgateCelery(app)
     try:
-        yield run_on_celery([*CASES, *ESCAPING_CASES], app, ergate)
+        runs = run_on_celery([*CASES, *ESCAPING_CASES], app, ergate)
+        yield {name: run.trace for name, run in runs.items()}
     finally:
         cleanup_setup(name, app, services)
 

@@ -6,8 +6,12 @@ Both sides (ergate 0.6.0's own runner and ergate_celery) build a `Trace` with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ergate_celery.signals import step_completed, step_started
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -82,3 +86,22 @@ class Trace:
         if not taken:
             raise ValueError("a trace needs at least one state-store snapshot")
         return cls(steps=rec.steps, events=rec.events, snapshots=taken, final=taken[-1])
+
+
+@contextmanager
+def recorded_snapshots(workflow_names: Iterable[str]) -> Iterator[dict[str, list[Snapshot]]]:
+    """While the block runs, a `Snapshot` of every job of these workflows at each start and end
+    of a step (ergate_celery's two status writes per step), by workflow name."""
+    snapshots: dict[str, list[Snapshot]] = {name: [] for name in workflow_names}
+
+    def record(sender: str, job: Any, **kwargs: Any) -> None:
+        if job.workflow_name in snapshots:
+            snapshots[job.workflow_name].append(Snapshot.from_job(job, job.last_return_value))
+
+    step_started.connect(record, weak=False)
+    step_completed.connect(record, weak=False)
+    try:
+        yield snapshots
+    finally:
+        step_started.disconnect(record)
+        step_completed.disconnect(record)

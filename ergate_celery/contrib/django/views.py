@@ -4,8 +4,9 @@ each workflow's graph, on every result backend (it reads `list_jobs`, not the da
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
@@ -26,6 +27,11 @@ from ergate_celery.exceptions import (
 from ergate_celery.model.graph import edges, mermaid
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.listing import JobPage
+
+T = TypeVar("T")
+#: A page's action: given the app and what the page shows (a job id, a workflow name), it
+#: changes that and returns what to tell.
+Action = Callable[[ErgateCelery, str], str]
 
 #: Jobs per page of the list.
 PAGE_SIZE = 50
@@ -111,30 +117,25 @@ def parse_since(text: str) -> datetime | None:
 def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     """One job: status, progress, error, timeline; POST `action=retry|cancel` changes it."""
     ergate = ErgateCelery.of()
-    try:
-        job = ergate.get_job(job_id)
-    except JobNotFoundError as exc:
-        raise Http404(str(exc)) from None
+    job = _found(ergate.get_job, job_id)
     if request.method == "POST":
-        _act_on_job(request, ergate, job_id, request.POST.get("action", ""))
-        return HttpResponseRedirect(request.path)
+        return _act(request, ergate, job_id, _JOB_ACTIONS)
     context = {"shown": display(job), "console": True}
     return render(request, "ergate_celery/console/job_detail.html", context)
 
 
-def _act_on_job(request: HttpRequest, ergate: ErgateCelery, job_id: str, action: str) -> None:
-    try:
-        if action == "retry":
-            job = ergate.retry_job(job_id)
-            step = current_step(job)
-            _say(request, messages.SUCCESS, f"Job retried: {job.status.name} at {step}.")
-        elif action == "cancel":
-            job = ergate.cancel_job(job_id)
-            _say(request, messages.SUCCESS, f"Cancel asked: the job is {job.status.name}.")
-        else:
-            _say(request, messages.ERROR, f"Unknown action {action[:40]!r}: retry or cancel.")
-    except (JobStateError, JobNotFoundError) as exc:
-        _say(request, messages.ERROR, str(exc))
+def _retry(ergate: ErgateCelery, job_id: str) -> str:
+    job = ergate.retry_job(job_id)
+    return f"Job retried: {job.status.name} at {current_step(job)}."
+
+
+def _cancel(ergate: ErgateCelery, job_id: str) -> str:
+    job = ergate.cancel_job(job_id)
+    return f"Cancel asked: the job is {job.status.name}."
+
+
+#: What a job page's POST `action` does: each returns what to tell.
+_JOB_ACTIONS: dict[str, Action] = {"retry": _retry, "cancel": _cancel}
 
 
 @staff_member_required
@@ -155,21 +156,9 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
 def workflow_detail(request: HttpRequest, name: str) -> HttpResponse:
     """A workflow's steps and edges, its Mermaid source; POST `action=pause|resume`."""
     ergate = ErgateCelery.of()
-    try:
-        workflow = ergate.workflow(name)
-    except UnknownWorkflowError as exc:
-        raise Http404(str(exc)) from None
+    workflow = _found(ergate.workflow, name)
     if request.method == "POST":
-        action = request.POST.get("action", "")
-        if action == "pause":
-            ergate.pause_workflow(name)
-            _say(request, messages.SUCCESS, f"{name} paused: none of its steps starts now.")
-        elif action == "resume":
-            published = ergate.resume_workflow(name)
-            _say(request, messages.SUCCESS, f"{name} resumed; {published} parked jobs sent on.")
-        else:
-            _say(request, messages.ERROR, f"Unknown action {action[:40]!r}: pause or resume.")
-        return HttpResponseRedirect(request.path)
+        return _act(request, ergate, name, _WORKFLOW_ACTIONS)
     steps = [step.name for step in workflow]
     context = {
         "name": name,
@@ -188,6 +177,45 @@ def workflow_detail(request: HttpRequest, name: str) -> HttpResponse:
         "jobs_url": f"{reverse('ergate_celery:job_list')}?{urlencode({'workflow': name})}",
     }
     return render(request, "ergate_celery/console/workflow_detail.html", context)
+
+
+def _pause(ergate: ErgateCelery, name: str) -> str:
+    ergate.pause_workflow(name)
+    return f"{name} paused: none of its steps starts now."
+
+
+def _resume(ergate: ErgateCelery, name: str) -> str:
+    return f"{name} resumed; {ergate.resume_workflow(name)} parked jobs sent on."
+
+
+#: What a workflow page's POST `action` does: each returns what to tell.
+_WORKFLOW_ACTIONS: dict[str, Action] = {"pause": _pause, "resume": _resume}
+
+
+def _found(find: Callable[[str], T], key: str) -> T:
+    """What `find(key)` finds, or a 404 saying what is not there."""
+    try:
+        return find(key)
+    except (JobNotFoundError, UnknownWorkflowError) as exc:
+        raise Http404(str(exc)) from None
+
+
+def _act(
+    request: HttpRequest, ergate: ErgateCelery, key: str, actions: Mapping[str, Action]
+) -> HttpResponse:
+    """Do the POSTed `action` to `key` and tell how it went, then show the page again
+    (POST/redirect/GET)."""
+    action = request.POST.get("action", "")
+    act = actions.get(action)
+    if act is None:
+        choices = " or ".join(actions)
+        _say(request, messages.ERROR, f"Unknown action {action[:40]!r}: {choices}.")
+    else:
+        try:
+            _say(request, messages.SUCCESS, act(ergate, key))
+        except (JobStateError, JobNotFoundError) as exc:
+            _say(request, messages.ERROR, str(exc))
+    return HttpResponseRedirect(request.path)
 
 
 def _say(request: HttpRequest, level: int, text: str) -> None:

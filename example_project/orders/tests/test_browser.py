@@ -126,6 +126,18 @@ class BrowserTests(StaticLiveServerTestCase):
         job_id: str = self.wait_for("document.getElementById('job')?.dataset.jobId", "the job page")
         return job_id
 
+    def place_failing_and_shipped_orders(self, mugs: str, tees: str) -> tuple[str, str]:
+        """An order of more `mugs` than the warehouse holds, whose job fails at reserve_stock,
+        then one of `tees` that ships; their job ids, each once its job has ended."""
+        status = "document.querySelector('#job [data-field=status]')?.textContent"
+        with self.assertLogs("ergate_celery", "ERROR") as logs:  # the worker logs the failed job
+            failed = self.place_order(sku="MUG", quantity=mugs)
+            self.wait_for(f"{status} === 'FAILED'", "the order to fail")
+            self.wait_for_log(logs)
+        shipped = self.place_order(sku="TEE", quantity=tees)
+        self.wait_for(f"{status} === 'COMPLETED'", "the other order to complete")
+        return failed, shipped
+
     def test_place_orders_and_watch_their_progress(self) -> None:
         make_user("ada")
         self.open("/")
@@ -215,14 +227,7 @@ class BrowserTests(StaticLiveServerTestCase):
         self.open("/")
         self.fill(username="ops", password="secret-pass-123")
         self.wait_for("document.querySelector('h1')?.textContent === 'My orders'", "the list")
-        status = "document.querySelector('#job [data-field=status]')?.textContent"
-        with self.assertLogs("ergate_celery", "ERROR") as logs:  # the worker logs the failed job
-            # 25 mugs: more than the warehouse holds, so reserve_stock fails the job.
-            failed = self.place_order(sku="MUG", quantity="25")
-            self.wait_for(f"{status} === 'FAILED'", "the order to fail")
-            self.wait_for_log(logs)
-        shipped = self.place_order(sku="TEE", quantity="1")
-        self.wait_for(f"{status} === 'COMPLETED'", "the other order to complete")
+        failed, shipped = self.place_failing_and_shipped_orders(mugs="25", tees="1")
 
         # The console, filtered to the failed jobs: only the out-of-stock order is left.
         self.open("/ergate/")
@@ -285,14 +290,7 @@ class BrowserTests(StaticLiveServerTestCase):
         logged_in = "document.getElementById('user-tools') && !location.pathname.includes('login')"
         self.wait_for(logged_in, "the admin index")
 
-        status = "document.querySelector('#job [data-field=status]')?.textContent"
-        with self.assertLogs("ergate_celery", "ERROR") as logs:  # the worker logs the failed job
-            # 30 mugs: more than the warehouse holds, so reserve_stock fails the job.
-            failed = self.place_order(sku="MUG", quantity="30")
-            self.wait_for(f"{status} === 'FAILED'", "the order to fail")
-            self.wait_for_log(logs)
-        shipped = self.place_order(sku="TEE", quantity="2")
-        self.wait_for(f"{status} === 'COMPLETED'", "the other order to complete")
+        failed, shipped = self.place_failing_and_shipped_orders(mugs="30", tees="2")
 
         # The job records, then the status filter's FAILED: only the out-of-stock order.
         changelist = "/admin/ergate_celery/ergatejob/"

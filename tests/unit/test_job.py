@@ -1,4 +1,5 @@
-"""A step message rebuilds exactly the job that was stored.
+"""The job model: a step message rebuilds exactly the job that was stored, and a status
+prints as the README says.
 
 Workers compare-and-set against the record they rebuild from the message, without reading it
 first; that is only a saving if the rebuilt record is byte for byte the stored one.
@@ -72,3 +73,9 @@ def test_the_message_rebuilds_the_stored_document(job: Job) -> None:
     rebuilt = Job.model_validate(_through_the_broker(job_document(job)))
     assert rebuilt == job
     assert json.dumps(job_document(rebuilt)) == json.dumps(job_document(job))
+
+
+def test_status_prints_its_value_and_its_name_is_the_name() -> None:
+    # As the README says: an IntEnum with Ergate's values, str() is the number.
+    assert str(JobStatus.QUEUED) == "2"
+    assert JobStatus.QUEUED.name == "QUEUED"

@@ -77,6 +77,13 @@ def test_a_job_id_with_the_step_task_prefix_is_refused(setup: Setup) -> None:
 _MAX = 60_000
 
 
+def _at_the_limit(make_setup: Callable[..., Setup], name: str) -> Setup:
+    """A setup with records of `_MAX` bytes at most, and the two-step "records" workflow."""
+    setup = make_setup(name, ergate_max_payload_bytes=_MAX)
+    _two_steps(setup)
+    return setup
+
+
 def _largest_accepted_input(setup: Setup, mode: str) -> str:
     """The longest string input (of `mode`'s prefix) submit accepts, to 100 characters."""
     size = _MAX
@@ -102,8 +109,7 @@ def _largest_accepted_input(setup: Setup, mode: str) -> str:
 def test_an_input_just_under_the_submit_limit_reaches_a_final_status(
     make_setup: Callable[..., Setup], setup_name: str
 ) -> None:
-    setup = make_setup(setup_name, ergate_max_payload_bytes=_MAX)
-    _two_steps(setup)
+    setup = _at_the_limit(make_setup, setup_name)
     small = _largest_accepted_input(setup, "small")
     echo = _largest_accepted_input(setup, "echo")
     # Submit keeps room for the record to grow: the largest input is well under the limit.
@@ -125,8 +131,7 @@ def test_an_input_just_under_the_submit_limit_reaches_a_final_status(
 def test_a_failure_too_large_to_store_is_stored_without_the_values(
     make_setup: Callable[..., Setup], setup_name: str
 ) -> None:
-    setup = make_setup(setup_name, ergate_max_payload_bytes=_MAX)
-    _two_steps(setup)
+    setup = _at_the_limit(make_setup, setup_name)
     with in_process_worker(setup.app):
         # The step raises an error whose message alone is larger than the whole limit.
         job = setup.ergate.submit_job(

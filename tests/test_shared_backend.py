@@ -11,23 +11,13 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from ergate_celery import ErgateCelery, JobStatus, Workflow
+from ergate_celery import ErgateCelery, JobStatus
 from ergate_celery.scheduling.beat import recover_stuck_jobs, release_due_jobs
-from ergate_celery.settings import ErgateSettings, ImproperlyConfiguredError
 
 from .support import Setup, in_process_worker
+from .workflows import echo_workflow
 
 WAIT = 60
-
-
-def _workflow(name: str) -> Workflow:
-    workflow = Workflow(unique_name=name)
-
-    @workflow.step
-    def only(x: Any) -> Any:
-        return x
-
-    return workflow
 
 
 @contextmanager
@@ -49,7 +39,7 @@ def test_apps_on_one_redis_database_never_release_each_others_jobs(
 ) -> None:
     # No ergate_index_name: each app's index is named after its main name.
     setup = make_setup("redis", ergate_index_name=None)
-    setup.ergate.register_workflow(_workflow("mine"))
+    setup.ergate.register_workflow(echo_workflow("mine"))
     soon = datetime.now(UTC) + timedelta(seconds=1)
     jobs = [
         setup.ergate.submit_job("mine", initial_input_value=i, requested_start_time=soon)
@@ -57,13 +47,13 @@ def test_apps_on_one_redis_database_never_release_each_others_jobs(
     ]
     later = soon + timedelta(seconds=5)
     with _other_app(setup, "another_project", ergate_index_name=None) as other:
-        other.register_workflow(_workflow("theirs"))
+        other.register_workflow(echo_workflow("theirs"))
         assert release_due_jobs(other, now=later) == 0
         assert recover_stuck_jobs(other, now=later + timedelta(days=1)) == 0
         assert other.store.index_entries("scheduled", later, 100) == []
     # A process of the same app (a web process creating Celery("test_redis") itself) shares it.
     with _other_app(setup, setup.app.main or "", ergate_index_name=None) as same:
-        same.register_workflow(_workflow("mine"))
+        same.register_workflow(echo_workflow("mine"))
         assert len(same.store.index_entries("scheduled", later, 100)) == 5
     with in_process_worker(setup.app):
         assert release_due_jobs(setup.ergate, now=later) == 5
@@ -71,25 +61,11 @@ def test_apps_on_one_redis_database_never_release_each_others_jobs(
             assert setup.ergate.wait_for_job(job.id, timeout=WAIT).status is JobStatus.COMPLETED
 
 
-def test_a_bad_index_name_is_refused() -> None:
-    with pytest.raises(ImproperlyConfiguredError, match="ergate_index_name"):
-        ErgateSettings.from_conf({"ergate_index_name": "two words"})
-    assert ErgateSettings.from_conf({}).index_name_of("proj") == "proj"
-    assert ErgateSettings.from_conf({"ergate_index_name": ""}).index_name_of("proj") == ""
-
-
-@pytest.mark.parametrize("value", [0, -3, 2.5, "10", True])
-def test_a_bad_timings_kept_is_refused(value: object) -> None:
-    with pytest.raises(ImproperlyConfiguredError, match="ergate_timings_kept"):
-        ErgateSettings.from_conf({"ergate_timings_kept": value})
-    assert ErgateSettings.from_conf({"ergate_timings_kept": 50}).timings_kept == 50
-
-
 @pytest.mark.setup("redis", "rabbitmq_postgres")
 def test_a_job_whose_workflow_a_deploy_removed_ends_failed_at_release_and_sweep(
     setup: Setup,
 ) -> None:
-    setup.ergate.register_workflow(_workflow("retired"))
+    setup.ergate.register_workflow(echo_workflow("retired"))
     soon = datetime.now(UTC) + timedelta(seconds=1)
     scheduled = setup.ergate.submit_job("retired", initial_input_value=1, requested_start_time=soon)
     # Queued, but its message is lost (purged): the sweep finds it.
@@ -98,7 +74,7 @@ def test_a_job_whose_workflow_a_deploy_removed_ends_failed_at_release_and_sweep(
     later = soon + timedelta(hours=2)
     # The deployed app (same services, same index) no longer has the workflow.
     with _other_app(setup, "deployed") as deployed, in_process_worker(deployed.app):
-        deployed.register_workflow(_workflow("current"))
+        deployed.register_workflow(echo_workflow("current"))
         # Released (SCHEDULED to QUEUED), then failed as its step cannot be published.
         assert release_due_jobs(deployed, now=later) == 1
         assert recover_stuck_jobs(deployed, now=later) == 1

@@ -22,6 +22,8 @@ from celery import Celery, current_app
 from ergate_celery import ErgateCelery, UnknownWorkflowError, submit_job
 from ergate_celery.exceptions import ErgateError
 
+from ..support import run_captured
+
 CELERY_SCRIPT = Path(sys.executable).parent / "celery"
 
 WORKFLOWS = """
@@ -73,12 +75,19 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
+def discover_a_workflow(project: Path, ergate: ErgateCelery, *packages: str) -> str:
+    """Write a package with a workflows module; autodiscover `packages`, then it. Its workflow's
+    name."""
+    package, name = unique("orders"), unique("flow")
+    write_package(project, package, WORKFLOWS.format(name=name))
+    ergate.autodiscover_workflows([*packages, package])
+    return name
+
+
 def test_workflows_next_to_the_app_are_found_when_the_worker_imports_its_modules(
     project: Path, ergate: ErgateCelery
 ) -> None:
-    package, name = unique("orders"), unique("flow")
-    write_package(project, package, WORKFLOWS.format(name=name))
-    ergate.autodiscover_workflows([package])
+    name = discover_a_workflow(project, ergate)
 
     ergate.app.loader.init_worker()
 
@@ -90,18 +99,15 @@ def test_workflows_next_to_the_app_are_found_when_the_worker_imports_its_modules
 def test_workflows_are_found_at_the_first_lookup_outside_a_worker(
     project: Path, ergate: ErgateCelery
 ) -> None:
-    package, name = unique("orders"), unique("flow")
-    write_package(project, package, WORKFLOWS.format(name=name))
-    ergate.autodiscover_workflows([package])
+    name = discover_a_workflow(project, ergate)
 
     assert ergate.workflow(name).unique_name == name
 
 
 def test_package_without_workflows_module_is_skipped(project: Path, ergate: ErgateCelery) -> None:
-    plain, package, name = unique("plain"), unique("orders"), unique("flow")
+    plain = unique("plain")
     write_package(project, plain, None)
-    write_package(project, package, WORKFLOWS.format(name=name))
-    ergate.autodiscover_workflows([plain, package])
+    name = discover_a_workflow(project, ergate, plain)
 
     ergate.app.loader.init_worker()
 
@@ -136,15 +142,7 @@ def test_missing_package_is_an_import_error(project: Path, ergate: ErgateCelery)
 def run_celery(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`celery -A proj <args>` from `folder` with the venv's script, as a user runs it."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    return subprocess.run(
-        [str(CELERY_SCRIPT), "-A", "proj", *args],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_captured([str(CELERY_SCRIPT), "-A", "proj", *args], folder, env)
 
 
 def write_project(folder: Path, workflows: str) -> None:
@@ -221,15 +219,8 @@ def test_unknown_workflow_under_django_names_the_missing_installed_app(
     script = DJANGO_SCRIPT.format(installed=apps)
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
 
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    result = run_captured([sys.executable, "-c", script], tmp_path, env)
+    assert result.returncode == 0, result.stderr
 
     assert "No workflow named 'process_order' is registered" in result.stdout
     mentions = "'ergate_celery.contrib.django' is not in INSTALLED_APPS" in result.stdout

@@ -1,27 +1,35 @@
-"""Beat sends the release and sweep tasks only when the job index holds due work."""
+"""Beat sends the release and sweep tasks only when the job index holds due work, and a sleep
+that ended while beat was down is released once when it is back."""
 
-import logging
 import random
 import statistics
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import pytest
 
 from ergate_celery import JobStatus, Workflow
-from ergate_celery.scheduling.index_schedule import IndexSchedule
 from ergate_celery.scheduling.release import RELEASE_TASK
 from ergate_celery.scheduling.sweep import RECOVER_TASK
-from ergate_celery.stores.base import ACTIVE, SCHEDULED, IndexEntry
 
+from .apps import waiting_app
+from .faults import worker_process
 from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
 INTERVAL = 0.5
+#: Beat's release interval in the beat-down test, and how long beat stays down while a sleep
+#: ends: 20 intervals, as many as the 10 s at 0.5 s it was (a minute or more in production
+#: terms, shortened), and past the workers' overdue grace of max(5 intervals, 2 s).
+BEAT_INTERVAL = 0.2
+BEAT_DOWN = 20 * BEAT_INTERVAL
+WAITING_APP = "tests.apps.waiting_app"
 
 
 def _started_workflow(name: str, started: dict[str, float]) -> Workflow:
@@ -104,43 +112,34 @@ def test_release_lateness_with_an_idle_beat(
     )
 
 
-class _Store:
-    def __init__(self, entries: list[IndexEntry] | Exception) -> None:
-        self.entries = entries
-
-    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
-        if isinstance(self.entries, Exception):
-            raise self.entries
-        return self.entries[:limit]
+def _beat(setup: Setup) -> Iterator[Popen[bytes]]:
+    schedule = setup.tmp_path / f"beat-{uuid.uuid4().hex[:6]}"
+    return setup.celery("beat", "-s", str(schedule), module=WAITING_APP)  # type: ignore[return-value]
 
 
-def test_index_schedule_fires_only_for_due_entries() -> None:
-    now = datetime.now(UTC)
-    store = _Store([])
-    release = IndexSchedule(SCHEDULED, 1.0, store=lambda: store)  # type: ignore[arg-type,return-value]
-    assert tuple(release.is_due(now)) == (False, 1.0)
-    store.entries = [IndexEntry(SCHEDULED, "a", now + timedelta(seconds=0.3))]
-    due, wait = release.is_due(now)
-    assert not due
-    assert 0 < wait <= 0.3  # asks again when the head falls due
-    store.entries = [IndexEntry(SCHEDULED, "a", now - timedelta(seconds=1))]
-    assert tuple(release.is_due(now)) == (True, 1.0)
-    sweep = IndexSchedule(ACTIVE, 5.0, age=60, store=lambda: store)  # type: ignore[arg-type,return-value]
-    store.entries = [IndexEntry(ACTIVE, "a", now - timedelta(seconds=30))]
-    due, wait = sweep.is_due(now)
-    assert not due
-    assert wait == 5.0
-    store.entries = [IndexEntry(ACTIVE, "a", now - timedelta(seconds=61))]
-    assert sweep.is_due(now)[0]
-
-
-def test_index_schedule_survives_a_store_error(caplog: pytest.LogCaptureFixture) -> None:
-    store = _Store(ConnectionError("backend down"))
-    release = IndexSchedule(SCHEDULED, 1.0, store=lambda: store)  # type: ignore[arg-type,return-value]
-    with caplog.at_level(logging.WARNING, logger="ergate_celery"):
-        assert [tuple(release.is_due(datetime.now(UTC))) for _ in range(3)] == [(True, 1.0)] * 3
-        store.entries = []
-        assert tuple(release.is_due(datetime.now(UTC))) == (False, 1.0)
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2, messages  # once when it fails, once when it reads again
-    assert "backend down" in messages[0]
+def test_beat_down_while_a_sleep_ends_releases_it_once_when_beat_is_back(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    setup = make_setup(setup_name, ergate_schedule_interval=BEAT_INTERVAL)
+    for workflow in waiting_app.WORKFLOWS:
+        setup.ergate.register_workflow(workflow)
+    with worker_process(setup, "waiting", module=WAITING_APP):
+        with _beat(setup):
+            job = setup.ergate.submit_job("napping", initial_input_value={"seconds": 2})
+            job_id = str(job.id)
+            waiting = wait_until(
+                lambda: (found := setup.ergate.get_job(job_id)).wait is not None and found,
+                WAIT,
+                what="the job sleeps",
+            )
+        until = waiting.wait.until
+        # Beat is down: the sleep ends, and nothing releases the job.
+        while datetime.now(UTC) < until + timedelta(seconds=BEAT_DOWN):
+            assert setup.ergate.get_job(job_id).status is JobStatus.SCHEDULED
+            time.sleep(BEAT_INTERVAL)
+        back = time.time()
+        with _beat(setup):
+            done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.last_return_value["woke_at"] >= back
+    assert [timing.step for timing in done.timings] == ["nap", "woke"]

@@ -34,7 +34,7 @@ from ergate_celery.model.job_status import JobStatus
 
 S = JobStatus
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _stored(status: JobStatus, **fields: Any) -> Job:

@@ -1,4 +1,4 @@
-"""Fault tests: a step message delivered twice never forks the job."""
+"""A step message delivered twice never forks the job."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from celery.signals import before_task_publish
 from ergate_celery import Job, JobStatus
 from ergate_celery.stores.base import job_document
 
-from .fault_support import WAIT, _counting_workflow
+from .faults import WAIT
 from .support import Setup
-
-# 2. Duplicated messages --------------------------------------------------------------------
+from .workflows import counting_workflow
 
 
 @contextmanager
@@ -38,7 +37,7 @@ def _captured_messages(prefix: str) -> Iterator[dict[str, list[Any]]]:
 
 def test_duplicate_message_does_not_fork(setup: Setup, worker: Any) -> None:
     runs: Counter[str] = Counter()
-    setup.ergate.register_workflow(_counting_workflow("dup", runs))
+    setup.ergate.register_workflow(counting_workflow("dup", runs))
     with _captured_messages("ergate.dup.") as messages, worker():
         job = setup.ergate.submit_job("dup", initial_input_value=5)
         done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
@@ -64,7 +63,7 @@ def test_duplicate_delivered_while_step_runs_does_not_fork(setup: Setup, worker:
     """Both copies of the first step's message wait in the queue before the worker (two
     threads) starts: the second finds the step claimed and leased, and is dropped."""
     runs: Counter[str] = Counter()
-    setup.ergate.register_workflow(_counting_workflow("dup_live", runs, first_sleep=0.5))
+    setup.ergate.register_workflow(counting_workflow("dup_live", runs, first_sleep=0.5))
     job = setup.ergate.submit_job("dup_live", initial_input_value=5)
     duplicate = f"dup-{uuid.uuid4()}"
     setup.app.send_task("ergate.dup_live.a", args=[job_document(job)], task_id=duplicate)

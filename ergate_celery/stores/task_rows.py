@@ -1,0 +1,78 @@
+"""A job's row in a task-result table, as both SQL stores write it: Celery's `celery_taskmeta`
+(the SQLAlchemy store) and django-celery-results' `TaskResult` (the django-db store).
+
+No database library is imported here, so each store loads only its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ergate_celery.model.job import Job
+from ergate_celery.stores.base import BaseJobStore, check_size, seconds
+
+
+def row_columns(job: Job, encoded: bytes | str, max_bytes: int) -> dict[str, Any]:
+    """The columns both tables have for `job` stored as `encoded` (status, result, traceback);
+    `InvalidInputError` when `encoded` is over `max_bytes`."""
+    check_size(job, encoded, max_bytes)
+    return {
+        "status": job.status.name,
+        "result": encoded,
+        "traceback": job.error.traceback if job.error else None,
+    }
+
+
+def date_done(store: BaseJobStore[Any], job: Job) -> datetime | None:
+    """The `date_done` that makes Celery's `backend_cleanup` (rows whose date_done is older
+    than `result_expires`) remove the row of `job` when `store.expires_after` says; None
+    while the row must not expire, or when nothing expires."""
+    kept = store.expires_after(job)
+    if kept is None:
+        return None
+    default = seconds(store.backend.expires)
+    now = datetime.now(UTC)
+    return now + timedelta(seconds=kept - default) if default else now
+
+
+def write_parameters(
+    params: Mapping[str, Any],
+    entry: tuple[str, Any] | None,
+    relist: str | None,
+    summary: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The parameters of a one-statement job write on PostgreSQL (sql_postgres.py,
+    django_postgres.py): the row's (`params`), its index `entry` (`i_kind`, `i_at`) when
+    kept, its listing status (`l_status`) when it changed, and the step's summary row (its
+    `s_<name>` parameters) when written."""
+    values = dict(params)
+    if entry is not None:
+        values["i_kind"], values["i_at"] = entry
+    if relist is not None:
+        values["l_status"] = relist
+    if summary is not None:
+        values.update(summary)
+    return values
+
+
+def create_parameters(
+    row: Mapping[str, Any],
+    entry: tuple[str, Any] | None,
+    listed: tuple[str, str, Any] | None,
+    tags: Mapping[str, str],
+) -> dict[str, Any]:
+    """The parameters of a one-statement job creation on PostgreSQL: the row's (`row`), its
+    index `entry` (`i_kind`, `i_at`), its listing row (`l_workflow`, `l_status`,
+    `l_submitted_at`), each all None when there is none, and its tags (`t_keys`,
+    `t_values`)."""
+    values = dict(row)
+    values["i_kind"], values["i_at"] = entry or (None, None)
+    values["l_workflow"], values["l_status"], values["l_submitted_at"] = listed or (
+        None,
+        None,
+        None,
+    )
+    values["t_keys"], values["t_values"] = list(tags), list(tags.values())
+    return values
