@@ -25,8 +25,10 @@ from ergate_celery.exceptions import (
     ErgateError,
     GoToEnd,
     GoToStep,
+    ImproperlyConfiguredError,
     InvalidDefinitionError,
     InvalidInputError,
+    JobFailedError,
     JobNotFoundError,
     JobStateError,
     ReverseGoToError,
@@ -36,7 +38,7 @@ from ergate_celery.exceptions import (
     UnsupportedBackendError,
     WaitForSignal,
 )
-from ergate_celery.job_result import JobFailedError, JobResult
+from ergate_celery.job_result import JobResult
 from ergate_celery.model.annotations import (
     Context,
     CurrentRun,
@@ -45,7 +47,7 @@ from ergate_celery.model.annotations import (
     SignalPayload,
     StepRun,
 )
-from ergate_celery.model.job import Job, JobError, Wait
+from ergate_celery.model.job import Job, JobError, StepTiming, Wait
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.paths import (
     GoToEndPath,
@@ -73,6 +75,7 @@ __all__ = [
     "GoToEndPath",
     "GoToStep",
     "GoToStepPath",
+    "ImproperlyConfiguredError",
     "Input",
     "InvalidDefinitionError",
     "InvalidInputError",
@@ -91,6 +94,7 @@ __all__ = [
     "SignalPayload",
     "Sleep",
     "StepRun",
+    "StepTiming",
     "UnknownStepError",
     "UnknownWorkflowError",
     "UnsupportedBackendError",

@@ -1,104 +1,46 @@
-"""Module-level helpers that use the `ErgateCelery` of Celery's current app (e.g. in a view)."""
+"""Module-level helpers that use the `ErgateCelery` of Celery's current app (e.g. in a view).
+
+Each is the binding's method of the same name, with its signature and docstring, called on
+`ErgateCelery.of()`: one definition, so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import inspect
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 from ergate_celery.binding import ErgateCelery
-from ergate_celery.model.job import Job
-from ergate_celery.operations.jobs import StatusFilter
-from ergate_celery.stores.listing import JobPage
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def submit_job(
-    workflow_name: str | Job,
-    *,
-    initial_input_value: Any = None,
-    user_context: Any = None,
-    requested_start_time: datetime | None = None,
-    id: str | None = None,
-    priority: int | None = None,
-    deadline: datetime | None = None,
-    tags: dict[str, str] | None = None,
-) -> Job:
-    """`ErgateCelery.submit_job` on the current Celery app."""
-    return ErgateCelery.of().submit_job(
-        workflow_name,
-        initial_input_value=initial_input_value,
-        user_context=user_context,
-        requested_start_time=requested_start_time,
-        id=id,
-        priority=priority,
-        deadline=deadline,
-        tags=tags,
+def on_current_app(method: Callable[Concatenate[ErgateCelery, P], R]) -> Callable[P, R]:
+    """`method` as a function that calls it on the binding of Celery's current app."""
+    name = method.__name__
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        bound: Callable[P, R] = getattr(ErgateCelery.of(), name)  # a subclass's override too
+        return bound(*args, **kwargs)
+
+    signature = inspect.signature(method)
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"`ErgateCelery.{name}` on the current Celery app.\n\n{inspect.getdoc(method)}"
+    call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[1:]
     )
+    return call
 
 
-def get_job(job_id: str) -> Job:
-    """`ErgateCelery.get_job` on the current Celery app."""
-    return ErgateCelery.of().get_job(job_id)
-
-
-def cancel_job(job_id: str) -> Job:
-    """`ErgateCelery.cancel_job` on the current Celery app."""
-    return ErgateCelery.of().cancel_job(job_id)
-
-
-def wait_for_job(job_id: str, timeout: float | None = None) -> Job:
-    """`ErgateCelery.wait_for_job` on the current Celery app."""
-    return ErgateCelery.of().wait_for_job(job_id, timeout)
-
-
-def signal_job(job_id: str, name: str, payload: Any = None) -> Job:
-    """`ErgateCelery.signal_job` on the current Celery app."""
-    return ErgateCelery.of().signal_job(job_id, name, payload)
-
-
-def list_jobs(
-    *,
-    status: StatusFilter = None,
-    workflow: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    tags: dict[str, str] | None = None,
-    limit: int = 100,
-    cursor: str | None = None,
-) -> JobPage:
-    """`ErgateCelery.list_jobs` on the current Celery app."""
-    return ErgateCelery.of().list_jobs(
-        status=status,
-        workflow=workflow,
-        since=since,
-        until=until,
-        tags=tags,
-        limit=limit,
-        cursor=cursor,
-    )
-
-
-def retry_job(job_id: str) -> Job:
-    """`ErgateCelery.retry_job` on the current Celery app."""
-    return ErgateCelery.of().retry_job(job_id)
-
-
-def retry_jobs(
-    *, status: StatusFilter = None, workflow: str | None = None, since: datetime | None = None
-) -> int:
-    """`ErgateCelery.retry_jobs` on the current Celery app."""
-    return ErgateCelery.of().retry_jobs(status=status, workflow=workflow, since=since)
-
-
-def pause_workflow(workflow_name: str) -> bool:
-    """`ErgateCelery.pause_workflow` on the current Celery app."""
-    return ErgateCelery.of().pause_workflow(workflow_name)
-
-
-def resume_workflow(workflow_name: str) -> int:
-    """`ErgateCelery.resume_workflow` on the current Celery app."""
-    return ErgateCelery.of().resume_workflow(workflow_name)
-
-
-def paused_workflows() -> set[str]:
-    """`ErgateCelery.paused_workflows` on the current Celery app."""
-    return ErgateCelery.of().paused_workflows()
+submit_job = on_current_app(ErgateCelery.submit_job)
+get_job = on_current_app(ErgateCelery.get_job)
+cancel_job = on_current_app(ErgateCelery.cancel_job)
+wait_for_job = on_current_app(ErgateCelery.wait_for_job)
+signal_job = on_current_app(ErgateCelery.signal_job)
+list_jobs = on_current_app(ErgateCelery.list_jobs)
+retry_job = on_current_app(ErgateCelery.retry_job)
+retry_jobs = on_current_app(ErgateCelery.retry_jobs)
+pause_workflow = on_current_app(ErgateCelery.pause_workflow)
+resume_workflow = on_current_app(ErgateCelery.resume_workflow)
+paused_workflows = on_current_app(ErgateCelery.paused_workflows)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -14,34 +12,23 @@ from celery.app import app_or_default
 from celery.signals import task_unknown, worker_init
 
 from ergate_celery import job_result
-from ergate_celery.exceptions import ErgateError, JobNotFoundError
-from ergate_celery.lifecycle.transitions import Cancel, HandOver
+from ergate_celery.exceptions import ErgateError
 from ergate_celery.model.job import Job
-from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow import Workflow
-from ergate_celery.operations import jobs as operations
-from ergate_celery.operations.jobs import StatusFilter
-from ergate_celery.operations.signalling import signal_job
-from ergate_celery.operations.submission import new_job
-from ergate_celery.registry import WorkflowRegistry, discover_django_workflows
+from ergate_celery.operations import cancelling, pausing, reading, retrying, signalling
+from ergate_celery.operations.listing import StatusFilter
+from ergate_celery.operations.submission import new_job, submit
+from ergate_celery.registry import Packages, WorkflowRegistry
 from ergate_celery.scheduling import beat, overdue
-from ergate_celery.scheduling.release import UNREADABLE
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore, store_for_backend
 from ergate_celery.stores.base import job_document
-from ergate_celery.stores.listing import JobPage
-from ergate_celery.transactions import in_django_transaction, on_commit
+from ergate_celery.stores.listing import JobPage, job_query
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import display_options, step_task_id
 from ergate_celery.worker.step_task import fail_unknown_task, install_step
-
-logger = logging.getLogger("ergate_celery")
-
-#: The `sender` of the announcements of changes made outside a step (signals.py).
-SUBMIT_SENDER = "ergate.submit_job"
-CANCEL_SENDER = "ergate.cancel_job"
 
 _bindings: WeakKeyDictionary[Celery, ErgateCelery] = WeakKeyDictionary()
 
@@ -55,18 +42,19 @@ class ErgateCelery:
         if app in _bindings:
             raise ErgateError(f"Celery app {app.main!r} already has an ErgateCelery")
         self.app = app
-        self._store: JobStore | None = None
         self._settings: ErgateSettings | None = None
         self._runtime: Runtime | None = None
         self.registry = WorkflowRegistry(app, lambda step: install_step(self, step))
         _bindings[app] = self
-        beat.install(self)
-        job_result.install(self)
-        overdue.install(app)
+        self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
+        # The runtime and the settings are made at first use, after the app is configured:
+        # what is installed now is handed functions that give them.
+        beat.install(app, lambda: self.runtime, lambda: self.settings, self.submit_job)
+        job_result.install(app, lambda: self.runtime)
+        overdue.install(app, lambda: self.runtime)
         task_unknown.connect(partial(fail_unknown_task, self), weak=False)
         worker_init.connect(self._on_worker_init, weak=False)
-        self.announcer = Announcer(app, bool(app.conf.get("worker_send_task_events")))
-        discover_django_workflows(self)
+        self.registry.autodiscover_django(if_ready=True)
 
     @classmethod
     def of(cls, app: Celery | None = None) -> ErgateCelery:
@@ -105,47 +93,43 @@ class ErgateCelery:
 
     @property
     def runtime(self) -> Runtime:
-        """What the step tasks, release and sweep work with."""
+        """What the step tasks, release, sweep and operations work with."""
         if self._runtime is None:
-
-            def publish(job: Job) -> None:
-                # Looked up at each call: a subclass's or a patched publish() is honoured.
-                self.publish(job)
-
-            self._runtime = Runtime(
-                self.store,
-                self.settings,
-                self.announcer,
-                publish,
-                PausedWorkflows(self.store, self.settings.pause_refresh),
-            )
-        return self._runtime
-
-    @property
-    def store(self) -> JobStore:
-        """Where jobs live: the store for the app's result backend."""
-        if self._store is None:
             settings = self.settings
-            self._store = store_for_backend(
+            store = store_for_backend(
                 self.app.backend,
                 settings.max_payload_bytes,
                 settings.expires_by_status,
                 settings.index_name_of(self.app.main),
             )
+
+            def publish(job: Job) -> None:
+                # Looked up at each call: a subclass's or a patched publish() is honoured.
+                self.publish(job)
+
+            paused = PausedWorkflows(store, settings.pause_refresh)
+            self._runtime = Runtime(store, settings, self.announcer, publish, paused)
+        return self._runtime
+
+    def _here(self) -> Runtime:
+        """The runtime, for an operation in this thread."""
+        rt = self.runtime
         # Celery keeps a backend per thread: make this thread's one know job statuses, so a
         # plain AsyncResult made here never waits forever for a job (once per backend).
-        job_result.adapt_backend(self.app.backend, self)
-        return self._store
+        job_result.adapt_backend(self.app.backend, rt)
+        return rt
+
+    @property
+    def store(self) -> JobStore:
+        """Where jobs live: the store for the app's result backend."""
+        return self._here().store
 
     def register_workflow(self, workflow: Workflow) -> None:
         """Check `workflow` and install one Celery task per step."""
         self.registry.register(workflow)
 
     def autodiscover_workflows(
-        self,
-        packages: Iterable[str] | Callable[[], Iterable[str]],
-        related_name: str = "workflows",
-        force: bool = False,
+        self, packages: Packages, related_name: str = "workflows", force: bool = False
     ) -> None:
         """Register the workflows of `<package>.workflows` modules, as Celery finds tasks.
 
@@ -199,9 +183,8 @@ class ErgateCelery:
             requested_start_time, id = given.requested_start_time, given.id
             priority, deadline = given.priority, given.deadline
             tags = given.tags or tags
-        workflow = self.workflow(workflow_name)
         job = new_job(
-            workflow,
+            self.workflow(workflow_name),
             initial_input_value=initial_input_value,
             user_context=user_context,
             requested_start_time=requested_start_time,
@@ -211,25 +194,7 @@ class ErgateCelery:
             now=datetime.now(UTC),
             tags=tags,
         )
-        if in_django_transaction():
-            # Stored PENDING until the transaction commits; a rollback publishes nothing.
-            pending = job.model_copy(update={"status": JobStatus.PENDING})
-            self.store.create(pending)
-            on_commit(lambda: self._hand_over(pending, job.status))
-            return pending
-        self.store.create(job)
-        if job.status is JobStatus.QUEUED:
-            try:
-                self.publish(job)
-            except Exception:
-                self.store.delete(str(job.id))
-                raise
-        return job
-
-    def _hand_over(self, pending: Job, status: JobStatus) -> None:
-        job = self.runtime.apply(str(pending.id), HandOver(status), sender=SUBMIT_SENDER).after
-        if job is not None and job.status is JobStatus.QUEUED:
-            self.runtime.hand_on(job, SUBMIT_SENDER)
+        return submit(self._here(), job)
 
     def publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name."""
@@ -255,8 +220,8 @@ class ErgateCelery:
         crontab or solar); returns the `beat_schedule` key. The input is checked now, as
         `submit_job` would check it, so a bad entry fails here and not at every firing."""
         return beat.add_periodic_job(
-            self,
-            workflow_name,
+            self.app,
+            self.workflow(workflow_name),
             schedule,
             name=name,
             initial_input_value=initial_input_value,
@@ -265,12 +230,12 @@ class ErgateCelery:
 
     def close(self) -> None:
         """Release the connections of the job store (call it before `app.close()`)."""
-        if self._store is not None:
-            self._store.close()
+        if self._runtime is not None:
+            self._runtime.store.close()
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
-        return _found(job_id, lambda: self.store.get(job_id))
+        return reading.get_job(self._here(), job_id)
 
     def cancel_job(self, job_id: str) -> Job:
         """Cancel a job; returns it as it is now (a finished job is left as it was).
@@ -278,9 +243,7 @@ class ErgateCelery:
         SCHEDULED or QUEUED become CANCELLED and run no step; RUNNING becomes CANCELLING and
         CANCELLED at the end of the running step.
         """
-        current = self.get_job(job_id)
-        changed = self.runtime.apply(job_id, Cancel(), sender=CANCEL_SENDER).after
-        return changed if changed is not None else self.get_job(current.id)
+        return cancelling.cancel_job(self._here(), job_id)
 
     def signal_job(self, job_id: str, name: str, payload: Any = None) -> Job:
         """Send signal `name` with a JSON `payload` to a job; returns it as stored.
@@ -289,16 +252,11 @@ class ErgateCelery:
         otherwise the signal is kept on the job for a later wait. Its first payload wins.
         `JobNotFoundError` for an unknown job, `JobStateError` for a finished one.
         """
-        _check_id(job_id)
-        return signal_job(self.runtime, job_id, name, payload)
+        return signalling.signal_job(self._here(), job_id, name, payload)
 
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job is final and return it; `TimeoutError` after `timeout` s."""
-        poll = self.settings.wait_poll_interval
-        job = _found(job_id, lambda: self.store.wait_final(job_id, timeout, poll))
-        if not job.is_final:
-            raise TimeoutError(f"Job {job_id!r} is still {job.status.name} after {timeout} s")
-        return job
+        return reading.wait_for_job(self._here(), job_id, timeout)
 
     # Operations ---------------------------------------------------------------------------
 
@@ -322,23 +280,16 @@ class ErgateCelery:
         """
         if workflow is not None:
             self.workflow(workflow)
-        return operations.list_jobs(
-            self.runtime,
-            status=status,
-            workflow=workflow,
-            since=since,
-            until=until,
-            tags=tags,
-            limit=limit,
-            cursor=cursor,
+        query = job_query(
+            status=status, workflow=workflow, since=since, until=until, tags=tags, limit=limit
         )
+        return self.store.list_jobs(query, limit, cursor)
 
     def retry_job(self, job_id: str) -> Job:
         """Send a FAILED, ABORTED or CANCELLED job back to the step it stopped at, with the
         input that step had; steps before it do not run again. `JobStateError` for a job in
         another status, `JobNotFoundError` for an unknown id."""
-        _check_id(job_id)
-        return operations.retry_job(self.runtime, job_id)
+        return retrying.retry_job(self._here(), job_id)
 
     def retry_jobs(
         self,
@@ -351,47 +302,23 @@ class ErgateCelery:
         filters; returns how many were retried."""
         if workflow is not None:
             self.workflow(workflow)
-        query = operations.retry_query(status, workflow, since)
-        return operations.retry_jobs(self.runtime, query)
+        query = retrying.retry_query(status, workflow, since)
+        return retrying.retry_jobs(self._here(), query)
 
     def pause_workflow(self, workflow_name: str) -> bool:
         """Start no step of `workflow_name` until it is resumed (every worker, across
         restarts); submissions are still accepted. Whether it was running before."""
         self.workflow(workflow_name)
-        rt = self.runtime
-        assert rt.paused is not None
-        return operations.pause_workflow(rt, rt.paused, workflow_name)
+        return pausing.pause_workflow(self._here(), workflow_name)
 
     def resume_workflow(self, workflow_name: str) -> int:
         """Resume `workflow_name`: publish the jobs parked while it was paused; how many."""
         self.workflow(workflow_name)
-        rt = self.runtime
-        assert rt.paused is not None
-        return operations.resume_workflow(rt, rt.paused, workflow_name)
+        return pausing.resume_workflow(self._here(), workflow_name)
 
     def paused_workflows(self) -> set[str]:
         """The names of the paused workflows, as stored now."""
         return self.store.paused_workflows()
-
-
-def _check_id(job_id: Any) -> None:
-    if not isinstance(job_id, str):
-        raise TypeError(f"A job id is a string, got {type(job_id).__name__}")
-
-
-def _found(job_id: str, read: Callable[[], Job | None]) -> Job:
-    """The job `read` gives for `job_id`, or `JobNotFoundError` saying why there is none."""
-    _check_id(job_id)
-    try:
-        job = read()
-    except UNREADABLE:
-        raise JobNotFoundError(
-            f"{job_id!r} holds a Celery task result that is not a job (a plain task's result, "
-            "or one a job id collided with); no job with that id is stored"
-        ) from None
-    if job is None:
-        raise JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
-    return job
 
 
 def all_bindings() -> list[ErgateCelery]:

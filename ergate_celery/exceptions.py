@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
+    from ergate_celery.model.job import Job
     from ergate_celery.model.workflow_step import WorkflowStep
 
 __all__ = [
@@ -17,8 +18,10 @@ __all__ = [
     "ErgateError",
     "GoToEnd",
     "GoToStep",
+    "ImproperlyConfiguredError",
     "InvalidDefinitionError",
     "InvalidInputError",
+    "JobFailedError",
     "JobNotFoundError",
     "JobStateError",
     "ReverseGoToError",
@@ -75,6 +78,18 @@ class InvalidInputError(ErgateError, ValueError):
 
 class UnsupportedBackendError(ErgateError):
     """The Celery result backend cannot hold ergate jobs."""
+
+
+class ImproperlyConfiguredError(ErgateError):
+    """An `ergate_*` setting has a value of the wrong type or range."""
+
+
+class JobFailedError(ErgateError):
+    """`AsyncResult(job.id).get()` of a job that ended FAILED; `.job` is the job."""
+
+    def __init__(self, message: str, job: Job) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class AbortJob(ErgateError):  # noqa: N818 - Ergate's public name

@@ -16,36 +16,27 @@ would call a finished job not ready and wait for it forever. Two things make it 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from celery import states
+from celery import Celery, states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, assert_will_not_block  # type: ignore[attr-defined]
 
-from ergate_celery.exceptions import ErgateError
-from ergate_celery.model.job import Job
-from ergate_celery.model.job_status import JobStatus
-
-if TYPE_CHECKING:
-    from ergate_celery.binding import ErgateCelery
+from ergate_celery.exceptions import ErgateError, JobFailedError
+from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
+from ergate_celery.worker.runtime import Runtime
 
 #: The statuses a job record can show that Celery has no state of that name for.
 JOB_STATES = frozenset(s.name for s in JobStatus) - {"PENDING"}
-FINAL_STATES = frozenset(
-    s.name for s in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABORTED, JobStatus.CANCELLED)
-)
-
-
-class JobFailedError(ErgateError):
-    """`AsyncResult(job.id).get()` of a job that ended FAILED; `.job` is the job."""
-
-    def __init__(self, message: str, job: Job) -> None:
-        super().__init__(message)
-        self.job = job
+FINAL_STATES = frozenset(status.name for status in FINAL_STATUSES)
 
 
 class JobResult(AsyncResult):  # type: ignore[type-arg]
     """An `AsyncResult` that understands job records (and any task's result as Celery does)."""
+
+    #: The runtime of the app whose `app.AsyncResult` this is (given by `install`).
+    ergate_runtime: Callable[[], Runtime] | None = None
 
     def ready(self) -> bool:
         """Whether the job is final (COMPLETED, FAILED, ABORTED, CANCELLED)."""
@@ -84,16 +75,20 @@ class JobResult(AsyncResult):  # type: ignore[type-arg]
             )
         if disable_sync_subtasks:
             assert_will_not_block()
-        return wait_for_record(self.app, self.id, timeout, propagate)
+        # A JobResult made directly (not as app.AsyncResult) reads through the app's one.
+        runtime = self.ergate_runtime or getattr(self.app.AsyncResult, "ergate_runtime", None)
+        if runtime is None:
+            raise ErgateError(
+                f"{self.id!r} is a job, and Celery app {self.app.main!r} has no ErgateCelery "
+                "to read it: create ErgateCelery(app) in the module that creates the app"
+            )
+        return wait_for_record(runtime(), self.id, timeout, propagate)
 
 
-def wait_for_record(app: Any, job_id: str, timeout: float | None, propagate: bool) -> Any:
+def wait_for_record(rt: Runtime, job_id: str, timeout: float | None, propagate: bool) -> Any:
     """What `get()` returns for a job: its JSON once final; Celery's TimeoutError after
     `timeout` seconds."""
-    from ergate_celery.binding import ErgateCelery
-
-    ergate = ErgateCelery.of(app)
-    job = ergate.store.wait_final(job_id, timeout, ergate.settings.wait_poll_interval)
+    job = rt.store.wait_final(job_id, timeout, rt.settings.wait_poll_interval)
     if job is None:
         raise CeleryTimeoutError(f"Job {job_id!r} is gone (deleted, or expired)")
     if not job.is_final:
@@ -107,7 +102,7 @@ def wait_for_record(app: Any, job_id: str, timeout: float | None, propagate: boo
     return job.model_dump(mode="json")
 
 
-def adapt_backend(backend: Any, ergate: ErgateCelery) -> None:
+def adapt_backend(backend: Any, rt: Runtime) -> None:
     """Make `backend` (an instance) treat final job statuses as ready, and wait for a job by
     its record, so that a plain `AsyncResult` using it never waits forever for a job."""
     if getattr(backend, "_ergate_adapted", False):
@@ -120,14 +115,15 @@ def adapt_backend(backend: Any, ergate: ErgateCelery) -> None:
         remove = getattr(backend, "remove_pending_result", None)
         if remove is not None:
             remove(result)  # get() subscribed to the key; the record is read instead
-        return wait_for_record(ergate.app, result.id, timeout, options.get("propagate", True))
+        return wait_for_record(rt, result.id, timeout, options.get("propagate", True))
 
     backend.READY_STATES = states.READY_STATES | FINAL_STATES
     backend.wait_for_pending = wait_for_pending
     backend._ergate_adapted = True
 
 
-def install(ergate: ErgateCelery) -> None:
-    """Make `JobResult` the app's `app.AsyncResult`."""
-    app = ergate.app
-    app.AsyncResult = app.subclass_with_self(JobResult, reverse="AsyncResult")  # type: ignore[misc]
+def install(app: Celery, runtime: Callable[[], Runtime]) -> None:
+    """Make `JobResult`, reading jobs through `runtime()`, the app's `app.AsyncResult`."""
+    app.AsyncResult = app.subclass_with_self(  # type: ignore[misc]
+        JobResult, reverse="AsyncResult", ergate_runtime=staticmethod(runtime)
+    )

@@ -18,6 +18,10 @@ from ergate_celery.model.workflow_step import WorkflowStep
 
 #: One discovery receiver per app and signal, however often autodiscover is called.
 _DISCOVER_UID = "ergate_celery.autodiscover_workflows"
+#: Where `autodiscover` looks: package names, or a function giving them when it looks.
+Packages = Iterable[str] | Callable[[], Iterable[str]]
+#: The Django app that finds the workflows of the other installed apps.
+DJANGO_APP = "ergate_celery.contrib.django"
 
 
 class WorkflowRegistry:
@@ -51,10 +55,7 @@ class WorkflowRegistry:
             self._workflows[workflow.unique_name] = workflow
 
     def autodiscover(
-        self,
-        packages: Iterable[str] | Callable[[], Iterable[str]],
-        related_name: str = "workflows",
-        force: bool = False,
+        self, packages: Packages, related_name: str = "workflows", force: bool = False
     ) -> None:
         """See `ErgateCelery.autodiscover_workflows`: import now when the moment has come,
         else when a worker or beat starts, the app is finalized, or a workflow is looked up."""
@@ -122,6 +123,22 @@ class WorkflowRegistry:
                 f"with ErgateCelery.register_workflow() or autodiscover_workflows(){django_hint()}"
             ) from None
 
+    def autodiscover_django(self, *, if_ready: bool = False) -> None:
+        """Register the workflows of every installed Django app's `workflows` module.
+
+        The Django app calls it when Django's apps are ready; with `if_ready`, it does
+        nothing unless they are ready already and the Django app is installed (a Celery app
+        created after Django started, whose ready() has run).
+        """
+        if if_ready:
+            if "django.apps" not in sys.modules:
+                return
+            from django.apps import apps
+
+            if not (apps.ready and apps.is_installed(DJANGO_APP)):
+                return
+        self.autodiscover(django_app_packages)
+
     def all(self) -> dict[str, Workflow]:
         """The registered workflows by unique name."""
         if self._pending_discovery:
@@ -141,24 +158,16 @@ def django_hint() -> str:
         installed = list(settings.INSTALLED_APPS)
     except Exception:  # settings that cannot be read are Django's error to report, not ours
         return ""
-    app = "ergate_celery.contrib.django"
-    if any(entry == app or entry.startswith(f"{app}.") for entry in installed):
+    if any(entry == DJANGO_APP or entry.startswith(f"{DJANGO_APP}.") for entry in installed):
         return ""
     return (
-        f"; Django is configured but {app!r} is not in INSTALLED_APPS, so the workflows.py "
+        f"; Django is configured but {DJANGO_APP!r} is not in INSTALLED_APPS, so the workflows.py "
         "modules of installed apps are not registered: add it to INSTALLED_APPS"
     )
 
 
-def discover_django_workflows(binding: Any) -> None:
-    """Register the Django app's autodiscovery with `binding` (an ErgateCelery)."""
-    # When the Celery app is created after Django's apps are ready, the Django app's
-    # ready() has already run: register its autodiscovery here instead.
-    if "django.apps" not in sys.modules:
-        return
+def django_app_packages() -> list[str]:
+    """The packages of Django's installed apps, where `autodiscover_django` looks."""
     from django.apps import apps
 
-    if apps.ready and apps.is_installed("ergate_celery.contrib.django"):
-        from ergate_celery.contrib.django.apps import discover_installed_workflows
-
-        discover_installed_workflows(binding)
+    return [config.name for config in apps.get_app_configs()]

@@ -6,12 +6,8 @@ from dataclasses import dataclass, fields
 from dataclasses import field as default_factory_field
 from typing import Any
 
-from ergate_celery.exceptions import ErgateError
-
-
-class ImproperlyConfiguredError(ErgateError):
-    """An `ergate_*` setting has a value of the wrong type or range."""
-
+from ergate_celery.exceptions import ImproperlyConfiguredError
+from ergate_celery.model.job_status import FINAL_STATUSES
 
 STUCK_ACTIONS = ("requeue", "fail")
 
@@ -111,7 +107,7 @@ class ErgateSettings:
         return cls(**values)
 
 
-_FINAL_NAMES = ("COMPLETED", "FAILED", "ABORTED", "CANCELLED")
+_FINAL_NAMES = tuple(status.name for status in sorted(FINAL_STATUSES))
 
 
 def _expires_by_status(key: str, value: Any) -> dict[str, int]:

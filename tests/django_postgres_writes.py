@@ -97,12 +97,13 @@ def main(schema: str, use_tz: bool) -> None:
             assert len(queries) == 1, queries.captured_queries
         summary = TaskResult(f"{prefix}-step", lambda written: {"attempt": written.attempt})
         with CaptureQueriesContext(connection) as queries:
-            written = store.update(str(job.id), bump, assume=job, result=summary)
+            written = store.update(str(job.id), bump, assume=job, result=summary).after
         if store.postgres is not None:
             assert len(queries) == 1, queries.captured_queries
         # A stale assumption misses, reads the row in the same statement, and writes again.
-        again = store.update(str(job.id), bump, assume=job)
+        again = store.update(str(job.id), bump, assume=job).after
         assert again is not None
+        assert written is not None
         assert again.attempt == written.attempt + 1
         # Inside the caller's transaction: a duplicate id leaves that transaction usable.
         with transaction.atomic():
@@ -143,7 +144,7 @@ def main(schema: str, use_tz: bool) -> None:
         pass
     else:
         raise AssertionError("a write on a closed connection went through")
-    assert store.update(str(job.id), bump, assume=job) is not None
+    assert store.update(str(job.id), bump, assume=job).after is not None
     store._postgres = None  # the ORM writes, as on other databases
     orm = run("orm")
     one_statement[-1] = [(key, value.replace("pg", "orm")) for key, value in one_statement[-1]]

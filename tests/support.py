@@ -316,3 +316,21 @@ class Recorder:
             (before.status.name if before else None, after.status.name)
             for before, after, _ in self.announced
         ]
+
+
+class LostReplies:
+    """A store whose `update` writes, then loses the reply of the calls numbered in `lose`
+    (the caller sees a connection error, as when the network drops after the write)."""
+
+    def __init__(self, store: Any, lose: set[int]) -> None:
+        self.store, self.lose, self.calls = store, lose, 0
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        written = self.store.update(*args, **kwargs)
+        if self.calls in self.lose:
+            raise ConnectionError("the reply was lost")
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)

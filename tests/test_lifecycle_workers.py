@@ -145,11 +145,12 @@ class _LostReply:
         return getattr(self.store, name)
 
     def update(self, job_id: str, change: Any, **options: Any) -> Any:
-        written = self.store.update(job_id, change, **options)
+        updated = self.store.update(job_id, change, **options)
+        written = updated.after
         if self.lost == 0 and written is not None and written.finished_by is not None:
             self.lost += 1
             raise ConnectionError("the reply to the outcome's write was lost")
-        return written
+        return updated
 
 
 def test_lost_reply_to_the_outcome_still_publishes_the_next_step_once(

@@ -17,7 +17,7 @@ from ergate_celery import (
     list_jobs,
     submit_job,
 )
-from ergate_celery.lifecycle.transitions import Reject
+from ergate_celery.lifecycle.events import MessageRejected
 from ergate_celery.model.job import JobError
 
 from .support import STORES, Setup
@@ -52,7 +52,7 @@ def _stored(setup: Setup, job_id: str, minutes: int, **fields: Any) -> Job:
 
 def _fail(setup: Setup, job_id: str) -> None:
     error = JobError(type="Boom", message="failed for the test")
-    setup.ergate.runtime.apply(job_id, Reject(error), sender="test")
+    setup.ergate.runtime.apply(job_id, MessageRejected(error), sender="test")
 
 
 def _ids(page: Any) -> list[str]:

@@ -5,6 +5,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from celery.signals import before_task_publish
 
 from ergate_celery import InvalidInputError, JobNotFoundError, JobStatus, Workflow
+from ergate_celery.scheduling import release
 from ergate_celery.scheduling.beat import release_due_jobs
 
 from .support import Setup, in_process_worker, wait_until
@@ -121,8 +123,8 @@ def test_release_cost_follows_due_jobs_not_all_scheduled(setup: Setup) -> None:
     for i in range(3):
         setup.ergate.submit_job("future", initial_input_value=i, requested_start_time=near)
     counting = CountingStore(setup.ergate.store)
-    setup.ergate._store = counting  # type: ignore[assignment]
-    assert release_due_jobs(setup.ergate, near + timedelta(seconds=1)) == 3
+    rt = replace(setup.ergate.runtime, store=counting)
+    assert release.release_due_jobs(rt, near + timedelta(seconds=1)) == 3
     assert counting.updates == 3  # the 300 future jobs were never read
 
 

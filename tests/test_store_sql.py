@@ -39,7 +39,7 @@ def test_each_write_and_read_is_one_statement_on_postgres(setup: Setup) -> None:
         assert len(statements) == 1
         statements.clear()
         result = TaskResult("ergate-step:sql-1", lambda written: {"attempt": written.attempt})
-        written = store.update(str(job.id), _bump, assume=job, result=result)
+        written = store.update(str(job.id), _bump, assume=job, result=result).after
         assert len(statements) == 1
         statements.clear()
         assert store.get(str(job.id)) == written
@@ -54,7 +54,7 @@ def test_each_write_and_read_is_one_statement_on_postgres(setup: Setup) -> None:
 def test_a_step_summary_stays_once_success_is_stored(setup: Setup) -> None:
     job = _job(setup)
     first = TaskResult("ergate-step:sql-2", lambda written: {"attempt": written.attempt})
-    written = setup.ergate.store.update(str(job.id), _bump, assume=job, result=first)
+    written = setup.ergate.store.update(str(job.id), _bump, assume=job, result=first).after
     again = TaskResult("ergate-step:sql-2", lambda written: {"again": written.attempt})
     setup.ergate.store.update(str(job.id), _bump, assume=written, result=again)
     stored = setup.app.AsyncResult("ergate-step:sql-2")

@@ -26,7 +26,8 @@ def _bump(stored: Job) -> Job | None:
 
 def test_a_right_guess_is_written(setup: Setup) -> None:
     job = _job(setup)
-    written = setup.ergate.store.update(str(job.id), _bump, assume=job)
+    before, written = setup.ergate.store.update(str(job.id), _bump, assume=job)
+    assert before == job
     assert written is not None
     assert written.attempt == 1
     assert setup.ergate.get_job(str(job.id)) == written
@@ -36,10 +37,11 @@ def test_a_stale_guess_is_recomputed_from_the_stored_record(setup: Setup) -> Non
     job = _job(setup)
     moved = setup.ergate.store.update(
         str(job.id), lambda stored: stored.model_copy(update={"percent_completed": 50.0})
-    )
+    ).after
     assert moved is not None
     # `job` still says 0%: the change must be applied to the stored 50%, not to the guess.
-    written = setup.ergate.store.update(str(job.id), _bump, assume=job)
+    before, written = setup.ergate.store.update(str(job.id), _bump, assume=job)
+    assert before == moved
     assert written is not None
     assert (written.attempt, written.percent_completed) == (1, 50.0)
     assert setup.ergate.get_job(str(job.id)) == written
@@ -52,14 +54,14 @@ def test_a_guess_that_refuses_the_change_is_checked_against_the_record(setup: Se
     def only_after_three(stored: Job) -> Job | None:
         return _bump(stored) if stored.attempt == 3 else None
 
-    written = setup.ergate.store.update(str(job.id), only_after_three, assume=job)
+    written = setup.ergate.store.update(str(job.id), only_after_three, assume=job).after
     assert written is not None
     assert written.attempt == 4
 
 
 def test_a_guess_about_a_missing_job_changes_nothing(setup: Setup) -> None:
     ghost = Job(id="no-such-job", workflow_name="stored")
-    assert setup.ergate.store.update("no-such-job", _bump, assume=ghost) is None
+    assert setup.ergate.store.update("no-such-job", _bump, assume=ghost) == (None, None)
     assert setup.ergate.store.get("no-such-job") is None
 
 
@@ -71,7 +73,7 @@ def test_the_task_result_is_stored_exactly_when_the_change_is(setup: Setup) -> N
     assert (stored.state, stored.result) == ("SUCCESS", {"attempt": 1})
 
     refused = TaskResult("stored-step-2", lambda written: {"attempt": written.attempt})
-    assert setup.ergate.store.update(str(job.id), lambda s: None, result=refused) is None
+    assert setup.ergate.store.update(str(job.id), lambda s: None, result=refused).after is None
     assert setup.app.AsyncResult("stored-step-2").state == "PENDING"
 
 
@@ -85,8 +87,10 @@ def test_a_change_that_lost_a_race_is_recomputed_from_the_winner(setup: Setup) -
         seen.append(stored.attempt)
         return _bump(stored)
 
-    written = setup.ergate.store.update(str(job.id), bump_after_a_concurrent_write)
+    before, written = setup.ergate.store.update(str(job.id), bump_after_a_concurrent_write)
     assert seen == [0, 7]
+    assert before is not None
+    assert before.attempt == 7  # the record the write was computed from: the winner's
     assert written is not None
     assert written.attempt == 8
     assert setup.ergate.get_job(str(job.id)) == written
@@ -99,16 +103,16 @@ def test_a_job_deleted_during_a_change_is_not_written_back(setup: Setup) -> None
         setup.ergate.store.delete(str(job.id))
         return _bump(stored)
 
-    assert setup.ergate.store.update(str(job.id), bump_after_a_delete) is None
+    assert setup.ergate.store.update(str(job.id), bump_after_a_delete) == (None, None)
     assert setup.ergate.store.get(str(job.id)) is None
-    assert setup.ergate.store.update("no-such-job", _bump) is None
+    assert setup.ergate.store.update("no-such-job", _bump) == (None, None)
 
 
 def test_a_final_write_is_stamped_finished(setup: Setup) -> None:
     job = _job(setup)
     done = setup.ergate.store.update(
         str(job.id), lambda s: s.model_copy(update={"status": JobStatus.COMPLETED}), assume=job
-    )
+    ).after
     assert done is not None
     assert done.finished_at is not None
     assert setup.ergate.get_job(str(job.id)) == done
@@ -134,7 +138,7 @@ def test_redis_reads_nothing_when_the_guess_is_right(setup: Setup) -> None:
     original = client.get
     client.get = lambda *args, **kwargs: reads.append(args) or original(*args, **kwargs)
     try:
-        claimed = store.update(str(job.id), _bump, assume=job)
+        claimed = store.update(str(job.id), _bump, assume=job).after
         store.update(str(job.id), _bump, assume=claimed)  # the digest the claim wrote
         assert reads == []
         store.update(str(job.id), _bump, assume=job)  # stale: the script sends the record back

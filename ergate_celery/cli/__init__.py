@@ -4,7 +4,7 @@ commands (list, show, watch, submit, cancel, signal, retry, pause, resume, graph
 May import anything of the package; nothing in the package imports it.
 """
 
-from ergate_celery.cli import operations
-from ergate_celery.cli.commands import ergate
+from ergate_celery.cli import commands, operations
+from ergate_celery.cli.arguments import ergate
 
-__all__ = ["ergate", "operations"]
+__all__ = ["commands", "ergate", "operations"]

@@ -14,13 +14,24 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from ergate_celery.binding import ErgateCelery
+from ergate_celery.cli.arguments import (
+    BadInput,
+    binding,
+    datetime_arg,
+    ergate,
+    found_job,
+    input_errors,
+    json_arg,
+    since_arg,
+    tags_arg,
+)
 from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
 from ergate_celery.model.graph import mermaid
 from ergate_celery.model.job import Job
@@ -28,34 +39,7 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.scheduling.overdue import overdue_by, overdue_note
 from ergate_celery.stores.listing import MAX_LIMIT
 
-#: Above this many jobs, `retry --status` asks before retrying (unless --yes).
-CONFIRM_ABOVE = 10
 _STATUS_NAMES = [status.name for status in JobStatus]
-
-
-class BadInput(click.ClickException):
-    """A usage error that is the caller's input, not the command line: exit code 2."""
-
-    exit_code = 2
-
-
-def _binding(ctx: click.Context) -> ErgateCelery:
-    """The ErgateCelery of the app given by `celery -A proj`."""
-    app = getattr(ctx.obj, "app", None)
-    if app is None:
-        raise click.ClickException("run this as `celery -A <your app module> ergate ...`")
-    try:
-        return ErgateCelery.of(app)
-    except ErgateError as exc:
-        raise click.ClickException(f"{exc} (is -A pointing at the right module?)") from None
-
-
-def _get(ergate: ErgateCelery, job_id: str) -> Job:
-    """The job, or a clear exit 2 when no job has that id."""
-    try:
-        return ergate.get_job(job_id)
-    except JobNotFoundError as exc:
-        raise BadInput(str(exc)) from None
 
 
 def _step_label(ergate: ErgateCelery, job: Job) -> str:
@@ -93,33 +77,6 @@ def _status_text(row: dict[str, Any]) -> str:
     return f"{row['status']} (overdue by {late:.0f} s — is celery beat running?)"
 
 
-def _json_arg(name: str, text: str | None) -> Any:
-    """Parse a JSON option value, or exit 2 saying what is wrong with it."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{name} is not valid JSON ({exc}): {text!r}") from None
-
-
-def _datetime_arg(text: str | None) -> datetime | None:
-    """Parse `--at`; a naive time is UTC, as for `submit_job`."""
-    if text is None:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise BadInput(
-            f"--at is not an ISO 8601 date and time: {text!r} (e.g. 2030-01-31T09:30:00+00:00)"
-        ) from None
-
-
-@click.group()
-def ergate() -> None:
-    """Ergate workflows and jobs of the app given by `celery -A proj`."""
-
-
 @ergate.command(name="list")
 @click.option(
     "--status",
@@ -146,17 +103,15 @@ def list_jobs(
     as_json: bool,
 ) -> None:
     """Jobs newest first, finished ones too until they expire."""
-    ergate = _binding(ctx)
-    try:
+    ergate = binding(ctx)
+    with input_errors():
         page = ergate.list_jobs(
             status=[name.upper() for name in statuses] or None,
             workflow=workflow,
-            since=_since_arg(since),
-            tags=_tags_arg(tags),
+            since=since_arg(since),
+            tags=tags_arg(tags),
             limit=limit,
         )
-    except ErgateError as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
     rows = [_summary(ergate, job) for job in page.jobs]
     if as_json:
         click.echo(json.dumps(rows))
@@ -164,30 +119,6 @@ def list_jobs(
     _print_rows(rows, as_json)
     if page.next_cursor is not None:
         click.echo(f"(first {len(rows)} shown; --limit shows more)", err=True)
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _since_arg(text: str | None) -> datetime | None:
-    """`--since 1h` as the moment that long ago, or exit 2."""
-    if text is None:
-        return None
-    number, unit = text[:-1], text[-1:].lower()
-    if unit not in _UNITS or not number.isdigit():
-        raise BadInput(f"--since {text!r} is not a duration: write 30s, 15m, 1h, 2d or 1w")
-    return datetime.now(UTC) - timedelta(seconds=int(number) * _UNITS[unit])
-
-
-def _tags_arg(tags: Sequence[str]) -> dict[str, str] | None:
-    """`--tag k=v` options as a dict, or exit 2."""
-    found: dict[str, str] = {}
-    for tag in tags:
-        key, equals, value = tag.partition("=")
-        if not equals or not key:
-            raise BadInput(f"--tag {tag!r} is not KEY=VALUE")
-        found[key] = value
-    return found or None
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -214,8 +145,8 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Every field of a job, and its error with the traceback when it failed."""
-    ergate = _binding(ctx)
-    job = _get(ergate, job_id)
+    ergate = binding(ctx)
+    job = found_job(ergate, job_id)
     document = job.model_dump(mode="json")
     if as_json:
         click.echo(json.dumps(document, indent=2))
@@ -245,8 +176,8 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job and print its status; exit code 1 when it had already finished."""
-    ergate = _binding(ctx)
-    before = _get(ergate, job_id)
+    ergate = binding(ctx)
+    before = found_job(ergate, job_id)
     try:
         after = ergate.cancel_job(job_id)
     except JobNotFoundError as exc:
@@ -269,8 +200,8 @@ def signal(ctx: click.Context, job_id: str, name: str, payload_json: str | None)
 
     Exit code 1 when the job has already finished; 2 for bad input or an unknown job.
     """
-    ergate = _binding(ctx)
-    payload = _json_arg("--payload", payload_json)
+    ergate = binding(ctx)
+    payload = json_arg("--payload", payload_json)
     try:
         job = ergate.signal_job(job_id, name, payload)
     except JobStateError as exc:
@@ -297,11 +228,11 @@ def submit(
     job_id: str | None,
 ) -> None:
     """Submit a job of WORKFLOW and print its id; nothing is submitted on bad input."""
-    ergate = _binding(ctx)
-    initial = _json_arg("--input", input_json)
-    context = _json_arg("--context", context_json)
-    start = _datetime_arg(at)
-    try:
+    ergate = binding(ctx)
+    initial = json_arg("--input", input_json)
+    context = json_arg("--context", context_json)
+    start = datetime_arg(at)
+    with input_errors(ErgateError, ValidationError, TypeError, ValueError):
         job = ergate.submit_job(
             workflow,
             initial_input_value=initial,
@@ -309,8 +240,6 @@ def submit(
             requested_start_time=start,
             id=job_id,
         )
-    except (ErgateError, ValidationError, TypeError, ValueError) as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
     click.echo(str(job.id))
 
 
@@ -329,8 +258,8 @@ def watch(ctx: click.Context, job_id: str, interval: float) -> None:
 
     Exit code 0 when it COMPLETED, 1 when it failed, was aborted or cancelled.
     """
-    ergate = _binding(ctx)
-    job = _get(ergate, job_id)
+    ergate = binding(ctx)
+    job = found_job(ergate, job_id)
     if sys.stdout.isatty():
         job = _watch_bar(ergate, job, interval)
     else:
@@ -353,7 +282,7 @@ def _watch_lines(ergate: ErgateCelery, job: Job, interval: float) -> Job:
         if job.is_final:
             return job
         time.sleep(interval)
-        job = _get(ergate, str(job.id))
+        job = found_job(ergate, str(job.id))
 
 
 def _watch_bar(ergate: ErgateCelery, job: Job, interval: float) -> Job:
@@ -374,7 +303,7 @@ def _watch_bar(ergate: ErgateCelery, job: Job, interval: float) -> Job:
             if job.is_final:
                 break
             time.sleep(interval)
-            job = _get(ergate, str(job.id))
+            job = found_job(ergate, str(job.id))
     click.echo(f"{job.status.name}")
     return job
 
@@ -384,7 +313,7 @@ def _watch_bar(ergate: ErgateCelery, job: Job, interval: float) -> Job:
 @click.pass_context
 def graph(ctx: click.Context, workflow: str) -> None:
     """A Mermaid flowchart of WORKFLOW's steps and their declared paths."""
-    ergate = _binding(ctx)
+    ergate = binding(ctx)
     try:
         found = ergate.workflow(workflow)
     except ErgateError as exc:

@@ -6,9 +6,18 @@ from collections.abc import Sequence
 
 import click
 
-from ergate_celery.cli.commands import CONFIRM_ABOVE, BadInput, _binding, _since_arg, ergate
-from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
-from ergate_celery.operations.jobs import every_job, retry_query
+from ergate_celery.cli.arguments import (
+    CONFIRM_ABOVE,
+    BadInput,
+    binding,
+    ergate,
+    input_errors,
+    since_arg,
+)
+from ergate_celery.exceptions import JobNotFoundError, JobStateError
+from ergate_celery.model.job_status import RETRYABLE_STATUSES
+from ergate_celery.operations.listing import every_job
+from ergate_celery.operations.retrying import retry_query
 
 
 @ergate.command()
@@ -17,7 +26,7 @@ from ergate_celery.operations.jobs import every_job, retry_query
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["FAILED", "ABORTED", "CANCELLED"], case_sensitive=False),
+    type=click.Choice([s.name for s in sorted(RETRYABLE_STATUSES)], case_sensitive=False),
     help="Retry every job in this status (repeatable) instead of one JOB_ID.",
 )
 @click.option("--workflow", help="With --status: only jobs of this workflow.")
@@ -36,7 +45,7 @@ def retry(
 
     `retry JOB_ID`, or `retry --status FAILED [--workflow W] [--since 1d]` for many.
     """
-    ergate = _binding(ctx)
+    ergate = binding(ctx)
     if (job_id is None) == (not statuses):
         raise BadInput("give either a JOB_ID or --status (with --workflow / --since)")
     if job_id is not None:
@@ -48,12 +57,10 @@ def retry(
             raise click.ClickException(str(exc)) from None
         click.echo(f"{job.id} {job.status.name} at step {job.current_step_name}")
         return
-    try:
+    with input_errors():
         if workflow is not None:
             ergate.workflow(workflow)
-        query = retry_query([name.upper() for name in statuses], workflow, _since_arg(since))
-    except ErgateError as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+        query = retry_query([name.upper() for name in statuses], workflow, since_arg(since))
     ids = [str(job.id) for job in every_job(ergate.runtime, query)]
     if len(ids) > CONFIRM_ABOVE and not yes:
         click.confirm(f"Retry {len(ids)} jobs?", abort=True)
@@ -72,11 +79,8 @@ def retry(
 @click.pass_context
 def pause(ctx: click.Context, workflow: str) -> None:
     """Start no step of WORKFLOW until `resume` (running steps finish; submits are kept)."""
-    ergate = _binding(ctx)
-    try:
-        changed = ergate.pause_workflow(workflow)
-    except ErgateError as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    with input_errors():
+        changed = binding(ctx).pause_workflow(workflow)
     click.echo(f"{workflow} paused" if changed else f"{workflow} was already paused")
 
 
@@ -85,9 +89,6 @@ def pause(ctx: click.Context, workflow: str) -> None:
 @click.pass_context
 def resume(ctx: click.Context, workflow: str) -> None:
     """Resume WORKFLOW and publish the jobs parked while it was paused."""
-    ergate = _binding(ctx)
-    try:
-        published = ergate.resume_workflow(workflow)
-    except ErgateError as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
+    with input_errors():
+        published = binding(ctx).resume_workflow(workflow)
     click.echo(f"{workflow} resumed; {published} parked jobs published")

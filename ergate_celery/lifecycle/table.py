@@ -5,8 +5,9 @@ leads to. `tests/unit/test_lifecycle.py` checks every row against `lifecycle.tra
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
+from ergate_celery.lifecycle.events import Event
 from ergate_celery.model.job_status import JobStatus
 
 S = JobStatus
@@ -21,94 +22,88 @@ class Row(NamedTuple):
     to: JobStatus | None
 
 
-_EVENTS = (
-    "HandOver",
-    "Release",
-    "Claim",
-    "Finish",
-    "Yield",
-    "Progress",
-    "Cancel",
-    "TimeLimit",
-    "Recover",
-    "PublishFailed",
-    "Reject",
-    "Signalled",
-    "Retry",
-    "Park",
-    "Unpark",
-)
+#: The name of every lifecycle event, as the rows name them.
+_EVENTS = tuple(event.__name__ for event in get_args(Event))
+
+
+#: The changes, one a line: from status, event, to status ("-": the job is left as it is),
+#: and the condition. Every (status, event) pair not listed leaves the job as it is: final
+#: jobs change only by RetryRequested.
+_TABLE = """
+PENDING     HandOver          QUEUED      the transaction committed, start now
+PENDING     HandOver          SCHEDULED   the transaction committed, start later
+SCHEDULED   Release           QUEUED      due
+SCHEDULED   Release           FAILED      past its deadline
+SCHEDULED   Release           -           not due yet
+SCHEDULED   Release           QUEUED      a Sleep ended
+SCHEDULED   Release           FAILED      a WaitForSignal timed out
+SCHEDULED   Release           -           waiting, not due yet
+SCHEDULED   Release           QUEUED      due, its workflow paused: parked
+QUEUED      Claim             RUNNING     the message's step
+QUEUED      Claim             FAILED      first step, past its deadline
+QUEUED      Claim             -           a stale message
+RUNNING     Claim             -           a duplicate while the lease holds
+RUNNING     Claim             RUNNING     a redelivery or an expired lease
+RUNNING     Claim             FAILED      worker lost max_step_attempts times
+CANCELLING  Claim             CANCELLED   the message's step
+RUNNING     Finish            QUEUED      returned, more steps
+RUNNING     Finish            COMPLETED   last step returned, or GoToEnd
+RUNNING     Finish            FAILED      raised
+RUNNING     Finish            ABORTED     AbortJob
+RUNNING     Finish            -           another run holds the claim
+RUNNING     Finish            SCHEDULED   Sleep or WaitForSignal
+RUNNING     Finish            QUEUED      WaitForSignal, the signal already came
+CANCELLING  Finish            CANCELLED   Sleep or WaitForSignal
+CANCELLING  Finish            CANCELLED   more steps
+CANCELLING  Finish            COMPLETED   last step returned
+RUNNING     Yield             RUNNING     Celery retry()
+RUNNING     ProgressReported  RUNNING     higher percent
+CANCELLING  ProgressReported  CANCELLING  higher percent
+PENDING     Cancel            CANCELLED
+SCHEDULED   Cancel            CANCELLED
+QUEUED      Cancel            CANCELLED
+RUNNING     Cancel            CANCELLING
+RUNNING     TimeLimit         FAILED      hard time_limit
+CANCELLING  TimeLimit         FAILED      hard time_limit
+QUEUED      Recover           QUEUED      stuck, requeue
+RUNNING     Recover           QUEUED      stuck, requeue
+RUNNING     Recover           FAILED      stuck, requeued max_step_attempts times
+RUNNING     Recover           FAILED      stuck, ergate_stuck_action = fail
+CANCELLING  Recover           CANCELLED   stuck
+PENDING     Recover           QUEUED      committed, never handed over (django-db)
+PENDING     Recover           SCHEDULED   the same, start later
+QUEUED      PublishFailed     FAILED
+QUEUED      MessageRejected   FAILED      malformed, oversized or unknown step
+RUNNING     MessageRejected   FAILED      malformed, oversized or unknown step
+CANCELLING  MessageRejected   FAILED      malformed, oversized or unknown step
+PENDING     MessageRejected   FAILED      malformed, oversized or unknown step
+SCHEDULED   Signalled         QUEUED      the signal it waits for
+SCHEDULED   Signalled         SCHEDULED   not waiting for it: kept
+SCHEDULED   Signalled         -           already received
+PENDING     Signalled         PENDING     kept for a later wait
+QUEUED      Signalled         QUEUED      kept for a later wait
+RUNNING     Signalled         RUNNING     kept for a later wait
+CANCELLING  Signalled         CANCELLING  kept for a later wait
+FAILED      RetryRequested    QUEUED      back to the step it stopped at
+ABORTED     RetryRequested    QUEUED      back to the step it stopped at
+CANCELLED   RetryRequested    QUEUED      back to the step it stopped at
+CANCELLED   RetryRequested    SCHEDULED   cancelled before its start time
+FAILED      RetryRequested    SCHEDULED   a signal wait timed out: it waits again
+QUEUED      Park              QUEUED      the message's step, its workflow paused
+QUEUED      Park              -           already parked, or a stale message
+QUEUED      Unpark            QUEUED      parked
+QUEUED      Unpark            -           not parked
+"""
 
 
 def _rows() -> list[Row]:
-    rows = [
-        Row(S.PENDING, "HandOver", "the transaction committed, start now", S.QUEUED),
-        Row(S.PENDING, "HandOver", "the transaction committed, start later", S.SCHEDULED),
-        Row(S.SCHEDULED, "Release", "due", S.QUEUED),
-        Row(S.SCHEDULED, "Release", "past its deadline", S.FAILED),
-        Row(S.SCHEDULED, "Release", "not due yet", None),
-        Row(S.SCHEDULED, "Release", "a Sleep ended", S.QUEUED),
-        Row(S.SCHEDULED, "Release", "a WaitForSignal timed out", S.FAILED),
-        Row(S.SCHEDULED, "Release", "waiting, not due yet", None),
-        Row(S.SCHEDULED, "Release", "due, its workflow paused: parked", S.QUEUED),
-        Row(S.QUEUED, "Claim", "the message's step", S.RUNNING),
-        Row(S.QUEUED, "Claim", "first step, past its deadline", S.FAILED),
-        Row(S.QUEUED, "Claim", "a stale message", None),
-        Row(S.RUNNING, "Claim", "a duplicate while the lease holds", None),
-        Row(S.RUNNING, "Claim", "a redelivery or an expired lease", S.RUNNING),
-        Row(S.RUNNING, "Claim", "worker lost max_step_attempts times", S.FAILED),
-        Row(S.CANCELLING, "Claim", "the message's step", S.CANCELLED),
-        Row(S.RUNNING, "Finish", "returned, more steps", S.QUEUED),
-        Row(S.RUNNING, "Finish", "last step returned, or GoToEnd", S.COMPLETED),
-        Row(S.RUNNING, "Finish", "raised", S.FAILED),
-        Row(S.RUNNING, "Finish", "AbortJob", S.ABORTED),
-        Row(S.RUNNING, "Finish", "another run holds the claim", None),
-        Row(S.RUNNING, "Finish", "Sleep or WaitForSignal", S.SCHEDULED),
-        Row(S.RUNNING, "Finish", "WaitForSignal, the signal already came", S.QUEUED),
-        Row(S.CANCELLING, "Finish", "Sleep or WaitForSignal", S.CANCELLED),
-        Row(S.CANCELLING, "Finish", "more steps", S.CANCELLED),
-        Row(S.CANCELLING, "Finish", "last step returned", S.COMPLETED),
-        Row(S.RUNNING, "Yield", "Celery retry()", S.RUNNING),
-        Row(S.RUNNING, "Progress", "higher percent", S.RUNNING),
-        Row(S.CANCELLING, "Progress", "higher percent", S.CANCELLING),
-        Row(S.PENDING, "Cancel", "", S.CANCELLED),
-        Row(S.SCHEDULED, "Cancel", "", S.CANCELLED),
-        Row(S.QUEUED, "Cancel", "", S.CANCELLED),
-        Row(S.RUNNING, "Cancel", "", S.CANCELLING),
-        Row(S.RUNNING, "TimeLimit", "hard time_limit", S.FAILED),
-        Row(S.CANCELLING, "TimeLimit", "hard time_limit", S.FAILED),
-        Row(S.QUEUED, "Recover", "stuck, requeue", S.QUEUED),
-        Row(S.RUNNING, "Recover", "stuck, requeue", S.QUEUED),
-        Row(S.RUNNING, "Recover", "stuck, requeued max_step_attempts times", S.FAILED),
-        Row(S.RUNNING, "Recover", "stuck, ergate_stuck_action = fail", S.FAILED),
-        Row(S.CANCELLING, "Recover", "stuck", S.CANCELLED),
-        Row(S.PENDING, "Recover", "committed, never handed over (django-db)", S.QUEUED),
-        Row(S.PENDING, "Recover", "the same, start later", S.SCHEDULED),
-        Row(S.QUEUED, "PublishFailed", "", S.FAILED),
-        Row(S.QUEUED, "Reject", "malformed, oversized or unknown step", S.FAILED),
-        Row(S.RUNNING, "Reject", "malformed, oversized or unknown step", S.FAILED),
-        Row(S.CANCELLING, "Reject", "malformed, oversized or unknown step", S.FAILED),
-        Row(S.PENDING, "Reject", "malformed, oversized or unknown step", S.FAILED),
-        Row(S.SCHEDULED, "Signalled", "the signal it waits for", S.QUEUED),
-        Row(S.SCHEDULED, "Signalled", "not waiting for it: kept", S.SCHEDULED),
-        Row(S.SCHEDULED, "Signalled", "already received", None),
-        Row(S.PENDING, "Signalled", "kept for a later wait", S.PENDING),
-        Row(S.QUEUED, "Signalled", "kept for a later wait", S.QUEUED),
-        Row(S.RUNNING, "Signalled", "kept for a later wait", S.RUNNING),
-        Row(S.CANCELLING, "Signalled", "kept for a later wait", S.CANCELLING),
-        Row(S.FAILED, "Retry", "back to the step it stopped at", S.QUEUED),
-        Row(S.ABORTED, "Retry", "back to the step it stopped at", S.QUEUED),
-        Row(S.CANCELLED, "Retry", "back to the step it stopped at", S.QUEUED),
-        Row(S.CANCELLED, "Retry", "cancelled before its start time", S.SCHEDULED),
-        Row(S.FAILED, "Retry", "a signal wait timed out: it waits again", S.SCHEDULED),
-        Row(S.QUEUED, "Park", "the message's step, its workflow paused", S.QUEUED),
-        Row(S.QUEUED, "Park", "already parked, or a stale message", None),
-        Row(S.QUEUED, "Unpark", "parked", S.QUEUED),
-        Row(S.QUEUED, "Unpark", "not parked", None),
-    ]
+    rows = []
+    for line in _TABLE.strip().splitlines():
+        status, event, to, *when = line.split(maxsplit=3)
+        rows.append(
+            Row(JobStatus[status], event, "".join(when), None if to == "-" else JobStatus[to])
+        )
     listed = {(row.status, row.event) for row in rows}
-    # Every other (status, event) pair leaves the job as it is: final jobs change only by
-    # Retry.
     rows += [
         Row(status, event, "", None)
         for status in S
@@ -126,7 +121,7 @@ def mermaid() -> str:
     """The state diagram of `LIFECYCLE` in Mermaid, as the README shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
-        quiet = ("Progress", "Yield", "Signalled")  # the status stays: not an edge
+        quiet = ("ProgressReported", "Yield", "Signalled")  # the status stays: not an edge
         if row.to is None or (row.to is row.status and row.event in quiet):
             continue
         edges.setdefault((row.status, row.to), [])

@@ -1,237 +1,106 @@
 """Every status change of a job, as pure functions: (stored job, event, now) -> new job or None.
 
-Whoever changes a job (a step on a worker, beat's release, the stuck sweep, `cancel_job` in a
-web process, Celery's time-limit hook) describes what happened as one of the events below and
-hands it to `transition`, inside the store's compare-and-set. None means "leave the record
-as it is": the event does not apply to the job as it is stored now. Nothing here reads a
-clock, a store or Celery, so the whole lifecycle is tested as a table
-(`lifecycle_table.LIFECYCLE`), and the README's state diagram is printed from that table.
+Whoever changes a job describes what happened as one of the events of `events.py` and hands
+it to `transition`, inside the store's compare-and-set. None means "leave the record as it
+is": the event does not apply to the job as it is stored now. Nothing here reads a clock, a
+store or Celery, so the whole lifecycle is tested as a table (`table.LIFECYCLE`), and the
+README's state diagram is printed from that table.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from ergate_celery.lifecycle import waiting
+from ergate_celery.lifecycle import events, waiting
+from ergate_celery.lifecycle.events import Event
 from ergate_celery.model.job import Job, JobError
-from ergate_celery.model.job_status import JobStatus
-
-S = JobStatus
-
-
-@dataclass(frozen=True, slots=True)
-class HandOver:
-    """A job stored PENDING inside a transaction is handed on when it commits."""
-
-    to: JobStatus
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """Beat found the SCHEDULED job due in its index; a job of a `paused` workflow is parked
-    (QUEUED without a message) rather than left in the index, where it would hold up the rest."""
-
-    paused: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A step message asks to run its step: the claim holds the job while the step runs."""
-
-    workflow_name: str
-    step_name: str
-    step_index: int
-    steps_completed: int
-    token: str
-    lease_until: datetime
-    #: The broker redelivered the message: the worker that had it is gone.
-    redelivered: bool
-    max_attempts: int
-    workflow_version: str
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """The step run holding `token` ended; `after` is the job the step runner computed."""
-
-    token: str
-    after: Job
-
-
-@dataclass(frozen=True, slots=True)
-class Yield:
-    """The step run holding `token` gives its claim back for a Celery `retry()`."""
-
-    token: str
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """The step run holding `token` reports `percent`; the lease is renewed with it."""
-
-    token: str
-    percent: float
-    lease_until: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    """`cancel_job` was asked."""
-
-
-@dataclass(frozen=True, slots=True)
-class TimeLimit:
-    """Celery killed the step at its hard `time_limit`."""
-
-    step_name: str
-    steps_completed: int
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Recover:
-    """The sweep found the job idle since it was `seen`; `action` is "requeue" or "fail"."""
-
-    seen: Job
-    action: str
-    idle_seconds: float
-    max_attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class PublishFailed:
-    """The message of the job's next step could not be published."""
-
-    steps_completed: int
-    error: JobError
-
-
-@dataclass(frozen=True, slots=True)
-class Signalled:
-    """`signal_job` sent signal `name` with `payload` (see `waiting.py`)."""
-
-    name: str
-    payload: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """A message for the job cannot run: malformed, oversized, or its step is unknown.
-
-    With `steps_completed`, only a job still at that point is failed: a bad copy of an old
-    message must not fail a job that has moved on.
-    """
-
-    error: JobError
-    steps_completed: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """`retry_job` was asked: a FAILED, ABORTED or CANCELLED job goes back to the step it
-    stopped at, with the input that step had."""
-
-
-@dataclass(frozen=True, slots=True)
-class Park:
-    """A step message arrived while its workflow is paused: the job waits, QUEUED, with no
-    message in the broker, until `resume_workflow` publishes it again."""
-
-    step_name: str
-    steps_completed: int
-
-
-@dataclass(frozen=True, slots=True)
-class Unpark:
-    """`resume_workflow` publishes a parked job's step again."""
-
-
-Event = (
-    HandOver
-    | Release
-    | Claim
-    | Finish
-    | Yield
-    | Progress
-    | Cancel
-    | TimeLimit
-    | Recover
-    | PublishFailed
-    | Reject
-    | Signalled
-    | Retry
-    | Park
-    | Unpark
+from ergate_celery.model.job_status import (
+    ACTIVE_STATUSES,
+    RETRYABLE_STATUSES,
+    RUNNING_STATUSES,
+    WAITING_STATUSES,
+    JobStatus,
 )
 
-#: The final statuses `retry_job` accepts.
-RETRYABLE = (S.FAILED, S.ABORTED, S.CANCELLED)
+S = JobStatus
 
 
 def transition(stored: Job, event: Event, now: datetime) -> Job | None:
     """The job after `event`, or None when the event leaves the stored job as it is."""
     status = stored.status
     match event:
-        case HandOver(to=to):
+        case events.HandOver(to=to):
             return _set(stored, to) if status is S.PENDING else None
-        case Release():
+        case events.Release():
             return _release(stored, event, now)
-        case Claim():
+        case events.Claim():
             return _claim(stored, event, now)
-        case Finish(token=token, after=after):
+        case events.Finish(token=token, after=after):
             return _finish(stored, token, after, now)
-        case Yield(token=token):
+        case events.Yield(token=token):
             if status is not S.RUNNING or stored.claim != token:
                 return None
             return stored.model_copy(update={"claim": None, "lease_until": None})
-        case Progress(token=token, percent=percent, lease_until=lease_until):
-            holds = status in (S.RUNNING, S.CANCELLING) and stored.claim == token
+        case events.ProgressReported(token=token, percent=percent, lease_until=lease_until):
+            holds = status in RUNNING_STATUSES and stored.claim == token
             if not holds or stored.percent_completed >= percent:
                 return None
             return stored.model_copy(
                 update={"percent_completed": percent, "lease_until": lease_until}
             )
-        case Cancel():
-            if status in (S.SCHEDULED, S.QUEUED, S.PENDING):
+        case events.Cancel():
+            if status in WAITING_STATUSES:
                 return _set(stored, S.CANCELLED)
             return _set(stored, S.CANCELLING) if status is S.RUNNING else None
-        case TimeLimit(step_name=step_name, steps_completed=steps_completed, seconds=seconds):
+        case events.TimeLimit(
+            step_name=step_name, steps_completed=steps_completed, seconds=seconds
+        ):
             at_step = stored.steps_completed == steps_completed and _at(stored, step_name)
-            if status not in (S.RUNNING, S.CANCELLING) or not at_step:
+            if status not in RUNNING_STATUSES or not at_step:
                 return None
             message = f"Step {step_name!r} ran past its hard time_limit of {seconds:g} s"
             return _fail(stored, "TimeLimitExceeded", message, step_name)
-        case Recover():
+        case events.Recover():
             return _recover(stored, event, now)
-        case PublishFailed(steps_completed=steps_completed, error=error):
+        case events.PublishFailed(steps_completed=steps_completed, error=error):
             if status is not S.QUEUED or stored.steps_completed != steps_completed:
                 return None
             return _failed(stored, error)
-        case Reject(error=error, steps_completed=steps_completed):
+        case events.MessageRejected(error=error, steps_completed=steps_completed):
             if stored.is_final or status is S.SCHEDULED:
                 return None
             if steps_completed is not None and stored.steps_completed != steps_completed:
                 return None
             return _failed(stored, error)
-        case Signalled(name=name, payload=payload):
+        case events.Signalled(name=name, payload=payload):
             return waiting.receive(stored, name, payload)
-        case Retry():
+        case events.RetryRequested():
             return _retry(stored, now)
-        case Park(step_name=step_name, steps_completed=steps_completed):
+        case events.Park(step_name=step_name, steps_completed=steps_completed):
             queued = status is S.QUEUED and not stored.parked
             if not queued or stored.steps_completed != steps_completed:
                 return None
             return stored.model_copy(update={"parked": True}) if _at(stored, step_name) else None
-        case Unpark():
+        case events.Unpark():
             if status is not S.QUEUED or not stored.parked:
                 return None
             return stored.model_copy(update={"parked": False})
     raise TypeError(f"Not a lifecycle event: {event!r}")
 
 
-def _release(stored: Job, release: Release, now: datetime) -> Job | None:
+def already_written(stored: Job, event: Event) -> bool:
+    """Whether `stored` holds what `event` writes already: its claim or its outcome carries
+    the event's token, so an earlier try of this very write went through (its reply was
+    lost). Tokens are unique per step run, so no other run's write matches."""
+    match event:
+        case events.Claim(token=token):
+            return stored.claim == token
+        case events.Finish(token=token):
+            return stored.finished_by == token
+    return False
+
+
+def _release(stored: Job, release: events.Release, now: datetime) -> Job | None:
     if stored.status is not S.SCHEDULED:
         return None  # cancelled, or released by a concurrent run
     if stored.wait is not None:
@@ -245,7 +114,7 @@ def _release(stored: Job, release: Release, now: datetime) -> Job | None:
 
 
 def _retry(stored: Job, now: datetime) -> Job | None:
-    if stored.status not in RETRYABLE:
+    if stored.status not in RETRYABLE_STATUSES:
         return None
     start = stored.requested_start_time
     errors = stored.errors if stored.error is None else [*stored.errors, stored.error]
@@ -271,7 +140,7 @@ def _retry(stored: Job, now: datetime) -> Job | None:
     )
 
 
-def _claim(stored: Job, claim: Claim, now: datetime) -> Job | None:
+def _claim(stored: Job, claim: events.Claim, now: datetime) -> Job | None:
     if stored.workflow_name != claim.workflow_name:
         return None
     if stored.steps_completed != claim.steps_completed or not _at(stored, claim.step_name):
@@ -315,7 +184,7 @@ def _claim(stored: Job, claim: Claim, now: datetime) -> Job | None:
 
 
 def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
-    if stored.status not in (S.RUNNING, S.CANCELLING) or stored.claim != token:
+    if stored.status not in RUNNING_STATUSES or stored.claim != token:
         return None  # another run took the job over, or this outcome is already stored
     # Signals that came while the step ran are kept (a step never changes them).
     after = waiting.begin(after.model_copy(update={"signals": stored.signals}), now)
@@ -326,14 +195,14 @@ def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
     )
 
 
-def _recover(stored: Job, recover: Recover, now: datetime) -> Job | None:
+def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
     seen = recover.seen
     # Only if nothing moved since it was seen idle: a job that progressed is left alone.
     if (stored.status, stored.steps_completed, stored.attempt) != (
         seen.status,
         seen.steps_completed,
         seen.attempt,
-    ) or stored.status not in (S.PENDING, S.QUEUED, S.RUNNING, S.CANCELLING):
+    ) or stored.status not in ACTIVE_STATUSES:
         return None
     where = f"{stored.status.name} at step {_step_label(stored)}"
     idle = f"{recover.idle_seconds:g} s"

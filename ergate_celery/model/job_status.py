@@ -31,6 +31,22 @@ class JobStatus(IntEnum):
         return self in FINAL_STATUSES
 
 
+# The groups of statuses the package reasons with, named once here and imported.
+
+#: Nothing will change the job any more (but `retry_job`).
 FINAL_STATUSES = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABORTED, JobStatus.CANCELLED}
+)
+#: The final statuses `retry_job` accepts.
+RETRYABLE_STATUSES = FINAL_STATUSES - {JobStatus.COMPLETED}
+#: A step of the job is running: the run holds the job's claim until its outcome is stored.
+RUNNING_STATUSES = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING})
+#: No step runs and the job is not final: it waits for a commit, its start time or a worker.
+WAITING_STATUSES = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.QUEUED})
+#: The statuses `cancel_job` changes: CANCELLED at once, or CANCELLING while a step runs.
+CANCELLABLE_STATUSES = WAITING_STATUSES | {JobStatus.RUNNING}
+#: What the stuck-job sweep watches: waiting for a worker, a running step or a commit hook
+#: (PENDING is indexed only on django-db, where a readable PENDING record was committed).
+ACTIVE_STATUSES = frozenset(
+    {JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING}
 )

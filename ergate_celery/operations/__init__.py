@@ -1,6 +1,6 @@
-"""Operations on stored jobs, as `submit_job`, `cancel_job`, `list_jobs`, `retry_job`,
-`pause_workflow` and `signal_job` perform them: submission checks, listing, retry, pause and
-resume, signals.
+"""Operations on stored jobs, one module each: `submission` (`submit_job`'s checks, then
+storing and publishing), `reading` (`get_job`, `wait_for_job`), `cancelling`, `listing`,
+`retrying`, `pausing` (pause and resume) and `signalling`. The binding's methods delegate here.
 
 May import: `model`, `lifecycle`, `worker` (a `Runtime` is handed in), `stores`, `exceptions`,
 `transactions` and modules of this folder. Never `binding`, `scheduling` or `cli`.

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ergate_celery.exceptions import (
-    InvalidInputError,
-    JobNotFoundError,
-    JobStateError,
-    check_signal_name,
-)
-from ergate_celery.lifecycle.transitions import Signalled
+from ergate_celery.exceptions import InvalidInputError, JobStateError, check_signal_name
+from ergate_celery.lifecycle.events import Signalled
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.operations.reading import check_id, job_not_found, reading
 from ergate_celery.transactions import in_django_transaction, on_commit
 from ergate_celery.worker.runtime import Runtime
 
@@ -52,11 +48,13 @@ def signal_job(
 
     Inside a Django transaction the released job's step is published when it commits, unless
     not `publish_on_commit` (a store outside the transaction, as a test's memory store)."""
+    check_id(job_id)
     check_signal_name(name)
     check_payload(payload, rt.settings.max_payload_bytes)
-    before, after = rt.apply(job_id, Signalled(name, payload), sender=SIGNAL_SENDER)
+    with reading(job_id):
+        before, after = rt.apply(job_id, Signalled(name, payload), sender=SIGNAL_SENDER)
     if before is None:
-        raise JobNotFoundError(f"No job with id {job_id!r} is stored (or it has expired)")
+        raise job_not_found(job_id)
     if after is None:
         if before.is_final:
             raise JobStateError(
@@ -66,7 +64,7 @@ def signal_job(
         return before  # already received: the first payload stays
     if after.status is JobStatus.QUEUED and before.status is JobStatus.SCHEDULED:
         if publish_on_commit and in_django_transaction():
-            on_commit(lambda: rt.hand_on(after, SIGNAL_SENDER))
+            on_commit(lambda: rt.publish_current_step(after, SIGNAL_SENDER))
         else:
-            rt.hand_on(after, SIGNAL_SENDER)
+            rt.publish_current_step(after, SIGNAL_SENDER)
     return after

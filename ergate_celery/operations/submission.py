@@ -1,23 +1,29 @@
-"""Validation at the edge: everything `submit_job` checks before anything is stored."""
+"""`submit_job`: validation at the edge (everything checked before anything is stored), then
+storing the job and publishing its first step."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from ergate_celery.exceptions import InvalidInputError
+from ergate_celery.lifecycle.events import HandOver
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import non_json, parses_back
 from ergate_celery.model.workflow import Workflow
-from ergate_celery.stores.listing import check_tags
+from ergate_celery.stores.listing import check_tags, utc_moment
+from ergate_celery.transactions import in_django_transaction, on_commit
+from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 MAX_JOB_ID_LENGTH = 100
+#: The `sender` of the announcements of a submission handed over when its transaction commits.
+SUBMIT_SENDER = "ergate.submit_job"
 
 
 def new_job(
@@ -33,8 +39,8 @@ def new_job(
     tags: Any = None,
 ) -> Job:
     """The job to store for a submission, in its JSON form, or `InvalidInputError`."""
-    start = _utc("requested_start_time", requested_start_time)
-    end = _utc("deadline", deadline)
+    start = utc_moment("requested_start_time", requested_start_time)
+    end = utc_moment("deadline", deadline)
     if priority is not None and (
         not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 255
     ):
@@ -83,15 +89,6 @@ def _job_id(job_id: Any) -> str:
     return job_id
 
 
-def _utc(name: str, value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise InvalidInputError(f"{name} must be a datetime or None, got {type(value).__name__}")
-    # A naive datetime is UTC, as Celery reads a naive eta.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _jsonable(name: str, value: Any, parse: Any) -> Any:
     """`value` as JSON, refused when the round trip would change it, unless `parse` (the
     receiving step's input type) gives it back."""
@@ -134,3 +131,31 @@ def _check_input_type(workflow: Workflow, value: Any) -> None:
     except Exception:
         # An annotation pydantic cannot build a validator for is not checked.
         return
+
+
+def submit(rt: Runtime, job: Job) -> Job:
+    """Store `job` (checked by `new_job`) and publish its first step; the job as stored.
+
+    Inside a Django transaction the job is stored PENDING and handed over when the
+    transaction commits, so a rollback publishes nothing. A publish that fails removes the
+    job again.
+    """
+    if in_django_transaction():
+        pending = job.model_copy(update={"status": JobStatus.PENDING})
+        rt.store.create(pending)
+        on_commit(lambda: _hand_over(rt, str(job.id), job.status))
+        return pending
+    rt.store.create(job)
+    if job.status is JobStatus.QUEUED:
+        try:
+            rt.publish(job)
+        except Exception:
+            rt.store.delete(str(job.id))
+            raise
+    return job
+
+
+def _hand_over(rt: Runtime, job_id: str, status: JobStatus) -> None:
+    job = rt.apply(job_id, HandOver(status), sender=SUBMIT_SENDER).after
+    if job is not None and job.status is JobStatus.QUEUED:
+        rt.publish_current_step(job, SUBMIT_SENDER)

@@ -1,50 +1,73 @@
-"""What Celery beat drives: the release and sweep tasks and their entries, periodic jobs."""
+"""What Celery beat drives: the release and sweep tasks and their entries, periodic jobs.
+
+The binding installs them with what they work with (its `Runtime`, its settings, its
+`submit_job`), handed in as functions because those are made at first use, after the app
+is configured.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from celery import Celery
+
+from ergate_celery.model.job import Job
+from ergate_celery.model.workflow import Workflow
 from ergate_celery.operations.submission import new_job
-from ergate_celery.scheduling import release, sweep
+from ergate_celery.scheduling import index_schedule, release, sweep
 from ergate_celery.scheduling.index_schedule import IndexSchedule
 from ergate_celery.scheduling.release import RELEASE_TASK
 from ergate_celery.scheduling.sweep import RECOVER_TASK
+from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.base import ACTIVE, SCHEDULED
-
-if TYPE_CHECKING:
-    from ergate_celery.binding import ErgateCelery
+from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
 
 SUBMIT_TASK = "ergate.submit_job"
 
 
-def release_due_jobs(ergate: ErgateCelery, now: datetime | None = None) -> int:
+class Bound(Protocol):
+    """What the two helpers below take: an `ErgateCelery`, or anything with its runtime."""
+
+    @property
+    def runtime(self) -> Runtime:
+        """The binding's runtime."""
+        ...
+
+
+def release_due_jobs(ergate: Bound, now: datetime | None = None) -> int:
     """Release every SCHEDULED job of `ergate`'s app due at `now`; returns how many."""
     return release.release_due_jobs(ergate.runtime, now)
 
 
-def recover_stuck_jobs(ergate: ErgateCelery, now: datetime | None = None) -> int:
+def recover_stuck_jobs(ergate: Bound, now: datetime | None = None) -> int:
     """Requeue or fail every job of `ergate`'s app idle past `ergate_stuck_after`."""
     return sweep.recover_stuck_jobs(ergate.runtime, now)
 
 
-def install(ergate: ErgateCelery) -> None:
-    """Register the beat-driven tasks, and the release entry in `beat_schedule`."""
-    app = ergate.app
+def install(
+    app: Celery,
+    runtime: Callable[[], Runtime],
+    settings: Callable[[], ErgateSettings],
+    submit: Callable[..., Job],
+) -> None:
+    """Register the beat-driven tasks, and their entries in `beat_schedule`."""
+    index_schedule.serve(app, lambda: runtime().store)
 
     def release_scheduled_jobs() -> int:
-        return release_due_jobs(ergate)
+        return release.release_due_jobs(runtime())
 
     def recover_stuck() -> int:
-        return recover_stuck_jobs(ergate)
+        return sweep.recover_stuck_jobs(runtime())
 
     def submit_job(
         workflow_name: str, initial_input_value: Any = None, user_context: Any = None
     ) -> str:
-        job = ergate.submit_job(
+        job = submit(
             workflow_name, initial_input_value=initial_input_value, user_context=user_context
         )
         return str(job.id)
@@ -54,10 +77,10 @@ def install(ergate: ErgateCelery) -> None:
     app.task(name=RECOVER_TASK, ignore_result=True, **options)(recover_stuck)  # type: ignore[no-untyped-call]
     app.task(name=SUBMIT_TASK, **options)(submit_job)  # type: ignore[no-untyped-call]
 
-    def add_entry(**kwargs: Any) -> None:
-        settings = ergate.settings
-        if settings.beat_enabled:
-            interval = settings.schedule_interval
+    def add_entries() -> None:
+        conf = settings()
+        if conf.beat_enabled:
+            interval = conf.schedule_interval
             # Each entry fires only when its index holds due work: no task while idle.
             app.conf.beat_schedule[RELEASE_TASK] = {
                 "task": RELEASE_TASK,
@@ -65,19 +88,22 @@ def install(ergate: ErgateCelery) -> None:
                 # With no worker up, stale release messages expire instead of piling up.
                 "options": {"expires": max(10 * interval, 30.0)},
             }
-            stuck = IndexSchedule(
-                ACTIVE, settings.stuck_check_interval, age=settings.stuck_after, app=app
-            )
+            stuck = IndexSchedule(ACTIVE, conf.stuck_check_interval, age=conf.stuck_after, app=app)
             app.conf.beat_schedule[RECOVER_TASK] = {
                 "task": RECOVER_TASK,
                 "schedule": stuck,
-                "options": {"expires": settings.stuck_check_interval},
+                "options": {"expires": conf.stuck_check_interval},
             }
 
+    when_configured(app, add_entries)
+
+
+def when_configured(app: Celery, action: Callable[[], None]) -> None:
+    """Run `action` now if `app` is configured, else once it is (its settings are read)."""
     if getattr(app, "configured", False):
-        add_entry()
+        action()
     else:
-        app.on_after_configure.connect(add_entry, weak=False)
+        app.on_after_configure.connect(lambda **kwargs: action(), weak=False)
 
 
 def periodic_entry(
@@ -99,8 +125,8 @@ def periodic_entry(
 
 
 def add_periodic_job(
-    ergate: ErgateCelery,
-    workflow_name: str,
+    app: Celery,
+    workflow: Workflow,
     schedule: Any,
     *,
     name: str | None,
@@ -109,13 +135,14 @@ def add_periodic_job(
 ) -> str:
     """`ErgateCelery.add_periodic_job`: check the input now, then add the beat entry."""
     new_job(
-        ergate.workflow(workflow_name),
+        workflow,
         initial_input_value=initial_input_value,
         user_context=user_context,
         requested_start_time=None,
         job_id=None,
         now=datetime.now(UTC),
     )
+    workflow_name = workflow.unique_name
     entry = periodic_entry(
         workflow_name,
         schedule,
@@ -124,11 +151,8 @@ def add_periodic_job(
     )
     key = name or f"ergate: {workflow_name} every {schedule}"
 
-    def add(**kwargs: Any) -> None:
-        ergate.app.conf.beat_schedule[key] = entry
+    def add() -> None:
+        app.conf.beat_schedule[key] = entry
 
-    if getattr(ergate.app, "configured", False):
-        add()
-    else:
-        ergate.app.on_after_configure.connect(add, weak=False)
+    when_configured(app, add)
     return key

@@ -13,9 +13,11 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from celery.schedules import schedstate, schedule
 
+from ergate_celery.exceptions import ErgateError
 from ergate_celery.stores import JobStore
 
 logger = logging.getLogger("ergate_celery")
@@ -23,11 +25,24 @@ logger = logging.getLogger("ergate_celery")
 #: The end of the index range read for its head entry: every entry is before it.
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
+#: The job store of each app whose beat entries were installed (see `serve`).
+_stores: WeakKeyDictionary[Any, Callable[[], JobStore]] = WeakKeyDictionary()
+
+
+def serve(app: Any, store: Callable[[], JobStore]) -> None:
+    """Have the schedules of `app` read the index of `store()`.
+
+    Beat's shelve pickles its entries and reads them back after each sync; a schedule read
+    back has only its app, so the store is handed in here, once, when the entries are
+    installed.
+    """
+    _stores[app] = store
+
 
 class IndexSchedule(schedule):
     """Due when the earliest entry of index `kind` is at least `age` seconds old.
 
-    `store` returns the job store to read (default: that of the app's ErgateCelery). Beat
+    `store` returns the job store to read (default: the one served for the app). Beat
     asks at most every `run_every` seconds. When the index cannot be read, the entry fires
     (the task reads the index again, and logs what fails there) and one WARNING is logged
     until a read succeeds again.
@@ -52,9 +67,13 @@ class IndexSchedule(schedule):
         """The job store whose index this schedule reads."""
         if self._store is not None:
             return self._store()
-        from ergate_celery.binding import ErgateCelery  # the binding installs this schedule
-
-        return ErgateCelery.of(self.app).store
+        try:
+            return _stores[self.app]()
+        except KeyError:
+            raise ErgateError(
+                f"No job index is served for Celery app {self.app.main!r}: create "
+                "ErgateCelery(app) in the module that creates the app beat runs"
+            ) from None
 
     def is_due(self, last_run_at: datetime) -> schedstate:
         """`(due, seconds until beat should ask again)`; the seconds are at most `run_every`."""
@@ -84,7 +103,7 @@ class IndexSchedule(schedule):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Beat's shelve pickles its entries and reads them back after each sync: the
-        # schedule then finds the store through its app.
+        # schedule then finds the store served for its app.
         return IndexSchedule, (self.kind, self.every, self.age.total_seconds())
 
     def __repr__(self) -> str:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery import bootsteps
+from celery import Celery, bootsteps
 
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.base import SCHEDULED
+from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
 
@@ -43,9 +45,14 @@ def overdue_note(job: Job, settings: ErgateSettings, now: datetime | None = None
 
 
 class OverdueWatch(bootsteps.StartStopStep):
-    """A worker bootstep: warn once when due jobs wait unreleased, again after they cleared."""
+    """A worker bootstep: warn once when due jobs wait unreleased, again after they cleared.
+
+    `install` adds a subclass of it to an app's workers, with the app's `runtime`.
+    """
 
     requires = ("celery.worker.components:Timer",)
+    #: The runtime whose store and settings the watch reads (given by `install`).
+    runtime: Callable[[], Runtime]
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
@@ -54,15 +61,13 @@ class OverdueWatch(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         """Look now, then every few intervals."""
-        from ergate_celery.binding import ErgateCelery  # the binding installs this step
-
         try:
-            ergate = ErgateCelery.of(worker.app)
-        except Exception:
+            every = grace(self.runtime().settings)
+        except Exception as exc:
+            logger.debug("No overdue watch: the settings cannot be read (%r)", exc)
             return
-        self.check(ergate)
-        every = grace(ergate.settings)
-        self.timer_ref = worker.timer.call_repeatedly(every, self.check, (ergate,))
+        self.check()
+        self.timer_ref = worker.timer.call_repeatedly(every, self.check)
 
     def stop(self, worker: Any) -> None:
         """Stop looking."""
@@ -70,13 +75,12 @@ class OverdueWatch(bootsteps.StartStopStep):
             self.timer_ref.cancel()
             self.timer_ref = None
 
-    def check(self, ergate: Any) -> None:
+    def check(self) -> None:
         """Log one WARNING when the earliest scheduled job is overdue."""
         now = datetime.now(UTC)
         try:
-            head = ergate.store.index_entries(
-                SCHEDULED, now - timedelta(seconds=grace(ergate.settings)), 1
-            )
+            rt = self.runtime()
+            head = rt.store.index_entries(SCHEDULED, now - timedelta(seconds=grace(rt.settings)), 1)
         except Exception as exc:
             logger.debug("Could not read the scheduled job index: %r", exc)
             return
@@ -99,12 +103,21 @@ class OverdueWatch(bootsteps.StartStopStep):
 def _close_django_connections() -> None:
     # The timer thread is no task: nothing else closes the Django connection it opened on
     # django-db, and a connection left open keeps e.g. a test database from being dropped.
+    # A process may import Django without configuring it: then it opened no connection.
     if "django.db" in sys.modules:
+        from django.conf import settings
         from django.db import connections
 
-        connections.close_all()
+        if settings.configured:
+            connections.close_all()
 
 
-def install(app: Any) -> None:
-    """Add the overdue watch to the app's workers."""
-    app.steps["worker"].add(OverdueWatch)
+def install(app: Celery, runtime: Callable[[], Runtime]) -> None:
+    """Add the overdue watch to the app's workers, reading the store and settings of
+    `runtime()` (made at the worker's start, after the app is configured)."""
+    watch = type(
+        "OverdueWatch",
+        (OverdueWatch,),
+        {"__module__": __name__, "runtime": staticmethod(runtime)},
+    )
+    app.steps["worker"].add(watch)

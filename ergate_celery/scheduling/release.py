@@ -11,18 +11,14 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
-
-from ergate_celery.lifecycle.transitions import Release
+from ergate_celery.lifecycle.events import Release
 from ergate_celery.model.job_status import JobStatus
-from ergate_celery.stores.base import SCHEDULED, IndexEntry
+from ergate_celery.stores.base import SCHEDULED, UNREADABLE, IndexEntry
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
 
 RELEASE_TASK = "ergate.release_scheduled_jobs"
-#: What reading a record that is not a job raises (as opposed to a backend that is down).
-UNREADABLE = (ValidationError, KeyError, TypeError, ValueError)
 
 
 def release_due_jobs(rt: Runtime, now: datetime | None = None) -> int:
@@ -60,7 +56,7 @@ def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | N
         drop_entry(rt, entry, f"it is {'gone' if before is None else before.status.name}")
         return JobStatus.SCHEDULED
     if after.status is JobStatus.QUEUED and not after.parked:  # parked: its workflow is paused
-        rt.hand_on(after, RELEASE_TASK)
+        rt.publish_current_step(after, RELEASE_TASK)
     return after.status
 
 

@@ -10,17 +10,15 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from ergate_celery.lifecycle.transitions import Recover
-from ergate_celery.model.job_status import JobStatus
-from ergate_celery.scheduling.release import UNREADABLE, drop_entry
-from ergate_celery.stores.base import ACTIVE, IndexEntry
+from ergate_celery.lifecycle.events import Recover
+from ergate_celery.model.job_status import ACTIVE_STATUSES, JobStatus
+from ergate_celery.scheduling.release import drop_entry
+from ergate_celery.stores.base import ACTIVE, UNREADABLE, IndexEntry
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
 
 RECOVER_TASK = "ergate.recover_stuck_jobs"
-#: PENDING is indexed only on django-db, where a readable PENDING record was committed.
-_STUCK = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)
 _BATCH = 1000
 
 
@@ -39,7 +37,7 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
     except UNREADABLE as exc:
         drop_entry(rt, entry, f"its record is not a job ({type(exc).__name__})")
         return 0
-    if seen is None or seen.status not in _STUCK:
+    if seen is None or seen.status not in ACTIVE_STATUSES:
         drop_entry(rt, entry, f"it is {'gone' if seen is None else seen.status.name}")
         return 0
     settings = rt.settings
@@ -51,7 +49,7 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
             return 0
         logger.warning("Stuck job %s: %s", seen.id, recovered.recoveries[-1])
         if recovered.status is JobStatus.QUEUED:
-            rt.hand_on(recovered, RECOVER_TASK)
+            rt.publish_current_step(recovered, RECOVER_TASK)
     except Exception:
         logger.exception("Could not recover stuck job %s; the next sweep tries again", seen.id)
         return 0

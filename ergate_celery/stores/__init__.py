@@ -8,7 +8,15 @@ from typing import Any
 from celery.backends.cache import CacheBackend
 
 from ergate_celery.exceptions import UnsupportedBackendError
-from ergate_celery.stores.base import ACTIVE, SCHEDULED, BaseJobStore, Change, IndexEntry, JobStore
+from ergate_celery.stores.base import (
+    ACTIVE,
+    SCHEDULED,
+    BaseJobStore,
+    Change,
+    IndexEntry,
+    JobStore,
+    Updated,
+)
 
 __all__ = [
     "ACTIVE",
@@ -17,6 +25,7 @@ __all__ = [
     "Change",
     "IndexEntry",
     "JobStore",
+    "Updated",
     "store_for_backend",
 ]
 

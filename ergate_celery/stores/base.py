@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
 from celery import states
+from pydantic import ValidationError
 
 from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
 from ergate_celery.lifecycle.waiting import due_at
@@ -20,8 +21,16 @@ from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
 from ergate_celery.stores.oversized import without_values
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
-#: It may be called more than once when a concurrent write wins a race, so it must be pure.
+#: Called again when a concurrent write wins a race, so pure: `update` returns what it read.
 Change = Callable[[Job], Job | None]
+
+
+class Updated(NamedTuple):
+    """What `JobStore.update` did: the record its change was computed from, the job written."""
+
+    before: Job | None
+    after: Job | None
+
 
 #: What a backend's compare-and-set compares: a digest on Redis, the stored columns on SQL.
 Token = TypeVar("Token")
@@ -49,6 +58,9 @@ class TaskResult:
         """Store `summary` through the backend, as Celery would when the task returns."""
         backend.store_result(self.task_id, summary, states.SUCCESS, request=self.request)
 
+
+#: What reading a record that is not a job raises (as opposed to a backend that is down).
+UNREADABLE = (ValidationError, KeyError, TypeError, ValueError)
 
 #: A new record may take all but 1/CREATE_HEADROOM of `ergate_max_payload_bytes`.
 CREATE_HEADROOM: Final = 10
@@ -120,8 +132,9 @@ class JobStore(Protocol):
         *,
         assume: Job | None = None,
         result: TaskResult | None = None,
-    ) -> Job | None:
-        """Apply `change` atomically (compare-and-set); the job written, or None.
+    ) -> Updated:
+        """Apply `change` atomically (compare-and-set); the record it was computed from and
+        the job written (None: the change left the record alone, or there is none).
 
         `assume` is the job the caller believes is stored (the one it last wrote, or the one a
         step message carries): the store then writes `change(assume)` against it without
@@ -298,7 +311,7 @@ class BaseJobStore(ABC, Generic[Token]):
         *,
         assume: Job | None = None,
         result: TaskResult | None = None,
-    ) -> Job | None:
+    ) -> Updated:
         """See `JobStore.update`."""
         # `token` is None while `job` is only assumed: worked out if a write needs it.
         token: Token | None = None
@@ -307,17 +320,17 @@ class BaseJobStore(ABC, Generic[Token]):
         else:
             stored = self._read(job_id)
             if stored is None:
-                return None
+                return Updated(None, None)
             job, token = stored
         while True:
             new = change(job)
             if new is None:
                 if token is not None:
-                    return None
+                    return Updated(job, None)
                 # The assumption may be wrong: look at the record before giving up.
                 stored = self._read(job_id)
                 if stored is None:
-                    return None
+                    return Updated(None, None)
                 job, token = stored
                 continue
             new = stamped(new, self.clock())
@@ -333,9 +346,9 @@ class BaseJobStore(ABC, Generic[Token]):
             if reply is Outcome.WRITTEN:
                 if result is not None and not self.writes_task_result:
                     result.store_after(self.backend, new)
-                return new
+                return Updated(job, new)
             if reply is Outcome.GONE:
-                return None
+                return Updated(None, None)
             job, token = reply
 
     def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:

@@ -151,8 +151,8 @@ def job_query(
     return JobQuery(
         statuses=_statuses(status),
         workflow=workflow,
-        since=_moment("since", since),
-        until=_moment("until", until),
+        since=utc_moment("since", since),
+        until=utc_moment("until", until),
         tags=check_tags(tags or {}, what="tags"),
     )
 
@@ -173,11 +173,13 @@ def _statuses(
     return frozenset(found)
 
 
-def _moment(name: str, value: Any) -> datetime | None:
+def utc_moment(name: str, value: Any) -> datetime | None:
+    """`value` (a datetime or None) in UTC, a naive one read as UTC as Celery reads a naive
+    eta; `InvalidInputError` naming `name` for anything else."""
     if value is None:
         return None
     if not isinstance(value, datetime):
-        raise InvalidInputError(f"{name} must be a datetime, got {type(value).__name__}")
+        raise InvalidInputError(f"{name} must be a datetime or None, got {type(value).__name__}")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

@@ -23,14 +23,12 @@ from celery import Celery
 from celery.exceptions import Retry
 
 from ergate_celery import signals
-from ergate_celery.binding import CANCEL_SENDER
 from ergate_celery.exceptions import JobNotFoundError, UnknownWorkflowError
-from ergate_celery.lifecycle.transitions import Cancel
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow import Workflow
-from ergate_celery.operations import jobs as operations
-from ergate_celery.operations.jobs import StatusFilter
+from ergate_celery.operations.cancelling import cancel_job
+from ergate_celery.operations.listing import StatusFilter
 from ergate_celery.operations.signalling import signal_job
 from ergate_celery.operations.submission import new_job
 from ergate_celery.registry import WorkflowRegistry
@@ -38,7 +36,7 @@ from ergate_celery.scheduling.release import release_due_jobs
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import SCHEDULED
 from ergate_celery.stores.base import job_document
-from ergate_celery.stores.listing import JobPage
+from ergate_celery.stores.listing import JobPage, job_query
 from ergate_celery.stores.memory import MemoryJobStore
 from ergate_celery.testing.app import tester_app
 from ergate_celery.testing.clock import VirtualClock, duration, moment
@@ -205,8 +203,7 @@ class WorkflowTester:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job, as `cancel_job` does; returns it as it is now."""
         self.get_job(job_id)
-        changed = self.runtime.apply(job_id, Cancel(), sender=CANCEL_SENDER).after
-        return changed if changed is not None else self.get_job(job_id)
+        return cancel_job(self.runtime, job_id)
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
@@ -230,16 +227,10 @@ class WorkflowTester:
         """Jobs newest first, filtered as `ErgateCelery.list_jobs` filters them."""
         if workflow is not None:
             self._workflow(workflow)
-        return operations.list_jobs(
-            self.runtime,
-            status=status,
-            workflow=workflow,
-            since=since,
-            until=until,
-            tags=tags,
-            limit=limit,
-            cursor=cursor,
+        query = job_query(
+            status=status, workflow=workflow, since=since, until=until, tags=tags, limit=limit
         )
+        return self.runtime.store.list_jobs(query, limit, cursor)
 
     def _workflow(self, name: Any) -> Workflow:
         try:

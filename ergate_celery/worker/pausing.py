@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ergate_celery.lifecycle.transitions import Park
+from ergate_celery.lifecycle.events import Park
 from ergate_celery.model.job import Job
 from ergate_celery.stores import JobStore
 from ergate_celery.worker.rejects import dropped_because

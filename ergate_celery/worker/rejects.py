@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 from pydantic import ValidationError
 
-from ergate_celery.lifecycle.transitions import Reject
+from ergate_celery.lifecycle.events import MessageRejected
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow_step import WorkflowStep
@@ -38,7 +38,7 @@ def reject_message(
         logger.warning("Dropped a message for %s that names no job: %s", sender, error.message)
         return None
     try:
-        failed = rt.apply(job_id, Reject(error, steps_completed), sender=sender).after
+        failed = rt.apply(job_id, MessageRejected(error, steps_completed), sender=sender).after
     except Exception:
         logger.exception("Could not record the failure of job %s", job_id)
         return None

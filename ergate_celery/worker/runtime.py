@@ -12,28 +12,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from pydantic_core import PydanticSerializationError
 
 from ergate_celery.exceptions import InvalidInputError, UnknownStepError, UnknownWorkflowError
-from ergate_celery.lifecycle.transitions import Event, PublishFailed, Reject, transition
+from ergate_celery.lifecycle.events import Event, MessageRejected, PublishFailed
+from ergate_celery.lifecycle.transitions import already_written, transition
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
-from ergate_celery.stores.base import TaskResult, utc_now
+from ergate_celery.stores.base import TaskResult, Updated, utc_now
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 
 logger = logging.getLogger("ergate_celery")
 T = TypeVar("T")
-
-
-class Applied(NamedTuple):
-    """What `Runtime.apply` did: the job as last read (None: no record) and as written."""
-
-    before: Job | None
-    after: Job | None
 
 
 @dataclass
@@ -60,20 +54,22 @@ class Runtime:
         assume: Job | None = None,
         result: TaskResult | None = None,
         task: Any = None,
-    ) -> Applied:
-        """Store the transition of `event` on the job, and announce it when it was written."""
+    ) -> Updated:
+        """Store the transition of `event` on the job, and announce it when it was written.
+
+        Tried again after an error (see `retrying`), a claim or an outcome whose earlier write
+        went through, with its reply lost, is recognised by its token: it is returned, and
+        announced, as written now, with `assume` as the job before it.
+        """
         moment = now or self.clock()
-        seen: list[Job] = []
-
-        def change(stored: Job) -> Job | None:
-            seen[:] = [stored]
-            return transition(stored, event, moment)
-
-        after = self.store.update(job_id, change, assume=assume, result=result)
-        before = seen[0] if seen else None
+        before, after = self.store.update(
+            job_id, lambda stored: transition(stored, event, moment), assume=assume, result=result
+        )
+        if after is None and before is not None and already_written(before, event):
+            before, after = assume, before
         if after is not None:
             self.announce(before, after, sender, task)
-        return Applied(before, after)
+        return Updated(before, after)
 
     def retrying(self, what: str, action: Callable[[], T]) -> T:
         """Run `action`, retried with backoff while the broker or backend is unreachable.
@@ -103,7 +99,7 @@ class Runtime:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def hand_on(self, job: Job, sender: str) -> None:
+    def publish_current_step(self, job: Job, sender: str) -> None:
         """Publish the job's current step; a job whose step cannot be published ends FAILED.
 
         A step or workflow that this process's definition no longer has (removed by a deploy)
@@ -117,7 +113,7 @@ class Runtime:
             )
         except (UnknownStepError, UnknownWorkflowError) as exc:
             error = JobError(type="UnknownStep", message=str(exc), step=job.current_step_name)
-            self.apply(job_id, Reject(error, job.steps_completed), sender=sender)
+            self.apply(job_id, MessageRejected(error, job.steps_completed), sender=sender)
         except Exception as exc:
             error = JobError.from_exception(exc, job.current_step_name)
             error = error.model_copy(

@@ -19,7 +19,7 @@ from pydantic_core import PydanticSerializationError
 
 from ergate_celery.exceptions import InvalidInputError
 from ergate_celery.lifecycle.advance import Raised, advance, percent_after_return, run_step
-from ergate_celery.lifecycle.transitions import Claim, Finish, Progress, Yield
+from ergate_celery.lifecycle.events import Claim, Finish, ProgressReported, Yield
 from ergate_celery.model.annotations import StepRun
 from ergate_celery.model.job import Job, JobError, StepTiming
 from ergate_celery.model.job_status import JobStatus
@@ -104,7 +104,7 @@ def _execute(
         )
         return reply(task, summary(job, step, dropped=True))
     if finished.status is JobStatus.QUEUED:
-        rt.hand_on(finished, step.task_name)
+        rt.publish_current_step(finished, step.task_name)
     return summary(finished, step)
 
 
@@ -134,14 +134,11 @@ def _claim(
     )
     if after is not None:
         return after
-    if before is not None and before.claim == token:  # written, but the reply was lost
-        rt.announce(message, before, step.task_name, task)
-        return before
     if before is not None and _stranded_successor(before, message, step, task):
         # The worker that ran this step died after storing its outcome and before publishing
         # the next step: the redelivered message hands the job on.
         logger.warning("Republishing step %s of job %s", before.current_step_name, job_id)
-        rt.hand_on(before, step.task_name)
+        rt.publish_current_step(before, step.task_name)
         return None
     logger.warning(
         "Dropped a message for %s of job %s: %s", step, job_id, dropped_because(before, message)
@@ -183,21 +180,15 @@ def _finish(
     result = own_result(task, step) if with_result else None
 
     def write(outcome: Job) -> Job | None:
-        def attempt() -> Job | None:
-            before, written = rt.apply(
-                str(job.id),
-                Finish(token, outcome),
-                sender=step.task_name,
-                assume=job,
-                result=result,
-                task=task,
-            )
-            if written is None and before is not None and before.finished_by == token:
-                rt.announce(job, before, step.task_name, task)  # written; the reply was lost
-                return before
-            return written
-
-        return rt.retrying(f"storing the outcome of {step} for job {job.id}", attempt)
+        event = Finish(token, outcome)
+        return rt.retrying(
+            f"storing the outcome of {step} for job {job.id}",
+            lambda: (
+                rt.apply(
+                    str(job.id), event, sender=step.task_name, assume=job, result=result, task=task
+                ).after
+            ),
+        )
 
     try:
         if after.last_return_value is not job.last_return_value:  # the step gave a value
@@ -235,7 +226,7 @@ def _store_progress(rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent
     assert job.claim is not None
     lease = rt.clock() + timedelta(seconds=rt.settings.stuck_after)
     try:
-        rt.apply(str(job.id), Progress(job.claim, percent, lease), sender=step.task_name)
+        rt.apply(str(job.id), ProgressReported(job.claim, percent, lease), sender=step.task_name)
     except Exception:
         # Progress is best-effort: a backend blip must not fail the step that reports it.
         logger.warning("Could not store the progress of job %s", job.id, exc_info=True)

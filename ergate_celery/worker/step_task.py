@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from billiard.exceptions import TimeLimitExceeded
 from celery import Celery, Task
 
-from ergate_celery.lifecycle.transitions import TimeLimit
+from ergate_celery.lifecycle.events import TimeLimit
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS
 from ergate_celery.model.workflow_step import WorkflowStep

@@ -9,26 +9,26 @@ from typing import Any
 
 import pytest
 
-from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
-from ergate_celery.lifecycle.transitions import (
+from ergate_celery.lifecycle.events import (
     Cancel,
     Claim,
     Event,
     Finish,
     HandOver,
+    MessageRejected,
     Park,
-    Progress,
+    ProgressReported,
     PublishFailed,
     Recover,
-    Reject,
     Release,
-    Retry,
+    RetryRequested,
     Signalled,
     TimeLimit,
     Unpark,
     Yield,
-    transition,
 )
+from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
+from ergate_celery.lifecycle.transitions import transition
 from ergate_celery.model.job import Job, JobError, Wait
 from ergate_celery.model.job_status import JobStatus
 
@@ -127,8 +127,8 @@ def scenario(row: Row) -> tuple[Job, Event]:
             return stored, Finish(token, after)
         case "Yield":
             return stored, Yield("held")
-        case "Progress":
-            return stored, Progress("held", 50.0, NOW + timedelta(hours=2))
+        case "ProgressReported":
+            return stored, ProgressReported("held", 50.0, NOW + timedelta(hours=2))
         case "Cancel":
             return stored, Cancel()
         case "TimeLimit":
@@ -143,22 +143,22 @@ def scenario(row: Row) -> tuple[Job, Event]:
             return stored, Recover(stored, action, 3600.0, 3)
         case "PublishFailed":
             return stored, PublishFailed(1, JobError(type="OperationalError", message="down"))
-        case "Reject":
-            return stored, Reject(JobError(type="MalformedMessage", message="bad"))
+        case "MessageRejected":
+            return stored, MessageRejected(JobError(type="MalformedMessage", message="bad"))
         case "Signalled":
             if row.status is S.SCHEDULED and "not waiting" not in when:
                 stored = stored.model_copy(update={"wait": _APPROVAL})
             if when == "already received":
                 stored = stored.model_copy(update={"signals": {"ok": 1}})
             return stored, Signalled("ok", {"by": "ana"})
-        case "Retry":
+        case "RetryRequested":
             if when == "cancelled before its start time":
                 later = NOW + timedelta(hours=1)
                 stored = stored.model_copy(update={"requested_start_time": later})
             if when.startswith("a signal wait timed out"):
                 timed_out = _APPROVAL.model_copy(update={"until": NOW - timedelta(seconds=1)})
                 stored = stored.model_copy(update={"wait": timed_out})
-            return stored, Retry()
+            return stored, RetryRequested()
         case "Park":
             if when.startswith("already parked"):
                 stored = stored.model_copy(update={"parked": True})
@@ -184,7 +184,7 @@ def test_the_table_has_a_row_for_every_status_and_event() -> None:
 
 def test_final_jobs_change_only_by_retry() -> None:
     for row in LIFECYCLE:
-        if row.status.is_final and row.event != "Retry":
+        if row.status.is_final and row.event != "RetryRequested":
             assert row.to is None, row
 
 
@@ -198,7 +198,7 @@ def test_a_retry_goes_back_to_the_step_it_stopped_at_with_its_input() -> None:
         percent_completed=50.0,
         lost_runs=2,
     )
-    retried = transition(stored, Retry(), NOW)
+    retried = transition(stored, RetryRequested(), NOW)
     assert retried is not None
     assert (retried.status, retried.current_step_name, retried.steps_completed) == (
         S.QUEUED,
@@ -209,7 +209,7 @@ def test_a_retry_goes_back_to_the_step_it_stopped_at_with_its_input() -> None:
     assert (retried.retries, retried.error, retried.errors) == (1, None, [error])
     assert (retried.percent_completed, retried.lost_runs, retried.finished_at) == (50.0, 0, None)
     # A second retry finds it QUEUED: only one of two racing retries is written.
-    assert transition(retried, Retry(), NOW) is None
+    assert transition(retried, RetryRequested(), NOW) is None
 
 
 def test_a_parked_job_is_unparked_once() -> None:
@@ -321,8 +321,8 @@ def test_time_limit_fails_only_the_step_it_names() -> None:
 
 def test_a_reject_that_names_an_old_point_leaves_the_job() -> None:
     error = JobError(type="MalformedMessage", message="bad")
-    assert transition(_stored(S.QUEUED), Reject(error, steps_completed=0), NOW) is None
-    assert transition(_stored(S.QUEUED), Reject(error, steps_completed=1), NOW) is not None
+    assert transition(_stored(S.QUEUED), MessageRejected(error, steps_completed=0), NOW) is None
+    assert transition(_stored(S.QUEUED), MessageRejected(error, steps_completed=1), NOW) is not None
 
 
 def test_not_an_event_is_a_type_error() -> None:

@@ -18,7 +18,7 @@ from celery.backends.cache import CacheBackend
 from celery.result import AsyncResult
 
 from ergate_celery import ErgateCelery, Job, JobStatus, UnsupportedBackendError
-from ergate_celery.lifecycle.transitions import Cancel
+from ergate_celery.lifecycle.events import Cancel
 from ergate_celery.stores import SCHEDULED, store_for_backend
 from ergate_celery.stores import memory as memory_store
 from ergate_celery.stores.listing import JobQuery
@@ -147,6 +147,7 @@ def test_a_virtual_clock_stamps_the_records() -> None:
     store.create(_job("clocked"))
     [entry] = store.index_entries("active", moment, 10)
     assert entry.at == moment
-    done = store.update("clocked", lambda job: job.model_copy(update={"status": JobStatus.FAILED}))
+    failed = JobStatus.FAILED
+    done = store.update("clocked", lambda job: job.model_copy(update={"status": failed})).after
     assert done is not None
     assert done.finished_at == moment

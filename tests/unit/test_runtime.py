@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from ergate_celery import ErgateCelery, InvalidInputError, Job, JobStatus
-from ergate_celery.lifecycle.transitions import Cancel
+from ergate_celery.lifecycle.events import Cancel
 from ergate_celery.worker.runtime import Runtime
 
 from ..support import Recorder

@@ -15,7 +15,7 @@ from ergate_celery import ErgateCelery, Job, JobStatus, Workflow
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_body import execute_step
 
-from ..support import Recorder
+from ..support import LostReplies, Recorder
 
 
 @pytest.fixture
@@ -142,23 +142,6 @@ def test_a_retried_step_raises_celerys_retry_and_gives_its_claim_back(
     assert (stored.status, stored.claim, stored.steps_completed) == (JobStatus.RUNNING, None, 0)
     assert recorder.published == []  # Celery sends the retry itself
     assert runs == ["charge"]
-
-
-class LostReplies:
-    """A store whose `update` writes, then loses the reply of the calls numbered in `lose`."""
-
-    def __init__(self, store: Any, lose: set[int]) -> None:
-        self.store, self.lose, self.calls = store, lose, 0
-
-    def update(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        written = self.store.update(*args, **kwargs)
-        if self.calls in self.lose:
-            raise ConnectionError("the reply was lost")
-        return written
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
 
 
 @pytest.mark.parametrize("lost", ["claim", "outcome"])

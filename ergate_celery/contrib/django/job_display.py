@@ -7,17 +7,11 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ergate_celery.lifecycle.transitions import RETRYABLE
 from ergate_celery.model.job import Job, JobError, StepTiming
-from ergate_celery.model.job_status import JobStatus
+from ergate_celery.model.job_status import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, JobStatus
 
 #: A bar is never drawn narrower than this share of the timeline (a 1 ms step stays visible).
 MIN_BAR_PERCENT = 0.6
-
-#: The statuses `cancel_job` changes (a finished job is left as it is).
-CANCELLABLE = frozenset(
-    {JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RUNNING}
-)
 
 
 @dataclass(frozen=True)
@@ -99,8 +93,8 @@ def display(job: Job, now: datetime | None = None) -> JobDisplay:
         error=job.error,
         earlier_errors=list(job.errors),
         timeline=timeline(job, now or datetime.now(UTC)),
-        retryable=job.status in RETRYABLE,
-        cancellable=job.status in CANCELLABLE,
+        retryable=job.status in RETRYABLE_STATUSES,
+        cancellable=job.status in CANCELLABLE_STATUSES,
     )
 
 
@@ -148,7 +142,7 @@ def timeline(job: Job, now: datetime) -> list[TimelineBar]:
                 width=round(min(width, 100 - offset), 2),
             )
         )
-        if outcome in {status.name for status in RETRYABLE}:
+        if outcome in {status.name for status in RETRYABLE_STATUSES}:
             retry += 1  # the runs that follow a stop came after a retry_job
     return bars
 
