@@ -33,7 +33,7 @@ from ergate_celery import ErgateCelery, Sleep, WaitPath, Workflow
 from ergate_celery.scheduling.beat import release_due_jobs
 from ergate_celery.stores import SCHEDULED
 
-from .apps import REDIS_URL
+from .apps import REDIS_URL, BenchConfig, celery_conf
 from .workers import exited, started
 
 WOKEN_KEY = "ergate-bench:woken"
@@ -82,13 +82,12 @@ def wake_up(x: dict[str, float]) -> None:
 def make_app(queue: str) -> tuple[Celery, ErgateCelery]:
     """The app of this bench: its Redis db as broker and backend, the queue given."""
     celery_app = Celery("ergate_bench_waiting", set_as_current=False)
+    # The redis setup's settings; its worker and beat start while the harness watches, so
+    # they may retry the broker connection as they start.
     celery_app.conf.update(
-        broker_url=REDIS_URL,
-        result_backend=REDIS_URL,
-        task_default_queue=queue,
+        celery_conf(BenchConfig(setup="redis", queue=queue)),
         ergate_schedule_interval=SCHEDULE_INTERVAL,
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
     )
     ergate = ErgateCelery(celery_app)
     ergate.register_workflow(sleepy)

@@ -133,14 +133,15 @@ def _check_input_type(workflow: Workflow, value: Any) -> None:
         return
 
 
-def submit(rt: Runtime, job: Job) -> Job:
+def submit(rt: Runtime, job: Job, *, publish_on_commit: bool = True) -> Job:
     """Store `job` (checked by `new_job`) and publish its first step; the job as stored.
 
     Inside a Django transaction the job is stored PENDING and handed over when the
-    transaction commits, so a rollback publishes nothing. A publish that fails removes the
-    job again.
+    transaction commits, so a rollback publishes nothing, unless not `publish_on_commit` (a
+    store outside the transaction, as a test's memory store). A publish that fails removes
+    the job again.
     """
-    if in_django_transaction():
+    if publish_on_commit and in_django_transaction():
         pending = job.model_copy(update={"status": JobStatus.PENDING})
         rt.store.create(pending)
         on_commit(lambda: _hand_over(rt, str(job.id), job.status))

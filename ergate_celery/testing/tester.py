@@ -25,12 +25,11 @@ from celery.exceptions import Retry
 from ergate_celery import signals
 from ergate_celery.exceptions import JobNotFoundError, UnknownWorkflowError
 from ergate_celery.model.job import Job
-from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.operations.cancelling import cancel_job
 from ergate_celery.operations.listing import StatusFilter
 from ergate_celery.operations.signalling import signal_job
-from ergate_celery.operations.submission import new_job
+from ergate_celery.operations.submission import new_job, submit
 from ergate_celery.registry import WorkflowRegistry
 from ergate_celery.scheduling.release import release_due_jobs
 from ergate_celery.settings import ErgateSettings
@@ -147,10 +146,8 @@ class WorkflowTester:
             now=self.now,
             tags=tags,
         )
-        self.runtime.store.create(job)
-        if job.status is JobStatus.QUEUED:
-            self._publish(job)
-        return job
+        # Published at once, also inside a Django transaction (a test's, say), as `signal`.
+        return submit(self.runtime, job, publish_on_commit=False)
 
     def run(self) -> int:
         """Run every step due now, and the steps they lead to, until each job is final or

@@ -68,27 +68,30 @@ class StepTask(Task):  # type: ignore[type-arg]
             logger.exception("Could not fail job %s after its step's time limit", job.id)
 
 
+#: The task options every step task has, whatever its step asks for.
+_FIXED_TASK_OPTIONS: dict[str, Any] = {
+    "base": StepTask,
+    "bind": True,
+    "shared": False,
+    "lazy": False,
+    # The step body stores its summary itself, with the job's outcome in one write
+    # where the backend allows; Celery still stores a step's failure.
+    "ignore_result": True,
+    "store_errors_even_if_ignored": True,
+}
+
+
 def install_step(ergate: StepHost, step: WorkflowStep[Any, Any]) -> None:
     """Install `step` into the app as the Celery task `ergate.<workflow>.<step>`."""
     settings = ergate.settings
     options: dict[str, Any] = {
+        **_FIXED_TASK_OPTIONS,
         "acks_late": settings.acks_late,
         "reject_on_worker_lost": settings.reject_on_worker_lost,
-        # The step body stores its summary itself, with the job's outcome in one write
-        # where the backend allows; Celery still stores a step's failure.
-        "ignore_result": True,
-        "store_errors_even_if_ignored": True,
     }
     options.update({k: v for k, v in step.task_options.items() if k in _CELERY_OPTIONS})
     ergate.app.task(  # type: ignore[no-untyped-call]
-        name=step.task_name,
-        base=StepTask,
-        bind=True,
-        shared=False,
-        lazy=False,
-        ergate=ergate,
-        ergate_step=step,
-        **options,
+        name=step.task_name, ergate=ergate, ergate_step=step, **options
     )(_step_body)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
-from ergate_celery.model.job import Job, JobError, StepTiming
+from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.job_status import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, JobStatus
 
 #: A bar is never drawn narrower than this share of the timeline (a 1 ms step stays visible).
@@ -106,46 +107,47 @@ def current_step(job: Job) -> str:
     return f"#{job.current_step} {name}" if name else f"#{job.current_step}"
 
 
+class _Run(NamedTuple):
+    """One step run, in the order of `TimelineBar`'s first fields (`step_index` is its
+    `index`: a tuple has an `index` method)."""
+
+    step: str
+    step_index: int
+    attempt: int
+    outcome: str
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
 def timeline(job: Job, now: datetime) -> list[TimelineBar]:
     """One bar per step run (`job.timings`), plus the step running now, on a common scale
     from the first start to the last end; runs after a `retry_job` carry its number."""
-    runs: list[tuple[StepTiming | None, datetime, datetime | None]] = [
-        (timing, timing.started_at, timing.finished_at) for timing in job.timings
+    runs = [
+        _Run(t.step, t.index, t.attempt, t.outcome, t.started_at, t.finished_at)
+        for t in job.timings
     ]
     if job.status is JobStatus.RUNNING and job.step_started_at is not None:
-        runs.append((None, job.step_started_at, None))
+        step = job.current_step_name or "?"
+        runs.append(_Run(step, job.current_step, job.attempt, "RUNNING", job.step_started_at))
     if not runs:
         return []
-    start = min(began for _, began, _ in runs)
-    end = max(max(ended or now for _, _, ended in runs), start)
+    start = min(run.started_at for run in runs)
+    end = max(max(run.finished_at or now for run in runs), start)
     span = (end - start).total_seconds() or 1.0
     bars, retry = [], 0
-    for timing, began, ended in runs:
-        offset = (began - start).total_seconds() / span * 100
-        width = max(((ended or now) - began).total_seconds() / span * 100, MIN_BAR_PERCENT)
+    for run in runs:
+        offset = (run.started_at - start).total_seconds() / span * 100
+        ended = run.finished_at or now
+        width = max((ended - run.started_at).total_seconds() / span * 100, MIN_BAR_PERCENT)
         offset = min(offset, 100 - MIN_BAR_PERCENT)
-        if timing is None:
-            step, index, attempt, outcome = _running(job)
-        else:
-            step, index, attempt = timing.step, timing.index, timing.attempt
-            outcome = timing.outcome
         bars.append(
             TimelineBar(
-                step=step,
-                index=index,
-                attempt=attempt,
-                outcome=outcome,
-                started_at=began,
-                finished_at=ended,
+                *run,
                 run=min(retry, job.retries),
                 offset=round(offset, 2),
                 width=round(min(width, 100 - offset), 2),
             )
         )
-        if outcome in {status.name for status in RETRYABLE_STATUSES}:
+        if run.outcome in {status.name for status in RETRYABLE_STATUSES}:
             retry += 1  # the runs that follow a stop came after a retry_job
     return bars
-
-
-def _running(job: Job) -> tuple[str, int, int, str]:
-    return job.current_step_name or "?", job.current_step, job.attempt, "RUNNING"

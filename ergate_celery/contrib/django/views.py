@@ -25,7 +25,9 @@ from ergate_celery.exceptions import (
     UnknownWorkflowError,
 )
 from ergate_celery.model.graph import edges, mermaid
+from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.model.workflow import Workflow
 from ergate_celery.stores.listing import JobPage
 
 T = TypeVar("T")
@@ -116,10 +118,10 @@ def parse_since(text: str) -> datetime | None:
 @require_http_methods(["GET", "POST"])
 def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     """One job: status, progress, error, timeline; POST `action=retry|cancel` changes it."""
-    ergate = ErgateCelery.of()
-    job = _found(ergate.get_job, job_id)
-    if request.method == "POST":
-        return _act(request, ergate, job_id, _JOB_ACTIONS)
+    return _page(request, job_id, ErgateCelery.get_job, _JOB_ACTIONS, _show_job)
+
+
+def _show_job(request: HttpRequest, ergate: ErgateCelery, job: Job) -> HttpResponse:
     context = {"shown": display(job), "console": True}
     return render(request, "ergate_celery/console/job_detail.html", context)
 
@@ -155,10 +157,11 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def workflow_detail(request: HttpRequest, name: str) -> HttpResponse:
     """A workflow's steps and edges, its Mermaid source; POST `action=pause|resume`."""
-    ergate = ErgateCelery.of()
-    workflow = _found(ergate.workflow, name)
-    if request.method == "POST":
-        return _act(request, ergate, name, _WORKFLOW_ACTIONS)
+    return _page(request, name, ErgateCelery.workflow, _WORKFLOW_ACTIONS, _show_workflow)
+
+
+def _show_workflow(request: HttpRequest, ergate: ErgateCelery, workflow: Workflow) -> HttpResponse:
+    name = workflow.unique_name
     steps = [step.name for step in workflow]
     context = {
         "name": name,
@@ -192,12 +195,23 @@ def _resume(ergate: ErgateCelery, name: str) -> str:
 _WORKFLOW_ACTIONS: dict[str, Action] = {"pause": _pause, "resume": _resume}
 
 
-def _found(find: Callable[[str], T], key: str) -> T:
-    """What `find(key)` finds, or a 404 saying what is not there."""
+def _page(
+    request: HttpRequest,
+    key: str,
+    find: Callable[[ErgateCelery, str], T],
+    actions: Mapping[str, Action],
+    show: Callable[[HttpRequest, ErgateCelery, T], HttpResponse],
+) -> HttpResponse:
+    """The page of what `find` finds at `key` (a 404 saying what is not there): `show` for
+    a GET, one of `actions` done to it for a POST."""
+    ergate = ErgateCelery.of()
     try:
-        return find(key)
+        found = find(ergate, key)
     except (JobNotFoundError, UnknownWorkflowError) as exc:
         raise Http404(str(exc)) from None
+    if request.method == "POST":
+        return _act(request, ergate, key, actions)
+    return show(request, ergate, found)
 
 
 def _act(
