@@ -198,9 +198,7 @@ class ErgateCelery:
 
     def publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name."""
-        workflow = self.workflow(job.workflow_name)
-        name = job.current_step_name
-        step = workflow.step_named(name) if name is not None else workflow[job.current_step]
+        step = self.workflow(job.workflow_name).current_step_of(job)
         task = self.app.tasks[step.task_name]
         options = display_options(job, step, self.settings.show_task_args)
         if job.priority is not None:

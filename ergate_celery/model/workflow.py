@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ergate_celery.exceptions import InvalidDefinitionError, ReverseGoToError, UnknownStepError
 from ergate_celery.model.paths import GoToEndPath, GoToStepPath, NextStepPath, WorkflowPath
 from ergate_celery.model.workflow_step import WorkflowStep
+
+if TYPE_CHECKING:
+    from ergate_celery.model.job import Job
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -85,6 +88,11 @@ class Workflow:
             if step.name == name:
                 return step
         raise UnknownStepError(f"Workflow {self.unique_name!r} has no step named {name!r}")
+
+    def current_step_of(self, job: Job) -> WorkflowStep[Any, Any]:
+        """The step `job` is at: by its name, or by its index when the job has no name for it."""
+        name = job.current_step_name
+        return self.step_named(name) if name is not None else self[job.current_step]
 
     @overload
     def step(self, func: Callable[P, R], /) -> WorkflowStep[P, R]: ...

@@ -333,7 +333,7 @@ class BaseJobStore(ABC, Generic[Token]):
                     return Updated(None, None)
                 job, token = stored
                 continue
-            new = stamped(new, self.clock())
+            new = stamped(new, self.clock)
             expected = self._token_of(job) if token is None else token
             try:
                 reply = self._compare_and_set(job_id, expected, new, result)
@@ -371,10 +371,10 @@ class BaseJobStore(ABC, Generic[Token]):
         return [entry.job_id for entry in self.index_entries(ACTIVE, before, limit)]
 
 
-def stamped(job: Job, now: datetime) -> Job:
-    """The job with `finished_at` set when it has just become final (done at every write)."""
+def stamped(job: Job, clock: Callable[[], datetime]) -> Job:
+    """The job with `finished_at` set when it has just become final (the clock read then)."""
     if job.is_final and job.finished_at is None:
-        return job.model_copy(update={"finished_at": now})
+        return job.model_copy(update={"finished_at": clock()})
     return job
 
 

@@ -28,6 +28,7 @@ from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.operations.cancelling import cancel_job
 from ergate_celery.operations.listing import StatusFilter
+from ergate_celery.operations.reading import check_id
 from ergate_celery.operations.signalling import signal_job
 from ergate_celery.operations.submission import new_job, submit
 from ergate_celery.registry import WorkflowRegistry
@@ -192,19 +193,19 @@ class WorkflowTester:
     def signal(self, job_id: str, name: str, payload: Any = None) -> Job:
         """Send signal `name` with a JSON `payload` to a job, as `signal_job` does; a job
         waiting for it is queued, and runs at the next `run()`."""
-        _check_id(job_id)
+        check_id(job_id)
         # Queued at once, also inside a Django transaction (a test's, say): the tester's jobs
         # are not in the database, and a test's transaction never commits.
         return signal_job(self.runtime, job_id, name, payload, publish_on_commit=False)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job, as `cancel_job` does; returns it as it is now."""
-        self.get_job(job_id)
+        check_id(job_id)
         return cancel_job(self.runtime, job_id)
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""
-        _check_id(job_id)
+        check_id(job_id)
         job = self.runtime.store.get(job_id)
         if job is None:
             raise JobNotFoundError(f"No job with id {job_id!r} was submitted to this tester")
@@ -241,9 +242,7 @@ class WorkflowTester:
 
     def _publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name (as a publish)."""
-        workflow = self._workflow(job.workflow_name)
-        name = job.current_step_name
-        step = workflow.step_named(name) if name is not None else workflow[job.current_step]
+        step = self._workflow(job.workflow_name).current_step_of(job)
         self.messages.put(step.task_name, step_task_id(job), job_document(job), self.now, 0)
 
     def _deliver(self, message: Message) -> None:
@@ -291,8 +290,3 @@ class WorkflowTester:
                 break
         earliest = min(stops, default=None)
         return earliest if earliest is not None and earliest <= target else None
-
-
-def _check_id(job_id: Any) -> None:
-    if not isinstance(job_id, str):
-        raise TypeError(f"A job id is a string, got {type(job_id).__name__}")
