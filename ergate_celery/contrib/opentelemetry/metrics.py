@@ -35,6 +35,8 @@ from ergate_celery.worker.runtime import Runtime
 
 #: The message header that carries when a step message was published (seconds since epoch).
 PUBLISHED_AT = "ergate_published_at"
+#: Histogram buckets (s): the SDK's default ones start at 5 s, where most steps have ended.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _WAITING_QUERY = JobQuery(statuses=frozenset({JobStatus.SCHEDULED, JobStatus.QUEUED}))
 
 
@@ -43,12 +45,16 @@ class JobMetrics:
 
     def __init__(self, meter: Meter, runtimes: Callable[[], Iterable[Runtime]]) -> None:
         self.step_duration = meter.create_histogram(
-            "ergate.step.duration", unit="s", description="How long one step attempt ran"
+            "ergate.step.duration",
+            unit="s",
+            description="How long one step attempt ran",
+            explicit_bucket_boundaries_advisory=BUCKETS,
         )
         self.step_wait = meter.create_histogram(
             "ergate.step.wait",
             unit="s",
             description="From the publish of a step's message to its claim by a worker",
+            explicit_bucket_boundaries_advisory=BUCKETS,
         )
         self.jobs_finished = meter.create_counter(
             "ergate.jobs.finished", unit="{job}", description="Jobs that reached a final status"
