@@ -23,6 +23,8 @@ from opentelemetry.trace import StatusCode
 from ergate_celery import ErgateCelery, Job, JobStatus, Sleep, Wait, WaitForSignal, Workflow
 from ergate_celery.contrib.opentelemetry import ErgateInstrumentor
 from ergate_celery.operations.retrying import retry_job
+from ergate_celery.operations.submission import new_job, submit
+from ergate_celery.scheduling.beat import recover_stuck_jobs
 from ergate_celery.testing import WorkflowTester
 from ergate_celery.worker import observing
 
@@ -310,3 +312,47 @@ def test_nothing_of_opentelemetry_is_imported_until_instrumented() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_a_child_submitted_with_its_parents_trace_context_is_in_its_parents_trace(
+    telemetry: Telemetry,
+) -> None:
+    workflow = _order_workflow([False])
+    tester = WorkflowTester(workflow, now=NOW)
+    parent = tester.get_job(tester.submit("order", initial_input_value=1).id)
+    child = new_job(
+        workflow,
+        initial_input_value=2,
+        user_context=None,
+        requested_start_time=None,
+        job_id=f"{parent.id}.0",
+        now=NOW,
+    ).model_copy(update={"trace_context": parent.trace_context})
+    submit(tester.runtime, child)
+    submits = {span.attributes["ergate.job.id"]: span for span in telemetry.named("ergate submit")}
+    assert submits[child.id].context.trace_id == submits[parent.id].context.trace_id
+    assert _parent_id(submits[child.id]) == submits[parent.id].context.span_id
+
+
+def test_the_sweep_makes_a_span_in_the_job_trace(
+    telemetry: Telemetry, memory_ergate: ErgateCelery
+) -> None:
+    workflow = Workflow(unique_name="swept")
+
+    @workflow.step
+    def only(x: int) -> int:
+        return x
+
+    memory_ergate.register_workflow(workflow)
+    with telemetry.tracer_provider.get_tracer("web").start_as_current_span("POST /swept"):
+        job = memory_ergate.submit_job("swept", initial_input_value=1)
+    # No worker takes the message: past `ergate_stuck_after`, the sweep requeues the job.
+    later = datetime.now(UTC) + timedelta(seconds=memory_ergate.settings.stuck_after + 60)
+    assert recover_stuck_jobs(memory_ergate, now=later) == 1
+    (swept,) = telemetry.named("ergate sweep")
+    (submitted,) = telemetry.named("ergate submit")
+    assert swept.name == "ergate sweep swept"
+    assert swept.context.trace_id == submitted.context.trace_id
+    assert _parent_id(swept) == submitted.context.span_id
+    assert swept.attributes["ergate.job.id"] == job.id
+    assert swept.attributes["ergate.job.status"] == "QUEUED"
