@@ -71,6 +71,11 @@ def _setup(make_setup: Callable[..., Setup]) -> tuple[Setup, Path]:
     return setup, folder
 
 
+def _beat_started(setup: Setup) -> bool:
+    logs = setup.tmp_path.glob("celery-beat-*.log")
+    return any("beat: Starting" in log.read_text(errors="replace") for log in logs)
+
+
 def _trace_id(span: Span) -> str:
     return f"{span.get_span_context().trace_id:032x}"
 
@@ -82,12 +87,14 @@ def test_a_job_with_a_retry_a_sleep_a_failure_and_retry_job_is_one_trace(
     setup, folder = _setup(make_setup)
     ship_ok = setup.tmp_path / "ship-ok"
     env = {"ERGATE_OTEL_OUT": str(folder), "ERGATE_OTEL_SHIP_OK": str(ship_ok)}
-    beat = ("beat", "-s", str(setup.tmp_path / "beat-schedule"))
+    beat = ("beat", "-l", "INFO", "-s", str(setup.tmp_path / "beat-schedule"))
     with (
         _traced_here(folder) as provider,
         _worker(setup, env),
         setup.celery(*beat, env=env, module=APP),
     ):
+        # Beat counts the waiting jobs from its start: up before the job sleeps.
+        wait_until(lambda: _beat_started(setup), WAIT, what="beat started")
         with provider.get_tracer("web").start_as_current_span("POST /orders") as request:
             job = setup.ergate.submit_job("traced_order", initial_input_value=10)
         failed = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
