@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from celery import Celery
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -284,8 +286,11 @@ def test_waiting_jobs_are_counted_by_reason_from_the_store(
     }
     for name, fields in waits.items():
         store.create(Job(id=name, workflow_name="counted", submitted_at=since, **fields))
+    # An app whose jobs cannot be read (it has no result backend) hides nobody's count.
+    unreadable = ErgateCelery(Celery(f"no-backend-{uuid.uuid4().hex[:6]}", set_as_current=False))
     # Every ErgateCelery of the process is counted: other tests' apps may still be alive.
     points = telemetry.metrics()["ergate.jobs.waiting"]
+    assert unreadable.app.conf.result_backend is None
     assert sorted(
         (p[0]["ergate.wait.reason"], p[1]) for p in points if p[0]["ergate.workflow"] == "counted"
     ) == [("paused", 1), ("scheduled", 1), ("signal", 1), ("sleep", 1)]

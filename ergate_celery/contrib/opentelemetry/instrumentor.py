@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from functools import partial
 from typing import Any
 
 from celery.signals import beat_init, before_task_publish
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from ergate_celery.binding import all_bindings
+from ergate_celery.binding import ErgateCelery, all_bindings
 from ergate_celery.contrib.opentelemetry.metrics import JobMetrics, stamp_publish
 from ergate_celery.contrib.opentelemetry.tracing import TracingObserver
 from ergate_celery.worker import observing
@@ -53,6 +54,11 @@ class ErgateInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         beat_init.disconnect(self._in_beat)
 
 
-def _runtimes() -> Iterator[Runtime]:
+def _runtimes() -> Iterator[Callable[[], Runtime]]:
+    # Each binding's runtime is made at first use, which may fail (an app without a backend).
     for binding in all_bindings():
-        yield binding.runtime
+        yield partial(_runtime_of, binding)
+
+
+def _runtime_of(binding: ErgateCelery) -> Runtime:
+    return binding.runtime

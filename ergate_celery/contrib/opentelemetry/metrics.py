@@ -19,6 +19,7 @@ SCHEDULED and QUEUED jobs per export of the metrics), or in any process that ask
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,8 @@ from ergate_celery.operations.listing import every_job
 from ergate_celery.stores.listing import JobQuery
 from ergate_celery.worker.runtime import Runtime
 
+logger = logging.getLogger("ergate_celery")
+
 #: The message header that carries when a step message was published (seconds since epoch).
 PUBLISHED_AT = "ergate_published_at"
 #: Histogram buckets (s): the SDK's default ones start at 5 s, where most steps have ended.
@@ -43,7 +46,9 @@ _WAITING_QUERY = JobQuery(statuses=frozenset({JobStatus.SCHEDULED, JobStatus.QUE
 class JobMetrics:
     """The instruments of one meter, and what records into them."""
 
-    def __init__(self, meter: Meter, runtimes: Callable[[], Iterable[Runtime]]) -> None:
+    def __init__(
+        self, meter: Meter, runtimes: Callable[[], Iterable[Callable[[], Runtime]]]
+    ) -> None:
         self.step_duration = meter.create_histogram(
             "ergate.step.duration",
             unit="s",
@@ -98,17 +103,26 @@ class JobMetrics:
     def _observe_waiting(self, options: CallbackOptions) -> Iterator[Observation]:
         if not self.count_waiting:
             return
-        counts = Counter(
-            (job.workflow_name, reason)
-            for rt in self._runtimes()
-            for job in every_job(rt, _WAITING_QUERY)
-            if (reason := job.waiting_reason) is not None
-        )
+        counts: Counter[tuple[str, str]] = Counter()
+        for runtime in self._runtimes():
+            try:
+                counts.update(_waiting(runtime()))
+            except Exception:
+                # One app whose store cannot be read must not hide the others' counts.
+                logger.warning("Could not count the waiting jobs of an app", exc_info=True)
         # A reason seen before and now gone reports 0, rather than vanishing from the graph.
         self._seen.update(counts)
         for workflow, reason in sorted(self._seen):
             attributes = {"ergate.workflow": workflow, "ergate.wait.reason": reason}
             yield Observation(counts[(workflow, reason)], attributes)
+
+
+def _waiting(rt: Runtime) -> Counter[tuple[str, str]]:
+    return Counter(
+        (job.workflow_name, reason)
+        for job in every_job(rt, _WAITING_QUERY)
+        if (reason := job.waiting_reason) is not None
+    )
 
 
 def stamp_publish(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
