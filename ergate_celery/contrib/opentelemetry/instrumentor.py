@@ -44,12 +44,15 @@ class ErgateInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             job_metrics.count_waiting = True
 
         self._in_beat = in_beat
+        self._metrics = job_metrics
         beat_init.connect(in_beat, weak=False)
         before_task_publish.connect(stamp_publish, weak=False)
         observing.observer = TracingObserver(tracer, job_metrics)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         observing.observer = None
+        # The meter keeps the gauge's callback: it must count nothing any more.
+        self._metrics.count_waiting = False
         before_task_publish.disconnect(stamp_publish)
         beat_init.disconnect(self._in_beat)
 
