@@ -27,7 +27,7 @@ from celery.exceptions import Retry
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Link, Span, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ergate_celery.contrib.opentelemetry.metrics import JobMetrics
@@ -86,9 +86,7 @@ class TracingObserver:
         parent = _W3C.extract(job.trace_context) if job.trace_context else None
         attributes = {"ergate.job.id": str(job.id), "ergate.workflow": job.workflow_name}
         name = f"ergate submit {job.workflow_name}"
-        with self.tracer.start_as_current_span(
-            name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes
-        ) as span:
+        with self.tracer.start_as_current_span(name, context=parent, attributes=attributes) as span:
             carrier: dict[str, str] = {}
             _W3C.inject(carrier)
             yield job.model_copy(update={"trace_context": carrier or None})
