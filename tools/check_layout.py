@@ -4,6 +4,7 @@
 - every package's `__init__` has a docstring saying what lives there and what it may import;
 - each folder imports only the folders its docstring allows (the table below);
 - `model/` and `lifecycle/` import no Celery, kombu, backend client or Django;
+- only `contrib/opentelemetry/` imports OpenTelemetry (nothing is paid when it is not used);
 - no import cycle between the package's modules at run time: an import inside a function
   counts, only imports under `if TYPE_CHECKING:` are free.
 """
@@ -58,6 +59,9 @@ ALLOWED: dict[str, set[str] | None] = {
     "contrib": None,
 }
 PURE = {"model", "lifecycle"}
+#: The one place that may import OpenTelemetry: the rest reaches it through `worker/observing`.
+TELEMETRY = "opentelemetry"
+TELEMETRY_HOME = f"{PACKAGE}.contrib.opentelemetry"
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -136,6 +140,11 @@ def check(root: Path) -> list[str]:
             top_name = target.split(".")[0]
             if folder in PURE and top_name in HEAVY:
                 problems.append(f"{where}:{line}: imports {target} ({folder}/ stays pure)")
+            if top_name == TELEMETRY and not name.startswith(TELEMETRY_HOME):
+                problems.append(
+                    f"{where}:{line}: imports {target}; only {TELEMETRY_HOME} may (hook in "
+                    "through worker/observing.py)"
+                )
             if top_name != PACKAGE or target == PACKAGE:
                 if target == PACKAGE and name != PACKAGE:
                     problems.append(

@@ -56,6 +56,12 @@ class Wait(BaseModel):
     signal: str | None = None
     """The signal name waited for; None for a sleep."""
 
+    @property
+    def reason(self) -> str:
+        """What it waits for, as one word: `signal` or `sleep` (a new kind of wait names itself
+        here; metrics and the console group waiting jobs by it)."""
+        return "signal" if self.signal is not None else "sleep"
+
     def describe(self) -> str:
         """One line: what, and until when."""
         what = f"signal {self.signal!r}" if self.signal is not None else "a sleep to end"
@@ -119,6 +125,20 @@ class Job(BaseModel):
     parked: bool = False
     """QUEUED with no message in the broker: its workflow was paused when the step was due;
     `resume_workflow` publishes it."""
+    trace_context: dict[str, str] | None = None
+    """The W3C trace context (`traceparent`, `tracestate`) of the span that submitted the job,
+    set when tracing is on: every later span of the job joins that trace. A child job given
+    its parent's lands in its parent's trace."""
+
+    @property
+    def waiting_reason(self) -> str | None:
+        """Why the job waits without a step running or queued, as one word (`scheduled`,
+        `sleep`, `signal`, `paused`, or the reason of its `wait`); None when it does not wait."""
+        if self.parked:
+            return "paused"
+        if self.status is not JobStatus.SCHEDULED:
+            return None
+        return "scheduled" if self.wait is None else self.wait.reason
 
     @computed_field  # type: ignore[prop-decorator]
     @property

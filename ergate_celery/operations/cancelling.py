@@ -6,6 +6,7 @@ from __future__ import annotations
 from ergate_celery.lifecycle.events import Cancel
 from ergate_celery.model.job import Job
 from ergate_celery.operations.reading import job_not_found, reading
+from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
 #: The `sender` of the announcements of `cancel_job`.
@@ -14,7 +15,7 @@ CANCEL_SENDER = "ergate.cancel_job"
 
 def cancel_job(rt: Runtime, job_id: str) -> Job:
     """Cancel a job; returns it as it is now, from the one read of the change."""
-    with reading(job_id):
+    with observing.operating(CANCEL_SENDER, job_id), reading(job_id):
         before, after = rt.apply(job_id, Cancel(), sender=CANCEL_SENDER)
     if after is not None:
         return after

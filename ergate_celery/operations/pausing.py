@@ -10,6 +10,7 @@ from ergate_celery.lifecycle.events import Unpark
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.operations.listing import every_job
 from ergate_celery.stores.listing import JobQuery
+from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
@@ -50,8 +51,9 @@ def _publish_parked(rt: Runtime, workflow_name: str) -> int:
     for job in list(every_job(rt, query)):
         if not job.parked:
             continue
-        after = rt.apply(str(job.id), Unpark(), sender=RESUME_SENDER).after
-        if after is not None:
-            rt.publish_current_step(after, RESUME_SENDER)
-            published += 1
+        with observing.operating(RESUME_SENDER, str(job.id)):
+            after = rt.apply(str(job.id), Unpark(), sender=RESUME_SENDER).after
+            if after is not None:
+                rt.publish_current_step(after, RESUME_SENDER)
+                published += 1
     return published

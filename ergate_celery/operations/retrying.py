@@ -17,6 +17,7 @@ from ergate_celery.model.job_status import RETRYABLE_STATUSES, JobStatus
 from ergate_celery.operations.listing import StatusFilter, every_job
 from ergate_celery.operations.reading import job_not_found, reading
 from ergate_celery.stores.listing import JobQuery, job_query
+from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
 #: The `sender` of the announcements of `retry_job`.
@@ -26,18 +27,19 @@ RETRY_SENDER = "ergate.retry_job"
 def retry_job(rt: Runtime, job_id: str) -> Job:
     """Send a FAILED, ABORTED or CANCELLED job back to the step it stopped at; the job as
     written. `JobNotFoundError` or `JobStateError` change nothing."""
-    with reading(job_id):
-        before, after = rt.apply(job_id, RetryRequested(), sender=RETRY_SENDER)
-    if after is None:
-        if before is None:
-            raise job_not_found(job_id)
-        raise JobStateError(
-            f"Job {job_id!r} is {before.status.name}; only FAILED, ABORTED or CANCELLED jobs "
-            "can be retried"
-        )
-    if after.status is JobStatus.QUEUED:
-        rt.publish_current_step(after, RETRY_SENDER)
-    return after
+    with observing.operating(RETRY_SENDER, job_id):
+        with reading(job_id):
+            before, after = rt.apply(job_id, RetryRequested(), sender=RETRY_SENDER)
+        if after is None:
+            if before is None:
+                raise job_not_found(job_id)
+            raise JobStateError(
+                f"Job {job_id!r} is {before.status.name}; only FAILED, ABORTED or CANCELLED "
+                "jobs can be retried"
+            )
+        if after.status is JobStatus.QUEUED:
+            rt.publish_current_step(after, RETRY_SENDER)
+        return after
 
 
 def retry_query(status: StatusFilter, workflow: str | None, since: datetime | None) -> JobQuery:

@@ -11,6 +11,7 @@ from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.operations.reading import check_id, job_not_found, reading
 from ergate_celery.transactions import in_django_transaction, on_commit
+from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
 #: The `sender` of the announcements of `signal_job`.
@@ -51,6 +52,11 @@ def signal_job(
     check_id(job_id)
     check_signal_name(name)
     check_payload(payload, rt.settings.max_payload_bytes)
+    with observing.operating(SIGNAL_SENDER, job_id):
+        return _signal(rt, job_id, name, payload, publish_on_commit)
+
+
+def _signal(rt: Runtime, job_id: str, name: str, payload: Any, publish_on_commit: bool) -> Job:
     with reading(job_id):
         before, after = rt.apply(job_id, Signalled(name, payload), sender=SIGNAL_SENDER)
     if before is None:

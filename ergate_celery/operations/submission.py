@@ -18,6 +18,7 @@ from ergate_celery.model.json_values import non_json, parses_back
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.stores.listing import check_tags, utc_moment
 from ergate_celery.transactions import in_django_transaction, on_commit
+from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
@@ -141,6 +142,14 @@ def submit(rt: Runtime, job: Job, *, publish_on_commit: bool = True) -> Job:
     store outside the transaction, as a test's memory store). A publish that fails removes
     the job again.
     """
+    observer = observing.observer
+    if observer is None:
+        return _submit(rt, job, publish_on_commit)
+    with observer.submitting(job) as observed:
+        return _submit(rt, observed, publish_on_commit)
+
+
+def _submit(rt: Runtime, job: Job, publish_on_commit: bool) -> Job:
     if publish_on_commit and in_django_transaction():
         pending = job.model_copy(update={"status": JobStatus.PENDING})
         rt.store.create(pending)
@@ -157,6 +166,7 @@ def submit(rt: Runtime, job: Job, *, publish_on_commit: bool = True) -> Job:
 
 
 def _hand_over(rt: Runtime, job_id: str, status: JobStatus) -> None:
-    job = rt.apply(job_id, HandOver(status), sender=SUBMIT_SENDER).after
-    if job is not None and job.status is JobStatus.QUEUED:
-        rt.publish_current_step(job, SUBMIT_SENDER)
+    with observing.operating(SUBMIT_SENDER, job_id):
+        job = rt.apply(job_id, HandOver(status), sender=SUBMIT_SENDER).after
+        if job is not None and job.status is JobStatus.QUEUED:
+            rt.publish_current_step(job, SUBMIT_SENDER)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from ergate_celery.lifecycle.events import Release
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.base import SCHEDULED, UNREADABLE, IndexEntry
+from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
@@ -40,6 +41,11 @@ def release_due_jobs(rt: Runtime, now: datetime | None = None) -> int:
 
 def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | None:
     """The status the job moved to, JobStatus.SCHEDULED for a dropped entry, None if kept."""
+    with observing.operating(RELEASE_TASK, entry.job_id):
+        return _release(rt, entry, now)
+
+
+def _release(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | None:
     try:
         paused = rt.paused.current() if rt.paused is not None else frozenset()
         before, after = rt.apply(entry.job_id, Release(paused), sender=RELEASE_TASK, now=now)

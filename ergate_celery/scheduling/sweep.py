@@ -14,6 +14,7 @@ from ergate_celery.lifecycle.events import Recover
 from ergate_celery.model.job_status import ACTIVE_STATUSES, JobStatus
 from ergate_celery.scheduling.release import drop_entry
 from ergate_celery.stores.base import ACTIVE, UNREADABLE, IndexEntry
+from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
@@ -43,8 +44,14 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
     settings = rt.settings
     idle = (now - entry.at).total_seconds()
     event = Recover(seen, settings.stuck_action, idle, settings.max_step_attempts)
+    with observing.operating(RECOVER_TASK, entry.job_id):
+        return _apply(rt, entry.job_id, event, now)
+
+
+def _apply(rt: Runtime, job_id: str, event: Recover, now: datetime) -> int:
+    seen = event.seen
     try:
-        recovered = rt.apply(entry.job_id, event, sender=RECOVER_TASK, now=now).after
+        recovered = rt.apply(job_id, event, sender=RECOVER_TASK, now=now).after
         if recovered is None:
             return 0
         logger.warning("Stuck job %s: %s", seen.id, recovered.recoveries[-1])

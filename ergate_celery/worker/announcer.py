@@ -1,9 +1,10 @@
 """The one place that tells the world a job changed: signals, Celery events and a log line.
 
 Every status change, whoever makes it, is announced here after it is stored, from the pair
-(job before, job after): which signals go out follows from that pair alone, so a worker, beat,
-the sweep and `cancel_job` in a web process announce alike. Announcing never fails the caller:
-a receiver or an event publish that raises is logged and passed over.
+(job before, job after), and handed to the observer when one is set (`observing.py`): which
+signals go out follows from that pair alone, so a worker, beat, the sweep and `cancel_job` in
+a web process announce alike. Announcing never fails the caller: a receiver, an observer or
+an event publish that raises is logged and passed over.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from celery.utils.dispatch import Signal
 from ergate_celery import signals
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.worker import observing
 
 logger = logging.getLogger("ergate_celery")
 
@@ -76,6 +78,12 @@ class Announcer:
         `task`, when given, is the running Celery task whose event dispatcher to use.
         """
         self._log(before, after, sender)
+        observer = observing.observer
+        if observer is not None:
+            try:
+                observer.changed(before, after, sender, task)
+            except Exception:
+                logger.exception("The observer failed on a change of job %s", after.id)
         for signal in signals_for(before, after):
             try:
                 signal.send(sender=sender, job=after)

@@ -26,6 +26,7 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
+from ergate_celery.worker import observing
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -45,7 +46,11 @@ def execute_step(
     except ValidationError as exc:
         return reject(rt, task, step, payload, not_a_job(exc))
     try:
-        return _execute(rt, step, task, message)
+        observer = observing.observer
+        if observer is None:
+            return _execute(rt, step, task, message)
+        with observer.running_step(str(message.id), step.task_name):
+            return _execute(rt, step, task, message)
     except InvalidInputError as exc:
         if not exc.oversized:
             raise
