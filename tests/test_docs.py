@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, fields
@@ -22,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from ergate_celery.settings import ErgateSettings
+
+from .support import run_captured, user_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -34,7 +35,6 @@ FENCE = re.compile(
 MARKER = re.compile(r"<!-- (?P<kind>fragment|file)(?:: (?P<path>[^>]+?))? -->")
 # "issue 26", "issues #12", "kombu#337", "#26": what a user of the docs cannot look up.
 ISSUE_REFERENCE = re.compile(r"(?i)\bissues?\s*#?\d+|\w#\d+\b|(?<![\w&])#\d{2,}\b")
-SITE_BUILD_TIMEOUT = 120
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,6 @@ def blocks_of(page: Path) -> list[Block]:
     return found
 
 
-def user_env() -> dict[str, str]:
-    """What a user's shell has: no checkout on PYTHONPATH."""
-    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-
-
 def write_files(page: Path, folder: Path) -> list[str]:
     """The page's `<!-- file: PATH -->` blocks written into `folder`; their paths."""
     paths = []
@@ -84,26 +79,24 @@ def write_files(page: Path, folder: Path) -> list[str]:
     return paths
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
+def script_of(page: Path) -> str:
+    """The page's python blocks that run, in order, as one script ("" when none does)."""
+    return "\n".join(
+        f"# {page.name}, line {block.line}\n{block.body}"
+        for block in blocks_of(page)
+        if block.lang == "python" and block.marker is None
+    )
+
+
+RUNNABLE = [page for page in PAGES if script_of(page)]
+
+
+@pytest.mark.parametrize("page", RUNNABLE, ids=[page.name for page in RUNNABLE])
 def test_page_code_runs_as_written(page: Path, tmp_path: Path) -> None:
     write_files(page, tmp_path)
-    script = []
-    for block in blocks_of(page):
-        if block.lang == "python" and block.marker is None:
-            script.append(f"# {page.name}, line {block.line}\n{block.body}")
-    if not script:
-        pytest.skip(f"{page.name} has no python block to run")
-    (tmp_path / "page.py").write_text("\n".join(script))
+    (tmp_path / "page.py").write_text(script_of(page))
 
-    result = subprocess.run(
-        [sys.executable, "page.py"],
-        cwd=tmp_path,
-        env=user_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_captured([sys.executable, "page.py"], tmp_path, user_env())
 
     assert result.returncode == 0, (
         f"the python blocks of docs/{page.name} failed (mark a block that is a piece of a "
@@ -122,14 +115,8 @@ def test_testing_page_project_passes_its_own_tests(tmp_path: Path) -> None:
     ]
     (tmp_path / "shop" / "__init__.py").write_text("")
 
-    result = subprocess.run(
-        [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider"],
-        cwd=tmp_path,
-        env=user_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_captured(
+        [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider"], tmp_path, user_env()
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -164,14 +151,8 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     mkdocs = shutil.which("mkdocs", path=str(BIN))
     assert mkdocs is not None, "mkdocs is missing: pip install -e '.[docs]' (make install)"
 
-    result = subprocess.run(
-        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SITE_BUILD_TIMEOUT,
-        check=False,
-    )
+    site = tmp_path / "site"
+    result = run_captured([mkdocs, "build", "--strict", "--site-dir", str(site)], ROOT, os.environ)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "site" / "api" / "index.html").exists()
+    assert (site / "api" / "index.html").exists()

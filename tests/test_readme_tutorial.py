@@ -9,7 +9,6 @@ Redis database of the run (`REDIS_URL`, which the tutorial's app module reads).
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from .services import RedisService
-from .support import run_captured
+from .support import run_captured, user_env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent
@@ -66,11 +65,6 @@ def command(line: str) -> list[str]:
     """A README command line with its program taken from this venv (`celery`, `python`)."""
     program, *args = shlex.split(line)
     return [str(BIN / program), *args]
-
-
-def user_env() -> dict[str, str]:
-    """What a user's shell has: no checkout on PYTHONPATH."""
-    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
 def run_to_end(line: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
