@@ -56,10 +56,11 @@ COMPAT_TESTS := tests/unit tests/test_django_console.py tests/test_django_db_bac
 	tests/test_store_django_postgres.py tests/test_example_project.py
 
 test-compat: $(foreach v,$(COMPAT_DJANGO),.venv-django$(v)/.installed)
-	@for v in $(COMPAT_DJANGO); do \
-		echo "== Django $$v: $$(.venv-django$$v/bin/python -m django --version)"; \
-		.venv-django$$v/bin/python -m pytest -p no:cacheprovider $(COMPAT_TESTS) || exit 1; \
-	done
+	@failed=""; for v in $(COMPAT_DJANGO); do \
+		echo "== Django $$(.venv-django$$v/bin/python -m django --version)"; \
+		.venv-django$$v/bin/python -m pytest -p no:cacheprovider $(COMPAT_TESTS) || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "failed on Django$$failed"; exit 1; fi
 
 .venv-django%/.installed: setup.cfg pyproject.toml
 	rm -rf .venv-django$*
