@@ -14,7 +14,7 @@ STUCK_ACTIONS = ("requeue", "fail")
 
 @dataclass(frozen=True, slots=True)
 class ErgateSettings:
-    """The settings with their defaults; see the README's settings table."""
+    """The settings with their defaults; see the settings page of the docs."""
 
     #: Acknowledge a step's message only after the step ran, so a lost worker's step reruns.
     acks_late: bool = True

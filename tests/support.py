@@ -136,6 +136,11 @@ def run_captured(
     return run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def user_env() -> dict[str, str]:
+    """What a user's shell has: no checkout on PYTHONPATH."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
 def services_for(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
     """The service fixtures setup `name` runs on (the test skips when one is down)."""
     return {

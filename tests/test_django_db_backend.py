@@ -1,6 +1,6 @@
 """Jobs stored through django-celery-results (`result_backend = "django-db"`) on a real worker;
 step task results in its admin carry their task name, as every task does with
-`result_extended` on (the README's Django section and the example turn it on)."""
+`result_extended` on (the docs' Django page and the example turn it on)."""
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta

@@ -174,7 +174,7 @@ def test_a_retry_racing_the_sweep_ends_in_one_state(setup: Setup, worker: Any) -
     entry, or the job moved on); requeue it QUEUED — a second message for the same step,
     dropped at its claim, so the step still runs once; or requeue it RUNNING, which it cannot
     tell from a hung step — the step runs once more and only one of the two outcomes is
-    stored (the at-least-once rule of the README). Steps before the retried one never run
+    stored (the at-least-once rule of the docs' guarantees). Steps before the retried one never run
     again, and each stored outcome is one timing.
     """
     runs: Counter[tuple[str, str]] = Counter()

@@ -1,18 +1,14 @@
-"""The README's five-minute tutorial, and its section on testing workflows, run as written.
+"""The README's five-minute tutorial, run as written (the docs site shows the same section).
 
 The tutorial's marked blocks are the project: `<!-- layout -->` lists the files, each
 `<!-- file: PATH -->` block is one of them, `<!-- commands -->` holds the commands of step 3
 and `<!-- output: COMMAND -->` what step 4 prints. The files go into an empty folder; the
 commands run from there with the venv's `celery` script, as a user runs them, on the tests'
 Redis database of the run (`REDIS_URL`, which the tutorial's app module reads).
-
-The testing section's `<!-- file: PATH -->` blocks are a project with its tests: they go into
-an empty folder, where the venv's `pytest` runs them as a user would, with no server.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -25,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from .services import RedisService
-from .support import run_captured
+from .support import run_captured, user_env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent
@@ -37,10 +33,10 @@ MARKED_BLOCK = re.compile(
 WAIT = 60.0
 
 
-def tutorial_blocks(title: str = "Five-minute tutorial") -> dict[tuple[str, str], str]:
-    """The marked code blocks of a section (the tutorial's by default), by (kind, name)."""
+def tutorial_blocks() -> dict[tuple[str, str], str]:
+    """The marked code blocks of the tutorial, by (kind, name)."""
     text = README.read_text()
-    start = text.index(f"## {title}")
+    start = text.index("## Five-minute tutorial")
     section = text[start : text.index("\n## ", start)]
     blocks: dict[tuple[str, str], str] = {}
     for match in MARKED_BLOCK.finditer(section):
@@ -69,11 +65,6 @@ def command(line: str) -> list[str]:
     """A README command line with its program taken from this venv (`celery`, `python`)."""
     program, *args = shlex.split(line)
     return [str(BIN / program), *args]
-
-
-def user_env() -> dict[str, str]:
-    """What a user's shell has: no checkout on PYTHONPATH."""
-    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
 def run_to_end(line: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -146,22 +137,3 @@ def test_readme_tutorial_runs_as_written(tmp_path: Path, redis_db: str) -> None:
     assert result.stdout == expected
     for step in ("validate", "charge", "ship", "refund"):
         assert f"  . ergate.process_order.{step}\n" in worker_log  # listed under [tasks]
-
-
-def test_readme_testing_section_runs_as_written(tmp_path: Path) -> None:
-    blocks = tutorial_blocks("Testing your workflows")
-    files = {name: body for (kind, name), body in blocks.items() if kind == "file"}
-    assert sorted(files) == [
-        "conftest.py",
-        "shop/workflows.py",
-        "tests/test_refunds.py",
-        "tests/test_with_a_worker.py",
-    ]
-    for path, body in {**files, "shop/__init__.py": ""}.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(body)
-
-    result = run_to_end("pytest -q -p no:cacheprovider", tmp_path, user_env())
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout

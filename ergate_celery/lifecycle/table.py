@@ -1,6 +1,6 @@
 """The job lifecycle as a table: one row per (status, event, condition) and the status it
 leads to. `tests/unit/test_lifecycle.py` checks every row against `lifecycle.transition`, and
-`mermaid()` prints the README's state diagram from it, so neither can drift.
+`mermaid()` prints the docs' state diagram from it, so neither can drift.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ LIFECYCLE: tuple[Row, ...] = tuple(_rows())
 
 
 def mermaid() -> str:
-    """The state diagram of `LIFECYCLE` in Mermaid, as the README shows it."""
+    """The state diagram of `LIFECYCLE` in Mermaid, as the docs' concepts page shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
         quiet = ("ProgressReported", "Yield", "Signalled")  # the status stays: not an edge

@@ -4,7 +4,7 @@ Whoever changes a job describes what happened as one of the events of `events.py
 it to `transition`, inside the store's compare-and-set. None means "leave the record as it
 is": the event does not apply to the job as it is stored now. Nothing here reads a clock, a
 store or Celery, so the whole lifecycle is tested as a table (`table.LIFECYCLE`), and the
-README's state diagram is printed from that table.
+docs' state diagram is printed from that table.
 """
 
 from __future__ import annotations

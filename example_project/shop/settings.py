@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import django
 from django.core.exceptions import ImproperlyConfigured
 from ergate_celery.embedded.broker import embedded_broker_settings
 
@@ -90,14 +91,14 @@ def database_from_url(url: str) -> dict[str, Any]:
 
 def sqlite_database(path: Path) -> dict[str, Any]:
     """SQLite set up for several processes (web, workers) writing at once."""
+    options: dict[str, Any] = {"timeout": 30}  # wait for another process's write, not fail
+    if django.VERSION >= (5, 1):  # the first Django with these two SQLite options
+        options["transaction_mode"] = "IMMEDIATE"  # take the write lock when a transaction starts
+        options["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": path,
-        "OPTIONS": {
-            "timeout": 30,  # wait for another process's write instead of failing
-            "transaction_mode": "IMMEDIATE",  # take the write lock when a transaction starts
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
-        },
+        "OPTIONS": options,
         # Tests get a file of their own too, so that worker threads share it.
         "TEST": {"NAME": path.with_name(f"test-{path.name}")},
     }

@@ -1,5 +1,5 @@
 """The job lifecycle as a table, without Celery: every (status, event, condition) row of
-`LIFECYCLE` is what `transition` does, and the README's state diagram is printed from it."""
+`LIFECYCLE` is what `transition` does, and the docs' state diagram is printed from it."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from ergate_celery.model.job_status import JobStatus
 
 S = JobStatus
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONCEPTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "concepts.md"
 
 
 def _stored(status: JobStatus, **fields: Any) -> Job:
@@ -330,11 +330,11 @@ def test_not_an_event_is_a_type_error() -> None:
         transition(_stored(S.QUEUED), "Release", NOW)  # type: ignore[arg-type]
 
 
-def test_readme_shows_the_generated_state_diagram() -> None:
-    text = README.read_text()
+def test_docs_show_the_generated_state_diagram() -> None:
+    text = CONCEPTS_PAGE.read_text()
     assert f"```mermaid\n{mermaid()}```" in text, (
-        "README.md's state diagram is stale: paste ergate_celery.lifecycle.table.mermaid() "
-        "into its ```mermaid block"
+        "docs/concepts.md's state diagram is stale: paste "
+        "ergate_celery.lifecycle.table.mermaid() into its ```mermaid block"
     )
 
 

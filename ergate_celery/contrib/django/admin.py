@@ -183,8 +183,11 @@ class ErgateJobAdmin(admin.ModelAdmin):
         if len(refused) > 10:
             self.message_user(request, f"… and {len(refused) - 10} more.", messages.WARNING)
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions: dict[str, Any] = super().get_actions(request)
+    # Django 6.1 says where the actions show (change list or change form) and warns about an
+    # override without that parameter; Django before 6.1 has no such parameter.
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        where = {} if action_location is None else {"action_location": action_location}
+        actions: dict[str, Any] = super().get_actions(request, **where)
         if "delete_selected" in actions:
             actions["delete_selected"] = (
                 ErgateJobAdmin.delete_finished,
