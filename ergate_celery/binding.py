@@ -253,7 +253,8 @@ class ErgateCelery:
         return signalling.signal_job(self._here(), job_id, name, payload)
 
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
-        """Block until the job is final and return it; `TimeoutError` after `timeout` s."""
+        """Block until the job is final and return it; `JobTimeoutError` (both Python's and
+        Celery's `TimeoutError`) after `timeout` s."""
         return reading.wait_for_job(self._here(), job_id, timeout)
 
     # Operations ---------------------------------------------------------------------------

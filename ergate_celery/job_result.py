@@ -23,7 +23,7 @@ from celery import Celery, states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, assert_will_not_block  # type: ignore[attr-defined]
 
-from ergate_celery.exceptions import ErgateError, JobFailedError
+from ergate_celery.exceptions import ErgateError, JobFailedError, JobTimeoutError
 from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
 from ergate_celery.worker.runtime import Runtime
 
@@ -86,13 +86,13 @@ class JobResult(AsyncResult):  # type: ignore[type-arg]
 
 
 def wait_for_record(rt: Runtime, job_id: str, timeout: float | None, propagate: bool) -> Any:
-    """What `get()` returns for a job: its JSON once final; Celery's TimeoutError after
-    `timeout` seconds."""
+    """What `get()` returns for a job: its JSON once final; `JobTimeoutError` (Celery's
+    TimeoutError, and Python's) after `timeout` seconds."""
     job = rt.store.wait_final(job_id, timeout, rt.settings.wait_poll_interval)
     if job is None:
         raise CeleryTimeoutError(f"Job {job_id!r} is gone (deleted, or expired)")
     if not job.is_final:
-        raise CeleryTimeoutError(
+        raise JobTimeoutError(
             f"Job {job_id!r} is still {job.status.name} after {timeout} s "
             "(AsyncResult.get() of a job waits as ergate_celery's wait_for_job does)"
         )

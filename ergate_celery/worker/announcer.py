@@ -101,8 +101,12 @@ class Announcer:
             )
             return
         # Final and cancelling changes are what an operator looks for; the step-to-step
-        # QUEUED/RUNNING changes would double a busy worker's log.
-        quiet = not after.is_final and after.status is not JobStatus.CANCELLING
+        # QUEUED/RUNNING changes would double a busy worker's log, and so would the progress
+        # a cancelling step still reports.
+        cancelling = after.status is JobStatus.CANCELLING and (
+            before is None or before.status is not JobStatus.CANCELLING
+        )
+        quiet = not after.is_final and not cancelling
         level = logging.DEBUG if quiet else logging.INFO
         logger.log(
             level, "Job %s %s -> %s at step %s (%s)", after.id, was, after.status.name, step, sender
