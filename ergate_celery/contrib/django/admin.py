@@ -25,8 +25,8 @@ from ergate_celery.binding import ErgateCelery
 from ergate_celery.contrib.django.job_display import current_step, display
 from ergate_celery.contrib.django.models import ErgateJob, JobTag
 from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
-from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
 from ergate_celery.model.job import Job
+from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
 from ergate_celery.scheduling.overdue import overdue_note
 from ergate_celery.stores.base import job_from_document
 
@@ -38,27 +38,29 @@ DATE_FORMAT = "Y-m-d H:i:s"
 def shown_date(value: datetime | str | None) -> str:
     """A stored moment (a datetime, or the ISO text of the job's JSON) in `DATE_FORMAT`, in
     the current time zone; "—" when there is none."""
+    moment = value
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except ValueError:
             return value
-    if value is None:
+    if not isinstance(moment, datetime):
         return "—"
-    if timezone.is_aware(value):
-        value = timezone.localtime(value)
-    return str(dateformat.format(value, DATE_FORMAT))
+    if timezone.is_aware(moment):
+        moment = timezone.localtime(moment)
+    return str(dateformat.format(moment, DATE_FORMAT))
 
 
 class JobChangeList(ChangeList):
     """Links each row to its job page by job id, not by row number."""
 
     def url_for_result(self, result: Model) -> str:
-        return reverse(
+        url: str = reverse(
             f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
-            args=(quote(result.task_id),),  # type: ignore[attr-defined]
+            args=(quote(result.task_id),),
             current_app=self.model_admin.admin_site.name,
         )
+        return url
 
 
 class StatusFilter(admin.SimpleListFilter):
