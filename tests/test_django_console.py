@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from ergate_celery import ErgateCelery, Job, JobStatus, Workflow
+from ergate_celery import ErgateCelery, Job, JobStatus, Wait, Workflow
 
 from .services import RedisService
 
@@ -176,6 +176,32 @@ def test_the_console_needs_the_admins_permissions_on_jobs(ergate: ErgateCelery) 
     assert 'value="cancel"' in operator.get(f"/ergate/jobs/{waiting.id}/").content.decode()
     operator.post(f"/ergate/jobs/{waiting.id}/", {"action": "cancel"})
     assert ergate.get_job(str(waiting.id)).status is JobStatus.CANCELLED
+
+
+@pytest.mark.parametrize("ergate", ["redis"], indirect=True)
+def test_the_console_says_which_waits_are_overdue(ergate: ErgateCelery) -> None:
+    ended = datetime.now(UTC) - timedelta(seconds=30)
+    for job_id, signal in (("slept", None), ("timed-out", "ok")):
+        ergate.store.create(
+            Job(
+                id=job_id,
+                workflow_name="flaky",
+                status=JobStatus.SCHEDULED,
+                current_step=1,
+                current_step_name="finish",
+                steps_completed=1,
+                submitted_at=ended - timedelta(minutes=1),
+                wait=Wait(
+                    step="check", since=ended - timedelta(minutes=1), until=ended, signal=signal
+                ),
+            )
+        )
+    client = _client()
+    listing = client.get("/ergate/").content.decode()
+    assert "(its sleep ended) — is celery beat running?" in listing
+    assert "(its signal wait timed out) — is celery beat running?" in listing
+    page = client.get("/ergate/jobs/slept/").content.decode()
+    assert re.search(r'data-field="overdue">overdue by \d+ s \(its sleep ended\)', page)
 
 
 def test_the_console_lists_filters_and_pages_jobs(
