@@ -18,7 +18,7 @@ from ergate_celery import signals
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: The Celery event type sent with each lifecycle signal when worker events are on.
 EVENT_TYPES: dict[Signal, str] = {

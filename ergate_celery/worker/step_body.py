@@ -33,7 +33,7 @@ from ergate_celery.worker.retry_policy import retry_delay, should_retry
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import display_options, own_result, reply, summary
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 
 def execute_step(

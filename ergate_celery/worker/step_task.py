@@ -21,7 +21,7 @@ from ergate_celery.worker.step_body import execute_step
 if TYPE_CHECKING:
     from ergate_celery.binding import ErgateCelery
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 # Retries are decided in the step body (a retry must stay the same step), so these step
 # options are not handed to Celery's own autoretry wrapper.
