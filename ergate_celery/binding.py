@@ -114,9 +114,9 @@ class ErgateCelery:
     def _here(self) -> Runtime:
         """The runtime, for an operation in this thread."""
         rt = self.runtime
-        # Celery keeps a backend per thread: make this thread's one know job statuses, so a
-        # plain AsyncResult made here never waits forever for a job (once per backend).
-        job_result.adapt_backend(self.app.backend, rt)
+        # A backend made before ErgateCelery(app) gave the app its backend factory (which
+        # adapts every later one) learns job statuses here (once per backend).
+        job_result.adapt_backend(self.app.backend, lambda: rt)
         return rt
 
     @property
