@@ -393,6 +393,7 @@ def test_admin_job_page_reads_as_a_job(ergate: ErgateCelery) -> None:
     assert "RuntimeError</strong>: warehouse offline" in page
     assert "Traceback (most recent call last)" in page
     assert '<div class="bar failed"' in page
+    assert re.search(r'title="FAILED at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"', page)  # one format
     assert '"workflow_name": "flaky"' not in page  # not the stored JSON
 
 
