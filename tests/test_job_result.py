@@ -96,6 +96,7 @@ other.join()
 """
 
 
+@pytest.mark.setup("redis")  # django-db: the manage.py shell test of test_example_project
 def test_plain_async_result_works_in_a_fresh_process_and_thread(setup: Setup, worker: Any) -> None:
     _register(setup)
     with worker():
