@@ -132,10 +132,11 @@ def adapt_backend(backend: Any, runtime: Callable[[], Runtime]) -> None:
 class JobBackendFactory:
     """What `ErgateCelery(app)` sets as the app's `backend_cls`: Celery calls it for each
     backend instance it makes (one per thread); it makes the backend the app's configuration
-    names (or the `backend_cls` the app had) and adapts it to job records."""
+    names (or the `backend_cls` the app had) and adapts it to job records, read through the
+    runtime of the app's `JobResult`. It holds no more than that `backend_cls`, so an app
+    pickles as before."""
 
-    def __init__(self, runtime: Callable[[], Runtime], given: Any = None) -> None:
-        self.runtime = runtime
+    def __init__(self, given: Any = None) -> None:
         #: The app's own `backend_cls`, if it had one (a class or its dotted name).
         self.given = given
 
@@ -143,7 +144,9 @@ class JobBackendFactory:
         found: Any = by_url(self.given or app.conf.result_backend, app.loader)
         backend_class, configured_url = found
         backend = backend_class(app=app, url=url or configured_url, **options)
-        adapt_backend(backend, self.runtime)
+        runtime = getattr(app.AsyncResult, "ergate_runtime", None)
+        if runtime is not None:  # an app unpickled elsewhere has no ErgateCelery
+            adapt_backend(backend, runtime)
         return backend
 
 
@@ -154,7 +157,7 @@ def install(app: Celery, runtime: Callable[[], Runtime]) -> None:
         JobResult, reverse="AsyncResult", ergate_runtime=staticmethod(runtime)
     )
     configurable: Any = app  # the stubs know `backend_cls` as a name only
-    configurable.backend_cls = JobBackendFactory(runtime, configurable.backend_cls)
+    configurable.backend_cls = JobBackendFactory(configurable.backend_cls)
     # Another thread's current app is Celery's default app: as Celery's Django fixup does,
     # the first current app becomes the default, so `AsyncResult(job_id)` (and the module-
     # level functions) find it in every thread.
