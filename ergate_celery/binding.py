@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from celery import Celery
 from celery.app import app_or_default
-from celery.signals import task_unknown, worker_init
+from celery.signals import worker_init
 
 from ergate_celery import job_result
 from ergate_celery.exceptions import ErgateError
@@ -24,11 +23,12 @@ from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore, store_for_backend
 from ergate_celery.stores.base import job_document
 from ergate_celery.stores.listing import JobPage, job_query
+from ergate_celery.worker import unknown_steps
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import display_options, step_task_id
-from ergate_celery.worker.step_task import fail_unknown_task, install_step
+from ergate_celery.worker.step_task import install_step
 
 _bindings: WeakKeyDictionary[Celery, ErgateCelery] = WeakKeyDictionary()
 
@@ -52,7 +52,7 @@ class ErgateCelery:
         beat.install(app, lambda: self.runtime, lambda: self.settings, self.submit_job)
         job_result.install(app, lambda: self.runtime)
         overdue.install(app, lambda: self.runtime)
-        task_unknown.connect(partial(fail_unknown_task, self), weak=False)
+        unknown_steps.install(self)
         worker_init.connect(self._on_worker_init, weak=False)
         self.registry.autodiscover_django(if_ready=True)
 
@@ -114,9 +114,9 @@ class ErgateCelery:
     def _here(self) -> Runtime:
         """The runtime, for an operation in this thread."""
         rt = self.runtime
-        # Celery keeps a backend per thread: make this thread's one know job statuses, so a
-        # plain AsyncResult made here never waits forever for a job (once per backend).
-        job_result.adapt_backend(self.app.backend, rt)
+        # A backend made before ErgateCelery(app) gave the app its backend factory (which
+        # adapts every later one) learns job statuses here (once per backend).
+        job_result.adapt_backend(self.app.backend, lambda: rt)
         return rt
 
     @property
@@ -253,7 +253,8 @@ class ErgateCelery:
         return signalling.signal_job(self._here(), job_id, name, payload)
 
     def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job:
-        """Block until the job is final and return it; `TimeoutError` after `timeout` s."""
+        """Block until the job is final and return it; `JobTimeoutError` (both Python's and
+        Celery's `TimeoutError`) after `timeout` s."""
         return reading.wait_for_job(self._here(), job_id, timeout)
 
     # Operations ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -21,9 +22,11 @@ __all__ = [
     "ImproperlyConfiguredError",
     "InvalidDefinitionError",
     "InvalidInputError",
+    "JobCancelled",
     "JobFailedError",
     "JobNotFoundError",
     "JobStateError",
+    "JobTimeoutError",
     "ReverseGoToError",
     "Sleep",
     "UnknownStepError",
@@ -90,6 +93,18 @@ class JobFailedError(ErgateError):
     def __init__(self, message: str, job: Job) -> None:
         super().__init__(message)
         self.job = job
+
+
+class JobTimeoutError(ErgateError, CeleryTimeoutError, TimeoutError):
+    """A job was not final within the time given: what `wait_for_job` and
+    `AsyncResult(job.id).get(timeout=...)` raise. It is both Python's `TimeoutError` and
+    `celery.exceptions.TimeoutError`, so either `except` catches it."""
+
+
+class JobCancelled(ErgateError):  # noqa: N818 - a flow-control signal, like AbortJob
+    """The job was cancelled while its step ran: `progress.report()` raises it, and a step
+    may raise it after `StepRun.cancel_requested()`. The step stops (its `finally` blocks and
+    dependencies' teardown run), no further step runs and the job ends CANCELLED."""
 
 
 class AbortJob(ErgateError):  # noqa: N818 - Ergate's public name

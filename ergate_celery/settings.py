@@ -54,6 +54,11 @@ class ErgateSettings:
     expires_by_status: dict[str, int] = default_factory_field(default_factory=dict)
     #: Seconds a worker trusts its copy of the paused workflows before reading them again.
     pause_refresh: float = 1.0
+    #: Seconds a step message that reaches workers without its step task (a worker that
+    #: never imported the workflows module, or an old worker during a deploy that adds the
+    #: workflow) is handed back to the queue for a worker that has it, before its job ends
+    #: FAILED with `UnknownStep`.
+    unknown_step_wait: float = 300.0
     #: Step runs kept in `job.timings`, the latest ones: the list travels in every step
     #: message and record write, so a long job would otherwise pay for all its past steps.
     timings_kept: int = 10

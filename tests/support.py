@@ -128,6 +128,16 @@ class Setup:
             timeout,
         )
 
+    def run_python(self, *args: str, timeout: float = 120) -> CompletedProcess[str]:
+        """Run `python <args>` in a fresh process on this setup (the apps of tests/apps/ read
+        its settings); output captured."""
+        return run_captured(
+            [sys.executable, *args],
+            ROOT,
+            {**os.environ, "ERGATE_TEST_CONF": json.dumps(self.conf), "PYTHONPATH": str(ROOT)},
+            timeout,
+        )
+
 
 def run_captured(
     args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = 120

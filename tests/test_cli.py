@@ -253,7 +253,10 @@ def test_graph_of_a_branching_workflow(cli: Setup) -> None:
         (["cli_steps", "--input", "{}", "--context", "[1,"], "--context is not valid JSON"),
         (["nope", "--input", "{}"], "UnknownWorkflowError: No workflow named 'nope'"),
         (["cli_steps", "--input", '"a string"'], "does not fit the input type"),
-        (["cli_steps", "--input", "{}", "--at", "next tuesday"], "--at is not an ISO 8601"),
+        (["cli_steps", "--input", "{}", "--at", "next tuesday"], "--at 'next tuesday' is not a"),
+        (["cli_steps", "--input", "{}", "--deadline", "1 h"], "--deadline '1 h' is not a"),
+        (["cli_steps", "--input", "{}", "--tag", "order"], "--tag 'order' is not KEY=VALUE"),
+        (["cli_steps", "--input", "{}", "--priority", "256"], "--priority"),
         (["cli_steps", "--input", "{}", "--id", "taken"], "DuplicateJobError"),
         (["cli_steps"], "Missing option '--input'"),
     ],
@@ -285,7 +288,7 @@ def test_other_bad_input(cli: Setup) -> None:
     assert ergate(cli, "list", "--status", "BOGUS").returncode == 2
     not_a_duration = ergate(cli, "list", "--since", "yesterday")
     assert not_a_duration.returncode == 2
-    assert "is not a duration" in not_a_duration.stderr
+    assert "is not a duration (30s, 15m, 1h, 2d, 1w) or an ISO 8601 date" in not_a_duration.stderr
     assert "is not KEY=VALUE" in ergate(cli, "list", "--tag", "order").stderr
     unknown = ergate(cli, "list", "--workflow", "nope")
     assert unknown.returncode == 2
@@ -321,3 +324,100 @@ def test_list_by_tag_and_since_retry_pause_resume(cli: Setup) -> None:
     resumed = ergate(cli, "resume", "cli_steps")
     assert resumed.returncode == 0, resumed.stderr
     assert cli.ergate.paused_workflows() == set()
+
+
+def test_submit_with_tags_priority_deadline_and_a_start_in_a_duration(cli: Setup) -> None:
+    before = datetime.now(UTC)
+    job_id = submitted(
+        cli,
+        "cli_steps",
+        "--input",
+        "{}",
+        "--at",
+        "30d",
+        "--deadline",
+        "2099-01-01T00:00:00+01:00",
+        "--tag",
+        "order=A-9",
+        "--tag",
+        "shop=eu",
+        "--priority",
+        "7",
+    )
+    job = cli.ergate.get_job(job_id)
+    assert job.status is JobStatus.SCHEDULED
+    assert (job.tags, job.priority) == ({"order": "A-9", "shop": "eu"}, 7)
+    assert job.deadline == datetime(2098, 12, 31, 23, 0, tzinfo=UTC)
+    assert job.requested_start_time is not None
+    assert (
+        before + timedelta(days=30)
+        <= job.requested_start_time
+        <= datetime.now(UTC) + timedelta(days=30)
+    )
+    since_a_date = ergate(cli, "list", "--since", before.date().isoformat(), "--json")
+    assert [row["id"] for row in json.loads(since_a_date.stdout)] == [job_id]
+
+
+def test_workflows_lists_the_registered_ones_and_which_are_paused(cli: Setup) -> None:
+    cli.ergate.pause_workflow("branchy")
+    done = ergate(cli, "workflows")
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()}
+    assert lines["branchy"] == "paused"
+    assert lines["cli_steps"] == "running"
+    assert "prepare → " in done.stdout
+    rows = {row["name"]: row for row in json.loads(ergate(cli, "workflows", "--json").stdout)}
+    assert rows["branchy"]["paused"] is True
+    assert rows["cli_steps"]["paused"] is False
+    assert rows["cli_steps"]["steps"][0] == "prepare"
+
+
+def test_hostile_input_is_one_error_line_and_exit_2(cli: Setup) -> None:
+    deep = "[" * 30_000 + "]" * 30_000
+    for args, message in (
+        (["list", "--since", "99999999999d"], "is out of range: write a shorter duration"),
+        (["list", "--since", "0001-01-01T00:00+05:00"], "a date between 0001-01-02 and"),
+        (["submit", "cli_steps", "--input", deep], "--input nests lists or objects too deeply"),
+        (["signal", "some-job", "go", "--payload", deep], "--payload nests lists or objects"),
+    ):
+        done = ergate(cli, *args)
+        assert done.returncode == 2, (args[:2], done.stderr[-500:])
+        assert done.stderr.startswith("Error: "), done.stderr[-500:]
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
+    broken = cli.run_celery(
+        "ergate", "submit", "cli_steps", "--input", "{}", module="tests.apps.broken_app"
+    )
+    assert broken.returncode == 2
+    assert broken.stderr.startswith("Error: the workflows of app 'broken_app' cannot be imported")
+    assert "RuntimeError: ORDERS_API_URL is not set" in broken.stderr
+    assert "Traceback" not in broken.stderr
+
+
+def test_commands_are_celery_commands_with_no_color_and_quiet(cli: Setup) -> None:
+    help_text = ergate(cli, "list", "--help").stdout
+    assert "Filters:" in help_text  # options grouped as Celery's own commands group theirs
+    assert "Output:" in help_text
+    cli.ergate.submit_job("cli_steps", initial_input_value={}, requested_start_time=FUTURE_DT)
+    cli.ergate.cancel_job(cli.ergate.list_jobs().jobs[0].id)
+    coloured = _on_a_terminal(cli, "ergate", "list")
+    assert "\x1b[" in coloured  # CANCELLED in colour on a terminal
+    assert "\x1b[" not in _on_a_terminal(cli, "--no-color", "ergate", "list")
+    cli.ergate.store.delete(str(cli.ergate.list_jobs().jobs[0].id))
+    assert "(no jobs)" in ergate(cli, "list").stderr
+    assert cli.run_celery("--quiet", "ergate", "list").stderr == ""
+
+
+def _on_a_terminal(setup: Setup, *args: str) -> str:
+    """What `celery -A tests.apps.beat_app <args>` prints with a terminal as its stdout."""
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "ERGATE_TEST_CONF": json.dumps(setup.conf), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "celery", "-A", "tests.apps.beat_app", *args]
+    with Popen(command, cwd=ROOT, env=env, stdout=secondary, stderr=PIPE) as process:
+        os.close(secondary)
+        try:
+            screen = _read_terminal(primary, WAIT)
+        finally:
+            os.close(primary)
+            process.wait(timeout=WAIT)
+    return screen.decode(errors="replace")

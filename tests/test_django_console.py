@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from ergate_celery import ErgateCelery, Job, JobStatus, Workflow
+from ergate_celery import ErgateCelery, Job, JobStatus, Wait, Workflow
 
 from .services import RedisService
 
@@ -88,11 +88,18 @@ def _empty_django_tables() -> None:
         model.objects.all().delete()
 
 
-def _client(username: str = "staff", *, staff: bool = True) -> Any:
-    from django.contrib.auth.models import User
+#: What a console user needs: to see, and to act (the admin's permissions on jobs).
+SEE, ACT = ["view_ergatejob"], ["view_ergatejob", "change_ergatejob"]
+
+
+def _client(username: str = "staff", *, staff: bool = True, perms: list[str] = ACT) -> Any:
+    from django.contrib.auth.models import Permission, User
     from django.test import Client
 
     user = User.objects.create_user(username, f"{username}@example.com", "pw", is_staff=staff)
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="ergate_celery", codename__in=perms)
+    )
     client = Client()
     client.force_login(user)
     return client
@@ -133,6 +140,68 @@ def test_the_console_refuses_anyone_but_staff(ergate: ErgateCelery) -> None:
             assert response["Location"].startswith("/admin/login/"), url
         assert client.post("/ergate/workflows/flaky/", {"action": "pause"}).status_code == 302
     assert ergate.paused_workflows() == set()
+
+
+@pytest.mark.parametrize("ergate", ["django_db"], indirect=True)
+def test_the_console_needs_the_admins_permissions_on_jobs(ergate: ErgateCelery) -> None:
+    waiting = _tomorrow(ergate, "P-1")
+    pages = [
+        "/ergate/",
+        "/ergate/workflows/",
+        "/ergate/workflows/flaky/",
+        f"/ergate/jobs/{waiting.id}/",
+    ]
+    actions = [
+        (f"/ergate/jobs/{waiting.id}/", "cancel"),
+        (f"/ergate/jobs/{waiting.id}/", "retry"),
+        ("/ergate/workflows/flaky/", "pause"),
+        ("/ergate/workflows/flaky/", "resume"),
+    ]
+    nobody = _client("nobody", perms=[])
+    for url in pages:
+        assert nobody.get(url).status_code == 403, url
+    for url, action in actions:
+        assert nobody.post(url, {"action": action}).status_code == 403, (url, action)
+    viewer = _client("viewer", perms=SEE)
+    for url in pages:
+        assert viewer.get(url).status_code == 200, url
+    job_page = viewer.get(f"/ergate/jobs/{waiting.id}/").content.decode()
+    assert 'value="cancel"' not in job_page  # no button for what it may not do
+    assert 'value="pause"' not in viewer.get("/ergate/workflows/flaky/").content.decode()
+    for url, action in actions:
+        assert viewer.post(url, {"action": action}).status_code == 403, (url, action)
+    assert ergate.get_job(str(waiting.id)).status is JobStatus.SCHEDULED
+    assert ergate.paused_workflows() == set()
+    operator = _client("operator", perms=ACT)
+    assert 'value="cancel"' in operator.get(f"/ergate/jobs/{waiting.id}/").content.decode()
+    operator.post(f"/ergate/jobs/{waiting.id}/", {"action": "cancel"})
+    assert ergate.get_job(str(waiting.id)).status is JobStatus.CANCELLED
+
+
+@pytest.mark.parametrize("ergate", ["redis"], indirect=True)
+def test_the_console_says_which_waits_are_overdue(ergate: ErgateCelery) -> None:
+    ended = datetime.now(UTC) - timedelta(seconds=30)
+    for job_id, signal in (("slept", None), ("timed-out", "ok")):
+        ergate.store.create(
+            Job(
+                id=job_id,
+                workflow_name="flaky",
+                status=JobStatus.SCHEDULED,
+                current_step=1,
+                current_step_name="finish",
+                steps_completed=1,
+                submitted_at=ended - timedelta(minutes=1),
+                wait=Wait(
+                    step="check", since=ended - timedelta(minutes=1), until=ended, signal=signal
+                ),
+            )
+        )
+    client = _client()
+    listing = client.get("/ergate/").content.decode()
+    assert "(its sleep ended) — is celery beat running?" in listing
+    assert "(its signal wait timed out) — is celery beat running?" in listing
+    page = client.get("/ergate/jobs/slept/").content.decode()
+    assert re.search(r'data-field="overdue">overdue by \d+ s \(its sleep ended\)', page)
 
 
 def test_the_console_lists_filters_and_pages_jobs(
@@ -214,13 +283,23 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(ergate: ErgateCelery) ->
         ({"cursor": "not-a-cursor"}, "is not a cursor of list_jobs"),
         ({"workflow": "no_such_workflow"}, "no_such_workflow"),
         ({"status": "LOST"}, "status &#x27;LOST&#x27; is not one of"),
-        ({"since": "yesterday"}, "is neither a duration"),
+        ({"since": "yesterday"}, "is not a duration (30s, 15m, 1h, 2d, 1w) or an ISO 8601"),
+        ({"since": "99999999999d"}, "is out of range: write a shorter duration"),
+        ({"since": "0001-01-01T00:00+05:00"}, "or a date between 0001-01-02 and 9999-12-30"),
+        ({"cursor": _forged_cursor("[" * 50_000)}, "is not a cursor of list_jobs"),
+        ({"cursor": _forged_cursor('["0001-01-01T00:00:00+05:00", "x"]')}, "not a cursor"),
         ({"tag": "order"}, "is not KEY=VALUE"),
     ):
         response = client.get("/ergate/", query)
         assert response.status_code == 400, query
         assert message in response.content.decode(), query
     assert ergate.list_jobs().jobs == []
+
+
+def _forged_cursor(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def test_pause_resume_and_the_graph_of_a_workflow(ergate: ErgateCelery) -> None:
@@ -297,7 +376,16 @@ def test_admin_filters_and_searches_jobs(ergate: ErgateCelery) -> None:
 def test_admin_job_page_reads_as_a_job(ergate: ErgateCelery) -> None:
     failed, _ = _failed_and_completed(ergate)
     client: object = _admin()
-    page = client.get(f"{CHANGELIST}{_row_id(failed)}/change/").content.decode()  # type: ignore[attr-defined]
+    listing = client.get(CHANGELIST).content.decode()  # type: ignore[attr-defined]
+    assert f'<a href="{CHANGELIST}{failed}/change/">{failed}</a>' in listing  # by job id
+    assert '<td class="field-error">RuntimeError: warehouse offline</td>' in listing
+    dates = re.findall(r'<td class="field-(?:submitted|finished)">([^<]+)</td>', listing)
+    assert dates
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", d) for d in dates), dates
+    page = client.get(f"{CHANGELIST}{failed}/change/").content.decode()  # type: ignore[attr-defined]
+    assert f'action="{CHANGELIST}{failed}/act/"' in page
+    assert 'value="retry"' in page
+    assert 'value="cancel"' not in page
     assert f"<h2>flaky job {failed} (FAILED)</h2>" in page  # not "<Task: …>"
     assert 'data-field="status">FAILED<' in page
     assert '<progress max="100" value="0.0">' in page
@@ -305,6 +393,7 @@ def test_admin_job_page_reads_as_a_job(ergate: ErgateCelery) -> None:
     assert "RuntimeError</strong>: warehouse offline" in page
     assert "Traceback (most recent call last)" in page
     assert '<div class="bar failed"' in page
+    assert re.search(r'title="FAILED at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"', page)  # one format
     assert '"workflow_name": "flaky"' not in page  # not the stored JSON
 
 
@@ -355,6 +444,28 @@ def test_admin_deletes_no_unfinished_job(ergate: ErgateCelery) -> None:
         {"action": "delete_selected", "_selected_action": [_row_id(done)], "post": "yes"},
     )
     assert not TaskResult.objects.filter(task_id=done).exists()
+
+
+@on_django_db
+def test_admin_job_page_buttons_retry_and_cancel_with_the_change_permission(
+    ergate: ErgateCelery,
+) -> None:
+    later = _tomorrow(ergate, "E-1")
+    page_url = f"{CHANGELIST}{later.id}/change/"
+    act_url = f"{CHANGELIST}{later.id}/act/"
+    viewer = _client("admin-viewer", perms=SEE)
+    assert viewer.get(page_url).status_code == 200
+    assert 'value="cancel"' not in viewer.get(page_url).content.decode()
+    assert viewer.post(act_url, {"action": "cancel"}).status_code == 403
+    assert _client("admin-nobody", perms=[]).get(page_url).status_code == 403
+    assert ergate.get_job(str(later.id)).status is JobStatus.SCHEDULED
+    operator = _client("admin-operator", perms=ACT)
+    assert 'value="cancel"' in operator.get(page_url).content.decode()
+    answer = operator.post(act_url, {"action": "cancel"}, follow=True).content.decode()
+    assert "Cancel asked: the job is CANCELLED." in answer
+    answer = operator.post(act_url, {"action": "retry"}, follow=True).content.decode()
+    assert "Job retried: SCHEDULED" in answer
+    assert ergate.get_job(str(later.id)).status is JobStatus.SCHEDULED
 
 
 def test_admin_refuses_who_is_not_staff(ergate: ErgateCelery) -> None:

@@ -120,3 +120,32 @@ def test_demo_script(tmp_path: Path) -> None:
     assert re.search(r"^Demo OK in [\d.]+ s\.$", output, re.MULTILINE), output[-3000:]
     assert "CANCELLED" in output
     assert "FAILED " in output  # the out-of-stock order, as expected
+
+
+#: In `manage.py shell`: a finished job's record is written by another thread (as a worker
+#: would write it), then the plain `AsyncResult` of the shell's own thread reads it.
+_SHELL = """
+import threading
+from datetime import UTC, datetime
+from celery.result import AsyncResult
+from ergate_celery import ErgateCelery, Job, JobStatus
+from shop.celery import app
+
+def store():
+    job = Job(id="shell-1", workflow_name="process_order", status=JobStatus.COMPLETED,
+              last_return_value={"ok": True}, submitted_at=datetime.now(UTC),
+              finished_at=datetime.now(UTC))
+    ErgateCelery.of(app).store.create(job)
+
+writer = threading.Thread(target=store)
+writer.start()
+writer.join()
+result = AsyncResult("shell-1")
+print("ready:", result.ready(), "value:", result.get(timeout=20)["last_return_value"])
+"""
+
+
+def test_plain_async_result_in_manage_py_shell(tmp_path: Path) -> None:
+    run_in_project(tmp_path, "manage.py", "migrate", "--noinput", "-v", "0")
+    output = run_in_project(tmp_path, "manage.py", "shell", "-c", _SHELL, timeout=120)
+    assert "ready: True value: {'ok': True}" in output

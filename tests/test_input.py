@@ -118,12 +118,16 @@ def test_oversized_message_is_rejected(setup: Setup, worker: Any) -> None:
         _assert_worker_still_serves(setup)
 
 
-def test_step_unknown_to_the_worker_fails_the_job(setup: Setup) -> None:
+def test_step_unknown_to_the_worker_fails_the_job_after_the_wait(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
     # The submitting app knows a workflow that the worker's deploy no longer has.
     _fragile(setup)
-    job = setup.ergate.submit_job("fragile", initial_input_value="fine")
+    job = setup.ergate.submit_job(
+        "fragile", initial_input_value="fine", user_context={"card": "4111-1111-SECRET"}
+    )
     worker_app = Celery("deployed", set_as_current=False)
-    worker_app.conf.update(setup.conf)
+    worker_app.conf.update(setup.conf, ergate_unknown_step_wait=1)
     deployed = ErgateCelery(worker_app)
     healthy = Workflow(unique_name="healthy")
 
@@ -132,7 +136,7 @@ def test_step_unknown_to_the_worker_fails_the_job(setup: Setup) -> None:
         return x * 2
 
     deployed.register_workflow(healthy)
-    with in_process_worker(worker_app):
+    with caplog.at_level(logging.WARNING), in_process_worker(worker_app):
         done = deployed.wait_for_job(job.id, timeout=WAIT)
         follow_up = deployed.submit_job("healthy", initial_input_value=1)
         assert deployed.wait_for_job(follow_up.id, timeout=WAIT).status is JobStatus.COMPLETED
@@ -140,7 +144,42 @@ def test_step_unknown_to_the_worker_fails_the_job(setup: Setup) -> None:
     assert done.error is not None
     assert done.error.type == "UnknownStep"
     assert "ergate.fragile.first" in done.error.message
+    assert "in 1 s (ergate_unknown_step_wait)" in done.error.message
+    assert "autodiscover_workflows" in done.error.message  # the likely cause first
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "which this worker does not have" in logged
+    assert "goes back to the queue" in logged  # it waited for a worker that has the step
+    assert "4111-1111-SECRET" not in logged  # Celery's own line would print the body
+    assert "Received unregistered task" not in logged
     worker_app.close()
+
+
+@pytest.mark.setup("redis")
+def test_a_step_unknown_to_one_worker_waits_for_a_worker_that_has_it(
+    setup_name: str, make_setup: Any
+) -> None:
+    from .apps.cli_workflows import WORKFLOWS
+
+    setup = make_setup(setup_name, ergate_unknown_step_wait=20)
+    for workflow in WORKFLOWS:
+        setup.ergate.register_workflow(workflow)
+    job = setup.ergate.submit_job(
+        "cli_steps", initial_input_value={}, user_context={"card": "4111-1111-SECRET"}
+    )
+
+    def log() -> str:
+        return "".join(p.read_text(errors="replace") for p in setup.tmp_path.glob("celery-*.log"))
+
+    # A worker without the workflow (as one that never imported the workflows module) hands
+    # the message back, again and again; stopped, it hands back the copy it held.
+    with setup.celery("worker", "-P", "solo", "-l", "WARNING", module="tests.apps.bare_app"):
+        wait_until(lambda: log().count("goes back to the queue") >= 2, 60, what="hand-backs")
+    assert setup.ergate.get_job(job.id).status is JobStatus.QUEUED
+    with in_process_worker(setup.app):
+        done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED
+    assert "does not have" in log()
+    assert "4111-1111-SECRET" not in log()
 
 
 def test_pickled_message_is_refused(

@@ -76,3 +76,32 @@ def test_async_result_of_a_job_is_ready_and_gets_without_waiting_forever(
         waiting.get(timeout=0.3)
     with pytest.raises(CeleryTimeoutError, match="wait_for_job"):
         AsyncResult(queued.id, app=setup.app).get(timeout=0.3)
+
+
+#: Run in a fresh process that only imported the app: the plain `AsyncResult` of a finished
+#: job, in the main thread and in another, is ready and gets the job.
+_FRESH_PROCESS = """
+import sys, threading
+import tests.apps.beat_app
+from celery.result import AsyncResult
+
+def check(job_id):
+    result = AsyncResult(job_id)
+    print(result.state, result.ready(), result.get(timeout=20)["status"])
+
+check(sys.argv[1])
+other = threading.Thread(target=check, args=(sys.argv[1],))
+other.start()
+other.join()
+"""
+
+
+@pytest.mark.setup("redis")  # django-db: the manage.py shell test of test_example_project
+def test_plain_async_result_works_in_a_fresh_process_and_thread(setup: Setup, worker: Any) -> None:
+    _register(setup)
+    with worker():
+        done = setup.ergate.submit_job("outcomes", initial_input_value="ok")
+        setup.ergate.wait_for_job(done.id, timeout=WAIT)
+    shown = setup.run_python("-c", _FRESH_PROCESS, str(done.id), timeout=60)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.splitlines() == ["COMPLETED True 4"] * 2, shown.stderr[-2000:]

@@ -1,8 +1,10 @@
 """Jobs run as chained Celery tasks on a real worker, on every broker/backend setup."""
 
 import threading
+import time
 from typing import Annotated, Any
 
+import pytest
 from celery.result import AsyncResult
 
 from ergate_celery import (
@@ -10,6 +12,8 @@ from ergate_celery import (
     ErgateCelery,
     Job,
     JobStatus,
+    Progress,
+    ProgressReporter,
     Workflow,
     cancel_job,
     get_job,
@@ -137,6 +141,43 @@ def test_running_job_cancelled_stops_at_step_boundary(setup: Setup, worker: Any)
     assert done.status is JobStatus.CANCELLED
     assert done.steps_completed == 1
     assert ran == ["first"]
+
+
+@pytest.mark.setup("redis", "rabbitmq_postgres")
+def test_a_long_step_stops_at_its_next_progress_report_after_a_cancel(
+    setup: Setup, worker: Any
+) -> None:
+    reporting = threading.Event()
+    ran: list[str] = []
+    workflow = Workflow(unique_name="long-export")
+
+    @workflow.step
+    def export(rows: int, progress: Annotated[ProgressReporter, Progress()]) -> int:
+        try:
+            for row in range(rows):
+                progress.report(row / rows)
+                reporting.set()
+                time.sleep(0.01)
+        finally:
+            ran.append("finally")
+        ran.append("returned")
+        return rows
+
+    @workflow.step
+    def notify(rows: int) -> int:
+        ran.append("notify")
+        return rows
+
+    setup.ergate.register_workflow(workflow)
+    with worker():
+        job = submit_job("long-export", initial_input_value=60_000)  # 10 minutes uncancelled
+        assert reporting.wait(WAIT)
+        assert cancel_job(job.id).status is JobStatus.CANCELLING
+        done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+    assert done.status is JobStatus.CANCELLED
+    assert ran == ["finally"]  # stopped inside the loop; notify never ran
+    assert done.current_step_name == "export"
+    assert done.error is None
 
 
 def test_cancelling_a_finished_job_leaves_it_unchanged(setup: Setup, worker: Any) -> None:

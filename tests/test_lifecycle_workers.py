@@ -291,10 +291,11 @@ def test_sweep_drops_dead_index_entries(setup: Setup) -> None:
 
 
 @contextmanager
-def _deployed(setup: Setup, workflow: Workflow) -> Iterator[ErgateCelery]:
-    """Another process's app after a deploy: the same services, the new definition."""
+def _deployed(setup: Setup, workflow: Workflow, **conf: Any) -> Iterator[ErgateCelery]:
+    """Another process's app after a deploy: the same services (and `conf`), the new
+    definition."""
     app = Celery(f"deployed_{setup.name}")
-    app.conf.update(setup.conf)
+    app.conf.update(setup.conf, **conf)
     ergate = ErgateCelery(app)
     ergate.register_workflow(workflow)
     try:
@@ -360,12 +361,16 @@ def test_deploy_removing_the_current_step_fails_the_job(setup: Setup) -> None:
     v3 = Workflow(unique_name="deployed")
     v3.step(v1[0].callable)
     queues = [setup.conf["task_default_queue"], f"{setup.conf['task_default_queue']}-special"]
-    with _deployed(setup, v3) as deployed, in_process_worker(deployed.app, queues=queues):
+    # No worker has step b any more: after ergate_unknown_step_wait of handing its message
+    # back for one that does, the job fails.
+    deployed_v3 = _deployed(setup, v3, ergate_unknown_step_wait=0.5)
+    with deployed_v3 as deployed, in_process_worker(deployed.app, queues=queues):
         done = deployed.wait_for_job(job.id, timeout=WAIT)
     assert done.status is JobStatus.FAILED
     assert done.error is not None
     assert done.error.type == "UnknownStep"
     assert "ergate.deployed.b" in done.error.message
+    assert "workflow 'deployed' has no such step here" in done.error.message
 
 
 def test_a_message_for_another_workflows_step_is_never_run(setup: Setup, worker: Any) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ergate_celery import JobStatus
+from ergate_celery import Job, JobStatus, Wait
 
 from .apps.cli_workflows import WORKFLOWS
 from .support import Setup, in_process_worker, wait_until
@@ -79,3 +79,47 @@ def test_worker_is_quiet_when_nothing_is_overdue(
     with caplog.at_level(logging.WARNING, logger="ergate_celery"), in_process_worker(setup.app):
         time.sleep(2.5)
     assert not [r for r in caplog.records if HINT in r.getMessage()]
+
+
+def _waiting(setup: Setup, job_id: str, wait: Wait) -> None:
+    """Store a SCHEDULED job whose wait ended 30 s ago (as if beat were down since)."""
+    now = datetime.now(UTC)
+    setup.ergate.store.create(
+        Job(
+            id=job_id,
+            workflow_name="cli_steps",
+            status=JobStatus.SCHEDULED,
+            current_step=1,
+            current_step_name="work",
+            steps_completed=1,
+            submitted_at=now - timedelta(minutes=5),
+            wait=wait,
+        )
+    )
+
+
+@pytest.mark.setup("redis")
+def test_cli_says_an_ended_sleep_or_a_passed_signal_timeout_is_overdue(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    setup = make_setup(setup_name, **FAST)
+    for workflow in WORKFLOWS:
+        setup.ergate.register_workflow(workflow)
+    ended = datetime.now(UTC) - timedelta(seconds=30)
+    since = ended - timedelta(minutes=1)
+    _waiting(setup, "slept", Wait(step="prepare", since=since, until=ended))
+    _waiting(setup, "timed-out", Wait(step="prepare", since=since, until=ended, signal="ok"))
+    _waiting(setup, "forever", Wait(step="prepare", since=since, signal="ok"))
+    rows = {
+        row["id"]: row for row in json.loads(setup.run_celery("ergate", "list", "--json").stdout)
+    }
+    assert rows["slept"]["overdue"] >= 30
+    assert "(its sleep ended) — " + HINT in rows["slept"]["overdue_note"]
+    assert "(its signal wait timed out) — " + HINT in rows["timed-out"]["overdue_note"]
+    assert "overdue" not in rows["forever"]  # nothing falls due: nothing is late
+    shown = json.loads(setup.run_celery("ergate", "show", "timed-out", "--json").stdout)
+    assert JobStatus(shown["status"]) is JobStatus.SCHEDULED
+    assert shown["overdue"] >= 30
+    assert "(its signal wait timed out) — " + HINT in shown["overdue_note"]
+    with setup.celery("ergate", "watch", "slept", "--interval", "0.2"):
+        wait_until(lambda: "its sleep ended" in _log(setup, "ergate"), timeout=30, what="watch")

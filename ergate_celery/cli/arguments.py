@@ -1,29 +1,53 @@
 """What every `celery ergate` command shares: the group, the binding of `celery -A proj`,
-and reading the command line's values (bad input exits with code 2, saying what was wrong).
+printing as Celery's commands print (`celery --no-color`, `celery --quiet`), and reading the
+command line's values (bad input exits with code 2, saying what was wrong).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import click
+from celery.bin.base import CeleryCommand, CeleryOption
 
 from ergate_celery.binding import ErgateCelery
 from ergate_celery.exceptions import ErgateError, JobNotFoundError
 from ergate_celery.model.job import Job
+from ergate_celery.operations.listing import parse_moment
+
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 
 #: Above this many jobs, `retry --status` asks before retrying (unless --yes).
 CONFIRM_ABOVE = 10
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The colour of a status name on a terminal (others are printed plain).
+STATUS_COLORS = {
+    "COMPLETED": "green",
+    "FAILED": "red",
+    "ABORTED": "yellow",
+    "CANCELLING": "yellow",
+    "CANCELLED": "yellow",
+    "RUNNING": "cyan",
+}
+#: Every `celery ergate` command is a Celery command: its options grouped in the help as
+#: Celery's own commands group theirs.
+COMMAND = {"cls": CeleryCommand}
 
 
 @click.group()
 def ergate() -> None:
     """Ergate workflows and jobs of the app given by `celery -A proj`."""
+
+
+def option(*names: str, group: str, **kwargs: Any) -> Callable[[Decorated], Decorated]:
+    """A click option shown under `group` in the command's help, as Celery shows its own."""
+    decorate: Callable[[Decorated], Decorated] = click.option(
+        *names, cls=CeleryOption, help_group=group, **kwargs
+    )
+    return decorate
 
 
 class BadInput(click.ClickException):
@@ -43,14 +67,24 @@ def input_errors(*kinds: type[Exception]) -> Iterator[None]:
 
 
 def binding(ctx: click.Context) -> ErgateCelery:
-    """The ErgateCelery of the app given by `celery -A proj`."""
+    """The ErgateCelery of the app given by `celery -A proj`, its workflows loaded (a
+    workflows module that cannot be imported is an error line and exit code 2)."""
     app = getattr(ctx.obj, "app", None)
     if app is None:
         raise click.ClickException("run this as `celery -A <your app module> ergate ...`")
     try:
-        return ErgateCelery.of(app)
+        found = ErgateCelery.of(app)
     except ErgateError as exc:
         raise click.ClickException(f"{exc} (is -A pointing at the right module?)") from None
+    try:
+        found.workflows  # noqa: B018 - imports the autodiscovered workflows modules now
+    except Exception as exc:
+        where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) else ""
+        raise BadInput(
+            f"the workflows of app {app.main!r} cannot be imported: {type(exc).__name__}: "
+            f"{exc}{where}; fix that module (a worker would not start with it either)"
+        ) from None
+    return found
 
 
 def found_job(ergate: ErgateCelery, job_id: str) -> Job:
@@ -68,29 +102,26 @@ def json_arg(name: str, text: str | None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadInput(f"{name} is not valid JSON ({exc}): {text!r}") from None
-
-
-def datetime_arg(text: str | None) -> datetime | None:
-    """Parse `--at`; a naive time is UTC, as for `submit_job`."""
-    if text is None:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
+        raise BadInput(f"{name} is not valid JSON ({exc}): {text[:200]!r}") from None
+    except RecursionError:
         raise BadInput(
-            f"--at is not an ISO 8601 date and time: {text!r} (e.g. 2030-01-31T09:30:00+00:00)"
+            f"{name} nests lists or objects too deeply to read; flatten it (a job's values "
+            "should nest a few levels, not thousands)"
         ) from None
 
 
-def since_arg(text: str | None) -> datetime | None:
-    """`--since 1h` as the moment that long ago, or exit 2."""
+def moment_arg(name: str, text: str | None, *, ago: bool) -> datetime | None:
+    """A duration (`1h`: that long ago if `ago`, else from now) or an ISO 8601 date or time
+    (naive is UTC), as the console reads them; exit 2 saying what to write."""
     if text is None:
         return None
-    number, unit = text[:-1], text[-1:].lower()
-    if unit not in _UNITS or not number.isdigit():
-        raise BadInput(f"--since {text!r} is not a duration: write 30s, 15m, 1h, 2d or 1w")
-    return datetime.now(UTC) - timedelta(seconds=int(number) * _UNITS[unit])
+    with input_errors():
+        return parse_moment(name, text, datetime.now(UTC), ago=ago)
+
+
+def since_arg(text: str | None) -> datetime | None:
+    """`--since 1h` or `--since 2026-11-30`: the moment, or exit 2."""
+    return moment_arg("--since", text, ago=True)
 
 
 def tags_arg(tags: Sequence[str]) -> dict[str, str] | None:
@@ -99,6 +130,33 @@ def tags_arg(tags: Sequence[str]) -> dict[str, str] | None:
     for tag in tags:
         key, equals, value = tag.partition("=")
         if not equals or not key:
-            raise BadInput(f"--tag {tag!r} is not KEY=VALUE")
+            raise BadInput(f"--tag {tag!r} is not KEY=VALUE (e.g. --tag order=A-17)")
         found[key] = value
     return found or None
+
+
+# Printing -----------------------------------------------------------------------------------
+
+
+def _no_color(ctx: click.Context) -> bool:
+    return bool(getattr(ctx.obj, "no_color", False))
+
+
+def status_text(ctx: click.Context, name: str, shown: str | None = None) -> str:
+    """`shown` (default: the status name) coloured by the status, unless --no-color."""
+    text = name if shown is None else shown
+    color = STATUS_COLORS.get(name)
+    if color is None or _no_color(ctx):
+        return text
+    return click.style(text, fg=color, bold=name == "FAILED")
+
+
+def out(ctx: click.Context, text: str) -> None:
+    """A line of the command's output (stdout)."""
+    click.echo(text, color=False if _no_color(ctx) else None)
+
+
+def note(ctx: click.Context, text: str) -> None:
+    """A remark for a person (stderr), left out under `celery --quiet`."""
+    if not getattr(ctx.obj, "quiet", False):
+        click.echo(text, err=True, color=False if _no_color(ctx) else None)

@@ -1,11 +1,13 @@
-"""`celery -A proj ergate ...`: list, show, submit, cancel, retry, signal, watch and graph jobs;
-pause and resume workflows.
+"""`celery -A proj ergate ...`: list, show, submit, cancel, signal and watch jobs (retry, pause
+and resume are in `operations.py`, `workflows` and `graph` in `workflows.py`).
 
 Installed as a Celery CLI extension (entry point group `celery.commands`), so every command
 works on the app given by `celery -A proj`. Exit codes: 0 success; 1 the job is not (or will
 not be) what was asked (`cancel` of a finished job, `retry` of a job that did not stop,
 `watch` of a job that did not complete); 2 bad input (unknown workflow or job id, invalid
-JSON, a duration or tag that does not parse, input the workflow rejects).
+JSON, a duration or tag that does not parse, input the workflow rejects, a workflows module
+that cannot be imported). Celery's `--no-color` and `--quiet` apply (`celery --quiet ergate
+...` leaves out the remarks printed to stderr).
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ from pydantic import ValidationError
 
 from ergate_celery.binding import ErgateCelery
 from ergate_celery.cli.arguments import (
+    COMMAND,
     BadInput,
     binding,
-    datetime_arg,
     ergate,
     found_job,
     input_errors,
     json_arg,
+    moment_arg,
+    note,
+    option,
+    out,
     since_arg,
+    status_text,
     tags_arg,
 )
 from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
-from ergate_celery.model.graph import mermaid
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.scheduling.overdue import overdue_by, overdue_note
@@ -55,7 +61,8 @@ def _step_label(ergate: ErgateCelery, job: Job) -> str:
 
 def _summary(ergate: ErgateCelery, job: Job) -> dict[str, Any]:
     """The one-line view of a job that `list` and `watch` print (`overdue`: a scheduled job
-    beat has not released, in seconds past its start time)."""
+    beat has not released, in seconds past its start time or the end of its wait, and
+    `overdue_note` saying so)."""
     row = {
         "id": str(job.id),
         "workflow": job.workflow_name,
@@ -66,32 +73,49 @@ def _summary(ergate: ErgateCelery, job: Job) -> dict[str, Any]:
     late = overdue_by(job, ergate.settings)
     if late is not None:
         row["overdue"] = round(late, 1)
+        row["overdue_note"] = overdue_note(job, ergate.settings)
     return row
 
 
 def _status_text(row: dict[str, Any]) -> str:
     """The status as `list` and `watch` show it, with the overdue hint."""
-    late = row.get("overdue")
-    if late is None:
-        return str(row["status"])
-    return f"{row['status']} (overdue by {late:.0f} s — is celery beat running?)"
+    note = row.get("overdue_note")
+    return str(row["status"]) if note is None else f"{row['status']} ({note})"
 
 
-@ergate.command(name="list")
-@click.option(
+@ergate.command(name="list", **COMMAND)
+@option(
     "--status",
     "statuses",
+    group="Filters",
     multiple=True,
     type=click.Choice(_STATUS_NAMES, case_sensitive=False),
     help="Only jobs in this status (repeatable).",
 )
-@click.option("--workflow", help="Only jobs of this workflow.")
-@click.option(
-    "--since", metavar="DURATION", help="Only jobs submitted within it: 30s, 15m, 1h, 2d."
+@option("--workflow", group="Filters", help="Only jobs of this workflow.")
+@option(
+    "--since",
+    group="Filters",
+    metavar="WHEN",
+    help="Only jobs submitted since: a duration (30s, 15m, 1h, 2d, 1w) or a date or time.",
 )
-@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only jobs with this tag.")
-@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON array of the jobs.")
+@option(
+    "--tag",
+    "tags",
+    group="Filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only jobs with this tag (repeatable: all must match).",
+)
+@option(
+    "--limit",
+    group="Output",
+    type=click.IntRange(min=1, max=MAX_LIMIT),
+    default=50,
+    show_default=True,
+    help="At most this many jobs.",
+)
+@option("--json", "as_json", group="Output", is_flag=True, help="One JSON array of the jobs.")
 @click.pass_context
 def list_jobs(
     ctx: click.Context,
@@ -104,74 +128,90 @@ def list_jobs(
 ) -> None:
     """Jobs newest first, finished ones too until they expire."""
     ergate = binding(ctx)
+    when = since_arg(since)
     with input_errors():
         page = ergate.list_jobs(
             status=[name.upper() for name in statuses] or None,
             workflow=workflow,
-            since=since_arg(since),
+            since=when,
             tags=tags_arg(tags),
             limit=limit,
         )
     rows = [_summary(ergate, job) for job in page.jobs]
     if as_json:
-        click.echo(json.dumps(rows))
+        out(ctx, json.dumps(rows))
         return
-    _print_rows(rows, as_json)
+    _print_rows(ctx, rows)
     if page.next_cursor is not None:
-        click.echo(f"(first {len(rows)} shown; --limit shows more)", err=True)
+        note(ctx, f"(first {len(rows)} shown; --limit shows more)")
 
 
-def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
-    """A table of jobs."""
-    headers = {key: key.upper() for key in ("id", "workflow", "status", "step", "percent")}
-    cells = [headers]
+def _print_rows(ctx: click.Context, rows: list[dict[str, Any]]) -> None:
+    """A table of jobs, the status coloured on a terminal."""
+    keys = ("id", "workflow", "status", "step", "percent")
+    cells = [{key: key.upper() for key in keys}]
     cells += [
         {
-            **{k: f"{v}%" if k == "percent" else str(v) for k, v in row.items()},
+            "id": str(row["id"]),
+            "workflow": str(row["workflow"]),
             "status": _status_text(row),
+            "step": str(row["step"]),
+            "percent": f"{row['percent']}%",
         }
         for row in rows
     ]
-    widths = {key: max(len(str(cell[key])) for cell in cells) for key in headers}
-    for cell in cells:
-        click.echo("  ".join(str(cell[key]).ljust(widths[key]) for key in headers).rstrip())
+    widths = {key: max(len(cell[key]) for cell in cells) for key in keys}
+    for number, cell in enumerate(cells):
+        padded = {key: cell[key].ljust(widths[key]) for key in keys}
+        if number:  # not the header
+            padded["status"] = status_text(ctx, rows[number - 1]["status"], padded["status"])
+        out(ctx, "  ".join(padded[key] for key in keys).rstrip())
     if not rows:
-        click.echo("(no jobs)", err=True)
+        note(ctx, "(no jobs)")
 
 
-@ergate.command()
+@ergate.command(**COMMAND)
 @click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="The job as stored, as JSON.")
+@option("--json", "as_json", group="Output", is_flag=True, help="The job as stored, as JSON.")
 @click.pass_context
 def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Every field of a job, and its error with the traceback when it failed."""
+    """Every field of a job, and its error with the traceback when it failed.
+
+    With --json, the job as stored, plus `overdue` (seconds) and `overdue_note` when beat
+    has not released it on time.
+    """
     ergate = binding(ctx)
     job = found_job(ergate, job_id)
     document = job.model_dump(mode="json")
     if as_json:
-        click.echo(json.dumps(document, indent=2))
+        late = overdue_by(job, ergate.settings)
+        if late is not None:
+            document["overdue"] = round(late, 1)
+            document["overdue_note"] = overdue_note(job, ergate.settings)
+        out(ctx, json.dumps(document, indent=2))
         return
     error = document.pop("error", None)
     for name, value in document.items():
         if name == "status":
-            note = overdue_note(job, ergate.settings)
-            value = job.status.name if note is None else f"{job.status.name} ({note})"
+            hint = overdue_note(job, ergate.settings)
+            shown = job.status.name if hint is None else f"{job.status.name} ({hint})"
+            value = status_text(ctx, job.status.name, shown)
         elif name == "current_step":
             value = _step_label(ergate, job)
         elif name == "wait" and job.wait is not None:
             verb = "waits for" if job.status is JobStatus.SCHEDULED else "waited for"
             value = f"{verb} {job.wait.describe()}"
         shown = value if isinstance(value, str) else json.dumps(value)
-        click.echo(f"{name:<22}{shown}")
+        out(ctx, f"{name:<22}{shown}")
     if error is not None:
         step = f" in step {error['step']}" if error.get("step") else ""
-        click.echo(f"{'error':<22}{error['type']}{step}: {error['message']}")
+        out(ctx, f"{'error':<22}{error['type']}{step}: {error['message']}")
         if error.get("traceback"):
-            click.echo("")
-            click.echo(error["traceback"].rstrip("\n"))
+            out(ctx, "")
+            out(ctx, error["traceback"].rstrip("\n"))
 
 
-@ergate.command()
+@ergate.command(**COMMAND)
 @click.argument("job_id")
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
@@ -182,18 +222,18 @@ def cancel(ctx: click.Context, job_id: str) -> None:
         after = ergate.cancel_job(job_id)
     except JobNotFoundError as exc:
         raise BadInput(str(exc)) from None
-    click.echo(after.status.name)
+    out(ctx, status_text(ctx, after.status.name))
     if after.status is JobStatus.CANCELLING:
-        click.echo("the running step ends first; no further step runs", err=True)
+        note(ctx, "the running step stops at its next progress report, or ends first")
     elif after.is_final and (before.is_final or after.status is not JobStatus.CANCELLED):
-        click.echo(f"job {job_id} had already finished as {after.status.name}; unchanged", err=True)
+        note(ctx, f"job {job_id} had already finished as {after.status.name}; unchanged")
         ctx.exit(1)
 
 
-@ergate.command()
+@ergate.command(**COMMAND)
 @click.argument("job_id")
 @click.argument("name")
-@click.option("--payload", "payload_json", metavar="JSON", help="The signal's payload.")
+@option("--payload", "payload_json", group="Signal", metavar="JSON", help="The signal's payload.")
 @click.pass_context
 def signal(ctx: click.Context, job_id: str, name: str, payload_json: str | None) -> None:
     """Send signal NAME to a job and print its status (QUEUED: it was waiting for it).
@@ -209,44 +249,77 @@ def signal(ctx: click.Context, job_id: str, name: str, payload_json: str | None)
         ctx.exit(1)
     except (ErgateError, TypeError, ValueError) as exc:
         raise BadInput(f"{type(exc).__name__}: {exc}") from None
-    click.echo(job.status.name)
+    out(ctx, status_text(ctx, job.status.name))
 
 
-@ergate.command()
+@ergate.command(**COMMAND)
 @click.argument("workflow")
-@click.option("--input", "input_json", required=True, metavar="JSON", help="Initial input.")
-@click.option("--context", "context_json", metavar="JSON", help="The job's user_context.")
-@click.option("--at", metavar="ISO-DATETIME", help="Start then (SCHEDULED until; naive = UTC).")
-@click.option("--id", "job_id", metavar="ID", help="The job id (default: a new UUID).")
+@option("--input", "input_json", group="Job", required=True, metavar="JSON", help="Initial input.")
+@option("--context", "context_json", group="Job", metavar="JSON", help="The job's user_context.")
+@option("--id", "job_id", group="Job", metavar="ID", help="The job id (default: a new UUID).")
+@option(
+    "--tag",
+    "tags",
+    group="Job",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A tag to find the job by (repeatable).",
+)
+@option(
+    "--at",
+    group="When",
+    metavar="WHEN",
+    help="Start then (SCHEDULED until): a date or time (naive is UTC), or a duration from now.",
+)
+@option(
+    "--deadline",
+    group="When",
+    metavar="WHEN",
+    help="FAILED if not started by then: a date or time, or a duration from now (e.g. 1h).",
+)
+@option(
+    "--priority",
+    group="When",
+    type=click.IntRange(min=0, max=255),
+    help="The priority of every step message (Celery's, 0-255; the broker decides the range).",
+)
 @click.pass_context
 def submit(
     ctx: click.Context,
     workflow: str,
     input_json: str,
     context_json: str | None,
-    at: str | None,
     job_id: str | None,
+    tags: Sequence[str],
+    at: str | None,
+    deadline: str | None,
+    priority: int | None,
 ) -> None:
     """Submit a job of WORKFLOW and print its id; nothing is submitted on bad input."""
     ergate = binding(ctx)
     initial = json_arg("--input", input_json)
     context = json_arg("--context", context_json)
-    start = datetime_arg(at)
-    with input_errors(ErgateError, ValidationError, TypeError, ValueError):
+    start = moment_arg("--at", at, ago=False)
+    end = moment_arg("--deadline", deadline, ago=False)
+    with input_errors(ErgateError, ValidationError, TypeError, ValueError, RecursionError):
         job = ergate.submit_job(
             workflow,
             initial_input_value=initial,
             user_context=context,
             requested_start_time=start,
             id=job_id,
+            priority=priority,
+            deadline=end,
+            tags=tags_arg(tags),
         )
-    click.echo(str(job.id))
+    out(ctx, str(job.id))
 
 
-@ergate.command()
+@ergate.command(**COMMAND)
 @click.argument("job_id")
-@click.option(
+@option(
     "--interval",
+    group="Output",
     type=click.FloatRange(min=0.05),
     default=1.0,
     show_default=True,
@@ -261,15 +334,15 @@ def watch(ctx: click.Context, job_id: str, interval: float) -> None:
     ergate = binding(ctx)
     job = found_job(ergate, job_id)
     if sys.stdout.isatty():
-        job = _watch_bar(ergate, job, interval)
+        job = _watch_bar(ctx, ergate, job, interval)
     else:
-        job = _watch_lines(ergate, job, interval)
+        job = _watch_lines(ctx, ergate, job, interval)
     if job.error is not None:
         click.echo(f"error: {job.error.type}: {job.error.message}", err=True)
     ctx.exit(0 if job.status is JobStatus.COMPLETED else 1)
 
 
-def _watch_lines(ergate: ErgateCelery, job: Job, interval: float) -> Job:
+def _watch_lines(ctx: click.Context, ergate: ErgateCelery, job: Job, interval: float) -> Job:
     """Print a line whenever status, step or percent change."""
     last: tuple[Any, ...] | None = None
     while True:
@@ -277,7 +350,8 @@ def _watch_lines(ergate: ErgateCelery, job: Job, interval: float) -> Job:
         seen = (row["status"], row["step"], row["percent"], "overdue" in row)
         if seen != last:
             stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            click.echo(f"{stamp} {_status_text(row):<10} {row['step']} {row['percent']}%")
+            status = status_text(ctx, row["status"], f"{_status_text(row):<10}")
+            out(ctx, f"{stamp} {status} {row['step']} {row['percent']}%")
             last = seen
         if job.is_final:
             return job
@@ -285,7 +359,7 @@ def _watch_lines(ergate: ErgateCelery, job: Job, interval: float) -> Job:
         job = found_job(ergate, str(job.id))
 
 
-def _watch_bar(ergate: ErgateCelery, job: Job, interval: float) -> Job:
+def _watch_bar(ctx: click.Context, ergate: ErgateCelery, job: Job, interval: float) -> Job:
     """A click progress bar moved by `percent_completed`."""
     shown = 0
 
@@ -304,18 +378,5 @@ def _watch_bar(ergate: ErgateCelery, job: Job, interval: float) -> Job:
                 break
             time.sleep(interval)
             job = found_job(ergate, str(job.id))
-    click.echo(f"{job.status.name}")
+    out(ctx, status_text(ctx, job.status.name))
     return job
-
-
-@ergate.command()
-@click.argument("workflow")
-@click.pass_context
-def graph(ctx: click.Context, workflow: str) -> None:
-    """A Mermaid flowchart of WORKFLOW's steps and their declared paths."""
-    ergate = binding(ctx)
-    try:
-        found = ergate.workflow(workflow)
-    except ErgateError as exc:
-        raise BadInput(str(exc)) from None
-    click.echo(mermaid(found))

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 import click
 
 from ergate_celery.cli.arguments import (
+    COMMAND,
     CONFIRM_ABOVE,
     BadInput,
     binding,
     ergate,
     input_errors,
+    option,
+    out,
     since_arg,
 )
 from ergate_celery.exceptions import JobNotFoundError, JobStateError
@@ -20,18 +23,24 @@ from ergate_celery.operations.listing import every_job
 from ergate_celery.operations.retrying import retry_query
 
 
-@ergate.command()
+@ergate.command(**COMMAND)
 @click.argument("job_id", required=False)
-@click.option(
+@option(
     "--status",
     "statuses",
+    group="Many jobs",
     multiple=True,
     type=click.Choice([s.name for s in sorted(RETRYABLE_STATUSES)], case_sensitive=False),
     help="Retry every job in this status (repeatable) instead of one JOB_ID.",
 )
-@click.option("--workflow", help="With --status: only jobs of this workflow.")
-@click.option("--since", metavar="DURATION", help="With --status: only jobs submitted within it.")
-@click.option("--yes", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE} jobs.")
+@option("--workflow", group="Many jobs", help="With --status: only jobs of this workflow.")
+@option(
+    "--since",
+    group="Many jobs",
+    metavar="WHEN",
+    help="With --status: only jobs submitted since (1h, 2d, or a date or time).",
+)
+@option("--yes", group="Many jobs", is_flag=True, help=f"Do not ask above {CONFIRM_ABOVE} jobs.")
 @click.pass_context
 def retry(
     ctx: click.Context,
@@ -55,7 +64,7 @@ def retry(
             raise BadInput(str(exc)) from None
         except JobStateError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"{job.id} {job.status.name} at step {job.current_step_name}")
+        out(ctx, f"{job.id} {job.status.name} at step {job.current_step_name}")
         return
     with input_errors():
         if workflow is not None:
@@ -71,24 +80,24 @@ def retry(
         except (JobStateError, JobNotFoundError):
             continue  # retried or changed meanwhile
         retried += 1
-    click.echo(f"retried {retried} jobs")
+    out(ctx, f"retried {retried} jobs")
 
 
-@ergate.command()
+@ergate.command(**COMMAND)
 @click.argument("workflow")
 @click.pass_context
 def pause(ctx: click.Context, workflow: str) -> None:
     """Start no step of WORKFLOW until `resume` (running steps finish; submits are kept)."""
     with input_errors():
         changed = binding(ctx).pause_workflow(workflow)
-    click.echo(f"{workflow} paused" if changed else f"{workflow} was already paused")
+    out(ctx, f"{workflow} paused" if changed else f"{workflow} was already paused")
 
 
-@ergate.command()
+@ergate.command(**COMMAND)
 @click.argument("workflow")
 @click.pass_context
 def resume(ctx: click.Context, workflow: str) -> None:
     """Resume WORKFLOW and publish the jobs parked while it was paused."""
     with input_errors():
         published = binding(ctx).resume_workflow(workflow)
-    click.echo(f"{workflow} resumed; {published} parked jobs published")
+    out(ctx, f"{workflow} resumed; {published} parked jobs published")

@@ -16,6 +16,7 @@ from ergate_celery.exceptions import (
     AbortJob,
     GoToEnd,
     GoToStep,
+    JobCancelled,
     ReverseGoToError,
     Sleep,
     UnknownStepError,
@@ -71,6 +72,11 @@ class Waited:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The step stopped with `JobCancelled`: its job was cancelled while it ran."""
+
+
+@dataclass(frozen=True, slots=True)
 class Raised:
     """The step raised any other exception."""
 
@@ -78,7 +84,7 @@ class Raised:
 
 
 #: What one run of a step's code did.
-StepOutcome = Returned | WentToStep | WentToEnd | Aborted | Waited | Raised
+StepOutcome = Returned | WentToStep | WentToEnd | Aborted | Waited | Cancelled | Raised
 
 
 def run_step(
@@ -105,6 +111,8 @@ def run_step(
         return WentToEnd(exc.retval)
     except AbortJob as exc:
         return Aborted(exc.message)
+    except JobCancelled:
+        return Cancelled()
     except (Sleep, WaitForSignal) as exc:
         now = clock() if clock is not None else datetime.now(UTC)
         return Waited(exc.retval, waiting.wait_for(exc, step.name, now))
@@ -152,6 +160,9 @@ def advance(job: Job, workflow: Workflow, outcome: StepOutcome) -> Job:
         case Aborted(message=message):
             error_info = JobError(type="AbortJob", message=message, step=step_name)
             return job.model_copy(update={"status": JobStatus.ABORTED, "error": error_info})
+        case Cancelled():
+            # The step did not complete: a retry of the job runs it again.
+            return job.model_copy(update={"status": JobStatus.CANCELLED})
         case Raised(exception=exception):
             return _failed(job, JobError.from_exception(exception, step_name))
     raise TypeError(f"Not a step outcome: {outcome!r}")

@@ -53,9 +53,11 @@ RUNNING     Finish            ABORTED     AbortJob
 RUNNING     Finish            -           another run holds the claim
 RUNNING     Finish            SCHEDULED   Sleep or WaitForSignal
 RUNNING     Finish            QUEUED      WaitForSignal, the signal already came
+RUNNING     Finish            CANCELLED   JobCancelled
 CANCELLING  Finish            CANCELLED   Sleep or WaitForSignal
 CANCELLING  Finish            CANCELLED   more steps
 CANCELLING  Finish            COMPLETED   last step returned
+CANCELLING  Finish            CANCELLED   JobCancelled: the step stopped at a report
 RUNNING     Yield             RUNNING     Celery retry()
 RUNNING     ProgressReported  RUNNING     higher percent
 CANCELLING  ProgressReported  CANCELLING  higher percent

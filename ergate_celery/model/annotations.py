@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ergate_celery.model.progress import Progress
+from ergate_celery.model.progress import CancelWatch, Progress
 
 T = TypeVar("T")
 
@@ -35,6 +35,13 @@ class StepRun:
     hop: int
     #: 1 on the first run; more when Celery retried or redelivered the step.
     attempt: int
+    #: How the run learns of a cancel (None where nothing can cancel it).
+    cancel_watch: CancelWatch | None = field(default=None, repr=False, compare=False)
+
+    def cancel_requested(self) -> bool:
+        """Whether the job was cancelled while this step runs (read from the store at most
+        once per `ergate_progress_interval`): stop early, or raise `JobCancelled`."""
+        return self.cancel_watch is not None and self.cancel_watch.requested()
 
     @property
     def idempotency_key(self) -> str:

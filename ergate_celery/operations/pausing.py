@@ -13,7 +13,7 @@ from ergate_celery.stores.listing import JobQuery
 from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: The `sender` of the announcements of `resume_workflow`.
 RESUME_SENDER = "ergate.resume_workflow"

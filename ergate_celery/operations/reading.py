@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ergate_celery.exceptions import InvalidInputError, JobNotFoundError
+from ergate_celery.exceptions import InvalidInputError, JobNotFoundError, JobTimeoutError
 from ergate_celery.model.job import Job
 from ergate_celery.stores.base import UNREADABLE
 from ergate_celery.worker.runtime import Runtime
@@ -50,11 +50,12 @@ def get_job(rt: Runtime, job_id: str) -> Job:
 
 
 def wait_for_job(rt: Runtime, job_id: str, timeout: float | None) -> Job:
-    """The job once final; `TimeoutError` after `timeout` s, `JobNotFoundError` if gone."""
+    """The job once final; `JobTimeoutError` (a `TimeoutError`) after `timeout` s,
+    `JobNotFoundError` if gone."""
     with reading(job_id):
         job = rt.store.wait_final(job_id, timeout, rt.settings.wait_poll_interval)
     if job is None:
         raise job_not_found(job_id)
     if not job.is_final:
-        raise TimeoutError(f"Job {job_id!r} is still {job.status.name} after {timeout} s")
+        raise JobTimeoutError(f"Job {job_id!r} is still {job.status.name} after {timeout} s")
     return job

@@ -25,7 +25,7 @@ from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.base import ACTIVE, SCHEDULED
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 SUBMIT_TASK = "ergate.submit_job"
 

@@ -20,7 +20,7 @@ from celery.schedules import schedstate, schedule
 from ergate_celery.exceptions import ErgateError
 from ergate_celery.stores import JobStore
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: The end of the index range read for its head entry: every entry is before it.
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)

@@ -1,9 +1,10 @@
 """Scheduled jobs that nobody released: the hint that beat is not running.
 
 A SCHEDULED job is released by `celery beat` at most about `ergate_schedule_interval` after
-its `requested_start_time`. One still SCHEDULED several intervals later is overdue: the CLI
-and the example's pages say so, and every worker checks the head of the scheduled index
-(one entry) at that grace period and logs one WARNING while due jobs wait.
+it is due: its `requested_start_time`, the end of its `Sleep`, or its signal wait's timeout.
+One still SCHEDULED several intervals later is overdue: the CLI (`list`, `show`, `watch`,
+`--json`), the console and the example's pages say so, and every worker checks the head of
+the scheduled index (one entry) at that grace period and logs one WARNING while due jobs wait.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.base import SCHEDULED
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 
 def grace(settings: ErgateSettings) -> float:
@@ -30,18 +31,34 @@ def grace(settings: ErgateSettings) -> float:
     return max(5 * settings.schedule_interval, 2.0)
 
 
-def overdue_by(job: Job, settings: ErgateSettings, now: datetime | None = None) -> float | None:
-    """Seconds the job is past its start time while still SCHEDULED (beyond the grace)."""
-    if job.status is not JobStatus.SCHEDULED or job.requested_start_time is None:
+def due_at(job: Job) -> datetime | None:
+    """When beat should release the SCHEDULED job: the end of its wait (a sleep's end, a
+    signal's timeout; None for a signal waited for forever), else its start time."""
+    if job.status is not JobStatus.SCHEDULED:
         return None
-    late = ((now or datetime.now(UTC)) - job.requested_start_time).total_seconds()
+    if job.wait is not None:
+        return job.wait.until
+    return job.requested_start_time
+
+
+def overdue_by(job: Job, settings: ErgateSettings, now: datetime | None = None) -> float | None:
+    """Seconds the job is past its due time while still SCHEDULED (beyond the grace)."""
+    due = due_at(job)
+    if due is None:
+        return None
+    late = ((now or datetime.now(UTC)) - due).total_seconds()
     return late if late > grace(settings) else None
 
 
 def overdue_note(job: Job, settings: ErgateSettings, now: datetime | None = None) -> str | None:
-    """`overdue by N s — is celery beat running?`, or None."""
+    """`overdue by N s — is celery beat running?` (saying what ended for a wait), or None."""
     late = overdue_by(job, settings, now)
-    return None if late is None else f"overdue by {late:.0f} s — is celery beat running?"
+    if late is None:
+        return None
+    what = ""
+    if job.wait is not None:
+        what = " (its signal wait timed out)" if job.wait.signal else " (its sleep ended)"
+    return f"overdue by {late:.0f} s{what} — is celery beat running?"
 
 
 class OverdueWatch(bootsteps.StartStopStep):

@@ -17,7 +17,7 @@ from ergate_celery.stores.base import SCHEDULED, UNREADABLE, IndexEntry
 from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 RELEASE_TASK = "ergate.release_scheduled_jobs"
 

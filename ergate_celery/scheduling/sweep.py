@@ -17,7 +17,7 @@ from ergate_celery.stores.base import ACTIVE, UNREADABLE, IndexEntry
 from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 RECOVER_TASK = "ergate.recover_stuck_jobs"
 _BATCH = 1000

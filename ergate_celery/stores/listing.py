@@ -125,7 +125,14 @@ def decode_cursor(cursor: str | None) -> Position | None:
         if moment.tzinfo is None or not isinstance(job_id, str):
             raise ValueError
         return Position(moment.astimezone(UTC), job_id)
-    except (TypeError, ValueError, binascii.Error, UnicodeDecodeError):
+    except (
+        TypeError,
+        ValueError,
+        binascii.Error,
+        UnicodeDecodeError,
+        OverflowError,
+        RecursionError,  # nested brackets: a forged cursor, never one of ours
+    ):
         raise InvalidInputError(
             f"cursor {str(cursor)[:80]!r} is not a cursor of list_jobs; pass the next_cursor "
             "of the page before, or None for the first page"
@@ -180,7 +187,13 @@ def utc_moment(name: str, value: Any) -> datetime | None:
         return None
     if not isinstance(value, datetime):
         raise InvalidInputError(f"{name} must be a datetime or None, got {type(value).__name__}")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(
+            f"{name} {value.isoformat()} is out of range in UTC: give a time between "
+            "0001-01-02 and 9999-12-30"
+        ) from None
 
 
 def check_tags(tags: Any, *, what: str = "tags") -> dict[str, str]:

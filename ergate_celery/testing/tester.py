@@ -46,7 +46,7 @@ from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import step_task_id
 from ergate_celery.worker.step_task import install_step
 
-logger = logging.getLogger("ergate_celery.testing")
+logger = logging.getLogger(__name__)
 
 #: `run()` stops with an error after delivering this many messages: a step that retries
 #: forever without a countdown would otherwise never let the test end.

@@ -20,7 +20,7 @@ from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.worker import observing
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: The Celery event type sent with each lifecycle signal when worker events are on.
 EVENT_TYPES: dict[Signal, str] = {
@@ -109,8 +109,12 @@ class Announcer:
             )
             return
         # Final and cancelling changes are what an operator looks for; the step-to-step
-        # QUEUED/RUNNING changes would double a busy worker's log.
-        quiet = not after.is_final and after.status is not JobStatus.CANCELLING
+        # QUEUED/RUNNING changes would double a busy worker's log, and so would the progress
+        # a cancelling step still reports.
+        cancelling = after.status is JobStatus.CANCELLING and (
+            before is None or before.status is not JobStatus.CANCELLING
+        )
+        quiet = not after.is_final and not cancelling
         level = logging.DEBUG if quiet else logging.INFO
         logger.log(
             level, "Job %s %s -> %s at step %s (%s)", after.id, was, after.status.name, step, sender

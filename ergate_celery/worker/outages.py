@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from celery.exceptions import Reject
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: Exception class names (anywhere in the class's MRO) that mean "the server is unreachable"
 #: on the backends ergate_celery supports: redis-py's, SQLAlchemy's and Django's database

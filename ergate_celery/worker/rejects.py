@@ -22,7 +22,7 @@ from ergate_celery.worker.step_results import reply
 if TYPE_CHECKING:
     from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 
 def reject_message(

@@ -26,7 +26,7 @@ from ergate_celery.stores.base import TaskResult, Updated, utc_now
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

@@ -24,7 +24,7 @@ from ergate_celery.model.annotations import StepRun
 from ergate_celery.model.job import Job, JobError, StepTiming
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import json_result
-from ergate_celery.model.progress import ProgressReporter
+from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import observing
 from ergate_celery.worker.outages import requeued_on_outage
@@ -34,7 +34,7 @@ from ergate_celery.worker.retry_policy import retry_delay, should_retry
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import display_options, own_result, reply, summary
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 
 def execute_step(
@@ -68,6 +68,8 @@ def _execute(
         return reply(task, summary(job, step, dropped=True))
     token = job.claim
     assert token is not None
+    interval = rt.settings.progress_interval
+    cancel = CancelWatch(lambda: _cancel_stored(rt, str(job.id)), interval)
     run = StepRun(
         job_id=str(job.id),
         workflow_name=job.workflow_name,
@@ -75,12 +77,14 @@ def _execute(
         step_index=step.index,
         hop=job.steps_completed,
         attempt=job.attempt,
+        cancel_watch=cancel,
     )
     progress = ProgressReporter(
         job.percent_completed,
         percent_after_return(job, step.workflow),
         lambda percent: _store_progress(rt, job, step, percent),
-        rt.settings.progress_interval,
+        interval,
+        cancel,
     )
     outcome = run_step(
         step, job.get_input_value(), job.user_context, run, progress, job.signals, rt.clock
@@ -227,11 +231,29 @@ def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int, now: d
     return after.model_copy(update={"timings": timings, "step_started_at": None})
 
 
-def _store_progress(rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float) -> None:
+def _store_progress(
+    rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float
+) -> bool | None:
+    """Store the step's progress; whether the job was cancelled meanwhile (None: unknown)."""
     assert job.claim is not None
     lease = rt.clock() + timedelta(seconds=rt.settings.stuck_after)
     try:
-        rt.apply(str(job.id), ProgressReported(job.claim, percent, lease), sender=step.task_name)
+        stored, _ = rt.apply(
+            str(job.id), ProgressReported(job.claim, percent, lease), sender=step.task_name
+        )
     except Exception:
         # Progress is best-effort: a backend blip must not fail the step that reports it.
         logger.warning("Could not store the progress of job %s", job.id, exc_info=True)
+        return None
+    return stored is not None and stored.status is JobStatus.CANCELLING
+
+
+def _cancel_stored(rt: Runtime, job_id: str) -> bool:
+    """Whether the job of a running step is CANCELLING, as stored now (False when unsure:
+    a backend blip must not stop a step)."""
+    try:
+        stored = rt.store.get(job_id)
+    except Exception:
+        logger.warning("Could not read whether job %s was cancelled", job_id, exc_info=True)
+        return False
+    return stored is not None and stored.status is JobStatus.CANCELLING

@@ -1,27 +1,23 @@
-"""The Celery side of steps: the task class every step task has, installing a step as a task,
-and failing the job of a message for a step task this worker does not know."""
+"""The Celery side of steps: the task class every step task has, and installing a step as a
+task (messages for a step task this worker does not have: `unknown_steps.py`)."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from billiard.exceptions import TimeLimitExceeded
 from celery import Celery, Task
 
 from ergate_celery.lifecycle.events import TimeLimit
-from ergate_celery.model.job import Job, JobError
+from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.settings import ErgateSettings
-from ergate_celery.worker.rejects import reject_message
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_body import execute_step
 
-if TYPE_CHECKING:
-    from ergate_celery.binding import ErgateCelery
-
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 # Retries are decided in the step body (a retry must stay the same step), so these step
 # options are not handed to Celery's own autoretry wrapper.
@@ -97,34 +93,3 @@ def install_step(ergate: StepHost, step: WorkflowStep[Any, Any]) -> None:
 
 def _step_body(self: StepTask, payload: Any) -> dict[str, Any]:
     return execute_step(self.ergate.runtime, self.ergate_step, self, payload)
-
-
-def fail_unknown_task(
-    ergate: ErgateCelery, sender: Any = None, name: str = "", message: Any = None, **kwargs: Any
-) -> None:
-    """Celery's `task_unknown` receiver: fail the job an unknown step message names."""
-    # A step task this worker does not know (a deploy removed or renamed it): Celery
-    # drops the message, so the job would wait forever; fail it with the reason instead.
-    if not name.startswith("ergate.") or message is None:
-        return
-    if getattr(sender, "app", ergate.app) is not ergate.app:
-        return
-    try:
-        body = message.decode()
-        payload = body[0][0] if isinstance(body, list | tuple) else body["args"][0]
-    except Exception:
-        logger.error("Dropped an unreadable message for unknown task %s", name)
-        return
-    known = ", ".join(sorted(ergate.workflows)) or "none"
-    hop = payload.get("steps_completed") if isinstance(payload, dict) else None
-    reject_message(
-        ergate.runtime,
-        payload,
-        JobError(
-            type="UnknownStep",
-            message=f"This worker has no task {name} (workflows it knows: {known}); "
-            "was the workflow or step removed or renamed by a deploy?",
-        ),
-        name,
-        hop if isinstance(hop, int) else None,
-    )

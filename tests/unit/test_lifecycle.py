@@ -77,6 +77,8 @@ _FINISHED = {
     "AbortJob": S.ABORTED,
     "more steps": S.QUEUED,
     "last step returned": S.COMPLETED,
+    "JobCancelled": S.CANCELLED,
+    "JobCancelled: the step stopped at a report": S.CANCELLED,
 }
 _SLEEP = Wait(step="b", since=NOW - timedelta(minutes=5), until=NOW - timedelta(seconds=1))
 _APPROVAL = Wait(

@@ -1,26 +1,66 @@
 """The Django admin for ergate jobs on django-db: job records filtered by status, workflow and
-date, searched by id and tags, retried and cancelled by action, each shown as a job page.
+date, searched by id and tags, retried and cancelled by action or by the job page's buttons,
+each shown as a job page at `.../ergatejob/<job id>/change/`.
 
 On another result backend there are no job rows here; the console (`urls.py`) lists jobs on
 every backend.
 """
 
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
+from django.utils import dateformat, timezone
+from django.views.decorators.http import require_POST
 from pydantic import ValidationError
 
 from ergate_celery.binding import ErgateCelery
 from ergate_celery.contrib.django.job_display import current_step, display
 from ergate_celery.contrib.django.models import ErgateJob, JobTag
 from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
+from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
+from ergate_celery.scheduling.overdue import overdue_note
 from ergate_celery.stores.base import job_from_document
 
 _FINAL_NAMES = [status.name for status in FINAL_STATUSES]
+#: The one format of every date the admin and the console show (Django's `date` filter's).
+DATE_FORMAT = "Y-m-d H:i:s"
+
+
+def shown_date(value: datetime | str | None) -> str:
+    """A stored moment (a datetime, or the ISO text of the job's JSON) in `DATE_FORMAT`, in
+    the current time zone; "—" when there is none."""
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if not isinstance(moment, datetime):
+        return "—"
+    if timezone.is_aware(moment):
+        moment = timezone.localtime(moment)
+    return str(dateformat.format(moment, DATE_FORMAT))
+
+
+class JobChangeList(ChangeList):
+    """Links each row to its job page by job id, not by row number."""
+
+    def url_for_result(self, result: Model) -> str:
+        url: str = reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=(quote(result.task_id),),
+            current_app=self.model_admin.admin_site.name,
+        )
+        return url
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -65,8 +105,9 @@ class ErgateJobAdmin(admin.ModelAdmin):
         "status_name",
         "progress",
         "step",
-        "date_created",
+        "submitted",
         "finished",
+        "error",
     )
     list_filter = (StatusFilter, WorkflowFilter, "date_created")
     date_hierarchy = "date_created"
@@ -121,9 +162,39 @@ class ErgateJobAdmin(admin.ModelAdmin):
         except ValidationError:
             return "?"
 
+    @admin.display(description="submitted", ordering="date_created")
+    def submitted(self, row: ErgateJob) -> str:
+        return shown_date(row.document().get("submitted_at") or row.date_created)
+
     @admin.display(description="finished")
-    def finished(self, row: ErgateJob) -> Any:
-        return row.document().get("finished_at")
+    def finished(self, row: ErgateJob) -> str:
+        return shown_date(row.document().get("finished_at"))
+
+    @admin.display(description="error")
+    def error(self, row: ErgateJob) -> str:
+        error = row.document().get("error")
+        if not isinstance(error, dict):
+            return ""
+        message = str(error.get("message", ""))
+        short = message if len(message) <= 80 else f"{message[:79]}…"
+        return f"{error.get('type', '?')}: {short}"
+
+    # Rows by job id ------------------------------------------------------------------------
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return JobChangeList
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> Any:
+        """The row of the job `object_id` (a job id; a row number still finds its row, for
+        the links Django's own pages make)."""
+        queryset = self.get_queryset(request)
+        key = unquote(object_id)
+        row = queryset.filter(task_id=key).first()
+        if row is None and key.isdigit():
+            row = queryset.filter(pk=int(key)).first()
+        return row
 
     # The job page -------------------------------------------------------------------------
 
@@ -138,10 +209,61 @@ class ErgateJobAdmin(admin.ModelAdmin):
         context = dict(extra_context or {})
         if row is not None:
             try:
-                context["shown"] = display(job_from_document(row.document()))
+                job = job_from_document(row.document())
             except ValidationError:
                 context["unreadable"] = True
+            else:
+                context["shown"] = display(job)
+                context["overdue"] = _overdue(job)
+                context["can_act"] = self.has_operate_permission(request)
+                context["action_url"] = reverse(
+                    f"admin:{self.opts.app_label}_{self.opts.model_name}_act",
+                    args=(quote(row.task_id),),
+                    current_app=self.admin_site.name,
+                )
         return super().change_view(request, object_id, form_url, context)
+
+    def get_urls(self) -> list[URLPattern]:
+        act = path(
+            "<path:object_id>/act/",
+            self.admin_site.admin_view(require_POST(self.act_view)),
+            name=f"{self.opts.app_label}_{self.opts.model_name}_act",
+        )
+        return [act, *super().get_urls()]
+
+    def act_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The job page's Retry and Cancel buttons (POST `action=retry|cancel`): needs the
+        change permission; tells how it went on the job page."""
+        if not self.has_operate_permission(request):
+            raise PermissionDenied
+        row = self.get_object(request, object_id)
+        if row is None:
+            raise Http404(f"No job {unquote(object_id)!r}")
+        job_id = str(row.task_id)
+        action = request.POST.get("action", "")
+        ergate = ErgateCelery.of()
+        try:
+            if action == "retry":
+                job = ergate.retry_job(job_id)
+                self.message_user(
+                    request, f"Job retried: {job.status.name} at {current_step(job)}."
+                )
+            elif action == "cancel":
+                job = ergate.cancel_job(job_id)
+                self.message_user(request, f"Cancel asked: the job is {job.status.name}.")
+            else:
+                self.message_user(
+                    request, f"Unknown action {action[:40]!r}: retry or cancel.", messages.ERROR
+                )
+        except (JobStateError, JobNotFoundError) as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        return HttpResponseRedirect(
+            reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+                args=(quote(job_id),),
+                current_app=self.admin_site.name,
+            )
+        )
 
     # Actions ------------------------------------------------------------------------------
 
@@ -226,3 +348,11 @@ class ErgateJobAdmin(admin.ModelAdmin):
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """Who may retry and cancel: those with the model's change permission."""
         return bool(admin.ModelAdmin.has_change_permission(self, request))
+
+
+def _overdue(job: Job) -> str | None:
+    try:
+        settings = ErgateCelery.of().settings
+    except ErgateError:
+        return None  # no binding in this process: no interval to judge lateness by
+    return overdue_note(job, settings)

@@ -1,15 +1,22 @@
 """The staff console: list, filter, retry and cancel jobs, pause and resume workflows, and see
-each workflow's graph, on every result backend (it reads `list_jobs`, not the database)."""
+each workflow's graph, on every result backend (it reads `list_jobs`, not the database).
+
+Permissions are the admin's for the job model: every page needs staff status and the `view`
+permission on ergate jobs (`ergate_celery.view_ergatejob`); every action (retry, cancel,
+pause, resume) needs the `change` permission (`ergate_celery.change_ergatejob`). Anyone else
+gets 403.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from functools import wraps
 from typing import Any, TypeVar
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -28,6 +35,8 @@ from ergate_celery.model.graph import edges, mermaid
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow import Workflow
+from ergate_celery.operations.listing import parse_moment
+from ergate_celery.scheduling.overdue import overdue_note
 from ergate_celery.stores.listing import JobPage
 
 T = TypeVar("T")
@@ -37,12 +46,36 @@ Action = Callable[[ErgateCelery, str], str]
 
 #: Jobs per page of the list.
 PAGE_SIZE = 50
+#: Needed to see any page of the console (the admin's view permission on jobs).
+VIEW_PERMISSION = "ergate_celery.view_ergatejob"
+#: Needed for every action: retry, cancel, pause, resume (the admin's change permission).
+CHANGE_PERMISSION = "ergate_celery.change_ergatejob"
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+View = Callable[..., HttpResponse]
 
 
-@staff_member_required
+def console_page(view: View) -> View:
+    """Staff only (others are sent to the admin's login); 403 without the view permission,
+    and for a POST without the change permission."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        user = request.user
+        if not user.has_perm(VIEW_PERMISSION):
+            raise PermissionDenied(f"The ergate console needs the {VIEW_PERMISSION} permission")
+        if request.method not in ("GET", "HEAD") and not user.has_perm(CHANGE_PERMISSION):
+            raise PermissionDenied(f"Changing jobs needs the {CHANGE_PERMISSION} permission")
+        return view(request, *args, **kwargs)
+
+    guarded_for_staff: View = staff_member_required(guarded)
+    return guarded_for_staff
+
+
+def _can_act(request: HttpRequest) -> bool:
+    return bool(request.user.has_perm(CHANGE_PERMISSION))
+
+
+@console_page
 @require_GET
 def job_list(request: HttpRequest) -> HttpResponse:
     """Jobs newest first, filtered by status, workflow, since and tag, a page at a time."""
@@ -71,6 +104,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
             "status": job.status.name,
             "percent": round(job.percent_completed, 1),
             "step": current_step(job),
+            "overdue": overdue_note(job, ergate.settings),
         }
         for job in page.jobs
     ]
@@ -98,23 +132,11 @@ def _list(ergate: ErgateCelery, given: dict[str, str], cursor: str | None) -> Jo
 
 
 def parse_since(text: str) -> datetime | None:
-    """`1h` (30s, 15m, 2d, 1w: that long ago) or an ISO date or datetime (naive is UTC)."""
-    if not text:
-        return None
-    match = _DURATION.match(text.lower())
-    if match:
-        return datetime.now(UTC) - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInputError(
-            f"since {text!r} is neither a duration (30s, 15m, 1h, 2d, 1w) nor a date "
-            "(2026-11-30 or 2026-11-30T09:00)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """`1h` (30s, 15m, 2d, 1w: that long ago) or an ISO date or time (naive is UTC)."""
+    return parse_moment("since", text, datetime.now(UTC), ago=True) if text else None
 
 
-@staff_member_required
+@console_page
 @require_http_methods(["GET", "POST"])
 def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     """One job: status, progress, error, timeline; POST `action=retry|cancel` changes it."""
@@ -122,7 +144,13 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
 
 
 def _show_job(request: HttpRequest, ergate: ErgateCelery, job: Job) -> HttpResponse:
-    context = {"shown": display(job), "console": True}
+    context = {
+        "shown": display(job),
+        "console": True,
+        "overdue": overdue_note(job, ergate.settings),
+        "action_url": reverse("ergate_celery:job_detail", args=[str(job.id)]),
+        "can_act": _can_act(request),
+    }
     return render(request, "ergate_celery/console/job_detail.html", context)
 
 
@@ -140,7 +168,7 @@ def _cancel(ergate: ErgateCelery, job_id: str) -> str:
 _JOB_ACTIONS: dict[str, Action] = {"retry": _retry, "cancel": _cancel}
 
 
-@staff_member_required
+@console_page
 @require_GET
 def workflow_list(request: HttpRequest) -> HttpResponse:
     """Every registered workflow, paused or running, with its steps."""
@@ -153,7 +181,7 @@ def workflow_list(request: HttpRequest) -> HttpResponse:
     return render(request, "ergate_celery/console/workflow_list.html", {"rows": rows})
 
 
-@staff_member_required
+@console_page
 @require_http_methods(["GET", "POST"])
 def workflow_detail(request: HttpRequest, name: str) -> HttpResponse:
     """A workflow's steps and edges, its Mermaid source; POST `action=pause|resume`."""
@@ -178,6 +206,7 @@ def _show_workflow(request: HttpRequest, ergate: ErgateCelery, workflow: Workflo
         ],
         "mermaid": mermaid(workflow),
         "jobs_url": f"{reverse('ergate_celery:job_list')}?{urlencode({'workflow': name})}",
+        "can_act": _can_act(request),
     }
     return render(request, "ergate_celery/console/workflow_detail.html", context)
 

@@ -34,7 +34,7 @@ from ergate_celery.operations.listing import every_job
 from ergate_celery.stores.listing import JobQuery
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: The message header that carries when a step message was published (seconds since epoch).
 PUBLISHED_AT = "ergate_published_at"

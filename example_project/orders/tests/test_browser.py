@@ -219,11 +219,20 @@ class BrowserTests(StaticLiveServerTestCase):
         self.assertIn("shipped", self.js("return document.body.innerText"))
 
     def test_staff_retry_a_failed_order_from_the_console(self) -> None:
+        from django.contrib.auth.models import Permission
         from selenium.webdriver.common.by import By
 
         from orders import services
 
-        make_user("ops", is_staff=True)
+        # Staff with the job records' view and change permissions: what the console's pages
+        # and its Retry button need.
+        ops = make_user("ops", is_staff=True)
+        ops.user_permissions.add(  # type: ignore[attr-defined]
+            *Permission.objects.filter(
+                content_type__app_label="ergate_celery",
+                codename__in=["view_ergatejob", "change_ergatejob"],
+            )
+        )
         self.open("/")
         self.fill(username="ops", password="secret-pass-123")
         self.wait_for("document.querySelector('h1')?.textContent === 'My orders'", "the list")
