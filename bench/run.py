@@ -58,7 +58,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, job_length, listing, nodes, scale, waiting
+from . import apps, dbos_peer, job_length, listing, nodes, scale, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -76,7 +76,7 @@ from .storage import flush_redis, postgres
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale")
+PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale", "dbos")
 #: The parts that run on Redis only, and do not check that it answers themselves.
 REDIS_PARTS = frozenset({"nodes", "waiting"})
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
@@ -322,6 +322,7 @@ class PartSizes:
     nodes: nodes.NodeSizes = nodes.FULL
     length: job_length.LengthSizes = job_length.FULL
     scale: scale.ScaleSizes = scale.FULL
+    dbos: dbos_peer.PeerSizes = dbos_peer.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -383,6 +384,7 @@ def run_bench(
             "listing": lambda: listing.run_listing(part_sizes.listing, unavailable, log),
             "waiting": lambda: waiting.run_waiting(part_sizes.waiting, log),
             "scale": lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir),
+            "dbos": lambda: dbos_peer.run_dbos_peer(part_sizes.dbos, unavailable, log),
         }
         for name, part in others.items():
             if name in parts:
@@ -430,12 +432,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.tiny:
             chosen: Sizes | Mapping[str, Sizes] = TINY_PAIRED
             part_sizes = PartSizes(
-                listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY
+                listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY, dbos_peer.TINY
             )
         elif options.quick:
             chosen, part_sizes = (
                 QUICK,
-                PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK, job_length.QUICK, scale.QUICK),
+                PartSizes(
+                    listing.QUICK,
+                    waiting.QUICK,
+                    nodes.QUICK,
+                    job_length.QUICK,
+                    scale.QUICK,
+                    dbos_peer.QUICK,
+                ),
             )
         else:
             chosen, part_sizes = FULL, PartSizes()
@@ -480,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "scale" in report:
         print("\nScale curve (stored jobs):")
         print(scale.table(report["scale"]))
+    if "dbos" in report:
+        print("\nAgainst DBOS Transact (ratios ergate ÷ DBOS), on the same PostgreSQL:")
+        print(dbos_peer.table(report["dbos"]))
     print(f"\nWritten to {path} ({report['seconds']:.0f} s)")
     return 1 if failures(report) else 0
 
@@ -499,6 +511,7 @@ def failures(report: dict[str, Any]) -> list[str]:
             found.append(f"scale on {backend}")
     found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
     found += [f"nodes: {title}" for title in report.get("nodes", {}).get("errors", {})]
+    found += [f"dbos: {title}" for title in report.get("dbos", {}).get("errors", {})]
     if report.get("length", {}).get("status") == "failed":
         found.append("length")
     return found

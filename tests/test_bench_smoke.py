@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import apps, job_length, listing, nodes, scale, waiting
+from bench import apps, dbos_peer, job_length, listing, nodes, scale, waiting
 from bench.measures import TINY, TINY_PAIRED
 from bench.run import PartSizes, run_bench, table
 
@@ -31,6 +31,7 @@ TINY_PARTS = PartSizes(
     nodes=nodes.TINY,
     length=job_length.TINY,
     scale=scale.TINY,
+    dbos=dbos_peer.TINY,
 )
 
 
@@ -257,3 +258,41 @@ def test_scale_bench_draws_every_measure_on_redis(tmp_path: Path) -> None:
     printed = scale.table(written)
     assert "recover_stuck_jobs run" in printed
     assert "1,000" in printed
+
+
+def test_dbos_peer_reports_both_measures_on_both_setups_and_drops_its_schemas(
+    tmp_path: Path,
+    rabbitmq_service: RabbitMQService,
+    postgres_service: PostgresService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    schema = f"{postgres_service.schema}_bench"
+    monkeypatch.setenv("ERGATE_BENCH_RABBITMQ_URL", rabbitmq_service.url)
+    monkeypatch.setenv("ERGATE_BENCH_POSTGRES_SCHEMA", schema)
+    monkeypatch.setattr(apps, "RABBITMQ_URL", rabbitmq_service.url)
+    monkeypatch.setattr(apps, "POSTGRES_SCHEMA", schema)
+
+    written, lines = run_part("dbos", tmp_path)
+
+    assert written["status"] == "ran", lines
+    assert written["errors"] == {}, lines
+    assert set(written["measures"]) == set(dbos_peer.MEASURES)
+    for by_setup in written["measures"].values():
+        assert set(by_setup) == set(dbos_peer.ERGATE_SETUPS)
+        for measured in by_setup.values():
+            for side in ("dbos", "ergate", "ratio"):
+                assert measured[side] > 0, measured
+            assert measured["pairs"] == dbos_peer.TINY.pairs
+            assert len(measured["detail"]["dbos_by_pair"]) == dbos_peer.TINY.pairs
+    assert written["schemas"]["dbos"].startswith(schema)
+    assert "ergate ÷ DBOS" in dbos_peer.table(written)
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(apps.POSTGRES_URL)
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT nspname FROM pg_namespace WHERE nspname = ANY(:names)"),
+            {"names": list(written["schemas"].values())},
+        ).all()
+    engine.dispose()
+    assert left == []
