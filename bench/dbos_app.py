@@ -31,7 +31,12 @@ from . import apps
 #: Workflow names and their step counts, the same lengths as the ergate and bare sides.
 WORKFLOWS = {"chain20": apps.LONG_STEPS, "chain5": apps.SHORT_STEPS}
 #: Statuses of DBOS's `workflow_status` rows that end a workflow, and whether in success.
-FINAL = {"SUCCESS": True, "ERROR": False, "CANCELLED": False, "MAX_RECOVERY_ATTEMPTS_EXCEEDED": False}
+FINAL = {
+    "SUCCESS": True,
+    "ERROR": False,
+    "CANCELLED": False,
+    "MAX_RECOVERY_ATTEMPTS_EXCEEDED": False,
+}
 
 
 def schema() -> str:

@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,7 +54,7 @@ from .measures import JOB_FINAL, StatusReader
 from .pairs import run_pairs, summary
 from .report import aligned, error_text, not_ran
 from .storage import flush_redis, postgres
-from .workers import ROOT, worker
+from .workers import ROOT, workers
 
 Log = Callable[[str], None]
 #: The sides beside DBOS: ergate_celery on each setup.
@@ -76,7 +77,7 @@ class PeerSizes:
 FULL = PeerSizes()
 QUICK = PeerSizes(pairs=2, latency_runs=1, throughput_jobs=20, warmup=1, timeout=120.0)
 #: For the smoke test only: one group checks that every measure is reported.
-TINY = PeerSizes(pairs=1, latency_runs=1, throughput_jobs=2, warmup=1, timeout=60.0)
+TINY = PeerSizes(pairs=1, latency_runs=1, throughput_jobs=2, warmup=0, timeout=60.0)
 
 
 # The DBOS application process --------------------------------------------------------------
@@ -238,44 +239,54 @@ def _versus(dbos: list[float], ergate: list[float], unit: str, better: str) -> d
     return measured
 
 
+def _groups(
+    title: str, sample: Callable[[str], float], sizes: PeerSizes, log: Log
+) -> dict[str, list[float]]:
+    """The warm-up, then `sizes.pairs` interleaved groups of the three sides' samples.
+
+    run_pairs's "bare" is the peer and its "ergate" the Redis side; the PostgreSQL side
+    follows the peer in every group.
+    """
+    log(f"dbos: {title}…")
+    for _ in range(sizes.warmup):
+        for side in ("dbos", *ERGATE_SETUPS):
+            sample(side)
+    taken = run_pairs(
+        sizes.pairs,
+        {
+            "bare": partial(sample, "dbos"),
+            "ergate": partial(sample, "redis"),
+            "rabbitmq_postgres": partial(sample, "rabbitmq_postgres"),
+        },
+        lambda message: log(f"dbos: {title}: {message}"),
+    )
+    return {"dbos": taken["bare"], "redis": taken["ergate"], **taken}
+
+
 def measure(sides: Sides, sizes: PeerSizes, log: Log) -> dict[str, dict[str, Any]]:
-    """Both measures, in interleaved groups of the three sides."""
-    names = ("dbos", *ERGATE_SETUPS)
-    found: dict[str, dict[str, Any]] = {}
-    for title, sample, unit, better in (
-        (
-            "step_latency_ms",
-            lambda side: _latency(sides, side, sizes.latency_runs, sizes.timeout),
-            "ms/step",
-            "lower",
-        ),
-        (
-            "throughput_steps_per_s",
-            lambda side: _throughput(sides, side, sizes.throughput_jobs, sizes.timeout),
-            "steps/s",
-            "higher",
-        ),
-    ):
-        log(f"dbos: {title}…")
-        for _ in range(sizes.warmup):
-            for side in names:
-                sample(side)
-        # run_pairs's "bare" is the peer, its "ergate" the Redis side; the PostgreSQL side
-        # follows the peer in every group.
-        taken = run_pairs(
-            sizes.pairs,
-            {
-                "bare": lambda: sample("dbos"),
-                "ergate": lambda: sample("redis"),
-                "rabbitmq_postgres": lambda: sample("rabbitmq_postgres"),
-            },
-            lambda message: log(f"dbos: {title}: {message}"),
-        )
-        found[title] = {
-            "redis": _versus(taken["bare"], taken["ergate"], unit, better),
-            "rabbitmq_postgres": _versus(taken["bare"], taken["rabbitmq_postgres"], unit, better),
-        }
-    return found
+    """Both measures, each in interleaved groups of the three sides."""
+    latency = _groups(
+        "step_latency_ms",
+        lambda side: _latency(sides, side, sizes.latency_runs, sizes.timeout),
+        sizes,
+        log,
+    )
+    throughput = _groups(
+        "throughput_steps_per_s",
+        lambda side: _throughput(sides, side, sizes.throughput_jobs, sizes.timeout),
+        sizes,
+        log,
+    )
+    return {
+        "step_latency_ms": {
+            setup: _versus(latency["dbos"], latency[setup], "ms/step", "lower")
+            for setup in ERGATE_SETUPS
+        },
+        "throughput_steps_per_s": {
+            setup: _versus(throughput["dbos"], throughput[setup], "steps/s", "higher")
+            for setup in ERGATE_SETUPS
+        },
+    }
 
 
 # The part ----------------------------------------------------------------------------------
@@ -360,19 +371,22 @@ def run_dbos_peer(
                     postgres_schema=ergate_schema,
                 ),
             }
-            ergate: dict[str, Bench] = {}
-            for setup, config in configs.items():
-                ergate[setup] = bench = apps.build(config)
-                benches.append(bench)
-                log(f"dbos: starting the {setup} worker…")
-                stack.enter_context(worker(config, bench, folder, sizes.timeout))
-                if setup == "rabbitmq_postgres":
-                    stack.callback(_delete_queue, bench)
+            ergate = {setup: apps.build(config) for setup, config in configs.items()}
+            benches += ergate.values()
+            log("dbos: starting the workers…")
+            stack.enter_context(
+                workers(
+                    [(configs[setup], ergate[setup]) for setup in configs], folder, sizes.timeout
+                )
+            )
+            stack.callback(_delete_queue, ergate["rabbitmq_postgres"])
             log("dbos: launching DBOS…")
             dbos.wait_ready()
             from dbos import DBOSClient
 
-            client = DBOSClient(system_database_url=apps.POSTGRES_URL, dbos_system_schema=dbos_schema)
+            client = DBOSClient(
+                system_database_url=apps.POSTGRES_URL, dbos_system_schema=dbos_schema
+            )
             stack.callback(client.destroy)
             dbos_reader = DbosStatusReader(dbos_schema)
             readers.append(dbos_reader)

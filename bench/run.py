@@ -1,7 +1,7 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
-                        [--only compare,length,nodes,listing,waiting,scale]
+                        [--only compare,length,nodes,listing,waiting,scale,dbos]
 
 `compare`: for each setup whose services answer on loopback (all by default), the harness
 starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
@@ -33,7 +33,9 @@ next to bare chains of 100 and 5 links (Redis). `nodes` (bench/nodes.py): throug
 PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
 released per second by a release run, and wake-up lateness with 10,000 sleeping jobs. `scale`
 (bench/scale.py): step, release, sweep and `list_jobs` costs against the stored-job count
-(1,000 to 1,000,000), with a chart in `bench/results/scale.png`.
+(1,000 to 1,000,000), with a chart in `bench/results/scale.png`. `dbos` (bench/dbos_peer.py):
+DBOS Transact as a peer on the same PostgreSQL, its per-step latency and throughput against
+ergate_celery's on Redis and on RabbitMQ + PostgreSQL, interleaved, ratios ergate ÷ DBOS.
 
 It prints one table per setup and part and writes the numbers to
 `bench/results/<UTC date-time>.json`.
