@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import apps
+from . import apps, pgtrace
 
 #: Workflow names and their step counts, the same lengths as the ergate and bare sides.
 WORKFLOWS = {"chain20": apps.LONG_STEPS, "chain5": apps.SHORT_STEPS}
@@ -99,11 +99,13 @@ def serve(workflows: dict[str, Callable[[Any], Any]]) -> None:
 def main() -> None:
     from dbos import DBOS
 
+    pgtrace.install_from_env()
     workflows = launch()
     try:
         serve(workflows)
     finally:
         DBOS.destroy(workflow_completion_timeout_sec=5)
+        pgtrace.flush()
 
 
 if __name__ == "__main__":
