@@ -1,5 +1,6 @@
 """What a process says to PostgreSQL: libpq's protocol trace of its connections, and the
-server processes that answer them (for bench/profile_pg.py).
+server processes that answer them; and where a Celery pool process spends its CPU (for
+bench/profile_pg.py).
 
 `install(target)` makes every SQLAlchemy pool of the process (ergate_celery's store, Celery's
 database backend, DBOS's system database: all go through SQLAlchemy and psycopg 3) write,
@@ -8,6 +9,10 @@ for each new connection, its server process id to `<folder>/backends-<pid>.txt` 
 `<folder>/trace-<pid>-<n>.log`. A process whose `ERGATE_BENCH_PG_PROFILE` names a folder
 installs it when bench/apps.py or bench/dbos_app.py is imported, with the trace on when
 `ERGATE_BENCH_PG_TRACE=1`.
+
+With `ERGATE_BENCH_CPROFILE` naming a folder, each Celery pool process of a worker runs under
+cProfile (timed by the process's CPU clock, so waiting counts for nothing) and writes
+`<folder>/<pid>.prof` when it exits.
 
 libpq buffers the trace in C: `flush` writes it out; `install_in_worker` calls it when a
 Celery pool process or the process exits (normally: a killed process loses its last lines).
@@ -69,14 +74,37 @@ def flush() -> None:
 
 def install_in_worker() -> None:
     """`install_from_env`, with the traces flushed when a Celery pool process or this process
-    exits (a pool process ends with `os._exit`, which skips C's buffers)."""
-    if not os.environ.get("ERGATE_BENCH_PG_PROFILE", ""):
-        return
-    from celery.signals import worker_process_shutdown
+    exits (a pool process ends with `os._exit`, which skips C's buffers); and cProfile in each
+    pool process if `ERGATE_BENCH_CPROFILE` asks for it."""
+    if os.environ.get("ERGATE_BENCH_PG_PROFILE", ""):
+        from celery.signals import worker_process_shutdown
 
-    install_from_env()
-    atexit.register(flush)
-    worker_process_shutdown.connect(lambda **kwargs: flush(), weak=False)
+        install_from_env()
+        atexit.register(flush)
+        worker_process_shutdown.connect(lambda **kwargs: flush(), weak=False)
+    profiles = os.environ.get("ERGATE_BENCH_CPROFILE", "")
+    if profiles:
+        _profile_pool_processes(Path(profiles))
+
+
+def _profile_pool_processes(folder: Path) -> None:
+    import cProfile
+    import time
+
+    from celery.signals import worker_process_init, worker_process_shutdown
+
+    profiler = cProfile.Profile(time.process_time)
+
+    def started(**kwargs: Any) -> None:
+        profiler.enable()
+
+    def ending(**kwargs: Any) -> None:
+        profiler.disable()
+        folder.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(folder / f"{os.getpid()}.prof"))
+
+    worker_process_init.connect(started, weak=False)
+    worker_process_shutdown.connect(ending, weak=False)
 
 
 def install_from_env() -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -55,7 +56,7 @@ from .storage import postgres
 from .workers import descendants, worker
 
 #: Clock ticks per second of /proc/<pid>/stat's CPU times.
-TICKS = 100
+TICKS = os.sysconf("SC_CLK_TCK")
 SIDES = ("ergate", "dbos")
 TITLES = {
     "ergate": "ergate_celery (RabbitMQ + PostgreSQL)",
@@ -131,7 +132,12 @@ def dbos_run(sides: Sides, index: int, timeout: float) -> None:
 
 @contextlib.contextmanager
 def sides_of(
-    folder: Path, config: BenchConfig, dbos_schema: str, trace: bool, timeout: float
+    folder: Path,
+    config: BenchConfig,
+    dbos_schema: str,
+    trace: bool,
+    timeout: float,
+    cprofile: Path | None = None,
 ) -> Iterator[Sides]:
     """The processes of one pass, recording (and tracing, if `trace`) their connections."""
     global _installed
@@ -149,7 +155,10 @@ def sides_of(
         submit, wait = apps.build(config), apps.build(config)
         stack.callback(submit.app.close)
         stack.callback(wait.app.close)
-        with _environ({**profile, "ERGATE_BENCH_PG_PROFILE": str(folders["ergate"])}):
+        worker_env = {**profile, "ERGATE_BENCH_PG_PROFILE": str(folders["ergate"])}
+        if cprofile is not None:
+            worker_env["ERGATE_BENCH_CPROFILE"] = str(cprofile)
+        with _environ(worker_env):
             pid = stack.enter_context(worker(config, wait, folder, timeout, options=("-c", "1")))
         dbos.wait_ready()
         from dbos import DBOSClient
@@ -159,13 +168,13 @@ def sides_of(
                 system_database_url=apps.POSTGRES_URL, dbos_system_schema=dbos_schema
             )
         stack.callback(client.destroy)
+        # This process's traces (submit, waiting) are complete once libpq's buffers are out.
+        stack.callback(pgtrace.flush)
         yield Sides(submit, wait, pid, dbos, client, folders, trace)
 
 
 @contextlib.contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
-    import os
-
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:
@@ -195,7 +204,9 @@ def _spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(after[pid] - before.get(pid, 0.0) for pid in after)
 
 
-def _windows(sides: Sides, sizes: ProfileSizes, timed: bool) -> dict[str, dict[str, Any]]:
+def _windows(
+    sides: Sides, sizes: ProfileSizes, timed: bool, which: tuple[str, ...] = SIDES
+) -> dict[str, dict[str, Any]]:
     """Each side's measured runs: the window's start and end (epoch seconds), and, if `timed`,
     CPU seconds of its processes and of their server processes, and wall time per step."""
     runs: dict[str, Callable[[int], None]] = {
@@ -213,10 +224,10 @@ def _windows(sides: Sides, sizes: ProfileSizes, timed: bool) -> dict[str, dict[s
         "dbos": lambda: pgtrace.backends(sides.folders["dbos"]),
     }
     for index in range(sizes.warmup):
-        for side in SIDES:
+        for side in which:
             runs[side](index)
     found: dict[str, dict[str, Any]] = {}
-    for side in SIDES:
+    for side in which:
         client_before = cpu_seconds(processes[side]())
         server_before = cpu_seconds(servers[side]())
         start = time.time()
@@ -262,6 +273,60 @@ def traced_figures(trips: list[pgtrace.RoundTrip], steps: int) -> dict[str, Any]
         "connections_opened": sum(trip.first_of_connection for trip in trips) / steps,
         "server_ms": sum(trip.server_s for trip in trips) * 1000 / steps,
         "by_kind": {sql: count / steps for sql, count in kinds.most_common()},
+    }
+
+
+#: Libraries by the path of their source files, for where a pool process's CPU goes.
+LIBRARIES = (
+    "ergate_celery",
+    "celery",
+    "kombu",
+    "billiard",
+    "amqp",
+    "sqlalchemy",
+    "psycopg",
+    "pydantic",
+    "json",
+    "logging",
+)
+
+
+def _library(filename: str) -> str:
+    if filename == "~":
+        return "built-ins (C)"
+    parts = Path(filename).parts
+    for name in LIBRARIES:
+        if name in parts or f"{name}.py" in parts:
+            return name
+    return "bench" if "bench" in parts else "other Python"
+
+
+def python_figures(folder: Path, steps: int) -> dict[str, Any]:
+    """CPU of the worker's pool processes (cProfile on the CPU clock): per step in all, by
+    library, and the functions that take most of it."""
+    import pstats
+
+    paths = [str(path) for path in folder.glob("*.prof")]
+    if not paths:
+        raise RuntimeError(f"no profile was written in {folder}")
+    stats: Any = pstats.Stats(*paths)
+    total = stats.total_tt
+    by_library: Counter[str] = Counter()
+    functions: list[tuple[float, int, str]] = []
+    for (filename, line, name), (_, calls, tottime, _, _) in stats.stats.items():
+        by_library[_library(filename)] += tottime
+        where = filename if filename == "~" else "/".join(Path(filename).parts[-2:])
+        functions.append((tottime, calls, f"{where}:{line}({name})"))
+    functions.sort(reverse=True)
+    return {
+        "cpu_ms": total * 1000 / steps,
+        "by_library_ms": {
+            name: seconds * 1000 / steps for name, seconds in by_library.most_common()
+        },
+        "top_functions": [
+            {"function": name, "ms": tottime * 1000 / steps, "calls": calls / steps}
+            for tottime, calls, name in functions[:15]
+        ],
     }
 
 
@@ -315,6 +380,14 @@ def profile(
         log("profile: timed pass…")
         with sides_of(folder / "timed", config, dbos_schema, False, sizes.timeout) as sides:
             timed = _windows(sides, sizes, timed=True)
+        log("profile: cProfile pass (ergate's pool process)…")
+        profiles = folder / "cprofile"
+        with sides_of(
+            folder / "profiled", config, dbos_schema, False, sizes.timeout, cprofile=profiles
+        ) as sides:
+            _windows(sides, sizes, timed=False, which=("ergate",))
+        # Every step the pool process ran: the warm-up's and the measured runs'.
+        result["python"] = python_figures(profiles, (sizes.warmup + sizes.runs) * apps.LONG_STEPS)
         result["sides"] = {
             side: {
                 **traced[side],
@@ -336,8 +409,6 @@ def profile(
 
 
 def _load() -> float:
-    import os
-
     return os.getloadavg()[0]
 
 
@@ -392,6 +463,26 @@ def markdown(result: dict[str, Any]) -> str:
         ours, theirs = sides["ergate"][key], sides["dbos"][key]
         ratio = f"{ours / theirs:.2f}\N{MULTIPLICATION SIGN}" if theirs else "-"
         lines.append(f"| {label} | {form.format(ours)} | {form.format(theirs)} | {ratio} |")
+    python = result.get("python")
+    if python is not None:
+        lines += [
+            "",
+            f"ergate_celery's pool process under cProfile (CPU clock): {python['cpu_ms']:.2f} ms "
+            "per step (profiling inflates it), by library:",
+            "",
+            "| library | ms per step |",
+            "| --- | ---: |",
+            *(f"| {name} | {ms:.3f} |" for name, ms in python["by_library_ms"].items()),
+            "",
+            "The functions that take most of it (own time):",
+            "",
+            "| ms per step | calls per step | function |",
+            "| ---: | ---: | --- |",
+            *(
+                f"| {top['ms']:.3f} | {top['calls']:.1f} | `{top['function']}` |"
+                for top in python["top_functions"]
+            ),
+        ]
     for side in SIDES:
         lines += [
             "",
