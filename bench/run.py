@@ -408,7 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # for the tests
     parser.add_argument(
-        "--pairs", type=int, default=None, help="interleaved pairs per measure (default: 5)"
+        "--pairs",
+        type=int,
+        default=None,
+        help="interleaved pairs per measure of compare and dbos (default: 5)",
     )
     parser.add_argument(
         "--setups",
@@ -458,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if isinstance(chosen, Sizes)
                 else {name: replace(one, pairs=options.pairs) for name, one in chosen.items()}
             )
+            part_sizes = replace(part_sizes, dbos=replace(part_sizes.dbos, pairs=options.pairs))
         began = time.monotonic()
 
         def log(message: str) -> None:

@@ -296,3 +296,37 @@ def test_dbos_peer_reports_both_measures_on_both_setups_and_drops_its_schemas(
         ).all()
     engine.dispose()
     assert left == []
+
+
+def test_pg_trace_is_read_back_into_round_trips() -> None:
+    from bench.pgtrace import parse
+
+    trace = [
+        '2026-12-03 01:00:00.000000\tF\t10\tQuery\t "BEGIN"\n',
+        '2026-12-03 01:00:00.000100\tB\t10\tCommandComplete\t "BEGIN"\n',
+        "2026-12-03 01:00:00.000200\tB\t5\tReadyForQuery\t T\n",
+        '2026-12-03 01:00:00.001000\tF\t60\tParse\t "_pg3_0" "UPDATE "s"."t"\n',
+        'SET a = $1" 1 25\n',
+        '2026-12-03 01:00:00.001001\tF\t30\tBind\t "" "_pg3_0" 1 1 1 1 \'x\' 1 0\n',
+        '2026-12-03 01:00:00.001002\tF\t9\tExecute\t "" 0\n',
+        "2026-12-03 01:00:00.001003\tF\t4\tSync\n",
+        "2026-12-03 01:00:00.003003\tB\t5\tReadyForQuery\t T\n",
+        '2026-12-03 01:00:00.004000\tF\t30\tBind\t "" "_pg3_0" 1 1 1 1 \'y\' 1 0\n',
+        '2026-12-03 01:00:00.004001\tF\t9\tExecute\t "" 0\n',
+        "2026-12-03 01:00:00.004002\tF\t4\tSync\n",
+        "2026-12-03 01:00:00.005002\tB\t5\tReadyForQuery\t T\n",
+    ]
+
+    trips = parse(trace)
+
+    assert [trip.statements for trip in trips] == [
+        ["BEGIN"],
+        ['UPDATE "s"."t"\nSET a = $1'],
+        ['UPDATE "s"."t"\nSET a = $1'],
+    ]
+    assert [trip.prepared for trip in trips] == [0, 1, 0]
+    assert [trip.first_of_connection for trip in trips] == [True, False, False]
+    assert [round(trip.server_s * 1000, 3) for trip in trips] == [0.2, 2.0, 1.0]
+    assert trips[1].parse_bytes == 61
+    assert trips[2].bind_bytes == 31
+    assert trips[2].bytes_sent == 31 + 10 + 5
