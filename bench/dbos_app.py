@@ -14,6 +14,9 @@ read, `{"workflow": "chain20", "count": 3, "input": 7}`, starts `count` workflow
 status rows written). The harness waits for the results in the database, as it waits for
 ergate_celery's jobs. End of input ends the process.
 
+With `ERGATE_BENCH_PG_PROFILE` (and `ERGATE_BENCH_PG_TRACE`) set, its PostgreSQL connections
+are recorded and traced for bench/profile_pg.py (bench/pgtrace.py).
+
 The workflows mirror the ergate ones of bench/apps.py: `chain20` and `chain5` are 20 and 5
 no-op steps, each step's input its predecessor's return value.
 """

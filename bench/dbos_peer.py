@@ -131,10 +131,14 @@ class DbosApp:
         ids: list[str] = self._read()["ids"]
         return ids
 
-    def stop(self) -> None:
-        """End of input, then SIGKILL to its group if it has not exited within 20 s."""
+    def close_input(self) -> None:
+        """End of input: the process shuts DBOS down and exits."""
         with contextlib.suppress(OSError):
             self._pipes()[0].close()
+
+    def stop(self) -> None:
+        """End of input, then SIGKILL to its group if it has not exited within 20 s."""
+        self.close_input()
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -380,6 +384,8 @@ def run_dbos_peer(
                 )
             )
             stack.callback(_delete_queue, ergate["rabbitmq_postgres"])
+            # DBOS shuts down while the workers do.
+            stack.callback(dbos.close_input)
             log("dbos: launching DBOS…")
             dbos.wait_ready()
             from dbos import DBOSClient

@@ -76,7 +76,13 @@ def workers(
         ]
         for (_, bench), (process, log_path, probe) in zip(setups, spawned, strict=True):
             _wait_ready(bench, process, log_path, min(timeout, 120.0), probe)
-        yield [process.pid for process, _, _ in spawned]
+        try:
+            yield [process.pid for process, _, _ in spawned]
+        finally:
+            # Their warm shutdowns overlap too; each is then awaited (and forced) in turn.
+            for process, _, _ in spawned:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
 
 
 @contextlib.contextmanager
