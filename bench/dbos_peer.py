@@ -7,7 +7,8 @@ How each side runs, as a user would deploy it:
   run's own (`<bench schema>_dbos_<run id>`, dropped at the end). DBOS has no worker: a
   workflow runs in a thread of the process that starts it, each step checkpointed in
   PostgreSQL. The harness asks the process to start workflows over a pipe, as a web request
-  would, and the process answers once their status rows are written.
+  would, and the process answers once their status rows are written; each workflow gets a
+  thread of DBOS's executor (unbounded by default), as with any `DBOS.start_workflow`.
 - ergate_celery: `celery worker -P prefork -c 2` on Redis (broker and store) and another on
   RabbitMQ + PostgreSQL (its store in the schema `<bench schema>_peer_<run id>`, dropped at
   the end), started with the bench's own settings (bench/apps.py).
@@ -60,6 +61,8 @@ Log = Callable[[str], None]
 #: The sides beside DBOS: ergate_celery on each setup.
 ERGATE_SETUPS = ("redis", "rabbitmq_postgres")
 MEASURES = ("step_latency_ms", "throughput_steps_per_s")
+#: Workflows (jobs) per side in a warm-up of the throughput measure.
+WARM_JOBS = 20
 
 
 @dataclass(frozen=True)
@@ -244,9 +247,14 @@ def _versus(dbos: list[float], ergate: list[float], unit: str, better: str) -> d
 
 
 def _groups(
-    title: str, sample: Callable[[str], float], sizes: PeerSizes, log: Log
+    title: str,
+    sample: Callable[[str], float],
+    sizes: PeerSizes,
+    log: Log,
+    warm: Callable[[str], float] | None = None,
 ) -> dict[str, list[float]]:
-    """The warm-up, then `sizes.pairs` interleaved groups of the three sides' samples.
+    """The warm-up (`warm`, by default `sample`), then `sizes.pairs` interleaved groups of
+    the three sides' samples.
 
     run_pairs's "bare" is the peer and its "ergate" the Redis side; the PostgreSQL side
     follows the peer in every group.
@@ -254,7 +262,7 @@ def _groups(
     log(f"dbos: {title}…")
     for _ in range(sizes.warmup):
         for side in ("dbos", *ERGATE_SETUPS):
-            sample(side)
+            (warm or sample)(side)
     taken = run_pairs(
         sizes.pairs,
         {
@@ -280,6 +288,10 @@ def measure(sides: Sides, sizes: PeerSizes, log: Log) -> dict[str, dict[str, Any
         lambda side: _throughput(sides, side, sizes.throughput_jobs, sizes.timeout),
         sizes,
         log,
+        # Warm connections and code, not a full batch.
+        warm=lambda side: _throughput(
+            sides, side, min(WARM_JOBS, sizes.throughput_jobs), sizes.timeout
+        ),
     )
     return {
         "step_latency_ms": {
