@@ -15,7 +15,9 @@ status rows written). The harness waits for the results in the database, as it w
 ergate_celery's jobs. End of input ends the process.
 
 With `ERGATE_BENCH_PG_PROFILE` (and `ERGATE_BENCH_PG_TRACE`) set, its PostgreSQL connections
-are recorded and traced for bench/profile_pg.py (bench/pgtrace.py).
+are recorded and traced for bench/profile_pg.py (bench/pgtrace.py); with
+`ERGATE_BENCH_CPROFILE`, its threads run under cProfile (what they did until DBOS was
+launched forgotten).
 
 The workflows mirror the ergate ones of bench/apps.py: `chain20` and `chain5` are 20 and 5
 no-op steps, each step's input its predecessor's return value.
@@ -27,6 +29,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import apps, pgtrace
@@ -103,12 +106,20 @@ def main() -> None:
     from dbos import DBOS
 
     pgtrace.install_from_env()
+    # Profiled from before the launch, so that the executor's threads are too (an idle one is
+    # reused for the next workflow), then cleared of the launch itself.
+    folder = os.environ.get("ERGATE_BENCH_CPROFILE", "")
+    profiles = pgtrace.ThreadProfiles(Path(folder)) if folder else None
     workflows = launch()
+    if profiles is not None:
+        profiles.clear()
     try:
         serve(workflows)
     finally:
         DBOS.destroy(workflow_completion_timeout_sec=5)
         pgtrace.flush()
+        if profiles is not None:
+            profiles.write()
 
 
 if __name__ == "__main__":

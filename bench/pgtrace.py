@@ -10,9 +10,10 @@ for each new connection, its server process id to `<folder>/backends-<pid>.txt` 
 installs it when bench/apps.py or bench/dbos_app.py is imported, with the trace on when
 `ERGATE_BENCH_PG_TRACE=1`.
 
-With `ERGATE_BENCH_CPROFILE` naming a folder, each Celery pool process of a worker runs under
-cProfile (timed by the process's CPU clock, so waiting counts for nothing) and writes
-`<folder>/<pid>.prof` when it exits.
+With `ERGATE_BENCH_CPROFILE` naming a folder, each Celery pool process of a worker (and
+bench/dbos_app.py's process, its launch forgotten) runs under cProfile, each thread timed by
+its own CPU clock so that waiting counts for nothing, and writes `<folder>/<pid>.prof` when it
+exits.
 
 libpq buffers the trace in C: `flush` writes it out; `install_in_worker` calls it when a
 Celery pool process or the process exits (normally: a killed process loses its last lines).
@@ -88,23 +89,61 @@ def install_in_worker() -> None:
 
 
 def _profile_pool_processes(folder: Path) -> None:
-    import cProfile
-    import time
-
     from celery.signals import worker_process_init, worker_process_shutdown
 
-    profiler = cProfile.Profile(time.process_time)
+    started: list[ThreadProfiles] = []
 
-    def started(**kwargs: Any) -> None:
-        profiler.enable()
+    def init(**kwargs: Any) -> None:
+        started.append(ThreadProfiles(folder))
 
     def ending(**kwargs: Any) -> None:
-        profiler.disable()
-        folder.mkdir(parents=True, exist_ok=True)
-        profiler.dump_stats(str(folder / f"{os.getpid()}.prof"))
+        for profiles in started:
+            profiles.write()
 
-    worker_process_init.connect(started, weak=False)
+    worker_process_init.connect(init, weak=False)
     worker_process_shutdown.connect(ending, weak=False)
+
+
+class ThreadProfiles:
+    """This thread, and every thread started after it, under cProfile, each timed by its own
+    CPU clock: waiting counts for nothing, and threads do not count each other's time."""
+
+    def __init__(self, folder: Path) -> None:
+        import cProfile
+        import threading
+        import time
+
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._profilers = [cProfile.Profile(time.thread_time)]
+
+        def begin(frame: Any, event: str, arg: Any) -> None:
+            # The first event of a new thread: from here on its own profiler takes over.
+            profiler = cProfile.Profile(time.thread_time)
+            with self._lock:
+                self._profilers.append(profiler)
+            profiler.enable()
+
+        threading.setprofile(begin)
+        self._profilers[0].enable()
+
+    def clear(self) -> None:
+        """Forget what was measured so far (a start-up), in every thread."""
+        with self._lock:
+            for profiler in self._profilers:
+                profiler.clear()
+
+    def write(self) -> None:
+        """Stop, and write every thread's statistics to `<folder>/<pid>.prof`."""
+        import pstats
+        import threading
+
+        threading.setprofile(None)  # type: ignore[arg-type]
+        with self._lock:
+            taken = list(self._profilers)
+        stats = pstats.Stats(*taken)  # each profiler is stopped as its statistics are taken
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stats.dump_stats(str(self.folder / f"{os.getpid()}.prof"))
 
 
 def install_from_env() -> None:

@@ -16,7 +16,7 @@ It prints Markdown, to paste into the docs' benchmark page. Each side runs `runs
   waiting, in this process, is not counted; its background threads' reads during the window
   are (its queue poller reads once a second).
 
-Two passes, each with new processes:
+Three passes, each with new processes:
 
 1. traced: libpq's protocol trace of every connection (bench/pgtrace.py): statements executed,
    round trips (a Sync or simple Query answered by ReadyForQuery), BEGIN / COMMIT / ROLLBACK
@@ -25,7 +25,11 @@ Two passes, each with new processes:
    machine it includes waiting for a core), and the statements by kind;
 2. timed, not traced (tracing costs CPU): CPU seconds of the side's processes (the worker and
    its pool process; DBOS's application) and of the PostgreSQL server processes of their
-   connections, from /proc, and the wall time of a step.
+   connections, from /proc, and the wall time of a step;
+3. profiled: ergate's pool process and DBOS's process under cProfile, each thread timed by
+   its own CPU clock (bench/pgtrace.py): Python time per step by library, and the functions
+   with the most own time. Warm-up runs included, and DBOS's background threads (a queue
+   poller that reads once a second); DBOS's launch excluded.
 """
 
 from __future__ import annotations
@@ -139,7 +143,9 @@ def sides_of(
     timeout: float,
     cprofile: Path | None = None,
 ) -> Iterator[Sides]:
-    """The processes of one pass, recording (and tracing, if `trace`) their connections."""
+    """The processes of one pass, recording (and tracing, if `trace`) their connections; with
+    `cprofile`, the worker's pool process and DBOS's process run under cProfile and write
+    their statistics to its `ergate` and `dbos` subfolders."""
     global _installed
     if not _installed:
         pgtrace.install(lambda: _recording)
@@ -149,7 +155,10 @@ def sides_of(
         path.mkdir(parents=True)
     profile = {"ERGATE_BENCH_PG_TRACE": "1" if trace else ""}
     with contextlib.ExitStack() as stack:
-        with _environ({**profile, "ERGATE_BENCH_PG_PROFILE": str(folders["dbos"])}):
+        dbos_env = {**profile, "ERGATE_BENCH_PG_PROFILE": str(folders["dbos"])}
+        if cprofile is not None:
+            dbos_env["ERGATE_BENCH_CPROFILE"] = str(cprofile / "dbos")
+        with _environ(dbos_env):
             dbos = DbosApp(dbos_schema, folder / "dbos-app.log")
         stack.callback(dbos.stop)
         submit, wait = apps.build(config), apps.build(config)
@@ -157,7 +166,7 @@ def sides_of(
         stack.callback(wait.app.close)
         worker_env = {**profile, "ERGATE_BENCH_PG_PROFILE": str(folders["ergate"])}
         if cprofile is not None:
-            worker_env["ERGATE_BENCH_CPROFILE"] = str(cprofile)
+            worker_env["ERGATE_BENCH_CPROFILE"] = str(cprofile / "ergate")
         with _environ(worker_env):
             pid = stack.enter_context(worker(config, wait, folder, timeout, options=("-c", "1")))
         dbos.wait_ready()
@@ -279,6 +288,7 @@ def traced_figures(trips: list[pgtrace.RoundTrip], steps: int) -> dict[str, Any]
 #: Libraries by the path of their source files, for where a pool process's CPU goes.
 LIBRARIES = (
     "ergate_celery",
+    "dbos",
     "celery",
     "kombu",
     "billiard",
@@ -302,8 +312,8 @@ def _library(filename: str) -> str:
 
 
 def python_figures(folder: Path, steps: int) -> dict[str, Any]:
-    """CPU of the worker's pool processes (cProfile on the CPU clock): per step in all, by
-    library, and the functions that take most of it."""
+    """CPU of a side's profiled processes (cProfile, each thread on its own CPU clock): per
+    step in all, by library, and the functions that take most of it."""
     import pstats
 
     paths = [str(path) for path in folder.glob("*.prof")]
@@ -380,14 +390,17 @@ def profile(
         log("profile: timed pass…")
         with sides_of(folder / "timed", config, dbos_schema, False, sizes.timeout) as sides:
             timed = _windows(sides, sizes, timed=True)
-        log("profile: cProfile pass (ergate's pool process)…")
+        log("profile: cProfile pass…")
         profiles = folder / "cprofile"
         with sides_of(
             folder / "profiled", config, dbos_schema, False, sizes.timeout, cprofile=profiles
         ) as sides:
-            _windows(sides, sizes, timed=False, which=("ergate",))
-        # Every step the pool process ran: the warm-up's and the measured runs'.
-        result["python"] = python_figures(profiles, (sizes.warmup + sizes.runs) * apps.LONG_STEPS)
+            _windows(sides, sizes, timed=False)
+        # Every step the processes ran: the warm-up's and the measured runs'.
+        result["python"] = {
+            side: python_figures(profiles / side, (sizes.warmup + sizes.runs) * apps.LONG_STEPS)
+            for side in SIDES
+        }
         result["sides"] = {
             side: {
                 **traced[side],
@@ -465,24 +478,35 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {label} | {form.format(ours)} | {form.format(theirs)} | {ratio} |")
     python = result.get("python")
     if python is not None:
+        libraries = list(
+            dict.fromkeys([*python["ergate"]["by_library_ms"], *python["dbos"]["by_library_ms"]])
+        )
         lines += [
             "",
-            f"ergate_celery's pool process under cProfile (CPU clock): {python['cpu_ms']:.2f} ms "
-            "per step (profiling inflates it), by library:",
+            "Python time under cProfile (each thread on its own CPU clock; profiling inflates "
+            f"it): {python['ergate']['cpu_ms']:.2f} ms per step in ergate_celery's pool process, "
+            f"{python['dbos']['cpu_ms']:.2f} ms in DBOS's process, by library:",
             "",
-            "| library | ms per step |",
-            "| --- | ---: |",
-            *(f"| {name} | {ms:.3f} |" for name, ms in python["by_library_ms"].items()),
-            "",
-            "The functions that take most of it (own time):",
-            "",
-            "| ms per step | calls per step | function |",
-            "| ---: | ---: | --- |",
+            f"| library, ms per step | {TITLES['ergate']} | {TITLES['dbos']} |",
+            "| --- | ---: | ---: |",
             *(
-                f"| {top['ms']:.3f} | {top['calls']:.1f} | `{top['function']}` |"
-                for top in python["top_functions"]
+                f"| {name} | {python['ergate']['by_library_ms'].get(name, 0.0):.3f} "
+                f"| {python['dbos']['by_library_ms'].get(name, 0.0):.3f} |"
+                for name in libraries
             ),
         ]
+        for side in SIDES:
+            lines += [
+                "",
+                f"{TITLES[side]}: the functions with the most own time:",
+                "",
+                "| ms per step | calls per step | function |",
+                "| ---: | ---: | --- |",
+                *(
+                    f"| {top['ms']:.3f} | {top['calls']:.1f} | `{top['function']}` |"
+                    for top in python[side]["top_functions"]
+                ),
+            ]
     for side in SIDES:
         lines += [
             "",
