@@ -263,12 +263,14 @@ def _kind(sql: str) -> str:
     return text[:90] + ("…" if len(text) > 90 else "")
 
 
+#: The first word of a statement that begins or ends a transaction block.
+TRANSACTION = (["BEGIN"], ["COMMIT"], ["ROLLBACK"])
+
+
 def traced_figures(trips: list[pgtrace.RoundTrip], steps: int) -> dict[str, Any]:
     """Per-step counts and server time of a window's round trips, and statements by kind."""
     statements = [sql for trip in trips for sql in trip.statements]
-    transaction = [
-        sql for sql in statements if sql.strip().upper() in ("BEGIN", "COMMIT", "ROLLBACK")
-    ]
+    transaction = [sql for sql in statements if sql.split(None, 1)[:1] in TRANSACTION]
     kinds = Counter(_kind(sql) for sql in statements)
     return {
         "statements": len(statements) / steps,
