@@ -1,4 +1,5 @@
-"""The DBOS side of the benchmark: a DBOS Transact application process of its own.
+"""The DBOS side of the benchmark: a DBOS Transact application process of its own, and the
+harness's handle on it (`DbosApp`).
 
 DBOS runs a workflow inside the application process that starts it (a thread of DBOS's own
 executor), each step checkpointed in the system database; there is no separate worker. This
@@ -25,14 +26,18 @@ no-op steps, each step's input its predecessor's return value.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import apps, pgtrace
+from .workers import ROOT
 
 #: Workflow names and their step counts, the same lengths as the ergate and bare sides.
 WORKFLOWS = {"chain20": apps.LONG_STEPS, "chain5": apps.SHORT_STEPS}
@@ -100,6 +105,76 @@ def serve(workflows: dict[str, Callable[[Any], Any]]) -> None:
             for offset in range(int(asked.get("count", 1)))
         ]
         print(json.dumps({"ids": ids}), flush=True)
+
+
+# The harness's handle on the process ------------------------------------------------------
+
+
+class DbosApp:
+    """bench/dbos_app.py in a session of its own; `start` asks it to start workflows."""
+
+    def __init__(self, schema: str, log_path: Path) -> None:
+        self.schema = schema
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.dbos_app"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "ERGATE_BENCH_DBOS_SCHEMA": schema},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            start_new_session=True,
+        )
+        self.log_path = log_path
+
+    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
+        if self.process.stdin is None or self.process.stdout is None:
+            raise RuntimeError("the DBOS application has no pipes")
+        return self.process.stdin, self.process.stdout
+
+    def _read(self) -> dict[str, Any]:
+        _, stdout = self._pipes()
+        line = stdout.readline()
+        if not line:
+            self.process.wait(timeout=20)
+            tail = self.log_path.read_text(errors="replace").splitlines()[-30:]
+            raise RuntimeError(
+                f"The DBOS application exited with {self.process.returncode}:\n" + "\n".join(tail)
+            )
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def wait_ready(self) -> None:
+        """Return once DBOS is launched in the process (its migrations applied)."""
+        if not self._read().get("ready"):
+            raise RuntimeError("the DBOS application did not say it was ready")
+
+    def start(self, workflow: str, count: int, first: int) -> list[str]:
+        """Start `count` workflows with inputs `first`, `first + 1`, …; their ids."""
+        stdin, _ = self._pipes()
+        stdin.write(json.dumps({"workflow": workflow, "count": count, "input": first}).encode())
+        stdin.write(b"\n")
+        stdin.flush()
+        ids: list[str] = self._read()["ids"]
+        return ids
+
+    def close_input(self) -> None:
+        """End of input: the process shuts DBOS down and exits."""
+        with contextlib.suppress(OSError):
+            self._pipes()[0].close()
+
+    def stop(self) -> None:
+        """End of input, then SIGKILL to its group if it has not exited within 20 s."""
+        self.close_input()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=20)
+        with contextlib.suppress(OSError):
+            self._pipes()[1].close()
+        self._log.close()
 
 
 def main() -> None:

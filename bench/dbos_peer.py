@@ -32,13 +32,8 @@ throughput.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -46,16 +41,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import apps
 from .apps import Bench, BenchConfig
-from .dbos_app import FINAL
+from .dbos_app import FINAL, DbosApp
 from .measures import JOB_FINAL, StatusReader
 from .pairs import run_pairs, summary
 from .report import aligned, error_text, not_ran
 from .storage import flush_redis, postgres
-from .workers import ROOT, workers
+from .workers import workers
 
 Log = Callable[[str], None]
 #: The sides beside DBOS: ergate_celery on each setup.
@@ -81,76 +76,6 @@ FULL = PeerSizes()
 QUICK = PeerSizes(pairs=2, latency_runs=1, throughput_jobs=20, warmup=1, timeout=120.0)
 #: For the smoke test only: one group checks that every measure is reported.
 TINY = PeerSizes(pairs=1, latency_runs=1, throughput_jobs=2, warmup=0, timeout=60.0)
-
-
-# The DBOS application process --------------------------------------------------------------
-
-
-class DbosApp:
-    """bench/dbos_app.py in a session of its own; `start` asks it to start workflows."""
-
-    def __init__(self, schema: str, log_path: Path) -> None:
-        self.schema = schema
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.dbos_app"],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "ERGATE_BENCH_DBOS_SCHEMA": schema},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            start_new_session=True,
-        )
-        self.log_path = log_path
-
-    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
-        if self.process.stdin is None or self.process.stdout is None:
-            raise RuntimeError("the DBOS application has no pipes")
-        return self.process.stdin, self.process.stdout
-
-    def _read(self) -> dict[str, Any]:
-        _, stdout = self._pipes()
-        line = stdout.readline()
-        if not line:
-            self.process.wait(timeout=20)
-            tail = self.log_path.read_text(errors="replace").splitlines()[-30:]
-            raise RuntimeError(
-                f"The DBOS application exited with {self.process.returncode}:\n" + "\n".join(tail)
-            )
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def wait_ready(self) -> None:
-        """Return once DBOS is launched in the process (its migrations applied)."""
-        if not self._read().get("ready"):
-            raise RuntimeError("the DBOS application did not say it was ready")
-
-    def start(self, workflow: str, count: int, first: int) -> list[str]:
-        """Start `count` workflows with inputs `first`, `first + 1`, …; their ids."""
-        stdin, _ = self._pipes()
-        stdin.write(json.dumps({"workflow": workflow, "count": count, "input": first}).encode())
-        stdin.write(b"\n")
-        stdin.flush()
-        ids: list[str] = self._read()["ids"]
-        return ids
-
-    def close_input(self) -> None:
-        """End of input: the process shuts DBOS down and exits."""
-        with contextlib.suppress(OSError):
-            self._pipes()[0].close()
-
-    def stop(self) -> None:
-        """End of input, then SIGKILL to its group if it has not exited within 20 s."""
-        self.close_input()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=20)
-        with contextlib.suppress(OSError):
-            self._pipes()[1].close()
-        self._log.close()
 
 
 class DbosStatusReader(StatusReader):
