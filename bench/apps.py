@@ -21,6 +21,8 @@ result backend, the queue and every Celery setting. Environment variables:
 - `ERGATE_BENCH_DB_REUSE_MAX`: django_db only, Celery's `CELERY_DB_REUSE_MAX` (the worker
   keeps its Django connection for that many tasks instead of closing it around each), for
   both sides alike; unset by default, as in a Django project that does not set it.
+- `ERGATE_BENCH_PG_PROFILE`, `ERGATE_BENCH_PG_TRACE`: record this process's PostgreSQL
+  connections, and trace them (bench/pgtrace.py, for bench/profile_pg.py).
 - `ERGATE_BENCH_INDEX_NAME`: the app's `ergate_index_name` (its own job indexes on a shared
   Redis db), so apps of one run can hold different stores side by side.
 """
@@ -37,8 +39,13 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, Task
 from celery.signals import before_task_publish
 
+from . import pgtrace
+
 if TYPE_CHECKING:
     from ergate_celery import ErgateCelery
+
+# bench/profile_pg.py traces a worker's PostgreSQL connections through the environment.
+pgtrace.install_in_worker()
 
 #: Redis db 12 unless ERGATE_BENCH_REDIS_URL says otherwise (the smoke tests give their run's).
 REDIS_URL = os.environ.get("ERGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")

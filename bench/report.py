@@ -54,7 +54,15 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found: dict[str, str] = {}
-    for package in ("celery", "kombu", "ergate-celery", "redis", "SQLAlchemy", "pydantic"):
+    for package in (
+        "celery",
+        "kombu",
+        "ergate-celery",
+        "redis",
+        "SQLAlchemy",
+        "pydantic",
+        "dbos",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             found[package] = version(package)
     return found

@@ -1,7 +1,7 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
-                        [--only compare,length,nodes,listing,waiting,scale]
+                        [--only compare,length,nodes,listing,waiting,scale,dbos]
 
 `compare`: for each setup whose services answer on loopback (all by default), the harness
 starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
@@ -33,7 +33,9 @@ next to bare chains of 100 and 5 links (Redis). `nodes` (bench/nodes.py): throug
 PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
 released per second by a release run, and wake-up lateness with 10,000 sleeping jobs. `scale`
 (bench/scale.py): step, release, sweep and `list_jobs` costs against the stored-job count
-(1,000 to 1,000,000), with a chart in `bench/results/scale.png`.
+(1,000 to 1,000,000), with a chart in `bench/results/scale.png`. `dbos` (bench/dbos_peer.py):
+DBOS Transact as a peer on the same PostgreSQL, its per-step latency and throughput against
+ergate_celery's on Redis and on RabbitMQ + PostgreSQL, interleaved, ratios ergate ÷ DBOS.
 
 It prints one table per setup and part and writes the numbers to
 `bench/results/<UTC date-time>.json`.
@@ -58,7 +60,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, job_length, listing, nodes, scale, waiting
+from . import apps, dbos_peer, job_length, listing, nodes, scale, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -76,7 +78,7 @@ from .storage import flush_redis, postgres
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale")
+PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale", "dbos")
 #: The parts that run on Redis only, and do not check that it answers themselves.
 REDIS_PARTS = frozenset({"nodes", "waiting"})
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
@@ -322,6 +324,7 @@ class PartSizes:
     nodes: nodes.NodeSizes = nodes.FULL
     length: job_length.LengthSizes = job_length.FULL
     scale: scale.ScaleSizes = scale.FULL
+    dbos: dbos_peer.PeerSizes = dbos_peer.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -383,6 +386,7 @@ def run_bench(
             "listing": lambda: listing.run_listing(part_sizes.listing, unavailable, log),
             "waiting": lambda: waiting.run_waiting(part_sizes.waiting, log),
             "scale": lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir),
+            "dbos": lambda: dbos_peer.run_dbos_peer(part_sizes.dbos, unavailable, log),
         }
         for name, part in others.items():
             if name in parts:
@@ -404,7 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # for the tests
     parser.add_argument(
-        "--pairs", type=int, default=None, help="interleaved pairs per measure (default: 5)"
+        "--pairs",
+        type=int,
+        default=None,
+        help="interleaved pairs per measure of compare and dbos (default: 5)",
     )
     parser.add_argument(
         "--setups",
@@ -430,12 +437,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.tiny:
             chosen: Sizes | Mapping[str, Sizes] = TINY_PAIRED
             part_sizes = PartSizes(
-                listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY
+                listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY, dbos_peer.TINY
             )
         elif options.quick:
             chosen, part_sizes = (
                 QUICK,
-                PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK, job_length.QUICK, scale.QUICK),
+                PartSizes(
+                    listing.QUICK,
+                    waiting.QUICK,
+                    nodes.QUICK,
+                    job_length.QUICK,
+                    scale.QUICK,
+                    dbos_peer.QUICK,
+                ),
             )
         else:
             chosen, part_sizes = FULL, PartSizes()
@@ -447,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if isinstance(chosen, Sizes)
                 else {name: replace(one, pairs=options.pairs) for name, one in chosen.items()}
             )
+            part_sizes = replace(part_sizes, dbos=replace(part_sizes.dbos, pairs=options.pairs))
         began = time.monotonic()
 
         def log(message: str) -> None:
@@ -480,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "scale" in report:
         print("\nScale curve (stored jobs):")
         print(scale.table(report["scale"]))
+    if "dbos" in report:
+        print("\nAgainst DBOS Transact (ratios ergate ÷ DBOS), on the same PostgreSQL:")
+        print(dbos_peer.table(report["dbos"]))
     print(f"\nWritten to {path} ({report['seconds']:.0f} s)")
     return 1 if failures(report) else 0
 
@@ -499,6 +517,7 @@ def failures(report: dict[str, Any]) -> list[str]:
             found.append(f"scale on {backend}")
     found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
     found += [f"nodes: {title}" for title in report.get("nodes", {}).get("errors", {})]
+    found += [f"dbos: {title}" for title in report.get("dbos", {}).get("errors", {})]
     if report.get("length", {}).get("status") == "failed":
         found.append("length")
     return found

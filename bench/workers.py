@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .apps import DEFAULT_WORKER_OPTIONS, WORKER_OPTIONS, Bench, BenchConfig
@@ -59,6 +59,37 @@ def worker(
     readiness is checked: needed when several workers share the run's queue, where another
     worker could answer the check (used on Redis only, where a queue leaves nothing behind).
     """
+    with _spawned(config, log_dir, options, own_queue) as (process, log_path, probe):
+        _wait_ready(bench, process, log_path, min(timeout, 120.0), probe)
+        yield process.pid
+
+
+@contextlib.contextmanager
+def workers(
+    setups: Sequence[tuple[BenchConfig, Bench]], log_dir: Path, timeout: float
+) -> Iterator[list[int]]:
+    """One worker per (config, bench), as `worker` starts it, all started before any is
+    waited for, so that their start-ups overlap; yields their pids."""
+    with contextlib.ExitStack() as stack:
+        spawned = [
+            stack.enter_context(_spawned(config, log_dir, None, False)) for config, _ in setups
+        ]
+        for (_, bench), (process, log_path, probe) in zip(setups, spawned, strict=True):
+            _wait_ready(bench, process, log_path, min(timeout, 120.0), probe)
+        try:
+            yield [process.pid for process, _, _ in spawned]
+        finally:
+            # Their warm shutdowns overlap too; each is then awaited (and forced) in turn.
+            for process, _, _ in spawned:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+
+
+@contextlib.contextmanager
+def _spawned(
+    config: BenchConfig, log_dir: Path, options: tuple[str, ...] | None, own_queue: bool
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, str | None]]:
+    # The worker process, its log and the queue its readiness is checked through (if its own).
     name = f"bench-{uuid.uuid4().hex[:8]}@127.0.0.1"
     env = {**os.environ, **config.env(), "PYTHONPATH": str(ROOT)}
     log_path = log_dir / f"worker-{name.split('@')[0]}.log"
@@ -77,8 +108,7 @@ def worker(
         )
         _started.append(process)
         try:
-            _wait_ready(bench, process, log_path, min(timeout, 120.0), probe)
-            yield process.pid
+            yield process, log_path, probe
         finally:
             _stop(process)
 

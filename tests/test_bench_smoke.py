@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import apps, job_length, listing, nodes, scale, waiting
+from bench import apps, dbos_peer, job_length, listing, nodes, scale, waiting
 from bench.measures import TINY, TINY_PAIRED
 from bench.run import PartSizes, run_bench, table
 
@@ -31,6 +31,7 @@ TINY_PARTS = PartSizes(
     nodes=nodes.TINY,
     length=job_length.TINY,
     scale=scale.TINY,
+    dbos=dbos_peer.TINY,
 )
 
 
@@ -257,3 +258,75 @@ def test_scale_bench_draws_every_measure_on_redis(tmp_path: Path) -> None:
     printed = scale.table(written)
     assert "recover_stuck_jobs run" in printed
     assert "1,000" in printed
+
+
+def test_dbos_peer_reports_both_measures_on_both_setups_and_drops_its_schemas(
+    tmp_path: Path,
+    rabbitmq_service: RabbitMQService,
+    postgres_service: PostgresService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    schema = f"{postgres_service.schema}_bench"
+    monkeypatch.setenv("ERGATE_BENCH_RABBITMQ_URL", rabbitmq_service.url)
+    monkeypatch.setenv("ERGATE_BENCH_POSTGRES_SCHEMA", schema)
+    monkeypatch.setattr(apps, "RABBITMQ_URL", rabbitmq_service.url)
+    monkeypatch.setattr(apps, "POSTGRES_SCHEMA", schema)
+
+    written, lines = run_part("dbos", tmp_path)
+
+    assert written["status"] == "ran", lines
+    assert written["errors"] == {}, lines
+    assert set(written["measures"]) == set(dbos_peer.MEASURES)
+    for by_setup in written["measures"].values():
+        assert set(by_setup) == set(dbos_peer.ERGATE_SETUPS)
+        for measured in by_setup.values():
+            for side in ("dbos", "ergate", "ratio"):
+                assert measured[side] > 0, measured
+            assert measured["pairs"] == dbos_peer.TINY.pairs
+            assert len(measured["detail"]["dbos_by_pair"]) == dbos_peer.TINY.pairs
+    assert written["schemas"]["dbos"].startswith(schema)
+    assert "ergate ÷ DBOS" in dbos_peer.table(written)
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(apps.POSTGRES_URL)
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT nspname FROM pg_namespace WHERE nspname = ANY(:names)"),
+            {"names": list(written["schemas"].values())},
+        ).all()
+    engine.dispose()
+    assert left == []
+
+
+def test_pg_trace_is_read_back_into_round_trips() -> None:
+    from bench.pgtrace import parse
+
+    trace = [
+        '2026-12-03 01:00:00.000000\tF\t10\tQuery\t "BEGIN"\n',
+        '2026-12-03 01:00:00.000100\tB\t10\tCommandComplete\t "BEGIN"\n',
+        "2026-12-03 01:00:00.000200\tB\t5\tReadyForQuery\t T\n",
+        '2026-12-03 01:00:00.001000\tF\t60\tParse\t "_pg3_0" "UPDATE "s"."t"\n',
+        'SET a = $1" 1 25\n',
+        '2026-12-03 01:00:00.001001\tF\t30\tBind\t "" "_pg3_0" 1 1 1 1 \'x\' 1 0\n',
+        '2026-12-03 01:00:00.001002\tF\t9\tExecute\t "" 0\n',
+        "2026-12-03 01:00:00.001003\tF\t4\tSync\n",
+        "2026-12-03 01:00:00.003003\tB\t5\tReadyForQuery\t T\n",
+        '2026-12-03 01:00:00.004000\tF\t30\tBind\t "" "_pg3_0" 1 1 1 1 \'y\' 1 0\n',
+        '2026-12-03 01:00:00.004001\tF\t9\tExecute\t "" 0\n',
+        "2026-12-03 01:00:00.004002\tF\t4\tSync\n",
+        "2026-12-03 01:00:00.005002\tB\t5\tReadyForQuery\t T\n",
+    ]
+
+    trips = parse(trace)
+
+    assert [trip.statements for trip in trips] == [
+        ["BEGIN"],
+        ['UPDATE "s"."t"\nSET a = $1'],
+        ['UPDATE "s"."t"\nSET a = $1'],
+    ]
+    assert [trip.prepared for trip in trips] == [0, 1, 0]
+    assert [trip.first_of_connection for trip in trips] == [True, False, False]
+    assert [round(trip.server_s * 1000, 3) for trip in trips] == [0.2, 2.0, 1.0]
+    assert trips[1].parse_bytes == 61
+    assert trips[2].bind_bytes == 31
+    assert trips[2].bytes_sent == 31 + 10 + 5
