@@ -23,6 +23,7 @@ from ergate_celery.exceptions import (
     AbortJob,
     DuplicateJobError,
     ErgateError,
+    FanOut,
     GoToEnd,
     GoToStep,
     ImproperlyConfiguredError,
@@ -47,9 +48,11 @@ from ergate_celery.model.annotations import (
     SignalPayload,
     StepRun,
 )
-from ergate_celery.model.job import Job, JobError, StepTiming, Wait
+from ergate_celery.model.children import ChildResult
+from ergate_celery.model.job import FanOutState, Job, JobError, StepTiming, Wait
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.paths import (
+    FanOutPath,
     GoToEndPath,
     GoToStepPath,
     NextStepPath,
@@ -65,12 +68,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbortJob",
+    "ChildResult",
     "Context",
     "CurrentRun",
     "Depends",
     "DuplicateJobError",
     "ErgateCelery",
     "ErgateError",
+    "FanOut",
+    "FanOutPath",
+    "FanOutState",
     "GoToEnd",
     "GoToEndPath",
     "GoToStep",

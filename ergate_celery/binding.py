@@ -108,7 +108,9 @@ class ErgateCelery:
                 self.publish(job)
 
             paused = PausedWorkflows(store, settings.pause_refresh)
-            self._runtime = Runtime(store, settings, self.announcer, publish, paused)
+            self._runtime = Runtime(
+                store, settings, self.announcer, publish, paused, workflow_of=self.workflow
+            )
         return self._runtime
 
     def _here(self) -> Runtime:

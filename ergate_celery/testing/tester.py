@@ -103,6 +103,7 @@ class WorkflowTester:
             _RecordingAnnouncer(self.app, self.steps_run),
             self._publish,
             clock=self.clock.now,
+            workflow_of=self._workflow,
         )
         self._registry = WorkflowRegistry(self.app, lambda step: install_step(self, step))
         for workflow in workflows:
