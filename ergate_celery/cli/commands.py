@@ -91,6 +91,7 @@ def _status_text(row: dict[str, Any]) -> str:
 )
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only jobs with this tag.")
 @click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=50, show_default=True)
+@click.option("--parent", metavar="JOB_ID", help="The fan-out children of this job, in order.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of the jobs.")
 @click.pass_context
 def list_jobs(
@@ -100,6 +101,7 @@ def list_jobs(
     since: str | None,
     tags: Sequence[str],
     limit: int,
+    parent: str | None,
     as_json: bool,
 ) -> None:
     """Jobs newest first, finished ones too until they expire."""
@@ -111,6 +113,7 @@ def list_jobs(
             since=since_arg(since),
             tags=tags_arg(tags),
             limit=limit,
+            parent=parent,
         )
     rows = [_summary(ergate, job) for job in page.jobs]
     if as_json:
@@ -169,6 +172,25 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         if error.get("traceback"):
             click.echo("")
             click.echo(error["traceback"].rstrip("\n"))
+    if job.fan_out is not None:
+        _show_children(ergate, job)
+
+
+#: Children `show` lists; `list --parent` pages through all of them.
+_CHILDREN_SHOWN = 20
+
+
+def _show_children(ergate: ErgateCelery, job: Job) -> None:
+    """The children of the job's fan-outs, with their status."""
+    state = job.fan_out
+    assert state is not None
+    page = ergate.list_jobs(parent=str(job.id), limit=_CHILDREN_SHOWN)
+    made = state.first + state.count
+    click.echo("")
+    click.echo(f"children ({made}; {state.ended_count} of the last {state.count} ended)")
+    _print_rows([_summary(ergate, child) for child in page.jobs], False)
+    if page.next_cursor is not None:
+        click.echo(f"(first {len(page.jobs)} shown; celery ergate list --parent {job.id})")
 
 
 @ergate.command()
