@@ -225,8 +225,10 @@ class FanOut(ErgateError):  # noqa: N818 - a flow-control signal, like GoToStep
                 "fan out in stages (children that fan out themselves)"
             )
         if max_in_flight is not None and (
-            isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
-        ) or (max_in_flight is not None and max_in_flight < 1):
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
             raise InvalidInputError(
                 f"FanOut(max_in_flight=...) must be a whole number >= 1 or None (no limit), "
                 f"got {max_in_flight!r}"

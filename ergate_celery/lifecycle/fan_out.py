@@ -196,9 +196,7 @@ def kept_counts(stored: Job, after: Job) -> Job:
         return after
     if (counted.hop, counted.first) == (state.hop, state.first):
         state = state.model_copy(update={"ended": counted.ended})
-        after = after.model_copy(
-            update={"fan_out": state, "percent_completed": state.percent()}
-        )
+        after = after.model_copy(update={"fan_out": state, "percent_completed": state.percent()})
     return settle(after)
 
 

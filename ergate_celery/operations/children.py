@@ -7,6 +7,7 @@ parent's count of children: no index is needed, and a page costs what it reads.
 from __future__ import annotations
 
 from ergate_celery.exceptions import InvalidInputError
+from ergate_celery.model.job import Job
 from ergate_celery.operations.reading import check_id, job_not_found
 from ergate_celery.stores.listing import SCAN_FACTOR, JobPage, JobQuery
 from ergate_celery.worker.runtime import Runtime
@@ -24,7 +25,7 @@ def list_children(
     state = parent.fan_out
     made = 0 if state is None else state.first + state.count
     position = _position(cursor)
-    jobs = []
+    jobs: list[Job] = []
     scanned = 0
     while position < made and len(jobs) < limit and scanned < limit * SCAN_FACTOR:
         child = rt.store.get(f"{parent_id}.{position}")

@@ -74,9 +74,9 @@ class Runtime:
             before, after = assume, before
         if after is not None:
             self.announce(before, after, sender, task)
-            if after.parent_id is not None and after.is_final:
-                if before is None or not before.is_final:
-                    fan_out.child_ended(self, after, sender)
+            ended = after.is_final and (before is None or not before.is_final)
+            if ended and after.parent_id is not None:
+                fan_out.child_ended(self, after, sender)
         return Updated(before, after)
 
     def retrying(self, what: str, action: Callable[[], T]) -> T:

@@ -70,6 +70,7 @@ def _execute(
         return reply(task, summary(job, step, dropped=True))
     token = job.claim
     assert token is not None
+    claimed = job
     run = StepRun(
         job_id=str(job.id),
         workflow_name=job.workflow_name,
@@ -81,7 +82,7 @@ def _execute(
     progress = ProgressReporter(
         job.percent_completed,
         percent_after_return(job, step.workflow),
-        lambda percent: _store_progress(rt, job, step, percent),
+        lambda percent: _store_progress(rt, claimed, step, percent),
         rt.settings.progress_interval,
     )
     input_value = fan_out.step_input(rt, job, step.name)
