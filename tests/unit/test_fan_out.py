@@ -105,7 +105,8 @@ def test_the_parent_waits_scheduled_for_its_children_and_its_progress_follows_th
     t.run()
     waiting = t.get_job(job.id)
     assert waiting.status is S.SCHEDULED
-    assert waiting.wait is not None and waiting.wait.children == 4
+    assert waiting.wait is not None
+    assert waiting.wait.children == 4
     assert "4 children" in waiting.wait.describe()
     assert waiting.percent_completed == 0.0
     t.signal(f"{job.id}.0", "go")
@@ -133,7 +134,8 @@ def test_max_in_flight_holds_the_others_back_until_earlier_ones_end() -> None:
 
     assert started() == [0, 1, 2]
     held = children()[4]
-    assert held.status is S.SCHEDULED and held.wait is not None
+    assert held.status is S.SCHEDULED
+    assert held.wait is not None
     assert "its turn" in held.wait.describe()
     t.signal(f"{job.id}.1", "go")
     t.run()
@@ -161,7 +163,8 @@ def test_a_refused_input_fails_the_fan_out_step_naming_its_position_and_makes_no
     job = t.submit("fo_refused")
     t.run()
     failed = t.get_job(job.id)
-    assert failed.status is S.FAILED and failed.error is not None
+    assert failed.status is S.FAILED
+    assert failed.error is not None
     assert failed.error.type == "InvalidInputError"
     assert "Child 2 of the fan-out" in failed.error.message
     assert "three" not in failed.error.message  # no input value in an error
@@ -271,8 +274,10 @@ def test_no_input_goes_on_to_the_join_at_once_and_a_second_fan_out_numbers_on() 
     job = t.submit("fo_twice", initial_input_value=2)
     t.run()
     done = t.get_job(job.id)
-    assert done.status is S.COMPLETED and done.last_return_value == 0
-    assert done.fan_out is not None and done.fan_out.first == 2
+    assert done.status is S.COMPLETED
+    assert done.last_return_value == 0
+    assert done.fan_out is not None
+    assert done.fan_out.first == 2
     assert done.percent_completed == 100.0
 
 
@@ -322,6 +327,7 @@ def test_a_join_that_is_not_after_the_fan_out_fails_the_step() -> None:
     job = t.submit("fo_backwards")
     t.run()
     failed = t.get_job(job.id)
-    assert failed.status is S.FAILED and failed.error is not None
+    assert failed.status is S.FAILED
+    assert failed.error is not None
     assert failed.error.type == "ReverseGoToError"
     assert t.list_jobs(parent=str(job.id)).jobs == []
