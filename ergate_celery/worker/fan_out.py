@@ -91,9 +91,7 @@ def start(
 
 def _make(rt: Runtime, child: Job) -> None:
     child_id = str(child.id)
-    try:
-        rt.retrying(f"making child job {child_id}", lambda: rt.store.create(child))
-    except DuplicateJobError:
+    if not rt.retrying(f"making child job {child_id}", lambda: _created(rt, child)):
         # Made by an earlier run of the step, whose worker may have died before sending
         # its first message: a duplicate message is dropped at its claim, a missing one is not.
         stored = rt.store.get(child_id)
@@ -104,6 +102,14 @@ def _make(rt: Runtime, child: Job) -> None:
         child = stored
     if child.status is JobStatus.QUEUED:
         rt.publish_current_step(child, FAN_OUT_SENDER)
+
+
+def _created(rt: Runtime, child: Job) -> bool:
+    try:
+        rt.store.create(child)
+    except DuplicateJobError:
+        return False
+    return True
 
 
 def _start_turns_due(rt: Runtime, parent_id: str, positions: range) -> None:
