@@ -17,7 +17,9 @@ from ergate_celery import Job, JobStatus
 
 from .apps import fan_out_app
 from .faults import FAST_REDIS_REDELIVERY, step_counts, worker_process
-from .support import Setup, in_process_worker, wait_until
+from .support import SETUPS, Setup, in_process_worker, wait_until
+
+pytestmark = pytest.mark.setup(*SETUPS, "django_db")
 
 S = JobStatus
 WAIT = 120
@@ -66,6 +68,8 @@ def test_max_in_flight_holds_children_back_and_cancelling_the_parent_ends_them_a
         first = str(setup.ergate.submit_job("fo_parent", initial_input_value=bounded).id)
 
         def running(job_id: str, count: int) -> list[Job] | None:
+            if setup.ergate.get_job(job_id).status is not S.SCHEDULED:
+                return None  # still making its children
             children = _children(setup, job_id)
             started = [c for c in children if c.status is S.RUNNING]
             return children if len(started) == count else None
