@@ -76,9 +76,11 @@ def test_max_in_flight_holds_children_back_and_cancelling_the_parent_ends_them_a
 
         children = wait_until(lambda: running(first, 3), WAIT, what="3 children run")
         held = [c for c in children if c.status is S.SCHEDULED]
-        assert len(held) == 5 and all(c.wait and c.wait.turn_of == first for c in held)
+        assert len(held) == 5
+        assert all(c.wait and c.wait.turn_of == first for c in held)
         waiting = setup.ergate.get_job(first)
-        assert waiting.status is S.SCHEDULED and waiting.wait is not None
+        assert waiting.status is S.SCHEDULED
+        assert waiting.wait is not None
         assert waiting.wait.children == 8
 
         second = str(setup.ergate.submit_job("fo_parent", initial_input_value=cancelled).id)
