@@ -166,9 +166,7 @@ def charge(
 def pack(order: dict[str, Any]) -> None:
     # One child job per order line, packed in parallel by any worker; `ship` gets them all.
     lines = [{"sku": order["sku"], "quantity": order["quantity"]}, *order.get("lines", [])]
-    raise FanOut(
-        pack_lines, inputs=[{"line": line, "order": order} for line in lines], then=ship
-    )
+    raise FanOut(pack_lines, inputs=[{"line": line, "order": order} for line in lines], then=ship)
 
 
 @workflow.step(paths=[GoToStepPath("notify")])

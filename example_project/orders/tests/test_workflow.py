@@ -80,7 +80,8 @@ class JobRunTests(TransactionTestCase):
         # `pack` fanned out one child job per order line; `ship` got their parcels.
         self.assertEqual(result["parcels"], ["PCL-0-3xTEE"])
         [line] = ErgateCelery.of().list_jobs(parent=str(job.id)).jobs
-        self.assertEqual((line.workflow_name, line.status), ("pack_order_line", JobStatus.COMPLETED))
+        self.assertEqual(line.workflow_name, "pack_order_line")
+        self.assertEqual(line.status, JobStatus.COMPLETED)
         [confirmation] = mail.outbox
         self.assertEqual(confirmation.to, ["ada@example.com"])
         self.assertIn("3 × Ant colony T-shirt shipped", confirmation.body)
