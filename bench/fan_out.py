@@ -34,12 +34,13 @@ from celery import Celery, chord
 
 from ergate_celery import ChildResult, ErgateCelery, FanOut, FanOutPath, Workflow
 
-from .apps import BenchConfig, celery_conf
+from .apps import POSTGRES_SCHEMA, BenchConfig, celery_conf
 from .storage import flush_redis, postgres
 from .workers import exited, started
 
 BACKENDS = ("redis", "rabbitmq_postgres")
-SCHEMA = "ergate_bench_fan_out"
+#: A schema of its own beside the PostgreSQL setups' (dropped at the end).
+SCHEMA = f"{POSTGRES_SCHEMA}_fan_out"
 
 
 @dataclass(frozen=True)

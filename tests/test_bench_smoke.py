@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import apps, job_length, listing, nodes, scale, waiting
+from bench import apps, fan_out, job_length, listing, nodes, scale, waiting
 from bench.measures import TINY, TINY_PAIRED
 from bench.run import PartSizes, run_bench, table
 
@@ -257,3 +257,19 @@ def test_scale_bench_draws_every_measure_on_redis(tmp_path: Path) -> None:
     printed = scale.table(written)
     assert "recover_stuck_jobs run" in printed
     assert "1,000" in printed
+
+
+def test_fan_out_bench_sets_children_beside_a_chord_on_redis(tmp_path: Path) -> None:
+    lines: list[str] = []
+    written = fan_out.run_fan_out(
+        fan_out.TINY, lambda setup: None if setup == "redis" else "not in this test", lines.append
+    )
+    redis = written["backends"]["redis"]
+    assert redis["status"] == "ok", (redis, lines)
+    assert set(redis["widths"]) == {str(width) for width in fan_out.TINY.widths}
+    for row in redis["widths"].values():
+        for side in ("ergate", "chord"):
+            assert row[side]["created_per_s"] > 0
+            assert row[side]["last_end_to_join_s"] >= 0
+    assert written["backends"]["rabbitmq_postgres"]["status"] == "skipped"
+    assert "created/s" in fan_out.table(written)
