@@ -202,9 +202,9 @@ class FanOut(ErgateError):  # noqa: N818 - a flow-control signal, like GoToStep
         self,
         workflow: str | Workflow,
         inputs: Any,
-        *,
         then: WorkflowStep[Any, Any] | str,
         max_in_flight: int | None = None,
+        *,
         user_context: Any = ...,
     ) -> None:
         name = workflow if isinstance(workflow, str) else getattr(workflow, "unique_name", None)
