@@ -10,6 +10,7 @@ from ergate_celery.exceptions import InvalidInputError
 from ergate_celery.model.job import Job
 from ergate_celery.operations.reading import check_id, job_not_found
 from ergate_celery.stores.listing import SCAN_FACTOR, JobPage, JobQuery
+from ergate_celery.worker.fan_out import read_many
 from ergate_celery.worker.runtime import Runtime
 
 
@@ -26,13 +27,12 @@ def list_children(
     made = 0 if state is None else state.first + state.count
     position = _position(cursor)
     jobs: list[Job] = []
-    scanned = 0
-    while position < made and len(jobs) < limit and scanned < limit * SCAN_FACTOR:
-        child = rt.store.get(f"{parent_id}.{position}")
-        position += 1
-        scanned += 1
-        if child is not None and query.matches(child):
-            jobs.append(child)
+    end = min(made, position + limit * SCAN_FACTOR)
+    while position < end and len(jobs) < limit:
+        batch = range(position, min(end, position + limit - len(jobs)))
+        children = read_many(rt, [f"{parent_id}.{n}" for n in batch])
+        position = batch.stop
+        jobs += [child for child in children if child is not None and query.matches(child)]
     return JobPage(jobs, str(position) if position < made else None)
 
 

@@ -188,6 +188,11 @@ class RedisJobStore(BaseJobStore[str]):
         raw = self.client.get(self._key(job_id))
         return None if raw is None else self._stored(raw)
 
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """The stored jobs of `job_ids`, in order (None for a gone one): one MGET."""
+        raws = self.client.mget([self._key(job_id) for job_id in job_ids]) if job_ids else []
+        return [None if raw is None else self._stored(raw).job for raw in raws]
+
     def _token_of(self, job: Job) -> str:
         # A record this process wrote last is known by its digest, without encoding it again.
         return self._digests.of(job) or _digest(self._encode(job, check=False)[0])

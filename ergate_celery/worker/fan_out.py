@@ -162,13 +162,14 @@ def recount(rt: Runtime, parent: Job) -> None:
     if state is None or not rules.waits_for_children(parent):
         return
     parent_id = str(parent.id)
-    for n in range(state.count):
-        if state.has_ended(n):
-            continue
-        child = rt.store.get(state.child_id(parent_id, n))
-        if child is None or child.is_final:
-            logger.warning("Counting the end of child %s of job %s late", n, parent_id)
-            _count(rt, parent_id, state.first + n, FAN_OUT_SENDER)
+    unended = [n for n in range(state.count) if not state.has_ended(n)]
+    for first in range(0, len(unended), BATCH):
+        batch = unended[first : first + BATCH]
+        children = read_many(rt, [state.child_id(parent_id, n) for n in batch])
+        for n, child in zip(batch, children, strict=True):
+            if child is None or child.is_final:
+                logger.warning("Counting the end of child %s of job %s late", n, parent_id)
+                _count(rt, parent_id, state.first + n, FAN_OUT_SENDER)
     if state.max_in_flight is not None:
         _start_turns_due(rt, parent_id, range(state.count))
 
@@ -203,4 +204,19 @@ def step_input(rt: Runtime, job: Job, step_name: str) -> Any:
 def children_results(rt: Runtime, parent_id: str, state: FanOutState) -> list[ChildResult]:
     """One `ChildResult` per child of the fan-out `state`, in input order."""
     ids = [state.child_id(parent_id, n) for n in range(state.count)]
-    return [ChildResult.of(child_id, rt.store.get(child_id)) for child_id in ids]
+    results = []
+    for first in range(0, len(ids), BATCH):
+        batch = ids[first : first + BATCH]
+        for child_id, child in zip(batch, read_many(rt, batch), strict=True):
+            results.append(ChildResult.of(child_id, child))
+    return results
+
+
+def read_many(rt: Runtime, job_ids: list[str]) -> list[Job | None]:
+    """The stored jobs of `job_ids`, in order: in one round trip where the store can read
+    many records at once (Redis, SQL, django-db), else one by one."""
+    get_many = getattr(rt.store, "get_many", None)
+    if get_many is not None:
+        found: list[Job | None] = get_many(job_ids)
+        return found
+    return [rt.store.get(job_id) for job_id in job_ids]
