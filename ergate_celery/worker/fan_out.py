@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ergate_celery.exceptions import (
@@ -81,27 +82,25 @@ def start(
     now = rt.clock()
     for first in range(0, state.count, BATCH):
         batch = range(first, min(first + BATCH, state.count))
-        for n in batch:
-            child = rules.child_job(parent, state, n, inputs[n], context, workflow, now)
-            _make(rt, child)
+        children = [
+            rules.child_job(parent, state, n, inputs[n], context, workflow, now) for n in batch
+        ]
+        made = rt.retrying(f"making children of job {job.id}", partial(_create, rt, children))
+        for child, new in zip(children, made, strict=True):
+            _send(rt, child, new)
         if state.max_in_flight is not None:
             _start_turns_due(rt, str(job.id), batch)
     return parent, dataclasses.replace(outcome, state=state)
 
 
-def _make(rt: Runtime, child: Job) -> None:
-    child_id = str(child.id)
-    if not rt.retrying(f"making child job {child_id}", lambda: _created(rt, child)):
-        # Made by an earlier run of the step, whose worker may have died before sending
-        # its first message: a duplicate message is dropped at its claim, a missing one is not.
-        stored = rt.store.get(child_id)
-        if stored is None or stored.status is not JobStatus.QUEUED or stored.parked:
-            return
-        if stored.steps_completed > 0 or stored.attempt > 0:
-            return
-        child = stored
-    if child.status is JobStatus.QUEUED:
-        rt.publish_current_step(child, FAN_OUT_SENDER)
+def _create(rt: Runtime, children: list[Job]) -> list[bool]:
+    """Store each child unless its id is taken; whether each was stored. In one round trip
+    where the store can (Redis), else one by one."""
+    create_many = getattr(rt.store, "create_many", None)
+    if create_many is not None:
+        made: list[bool] = create_many(children)
+        return made
+    return [_created(rt, child) for child in children]
 
 
 def _created(rt: Runtime, child: Job) -> bool:
@@ -110,6 +109,20 @@ def _created(rt: Runtime, child: Job) -> bool:
     except DuplicateJobError:
         return False
     return True
+
+
+def _send(rt: Runtime, child: Job, new: bool) -> None:
+    if not new:
+        # Made by an earlier run of the step, whose worker may have died before sending
+        # its first message: a duplicate message is dropped at its claim, a missing one is not.
+        stored = rt.store.get(str(child.id))
+        if stored is None or stored.status is not JobStatus.QUEUED or stored.parked:
+            return
+        if stored.steps_completed > 0 or stored.attempt > 0:
+            return
+        child = stored
+    if child.status is JobStatus.QUEUED:
+        rt.publish_current_step(child, FAN_OUT_SENDER)
 
 
 def _start_turns_due(rt: Runtime, parent_id: str, positions: range) -> None:
