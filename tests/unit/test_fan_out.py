@@ -221,7 +221,9 @@ def test_a_fan_out_cut_short_makes_the_rest_when_run_again_never_a_second_child(
     t.run()
     assert t.get_job(job.id).status is S.RUNNING
     t.advance(seconds=120)
-    assert recover_stuck_jobs(t.runtime, t.now) == 1  # the sweep requeues the fan-out step
+    # The sweep requeues the fan-out step (and the children made but not yet sent).
+    assert recover_stuck_jobs(t.runtime, t.now) >= 1
+    assert t.get_job(job.id).status is S.QUEUED
     t.run()
     done = t.get_job(job.id)
     assert done.status is S.COMPLETED
