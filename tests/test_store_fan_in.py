@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 
@@ -47,21 +48,28 @@ def _waiting_parent(setup: Setup, n: int) -> str:
     return str(parent.id)
 
 
-def test_children_ending_at_once_release_their_parent_once(setup: Setup) -> None:
+def _end_at_once(setup: Setup, parent_id: str, positions: list[int]) -> list[Job]:
+    """Count the ends of `positions` on the parent from one thread each, all at once; the
+    parent as each write that released it left it."""
     rt = setup.ergate.runtime
+    released: list[Job] = []
+    lock = threading.Lock()
+
+    def end(position: int) -> None:
+        after = rt.apply(parent_id, ChildEnded(position), sender="test").after
+        if after is not None and after.status is S.QUEUED:
+            with lock:
+                released.append(after)
+
+    race(*(partial(end, position) for position in positions))
+    return released
+
+
+def test_children_ending_at_once_release_their_parent_once(setup: Setup) -> None:
     for n in range(5):
         parent_id = _waiting_parent(setup, n)
-        released: list[Job] = []
-        lock = threading.Lock()
-
-        def end(position: int, parent_id: str = parent_id) -> None:
-            after = rt.apply(parent_id, ChildEnded(position), sender="test").after
-            if after is not None and after.status is S.QUEUED:
-                with lock:
-                    released.append(after)
-
         # Two children twice: a repeated notice of the same end changes nothing.
-        race(*(lambda p=position: end(p) for position in (0, 1, 2, 3, 2, 3)))
+        released = _end_at_once(setup, parent_id, [0, 1, 2, 3, 2, 3])
         assert len(released) == 1
         stored = setup.ergate.get_job(parent_id)
         assert stored.status is S.QUEUED
