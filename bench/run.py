@@ -1,7 +1,7 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
-                        [--only compare,length,nodes,listing,waiting,scale,dbos]
+                        [--only compare,length,nodes,listing,waiting,scale,dbos,fan_out]
 
 `compare`: for each setup whose services answer on loopback (all by default), the harness
 starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
@@ -36,6 +36,9 @@ released per second by a release run, and wake-up lateness with 10,000 sleeping 
 (1,000 to 1,000,000), with a chart in `bench/results/scale.png`. `dbos` (bench/dbos_peer.py):
 DBOS Transact as a peer on the same PostgreSQL, its per-step latency and throughput against
 ergate_celery's on Redis and on RabbitMQ + PostgreSQL, interleaved, ratios ergate ÷ DBOS.
+`fan_out` (bench/fan_out.py): children created per second and the time from the last child's
+end to the join's start for 100, 1,000 and 10,000 children, beside a Celery `chord` of the
+same width, on Redis and PostgreSQL.
 
 It prints one table per setup and part and writes the numbers to
 `bench/results/<UTC date-time>.json`.
@@ -60,7 +63,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, dbos_peer, job_length, listing, nodes, scale, waiting
+from . import apps, dbos_peer, fan_out, job_length, listing, nodes, scale, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -78,7 +81,7 @@ from .storage import flush_redis, postgres
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale", "dbos")
+PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale", "dbos", "fan_out")
 #: The parts that run on Redis only, and do not check that it answers themselves.
 REDIS_PARTS = frozenset({"nodes", "waiting"})
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
@@ -325,6 +328,7 @@ class PartSizes:
     length: job_length.LengthSizes = job_length.FULL
     scale: scale.ScaleSizes = scale.FULL
     dbos: dbos_peer.PeerSizes = dbos_peer.FULL
+    fan_out: fan_out.FanOutSizes = fan_out.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -387,6 +391,7 @@ def run_bench(
             "waiting": lambda: waiting.run_waiting(part_sizes.waiting, log),
             "scale": lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir),
             "dbos": lambda: dbos_peer.run_dbos_peer(part_sizes.dbos, unavailable, log),
+            "fan_out": lambda: fan_out.run_fan_out(part_sizes.fan_out, unavailable, log),
         }
         for name, part in others.items():
             if name in parts:
@@ -437,7 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.tiny:
             chosen: Sizes | Mapping[str, Sizes] = TINY_PAIRED
             part_sizes = PartSizes(
-                listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY, dbos_peer.TINY
+                listing.TINY,
+                waiting.TINY,
+                nodes.TINY,
+                job_length.TINY,
+                scale.TINY,
+                dbos_peer.TINY,
+                fan_out.TINY,
             )
         elif options.quick:
             chosen, part_sizes = (
@@ -449,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     job_length.QUICK,
                     scale.QUICK,
                     dbos_peer.QUICK,
+                    fan_out.QUICK,
                 ),
             )
         else:
@@ -498,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "dbos" in report:
         print("\nAgainst DBOS Transact (ratios ergate ÷ DBOS), on the same PostgreSQL:")
         print(dbos_peer.table(report["dbos"]))
+    if "fan_out" in report:
+        print("\nFan-out beside a chord of the same width:")
+        print(fan_out.table(report["fan_out"]))
     print(f"\nWritten to {path} ({report['seconds']:.0f} s)")
     return 1 if failures(report) else 0
 
@@ -515,6 +530,9 @@ def failures(report: dict[str, Any]) -> list[str]:
     for backend, outcome in report.get("scale", {}).get("backends", {}).items():
         if outcome["status"] == "failed":
             found.append(f"scale on {backend}")
+    for backend, outcome in report.get("fan_out", {}).get("backends", {}).items():
+        if outcome["status"] == "failed":
+            found.append(f"fan-out on {backend}")
     found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
     found += [f"nodes: {title}" for title in report.get("nodes", {}).get("errors", {})]
     found += [f"dbos: {title}" for title in report.get("dbos", {}).get("errors", {})]

@@ -23,6 +23,7 @@ from ergate_celery.exceptions import (
     AbortJob,
     DuplicateJobError,
     ErgateError,
+    FanOut,
     GoToEnd,
     GoToStep,
     ImproperlyConfiguredError,
@@ -49,9 +50,11 @@ from ergate_celery.model.annotations import (
     SignalPayload,
     StepRun,
 )
-from ergate_celery.model.job import Job, JobError, StepTiming, Wait
+from ergate_celery.model.children import ChildResult
+from ergate_celery.model.job import FanOutState, Job, JobError, StepTiming, Wait
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.paths import (
+    FanOutPath,
     GoToEndPath,
     GoToStepPath,
     NextStepPath,
@@ -67,12 +70,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbortJob",
+    "ChildResult",
     "Context",
     "CurrentRun",
     "Depends",
     "DuplicateJobError",
     "ErgateCelery",
     "ErgateError",
+    "FanOut",
+    "FanOutPath",
+    "FanOutState",
     "GoToEnd",
     "GoToEndPath",
     "GoToStep",

@@ -14,7 +14,14 @@ from ergate_celery import job_result
 from ergate_celery.exceptions import ErgateError
 from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import Workflow
-from ergate_celery.operations import cancelling, pausing, reading, retrying, signalling
+from ergate_celery.operations import (
+    cancelling,
+    children,
+    pausing,
+    reading,
+    retrying,
+    signalling,
+)
 from ergate_celery.operations.listing import StatusFilter
 from ergate_celery.operations.submission import new_job, submit
 from ergate_celery.registry import Packages, WorkflowRegistry
@@ -108,7 +115,9 @@ class ErgateCelery:
                 self.publish(job)
 
             paused = PausedWorkflows(store, settings.pause_refresh)
-            self._runtime = Runtime(store, settings, self.announcer, publish, paused)
+            self._runtime = Runtime(
+                store, settings, self.announcer, publish, paused, workflow_of=self.workflow
+            )
         return self._runtime
 
     def _here(self) -> Runtime:
@@ -269,11 +278,13 @@ class ErgateCelery:
         tags: dict[str, str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        parent: str | None = None,
     ) -> JobPage:
         """Stored jobs, newest first (by `submitted_at`), finished ones until they expire.
 
         Filters: `status` (one or several), `workflow`, submitted `since`/`until`, `tags`
         (all must match). Pass the page's `next_cursor` as `cursor` for the next page.
+        `parent=job_id` lists that job's fan-out children instead, in input order.
         `InvalidInputError` for a bad filter or cursor, `UnknownWorkflowError` for a
         workflow this app does not have.
         """
@@ -282,6 +293,8 @@ class ErgateCelery:
         query = job_query(
             status=status, workflow=workflow, since=since, until=until, tags=tags, limit=limit
         )
+        if parent is not None:
+            return children.list_children(self._here(), parent, query, limit, cursor)
         return self.store.list_jobs(query, limit, cursor)
 
     def retry_job(self, job_id: str) -> Job:

@@ -11,12 +11,14 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from ergate_celery.model.job import Job
+    from ergate_celery.model.workflow import Workflow
     from ergate_celery.model.workflow_step import WorkflowStep
 
 __all__ = [
     "AbortJob",
     "DuplicateJobError",
     "ErgateError",
+    "FanOut",
     "GoToEnd",
     "GoToStep",
     "ImproperlyConfiguredError",
@@ -196,6 +198,63 @@ class WaitForSignal(ErgateError):  # noqa: N818 - a flow-control signal, like Go
         self.name = name
         self.timeout = timeout
         self.retval = retval
+
+
+#: The most children one `FanOut` may start.
+MAX_CHILDREN = 100_000
+
+
+class FanOut(ErgateError):  # noqa: N818 - a flow-control signal, like GoToStep
+    """Raised from a step to complete it by starting one child job of `workflow` per input;
+    the job waits SCHEDULED, holding no worker slot, until every child has ended, then
+    continues at step `then` with a `list[ChildResult]` in input order.
+
+    `max_in_flight` bounds the children unfinished at once; `user_context` is the
+    children's (the parent's when not given).
+    """
+
+    def __init__(
+        self,
+        workflow: str | Workflow,
+        inputs: Any,
+        then: WorkflowStep[Any, Any] | str,
+        max_in_flight: int | None = None,
+        *,
+        user_context: Any = ...,
+    ) -> None:
+        name = workflow if isinstance(workflow, str) else getattr(workflow, "unique_name", None)
+        if not isinstance(name, str):
+            raise InvalidInputError(
+                f"FanOut(workflow=...) takes a workflow's unique_name or the Workflow, got "
+                f"{type(workflow).__name__}"
+            )
+        if isinstance(inputs, str | bytes | dict) or not hasattr(inputs, "__iter__"):
+            raise InvalidInputError(
+                f"FanOut(inputs=...) takes a list with one input per child, got "
+                f"{type(inputs).__name__}"
+            )
+        values = list(inputs)
+        if len(values) > MAX_CHILDREN:
+            raise InvalidInputError(
+                f"FanOut of {len(values)} children is over the limit of {MAX_CHILDREN}; "
+                "fan out in stages (children that fan out themselves)"
+            )
+        if max_in_flight is not None and (
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
+            raise InvalidInputError(
+                f"FanOut(max_in_flight=...) must be a whole number >= 1 or None (no limit), "
+                f"got {max_in_flight!r}"
+            )
+        super().__init__(name, len(values), then)
+        self.workflow = name
+        self.inputs = values
+        self.then = then
+        self.max_in_flight = max_in_flight
+        #: `...` (Ellipsis) when not given: the children get the parent's.
+        self.user_context = user_context
 
 
 def check_signal_name(name: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import apps, dbos_peer, job_length, listing, nodes, scale, waiting
+from bench import apps, dbos_peer, fan_out, job_length, listing, nodes, scale, waiting
 from bench.measures import TINY, TINY_PAIRED
 from bench.run import PartSizes, run_bench, table
 
@@ -330,3 +330,19 @@ def test_pg_trace_is_read_back_into_round_trips() -> None:
     assert trips[1].parse_bytes == 61
     assert trips[2].bind_bytes == 31
     assert trips[2].bytes_sent == 31 + 10 + 5
+
+
+def test_fan_out_bench_sets_children_beside_a_chord_on_redis(tmp_path: Path) -> None:
+    lines: list[str] = []
+    written = fan_out.run_fan_out(
+        fan_out.TINY, lambda setup: None if setup == "redis" else "not in this test", lines.append
+    )
+    redis = written["backends"]["redis"]
+    assert redis["status"] == "ok", (redis, lines)
+    assert set(redis["widths"]) == {str(width) for width in fan_out.TINY.widths}
+    for row in redis["widths"].values():
+        for side in ("ergate", "chord"):
+            assert row[side]["created_per_s"] > 0
+            assert row[side]["last_end_to_join_s"] >= 0
+    assert written["backends"]["rabbitmq_postgres"]["status"] == "skipped"
+    assert "created/s" in fan_out.table(written)

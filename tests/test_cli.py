@@ -421,3 +421,32 @@ def _on_a_terminal(setup: Setup, *args: str) -> str:
             os.close(primary)
             process.wait(timeout=WAIT)
     return screen.decode(errors="replace")
+
+
+def test_show_and_list_name_the_children_of_a_fan_out(setup: Setup) -> None:
+    from .apps import fan_out_app
+
+    for workflow in fan_out_app.WORKFLOWS:
+        setup.ergate.register_workflow(workflow)
+    order = {"child": "fo_square", "count": 25}
+    job_id = str(setup.ergate.submit_job("fo_parent", initial_input_value=order).id)
+    with in_process_worker(setup.app):
+        setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    shown = setup.run_celery("ergate", "show", job_id, module="tests.apps.fan_out_app")
+    assert shown.returncode == 0, shown.stderr
+    assert "children (25; 25 of the last 25 ended)" in shown.stdout
+    assert f"{job_id}.5   fo_square  FAILED" in shown.stdout
+    assert f"celery ergate list --parent {job_id}" in shown.stdout  # 20 of 25 shown
+    listed = setup.run_celery(
+        "ergate",
+        "list",
+        "--parent",
+        job_id,
+        "--json",
+        "--limit",
+        "100",
+        module="tests.apps.fan_out_app",
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [row["id"] for row in rows] == [f"{job_id}.{n}" for n in range(25)]

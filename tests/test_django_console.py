@@ -482,3 +482,26 @@ def test_admin_on_another_backend_lists_no_job_rows(ergate: ErgateCelery) -> Non
     page = client.get(CHANGELIST).content.decode()  # type: ignore[attr-defined]
     assert _admin_listed(page) == []
     assert len(ergate.list_jobs().jobs) == 2  # the console lists them
+
+
+def test_a_parents_page_lists_its_children_and_a_childs_page_links_its_parent(
+    ergate: ErgateCelery,
+) -> None:
+    from .apps import fan_out_app
+
+    for workflow in (fan_out_app.parent, fan_out_app.square):
+        ergate.register_workflow(workflow)
+    with _worker(ergate):
+        job = ergate.submit_job("fo_parent", initial_input_value={"child": "fo_square", "count": 7})
+        assert ergate.wait_for_job(job.id, timeout=WAIT).status is JobStatus.COMPLETED
+    client = _client()
+    page = client.get(f"/ergate/jobs/{job.id}/").content.decode()
+    assert 'id="children"' in page
+    rows = re.findall(
+        r'<a href="/ergate/jobs/([^/"]+)/">\1</a></td>\s*<td>fo_square</td>\s*'
+        r"<td>(\w+)</td>",
+        page,
+    )
+    assert rows == [(f"{job.id}.{n}", "FAILED" if n == 5 else "COMPLETED") for n in range(7)]
+    child = client.get(f"/ergate/jobs/{job.id}.3/").content.decode()
+    assert f'Child of job <a href="/ergate/jobs/{job.id}/">{job.id}</a>' in child

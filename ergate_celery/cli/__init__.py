@@ -6,7 +6,7 @@ honoured).
 May import anything of the package; nothing in the package imports it.
 """
 
-from ergate_celery.cli import commands, operations, workflows
+from ergate_celery.cli import changing, commands, operations, workflows
 from ergate_celery.cli.arguments import ergate
 
-__all__ = ["commands", "ergate", "operations", "workflows"]
+__all__ = ["changing", "commands", "ergate", "operations", "workflows"]

@@ -1,5 +1,6 @@
-"""`celery -A proj ergate ...`: list, show, submit, cancel, signal and watch jobs (retry, pause
-and resume are in `operations.py`, `workflows` and `graph` in `workflows.py`).
+"""`celery -A proj ergate ...`: list, show and watch jobs (submit, cancel and signal are in
+`changing.py`, retry, pause and resume in `operations.py`, `workflows` and `graph` in
+`workflows.py`).
 
 Installed as a Celery CLI extension (entry point group `celery.commands`), so every command
 works on the app given by `celery -A proj`. Exit codes: 0 success; 1 the job is not (or will
@@ -20,18 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from ergate_celery.binding import ErgateCelery
 from ergate_celery.cli.arguments import (
     COMMAND,
-    BadInput,
     binding,
     ergate,
     found_job,
     input_errors,
-    json_arg,
-    moment_arg,
     note,
     option,
     out,
@@ -39,7 +36,6 @@ from ergate_celery.cli.arguments import (
     status_text,
     tags_arg,
 )
-from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.scheduling.overdue import overdue_by, overdue_note
@@ -108,6 +104,12 @@ def _status_text(row: dict[str, Any]) -> str:
     help="Only jobs with this tag (repeatable: all must match).",
 )
 @option(
+    "--parent",
+    group="Filters",
+    metavar="JOB_ID",
+    help="The fan-out children of this job, in order.",
+)
+@option(
     "--limit",
     group="Output",
     type=click.IntRange(min=1, max=MAX_LIMIT),
@@ -124,6 +126,7 @@ def list_jobs(
     since: str | None,
     tags: Sequence[str],
     limit: int,
+    parent: str | None,
     as_json: bool,
 ) -> None:
     """Jobs newest first, finished ones too until they expire."""
@@ -136,6 +139,7 @@ def list_jobs(
             since=when,
             tags=tags_arg(tags),
             limit=limit,
+            parent=parent,
         )
     rows = [_summary(ergate, job) for job in page.jobs]
     if as_json:
@@ -209,110 +213,25 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
         if error.get("traceback"):
             out(ctx, "")
             out(ctx, error["traceback"].rstrip("\n"))
+    if job.fan_out is not None:
+        _show_children(ctx, ergate, job)
 
 
-@ergate.command(**COMMAND)
-@click.argument("job_id")
-@click.pass_context
-def cancel(ctx: click.Context, job_id: str) -> None:
-    """Cancel a job and print its status; exit code 1 when it had already finished."""
-    ergate = binding(ctx)
-    before = found_job(ergate, job_id)
-    try:
-        after = ergate.cancel_job(job_id)
-    except JobNotFoundError as exc:
-        raise BadInput(str(exc)) from None
-    out(ctx, status_text(ctx, after.status.name))
-    if after.status is JobStatus.CANCELLING:
-        note(ctx, "the running step stops at its next progress report, or ends first")
-    elif after.is_final and (before.is_final or after.status is not JobStatus.CANCELLED):
-        note(ctx, f"job {job_id} had already finished as {after.status.name}; unchanged")
-        ctx.exit(1)
+#: Children `show` lists; `list --parent` pages through all of them.
+_CHILDREN_SHOWN = 20
 
 
-@ergate.command(**COMMAND)
-@click.argument("job_id")
-@click.argument("name")
-@option("--payload", "payload_json", group="Signal", metavar="JSON", help="The signal's payload.")
-@click.pass_context
-def signal(ctx: click.Context, job_id: str, name: str, payload_json: str | None) -> None:
-    """Send signal NAME to a job and print its status (QUEUED: it was waiting for it).
-
-    Exit code 1 when the job has already finished; 2 for bad input or an unknown job.
-    """
-    ergate = binding(ctx)
-    payload = json_arg("--payload", payload_json)
-    try:
-        job = ergate.signal_job(job_id, name, payload)
-    except JobStateError as exc:
-        click.echo(str(exc), err=True)
-        ctx.exit(1)
-    except (ErgateError, TypeError, ValueError) as exc:
-        raise BadInput(f"{type(exc).__name__}: {exc}") from None
-    out(ctx, status_text(ctx, job.status.name))
-
-
-@ergate.command(**COMMAND)
-@click.argument("workflow")
-@option("--input", "input_json", group="Job", required=True, metavar="JSON", help="Initial input.")
-@option("--context", "context_json", group="Job", metavar="JSON", help="The job's user_context.")
-@option("--id", "job_id", group="Job", metavar="ID", help="The job id (default: a new UUID).")
-@option(
-    "--tag",
-    "tags",
-    group="Job",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A tag to find the job by (repeatable).",
-)
-@option(
-    "--at",
-    group="When",
-    metavar="WHEN",
-    help="Start then (SCHEDULED until): a date or time (naive is UTC), or a duration from now.",
-)
-@option(
-    "--deadline",
-    group="When",
-    metavar="WHEN",
-    help="FAILED if not started by then: a date or time, or a duration from now (e.g. 1h).",
-)
-@option(
-    "--priority",
-    group="When",
-    type=click.IntRange(min=0, max=255),
-    help="The priority of every step message (Celery's, 0-255; the broker decides the range).",
-)
-@click.pass_context
-def submit(
-    ctx: click.Context,
-    workflow: str,
-    input_json: str,
-    context_json: str | None,
-    job_id: str | None,
-    tags: Sequence[str],
-    at: str | None,
-    deadline: str | None,
-    priority: int | None,
-) -> None:
-    """Submit a job of WORKFLOW and print its id; nothing is submitted on bad input."""
-    ergate = binding(ctx)
-    initial = json_arg("--input", input_json)
-    context = json_arg("--context", context_json)
-    start = moment_arg("--at", at, ago=False)
-    end = moment_arg("--deadline", deadline, ago=False)
-    with input_errors(ErgateError, ValidationError, TypeError, ValueError, RecursionError):
-        job = ergate.submit_job(
-            workflow,
-            initial_input_value=initial,
-            user_context=context,
-            requested_start_time=start,
-            id=job_id,
-            priority=priority,
-            deadline=end,
-            tags=tags_arg(tags),
-        )
-    out(ctx, str(job.id))
+def _show_children(ctx: click.Context, ergate: ErgateCelery, job: Job) -> None:
+    """The children of the job's fan-outs, with their status."""
+    state = job.fan_out
+    assert state is not None
+    page = ergate.list_jobs(parent=str(job.id), limit=_CHILDREN_SHOWN)
+    made = state.first + state.count
+    out(ctx, "")
+    out(ctx, f"children ({made}; {state.ended_count} of the last {state.count} ended)")
+    _print_rows(ctx, [_summary(ergate, child) for child in page.jobs])
+    if page.next_cursor is not None:
+        note(ctx, f"(first {len(page.jobs)} shown; celery ergate list --parent {job.id})")
 
 
 @ergate.command(**COMMAND)

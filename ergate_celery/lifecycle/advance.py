@@ -14,6 +14,7 @@ from typing import Any
 
 from ergate_celery.exceptions import (
     AbortJob,
+    FanOut,
     GoToEnd,
     GoToStep,
     JobCancelled,
@@ -22,10 +23,10 @@ from ergate_celery.exceptions import (
     UnknownStepError,
     WaitForSignal,
 )
-from ergate_celery.lifecycle import waiting
+from ergate_celery.lifecycle import fan_out, waiting
 from ergate_celery.model.annotations import StepRun
 from ergate_celery.model.injection import injected_arguments
-from ergate_celery.model.job import Job, JobError, Wait
+from ergate_celery.model.job import FanOutState, Job, JobError, Wait
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.paths import GoToStepPath, NextStepPath
 from ergate_celery.model.progress import ProgressReporter
@@ -77,6 +78,15 @@ class Cancelled:
 
 
 @dataclass(frozen=True, slots=True)
+class FannedOut:
+    """The step raised `FanOut` at `since`; `state` is set once its children were made."""
+
+    request: FanOut
+    since: datetime
+    state: FanOutState | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Raised:
     """The step raised any other exception."""
 
@@ -84,7 +94,7 @@ class Raised:
 
 
 #: What one run of a step's code did.
-StepOutcome = Returned | WentToStep | WentToEnd | Aborted | Waited | Cancelled | Raised
+StepOutcome = Returned | WentToStep | WentToEnd | Aborted | Waited | FannedOut | Cancelled | Raised
 
 
 def run_step(
@@ -116,6 +126,8 @@ def run_step(
     except (Sleep, WaitForSignal) as exc:
         now = clock() if clock is not None else datetime.now(UTC)
         return Waited(exc.retval, waiting.wait_for(exc, step.name, now))
+    except FanOut as exc:
+        return FannedOut(exc, clock() if clock is not None else datetime.now(UTC))
     except Exception as exc:
         return Raised(exc)
     if not returned:
@@ -157,6 +169,15 @@ def advance(job: Job, workflow: Workflow, outcome: StepOutcome) -> Job:
             if after.status is not JobStatus.QUEUED:
                 return after  # nothing follows the step: nothing to hold back
             return after.model_copy(update={"status": JobStatus.SCHEDULED, "wait": wait})
+        case FannedOut(request=request, since=since, state=state):
+            try:
+                target = fan_out.then_step(workflow, index, request.then)
+            except (UnknownStepError, ReverseGoToError) as exc:
+                return _failed(job, JobError.from_exception(exc, step_name))
+            assert state is not None, "the children are made before the step's outcome"
+            remaining = workflow.remaining_steps(index, GoToStepPath, target.name)
+            after = _completed_step(job, target.index, None, remaining, workflow)
+            return fan_out.waiting_for_children(job, after, state, since)
         case Aborted(message=message):
             error_info = JobError(type="AbortJob", message=message, step=step_name)
             return job.model_copy(update={"status": JobStatus.ABORTED, "error": error_info})

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ergate_celery.model.job import Job, JobError
+from ergate_celery.model.job import FanOutState, Job, JobError
 from ergate_celery.model.job_status import JobStatus
 
 
@@ -142,6 +142,27 @@ class Unpark:
     """`resume_workflow` publishes a parked job's step again."""
 
 
+@dataclass(frozen=True, slots=True)
+class FanOutStarted:
+    """The step run holding `token` raised `FanOut`: `state` is written on the job before
+    its children are made, so that a child ending while the others are made is counted."""
+
+    token: str
+    state: FanOutState
+
+
+@dataclass(frozen=True, slots=True)
+class ChildEnded:
+    """The child at `position` (`<parent id>.<position>`) reached a final status."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCame:
+    """A child held back by its parent's `max_in_flight` may start: a sibling ended."""
+
+
 Event = (
     HandOver
     | Release
@@ -158,4 +179,7 @@ Event = (
     | RetryRequested
     | Park
     | Unpark
+    | FanOutStarted
+    | ChildEnded
+    | TurnCame
 )

@@ -95,6 +95,20 @@ QUEUED      Park              QUEUED      the message's step, its workflow pause
 QUEUED      Park              -           already parked, or a stale message
 QUEUED      Unpark            QUEUED      parked
 QUEUED      Unpark            -           not parked
+RUNNING     FanOutStarted     RUNNING     the run holding the claim
+CANCELLING  FanOutStarted     CANCELLING  the run holding the claim
+RUNNING     Finish            SCHEDULED   FanOut: waits for its children
+RUNNING     Finish            QUEUED      FanOut: its children all ended already
+CANCELLING  Finish            CANCELLING  FanOut: its children are cancelled
+SCHEDULED   Release           SCHEDULED   waiting for children: counted again
+SCHEDULED   Cancel            CANCELLING  waiting for children: they are cancelled
+RUNNING     ChildEnded        RUNNING     a child ended while the others are made
+SCHEDULED   ChildEnded        SCHEDULED   a child ended, others unfinished
+SCHEDULED   ChildEnded        QUEUED      the last child ended
+SCHEDULED   ChildEnded        -           counted already
+CANCELLING  ChildEnded        CANCELLED   the last child ended
+SCHEDULED   TurnCame          QUEUED      a child held back by max_in_flight
+CANCELLED   RetryRequested    QUEUED      cancelled waiting for children, all ended
 """
 
 
@@ -123,7 +137,8 @@ def mermaid() -> str:
     """The state diagram of `LIFECYCLE` in Mermaid, as the docs' concepts page shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
-        quiet = ("ProgressReported", "Yield", "Signalled")  # the status stays: not an edge
+        # The status stays: not an edge.
+        quiet = ("ProgressReported", "Yield", "Signalled", "FanOutStarted", "ChildEnded", "Release")
         if row.to is None or (row.to is row.status and row.event in quiet):
             continue
         edges.setdefault((row.status, row.to), [])

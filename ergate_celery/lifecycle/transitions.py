@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ergate_celery.lifecycle import events, waiting
+from ergate_celery.lifecycle import events, fan_out, waiting
 from ergate_celery.lifecycle.events import Event
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.job_status import (
@@ -49,6 +49,8 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
                 update={"percent_completed": percent, "lease_until": lease_until}
             )
         case events.Cancel():
+            if status is S.SCHEDULED and fan_out.waits_for_children(stored):
+                return fan_out.cancelled(stored)
             if status in WAITING_STATUSES:
                 return _set(stored, S.CANCELLED)
             return _set(stored, S.CANCELLING) if status is S.RUNNING else None
@@ -85,6 +87,12 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             if status is not S.QUEUED or not stored.parked:
                 return None
             return stored.model_copy(update={"parked": False})
+        case events.FanOutStarted(token=token, state=state):
+            return fan_out.started(stored, token, state)
+        case events.ChildEnded(position=position):
+            return fan_out.child_ended(stored, position)
+        case events.TurnCame():
+            return fan_out.turn_came(stored)
     raise TypeError(f"Not a lifecycle event: {event!r}")
 
 
@@ -103,6 +111,8 @@ def already_written(stored: Job, event: Event) -> bool:
 def _release(stored: Job, release: events.Release, now: datetime) -> Job | None:
     if stored.status is not S.SCHEDULED:
         return None  # cancelled, or released by a concurrent run
+    if fan_out.waits_for_children(stored):
+        return fan_out.recheck(stored, now)
     if stored.wait is not None:
         return waiting.wake(stored, now)
     if stored.requested_start_time is not None and stored.requested_start_time > now:
@@ -120,7 +130,9 @@ def _retry(stored: Job, now: datetime) -> Job | None:
     errors = stored.errors if stored.error is None else [*stored.errors, stored.error]
     status = S.SCHEDULED if start is not None and start > now else S.QUEUED
     wait = stored.wait
-    if wait is not None:  # it stopped while waiting: it waits again
+    if wait is not None and (wait.children is not None or wait.turn_of is not None):
+        status, wait = fan_out.retried(stored, wait, now)
+    elif wait is not None:  # it stopped while waiting: it waits again
         wait, status = waiting.again(wait, now), S.SCHEDULED
     return stored.model_copy(
         update={
@@ -188,7 +200,10 @@ def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
         return None  # another run took the job over, or this outcome is already stored
     # Signals that came while the step ran are kept (a step never changes them).
     after = waiting.begin(after.model_copy(update={"signals": stored.signals}), now)
-    if stored.status is S.CANCELLING and after.status in (S.QUEUED, S.SCHEDULED):
+    after = fan_out.kept_counts(stored, after)
+    if stored.status is S.CANCELLING and fan_out.waits_for_children(after):
+        after = fan_out.cancelled(after)  # its children are cancelled after this write
+    elif stored.status is S.CANCELLING and after.status in (S.QUEUED, S.SCHEDULED):
         after = _set(after, S.CANCELLED)
     return after.model_copy(
         update={"claim": None, "lease_until": None, "lost_runs": 0, "finished_by": token}

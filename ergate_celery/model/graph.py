@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import NamedTuple, NoReturn
 
 from ergate_celery.exceptions import InvalidDefinitionError
-from ergate_celery.model.paths import GoToEndPath, GoToStepPath, NextStepPath, WaitPath
+from ergate_celery.model.paths import (
+    FanOutPath,
+    GoToEndPath,
+    GoToStepPath,
+    NextStepPath,
+    WaitPath,
+)
 from ergate_celery.model.workflow import Workflow
 
 
@@ -13,15 +19,20 @@ def mermaid(workflow: Workflow) -> str:
     """`flowchart TD`: next-step edges, labelled go-to edges, and go-to-end edges to END.
 
     A step declaring `WaitPath` is drawn as a hexagon, its edge to the next step dotted and
-    labelled with what it waits for.
+    labelled with what it waits for; a step declaring `FanOutPath` as a subroutine box, its
+    edge to the join dotted and labelled `FanOut`.
     """
     lines = ["flowchart TD", f"    %% workflow {workflow.unique_name}"]
     for step in workflow:
         text = _mermaid_text(step.name)
         waits = any(isinstance(path, WaitPath) for path in step.paths)
-        lines.append(
-            f'    s{step.index}{{{{"{text}"}}}}' if waits else f'    s{step.index}["{text}"]'
-        )
+        fans_out = any(isinstance(path, FanOutPath) for path in step.paths)
+        if fans_out:
+            lines.append(f'    s{step.index}[["{text}"]]')
+        elif waits:
+            lines.append(f'    s{step.index}{{{{"{text}"}}}}')
+        else:
+            lines.append(f'    s{step.index}["{text}"]')
     lines.append("    END([END])")
     for edge in edges(workflow):
         source, target = f"s{edge.source}", "END" if edge.target is None else f"s{edge.target}"
@@ -51,7 +62,9 @@ def edges(workflow: Workflow) -> list[Edge]:
         for path in step.paths:
             index = workflow.next_index(step.index, path)
             target = None if index >= len(workflow) else index
-            if isinstance(path, GoToStepPath):
+            if isinstance(path, FanOutPath):
+                edge = Edge(step.index, target, "FanOut", True)
+            elif isinstance(path, GoToStepPath):
                 edge = Edge(step.index, target, "GoToStep", False)
             elif isinstance(path, GoToEndPath):
                 edge = Edge(step.index, target, "GoToEnd", False)

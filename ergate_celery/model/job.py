@@ -55,20 +55,92 @@ class Wait(BaseModel):
     """The end of a sleep, or a signal's timeout; None: a signal waited for forever."""
     signal: str | None = None
     """The signal name waited for; None for a sleep."""
+    children: int | None = None
+    """A fan-out: how many children of the step must end; `until` is then only when the
+    children are counted again, in case a notice of one's end was lost with its worker."""
+    turn_of: str | None = None
+    """A child held back by its parent's `max_in_flight`: it starts when a sibling ends."""
 
     @property
     def reason(self) -> str:
-        """What it waits for, as one word: `signal` or `sleep` (a new kind of wait names itself
-        here; metrics and the console group waiting jobs by it)."""
+        """What it waits for, as one word: `children` (a fan-out's parent), `concurrency` (a
+        child held back by `max_in_flight`), `signal` or `sleep` (a new kind of wait names
+        itself here; metrics and the console group waiting jobs by it)."""
+        if self.children is not None:
+            return "children"
+        if self.turn_of is not None:
+            return "concurrency"
         return "signal" if self.signal is not None else "sleep"
 
     def describe(self) -> str:
         """One line: what, and until when."""
+        if self.children is not None:
+            return f"its {self.children} children to end, since step {self.step!r}"
+        if self.turn_of is not None:
+            return f"its turn among the children of job {self.turn_of} (max_in_flight)"
         what = f"signal {self.signal!r}" if self.signal is not None else "a sleep to end"
         end = "forever" if self.until is None else f"until {self.until.isoformat()}"
         if self.signal is not None and self.until is not None:
             end += " (then FAILED: SignalTimeout)"
         return f"{what}, {end}, since step {self.step!r}"
+
+
+class FanOutState(BaseModel):
+    """A step's fan-out, kept on the parent: its children and which of them have ended."""
+
+    step: str
+    """The step that raised `FanOut`."""
+    hop: int
+    """The parent's `steps_completed` when that step ran (a re-run of it is the same one)."""
+    workflow: str
+    first: int
+    """The position of the first child: children are `<parent id>.<first + n>`."""
+    count: int
+    then: str
+    """The step that receives the children's results."""
+    max_in_flight: int | None = None
+    ended: list[tuple[int, int]] = Field(default_factory=list)
+    """The children (positions from 0) that have ended, as sorted half-open ranges."""
+    percent_from: float = 0.0
+    percent_to: float = 0.0
+    check_every: float = 3600.0
+    """Seconds between two counts of the children while the parent waits."""
+
+    @property
+    def ended_count(self) -> int:
+        """How many children have ended."""
+        return sum(end - start for start, end in self.ended)
+
+    @property
+    def all_ended(self) -> bool:
+        """Whether every child has ended."""
+        return self.ended_count >= self.count
+
+    def has_ended(self, n: int) -> bool:
+        """Whether child `n` (from 0) has ended."""
+        return any(start <= n < end for start, end in self.ended)
+
+    def with_ended(self, n: int) -> FanOutState:
+        """This state with child `n` ended (merged into the ranges)."""
+        ranges = sorted([*self.ended, (n, n + 1)])
+        merged: list[tuple[int, int]] = []
+        for start, end in ranges:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return self.model_copy(update={"ended": merged})
+
+    def percent(self) -> float:
+        """The parent's progress while it waits: the step's share, by children ended."""
+        if self.count == 0:
+            return self.percent_to
+        share = (self.percent_to - self.percent_from) * self.ended_count / self.count
+        return min(self.percent_from + share, 100.0)
+
+    def child_id(self, parent_id: str, n: int) -> str:
+        """The id of child `n` (from 0) of this fan-out."""
+        return f"{parent_id}.{self.first + n}"
 
 
 class Job(BaseModel):
@@ -122,6 +194,10 @@ class Job(BaseModel):
     """How many times `retry_job` sent the job back to the step it stopped at."""
     errors: list[JobError] = Field(default_factory=list)
     """The errors of earlier runs, oldest first: a retry moves `error` here."""
+    parent_id: str | None = None
+    """The job whose step fanned out this one (its id is `<parent_id>.<position>`)."""
+    fan_out: FanOutState | None = None
+    """The job's last fan-out: its children, and which have ended."""
     parked: bool = False
     """QUEUED with no message in the broker: its workflow was paused when the step was due;
     `resume_workflow` publishes it."""

@@ -33,3 +33,17 @@ class WaitPath(NextStepPath):
 
     def __init__(self, signal: str | None = None) -> None:
         self.signal = signal
+
+
+class FanOutPath(GoToStepPath):
+    """The step raises `FanOut(..., then=step)`: the step called `then` runs once the
+    children have ended. For progress it counts as a `GoToStepPath` to `then`; the
+    workflow's graph draws the fan-out."""
+
+    def __init__(self, then: str) -> None:
+        super().__init__(then)
+
+    @property
+    def then(self) -> str:
+        """The step that receives the children's results."""
+        return self.step_name

@@ -15,6 +15,7 @@ from ergate_celery.lifecycle.events import Release
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.base import SCHEDULED, UNREADABLE, IndexEntry
 from ergate_celery.worker import observing
+from ergate_celery.worker.fan_out import recount
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ def _release(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | None:
         return JobStatus.SCHEDULED
     if after.status is JobStatus.QUEUED and not after.parked:  # parked: its workflow is paused
         rt.publish_current_step(after, RELEASE_TASK)
+    elif after.status is JobStatus.SCHEDULED:  # a fan-out's next count of its children
+        recount(rt, after)
     return after.status
 
 

@@ -151,6 +151,16 @@ class DjangoJobStore(BaseJobStore[Columns]):
         job = job_from_document(self.backend.decode_content(row, row.result))
         return Stored(job, (row.status, row.result))
 
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """The stored jobs of `job_ids`, in order (None for a gone one): one SELECT."""
+        rows = self.model.objects.filter(task_id__in=job_ids) if job_ids else []
+        found = {
+            row.task_id: job_from_document(self.backend.decode_content(row, row.result))
+            for row in rows
+            if row.result is not None
+        }
+        return [found.get(job_id) for job_id in job_ids]
+
     def _token_of(self, job: Job) -> Columns:
         return job.status.name, self._content(job)
 

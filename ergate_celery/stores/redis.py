@@ -188,6 +188,11 @@ class RedisJobStore(BaseJobStore[str]):
         raw = self.client.get(self._key(job_id))
         return None if raw is None else self._stored(raw)
 
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """The stored jobs of `job_ids`, in order (None for a gone one): one MGET."""
+        raws = self.client.mget([self._key(job_id) for job_id in job_ids]) if job_ids else []
+        return [None if raw is None else self._stored(raw).job for raw in raws]
+
     def _token_of(self, job: Job) -> str:
         # A record this process wrote last is known by its digest, without encoding it again.
         return self._digests.of(job) or _digest(self._encode(job, check=False)[0])
@@ -218,13 +223,27 @@ class RedisJobStore(BaseJobStore[str]):
         return Outcome.GONE if reply is None else self._stored(reply)
 
     def _insert(self, job: Job) -> bool:
-        encoded, ttl = self._encode(job, limit=self.create_limit)
-        keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
-        arguments = [encoded, ttl or "", *self._index_arguments(job), *self._listing_adds(job)]
+        encoded, keys, arguments = self._creation(job)
         if not self._create(keys=keys, args=arguments):
             return False
         self._digests.remember(job, _digest(encoded))
         return True
+
+    def _creation(self, job: Job) -> tuple[bytes, list[Any], list[Any]]:
+        encoded, ttl = self._encode(job, limit=self.create_limit)
+        keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
+        arguments = [encoded, ttl or "", *self._index_arguments(job), *self._listing_adds(job)]
+        return encoded, keys, arguments
+
+    def create_many(self, jobs: list[Job]) -> list[bool]:
+        """Store each of `jobs` unless its id is taken, in one round trip (a pipeline of the
+        create script); whether each was stored."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                _, keys, arguments = self._creation(job)
+                self._create(keys=keys, args=arguments, client=pipe)
+            replies = pipe.execute()
+        return [bool(reply) for reply in replies]
 
     def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
         # Final records are published on their key: subscribe first, then read, so that an

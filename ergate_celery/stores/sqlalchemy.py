@@ -161,6 +161,19 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def _read(self, job_id: str) -> Stored[Columns] | None:
         return reading(self.autocommit, lambda conn: self._select(conn, job_id))
 
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """The stored jobs of `job_ids`, in order (None for a gone one): one SELECT."""
+        query = sa.select(self.table.c.task_id, self.table.c.result).where(
+            self.table.c.task_id.in_(job_ids)
+        )
+        rows = reading(self.autocommit, lambda conn: conn.execute(query).all()) if job_ids else []
+        found = {
+            row.task_id: job_from_document(self.backend.decode(row.result))
+            for row in rows
+            if row.result is not None
+        }
+        return [found.get(job_id) for job_id in job_ids]
+
     def _token_of(self, job: Job) -> Columns:
         return job.status.name, self._encoded(job)
 

@@ -27,6 +27,7 @@ from ergate_celery.exceptions import JobNotFoundError, UnknownWorkflowError
 from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.operations.cancelling import cancel_job
+from ergate_celery.operations.children import list_children
 from ergate_celery.operations.listing import StatusFilter
 from ergate_celery.operations.reading import check_id
 from ergate_celery.operations.signalling import signal_job
@@ -103,6 +104,7 @@ class WorkflowTester:
             _RecordingAnnouncer(self.app, self.steps_run),
             self._publish,
             clock=self.clock.now,
+            workflow_of=self._workflow,
         )
         self._registry = WorkflowRegistry(self.app, lambda step: install_step(self, step))
         for workflow in workflows:
@@ -221,13 +223,17 @@ class WorkflowTester:
         tags: dict[str, str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        parent: str | None = None,
     ) -> JobPage:
-        """Jobs newest first, filtered as `ErgateCelery.list_jobs` filters them."""
+        """Jobs newest first, filtered as `ErgateCelery.list_jobs` filters them (`parent=`:
+        that job's fan-out children, in input order)."""
         if workflow is not None:
             self._workflow(workflow)
         query = job_query(
             status=status, workflow=workflow, since=since, until=until, tags=tags, limit=limit
         )
+        if parent is not None:
+            return list_children(self.runtime, parent, query, limit, cursor)
         return self.runtime.store.list_jobs(query, limit, cursor)
 
     def _workflow(self, name: Any) -> Workflow:

@@ -20,9 +20,11 @@ from ergate_celery.exceptions import InvalidInputError, UnknownStepError, Unknow
 from ergate_celery.lifecycle.events import Event, MessageRejected, PublishFailed
 from ergate_celery.lifecycle.transitions import already_written, transition
 from ergate_celery.model.job import Job, JobError
+from ergate_celery.model.workflow import Workflow
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
 from ergate_celery.stores.base import TaskResult, Updated, utc_now
+from ergate_celery.worker import fan_out
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 
@@ -43,6 +45,8 @@ class Runtime:
     paused: PausedWorkflows | None = None
     #: The current time of every change (a test's virtual clock may replace it).
     clock: Callable[[], datetime] = utc_now
+    #: The registered workflow of a name (`UnknownWorkflowError`), for a step's `FanOut`.
+    workflow_of: Callable[[str], Workflow] | None = None
 
     def apply(
         self,
@@ -59,7 +63,8 @@ class Runtime:
 
         Tried again after an error (see `retrying`), a claim or an outcome whose earlier write
         went through, with its reply lost, is recognised by its token: it is returned, and
-        announced, as written now, with `assume` as the job before it.
+        announced, as written now, with `assume` as the job before it. A child of a fan-out
+        that became final is counted on its parent (again, harmlessly, on such a retry).
         """
         moment = now or self.clock()
         before, after = self.store.update(
@@ -69,6 +74,9 @@ class Runtime:
             before, after = assume, before
         if after is not None:
             self.announce(before, after, sender, task)
+            ended = after.is_final and (before is None or not before.is_final)
+            if ended and after.parent_id is not None:
+                fan_out.child_ended(self, after, sender)
         return Updated(before, after)
 
     def retrying(self, what: str, action: Callable[[], T]) -> T:

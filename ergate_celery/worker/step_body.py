@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from ergate_celery.exceptions import InvalidInputError
-from ergate_celery.lifecycle.advance import Raised, advance, percent_after_return, run_step
+from ergate_celery.lifecycle.advance import (
+    FannedOut,
+    Raised,
+    advance,
+    percent_after_return,
+    run_step,
+)
 from ergate_celery.lifecycle.events import Claim, Finish, ProgressReported, Yield
 from ergate_celery.model.annotations import StepRun
 from ergate_celery.model.job import Job, JobError, StepTiming
@@ -26,7 +32,7 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
-from ergate_celery.worker import observing
+from ergate_celery.worker import fan_out, observing
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -68,8 +74,9 @@ def _execute(
         return reply(task, summary(job, step, dropped=True))
     token = job.claim
     assert token is not None
+    claimed = job
     interval = rt.settings.progress_interval
-    cancel = CancelWatch(lambda: _cancel_stored(rt, str(job.id)), interval)
+    cancel = CancelWatch(lambda: _cancel_stored(rt, str(claimed.id)), interval)
     run = StepRun(
         job_id=str(job.id),
         workflow_name=job.workflow_name,
@@ -82,13 +89,14 @@ def _execute(
     progress = ProgressReporter(
         job.percent_completed,
         percent_after_return(job, step.workflow),
-        lambda percent: _store_progress(rt, job, step, percent),
+        lambda percent: _store_progress(rt, claimed, step, percent),
         interval,
         cancel,
     )
-    outcome = run_step(
-        step, job.get_input_value(), job.user_context, run, progress, job.signals, rt.clock
-    )
+    input_value = fan_out.step_input(rt, job, step.name)
+    outcome = run_step(step, input_value, job.user_context, run, progress, job.signals, rt.clock)
+    if isinstance(outcome, FannedOut):
+        job, outcome = fan_out.start(rt, job, step, outcome)
     if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
         with requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
             rt.retrying(
@@ -114,6 +122,8 @@ def _execute(
         return reply(task, summary(job, step, dropped=True))
     if finished.status is JobStatus.QUEUED:
         rt.publish_current_step(finished, step.task_name)
+    elif finished.fan_out is not None:
+        fan_out.after_step(rt, finished, step.task_name)
     return summary(finished, step)
 
 
@@ -152,6 +162,9 @@ def _claim(
     logger.warning(
         "Dropped a message for %s of job %s: %s", step, job_id, dropped_because(before, message)
     )
+    if before is not None and before.is_final and _redelivered(task):
+        # Its worker may have died between the child's last write and counting it.
+        fan_out.child_ended(rt, before, step.task_name)
     return None
 
 

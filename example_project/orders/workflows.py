@@ -1,7 +1,10 @@
 """The "process_order" workflow: each step runs as the Celery task ergate.process_order.<step>.
 
-    validate → reserve_stock ⋯→ charge ─┬─→ ship ──→ notify ⋯→ remind
-                                        └─→ refund ─┘ (card declined, or not approved)
+    validate → reserve_stock ⋯→ charge ─┬─→ pack ⇉ ship ──→ notify ⋯→ remind
+                                        └─→ refund ───────┘ (card declined, or not approved)
+
+⇉ is a fan-out: `pack` starts one `pack_order_line` job per order line and `ship` runs once
+they have all ended, with their parcels in line order (the order holds no worker meanwhile).
 
 ⋯→ is a wait: an order over ORDERS_APPROVAL_OVER_CENTS waits after reserve_stock for staff
 approval (`signal_job(job_id, "approved", {"approved": True, "by": ...})`, sent from the
@@ -15,15 +18,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 from django.conf import settings
 from django.core.mail import send_mail
 from ergate_celery import (
     AbortJob,
+    ChildResult,
     Context,
     CurrentRun,
     Depends,
+    FanOut,
+    FanOutPath,
     GoToEnd,
     GoToEndPath,
     GoToStep,
@@ -48,6 +54,14 @@ from .services import (
 )
 
 workflow = Workflow(unique_name="process_order")
+pack_lines = Workflow(unique_name="pack_order_line")
+
+
+class Line(TypedDict):
+    """One more line of an order: another product."""
+
+    sku: str
+    quantity: int
 
 
 class Order(TypedDict):
@@ -56,6 +70,7 @@ class Order(TypedDict):
     sku: str
     quantity: int
     card: str
+    lines: NotRequired[list[Line]]
 
 
 class Customer(TypedDict):
@@ -147,10 +162,24 @@ def charge(
     return {**order, "payment": payment, "charge_attempts": run.attempt}
 
 
+@workflow.step(paths=[FanOutPath("ship")])
+def pack(order: dict[str, Any]) -> None:
+    # One child job per order line, packed in parallel by any worker; `ship` gets them all.
+    lines = [{"sku": order["sku"], "quantity": order["quantity"]}, *order.get("lines", [])]
+    raise FanOut(pack_lines, inputs=[{"line": line, "order": order} for line in lines], then=ship)
+
+
 @workflow.step(paths=[GoToStepPath("notify")])
-def ship(order: dict[str, Any]) -> dict[str, Any]:
+def ship(packed: list[ChildResult]) -> dict[str, Any]:
+    # Every child carries the order back; a line that could not be packed stops the order.
+    unpacked = [result.job_id for result in packed if not result.ok]
+    if unpacked:
+        raise RuntimeError(f"Lines {unpacked} could not be packed; retry the order's job")
+    order = packed[0].value["order"]
     tracking = f"TRK-{order['reservation'].removeprefix('RES-')[:8].upper()}"
-    raise GoToStep(notify, retval={**order, "outcome": "shipped", "tracking": tracking})
+    parcels = [result.value["parcel"] for result in packed]
+    shipped = {**order, "outcome": "shipped", "tracking": tracking, "parcels": parcels}
+    raise GoToStep(notify, retval=shipped)
 
 
 @workflow.step
@@ -185,3 +214,11 @@ def remind(order: dict[str, Any], customer: Annotated[Customer | None, Context()
     if email:
         send_mail("How is your order?", f"Enjoying your {order['product']}?", None, [email])
     return {**order, "reminded": bool(email)}
+
+
+@pack_lines.step
+def pack_line(item: dict[str, Any], run: Annotated[StepRun, CurrentRun()]) -> dict[str, Any]:
+    line = item["line"]
+    product = CATALOG[line["sku"]]
+    parcel = f"PCL-{run.job_id.rsplit('.', 1)[1]}-{line['quantity']}x{product.sku}"
+    return {"order": item["order"], "parcel": parcel}

@@ -11,8 +11,10 @@ import pytest
 
 from ergate_celery.lifecycle.events import (
     Cancel,
+    ChildEnded,
     Claim,
     Event,
+    FanOutStarted,
     Finish,
     HandOver,
     MessageRejected,
@@ -24,12 +26,13 @@ from ergate_celery.lifecycle.events import (
     RetryRequested,
     Signalled,
     TimeLimit,
+    TurnCame,
     Unpark,
     Yield,
 )
 from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
 from ergate_celery.lifecycle.transitions import transition
-from ergate_celery.model.job import Job, JobError, Wait
+from ergate_celery.model.job import FanOutState, Job, JobError, Wait
 from ergate_celery.model.job_status import JobStatus
 
 S = JobStatus
@@ -86,10 +89,55 @@ _APPROVAL = Wait(
 )
 
 
+_FAN_OUT = FanOutState(step="a", hop=0, workflow="child", first=0, count=2, then="b")
+_CHILDREN = Wait(
+    step="a", since=NOW - timedelta(minutes=5), until=NOW + timedelta(hours=1), children=2
+)
+
+
+def _fan_out_scenario(stored: Job, row: Row) -> tuple[Job, Event] | None:
+    """The situations of the fan-out rows (a job waiting for two children)."""
+    when = row.when
+    waiting = stored.model_copy(update={"fan_out": _FAN_OUT, "wait": _CHILDREN})
+    one_ended = _FAN_OUT.with_ended(0)
+    plain = {"FanOutStarted": FanOutStarted("held", _FAN_OUT), "ChildEnded": ChildEnded(0)}
+    if not when and row.event in (*plain, "TurnCame"):
+        return stored, plain.get(row.event, TurnCame())
+    match row.event:
+        case "FanOutStarted":
+            return stored, FanOutStarted("held", _FAN_OUT)
+        case "Finish" if "FanOut" in when:
+            counted = one_ended.with_ended(1) if "all ended" in when else one_ended
+            after = waiting.model_copy(update={"status": S.SCHEDULED})
+            return stored.model_copy(update={"fan_out": counted}), Finish("held", after)
+        case "Release" if "children" in when:
+            overdue = _CHILDREN.model_copy(update={"until": NOW - timedelta(seconds=1)})
+            return waiting.model_copy(update={"wait": overdue}), Release()
+        case "Cancel" if "children" in when:
+            return waiting, Cancel()
+        case "ChildEnded":
+            if row.status is S.RUNNING:
+                return stored.model_copy(update={"fan_out": _FAN_OUT}), ChildEnded(0)
+            if when == "a child ended, others unfinished":
+                return waiting, ChildEnded(1)
+            counted = waiting.model_copy(update={"fan_out": one_ended})
+            return counted, ChildEnded(0 if when == "counted already" else 1)
+        case "TurnCame":
+            held = Wait(step="first", since=NOW, turn_of="parent")
+            return stored.model_copy(update={"wait": held}), TurnCame()
+        case "RetryRequested" if "children" in when:
+            done = waiting.model_copy(update={"fan_out": one_ended.with_ended(1)})
+            return done, RetryRequested()
+    return None
+
+
 def scenario(row: Row) -> tuple[Job, Event]:
     """A stored job and an event that make the situation `row` describes."""
     stored = _stored(row.status)
     when = row.when
+    fanned = _fan_out_scenario(stored, row)
+    if fanned is not None:
+        return fanned
     match row.event:
         case "HandOver":
             return stored, HandOver(S.SCHEDULED if "later" in when else S.QUEUED)
@@ -180,7 +228,7 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 15
+    assert len(events) == 18
     assert pairs == {(status, event) for status in S for event in events}
 
 

@@ -22,7 +22,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from ergate_celery import ErgateCelery, Job, JobStatus, Sleep, Wait, WaitForSignal, Workflow
+from ergate_celery import (
+    ChildResult,
+    ErgateCelery,
+    FanOut,
+    FanOutPath,
+    Job,
+    JobStatus,
+    Sleep,
+    Wait,
+    WaitForSignal,
+    Workflow,
+)
 from ergate_celery.contrib.opentelemetry import ErgateInstrumentor
 from ergate_celery.operations.retrying import retry_job
 from ergate_celery.operations.submission import new_job, submit
@@ -361,3 +372,34 @@ def test_the_sweep_makes_a_span_in_the_job_trace(
     assert _parent_id(swept) == submitted.context.span_id
     assert swept.attributes["ergate.job.id"] == job.id
     assert swept.attributes["ergate.job.status"] == "QUEUED"
+
+
+def test_a_fan_outs_children_are_in_the_parents_trace(telemetry: Telemetry) -> None:
+    parent = Workflow(unique_name="split_order")
+    child = Workflow(unique_name="pack_line")
+
+    @child.step
+    def pack(line: int) -> int:
+        return line * 2
+
+    @parent.step(paths=[FanOutPath("collect")])
+    def split(lines: list[int]) -> None:
+        raise FanOut("pack_line", inputs=lines, then=collect)
+
+    @parent.step
+    def collect(results: list[ChildResult]) -> int:
+        return sum(result.value for result in results)
+
+    tester = WorkflowTester(parent, child, now=NOW)
+    tracer = telemetry.tracer_provider.get_tracer("web")
+    with tracer.start_as_current_span("POST /orders") as request:
+        job = tester.submit("split_order", initial_input_value=[1, 2, 3])
+    tester.run()
+
+    assert tester.get_job(job.id).last_return_value == 12
+    steps = telemetry.named("ergate step pack_line.pack")
+    assert len(steps) == 3
+    trace_ids = {span.context.trace_id for span in telemetry.finished()}
+    assert trace_ids == {request.get_span_context().trace_id}
+    children = {span.attributes["ergate.job.id"] for span in steps if span.attributes}
+    assert children == {f"{job.id}.{n}" for n in range(3)}

@@ -143,13 +143,22 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     return _page(request, job_id, ErgateCelery.get_job, _JOB_ACTIONS, _show_job)
 
 
+#: Children a job's page lists (`celery ergate list --parent` pages through all).
+_CHILDREN_SHOWN = 100
+
+
 def _show_job(request: HttpRequest, ergate: ErgateCelery, job: Job) -> HttpResponse:
+    children = None
+    if job.fan_out is not None:
+        page = ergate.list_jobs(parent=str(job.id), limit=_CHILDREN_SHOWN)
+        children = {"jobs": page.jobs, "more": page.next_cursor is not None}
     context = {
         "shown": display(job),
         "console": True,
         "overdue": overdue_note(job, ergate.settings),
         "action_url": reverse("ergate_celery:job_detail", args=[str(job.id)]),
         "can_act": _can_act(request),
+        "children": children,
     }
     return render(request, "ergate_celery/console/job_detail.html", context)
 

@@ -67,9 +67,21 @@ class JobRunTests(TransactionTestCase):
         self.assertEqual(result["charge_attempts"], 2)  # the gateway timed out once
         self.assertEqual(
             self.steps(job),
-            [("validate", 1), ("reserve_stock", 1), ("charge", 2), ("ship", 1), ("notify", 1)],
+            [
+                ("validate", 1),
+                ("reserve_stock", 1),
+                ("charge", 2),
+                ("pack", 1),
+                ("ship", 1),
+                ("notify", 1),
+            ],
         )
-        self.assertEqual(job.steps_completed, 5)  # a retry is the same step again
+        self.assertEqual(job.steps_completed, 6)  # a retry is the same step again
+        # `pack` fanned out one child job per order line; `ship` got their parcels.
+        self.assertEqual(result["parcels"], ["PCL-0-3xTEE"])
+        [line] = ErgateCelery.of().list_jobs(parent=str(job.id)).jobs
+        self.assertEqual(line.workflow_name, "pack_order_line")
+        self.assertEqual(line.status, JobStatus.COMPLETED)
         [confirmation] = mail.outbox
         self.assertEqual(confirmation.to, ["ada@example.com"])
         self.assertIn("3 × Ant colony T-shirt shipped", confirmation.body)
