@@ -44,7 +44,7 @@ from ergate_celery.model.workflow_step import WorkflowStep
 if TYPE_CHECKING:
     from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: Children made between two looks at the ends counted on the parent.
 BATCH = 500
