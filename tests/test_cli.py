@@ -436,7 +436,7 @@ def test_show_and_list_name_the_children_of_a_fan_out(setup: Setup) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "children (25; 25 of the last 25 ended)" in shown.stdout
     assert f"{job_id}.5   fo_square  FAILED" in shown.stdout
-    assert f"celery ergate list --parent {job_id}" in shown.stdout  # 20 of 25 shown
+    assert f"celery ergate list --parent {job_id}" in shown.stderr  # 20 of 25 shown: a remark
     listed = setup.run_celery(
         "ergate",
         "list",
