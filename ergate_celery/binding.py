@@ -167,6 +167,7 @@ class ErgateCelery:
         priority: int | None = None,
         deadline: datetime | None = None,
         tags: dict[str, str] | None = None,
+        if_exists: str = "raise",
     ) -> Job:
         """Store a new job and publish its first step; returns the job as stored.
 
@@ -174,7 +175,9 @@ class ErgateCelery:
         stores the job SCHEDULED for beat to release. `priority` applies to every step
         message; a job not started by `deadline` ends FAILED; `tags` (str to str) are stored
         on the job for `list_jobs`. Nothing is stored or published when the workflow is
-        unknown or the input is invalid.
+        unknown or the input is invalid. When `id` is taken, `if_exists="return"` returns
+        the stored job (however many callers race, one job is stored and started) and
+        `"raise"` raises `DuplicateJobError`. A job of a paused workflow is stored parked.
         """
         if isinstance(workflow_name, Job):
             given = workflow_name
@@ -194,7 +197,7 @@ class ErgateCelery:
             now=datetime.now(UTC),
             tags=tags,
         )
-        return submit(self._here(), job)
+        return submit(self._here(), job, if_exists=if_exists)
 
     def publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name."""

@@ -92,7 +92,13 @@ FAILED      RetryRequested    SCHEDULED   a signal wait timed out: it waits agai
 QUEUED      Park              QUEUED      the message's step, its workflow paused
 QUEUED      Park              -           already parked, or a stale message
 QUEUED      Unpark            QUEUED      parked
-QUEUED      Unpark            -           not parked
+QUEUED      Unpark            -           not parked, or waiting for a concurrency slot
+QUEUED      WaitForSlot       QUEUED      the message's step, its key at the limit: parked
+QUEUED      WaitForSlot       -           already parked, or a stale message
+QUEUED      SlotGranted       QUEUED      waiting for a slot
+QUEUED      SlotGranted       -           not waiting for a slot
+QUEUED      ParkedChecked     QUEUED      parked, still to wait
+QUEUED      ParkedChecked     -           not parked
 """
 
 
@@ -121,7 +127,12 @@ def mermaid() -> str:
     """The state diagram of `LIFECYCLE` in Mermaid, as the README shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
-        quiet = ("ProgressReported", "Yield", "Signalled")  # the status stays: not an edge
+        quiet = (
+            "ProgressReported",
+            "Yield",
+            "Signalled",
+            "ParkedChecked",
+        )  # the status stays: not an edge
         if row.to is None or (row.to is row.status and row.event in quiet):
             continue
         edges.setdefault((row.status, row.to), [])

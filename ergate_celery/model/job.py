@@ -117,8 +117,13 @@ class Job(BaseModel):
     errors: list[JobError] = Field(default_factory=list)
     """The errors of earlier runs, oldest first: a retry moves `error` here."""
     parked: bool = False
-    """QUEUED with no message in the broker: its workflow was paused when the step was due;
-    `resume_workflow` publishes it."""
+    """QUEUED with no message in the broker: its workflow was paused when the step was due
+    (`resume_workflow` publishes it), or it waits for a concurrency slot (`waiting_for_slot`)."""
+    concurrency_key: str | None = None
+    """The job's key under its workflow's `Concurrency` (computed at submit)."""
+    waiting_for_slot: bool = False
+    """Parked because `Concurrency.limit` jobs of its key are in progress: it starts, oldest
+    first, when one of them ends."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -30,7 +30,13 @@ from ergate_celery.stores.base import (
 )
 from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
-from ergate_celery.stores.redis_scripts import COMPARE_AND_SET, CREATE, DROP_INDEX_ENTRY
+from ergate_celery.stores.redis_scripts import (
+    COMPARE_AND_SET,
+    CREATE,
+    CREATE_UNLESS_PAUSED,
+    DROP_INDEX_ENTRY,
+    SWAP_SLOTS,
+)
 
 
 def app_keys(index_name: str) -> dict[str, str]:
@@ -48,6 +54,7 @@ def app_keys(index_name: str) -> dict[str, str]:
         ACTIVE: f"{base}active",
         "jobs": f"{base}jobs",
         "paused": f"{base}paused",
+        "slots": f"{base}slots:",
     }
 
 
@@ -112,6 +119,8 @@ class RedisJobStore(BaseJobStore[str]):
         self._compare_and_set_script = backend.client.register_script(COMPARE_AND_SET)
         self._create = backend.client.register_script(CREATE)
         self._drop_index_entry = backend.client.register_script(DROP_INDEX_ENTRY)
+        self._swap_slots_script = backend.client.register_script(SWAP_SLOTS)
+        self._create_unless_paused = backend.client.register_script(CREATE_UNLESS_PAUSED)
         self._digests = _Digests()
         self._json = backend.serializer == "json"
         self._extended = bool(backend.app.conf.find_value_for_key("extended", "result"))
@@ -123,6 +132,7 @@ class RedisJobStore(BaseJobStore[str]):
         self.index_keys: dict[str, bytes] = {kind: keys[kind] for kind in (SCHEDULED, ACTIVE)}
         self.listing_key: bytes = keys["jobs"]
         self.paused_key: bytes = keys["paused"]
+        self.slots_prefix: bytes = keys["slots"]
         self._status_prefix = self._listing("status:")
         self._status_keys = {
             status: self._status_prefix + status.name.encode() for status in JobStatus
@@ -225,6 +235,22 @@ class RedisJobStore(BaseJobStore[str]):
             return False
         self._digests.remember(job, _digest(encoded))
         return True
+
+    def _insert_unless_paused(self, job: Job) -> Job | None:
+        # The paused check and the create in one script: no extra round trip for pausing.
+        parked = job.model_copy(update={"parked": True})
+        encoded, ttl = self._encode(job, limit=self.create_limit)
+        parked_encoded, _ = self._encode(parked, limit=self.create_limit)
+        keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
+        keys.append(self.paused_key)
+        arguments = [job.workflow_name, parked_encoded, encoded, ttl or ""]
+        arguments += [*self._index_arguments(job), *self._listing_adds(job)]
+        reply = self._create_unless_paused(keys=keys, args=arguments)
+        if not reply:
+            return None
+        stored, raw = (parked, parked_encoded) if reply == 2 else (job, encoded)
+        self._digests.remember(stored, _digest(raw))
+        return stored
 
     def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
         # Final records are published on their key: subscribe first, then read, so that an
@@ -361,3 +387,14 @@ class RedisJobStore(BaseJobStore[str]):
         if paused:
             return bool(self.client.sadd(self.paused_key, workflow_name))
         return bool(self.client.srem(self.paused_key, workflow_name))
+
+    # Concurrency slots.
+
+    def _read_slots(self, name: str) -> bytes | None:
+        raw: bytes | None = self.client.get(self.slots_prefix + name.encode())
+        return raw
+
+    def _swap_slots(self, name: str, expected: str | bytes | None, new: str | None) -> bool:
+        keys = [self.slots_prefix + name.encode()]
+        reply = self._swap_slots_script(keys=keys, args=[expected or "", new or ""])
+        return bool(reply)

@@ -23,6 +23,7 @@ from ergate_celery.stores.base import (
 )
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_postgres import PostgresStatements
+from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
 from ergate_celery.stores.sql_statements import Statements, engine_for, reading
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
 from ergate_celery.stores.task_rows import date_done, row_columns
@@ -87,6 +88,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         super().__init__(backend, max_bytes, expires_by_status)
         self.table: sa.Table = backend.task_cls.__table__
         self.index, self.listing, self.tags, self.paused = job_tables(self.table.schema)
+        self.slots_table = slots_table(self.index.metadata)
         self.sql = Statements(self.table, self.index, self.listing, backend.url)
         #: The step summary goes in the job's transaction where the database has upserts.
         self.writes_task_result = self.sql.writes_summaries
@@ -354,3 +356,11 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             except IntegrityError:
                 return False
             return True
+
+    # Concurrency slots.
+
+    def _read_slots(self, name: str) -> str | None:
+        return read_slots(self.autocommit, self.slots_table, name)
+
+    def _swap_slots(self, name: str, expected: str | bytes | None, new: str | None) -> bool:
+        return swap_slots(self.autocommit, self.slots_table, name, expected, new)

@@ -133,6 +133,7 @@ class WorkflowTester:
         priority: int | None = None,
         deadline: datetime | None = None,
         tags: dict[str, str] | None = None,
+        if_exists: str = "raise",
     ) -> Job:
         """Submit a job as `submit_job` does, with its checks, at the virtual time; returns
         the job as stored. Its first step runs at the next `run()` (or when it is due)."""
@@ -148,7 +149,7 @@ class WorkflowTester:
             tags=tags,
         )
         # Published at once, also inside a Django transaction (a test's, say), as `signal`.
-        return submit(self.runtime, job, publish_on_commit=False)
+        return submit(self.runtime, job, publish_on_commit=False, if_exists=if_exists)
 
     def run(self) -> int:
         """Run every step due now, and the steps they lead to, until each job is final or

@@ -24,6 +24,7 @@ from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
 from ergate_celery.stores.base import TaskResult, Updated, utc_now
 from ergate_celery.worker.announcer import Announcer
+from ergate_celery.worker.concurrency import free_slot
 from ergate_celery.worker.pausing import PausedWorkflows
 
 logger = logging.getLogger("ergate_celery")
@@ -69,6 +70,9 @@ class Runtime:
             before, after = assume, before
         if after is not None:
             self.announce(before, after, sender, task)
+            ended = after.is_final and (before is None or not before.is_final)
+            if ended and after.concurrency_key is not None:
+                free_slot(self, after)
         return Updated(before, after)
 
     def retrying(self, what: str, action: Callable[[], T]) -> T:

@@ -26,6 +26,7 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
+from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -115,6 +116,9 @@ def _claim(
     if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
         park(rt, step, message)
         return None
+    slotted = needs_slot(step, message)
+    if slotted and not admitted(rt, step, message):
+        return None
     now = rt.clock()
     token = uuid.uuid4().hex
     claim = Claim(
@@ -143,6 +147,8 @@ def _claim(
     logger.warning(
         "Dropped a message for %s of job %s: %s", step, job_id, dropped_because(before, message)
     )
+    if slotted and before is not None and before.is_final:
+        free_slot(rt, before)  # a late copy of a message took a slot for an ended job
     return None
 
 

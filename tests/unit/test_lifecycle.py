@@ -17,14 +17,17 @@ from ergate_celery.lifecycle.events import (
     HandOver,
     MessageRejected,
     Park,
+    ParkedChecked,
     ProgressReported,
     PublishFailed,
     Recover,
     Release,
     RetryRequested,
     Signalled,
+    SlotGranted,
     TimeLimit,
     Unpark,
+    WaitForSlot,
     Yield,
 )
 from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
@@ -164,7 +167,20 @@ def scenario(row: Row) -> tuple[Job, Event]:
                 stored = stored.model_copy(update={"parked": True})
             return stored, Park("b", 1)
         case "Unpark":
+            if when.startswith("not parked"):
+                stored = stored.model_copy(update={"parked": True, "waiting_for_slot": True})
             return stored.model_copy(update={"parked": when == "parked"}), Unpark()
+        case "WaitForSlot":
+            if when.startswith("already parked"):
+                stored = stored.model_copy(update={"parked": True})
+            return stored, WaitForSlot("b", 1)
+        case "SlotGranted":
+            waits = when == "waiting for a slot"
+            return stored.model_copy(update={"parked": waits, "waiting_for_slot": waits}), (
+                SlotGranted()
+            )
+        case "ParkedChecked":
+            return stored.model_copy(update={"parked": when != "not parked"}), ParkedChecked()
     raise AssertionError(row)
 
 
@@ -178,7 +194,7 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 15
+    assert len(events) == 18
     assert pairs == {(status, event) for status in S for event in events}
 
 
