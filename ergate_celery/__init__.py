@@ -47,6 +47,7 @@ from ergate_celery.model.annotations import (
     SignalPayload,
     StepRun,
 )
+from ergate_celery.model.concurrency import Concurrency
 from ergate_celery.model.job import Job, JobError, StepTiming, Wait
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.paths import (
@@ -65,6 +66,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbortJob",
+    "Concurrency",
     "Context",
     "CurrentRun",
     "Depends",

@@ -271,18 +271,26 @@ class ErgateCelery:
         tags: dict[str, str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        concurrency_key: str | None = None,
     ) -> JobPage:
         """Stored jobs, newest first (by `submitted_at`), finished ones until they expire.
 
         Filters: `status` (one or several), `workflow`, submitted `since`/`until`, `tags`
-        (all must match). Pass the page's `next_cursor` as `cursor` for the next page.
+        (all must match), `concurrency_key` (jobs of that key of their workflow's
+        `Concurrency`). Pass the page's `next_cursor` as `cursor` for the next page.
         `InvalidInputError` for a bad filter or cursor, `UnknownWorkflowError` for a
         workflow this app does not have.
         """
         if workflow is not None:
             self.workflow(workflow)
         query = job_query(
-            status=status, workflow=workflow, since=since, until=until, tags=tags, limit=limit
+            status=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            tags=tags,
+            limit=limit,
+            concurrency_key=concurrency_key,
         )
         return self.store.list_jobs(query, limit, cursor)
 

@@ -8,6 +8,7 @@ concurrent change wins, so every store decides alike and atomically.
 from __future__ import annotations
 
 import json
+from bisect import insort_right
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -73,8 +74,10 @@ def take(slots: Slots, job_id: str, submitted_at: str, limit: int) -> tuple[Slot
         return _with(slots, holding=(*slots.holding, job_id), waiting=rest, limit=limit), True
     if place is not None:  # waits already: keeps its place
         return (None if slots.limit == limit else _with(slots, limit=limit)), False
-    waiting = tuple(sorted([*slots.waiting, (submitted_at, job_id)]))
-    return _with(slots, waiting=waiting, limit=limit), False
+    # Behind every job submitted at the same moment or before: first come, first served.
+    waiting = list(slots.waiting)
+    insort_right(waiting, (submitted_at, job_id), key=lambda entry: entry[0])
+    return _with(slots, waiting=tuple(waiting), limit=limit), False
 
 
 def free(slots: Slots, job_id: str) -> tuple[Slots | None, list[str]]:

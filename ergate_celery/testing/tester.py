@@ -222,12 +222,19 @@ class WorkflowTester:
         tags: dict[str, str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        concurrency_key: str | None = None,
     ) -> JobPage:
         """Jobs newest first, filtered as `ErgateCelery.list_jobs` filters them."""
         if workflow is not None:
             self._workflow(workflow)
         query = job_query(
-            status=status, workflow=workflow, since=since, until=until, tags=tags, limit=limit
+            status=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            tags=tags,
+            limit=limit,
+            concurrency_key=concurrency_key,
         )
         return self.runtime.store.list_jobs(query, limit, cursor)
 
