@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,8 @@ from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
 from ergate_celery.stores.sql_statements import Statements, engine_for, reading
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
 from ergate_celery.stores.task_rows import date_done, row_columns
+
+_ENGINE_LOCK = threading.Lock()
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, bytes]
@@ -108,14 +111,22 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def engine(self) -> sa.Engine:
         # One pooled engine per process: a pool must not cross a fork into prefork children.
         if self._engine is None or self._engine_pid != os.getpid():
-            engine = engine_for(self.backend)
-            if str(self.backend.url).startswith("sqlite"):
-                share_between_processes(engine)
-            self.table.metadata.create_all(engine, tables=[self.table])
-            self.index.metadata.create_all(engine)  # every table of `job_tables`
-            self._engine, self._engine_pid = engine, os.getpid()
-            self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+            # Threads racing on a process's first use would each create the tables, and
+            # PostgreSQL refuses the second CREATE of a type being made.
+            with _ENGINE_LOCK:
+                if self._engine is None or self._engine_pid != os.getpid():
+                    self._make_engine()
+        assert self._engine is not None
         return self._engine
+
+    def _make_engine(self) -> None:
+        engine = engine_for(self.backend)
+        if str(self.backend.url).startswith("sqlite"):
+            share_between_processes(engine)
+        self.table.metadata.create_all(engine, tables=[self.table])
+        self.index.metadata.create_all(engine)  # every table of `job_tables`
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._engine, self._engine_pid = engine, os.getpid()
 
     @property
     def autocommit(self) -> sa.Engine:
