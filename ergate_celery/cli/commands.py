@@ -36,6 +36,7 @@ from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateErro
 from ergate_celery.model.graph import mermaid
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.operations.flow import describe_wait, waiting_for
 from ergate_celery.scheduling.overdue import overdue_by, overdue_note
 from ergate_celery.stores.listing import MAX_LIMIT
 
@@ -66,12 +67,19 @@ def _summary(ergate: ErgateCelery, job: Job) -> dict[str, Any]:
     late = overdue_by(job, ergate.settings)
     if late is not None:
         row["overdue"] = round(late, 1)
+    wait = waiting_for(ergate.runtime.store, job)
+    if wait is not None:
+        row["parked"] = wait
     return row
 
 
 def _status_text(row: dict[str, Any]) -> str:
     """The status as `list` and `watch` show it, with the overdue hint."""
     late = row.get("overdue")
+    if row.get("parked") is not None:
+        wait = row["parked"]
+        why = "paused" if wait["reason"] == "paused" else f"{wait['ahead']} ahead of it"
+        return f"{row['status']} (parked: {why})"
     if late is None:
         return str(row["status"])
     return f"{row['status']} (overdue by {late:.0f} s — is celery beat running?)"
@@ -90,6 +98,7 @@ def _status_text(row: dict[str, Any]) -> str:
     "--since", metavar="DURATION", help="Only jobs submitted within it: 30s, 15m, 1h, 2d."
 )
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only jobs with this tag.")
+@click.option("--concurrency-key", "key", help="Only jobs of this concurrency key.")
 @click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of the jobs.")
 @click.pass_context
@@ -99,6 +108,7 @@ def list_jobs(
     workflow: str | None,
     since: str | None,
     tags: Sequence[str],
+    key: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -111,6 +121,7 @@ def list_jobs(
             since=since_arg(since),
             tags=tags_arg(tags),
             limit=limit,
+            concurrency_key=key,
         )
     rows = [_summary(ergate, job) for job in page.jobs]
     if as_json:
@@ -158,6 +169,8 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
             value = job.status.name if note is None else f"{job.status.name} ({note})"
         elif name == "current_step":
             value = _step_label(ergate, job)
+        elif name == "parked" and job.parked:
+            value = describe_wait(waiting_for(ergate.runtime.store, job)) or value
         elif name == "wait" and job.wait is not None:
             verb = "waits for" if job.status is JobStatus.SCHEDULED else "waited for"
             value = f"{verb} {job.wait.describe()}"

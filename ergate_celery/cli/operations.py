@@ -80,8 +80,15 @@ def retry(
 def pause(ctx: click.Context, workflow: str) -> None:
     """Start no step of WORKFLOW until `resume` (running steps finish; submits are kept)."""
     with input_errors():
-        changed = binding(ctx).pause_workflow(workflow)
+        ergate = binding(ctx)
+        changed = ergate.pause_workflow(workflow)
     click.echo(f"{workflow} paused" if changed else f"{workflow} was already paused")
+    click.echo(
+        f"jobs submitted from now on wait, parked, until resume; steps already queued stop "
+        f"within {ergate.settings.pause_refresh:g} s (ergate_pause_refresh), running steps "
+        "finish",
+        err=True,
+    )
 
 
 @ergate.command()

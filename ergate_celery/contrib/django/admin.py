@@ -18,6 +18,7 @@ from ergate_celery.contrib.django.job_display import current_step, display
 from ergate_celery.contrib.django.models import ErgateJob, JobTag
 from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
 from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
+from ergate_celery.operations.flow import describe_wait, waiting_for
 from ergate_celery.stores.base import job_from_document
 
 _FINAL_NAMES = [status.name for status in FINAL_STATUSES]
@@ -138,7 +139,9 @@ class ErgateJobAdmin(admin.ModelAdmin):
         context = dict(extra_context or {})
         if row is not None:
             try:
-                context["shown"] = display(job_from_document(row.document()))
+                job = job_from_document(row.document())
+                wait = waiting_for(ErgateCelery.of().runtime.store, job) if job.parked else None
+                context["shown"] = display(job, parked=describe_wait(wait))
             except ValidationError:
                 context["unreadable"] = True
         return super().change_view(request, object_id, form_url, context)

@@ -28,6 +28,7 @@ from ergate_celery.model.graph import edges, mermaid
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow import Workflow
+from ergate_celery.operations.flow import describe_wait, waiting_for
 from ergate_celery.stores.listing import JobPage
 
 T = TypeVar("T")
@@ -122,7 +123,8 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
 
 
 def _show_job(request: HttpRequest, ergate: ErgateCelery, job: Job) -> HttpResponse:
-    context = {"shown": display(job), "console": True}
+    parked = describe_wait(waiting_for(ergate.runtime.store, job))
+    context = {"shown": display(job, parked=parked), "console": True}
     return render(request, "ergate_celery/console/job_detail.html", context)
 
 
@@ -184,7 +186,10 @@ def _show_workflow(request: HttpRequest, ergate: ErgateCelery, workflow: Workflo
 
 def _pause(ergate: ErgateCelery, name: str) -> str:
     ergate.pause_workflow(name)
-    return f"{name} paused: none of its steps starts now."
+    return (
+        f"{name} paused: jobs submitted from now on wait until resumed; steps already queued "
+        f"stop within {ergate.settings.pause_refresh:g} s; running steps finish."
+    )
 
 
 def _resume(ergate: ErgateCelery, name: str) -> str:
