@@ -9,13 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import pytest
-from celery.signals import task_prerun
+from celery.signals import task_postrun, task_prerun
 
 from ergate_celery import JobStatus
 from ergate_celery.model.concurrency import slot_name
@@ -243,3 +244,41 @@ def test_two_beats_submit_each_periodic_firing_once(setup: Setup) -> None:
     assert len(set(ids)) == len(ids)
     seconds = sorted(datetime.fromisoformat(job_id.split("@")[1]).timestamp() for job_id in ids)
     assert all(second % 2 == 0 for second in seconds)
+
+
+@pytest.mark.setup("django_db")
+def test_two_database_schedulers_submit_a_firing_once(setup: Setup, worker: Any) -> None:
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+    from django_celery_beat.schedulers import DatabaseScheduler
+
+    from .apps.beat_app import tick
+
+    setup.ergate.register_workflow(tick)
+    every = IntervalSchedule.objects.create(every=2, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name="nightly tick",
+        task="ergate.submit_job",
+        interval=every,
+        args=json.dumps(["tick"]),
+        kwargs=json.dumps({"initial_input_value": 1, "every": 2}),
+    )
+    ran: list[str] = []
+
+    def count(sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "name", None) == "ergate.submit_job":
+            ran.append(str(kwargs.get("task_id")))
+
+    beats = [DatabaseScheduler(app=setup.app) for _ in range(2)]
+    task_postrun.connect(count, weak=False)
+    try:
+        with worker():
+            # Both beats fire the entry within one 2 s slot (not at its very end).
+            wait_until(lambda: time.time() % 2 < 1.5, 5, what="the start of a 2 s slot")
+            for beat in beats:
+                beat.apply_entry(beat.schedule["nightly tick"])
+            wait_until(lambda: len(ran) == 2, WAIT, what="both firings submitted")
+    finally:
+        task_postrun.disconnect(count)
+    ids = [str(job.id) for job in setup.ergate.list_jobs(workflow="tick").jobs]
+    assert len(ids) == 1
+    assert ids[0].startswith("nightly_tick@")

@@ -22,6 +22,7 @@ from ergate_celery import (
 )
 from ergate_celery.lifecycle.slots import Slots, free, take
 from ergate_celery.model.concurrency import slot_name
+from ergate_celery.operations.flow import describe_wait, waiting_for
 from ergate_celery.scheduling.firing import firing_id, scheduled_time
 from ergate_celery.scheduling.sweep import recover_stuck_jobs
 from ergate_celery.testing import WorkflowTester
@@ -299,3 +300,24 @@ def test_a_firing_is_named_by_its_entry_and_scheduled_time(
     assert scheduled_time(fired_at, every).isoformat() == expected
     assert firing_id("nightly report", fired_at, every) == f"nightly_report@{expected}"
     assert len(firing_id("x" * 300, fired_at, every)) == 100
+
+
+def test_a_parked_job_says_why_it_waits_and_how_many_are_ahead() -> None:
+    tester = WorkflowTester(_sync(), now=START)
+    store = tester.runtime.store
+    running = _submit(tester, "acme")
+    first, second = _submit(tester, "acme"), _submit(tester, "acme")
+    tester.run()
+    assert waiting_for(store, tester.get_job(running)) is None
+    assert waiting_for(store, tester.get_job(second)) == {
+        "reason": "concurrency",
+        "key": "acme",
+        "ahead": 1,
+        "limit": 1,
+    }
+    assert describe_wait(waiting_for(store, tester.get_job(first))) == (
+        "waits for a concurrency slot of key 'acme' (1 in progress, 0 jobs ahead)"
+    )
+    store.set_paused("sync", True)
+    paused = _submit(tester, "bolt")
+    assert waiting_for(store, tester.get_job(paused)) == {"reason": "paused"}
