@@ -1,7 +1,7 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
-                        [--only compare,length,nodes,listing,waiting,scale]
+                        [--only compare,length,nodes,listing,waiting,scale,flow]
 
 `compare`: for each setup whose services answer on loopback (all by default), the harness
 starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
@@ -33,7 +33,9 @@ next to bare chains of 100 and 5 links (Redis). `nodes` (bench/nodes.py): throug
 PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
 released per second by a release run, and wake-up lateness with 10,000 sleeping jobs. `scale`
 (bench/scale.py): step, release, sweep and `list_jobs` costs against the stored-job count
-(1,000 to 1,000,000), with a chart in `bench/results/scale.png`.
+(1,000 to 1,000,000), with a chart in `bench/results/scale.png`. `flow` (bench/flow.py): a
+step under a concurrency key against one without, and a job's end to the start of the job
+that waited for its slot (Redis).
 
 It prints one table per setup and part and writes the numbers to
 `bench/results/<UTC date-time>.json`.
@@ -58,7 +60,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, job_length, listing, nodes, scale, waiting
+from . import apps, flow, job_length, listing, nodes, scale, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -76,7 +78,7 @@ from .storage import flush_redis, postgres
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale")
+PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale", "flow")
 #: The parts that run on Redis only, and do not check that it answers themselves.
 REDIS_PARTS = frozenset({"nodes", "waiting"})
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
@@ -322,6 +324,7 @@ class PartSizes:
     nodes: nodes.NodeSizes = nodes.FULL
     length: job_length.LengthSizes = job_length.FULL
     scale: scale.ScaleSizes = scale.FULL
+    flow: flow.FlowSizes = flow.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -383,6 +386,7 @@ def run_bench(
             "listing": lambda: listing.run_listing(part_sizes.listing, unavailable, log),
             "waiting": lambda: waiting.run_waiting(part_sizes.waiting, log),
             "scale": lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir),
+            "flow": lambda: flow.run_flow(part_sizes.flow, unavailable, log),
         }
         for name, part in others.items():
             if name in parts:
@@ -430,12 +434,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.tiny:
             chosen: Sizes | Mapping[str, Sizes] = TINY_PAIRED
             part_sizes = PartSizes(
-                listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY
+                listing.TINY, waiting.TINY, nodes.TINY, job_length.TINY, scale.TINY, flow.TINY
             )
         elif options.quick:
             chosen, part_sizes = (
                 QUICK,
-                PartSizes(listing.QUICK, waiting.QUICK, nodes.QUICK, job_length.QUICK, scale.QUICK),
+                PartSizes(
+                    listing.QUICK,
+                    waiting.QUICK,
+                    nodes.QUICK,
+                    job_length.QUICK,
+                    scale.QUICK,
+                    flow.QUICK,
+                ),
             )
         else:
             chosen, part_sizes = FULL, PartSizes()
@@ -480,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "scale" in report:
         print("\nScale curve (stored jobs):")
         print(scale.table(report["scale"]))
+    if "flow" in report:
+        print("\nFlow control (Redis):")
+        print(flow.table(report["flow"]))
     print(f"\nWritten to {path} ({report['seconds']:.0f} s)")
     return 1 if failures(report) else 0
 
@@ -501,6 +515,8 @@ def failures(report: dict[str, Any]) -> list[str]:
     found += [f"nodes: {title}" for title in report.get("nodes", {}).get("errors", {})]
     if report.get("length", {}).get("status") == "failed":
         found.append("length")
+    if report.get("flow", {}).get("status") == "failed":
+        found.append("flow")
     return found
 
 
