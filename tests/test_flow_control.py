@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from celery.signals import task_postrun, task_prerun
 
 from ergate_celery import JobStatus
 from ergate_celery.model.concurrency import slot_name
+from ergate_celery.scheduling.beat import recover_stuck_jobs
 
 from .apps.flow_app import tenants
 from .faults import FAST_REDIS_REDELIVERY, kill_worker, worker_process
@@ -202,6 +203,7 @@ def test_a_job_submitted_right_after_pause_returns_starts_only_on_resume(
     setup: Setup, worker: Any
 ) -> None:
     setup.ergate.register_workflow(tenants)
+    store = setup.ergate.runtime.store
     with worker():
         warm = _submit(setup, "p")
         _final(setup, [warm])  # the worker's paused cache is fresh: it would run a job now
@@ -211,6 +213,15 @@ def test_a_job_submitted_right_after_pause_returns_starts_only_on_resume(
         assert (job.status, job.parked) == (JobStatus.QUEUED, True)
         assert setup.ergate.resume_workflow("flow_tenant") == 1
         assert _final(setup, [held]) == {held: JobStatus.COMPLETED}
+
+        # A resume whose caller died after removing the pause, before publishing: the sweep
+        # publishes the parked job once it has waited ergate_stuck_after.
+        setup.ergate.pause_workflow("flow_tenant")
+        stranded = _submit(setup, "p")
+        store.set_paused("flow_tenant", False)
+        later = datetime.now(UTC) + timedelta(seconds=setup.ergate.settings.stuck_after + 1)
+        assert recover_stuck_jobs(setup.ergate, later) == 1
+        assert _final(setup, [stranded]) == {stranded: JobStatus.COMPLETED}
 
 
 @pytest.mark.setup("redis")

@@ -65,19 +65,19 @@ def take(slots: Slots, job_id: str, submitted_at: str, limit: int) -> tuple[Slot
     Taking is idempotent: a job that holds a slot keeps it; one that waits keeps its place.
     """
     if job_id in slots.holding:
-        return (None if slots.limit == limit else _with(slots, limit=limit)), True
+        return (None if slots.limit == limit else replace(slots, limit=limit)), True
     place = slots.ahead_of(job_id)
     # A waiting job goes first only from the head of the line (room with jobs waiting
     # appears when a deploy raised the limit).
     if len(slots.holding) < limit and (place == 0 or (place is None and not slots.waiting)):
         rest = tuple(entry for entry in slots.waiting if entry[1] != job_id)
-        return _with(slots, holding=(*slots.holding, job_id), waiting=rest, limit=limit), True
+        return replace(slots, holding=(*slots.holding, job_id), waiting=rest, limit=limit), True
     if place is not None:  # waits already: keeps its place
-        return (None if slots.limit == limit else _with(slots, limit=limit)), False
+        return (None if slots.limit == limit else replace(slots, limit=limit)), False
     # Behind every job submitted at the same moment or before: first come, first served.
     waiting = list(slots.waiting)
     insort_right(waiting, (submitted_at, job_id), key=lambda entry: entry[0])
-    return _with(slots, waiting=tuple(waiting), limit=limit), False
+    return replace(slots, waiting=tuple(waiting), limit=limit), False
 
 
 def free(slots: Slots, job_id: str) -> tuple[Slots | None, list[str]]:
@@ -90,10 +90,6 @@ def free(slots: Slots, job_id: str) -> tuple[Slots | None, list[str]]:
         return None, []
     promoted = [waiting_id for _, waiting_id in waiting[: max(0, slots.limit - len(holding))]]
     return (
-        _with(slots, holding=(*holding, *promoted), waiting=tuple(waiting[len(promoted) :])),
+        replace(slots, holding=(*holding, *promoted), waiting=tuple(waiting[len(promoted) :])),
         promoted,
     )
-
-
-def _with(slots: Slots, **changes: Any) -> Slots:
-    return replace(slots, **changes)
