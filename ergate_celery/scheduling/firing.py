@@ -23,11 +23,17 @@ FIRED_AT = "fired_at"
 
 
 class FiringTask(Task):  # type: ignore[type-arg]
-    """The periodic submit task: each message it sends carries the moment it was sent."""
+    """The periodic submit task: a message sent for a beat entry carries the moment it was
+    sent. An entry is known by what `periodic_entry` puts in its kwargs (`entry`, `every`)
+    or by the header django-celery-beat adds (`periodic_task_name`); a call of the task from
+    code gets a new job each time, as `submit_job` does."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         stamped = dict(kwargs or {})
-        stamped.setdefault(FIRED_AT, datetime.now(UTC).isoformat())
+        headers = options.get("headers") or {}
+        periodic = "entry" in stamped or "every" in stamped or "periodic_task_name" in headers
+        if periodic:
+            stamped.setdefault(FIRED_AT, datetime.now(UTC).isoformat())
         return super().apply_async(args, stamped, *rest, **options)
 
 
