@@ -159,7 +159,7 @@ for t in threads: t.join()
 
 @pytest.mark.setup(*FLOW_SETUPS)
 def test_twenty_racing_submits_of_one_id_make_one_job_and_one_step_run(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     setup.ergate.register_workflow(tenants)
     job_id = "race-order-17"
@@ -192,7 +192,8 @@ def test_twenty_racing_submits_of_one_id_make_one_job_and_one_step_run(
 
     race(*[submit] * (10 if other is not None else 20))
     assert other is None or other.wait(timeout=WAIT) == 0
-    with _workers(setup, monkeypatch):
+    monkeypatch.setenv("ERGATE_FAULT_MARKS", str(setup.tmp_path / "marks"))
+    with worker():
         assert _final(setup, [job_id]) == {job_id: JobStatus.COMPLETED}
     assert [m[0] for m in _marks(setup) if m[2] == job_id] == ["start", "end"]
     assert [str(j.id) for j in setup.ergate.list_jobs(workflow="flow_tenant").jobs] == [job_id]
@@ -244,9 +245,9 @@ def test_two_beats_submit_each_periodic_firing_once(setup: Setup) -> None:
 
             def fired() -> list[Any] | None:
                 jobs = setup.ergate.list_jobs(workflow="tick").jobs
-                return jobs if len(jobs) >= 4 and len(submits) > len(jobs) + 1 else None
+                return jobs if len(jobs) >= 3 and len(submits) > len(jobs) else None
 
-            jobs = wait_until(fired, WAIT, what="four firings, fired by both beats")
+            jobs = wait_until(fired, WAIT, what="three firings, fired by both beats")
     finally:
         task_prerun.disconnect(count)
     # Both beats fired each 2 s slot; each slot has one job, named by its scheduled time.
