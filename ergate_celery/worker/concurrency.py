@@ -62,8 +62,9 @@ def admitted(rt: Runtime, step: WorkflowStep[Any, Any], message: Job) -> bool:
             message.workflow_name,
         )
     # A slot freed between the take and the park was handed to this job while it was not
-    # parked yet, so nobody started it: look again.
-    if store.take_slot(name, job_id, submitted, concurrency.limit):
+    # parked yet, so nobody started it: look again. (Not parked here: another copy of the
+    # message parked it and looks again itself, or the job moved on, cancelled say.)
+    if parked is not None and store.take_slot(name, job_id, submitted, concurrency.limit):
         start(rt, job_id, step.task_name)
     return False
 
@@ -71,9 +72,11 @@ def admitted(rt: Runtime, step: WorkflowStep[Any, Any], message: Job) -> bool:
 def start(rt: Runtime, job_id: str, sender: str) -> None:
     """Publish the step of a job that was given a slot while it waited (once: the
     `SlotGranted` write decides who publishes)."""
-    granted = rt.apply(job_id, SlotGranted(), sender=sender).after
+    before, granted = rt.apply(job_id, SlotGranted(), sender=sender)
     if granted is not None:
         rt.publish_current_step(granted, sender)
+    elif before is not None and before.is_final and before.concurrency_key is not None:
+        free_slot(rt, before)  # it ended while it waited: the slot goes to the next one
 
 
 def free_slot(rt: Runtime, job: Job) -> None:

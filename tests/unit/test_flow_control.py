@@ -321,3 +321,17 @@ def test_a_parked_job_says_why_it_waits_and_how_many_are_ahead() -> None:
     store.set_paused("sync", True)
     paused = _submit(tester, "bolt")
     assert waiting_for(store, tester.get_job(paused)) == {"reason": "paused"}
+
+
+def test_a_slot_handed_to_a_job_that_ended_while_waiting_goes_to_the_next() -> None:
+    tester = WorkflowTester(_sync(), now=START)
+    running, ended, next_one = (_submit(tester, "acme") for _ in range(3))
+    tester.run()
+    # `ended` is cancelled by a process that died before it freed its place in line.
+    tester.runtime.store.update(
+        ended, lambda job: job.model_copy(update={"status": JobStatus.CANCELLED})
+    )
+    tester.cancel(running)
+    tester.run()
+    assert _status(tester, next_one) is JobStatus.SCHEDULED
+    assert tester.runtime.store.slots(slot_name("sync", "acme")).holding == (next_one,)
