@@ -23,6 +23,7 @@ from ergate_celery import (
 from ergate_celery.lifecycle.slots import Slots, free, take
 from ergate_celery.model.concurrency import slot_name
 from ergate_celery.operations.flow import describe_wait, waiting_for
+from ergate_celery.operations.retrying import retry_job
 from ergate_celery.scheduling.firing import firing_id, scheduled_time
 from ergate_celery.scheduling.sweep import recover_stuck_jobs
 from ergate_celery.testing import WorkflowTester
@@ -335,3 +336,19 @@ def test_a_slot_handed_to_a_job_that_ended_while_waiting_goes_to_the_next() -> N
     tester.run()
     assert _status(tester, next_one) is JobStatus.SCHEDULED
     assert tester.runtime.store.slots(slot_name("sync", "acme")).holding == (next_one,)
+
+
+def test_a_retried_job_takes_a_slot_again() -> None:
+    tester = WorkflowTester(_sync(), now=START)
+    failed = _submit(tester, "acme", "fail")
+    holder = _submit(tester, "acme")
+    tester.run()
+    assert _status(tester, failed) is JobStatus.FAILED
+    assert _status(tester, holder) is JobStatus.SCHEDULED  # it took the freed slot
+    retry_job(tester.runtime, failed)
+    tester.run()
+    assert tester.get_job(failed).waiting_for_slot  # behind the job that holds the slot
+    tester.advance(seconds=60)
+    assert _status(tester, holder) is JobStatus.COMPLETED
+    assert _status(tester, failed) is JobStatus.FAILED
+    assert [s for j, s, _ in tester.steps_run if j == failed] == ["fetch", "fetch"]
