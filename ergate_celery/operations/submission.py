@@ -173,7 +173,9 @@ def _store_and_publish(rt: Runtime, job: Job, publish_on_commit: bool) -> Job:
         on_commit(lambda: _hand_over(rt, job))
         return stored
     stored = rt.store.create(job, unless_paused=job.status is JobStatus.QUEUED)
-    if stored.status is JobStatus.QUEUED and not stored.parked:
+    if stored.parked:
+        rt.announce(None, stored, SUBMIT_SENDER)  # job_parked: it waits for the resume
+    elif stored.status is JobStatus.QUEUED:
         try:
             rt.publish(stored)
         except Exception:

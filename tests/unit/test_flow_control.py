@@ -248,7 +248,17 @@ def test_a_job_submitted_while_paused_is_parked_in_its_write_and_the_sweep_finds
     tester = WorkflowTester(_sync(), now=START, settings={"ergate_stuck_after": 60})
     store = tester.runtime.store
     store.set_paused("sync", True)
-    job_id = _submit(tester, "acme")
+    parked: list[str] = []
+
+    def on_parked(sender: Any, job: Any, **kwargs: Any) -> None:
+        parked.append(str(job.id))
+
+    signals.job_parked.connect(on_parked)
+    try:
+        job_id = _submit(tester, "acme")
+    finally:
+        signals.job_parked.disconnect(on_parked)
+    assert parked == [job_id]
     job = tester.get_job(job_id)
     assert (job.status, job.parked, job.waiting_for_slot) == (JobStatus.QUEUED, True, False)
     assert tester.run() == 0
