@@ -74,6 +74,10 @@ SHORT_WORKFLOW, SHORT_STEPS = "bench_chain5", 5
 LENGTHY_WORKFLOW, LENGTHY_STEPS = "bench_chain100", 100
 SIZED_WORKFLOW, SIZED_STEPS = "bench_sized5", 5
 EXTRA_WORKFLOWS, EXTRA_STEPS = 50, 5
+#: The flow-control measure's workflows: 5 no-op steps under a concurrency limit no job
+#: reaches (the cost of the slot), and one no-op step, one job at a time (the hand-over).
+KEYED_WORKFLOW = "bench_keyed5"
+SERIAL_WORKFLOW = "bench_serial1"
 
 #: How often `wait_for_job` and a bare `AsyncResult.get` on a polling backend read the result.
 WAIT_POLL_INTERVAL = 0.002
@@ -203,10 +207,12 @@ def _named(function: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
     return step
 
 
-def _workflow(name: str, steps: int, function: Callable[[Any], Any]) -> Any:
+def _workflow(
+    name: str, steps: int, function: Callable[[Any], Any], concurrency: Any = None
+) -> Any:
     from ergate_celery import Workflow
 
-    workflow = Workflow(unique_name=name)
+    workflow = Workflow(unique_name=name, concurrency=concurrency)
     for index in range(steps):
         workflow.step(_named(function, f"step_{index:02d}"))
     return workflow
@@ -230,6 +236,11 @@ def build(config: BenchConfig) -> Bench:
         ergate.register_workflow(_workflow(SHORT_WORKFLOW, SHORT_STEPS, noop))
         ergate.register_workflow(_workflow(LENGTHY_WORKFLOW, LENGTHY_STEPS, noop))
         ergate.register_workflow(_workflow(SIZED_WORKFLOW, SIZED_STEPS, sized))
+        from ergate_celery import Concurrency
+
+        keyed = Concurrency(1_000_000, key=lambda job: "bench")
+        ergate.register_workflow(_workflow(KEYED_WORKFLOW, SHORT_STEPS, noop, keyed))
+        ergate.register_workflow(_workflow(SERIAL_WORKFLOW, 1, noop, Concurrency(1)))
         if config.many_workflows:
             for number in range(EXTRA_WORKFLOWS):
                 ergate.register_workflow(_workflow(f"bench_extra_{number:02d}", EXTRA_STEPS, noop))

@@ -1,7 +1,7 @@
 """Benchmark ergate_celery against bare Celery on the same app, broker, backend and workers.
 
     python -m bench.run [--quick] [--setups redis,redis_c1,rabbitmq_postgres,django_db,embedded]
-                        [--only compare,length,nodes,listing,waiting,scale,dbos,fan_out]
+                        [--only compare,length,nodes,listing,waiting,scale,dbos,fan_out,flow]
 
 `compare`: for each setup whose services answer on loopback (all by default), the harness
 starts its own worker subprocesses (prefork) and measures bare Celery vs ergate_celery:
@@ -39,6 +39,8 @@ ergate_celery's on Redis and on RabbitMQ + PostgreSQL, interleaved, ratios ergat
 `fan_out` (bench/fan_out.py): children created per second and the time from the last child's
 end to the join's start for 100, 1,000 and 10,000 children, beside a Celery `chord` of the
 same width, on Redis and PostgreSQL.
+`flow` (bench/flow.py): a step under a concurrency key against one without, and a job's end
+to the start of the job that waited for its slot (Redis).
 
 It prints one table per setup and part and writes the numbers to
 `bench/results/<UTC date-time>.json`.
@@ -63,7 +65,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import apps, dbos_peer, fan_out, job_length, listing, nodes, scale, waiting
+from . import apps, dbos_peer, fan_out, flow, job_length, listing, nodes, scale, waiting
 from .apps import Bench, BenchConfig
 from .measures import (
     FULL,
@@ -81,7 +83,7 @@ from .storage import flush_redis, postgres
 from .workers import stop_all, worker
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale", "dbos", "fan_out")
+PARTS = ("compare", "length", "nodes", "listing", "waiting", "scale", "dbos", "fan_out", "flow")
 #: The parts that run on Redis only, and do not check that it answers themselves.
 REDIS_PARTS = frozenset({"nodes", "waiting"})
 RABBITMQ_SETUPS = frozenset({"rabbitmq_postgres", "django_db"})
@@ -329,6 +331,7 @@ class PartSizes:
     scale: scale.ScaleSizes = scale.FULL
     dbos: dbos_peer.PeerSizes = dbos_peer.FULL
     fan_out: fan_out.FanOutSizes = fan_out.FULL
+    flow: flow.FlowSizes = flow.FULL
 
 
 def _loaded(part: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -392,6 +395,7 @@ def run_bench(
             "scale": lambda: scale.run_scale(part_sizes.scale, unavailable, log, results_dir),
             "dbos": lambda: dbos_peer.run_dbos_peer(part_sizes.dbos, unavailable, log),
             "fan_out": lambda: fan_out.run_fan_out(part_sizes.fan_out, unavailable, log),
+            "flow": lambda: flow.run_flow(part_sizes.flow, unavailable, log),
         }
         for name, part in others.items():
             if name in parts:
@@ -449,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scale.TINY,
                 dbos_peer.TINY,
                 fan_out.TINY,
+                flow.TINY,
             )
         elif options.quick:
             chosen, part_sizes = (
@@ -461,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     scale.QUICK,
                     dbos_peer.QUICK,
                     fan_out.QUICK,
+                    flow.QUICK,
                 ),
             )
         else:
@@ -513,6 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "fan_out" in report:
         print("\nFan-out beside a chord of the same width:")
         print(fan_out.table(report["fan_out"]))
+    if "flow" in report:
+        print("\nFlow control (Redis):")
+        print(flow.table(report["flow"]))
     print(f"\nWritten to {path} ({report['seconds']:.0f} s)")
     return 1 if failures(report) else 0
 
@@ -538,6 +547,8 @@ def failures(report: dict[str, Any]) -> list[str]:
     found += [f"dbos: {title}" for title in report.get("dbos", {}).get("errors", {})]
     if report.get("length", {}).get("status") == "failed":
         found.append("length")
+    if report.get("flow", {}).get("status") == "failed":
+        found.append("flow")
     return found
 
 

@@ -51,6 +51,7 @@ from ergate_celery.model.annotations import (
     StepRun,
 )
 from ergate_celery.model.children import ChildResult
+from ergate_celery.model.concurrency import Concurrency
 from ergate_celery.model.job import FanOutState, Job, JobError, StepTiming, Wait
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.paths import (
@@ -71,6 +72,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AbortJob",
     "ChildResult",
+    "Concurrency",
     "Context",
     "CurrentRun",
     "Depends",

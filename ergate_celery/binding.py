@@ -176,6 +176,7 @@ class ErgateCelery:
         priority: int | None = None,
         deadline: datetime | None = None,
         tags: dict[str, str] | None = None,
+        if_exists: str = "raise",
     ) -> Job:
         """Store a new job and publish its first step; returns the job as stored.
 
@@ -183,7 +184,9 @@ class ErgateCelery:
         stores the job SCHEDULED for beat to release. `priority` applies to every step
         message; a job not started by `deadline` ends FAILED; `tags` (str to str) are stored
         on the job for `list_jobs`. Nothing is stored or published when the workflow is
-        unknown or the input is invalid.
+        unknown or the input is invalid. When `id` is taken, `if_exists="return"` returns
+        the stored job (however many callers race, one job is stored and started) and
+        `"raise"` raises `DuplicateJobError`. A job of a paused workflow is stored parked.
         """
         if isinstance(workflow_name, Job):
             given = workflow_name
@@ -203,7 +206,7 @@ class ErgateCelery:
             now=datetime.now(UTC),
             tags=tags,
         )
-        return submit(self._here(), job)
+        return submit(self._here(), job, if_exists=if_exists)
 
     def publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name."""
@@ -279,11 +282,13 @@ class ErgateCelery:
         limit: int = 100,
         cursor: str | None = None,
         parent: str | None = None,
+        concurrency_key: str | None = None,
     ) -> JobPage:
         """Stored jobs, newest first (by `submitted_at`), finished ones until they expire.
 
         Filters: `status` (one or several), `workflow`, submitted `since`/`until`, `tags`
-        (all must match). Pass the page's `next_cursor` as `cursor` for the next page.
+        (all must match), `concurrency_key` (jobs of that key of their workflow's
+        `Concurrency`). Pass the page's `next_cursor` as `cursor` for the next page.
         `parent=job_id` lists that job's fan-out children instead, in input order.
         `InvalidInputError` for a bad filter or cursor, `UnknownWorkflowError` for a
         workflow this app does not have.
@@ -291,7 +296,13 @@ class ErgateCelery:
         if workflow is not None:
             self.workflow(workflow)
         query = job_query(
-            status=status, workflow=workflow, since=since, until=until, tags=tags, limit=limit
+            status=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            tags=tags,
+            limit=limit,
+            concurrency_key=concurrency_key,
         )
         if parent is not None:
             return children.list_children(self._here(), parent, query, limit, cursor)

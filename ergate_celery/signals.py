@@ -34,3 +34,11 @@ for what and until when."""
 job_signalled = Signal(name="ergate.job_signalled")
 """`signal_job` stored a signal on the job (`job.signals`); the job is QUEUED when it was
 waiting for it."""
+
+job_parked = Signal(name="ergate.job_parked")
+"""The job waits QUEUED without a message: its workflow is paused, or (`job.waiting_for_slot`)
+`Concurrency.limit` jobs of its key (`job.concurrency_key`) are in progress."""
+
+job_unparked = Signal(name="ergate.job_unparked")
+"""A parked job's step was sent again: its workflow was resumed, or a slot of its key was
+freed (its start then sends `job_started`)."""

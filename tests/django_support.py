@@ -11,6 +11,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django_celery_results",
+    "django_celery_beat",
     "ergate_celery.contrib.django",
     "tests.djangoapp",
 ]

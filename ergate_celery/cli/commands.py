@@ -38,6 +38,7 @@ from ergate_celery.cli.arguments import (
 )
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.operations.flow import describe_wait, waiting_for
 from ergate_celery.scheduling.overdue import overdue_by, overdue_note
 from ergate_celery.stores.listing import MAX_LIMIT
 
@@ -70,11 +71,18 @@ def _summary(ergate: ErgateCelery, job: Job) -> dict[str, Any]:
     if late is not None:
         row["overdue"] = round(late, 1)
         row["overdue_note"] = overdue_note(job, ergate.settings)
+    wait = waiting_for(ergate.runtime.store, job)
+    if wait is not None:
+        row["parked"] = wait
     return row
 
 
 def _status_text(row: dict[str, Any]) -> str:
     """The status as `list` and `watch` show it, with the overdue hint."""
+    if row.get("parked") is not None:
+        wait = row["parked"]
+        why = "paused" if wait["reason"] == "paused" else f"{wait['ahead']} ahead of it"
+        return f"{row['status']} (parked: {why})"
     note = row.get("overdue_note")
     return str(row["status"]) if note is None else f"{row['status']} ({note})"
 
@@ -109,6 +117,7 @@ def _status_text(row: dict[str, Any]) -> str:
     metavar="JOB_ID",
     help="The fan-out children of this job, in order.",
 )
+@option("--concurrency-key", "key", group="Filters", help="Only jobs of this concurrency key.")
 @option(
     "--limit",
     group="Output",
@@ -125,6 +134,7 @@ def list_jobs(
     workflow: str | None,
     since: str | None,
     tags: Sequence[str],
+    key: str | None,
     limit: int,
     parent: str | None,
     as_json: bool,
@@ -140,6 +150,7 @@ def list_jobs(
             tags=tags_arg(tags),
             limit=limit,
             parent=parent,
+            concurrency_key=key,
         )
     rows = [_summary(ergate, job) for job in page.jobs]
     if as_json:
@@ -202,6 +213,8 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
             value = status_text(ctx, job.status.name, shown)
         elif name == "current_step":
             value = _step_label(ergate, job)
+        elif name == "parked" and job.parked:
+            value = describe_wait(waiting_for(ergate.runtime.store, job)) or value
         elif name == "wait" and job.wait is not None:
             verb = "waits for" if job.status is JobStatus.SCHEDULED else "waited for"
             value = f"{verb} {job.wait.describe()}"

@@ -13,6 +13,7 @@ from ergate_celery.cli.arguments import (
     binding,
     ergate,
     input_errors,
+    note,
     option,
     out,
     since_arg,
@@ -89,8 +90,15 @@ def retry(
 def pause(ctx: click.Context, workflow: str) -> None:
     """Start no step of WORKFLOW until `resume` (running steps finish; submits are kept)."""
     with input_errors():
-        changed = binding(ctx).pause_workflow(workflow)
+        ergate = binding(ctx)
+        changed = ergate.pause_workflow(workflow)
     out(ctx, f"{workflow} paused" if changed else f"{workflow} was already paused")
+    note(
+        ctx,
+        f"jobs submitted from now on wait, parked, until resume; steps already queued stop "
+        f"within {ergate.settings.pause_refresh:g} s (ergate_pause_refresh), running steps "
+        "finish",
+    )
 
 
 @ergate.command(**COMMAND)

@@ -17,9 +17,11 @@ from ergate_celery.model.job_status import JobStatus
 
 @dataclass(frozen=True, slots=True)
 class HandOver:
-    """A job stored PENDING inside a transaction is handed on when it commits."""
+    """A job stored PENDING inside a transaction is handed on when it commits (`parked`:
+    its workflow was paused by then)."""
 
     to: JobStatus
+    parked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,27 @@ class TurnCame:
     """A child held back by its parent's `max_in_flight` may start: a sibling ended."""
 
 
+@dataclass(frozen=True, slots=True)
+class WaitForSlot:
+    """A step message of a job whose first step would take its concurrency key past the
+    limit: the job waits, QUEUED with no message, until a slot of its key is freed."""
+
+    step_name: str
+    steps_completed: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlotGranted:
+    """A job waiting for a concurrency slot was given one: its step is published again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedChecked:
+    """The sweep found a parked job that still has to wait (its workflow is paused, or its
+    key has no free slot): the record is written again as it is, which dates its index entry
+    anew, so that the sweep looks at it again only after `ergate_stuck_after`."""
+
+
 Event = (
     HandOver
     | Release
@@ -182,4 +205,7 @@ Event = (
     | FanOutStarted
     | ChildEnded
     | TurnCame
+    | WaitForSlot
+    | SlotGranted
+    | ParkedChecked
 )

@@ -94,7 +94,7 @@ FAILED      RetryRequested    SCHEDULED   a signal wait timed out: it waits agai
 QUEUED      Park              QUEUED      the message's step, its workflow paused
 QUEUED      Park              -           already parked, or a stale message
 QUEUED      Unpark            QUEUED      parked
-QUEUED      Unpark            -           not parked
+QUEUED      Unpark            -           not parked, or waiting for a concurrency slot
 RUNNING     FanOutStarted     RUNNING     the run holding the claim
 CANCELLING  FanOutStarted     CANCELLING  the run holding the claim
 RUNNING     Finish            SCHEDULED   FanOut: waits for its children
@@ -109,6 +109,12 @@ SCHEDULED   ChildEnded        -           counted already
 CANCELLING  ChildEnded        CANCELLED   the last child ended
 SCHEDULED   TurnCame          QUEUED      a child held back by max_in_flight
 CANCELLED   RetryRequested    QUEUED      cancelled waiting for children, all ended
+QUEUED      WaitForSlot       QUEUED      the message's step, its key at the limit: parked
+QUEUED      WaitForSlot       -           already parked, or a stale message
+QUEUED      SlotGranted       QUEUED      waiting for a slot
+QUEUED      SlotGranted       -           not waiting for a slot
+QUEUED      ParkedChecked     QUEUED      parked, still to wait
+QUEUED      ParkedChecked     -           not parked
 """
 
 
@@ -137,8 +143,15 @@ def mermaid() -> str:
     """The state diagram of `LIFECYCLE` in Mermaid, as the docs' concepts page shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
-        # The status stays: not an edge.
-        quiet = ("ProgressReported", "Yield", "Signalled", "FanOutStarted", "ChildEnded", "Release")
+        quiet = (
+            "ProgressReported",
+            "Yield",
+            "Signalled",
+            "FanOutStarted",
+            "ChildEnded",
+            "Release",
+            "ParkedChecked",
+        )  # the status stays: not an edge
         if row.to is None or (row.to is row.status and row.event in quiet):
             continue
         edges.setdefault((row.status, row.to), [])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ergate_celery.lifecycle import events, fan_out, waiting
+from ergate_celery.lifecycle import events, fan_out, flow, waiting
 from ergate_celery.lifecycle.events import Event
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.job_status import (
@@ -29,8 +29,10 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
     """The job after `event`, or None when the event leaves the stored job as it is."""
     status = stored.status
     match event:
-        case events.HandOver(to=to):
-            return _set(stored, to) if status is S.PENDING else None
+        case events.HandOver(to=to, parked=parked):
+            if status is not S.PENDING:
+                return None
+            return stored.model_copy(update={"status": to, "parked": parked and to is S.QUEUED})
         case events.Release():
             return _release(stored, event, now)
         case events.Claim():
@@ -84,7 +86,8 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
                 return None
             return stored.model_copy(update={"parked": True}) if _at(stored, step_name) else None
         case events.Unpark():
-            if status is not S.QUEUED or not stored.parked:
+            # A job waiting for a concurrency slot stays parked: only a freed slot starts it.
+            if status is not S.QUEUED or not stored.parked or stored.waiting_for_slot:
                 return None
             return stored.model_copy(update={"parked": False})
         case events.FanOutStarted(token=token, state=state):
@@ -93,6 +96,12 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             return fan_out.child_ended(stored, position)
         case events.TurnCame():
             return fan_out.turn_came(stored)
+        case events.WaitForSlot():
+            return flow.wait_for_slot(stored, event)
+        case events.SlotGranted():
+            return flow.slot_granted(stored)
+        case events.ParkedChecked():
+            return flow.parked_checked(stored)
     raise TypeError(f"Not a lifecycle event: {event!r}")
 
 

@@ -199,8 +199,13 @@ class Job(BaseModel):
     fan_out: FanOutState | None = None
     """The job's last fan-out: its children, and which have ended."""
     parked: bool = False
-    """QUEUED with no message in the broker: its workflow was paused when the step was due;
-    `resume_workflow` publishes it."""
+    """QUEUED with no message in the broker: its workflow was paused when the step was due
+    (`resume_workflow` publishes it), or it waits for a concurrency slot (`waiting_for_slot`)."""
+    concurrency_key: str | None = None
+    """The job's key under its workflow's `Concurrency` (computed at submit)."""
+    waiting_for_slot: bool = False
+    """Parked because `Concurrency.limit` jobs of its key are in progress: it starts, oldest
+    first, when one of them ends."""
     trace_context: dict[str, str] | None = None
     """The W3C trace context (`traceparent`, `tracestate`) of the span that submitted the job,
     set when tracing is on: every later span of the job joins that trace. A child job given
@@ -209,9 +214,10 @@ class Job(BaseModel):
     @property
     def waiting_reason(self) -> str | None:
         """Why the job waits without a step running or queued, as one word (`scheduled`,
-        `sleep`, `signal`, `paused`, or the reason of its `wait`); None when it does not wait."""
+        `sleep`, `signal`, `paused`, `concurrency`, or the reason of its `wait`); None when it
+        does not wait."""
         if self.parked:
-            return "paused"
+            return "concurrency" if self.waiting_for_slot else "paused"
         if self.status is not JobStatus.SCHEDULED:
             return None
         return "scheduled" if self.wait is None else self.wait.reason

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ergate_celery.exceptions import InvalidDefinitionError, ReverseGoToError, UnknownStepError
+from ergate_celery.model.concurrency import Concurrency
 from ergate_celery.model.paths import GoToEndPath, GoToStepPath, NextStepPath, WorkflowPath
 from ergate_celery.model.workflow_step import WorkflowStep
 
@@ -43,7 +44,7 @@ RETRY_OPTIONS = frozenset({"autoretry_for", "retry_backoff", "retry_backoff_max"
 class Workflow:
     """An ordered list of steps, registered under a unique name."""
 
-    def __init__(self, unique_name: str) -> None:
+    def __init__(self, unique_name: str, *, concurrency: Concurrency | None = None) -> None:
         if not isinstance(unique_name, str) or not unique_name.strip():
             raise InvalidDefinitionError(
                 f"Workflow unique_name must be a non-empty string, got {unique_name!r}"
@@ -53,7 +54,13 @@ class Workflow:
                 f"Workflow unique_name {unique_name!r} contains whitespace; it becomes part "
                 "of Celery task names, use dots, dashes or underscores instead"
             )
+        if concurrency is not None and not isinstance(concurrency, Concurrency):
+            raise InvalidDefinitionError(
+                f"Workflow concurrency must be Concurrency(limit, key=...), got {concurrency!r}"
+            )
         self.unique_name = unique_name
+        #: At most `concurrency.limit` jobs per key in progress (None: no limit).
+        self.concurrency = concurrency
         self._steps: list[WorkflowStep[Any, Any]] = []
         self._route_lengths: dict[tuple[int, int], int] | None = None
         self._version: str | None = None

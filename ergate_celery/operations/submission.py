@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
-from ergate_celery.exceptions import InvalidInputError
+from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
 from ergate_celery.lifecycle.events import HandOver
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
@@ -23,6 +23,8 @@ from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 MAX_JOB_ID_LENGTH = 100
+#: What `submit_job(if_exists=...)` accepts.
+IF_EXISTS = ("raise", "return")
 #: The `sender` of the announcements of a submission handed over when its transaction commits.
 SUBMIT_SENDER = "ergate.submit_job"
 
@@ -53,7 +55,7 @@ def new_job(
     input_json = _jsonable("initial_input_value", initial_input_value, first_parser)
     context_json = _jsonable("user_context", user_context, None)
     _check_input_type(workflow, input_json)
-    return Job(
+    job = Job(
         id=_job_id(job_id),
         workflow_name=workflow.unique_name,
         current_step_name=workflow[0].name,
@@ -67,6 +69,9 @@ def new_job(
         submitted_at=now,
         tags=checked_tags,
     )
+    if workflow.concurrency is None:
+        return job
+    return job.model_copy(update={"concurrency_key": workflow.concurrency.key_of(job)})
 
 
 def _job_id(job_id: Any) -> str:
@@ -134,39 +139,66 @@ def _check_input_type(workflow: Workflow, value: Any) -> None:
         return
 
 
-def submit(rt: Runtime, job: Job, *, publish_on_commit: bool = True) -> Job:
+def submit(
+    rt: Runtime, job: Job, *, publish_on_commit: bool = True, if_exists: str = "raise"
+) -> Job:
     """Store `job` (checked by `new_job`) and publish its first step; the job as stored.
 
     Inside a Django transaction the job is stored PENDING and handed over when the
     transaction commits, so a rollback publishes nothing, unless not `publish_on_commit` (a
     store outside the transaction, as a test's memory store). A publish that fails removes
-    the job again.
+    the job again. A job of a paused workflow is stored parked, in the same write, and
+    published by `resume_workflow`. When the id is taken, `if_exists="return"` returns the
+    stored job (nothing is stored or published), `"raise"` raises `DuplicateJobError`.
     """
+    if if_exists not in IF_EXISTS:
+        raise InvalidInputError(f'if_exists must be "raise" or "return", got {if_exists!r}')
     observer = observing.observer
     if observer is None:
-        return _submit(rt, job, publish_on_commit)
+        return _submit(rt, job, publish_on_commit, if_exists)
     with observer.submitting(job) as observed:
-        return _submit(rt, observed, publish_on_commit)
+        return _submit(rt, observed, publish_on_commit, if_exists)
 
 
-def _submit(rt: Runtime, job: Job, publish_on_commit: bool) -> Job:
+def _submit(rt: Runtime, job: Job, publish_on_commit: bool, if_exists: str) -> Job:
+    try:
+        return _store_and_publish(rt, job, publish_on_commit)
+    except DuplicateJobError:
+        existing = rt.store.get(str(job.id)) if if_exists == "return" else None
+        if existing is None:
+            raise
+        if existing.workflow_name != job.workflow_name:
+            raise DuplicateJobError(
+                f"A job with id {job.id!r} already exists, of workflow "
+                f"{existing.workflow_name!r}, not {job.workflow_name!r}; choose another id"
+            ) from None
+        return existing
+
+
+def _store_and_publish(rt: Runtime, job: Job, publish_on_commit: bool) -> Job:
     if publish_on_commit and in_django_transaction():
         pending = job.model_copy(update={"status": JobStatus.PENDING})
-        rt.store.create(pending)
-        on_commit(lambda: _hand_over(rt, str(job.id), job.status))
-        return pending
-    rt.store.create(job)
-    if job.status is JobStatus.QUEUED:
+        stored = rt.store.create(pending)
+        on_commit(lambda: _hand_over(rt, job))
+        return stored
+    stored = rt.store.create(job, unless_paused=job.status is JobStatus.QUEUED)
+    if stored.parked:
+        rt.announce(None, stored, SUBMIT_SENDER)  # job_parked: it waits for the resume
+    elif stored.status is JobStatus.QUEUED:
         try:
-            rt.publish(job)
+            rt.publish(stored)
         except Exception:
             rt.store.delete(str(job.id))
             raise
-    return job
+    return stored
 
 
-def _hand_over(rt: Runtime, job_id: str, status: JobStatus) -> None:
+def _hand_over(rt: Runtime, submitted: Job) -> None:
+    # A pause that returned before the commit holds this job: it is handed over parked.
+    job_id = str(submitted.id)
+    status = submitted.status
+    paused = status is JobStatus.QUEUED and submitted.workflow_name in rt.store.paused_workflows()
     with observing.operating(SUBMIT_SENDER, job_id):
-        job = rt.apply(job_id, HandOver(status), sender=SUBMIT_SENDER).after
-        if job is not None and job.status is JobStatus.QUEUED:
+        job = rt.apply(job_id, HandOver(status, parked=paused), sender=SUBMIT_SENDER).after
+        if job is not None and job.status is JobStatus.QUEUED and not job.parked:
             rt.publish_current_step(job, SUBMIT_SENDER)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from celery import Celery
+from celery import Celery, Task
+from celery.schedules import schedule as interval_schedule
 
 from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.operations.submission import new_job
 from ergate_celery.scheduling import index_schedule, release, sweep
+from ergate_celery.scheduling.firing import FiringTask, firing_id
 from ergate_celery.scheduling.index_schedule import IndexSchedule
 from ergate_celery.scheduling.release import RELEASE_TASK
 from ergate_celery.scheduling.sweep import RECOVER_TASK
@@ -65,17 +67,33 @@ def install(
         return sweep.recover_stuck_jobs(runtime())
 
     def submit_job(
-        workflow_name: str, initial_input_value: Any = None, user_context: Any = None
+        task: Task,  # type: ignore[type-arg]
+        workflow_name: str,
+        initial_input_value: Any = None,
+        user_context: Any = None,
+        entry: str | None = None,
+        every: float | None = None,
+        fired_at: str | None = None,
     ) -> str:
+        job_id = None
+        if fired_at is not None:
+            # django-celery-beat names its entry in a header; Celery's beat entries carry it.
+            headers = task.request.headers or {}
+            name = entry or headers.get("periodic_task_name") or workflow_name
+            job_id = firing_id(str(name), fired_at, every)
         job = submit(
-            workflow_name, initial_input_value=initial_input_value, user_context=user_context
+            workflow_name,
+            initial_input_value=initial_input_value,
+            user_context=user_context,
+            id=job_id,
+            if_exists="return",
         )
         return str(job.id)
 
     options: dict[str, Any] = {"shared": False, "lazy": False}
     app.task(name=RELEASE_TASK, ignore_result=True, **options)(release_scheduled_jobs)  # type: ignore[no-untyped-call]
     app.task(name=RECOVER_TASK, ignore_result=True, **options)(recover_stuck)  # type: ignore[no-untyped-call]
-    app.task(name=SUBMIT_TASK, **options)(submit_job)  # type: ignore[no-untyped-call]
+    app.task(name=SUBMIT_TASK, base=FiringTask, bind=True, **options)(submit_job)  # type: ignore[no-untyped-call]
 
     def add_entries() -> None:
         conf = settings()
@@ -112,16 +130,39 @@ def periodic_entry(
     *,
     initial_input_value: Any = None,
     user_context: Any = None,
+    entry: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """A `beat_schedule` entry that submits a new job of `workflow_name` at each firing."""
+    """A `beat_schedule` entry that submits a new job of `workflow_name` at each firing; its
+    id says which firing (`<entry>@<scheduled time>`, see `firing.py`), so no firing is
+    submitted twice. `entry` is the entry's name in `beat_schedule`."""
+    kwargs: dict[str, Any] = {
+        "initial_input_value": initial_input_value,
+        "user_context": user_context,
+    }
+    if entry is not None:
+        kwargs["entry"] = entry
+    every = _every(schedule)
+    if every is not None:
+        kwargs["every"] = every
     return {
         "task": SUBMIT_TASK,
         "schedule": schedule,
         "args": (workflow_name,),
-        "kwargs": {"initial_input_value": initial_input_value, "user_context": user_context},
+        "kwargs": kwargs,
         "options": options,
     }
+
+
+def _every(schedule: Any) -> float | None:
+    """The period of an interval schedule in seconds (None: a crontab or another kind)."""
+    if type(schedule) is interval_schedule:
+        return float(schedule.seconds)
+    if isinstance(schedule, timedelta):
+        return schedule.total_seconds()
+    if isinstance(schedule, int | float) and not isinstance(schedule, bool):
+        return float(schedule)
+    return None
 
 
 def add_periodic_job(
@@ -143,13 +184,14 @@ def add_periodic_job(
         now=datetime.now(UTC),
     )
     workflow_name = workflow.unique_name
+    key = name or f"ergate: {workflow_name} every {schedule}"
     entry = periodic_entry(
         workflow_name,
         schedule,
         initial_input_value=initial_input_value,
         user_context=user_context,
+        entry=key,
     )
-    key = name or f"ergate: {workflow_name} every {schedule}"
 
     def add() -> None:
         app.conf.beat_schedule[key] = entry

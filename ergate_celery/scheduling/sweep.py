@@ -8,10 +8,13 @@ requeued forever) or fails it; index entries whose record is gone or final are r
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from ergate_celery.lifecycle.events import Recover
 from ergate_celery.model.job_status import ACTIVE_STATUSES, JobStatus
+from ergate_celery.scheduling.parked import look_at_parked
 from ergate_celery.scheduling.release import drop_entry
 from ergate_celery.stores.base import ACTIVE, UNREADABLE, IndexEntry
 from ergate_celery.worker import observing
@@ -29,10 +32,11 @@ def recover_stuck_jobs(rt: Runtime, now: datetime | None = None) -> int:
     moment = now or datetime.now(UTC)
     before = moment - timedelta(seconds=settings.stuck_after)
     entries = rt.store.index_entries(ACTIVE, before, _BATCH)
-    return sum(_recover(rt, entry, moment) for entry in entries)
+    paused = cache(rt.store.paused_workflows)
+    return sum(_recover(rt, entry, moment, paused) for entry in entries)
 
 
-def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
+def _recover(rt: Runtime, entry: IndexEntry, now: datetime, paused: Callable[[], set[str]]) -> int:
     try:
         seen = rt.store.get(entry.job_id)
     except UNREADABLE as exc:
@@ -41,6 +45,12 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
     if seen is None or seen.status not in ACTIVE_STATUSES:
         drop_entry(rt, entry, f"it is {'gone' if seen is None else seen.status.name}")
         return 0
+    if seen.parked and seen.status is JobStatus.QUEUED:
+        try:
+            return look_at_parked(rt, seen, paused, RECOVER_TASK, now)
+        except Exception:
+            logger.exception("Could not look at parked job %s; the next sweep does", seen.id)
+            return 0
     settings = rt.settings
     idle = (now - entry.at).total_seconds()
     event = Recover(seen, settings.stuck_action, idle, settings.max_step_attempts)

@@ -5,20 +5,21 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
-from celery import states
 from pydantic import ValidationError
 
 from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
+from ergate_celery.lifecycle.slots import Slots
 from ergate_celery.lifecycle.waiting import due_at
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores.flow import FlowControl
 from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
 from ergate_celery.stores.oversized import without_values
+from ergate_celery.stores.task_result import TaskResult as TaskResult
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: Called again when a concurrent write wins a race, so pure: `update` returns what it read.
@@ -34,29 +35,6 @@ class Updated(NamedTuple):
 
 #: What a backend's compare-and-set compares: a digest on Redis, the stored columns on SQL.
 Token = TypeVar("Token")
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """A step task's own result (its summary), stored when, and only when, the job change is.
-
-    Step tasks run with `ignore_result=True`; the store writes this result instead, in the same
-    round trip as the job's change where the backend allows it (Redis), right after otherwise.
-    """
-
-    task_id: str
-    #: The summary of the job as written.
-    summarize: Callable[[Job], dict[str, Any]]
-    #: The Celery request of the task (for `result_extended` fields), or None.
-    request: Any = None
-
-    def store_after(self, backend: Any, job: Job) -> None:
-        """Store the summary of `job` through the backend, after the job was written."""
-        self.store(backend, self.summarize(job))
-
-    def store(self, backend: Any, summary: dict[str, Any]) -> None:
-        """Store `summary` through the backend, as Celery would when the task returns."""
-        backend.store_result(self.task_id, summary, states.SUCCESS, request=self.request)
 
 
 #: What reading a record that is not a job raises (as opposed to a backend that is down).
@@ -87,8 +65,9 @@ def index_entry(
     job: Job, *, pending: bool = False, now: datetime | None = None
 ) -> IndexEntry | None:
     """Where a job belongs in the job index, written with every change of its record; final
-    jobs are not indexed, nor parked ones (no message is lost: nothing to sweep), nor PENDING
-    ones unless `pending`. An active job is indexed at `now` (default: the current time).
+    jobs are not indexed, nor PENDING ones unless `pending`. An active job (parked ones too,
+    which the sweep looks at after a resume or a freed slot went astray) is indexed at `now`
+    (default: the current time).
 
     A store whose records live inside the Django transaction (django-db) indexes PENDING jobs
     as active: a PENDING record it can read was committed, so the sweep hands it over if its
@@ -97,7 +76,7 @@ def index_entry(
     """
     if job.status is JobStatus.SCHEDULED:
         return IndexEntry(SCHEDULED, str(job.id), due_at(job))
-    if job.is_final or job.parked or (job.status is JobStatus.PENDING and not pending):
+    if job.is_final or (job.status is JobStatus.PENDING and not pending):
         return None
     return IndexEntry(ACTIVE, str(job.id), now or utc_now())
 
@@ -116,10 +95,10 @@ def expiring(job: Job) -> bool:
 class JobStore(Protocol):
     """Reads and atomically changes job records; one implementation per result backend."""
 
-    def create(self, job: Job) -> None:
+    def create(self, job: Job, *, unless_paused: bool = False) -> Job:
         """Store a new job; `DuplicateJobError` if its id is taken (that record is untouched).
-
-        A SCHEDULED job is added to the due-time index in the same atomic write.
+        With `unless_paused`, a job of a paused workflow is stored parked, in the same write.
+        Returns the job as stored. A SCHEDULED job is indexed in the same atomic write.
         """
 
     def get(self, job_id: str) -> Job | None:
@@ -182,6 +161,15 @@ class JobStore(Protocol):
     def set_paused(self, workflow_name: str, paused: bool) -> bool:
         """Pause or resume `workflow_name`; whether that changed anything."""
 
+    def slots(self, name: str) -> Slots:
+        """See `FlowControl.slots`."""
+
+    def take_slot(self, name: str, job_id: str, submitted_at: str, limit: int) -> bool:
+        """See `FlowControl.take_slot`."""
+
+    def free_slot(self, name: str, job_id: str) -> list[str]:
+        """See `FlowControl.free_slot`."""
+
 
 def seconds(expires: Any) -> float | None:
     """A backend's `expires` (seconds, a timedelta, or None) in seconds."""
@@ -204,7 +192,7 @@ class Outcome(Enum):
     GONE = "gone"
 
 
-class BaseJobStore(ABC, Generic[Token]):
+class BaseJobStore(FlowControl, ABC, Generic[Token]):
     """The store logic written once: the update loop, the duplicate-id error, polling for the
     end, the index queries. A backend's module supplies the primitives below (the abstract
     methods), each one atomic on its backend, with `Token` its compare-and-set's token."""
@@ -292,12 +280,15 @@ class BaseJobStore(ABC, Generic[Token]):
 
     # The logic on top of them.
 
-    def create(self, job: Job) -> None:
+    def create(self, job: Job, *, unless_paused: bool = False) -> Job:
         """See `JobStore.create`."""
-        if not self._insert(job):
+        stored = self._insert_unless_paused(job) if unless_paused else None
+        if stored is None and (unless_paused or not self._insert(job)):
             raise DuplicateJobError(
-                f"A job with id {job.id!r} already exists; submit without id= to get a new one"
+                f"A job with id {job.id!r} already exists; submit without id= to get a new "
+                'one, or with if_exists="return" to get the existing job'
             )
+        return stored or job
 
     def get(self, job_id: str) -> Job | None:
         """The stored job, or None."""

@@ -338,6 +338,29 @@ class DjangoJobStore(BaseJobStore[Columns]):
         _, created = model.objects.get_or_create(workflow=workflow_name)
         return bool(created)
 
+    # Concurrency slots.
+
+    def _read_slots(self, name: str) -> str | None:
+        found = _model("ConcurrencySlots").objects.filter(name=name).values_list("document")
+        row = found.first()
+        return None if row is None else str(row[0])
+
+    def _swap_slots(self, name: str, expected: str | bytes | None, new: str | None) -> bool:
+        rows = _model("ConcurrencySlots").objects
+        if expected is None:
+            if new is None:
+                return True
+            try:
+                with transaction.atomic():  # a savepoint inside the caller's transaction
+                    rows.create(name=name, document=new)
+            except IntegrityError:
+                return False
+            return True
+        old = expected.decode() if isinstance(expected, bytes) else expected
+        match = rows.filter(name=name, document=old)
+        changed = match.delete()[0] if new is None else match.update(document=new)
+        return bool(changed)
+
 
 def _model(name: str) -> Any:
     if not apps.is_installed("ergate_celery.contrib.django"):

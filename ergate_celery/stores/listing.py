@@ -53,6 +53,7 @@ class JobQuery:
     since: datetime | None = None
     until: datetime | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    concurrency_key: str | None = None
 
     def matches(self, job: Job) -> bool:
         """Whether `job` is one this query asks for (checked on every listed record)."""
@@ -66,6 +67,8 @@ class JobQuery:
         if self.since is not None and at < self.since:
             return False
         if self.until is not None and at > self.until:
+            return False
+        if self.concurrency_key is not None and job.concurrency_key != self.concurrency_key:
             return False
         return all(job.tags.get(key) == value for key, value in self.tags.items())
 
@@ -147,6 +150,7 @@ def job_query(
     until: datetime | None,
     tags: Mapping[str, str] | None,
     limit: int,
+    concurrency_key: str | None = None,
 ) -> JobQuery:
     """Check `list_jobs`'s arguments; `InvalidInputError` says what is wrong."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIMIT:
@@ -155,12 +159,18 @@ def job_query(
         )
     if workflow is not None and not isinstance(workflow, str):
         raise InvalidInputError(f"workflow must be a workflow name, got {workflow!r}")
+    if concurrency_key is not None and not isinstance(concurrency_key, str):
+        raise InvalidInputError(
+            f"concurrency_key must be a string (a key of a workflow's Concurrency), got "
+            f"{concurrency_key!r}"
+        )
     return JobQuery(
         statuses=_statuses(status),
         workflow=workflow,
         since=utc_moment("since", since),
         until=utc_moment("until", until),
         tags=check_tags(tags or {}, what="tags"),
+        concurrency_key=concurrency_key,
     )
 
 

@@ -81,6 +81,8 @@ class _Space:
     )
     listing: _Sorted = field(default_factory=_Sorted)
     paused: set[str] = field(default_factory=set)
+    #: The concurrency slots documents, by name.
+    slots: dict[str, str] = field(default_factory=dict)
     #: When each expiring record goes (a `monotonic` time), and the same as a heap.
     expires: dict[str, float] = field(default_factory=dict)
     expiring: list[tuple[float, str]] = field(default_factory=list)
@@ -251,4 +253,21 @@ class MemoryJobStore(BaseJobStore[Raw]):
                 names.add(workflow_name)
             else:
                 names.discard(workflow_name)
+        return True
+
+    # Concurrency slots.
+
+    def _read_slots(self, name: str) -> str | None:
+        with _lock:
+            return self._space.slots.get(name)
+
+    def _swap_slots(self, name: str, expected: str | bytes | None, new: str | None) -> bool:
+        with _lock:
+            slots = self._space.slots
+            if slots.get(name) != expected:
+                return False
+            if new is None:
+                slots.pop(name, None)
+            else:
+                slots[name] = new
         return True

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,69 +28,21 @@ from ergate_celery.stores.base import (
 )
 from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
-from ergate_celery.stores.redis_scripts import COMPARE_AND_SET, CREATE, DROP_INDEX_ENTRY
-
-
-def app_keys(index_name: str) -> dict[str, str]:
-    """The keys of an app's indexes, named after the app (`ergate_index_name`) so that apps
-    sharing a Redis database never release, sweep, list or pause each other's jobs; each
-    also takes the `global_keyprefix` Celery puts before its own keys.
-
-    The job index: one sorted set per kind, scored by time, as rq's job registries. The
-    listing index: sorted sets scored by `submitted_at`, one of every job (`jobs`) and, under
-    that name, one per status (moved with each status change), per workflow and per tag.
-    """
-    base = f"ergate:{index_name}:" if index_name else "ergate:"
-    return {
-        SCHEDULED: f"{base}scheduled",
-        ACTIVE: f"{base}active",
-        "jobs": f"{base}jobs",
-        "paused": f"{base}paused",
-    }
-
-
-def _score(at: datetime) -> float:
-    """An index entry's time as its sorted-set score."""
-    return at.timestamp()
-
-
-def _at(score: float) -> datetime:
-    """The time an index score stands for; `_score` of it is the score again (microsecond
-    datetimes survive the round trip through a double)."""
-    return datetime.fromtimestamp(score, UTC)
-
-
-def _text(member: bytes | str) -> str:
-    return member.decode() if isinstance(member, bytes) else member
-
-
-def _digest(raw: bytes | str) -> str:
-    return hashlib.sha1(raw.encode() if isinstance(raw, str) else raw).hexdigest()
-
-
-class _Digests:
-    """The digests of the records this process wrote last, by job object identity.
-
-    A step's outcome is compared against the record its claim wrote: knowing that record's
-    digest saves encoding the claimed job a second time. Entries hold their job, so an id
-    is never reused while cached.
-    """
-
-    size = 256
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[Job, str]] = {}
-        self._lock = threading.Lock()
-
-    def remember(self, job: Job, digest: str) -> None:
-        with self._lock:
-            if len(self._entries) >= self.size:
-                del self._entries[next(iter(self._entries))]
-            self._entries[id(job)] = (job, digest)
-
-    def of(self, job: Job) -> str | None:
-        entry = self._entries.get(id(job))
-        return entry[1] if entry is not None and entry[0] is job else None
+from ergate_celery.stores.redis_keys import (
+    Digests,
+    app_keys,
+    digest_of,
+    score_of,
+    text_of,
+    time_of,
+)
+from ergate_celery.stores.redis_scripts import (
+    COMPARE_AND_SET,
+    CREATE,
+    CREATE_UNLESS_PAUSED,
+    DROP_INDEX_ENTRY,
+    SWAP_SLOTS,
+)
 
 
 class RedisJobStore(BaseJobStore[str]):
@@ -112,7 +62,9 @@ class RedisJobStore(BaseJobStore[str]):
         self._compare_and_set_script = backend.client.register_script(COMPARE_AND_SET)
         self._create = backend.client.register_script(CREATE)
         self._drop_index_entry = backend.client.register_script(DROP_INDEX_ENTRY)
-        self._digests = _Digests()
+        self._swap_slots_script = backend.client.register_script(SWAP_SLOTS)
+        self._create_unless_paused = backend.client.register_script(CREATE_UNLESS_PAUSED)
+        self._digests = Digests()
         self._json = backend.serializer == "json"
         self._extended = bool(backend.app.conf.find_value_for_key("extended", "result"))
         # What Celery put before its own task keys (`global_keyprefix` and its separator).
@@ -123,6 +75,7 @@ class RedisJobStore(BaseJobStore[str]):
         self.index_keys: dict[str, bytes] = {kind: keys[kind] for kind in (SCHEDULED, ACTIVE)}
         self.listing_key: bytes = keys["jobs"]
         self.paused_key: bytes = keys["paused"]
+        self.slots_prefix: bytes = keys["slots"]
         self._status_prefix = self._listing("status:")
         self._status_keys = {
             status: self._status_prefix + status.name.encode() for status in JobStatus
@@ -159,12 +112,14 @@ class RedisJobStore(BaseJobStore[str]):
         return encoded, math.ceil(kept) if kept else None
 
     def _stored(self, raw: bytes) -> Stored[str]:
-        return Stored(job_from_document(self.backend.decode(raw)["result"]), _digest(raw))
+        return Stored(job_from_document(self.backend.decode(raw)["result"]), digest_of(raw))
 
     def _index_arguments(self, job: Job) -> list[Any]:
         entry = index_entry(job)
         return (
-            [str(job.id), "", ""] if entry is None else [entry.job_id, entry.kind, _score(entry.at)]
+            [str(job.id), "", ""]
+            if entry is None
+            else [entry.job_id, entry.kind, score_of(entry.at)]
         )
 
     def _result_arguments(self, result: TaskResult, job: Job) -> list[Any]:
@@ -195,7 +150,7 @@ class RedisJobStore(BaseJobStore[str]):
 
     def _token_of(self, job: Job) -> str:
         # A record this process wrote last is known by its digest, without encoding it again.
-        return self._digests.of(job) or _digest(self._encode(job, check=False)[0])
+        return self._digests.of(job) or digest_of(self._encode(job, check=False)[0])
 
     def _compare_and_set(
         self, job_id: str, expected: str, new: Job, result: TaskResult | None
@@ -217,7 +172,7 @@ class RedisJobStore(BaseJobStore[str]):
         arguments += self._status_move(new)
         reply = self._compare_and_set_script(keys=keys, args=arguments)
         if reply == 1:
-            self._digests.remember(new, _digest(encoded))
+            self._digests.remember(new, digest_of(encoded))
             return Outcome.WRITTEN
         # On a mismatch the script sent the record back: no second read.
         return Outcome.GONE if reply is None else self._stored(reply)
@@ -226,7 +181,7 @@ class RedisJobStore(BaseJobStore[str]):
         encoded, keys, arguments = self._creation(job)
         if not self._create(keys=keys, args=arguments):
             return False
-        self._digests.remember(job, _digest(encoded))
+        self._digests.remember(job, digest_of(encoded))
         return True
 
     def _creation(self, job: Job) -> tuple[bytes, list[Any], list[Any]]:
@@ -244,6 +199,22 @@ class RedisJobStore(BaseJobStore[str]):
                 self._create(keys=keys, args=arguments, client=pipe)
             replies = pipe.execute()
         return [bool(reply) for reply in replies]
+
+    def _insert_unless_paused(self, job: Job) -> Job | None:
+        # The paused check and the create in one script: no extra round trip for pausing.
+        parked = job.model_copy(update={"parked": True})
+        encoded, ttl = self._encode(job, limit=self.create_limit)
+        parked_encoded, _ = self._encode(parked, limit=self.create_limit)
+        keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
+        keys.append(self.paused_key)
+        arguments = [job.workflow_name, parked_encoded, encoded, ttl or ""]
+        arguments += [*self._index_arguments(job), *self._listing_adds(job)]
+        reply = self._create_unless_paused(keys=keys, args=arguments)
+        if not reply:
+            return None
+        stored, raw = (parked, parked_encoded) if reply == 2 else (job, encoded)
+        self._digests.remember(stored, digest_of(raw))
+        return stored
 
     def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
         # Final records are published on their key: subscribe first, then read, so that an
@@ -273,13 +244,13 @@ class RedisJobStore(BaseJobStore[str]):
 
     def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
         found = self.client.zrangebyscore(
-            self.index_keys[kind], "-inf", _score(until), 0, limit, withscores=True
+            self.index_keys[kind], "-inf", score_of(until), 0, limit, withscores=True
         )
-        return [IndexEntry(kind, _text(member), _at(score)) for member, score in found]
+        return [IndexEntry(kind, text_of(member), time_of(score)) for member, score in found]
 
     def drop_index_entry(self, entry: IndexEntry) -> bool:
         keys = [self.index_keys[entry.kind]]
-        return bool(self._drop_index_entry(keys=keys, args=[entry.job_id, _score(entry.at)]))
+        return bool(self._drop_index_entry(keys=keys, args=[entry.job_id, score_of(entry.at)]))
 
     # The listing index.
 
@@ -304,7 +275,7 @@ class RedisJobStore(BaseJobStore[str]):
             else [key for status, key in self._status_keys.items() if status is not job.status]
         )
         return [
-            _score(job.submitted_at),
+            score_of(job.submitted_at),
             self._status_keys[job.status],
             self._status_prefix,
             job.status.name,
@@ -320,7 +291,7 @@ class RedisJobStore(BaseJobStore[str]):
             self._workflow_key(job.workflow_name),
         ]
         keys += [self._tag_key(key, value) for key, value in sorted(job.tags.items())]
-        return [_score(job.submitted_at), *keys]
+        return [score_of(job.submitted_at), *keys]
 
     def _driving_key(self, query: JobQuery) -> bytes:
         # The narrowest set the index has for the query; the other filters are checked on the
@@ -338,10 +309,10 @@ class RedisJobStore(BaseJobStore[str]):
         self, query: JobQuery, after: Position | None, count: int
     ) -> list[tuple[Position, Job | None]]:
         key = self._driving_key(query)
-        top: Any = "+inf" if query.until is None else _score(query.until)
+        top: Any = "+inf" if query.until is None else score_of(query.until)
         if after is not None:
-            top = _score(after.at) if top == "+inf" else min(top, _score(after.at))
-        bottom: Any = "-inf" if query.since is None else _score(query.since)
+            top = score_of(after.at) if top == "+inf" else min(top, score_of(after.at))
+        bottom: Any = "-inf" if query.since is None else score_of(query.since)
         entries: list[Position] = []
         offset = 0
         while len(entries) < count:
@@ -351,7 +322,7 @@ class RedisJobStore(BaseJobStore[str]):
             )
             offset += len(found)
             for member, score in found:
-                position = Position(_at(score), _text(member))
+                position = Position(time_of(score), text_of(member))
                 if after is None or position.before(after):
                     entries.append(position)
             if len(found) < count:
@@ -374,9 +345,20 @@ class RedisJobStore(BaseJobStore[str]):
     # Paused workflows.
 
     def paused_workflows(self) -> set[str]:
-        return {_text(name) for name in self.client.smembers(self.paused_key)}
+        return {text_of(name) for name in self.client.smembers(self.paused_key)}
 
     def set_paused(self, workflow_name: str, paused: bool) -> bool:
         if paused:
             return bool(self.client.sadd(self.paused_key, workflow_name))
         return bool(self.client.srem(self.paused_key, workflow_name))
+
+    # Concurrency slots.
+
+    def _read_slots(self, name: str) -> bytes | None:
+        raw: bytes | None = self.client.get(self.slots_prefix + name.encode())
+        return raw
+
+    def _swap_slots(self, name: str, expected: str | bytes | None, new: str | None) -> bool:
+        keys = [self.slots_prefix + name.encode()]
+        reply = self._swap_slots_script(keys=keys, args=[expected or "", new or ""])
+        return bool(reply)

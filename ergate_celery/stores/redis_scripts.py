@@ -83,3 +83,34 @@ if score and tonumber(score) == tonumber(ARGV[2]) then
 end
 return 0
 """
+
+# A concurrency slots document changed only if it is still the one read ('' for none, and
+# to remove it): the rules of what to write are computed in Python, the compare here.
+SWAP_SLOTS = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+# Create, parked when the workflow is paused (KEYS[4], the paused set, holds ARGV[1]): the
+# paused variant of the record is ARGV[2]; the rest are CREATE's arguments. Replies 0 when
+# the id is taken, 1 when stored as given, 2 when stored parked.
+CREATE_UNLESS_PAUSED = (
+    LUA_HELPERS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local stored = 1
+local record = ARGV[3]
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then
+  stored = 2
+  record = ARGV[2]
+end
+put(KEYS[1], record, ARGV[4])
+index(KEYS[2], KEYS[3], ARGV[5], ARGV[6], ARGV[7])
+if ARGV[8] ~= '' then
+  for i = 9, #ARGV do redis.call('ZADD', ARGV[i], ARGV[8], ARGV[5]) end
+end
+return stored
+"""
+)

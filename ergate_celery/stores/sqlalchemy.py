@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -23,9 +24,12 @@ from ergate_celery.stores.base import (
 )
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_postgres import PostgresStatements
+from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
 from ergate_celery.stores.sql_statements import Statements, engine_for, reading
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
 from ergate_celery.stores.task_rows import date_done, row_columns
+
+_ENGINE_LOCK = threading.Lock()
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, bytes]
@@ -87,6 +91,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         super().__init__(backend, max_bytes, expires_by_status)
         self.table: sa.Table = backend.task_cls.__table__
         self.index, self.listing, self.tags, self.paused = job_tables(self.table.schema)
+        self.slots_table = slots_table(self.index.metadata)
         self.sql = Statements(self.table, self.index, self.listing, backend.url)
         #: The step summary goes in the job's transaction where the database has upserts.
         self.writes_task_result = self.sql.writes_summaries
@@ -106,14 +111,22 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def engine(self) -> sa.Engine:
         # One pooled engine per process: a pool must not cross a fork into prefork children.
         if self._engine is None or self._engine_pid != os.getpid():
-            engine = engine_for(self.backend)
-            if str(self.backend.url).startswith("sqlite"):
-                share_between_processes(engine)
-            self.table.metadata.create_all(engine, tables=[self.table])
-            self.index.metadata.create_all(engine)  # every table of `job_tables`
-            self._engine, self._engine_pid = engine, os.getpid()
-            self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+            # Threads racing on a process's first use would each create the tables, and
+            # PostgreSQL refuses the second CREATE of a type being made.
+            with _ENGINE_LOCK:
+                if self._engine is None or self._engine_pid != os.getpid():
+                    self._make_engine()
+        assert self._engine is not None
         return self._engine
+
+    def _make_engine(self) -> None:
+        engine = engine_for(self.backend)
+        if str(self.backend.url).startswith("sqlite"):
+            share_between_processes(engine)
+        self.table.metadata.create_all(engine, tables=[self.table])
+        self.index.metadata.create_all(engine)  # every table of `job_tables`
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._engine, self._engine_pid = engine, os.getpid()
 
     @property
     def autocommit(self) -> sa.Engine:
@@ -367,3 +380,11 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             except IntegrityError:
                 return False
             return True
+
+    # Concurrency slots.
+
+    def _read_slots(self, name: str) -> str | None:
+        return read_slots(self.autocommit, self.slots_table, name)
+
+    def _swap_slots(self, name: str, expected: str | bytes | None, new: str | None) -> bool:
+        return swap_slots(self.autocommit, self.slots_table, name, expected, new)

@@ -135,6 +135,7 @@ class WorkflowTester:
         priority: int | None = None,
         deadline: datetime | None = None,
         tags: dict[str, str] | None = None,
+        if_exists: str = "raise",
     ) -> Job:
         """Submit a job as `submit_job` does, with its checks, at the virtual time; returns
         the job as stored. Its first step runs at the next `run()` (or when it is due)."""
@@ -150,7 +151,7 @@ class WorkflowTester:
             tags=tags,
         )
         # Published at once, also inside a Django transaction (a test's, say), as `signal`.
-        return submit(self.runtime, job, publish_on_commit=False)
+        return submit(self.runtime, job, publish_on_commit=False, if_exists=if_exists)
 
     def run(self) -> int:
         """Run every step due now, and the steps they lead to, until each job is final or
@@ -224,13 +225,20 @@ class WorkflowTester:
         limit: int = 100,
         cursor: str | None = None,
         parent: str | None = None,
+        concurrency_key: str | None = None,
     ) -> JobPage:
         """Jobs newest first, filtered as `ErgateCelery.list_jobs` filters them (`parent=`:
         that job's fan-out children, in input order)."""
         if workflow is not None:
             self._workflow(workflow)
         query = job_query(
-            status=status, workflow=workflow, since=since, until=until, tags=tags, limit=limit
+            status=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            tags=tags,
+            limit=limit,
+            concurrency_key=concurrency_key,
         )
         if parent is not None:
             return list_children(self.runtime, parent, query, limit, cursor)

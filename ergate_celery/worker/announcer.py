@@ -33,6 +33,8 @@ EVENT_TYPES: dict[Signal, str] = {
     signals.job_cancelled: "ergate-job-cancelled",
     signals.job_waiting: "ergate-job-waiting",
     signals.job_signalled: "ergate-job-signalled",
+    signals.job_parked: "ergate-job-parked",
+    signals.job_unparked: "ergate-job-unparked",
 }
 _FINAL_SIGNALS = {
     JobStatus.COMPLETED: signals.job_completed,
@@ -57,6 +59,11 @@ def signals_for(before: Job | None, after: Job) -> list[Signal]:
     waits = after.status is JobStatus.SCHEDULED and after.wait is not None
     if waits and (before is None or before.wait != after.wait):
         sent.append(signals.job_waiting)
+    was_parked = before is not None and before.parked
+    if after.parked and not was_parked:
+        sent.append(signals.job_parked)
+    if was_parked and not after.parked and after.status is JobStatus.QUEUED:
+        sent.append(signals.job_unparked)
     if after.is_final and (before is None or not before.is_final):
         sent.append(_FINAL_SIGNALS[after.status])
     return sent

@@ -26,6 +26,7 @@ from ergate_celery.stores import JobStore
 from ergate_celery.stores.base import TaskResult, Updated, utc_now
 from ergate_celery.worker import fan_out
 from ergate_celery.worker.announcer import Announcer
+from ergate_celery.worker.concurrency import free_slot
 from ergate_celery.worker.pausing import PausedWorkflows
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class Runtime:
             ended = after.is_final and (before is None or not before.is_final)
             if ended and after.parent_id is not None:
                 fan_out.child_ended(self, after, sender)
+            if ended and after.concurrency_key is not None:
+                free_slot(self, after)
         return Updated(before, after)
 
     def retrying(self, what: str, action: Callable[[], T]) -> T:

@@ -33,6 +33,7 @@ from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
+from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -134,6 +135,9 @@ def _claim(
     if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
         park(rt, step, message)
         return None
+    slotted = needs_slot(step, message)
+    if slotted and not admitted(rt, step, message):
+        return None
     now = rt.clock()
     token = uuid.uuid4().hex
     claim = Claim(
@@ -165,6 +169,8 @@ def _claim(
     if before is not None and before.is_final and _redelivered(task):
         # Its worker may have died between the child's last write and counting it.
         fan_out.child_ended(rt, before, step.task_name)
+    if slotted and before is not None and before.is_final:
+        free_slot(rt, before)  # a late copy of a message took a slot for an ended job
     return None
 
 

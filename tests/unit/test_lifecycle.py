@@ -19,15 +19,18 @@ from ergate_celery.lifecycle.events import (
     HandOver,
     MessageRejected,
     Park,
+    ParkedChecked,
     ProgressReported,
     PublishFailed,
     Recover,
     Release,
     RetryRequested,
     Signalled,
+    SlotGranted,
     TimeLimit,
     TurnCame,
     Unpark,
+    WaitForSlot,
     Yield,
 )
 from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
@@ -214,7 +217,20 @@ def scenario(row: Row) -> tuple[Job, Event]:
                 stored = stored.model_copy(update={"parked": True})
             return stored, Park("b", 1)
         case "Unpark":
+            if when.startswith("not parked"):
+                stored = stored.model_copy(update={"parked": True, "waiting_for_slot": True})
             return stored.model_copy(update={"parked": when == "parked"}), Unpark()
+        case "WaitForSlot":
+            if when.startswith("already parked"):
+                stored = stored.model_copy(update={"parked": True})
+            return stored, WaitForSlot("b", 1)
+        case "SlotGranted":
+            waits = when == "waiting for a slot"
+            return stored.model_copy(update={"parked": waits, "waiting_for_slot": waits}), (
+                SlotGranted()
+            )
+        case "ParkedChecked":
+            return stored.model_copy(update={"parked": when != "not parked"}), ParkedChecked()
     raise AssertionError(row)
 
 

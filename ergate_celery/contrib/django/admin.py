@@ -27,6 +27,7 @@ from ergate_celery.contrib.django.models import ErgateJob, JobTag
 from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
+from ergate_celery.operations.flow import describe_wait, waiting_for
 from ergate_celery.scheduling.overdue import overdue_note
 from ergate_celery.stores.base import job_from_document
 
@@ -210,6 +211,8 @@ class ErgateJobAdmin(admin.ModelAdmin):
         if row is not None:
             try:
                 job = job_from_document(row.document())
+                wait = waiting_for(ErgateCelery.of().runtime.store, job) if job.parked else None
+                context["shown"] = display(job, parked=describe_wait(wait))
             except ValidationError:
                 context["unreadable"] = True
             else:

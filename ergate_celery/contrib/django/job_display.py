@@ -71,6 +71,8 @@ class JobDisplay:
     timeline: list[TimelineBar]
     retryable: bool
     cancellable: bool
+    parked: str | None = None
+    """Why a parked job waits (its workflow is paused, or its concurrency key is full)."""
 
     @property
     def input_json(self) -> str:
@@ -83,8 +85,9 @@ class JobDisplay:
         return json.dumps(self.job.last_return_value, indent=2, ensure_ascii=False, default=str)
 
 
-def display(job: Job, now: datetime | None = None) -> JobDisplay:
-    """The page of `job` as of `now` (default: the current time)."""
+def display(job: Job, now: datetime | None = None, parked: str | None = None) -> JobDisplay:
+    """The page of `job` as of `now` (default: the current time); `parked` says why it waits
+    parked (`operations.flow.describe_wait`)."""
     return JobDisplay(
         job=job,
         status=job.status.name,
@@ -96,6 +99,7 @@ def display(job: Job, now: datetime | None = None) -> JobDisplay:
         timeline=timeline(job, now or datetime.now(UTC)),
         retryable=job.status in RETRYABLE_STATUSES,
         cancellable=job.status in CANCELLABLE_STATUSES,
+        parked=parked,
     )
 
 

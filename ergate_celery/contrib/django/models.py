@@ -72,6 +72,21 @@ class PausedWorkflow(models.Model):
         return str(self.workflow)
 
 
+class ConcurrencySlots(models.Model):
+    """Which jobs of a workflow's concurrency key are in progress, and which wait (one small
+    JSON document, changed by compare-and-set)."""
+
+    name = models.CharField(max_length=500, primary_key=True)
+    document = models.TextField()
+
+    class Meta:
+        verbose_name = "concurrency slots"
+        verbose_name_plural = "concurrency slots"
+
+    def __str__(self) -> str:
+        return str(self.name)
+
+
 class ErgateJob(TaskResult):
     """A job record, seen through django-celery-results' TaskResult row (a proxy)."""
 

@@ -35,6 +35,7 @@ from ergate_celery.model.graph import edges, mermaid
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow import Workflow
+from ergate_celery.operations.flow import describe_wait, waiting_for
 from ergate_celery.operations.listing import parse_moment
 from ergate_celery.scheduling.overdue import overdue_note
 from ergate_celery.stores.listing import JobPage
@@ -152,8 +153,9 @@ def _show_job(request: HttpRequest, ergate: ErgateCelery, job: Job) -> HttpRespo
     if job.fan_out is not None:
         page = ergate.list_jobs(parent=str(job.id), limit=_CHILDREN_SHOWN)
         children = {"jobs": page.jobs, "more": page.next_cursor is not None}
+    parked = describe_wait(waiting_for(ergate.runtime.store, job))
     context = {
-        "shown": display(job),
+        "shown": display(job, parked=parked),
         "console": True,
         "overdue": overdue_note(job, ergate.settings),
         "action_url": reverse("ergate_celery:job_detail", args=[str(job.id)]),
@@ -222,7 +224,10 @@ def _show_workflow(request: HttpRequest, ergate: ErgateCelery, workflow: Workflo
 
 def _pause(ergate: ErgateCelery, name: str) -> str:
     ergate.pause_workflow(name)
-    return f"{name} paused: none of its steps starts now."
+    return (
+        f"{name} paused: jobs submitted from now on wait until resumed; steps already queued "
+        f"stop within {ergate.settings.pause_refresh:g} s; running steps finish."
+    )
 
 
 def _resume(ergate: ErgateCelery, name: str) -> str:
