@@ -18,7 +18,7 @@ from ergate_celery.model.job import Job
 from ergate_celery.worker.concurrency import check_slots
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 
 def look_at_parked(

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ergate_celery.model.workflow_step import WorkflowStep
     from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: The `sender` of the announcements of a job started because a slot was freed.
 SLOT_SENDER = "ergate.concurrency"

@@ -209,12 +209,13 @@ def test_a_fan_out_cut_short_makes_the_rest_when_run_again_never_a_second_child(
     create = store.create
     made: list[str] = []
 
-    def dies_at_the_thirtieth(job: Any) -> None:
+    def dies_at_the_thirtieth(job: Any, **options: Any) -> Any:
         if len(made) == 30:
             made.append("died")
             raise SystemError("the worker died")
-        create(job)
+        stored = create(job, **options)
         made.append(str(job.id))
+        return stored
 
     monkeypatch.setattr(store, "create", dies_at_the_thirtieth)
     job = t.submit("fo_cut", initial_input_value=40)
