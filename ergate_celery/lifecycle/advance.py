@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from ergate_celery.exceptions import (
     AbortJob,
     GoToEnd,
     GoToStep,
+    RedactedValidationError,
     ReverseGoToError,
     Sleep,
     UnknownStepError,
@@ -108,6 +111,9 @@ def run_step(
     except (Sleep, WaitForSignal) as exc:
         now = clock() if clock is not None else datetime.now(UTC)
         return Waited(exc.retval, waiting.wait_for(exc, step.name, now))
+    except ValidationError as exc:
+        # Its text shows the values that did not fit; the job, the logs and Flower must not.
+        return Raised(RedactedValidationError.of(exc))
     except Exception as exc:
         return Raised(exc)
     if not returned:

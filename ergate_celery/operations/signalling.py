@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from ergate_celery.exceptions import InvalidInputError, JobStateError, check_signal_name
 from ergate_celery.lifecycle.events import Signalled
+from ergate_celery.lifecycle.transitions import queued_by
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
-from ergate_celery.operations.reading import check_id, job_not_found, reading
-from ergate_celery.transactions import in_django_transaction, on_commit
+from ergate_celery.operations.queueing import queue_step, queued
+from ergate_celery.operations.reading import check_id, job_not_found
 from ergate_celery.worker.runtime import Runtime
 
 #: The `sender` of the announcements of `signal_job`.
@@ -46,25 +48,36 @@ def signal_job(
     """Store signal `name` with `payload` on the job and release it if it waits for it;
     returns the job as stored. Bad input, an unknown job or a finished one change nothing.
 
-    Inside a Django transaction the released job's step is published when it commits, unless
-    not `publish_on_commit` (a store outside the transaction, as a test's memory store)."""
+    A repeat of a signal that released the job, while no step has claimed it since,
+    publishes its step again (what a first call killed before its publish left undone).
+    Inside a Django transaction the signal is written and the job released when it commits
+    (see `queueing`), unless not `publish_on_commit` (a store outside it, as a tester's)."""
     check_id(job_id)
     check_signal_name(name)
     check_payload(payload, rt.settings.max_payload_bytes)
-    with reading(job_id):
-        before, after = rt.apply(job_id, Signalled(name, payload), sender=SIGNAL_SENDER)
+    signal = Signalled(name, payload, uuid.uuid4().hex)
+    return queue_step(
+        rt,
+        job_id,
+        signal,
+        SIGNAL_SENDER,
+        lambda before, after: _signalled(job_id, name, before, after),
+        publish_on_commit=publish_on_commit,
+    )
+
+
+def _signalled(
+    job_id: str, name: str, before: Job | None, after: Job | None
+) -> tuple[Job, Job | None]:
     if before is None:
         raise job_not_found(job_id)
-    if after is None:
-        if before.is_final:
-            raise JobStateError(
-                f"Job {job_id!r} is already {before.status.name}: signal {name!r} can only "
-                "reach a job that has not finished"
-            )
-        return before  # already received: the first payload stays
-    if after.status is JobStatus.QUEUED and before.status is JobStatus.SCHEDULED:
-        if publish_on_commit and in_django_transaction():
-            on_commit(lambda: rt.publish_current_step(after, SIGNAL_SENDER))
-        else:
-            rt.publish_current_step(after, SIGNAL_SENDER)
-    return after
+    if after is not None:
+        released = before.status is JobStatus.SCHEDULED
+        return after, queued(after) if released else None
+    if before.is_final:
+        raise JobStateError(
+            f"Job {job_id!r} is already {before.status.name}: signal {name!r} can only "
+            "reach a job that has not finished"
+        )
+    # Already received: the first payload stays; a release left unpublished is finished.
+    return before, queued(before) if queued_by(before, f"signal {name}") else None

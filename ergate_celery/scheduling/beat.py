@@ -114,13 +114,21 @@ def periodic_entry(
     user_context: Any = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """A `beat_schedule` entry that submits a new job of `workflow_name` at each firing."""
+    """A `beat_schedule` entry that submits a new job of `workflow_name` at each firing.
+
+    Its messages show logs and Flower the workflow's name, not the input and user context
+    (they may hold personal data), unless `options` say otherwise (`ergate_show_task_args`
+    gives `argsrepr=None`, Celery's own repr)."""
+    shown = {
+        "argsrepr": repr((workflow_name,)),
+        "kwargsrepr": "{initial_input_value and user_context redacted}",
+    }
     return {
         "task": SUBMIT_TASK,
         "schedule": schedule,
         "args": (workflow_name,),
         "kwargs": {"initial_input_value": initial_input_value, "user_context": user_context},
-        "options": options,
+        "options": {**shown, **options},
     }
 
 
@@ -143,16 +151,17 @@ def add_periodic_job(
         now=datetime.now(UTC),
     )
     workflow_name = workflow.unique_name
-    entry = periodic_entry(
-        workflow_name,
-        schedule,
-        initial_input_value=initial_input_value,
-        user_context=user_context,
-    )
     key = name or f"ergate: {workflow_name} every {schedule}"
 
     def add() -> None:
-        app.conf.beat_schedule[key] = entry
+        shown = ErgateSettings.from_conf(app.conf).show_task_args
+        app.conf.beat_schedule[key] = periodic_entry(
+            workflow_name,
+            schedule,
+            initial_input_value=initial_input_value,
+            user_context=user_context,
+            **({"argsrepr": None, "kwargsrepr": None} if shown else {}),
+        )
 
     when_configured(app, add)
     return key

@@ -38,11 +38,9 @@ Token = TypeVar("Token")
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A step task's own result (its summary), stored when, and only when, the job change is.
-
-    Step tasks run with `ignore_result=True`; the store writes this result instead, in the same
-    round trip as the job's change where the backend allows it (Redis), right after otherwise.
-    """
+    """A step task's own result (its summary), stored when, and only when, the job change is:
+    step tasks ignore their results; the store writes this instead, in the same round trip as
+    the job's change where the backend allows it (Redis), right after otherwise."""
 
     task_id: str
     #: The summary of the job as written.
@@ -115,6 +113,9 @@ def expiring(job: Job) -> bool:
 
 class JobStore(Protocol):
     """Reads and atomically changes job records; one implementation per result backend."""
+
+    #: Whether its writes join the caller's Django transaction (django-db's do).
+    joins_django_transaction: bool
 
     def create(self, job: Job) -> None:
         """Store a new job; `DuplicateJobError` if its id is taken (that record is untouched).
@@ -212,6 +213,7 @@ class BaseJobStore(ABC, Generic[Token]):
     #: Whether `_compare_and_set` writes the step task's result itself (in the same atomic
     #: write); otherwise it is stored right after the job's change.
     writes_task_result = False
+    joins_django_transaction = False
 
     def __init__(
         self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
@@ -278,9 +280,8 @@ class BaseJobStore(ABC, Generic[Token]):
         """See `JobStore.close`; most stores hold nothing of their own."""
 
     def expires_after(self, job: Job) -> float | None:
-        """Seconds the record of `job` is kept from now: None while it must not expire (the
-        rule of `expiring`), else its status's `ergate_expires_by_status` or
-        `result_expires`."""
+        """Seconds the record of `job` is kept from now: None while it must not expire
+        (`expiring`), else its status's `ergate_expires_by_status` or `result_expires`."""
         if not expiring(job):
             return None
         kept = self.expires_by_status.get(job.status.name)

@@ -51,6 +51,8 @@ def _from_db(moment: datetime) -> datetime:
 class DjangoJobStore(BaseJobStore[Columns]):
     """One `TaskResult` row per job, so the Django admin lists jobs with their status."""
 
+    joins_django_transaction = True
+
     def __init__(
         self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
     ) -> None:

@@ -28,7 +28,7 @@ from ergate_celery.lifecycle.events import (
     Yield,
 )
 from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
-from ergate_celery.lifecycle.transitions import transition
+from ergate_celery.lifecycle.transitions import already_written, queued_by, transition
 from ergate_celery.model.job import Job, JobError, Wait
 from ergate_celery.model.job_status import JobStatus
 
@@ -323,6 +323,39 @@ def test_a_reject_that_names_an_old_point_leaves_the_job() -> None:
     error = JobError(type="MalformedMessage", message="bad")
     assert transition(_stored(S.QUEUED), MessageRejected(error, steps_completed=0), NOW) is None
     assert transition(_stored(S.QUEUED), MessageRejected(error, steps_completed=1), NOW) is not None
+
+
+def test_a_reject_fails_only_the_job_at_the_step_its_message_was_for() -> None:
+    error = JobError(type="MalformedMessage", message="bad")
+    queued = _stored(S.QUEUED)
+    assert transition(queued, MessageRejected(error, None, "ergate.wf.b"), NOW) is not None
+    # Another workflow's step, or another step of its own workflow: not its message.
+    assert transition(queued, MessageRejected(error, None, "ergate.other.b"), NOW) is None
+    assert transition(queued, MessageRejected(error, None, "ergate.wf.a"), NOW) is None
+    # A live claim holds the job: the step runs, whatever a bad copy says.
+    running = _stored(S.RUNNING)
+    assert transition(running, MessageRejected(error, 1, "ergate.wf.b"), NOW) is None
+    lapsed = running.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
+    assert transition(lapsed, MessageRejected(error, 1, "ergate.wf.b"), NOW) is not None
+
+
+def test_the_operation_that_queued_a_job_is_marked_until_a_step_claims_it() -> None:
+    retried = transition(_stored(S.FAILED), RetryRequested("t1"), NOW)
+    assert retried is not None
+    assert retried.queued_by == "retry t1"
+    assert queued_by(retried, "retry")
+    assert already_written(retried, RetryRequested("t1"))
+    assert not already_written(retried, RetryRequested("t2"))
+    waiting = _stored(S.SCHEDULED, wait=Wait(step="a", since=NOW, signal="ok"))
+    released = transition(waiting, Signalled("ok", None, "t3"), NOW)
+    assert released is not None
+    assert queued_by(released, "signal ok") and not queued_by(released, "signal other")
+    due = transition(_stored(S.SCHEDULED), Release(frozenset(), "t4"), NOW)
+    assert due is not None
+    assert due.queued_by == "release t4"
+    claimed = transition(retried, _claim(), NOW)
+    assert claimed is not None
+    assert claimed.queued_by is None
 
 
 def test_not_an_event_is_a_type_error() -> None:
