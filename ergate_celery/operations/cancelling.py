@@ -14,8 +14,7 @@ CANCEL_SENDER = "ergate.cancel_job"
 
 def cancel_job(rt: Runtime, job_id: str) -> Job:
     """Cancel a job; returns it as it is now, from the one read of the change."""
-    with reading(job_id):
-        before, after = rt.apply(job_id, Cancel(), sender=CANCEL_SENDER)
+    before, after = reading(job_id, lambda: rt.apply(job_id, Cancel(), sender=CANCEL_SENDER))
     if after is not None:
         return after
     if before is None:

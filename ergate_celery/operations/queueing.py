@@ -57,8 +57,7 @@ def queue_step(
                 lambda: _logged(f"Publishing {sender}", job_id, lambda: publish(rt, queued, sender))
             )
         return job
-    with reading(job_id):
-        stored = rt.store.get(job_id)
+    stored = reading(job_id, lambda: rt.store.get(job_id))
     job, _ = outcome(stored, None if stored is None else transition(stored, event, rt.clock()))
 
     def write_and_publish() -> None:
@@ -91,8 +90,7 @@ def publish(rt: Runtime, job: Job, sender: str) -> None:
 def _write(
     rt: Runtime, job_id: str, event: Event, sender: str, outcome: Outcome
 ) -> tuple[Job, Job | None]:
-    with reading(job_id):
-        before, after = rt.apply(job_id, event, sender=sender)
+    before, after = reading(job_id, lambda: rt.apply(job_id, event, sender=sender))
     return outcome(before, after)
 
 

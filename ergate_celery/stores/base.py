@@ -89,10 +89,8 @@ def index_entry(
     ones unless `pending`. An active job is indexed at `now` (default: the current time).
 
     A store whose records live inside the Django transaction (django-db) indexes PENDING jobs
-    as active: a PENDING record it can read was committed, so the sweep hands it over if its
-    commit hook never ran. Elsewhere a PENDING record may belong to a rolled-back transaction,
-    and is left to expire.
-    """
+    as active (one it can read was committed: the sweep hands it over if its commit hook never
+    ran); elsewhere one may belong to a rolled-back transaction, and is left to expire."""
     if job.status is JobStatus.SCHEDULED:
         return IndexEntry(SCHEDULED, str(job.id), due_at(job))
     if job.is_final or job.parked or (job.status is JobStatus.PENDING and not pending):
@@ -101,13 +99,10 @@ def index_entry(
 
 
 def expiring(job: Job) -> bool:
-    """Whether the record follows `result_expires`: the same rule on every backend.
-
-    A final job expires; so does a PENDING one, which was never handed over (its submission
-    was rolled back, or its process died before publishing). Every other status waits for
-    something to move it, so it never expires: Celery would expire any result, and its
-    `backend_cleanup` deletes old rows whatever their status.
-    """
+    """Whether the record follows `result_expires` (one rule on every backend): a final job,
+    or a PENDING one never handed over (rolled back, or its process died before publishing).
+    Any other waits for something to move it, so it never expires: Celery would expire any
+    result, and its `backend_cleanup` deletes old rows whatever their status."""
     return job.is_final or job.status is JobStatus.PENDING
 
 
@@ -279,6 +274,11 @@ class BaseJobStore(ABC, Generic[Token]):
     def close(self) -> None:
         """See `JobStore.close`; most stores hold nothing of their own."""
 
+    def _drop_leftovers(self, job_id: str) -> bool:
+        """If no record holds `job_id`, remove what an expired one left (listing, tags, index
+        rows a backend's own cleanup does not know); whether the id is free."""
+        return False
+
     def expires_after(self, job: Job) -> float | None:
         """Seconds the record of `job` is kept from now: None while it must not expire
         (`expiring`), else its status's `ergate_expires_by_status` or `result_expires`."""
@@ -294,8 +294,8 @@ class BaseJobStore(ABC, Generic[Token]):
     # The logic on top of them.
 
     def create(self, job: Job) -> None:
-        """See `JobStore.create`."""
-        if not self._insert(job):
+        """See `JobStore.create`; what an expired record left behind does not hold its id."""
+        if not self._insert(job) and not (self._drop_leftovers(str(job.id)) and self._insert(job)):
             raise DuplicateJobError(
                 f"A job with id {job.id!r} already exists; submit without id= to get a new one"
             )

@@ -244,6 +244,15 @@ class DjangoJobStore(BaseJobStore[Columns]):
         except IntegrityError:  # as the ORM path: a listing row left behind by the id
             return False
 
+    def _drop_leftovers(self, job_id: str) -> bool:
+        # django-celery-results' cleanup deletes expired TaskResult rows only.
+        with transaction.atomic():
+            if self.model.objects.filter(task_id=job_id).exists():
+                return False
+            self.index.objects.filter(job_id=job_id).delete()
+            _unlist([job_id])
+        return True
+
     def delete(self, job_id: str) -> None:
         with transaction.atomic():
             self.model.objects.filter(task_id=job_id).delete()
