@@ -1,6 +1,8 @@
 """Operations on stored jobs, one module each: `submission` (`submit_job`'s checks, then
 storing and publishing), `reading` (`get_job`, `wait_for_job`), `cancelling`, `listing`,
-`retrying`, `pausing` (pause and resume) and `signalling`. The binding's methods delegate here.
+`retrying`, `pausing` (pause and resume) and `signalling`; `queueing` holds what retry and
+signal share (write, then publish: repeatable, and on commit inside a Django transaction). The
+binding's methods delegate here.
 
 May import: `model`, `lifecycle`, `worker` (a `Runtime` is handed in), `stores`, `exceptions`,
 `transactions` and modules of this folder. Never `binding`, `scheduling` or `cli`.

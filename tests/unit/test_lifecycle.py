@@ -349,7 +349,8 @@ def test_the_operation_that_queued_a_job_is_marked_until_a_step_claims_it() -> N
     waiting = _stored(S.SCHEDULED, wait=Wait(step="a", since=NOW, signal="ok"))
     released = transition(waiting, Signalled("ok", None, "t3"), NOW)
     assert released is not None
-    assert queued_by(released, "signal ok") and not queued_by(released, "signal other")
+    assert queued_by(released, "signal ok")
+    assert not queued_by(released, "signal other")
     due = transition(_stored(S.SCHEDULED), Release(frozenset(), "t4"), NOW)
     assert due is not None
     assert due.queued_by == "release t4"
