@@ -1,6 +1,6 @@
 """Operations that write a job's change, then publish its step — retry, signal, beat's release —
-on real workers: a reply lost between the two leaves nothing stuck (asked again, the operation
-publishes what was left; the release does it in the same run), and inside a Django transaction
+on real workers: a reply lost between the two is recognised in the same call, a caller killed
+between the two is finished by asking again, and inside a Django transaction
 the change and its message wait for the commit, on every store, so a worker reads the
 committed job and a rolled-back view changes nothing."""
 
@@ -15,6 +15,10 @@ import pytest
 from celery.result import AsyncResult
 
 from ergate_celery import JobStatus, WaitForSignal, Workflow
+from ergate_celery.lifecycle.events import RetryRequested, Signalled
+from ergate_celery.operations import queueing
+from ergate_celery.operations.retrying import retry_job
+from ergate_celery.operations.signalling import signal_job
 from ergate_celery.scheduling.release import release_due_jobs
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
@@ -69,35 +73,46 @@ def _waiting(setup: Setup) -> str:
     return job_id
 
 
-def test_a_retry_asked_again_after_a_lost_reply_runs_the_job(setup: Setup) -> None:
-    from ergate_celery.operations.retrying import retry_job
+@pytest.fixture
+def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A repeat waits 0.5 s, not 5, for a first caller that may still be alive."""
+    monkeypatch.setattr(queueing, "FIRST_CALLER_GRACE", 0.5)
 
-    broken = {"o-1"}
+
+def test_a_retry_whose_reply_was_lost_or_whose_caller_died_runs_the_job(
+    setup: Setup, short_grace: None
+) -> None:
+    broken = {"lost", "killed"}
     _workflows(setup, broken)
     with in_process_worker(setup.app):
-        job_id = str(setup.ergate.submit_job("orders", initial_input_value={"id": "o-1"}).id)
-        assert setup.ergate.wait_for_job(job_id, timeout=WAIT).status is JobStatus.FAILED
+        lost, killed = (
+            str(setup.ergate.submit_job("orders", initial_input_value={"id": i}).id)
+            for i in ("lost", "killed")
+        )
+        for job_id in (lost, killed):
+            assert setup.ergate.wait_for_job(job_id, timeout=WAIT).status is JobStatus.FAILED
         broken.clear()
-        with pytest.raises(ConnectionError):
-            retry_job(_losing_first_reply(setup), job_id)  # written; the caller never knew
-        assert setup.ergate.retry_job(job_id).status is JobStatus.QUEUED
-        done = setup.ergate.wait_for_job(job_id, timeout=STUCK)
-    assert done.status is JobStatus.COMPLETED
-    assert done.retries == 1
+        # The reply of the write is lost: the same call recognises its write and publishes.
+        assert retry_job(_losing_first_reply(setup), lost).status is JobStatus.QUEUED
+        # A caller killed between its write and its publish; asked again, the retry finishes.
+        setup.ergate.runtime.apply(killed, RetryRequested("killed"), sender="killed caller")
+        assert setup.ergate.retry_job(killed).status is JobStatus.QUEUED
+        done = [setup.ergate.wait_for_job(job_id, timeout=STUCK) for job_id in (lost, killed)]
+    assert [(job.status, job.retries) for job in done] == [(JobStatus.COMPLETED, 1)] * 2
 
 
-def test_a_signal_asked_again_after_a_lost_reply_runs_the_job(setup: Setup) -> None:
-    from ergate_celery.operations.signalling import signal_job
-
+def test_a_signal_whose_reply_was_lost_or_whose_caller_died_runs_the_job(
+    setup: Setup, short_grace: None
+) -> None:
     _workflows(setup, set())
     with in_process_worker(setup.app):
-        job_id = _waiting(setup)
-        with pytest.raises(ConnectionError):
-            signal_job(_losing_first_reply(setup), job_id, "approved", {"by": "ana"})
-        setup.ergate.signal_job(job_id, "approved", {"by": "ana"})
-        done = setup.ergate.wait_for_job(job_id, timeout=STUCK)
-    assert done.status is JobStatus.COMPLETED
-    assert done.last_return_value == {"id": "w", "shipped": True}
+        lost, killed = _waiting(setup), _waiting(setup)
+        signal_job(_losing_first_reply(setup), lost, "approved", {"by": "ana"})
+        setup.ergate.runtime.apply(killed, Signalled("approved", {"by": "ana"}, "k"), sender="k")
+        setup.ergate.signal_job(killed, "approved", {"by": "ana"})
+        done = [setup.ergate.wait_for_job(job_id, timeout=STUCK) for job_id in (lost, killed)]
+    assert [job.status for job in done] == [JobStatus.COMPLETED] * 2
+    assert done[0].last_return_value == {"id": "w", "shipped": True}
 
 
 def test_a_release_whose_reply_was_lost_runs_the_job(setup: Setup) -> None:

@@ -152,6 +152,14 @@ class RetryRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class Published:
+    """The operation that left `mark` in the job's `queued_by` has published its step: a
+    repeat of it has nothing left to finish."""
+
+    mark: str
+
+
+@dataclass(frozen=True, slots=True)
 class Park:
     """A step message arrived while its workflow is paused: the job waits, QUEUED, with no
     message in the broker, until `resume_workflow` publishes it again."""
@@ -179,6 +187,7 @@ Event = (
     | MessageRejected
     | Signalled
     | RetryRequested
+    | Published
     | Park
     | Unpark
 )

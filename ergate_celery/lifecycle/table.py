@@ -89,6 +89,8 @@ ABORTED     RetryRequested    QUEUED      back to the step it stopped at
 CANCELLED   RetryRequested    QUEUED      back to the step it stopped at
 CANCELLED   RetryRequested    SCHEDULED   cancelled before its start time
 FAILED      RetryRequested    SCHEDULED   a signal wait timed out: it waits again
+QUEUED      Published         QUEUED      the operation that queued it published its step
+QUEUED      Published         -           queued by another, or claimed since
 QUEUED      Park              QUEUED      the message's step, its workflow paused
 QUEUED      Park              -           already parked, or a stale message
 QUEUED      Unpark            QUEUED      parked
@@ -121,7 +123,8 @@ def mermaid() -> str:
     """The state diagram of `LIFECYCLE` in Mermaid, as the README shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
-        quiet = ("ProgressReported", "Yield", "Signalled")  # the status stays: not an edge
+        # The status stays: not an edge.
+        quiet = ("ProgressReported", "Yield", "Signalled", "Published")
         if row.to is None or (row.to is row.status and row.event in quiet):
             continue
         edges.setdefault((row.status, row.to), [])

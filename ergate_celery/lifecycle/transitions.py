@@ -76,6 +76,10 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             return received.model_copy(update={"queued_by": event.mark})
         case events.RetryRequested():
             return _retry(stored, event, now)
+        case events.Published(mark=mark):
+            return (
+                stored.model_copy(update={"queued_by": None}) if stored.queued_by == mark else None
+            )
         case events.Park(step_name=step_name, steps_completed=steps_completed):
             queued = status is S.QUEUED and not stored.parked
             if not queued or stored.steps_completed != steps_completed:
@@ -170,7 +174,8 @@ def _retry(stored: Job, retry: events.RetryRequested, now: datetime) -> Job | No
             "lease_until": None,
             "lost_runs": 0,
             "parked": False,
-            "queued_by": retry.mark,
+            # Only a retry that queues the job has a publish to finish.
+            "queued_by": retry.mark if status is S.QUEUED else None,
         }
     )
 

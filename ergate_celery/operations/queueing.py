@@ -6,22 +6,28 @@ commit, so the worker reads the committed row; any other store commits each writ
 so the job is only read now (a wrong call still fails here) and the change is written and
 published on commit: a rolled-back view changes nothing.
 
-A caller killed, or a reply lost, between the write and the publish leaves the job QUEUED
-with the operation's mark in `queued_by`; asking the same again publishes the step again. A
-duplicate message is harmless: a step's claim runs it once.
+The write leaves the operation's mark in the job's `queued_by`, and the publish is followed
+by a write that clears it (`Published`). A reply lost to the write is recognised, in the same
+call, by the mark's token. A caller killed between the write and the publish leaves the mark:
+asking the same again waits `FIRST_CALLER_GRACE` for a first caller that may still be alive
+(a racing call), then publishes the step itself. A duplicate message would be harmless (a
+step's claim runs it once); this keeps them rare.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from datetime import datetime
 
 from ergate_celery.exceptions import ErgateError, UnknownStepError
-from ergate_celery.lifecycle.events import Event
-from ergate_celery.lifecycle.transitions import transition
+from ergate_celery.lifecycle.events import Published, Release, RetryRequested, Signalled
+from ergate_celery.lifecycle.transitions import queued_by, transition
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.operations.reading import reading
+from ergate_celery.stores.base import UNREADABLE, Updated
 from ergate_celery.transactions import in_django_transaction, on_commit
 from ergate_celery.worker.runtime import Runtime
 
@@ -31,12 +37,18 @@ logger = logging.getLogger("ergate_celery")
 #: returns, and the job whose step it publishes (None: none). It raises the operation's
 #: errors (an unknown job, a status the operation does not apply to).
 Outcome = Callable[[Job | None, Job | None], tuple[Job, Job | None]]
+#: The events whose operations mark the job they queue.
+Marking = Release | RetryRequested | Signalled
+
+#: Seconds a repeat waits for a first caller, maybe alive, to publish (its publish retries
+#: while the broker blinks) before publishing the step itself.
+FIRST_CALLER_GRACE = 5.0
 
 
 def queue_step(
     rt: Runtime,
     job_id: str,
-    event: Event,
+    event: Marking,
     sender: str,
     outcome: Outcome,
     *,
@@ -75,8 +87,8 @@ def queued(job: Job) -> Job | None:
 
 
 def publish(rt: Runtime, job: Job, sender: str) -> None:
-    """Publish the job's current step; `UnknownStepError` (the job then FAILED) when this
-    app's definition no longer has it."""
+    """Publish the job's current step, then clear the mark of the operation that queued it;
+    `UnknownStepError` (the job then FAILED) when this app's definition no longer has it."""
     failed = rt.publish_current_step(job, sender)
     if failed is not None:
         reason = failed.error.message if failed.error is not None else "it is not defined"
@@ -85,13 +97,50 @@ def publish(rt: Runtime, job: Job, sender: str) -> None:
             f"{job.workflow_name!r}: {reason}. The job is {failed.status.name} "
             "(UnknownStep); deploy the step again, then retry the job"
         )
+    if job.queued_by is not None:
+        try:
+            rt.apply(str(job.id), Published(job.queued_by), sender=sender)
+        except Exception as exc:
+            # Published all the same: a repeat would only send a harmless duplicate.
+            logger.warning("Could not note the publish of job %s (%r)", job.id, exc)
 
 
 def _write(
-    rt: Runtime, job_id: str, event: Event, sender: str, outcome: Outcome
+    rt: Runtime, job_id: str, event: Marking, sender: str, outcome: Outcome
 ) -> tuple[Job, Job | None]:
-    before, after = reading(job_id, lambda: rt.apply(job_id, event, sender=sender))
+    before, after = reading(job_id, lambda: apply_marked(rt, job_id, event, sender))
+    kind = event.mark.rsplit(" ", 1)[0]
+    if after is None and before is not None and queued_by(before, kind):
+        before = _after_first_caller(rt, job_id, before)
     return outcome(before, after)
+
+
+def apply_marked(
+    rt: Runtime, job_id: str, event: Marking, sender: str, now: datetime | None = None
+) -> Updated:
+    """`rt.apply(event)`, asked once more when it fails: the write may have gone through with
+    its reply lost, and the event's token in the record then tells its own write (see
+    `Runtime.apply`), so that the caller goes on to publish."""
+    try:
+        return rt.apply(job_id, event, sender=sender, now=now)
+    except (*UNREADABLE, ErgateError):
+        raise
+    except Exception as exc:
+        logger.warning("Writing job %s failed (%r); trying once more", job_id, exc)
+        return rt.apply(job_id, event, sender=sender, now=now)
+
+
+def _after_first_caller(rt: Runtime, job_id: str, seen: Job) -> Job | None:
+    """The job once the caller that left `seen`'s mark published (and cleared it), or as it
+    is after `FIRST_CALLER_GRACE` seconds (that caller is gone: its mark stays)."""
+    deadline = time.monotonic() + FIRST_CALLER_GRACE
+    job: Job | None = seen
+    while job is not None and job.queued_by == seen.queued_by:
+        if time.monotonic() >= deadline:
+            return job
+        time.sleep(rt.settings.wait_poll_interval)
+        job = rt.store.get(job_id)
+    return job
 
 
 def _logged(what: str, job_id: str, action: Callable[[], None]) -> None:

@@ -15,7 +15,7 @@ from ergate_celery.exceptions import InvalidInputError, JobNotFoundError, JobSta
 from ergate_celery.lifecycle.events import RetryRequested
 from ergate_celery.lifecycle.transitions import queued_by
 from ergate_celery.model.job import Job
-from ergate_celery.model.job_status import RETRYABLE_STATUSES, JobStatus
+from ergate_celery.model.job_status import RETRYABLE_STATUSES
 from ergate_celery.operations.listing import StatusFilter, every_job
 from ergate_celery.operations.queueing import queue_step, queued
 from ergate_celery.operations.reading import job_not_found
@@ -24,8 +24,6 @@ from ergate_celery.worker.runtime import Runtime
 
 #: The `sender` of the announcements of `retry_job`.
 RETRY_SENDER = "ergate.retry_job"
-#: A retried job sent back to its step, or waiting again, and not started since.
-RESENDABLE = (JobStatus.QUEUED, JobStatus.SCHEDULED)
 
 
 def retry_job(rt: Runtime, job_id: str, *, publish_on_commit: bool = True) -> Job:
@@ -33,8 +31,8 @@ def retry_job(rt: Runtime, job_id: str, *, publish_on_commit: bool = True) -> Jo
     written. `JobNotFoundError` or `JobStateError` change nothing; `UnknownStepError` when
     this app no longer has that step (the job is FAILED again).
 
-    Asked again for a job it sent back that no step has claimed since, it returns the job
-    and publishes its step again: what a first call killed before its publish left undone.
+    Asked again for a job whose first retry was written but not published (its caller was
+    killed in between), it returns the job and publishes its step (see `queueing`).
     Inside a Django transaction the write and the publish wait for the commit (see
     `queueing`), unless not `publish_on_commit` (a store outside it, as a tester's)."""
     retry = RetryRequested(uuid.uuid4().hex)
@@ -53,7 +51,7 @@ def _retried(job_id: str, before: Job | None, after: Job | None) -> tuple[Job, J
         return after, queued(after)
     if before is None:
         raise job_not_found(job_id)
-    if before.status in RESENDABLE and queued_by(before, "retry"):
+    if queued_by(before, "retry"):
         return before, queued(before)
     raise JobStateError(
         f"Job {job_id!r} is {before.status.name}; only FAILED, ABORTED or CANCELLED jobs "

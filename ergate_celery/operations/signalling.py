@@ -10,7 +10,6 @@ from ergate_celery.exceptions import InvalidInputError, JobStateError, check_sig
 from ergate_celery.lifecycle.events import Signalled
 from ergate_celery.lifecycle.transitions import queued_by
 from ergate_celery.model.job import Job
-from ergate_celery.model.job_status import JobStatus
 from ergate_celery.operations.queueing import queue_step, queued
 from ergate_celery.operations.reading import check_id, job_not_found
 from ergate_celery.worker.runtime import Runtime
@@ -48,8 +47,8 @@ def signal_job(
     """Store signal `name` with `payload` on the job and release it if it waits for it;
     returns the job as stored. Bad input, an unknown job or a finished one change nothing.
 
-    A repeat of a signal that released the job, while no step has claimed it since,
-    publishes its step again (what a first call killed before its publish left undone).
+    A repeat of a signal whose release was written but not published (its caller was killed
+    in between) publishes the job's step (see `queueing`).
     Inside a Django transaction the signal is written and the job released when it commits
     (see `queueing`), unless not `publish_on_commit` (a store outside it, as a tester's)."""
     check_id(job_id)
@@ -69,11 +68,16 @@ def signal_job(
 def _signalled(
     job_id: str, name: str, before: Job | None, after: Job | None
 ) -> tuple[Job, Job | None]:
+    if after is not None:
+        # Released by this signal: its mark is new (before is None when the write was found
+        # by its token after a lost reply).
+        mark = after.queued_by
+        released = queued_by(after, f"signal {name}") and (
+            before is None or before.queued_by != mark
+        )
+        return after, queued(after) if released else None
     if before is None:
         raise job_not_found(job_id)
-    if after is not None:
-        released = before.status is JobStatus.SCHEDULED
-        return after, queued(after) if released else None
     if before.is_final:
         raise JobStateError(
             f"Job {job_id!r} is already {before.status.name}: signal {name!r} can only "

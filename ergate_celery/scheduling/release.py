@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 from ergate_celery.lifecycle.events import Release
 from ergate_celery.model.job_status import JobStatus
-from ergate_celery.stores.base import SCHEDULED, UNREADABLE, IndexEntry, Updated
+from ergate_celery.operations.queueing import apply_marked
+from ergate_celery.stores.base import SCHEDULED, UNREADABLE, IndexEntry
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
@@ -43,7 +44,8 @@ def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | N
     """The status the job moved to, JobStatus.SCHEDULED for a dropped entry, None if kept."""
     try:
         paused = rt.paused.current() if rt.paused is not None else frozenset()
-        before, after = _apply(rt, entry.job_id, Release(paused, uuid.uuid4().hex), now)
+        release = Release(paused, uuid.uuid4().hex)
+        before, after = apply_marked(rt, entry.job_id, release, RELEASE_TASK, now)
     except UNREADABLE as exc:
         # A record that is not a job must not hold up every release after it.
         drop_entry(rt, entry, f"its record is not a job ({type(exc).__name__})")
@@ -59,19 +61,6 @@ def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | N
     if after.status is JobStatus.QUEUED and not after.parked:  # parked: its workflow is paused
         rt.publish_current_step(after, RELEASE_TASK)
     return after.status
-
-
-def _apply(rt: Runtime, job_id: str, release: Release, now: datetime) -> Updated:
-    try:
-        return rt.apply(job_id, release, sender=RELEASE_TASK, now=now)
-    except UNREADABLE:
-        raise
-    except Exception as exc:
-        # The job moved out of the scheduled index with the write: no later run would find
-        # it if that write went through with its reply lost. Ask once more; the release's
-        # token in the record tells its own write (Runtime.apply), which is then published.
-        logger.warning("Releasing job %s failed (%r); trying once more", job_id, exc)
-        return rt.apply(job_id, release, sender=RELEASE_TASK, now=now)
 
 
 def drop_entry(rt: Runtime, entry: IndexEntry, why: str) -> None:

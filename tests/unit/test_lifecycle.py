@@ -18,6 +18,7 @@ from ergate_celery.lifecycle.events import (
     MessageRejected,
     Park,
     ProgressReported,
+    Published,
     PublishFailed,
     Recover,
     Release,
@@ -159,6 +160,10 @@ def scenario(row: Row) -> tuple[Job, Event]:
                 timed_out = _APPROVAL.model_copy(update={"until": NOW - timedelta(seconds=1)})
                 stored = stored.model_copy(update={"wait": timed_out})
             return stored, RetryRequested()
+        case "Published":
+            if when.startswith("the operation"):
+                stored = stored.model_copy(update={"queued_by": "retry t1"})
+            return stored, Published("retry t1")
         case "Park":
             if when.startswith("already parked"):
                 stored = stored.model_copy(update={"parked": True})
@@ -178,7 +183,7 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 15
+    assert len(events) == 16
     assert pairs == {(status, event) for status in S for event in events}
 
 

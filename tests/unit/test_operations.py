@@ -6,6 +6,7 @@ control character is refused for that."""
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,7 +21,9 @@ from ergate_celery import (
     RedactedValidationError,
     Workflow,
 )
+from ergate_celery.lifecycle.events import Published, RetryRequested, Signalled
 from ergate_celery.model.job import Wait
+from ergate_celery.operations import queueing
 from ergate_celery.operations.retrying import retry_job
 from ergate_celery.operations.signalling import signal_job
 from ergate_celery.scheduling.release import release_due_jobs
@@ -52,51 +55,79 @@ def _failed(ergate: ErgateCelery) -> str:
     return job_id
 
 
-def test_a_retry_asked_again_after_a_lost_reply_publishes_its_step(
+@pytest.fixture
+def grace(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A short wait for a first caller (5 s in production)."""
+    monkeypatch.setattr(queueing, "FIRST_CALLER_GRACE", 0.2)
+    return 0.2
+
+
+def test_a_retry_whose_reply_was_lost_publishes_its_step_once(
     memory_ergate: ErgateCelery, recorder: Recorder
 ) -> None:
     job_id = _failed(memory_ergate)
     rt = _losing(memory_ergate, recorder, {1})
-    with pytest.raises(ConnectionError):
-        retry_job(rt, job_id)
-    assert recorder.published == []  # written, never published: QUEUED with no message
+    retried = retry_job(rt, job_id)  # written, reply lost, recognised by its token
+    assert (retried.status, retried.retries) == (JobStatus.QUEUED, 1)
+    assert [job.id for job in recorder.published] == [job_id]
+    assert memory_ergate.get_job(job_id).queued_by is None  # published: nothing left to do
+
+
+def test_a_retry_whose_caller_died_before_publishing_is_finished_by_asking_again(
+    memory_ergate: ErgateCelery, recorder: Recorder, grace: float
+) -> None:
+    job_id = _failed(memory_ergate)
+    rt = _losing(memory_ergate, recorder, set())
+    rt.apply(job_id, RetryRequested("dead"), sender="a caller killed before it published")
     again = retry_job(rt, job_id)
     assert (again.status, again.retries) == (JobStatus.QUEUED, 1)
     assert [job.id for job in recorder.published] == [job_id]
-    # Once a step claimed it, it is no longer the retry's to finish.
-    claimed = memory_ergate.store.update(
-        job_id, lambda job: job.model_copy(update={"status": JobStatus.RUNNING, "queued_by": None})
-    ).after
-    assert claimed is not None
-    with pytest.raises(JobStateError, match="RUNNING"):
-        retry_job(rt, job_id)
+    with pytest.raises(JobStateError, match="QUEUED"):
+        retry_job(rt, job_id)  # its publish is done: nothing left to finish
+    assert len(recorder.published) == 1
 
 
-def test_a_signal_asked_again_after_a_lost_reply_releases_the_job(
+def test_a_retry_racing_a_live_first_caller_is_refused(
     memory_ergate: ErgateCelery, recorder: Recorder
 ) -> None:
+    job_id = _failed(memory_ergate)
+    rt = _losing(memory_ergate, recorder, set())
+    mark = rt.apply(job_id, RetryRequested("alive"), sender="first").after
+    assert mark is not None
+    assert mark.queued_by is not None
+    # The first caller publishes a moment later, and says so.
+    first = threading.Timer(0.2, lambda: rt.apply(job_id, Published("retry alive"), sender="first"))
+    first.start()
+    with pytest.raises(JobStateError, match="QUEUED"):
+        retry_job(rt, job_id)
+    first.join()
+    assert recorder.published == []  # the first caller's publish is not recorded here
+
+
+def test_a_signal_whose_reply_was_lost_or_whose_caller_died_is_finished(
+    memory_ergate: ErgateCelery, recorder: Recorder, grace: float
+) -> None:
     memory_ergate.register_workflow(echo_workflow("approvals", "ship"))
-    job_id = str(memory_ergate.submit_job("approvals", initial_input_value=1).id)
-    memory_ergate.store.update(
-        job_id,
-        lambda job: job.model_copy(
-            update={
-                "status": JobStatus.SCHEDULED,
-                "wait": Wait(step="ask", since=datetime.now(UTC), signal="approved"),
-            }
-        ),
-    )
     rt = _losing(memory_ergate, recorder, {1})
-    with pytest.raises(ConnectionError):
-        signal_job(rt, job_id, "approved", {"by": "ana"})
-    assert recorder.published == []
-    again = signal_job(rt, job_id, "approved", {"by": "bob"})
+    lost, dead = (_waiting_for_approval(memory_ergate) for _ in range(2))
+    assert signal_job(rt, lost, "approved", {"by": "ana"}).status is JobStatus.QUEUED
+    rt.apply(dead, Signalled("approved", {"by": "ana"}, "dead"), sender="killed")
+    again = signal_job(rt, dead, "approved", {"by": "bob"})
     assert again.signals == {"approved": {"by": "ana"}}  # the first payload stays
-    assert [job.id for job in recorder.published] == [job_id]
-    # Another name already received does not publish it again.
-    signal_job(rt, job_id, "other")
-    signal_job(rt, job_id, "other")
-    assert len(recorder.published) == 1
+    assert [job.id for job in recorder.published] == [lost, dead]
+    signal_job(rt, dead, "approved")  # published since: already received, nothing to do
+    signal_job(rt, dead, "other")
+    assert len(recorder.published) == 2
+
+
+def _waiting_for_approval(ergate: ErgateCelery) -> str:
+    job_id = str(ergate.submit_job("approvals", initial_input_value=1).id)
+    wait = Wait(step="ask", since=datetime.now(UTC), signal="approved")
+    ergate.store.update(
+        job_id,
+        lambda job: job.model_copy(update={"status": JobStatus.SCHEDULED, "wait": wait}),
+    )
+    return job_id
 
 
 def test_a_release_whose_reply_was_lost_publishes_in_the_same_run(
