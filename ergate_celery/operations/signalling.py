@@ -10,6 +10,7 @@ from ergate_celery.exceptions import InvalidInputError, JobStateError, check_sig
 from ergate_celery.lifecycle.events import Signalled
 from ergate_celery.lifecycle.transitions import queued_by
 from ergate_celery.model.job import Job
+from ergate_celery.model.json_values import non_json
 from ergate_celery.operations.queueing import queue_step, queued
 from ergate_celery.operations.reading import check_id, job_not_found
 from ergate_celery.worker.runtime import Runtime
@@ -28,9 +29,11 @@ def check_payload(payload: Any, max_bytes: int) -> None:
             "booleans or None"
         ) from None
     if json.loads(encoded) != payload:
+        # Where, and of what type, never the value: payloads may hold personal data.
+        where = non_json(payload, "payload") or "payload: it changes in a JSON round trip"
         raise InvalidInputError(
             "A signal payload must survive a JSON round trip unchanged (no tuples, no "
-            f"non-string keys), got {encoded[:200]}"
+            f"non-string keys): {where}"
         )
     size = len(encoded.encode())
     if size > max_bytes:

@@ -25,7 +25,7 @@ from ergate_celery.lifecycle.events import Published, RetryRequested, Signalled
 from ergate_celery.model.job import Wait
 from ergate_celery.operations import queueing
 from ergate_celery.operations.retrying import retry_job
-from ergate_celery.operations.signalling import signal_job
+from ergate_celery.operations.signalling import check_payload, signal_job
 from ergate_celery.scheduling.release import release_due_jobs
 from ergate_celery.worker.rejects import reject_message
 from ergate_celery.worker.runtime import Runtime
@@ -199,3 +199,9 @@ def test_a_tag_with_a_control_character_is_refused_for_that(memory_ergate: Ergat
     with pytest.raises(InvalidInputError, match="not printable") as raised:
         memory_ergate.submit_job("tagged", tags={"order": "A-17\x00"})
     assert "at most" not in str(raised.value)
+
+
+def test_a_signal_payload_that_is_not_json_is_told_without_its_values() -> None:
+    with pytest.raises(InvalidInputError, match=r"payload\['card'\]: tuple") as raised:
+        check_payload({"card": (SECRET, "123")}, 10_000)
+    assert SECRET not in str(raised.value)
