@@ -1,11 +1,9 @@
-"""What the operations and the worker say when something is off, on real workers: a retry whose
-step a deploy removed says so; an id that names a step task's result, or a record that is
-gone, is "no such job" without the record's values; an id is free again once its job expired
-and was cleaned up."""
+"""What the operations say when something is off, on real workers: a retry whose step a deploy
+removed says so; an id that names a step task's result is "no such job", with nothing of that
+record's values; an id is free again once its job expired and was cleaned up."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
@@ -78,24 +76,6 @@ def test_a_retry_whose_step_a_deploy_removed_says_so(setup: Setup) -> None:
     assert stored.error is not None
     assert stored.error.type == "UnknownStep"
     assert stored.retries == 1
-
-
-@pytest.mark.setup("redis", "rabbitmq_postgres", "django_db")
-def test_a_message_whose_record_is_lost_is_dropped_as_no_such_job(
-    setup: Setup, caplog: pytest.LogCaptureFixture
-) -> None:
-    setup.ergate.register_workflow(echo_workflow("echo", "only"))
-    lost = str(setup.ergate.submit_job("echo", initial_input_value=1).id)
-    setup.ergate.store.delete(lost)  # the record is lost; its message is still queued
-    caplog.set_level(logging.WARNING, logger="ergate_celery")
-    with in_process_worker(setup.app):
-        follow_up = setup.ergate.submit_job("echo", initial_input_value=2)
-        setup.ergate.wait_for_job(str(follow_up.id), timeout=WAIT)
-    said = [r.getMessage() for r in caplog.records if lost in r.getMessage()]
-    assert said, "the dropped message was not logged"
-    assert all("no such job" in line and "stale" not in line for line in said), said
-    with pytest.raises(JobNotFoundError, match=r"^No job with id"):
-        setup.ergate.get_job(lost)
 
 
 @pytest.mark.setup("redis", "rabbitmq_postgres", "django_db")

@@ -79,52 +79,41 @@ def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queueing, "FIRST_CALLER_GRACE", 0.5)
 
 
-def test_a_retry_whose_reply_was_lost_or_whose_caller_died_runs_the_job(
+def test_a_lost_reply_or_a_killed_caller_leaves_no_job_without_its_message(
     setup: Setup, short_grace: None
 ) -> None:
     broken = {"lost", "killed"}
     _workflows(setup, broken)
-    with in_process_worker(setup.app):
-        lost, killed = (
-            str(setup.ergate.submit_job("orders", initial_input_value={"id": i}).id)
-            for i in ("lost", "killed")
-        )
-        for job_id in (lost, killed):
-            assert setup.ergate.wait_for_job(job_id, timeout=WAIT).status is JobStatus.FAILED
-        broken.clear()
-        # The reply of the write is lost: the same call recognises its write and publishes.
-        assert retry_job(_losing_first_reply(setup), lost).status is JobStatus.QUEUED
-        # A caller killed between its write and its publish; asked again, the retry finishes.
-        setup.ergate.runtime.apply(killed, RetryRequested("killed"), sender="killed caller")
-        assert setup.ergate.retry_job(killed).status is JobStatus.QUEUED
-        done = [setup.ergate.wait_for_job(job_id, timeout=STUCK) for job_id in (lost, killed)]
-    assert [(job.status, job.retries) for job in done] == [(JobStatus.COMPLETED, 1)] * 2
-
-
-def test_a_signal_whose_reply_was_lost_or_whose_caller_died_runs_the_job(
-    setup: Setup, short_grace: None
-) -> None:
-    _workflows(setup, set())
-    with in_process_worker(setup.app):
-        lost, killed = _waiting(setup), _waiting(setup)
-        signal_job(_losing_first_reply(setup), lost, "approved", {"by": "ana"})
-        setup.ergate.runtime.apply(killed, Signalled("approved", {"by": "ana"}, "k"), sender="k")
-        setup.ergate.signal_job(killed, "approved", {"by": "ana"})
-        done = [setup.ergate.wait_for_job(job_id, timeout=STUCK) for job_id in (lost, killed)]
-    assert [job.status for job in done] == [JobStatus.COMPLETED] * 2
-    assert done[0].last_return_value == {"id": "w", "shipped": True}
-
-
-def test_a_release_whose_reply_was_lost_runs_the_job(setup: Setup) -> None:
-    _workflows(setup, set())
     start = datetime.now(UTC) + timedelta(hours=1)
-    job = setup.ergate.submit_job(
-        "orders", initial_input_value={"id": "s"}, requested_start_time=start
+    later = setup.ergate.submit_job(
+        "orders", initial_input_value={"id": "later"}, requested_start_time=start
     )
     with in_process_worker(setup.app):
+        failed = [
+            str(setup.ergate.submit_job("orders", initial_input_value={"id": i}).id)
+            for i in ("lost", "killed")
+        ]
+        for job_id in failed:
+            assert setup.ergate.wait_for_job(job_id, timeout=WAIT).status is JobStatus.FAILED
+        broken.clear()
+        waiting = [_waiting(setup), _waiting(setup)]
+        # The reply of the write is lost: the same call recognises its write and publishes.
+        assert retry_job(_losing_first_reply(setup), failed[0]).status is JobStatus.QUEUED
+        signal_job(_losing_first_reply(setup), waiting[0], "approved", {"by": "ana"})
         assert release_due_jobs(_losing_first_reply(setup), start + timedelta(seconds=1)) == 1
-        done = setup.ergate.wait_for_job(str(job.id), timeout=STUCK)
-    assert done.status is JobStatus.COMPLETED
+        # A caller killed between its write and its publish: asked again, it finishes.
+        rt = setup.ergate.runtime
+        rt.apply(failed[1], RetryRequested("killed"), sender="a killed caller")
+        assert setup.ergate.retry_job(failed[1]).status is JobStatus.QUEUED
+        rt.apply(waiting[1], Signalled("approved", {"by": "bob"}, "k"), sender="a killed caller")
+        setup.ergate.signal_job(waiting[1], "approved", {"by": "bob"})
+        done = [
+            setup.ergate.wait_for_job(job_id, timeout=STUCK)
+            for job_id in (*failed, *waiting, str(later.id))
+        ]
+    assert [job.status for job in done] == [JobStatus.COMPLETED] * 5
+    assert [job.retries for job in done[:2]] == [1, 1]
+    assert done[3].last_return_value == {"id": "w", "shipped": True}
 
 
 def _in_transaction(action: Callable[[], Any], *, commit: bool) -> None:
@@ -142,41 +131,29 @@ def _in_transaction(action: Callable[[], Any], *, commit: bool) -> None:
         pass
 
 
-def test_a_retry_in_a_django_transaction_runs_once_it_commits(
+def test_in_a_django_transaction_retry_and_signal_wait_for_the_commit(
     setup: Setup, django_db: Path
 ) -> None:
     broken = {"o-2"}
     _workflows(setup, broken)
     with in_process_worker(setup.app):
-        job_id = str(setup.ergate.submit_job("orders", initial_input_value={"id": "o-2"}).id)
-        assert setup.ergate.wait_for_job(job_id, timeout=WAIT).status is JobStatus.FAILED
+        failed = str(setup.ergate.submit_job("orders", initial_input_value={"id": "o-2"}).id)
+        assert setup.ergate.wait_for_job(failed, timeout=WAIT).status is JobStatus.FAILED
         # Celery stores the step's failure after the job's: on SQLite a write still under
         # way would make the transaction below fail to take its lock.
-        step = AsyncResult(f"{STEP_TASK_ID_PREFIX}{job_id}:0", app=setup.app)
+        step = AsyncResult(f"{STEP_TASK_ID_PREFIX}{failed}:0", app=setup.app)
         wait_until(lambda: step.state == "FAILURE", timeout=WAIT, what="the step's failure")
         broken.clear()
-        _in_transaction(lambda: setup.ergate.retry_job(job_id), commit=False)
-        assert setup.ergate.get_job(job_id).status is JobStatus.FAILED  # rolled back
-        _in_transaction(lambda: setup.ergate.retry_job(job_id), commit=True)
-        done = setup.ergate.wait_for_job(job_id, timeout=STUCK)
-    assert done.status is JobStatus.COMPLETED
-    assert done.retries == 1
-
-
-def test_a_signal_in_a_rolled_back_transaction_releases_nothing(
-    setup: Setup, django_db: Path
-) -> None:
-    _workflows(setup, set())
-    with in_process_worker(setup.app):
-        job_id = _waiting(setup)
-        _in_transaction(
-            lambda: setup.ergate.signal_job(job_id, "approved", {"by": "eve"}), commit=False
-        )
-        after_rollback = setup.ergate.get_job(job_id)
-        _in_transaction(
-            lambda: setup.ergate.signal_job(job_id, "approved", {"by": "ana"}), commit=True
-        )
-        done = setup.ergate.wait_for_job(job_id, timeout=STUCK)
-    assert (after_rollback.status, after_rollback.signals) == (JobStatus.SCHEDULED, {})
-    assert done.status is JobStatus.COMPLETED
-    assert done.signals == {"approved": {"by": "ana"}}
+        waiting = _waiting(setup)
+        _in_transaction(lambda: setup.ergate.retry_job(failed), commit=False)
+        _in_transaction(lambda: setup.ergate.signal_job(waiting, "approved", "eve"), commit=False)
+        rolled_back = [setup.ergate.get_job(failed), setup.ergate.get_job(waiting)]
+        _in_transaction(lambda: setup.ergate.retry_job(failed), commit=True)
+        _in_transaction(lambda: setup.ergate.signal_job(waiting, "approved", "ana"), commit=True)
+        done = [setup.ergate.wait_for_job(job_id, timeout=STUCK) for job_id in (failed, waiting)]
+    assert [(job.status, job.retries, job.signals) for job in rolled_back] == [
+        (JobStatus.FAILED, 0, {}),
+        (JobStatus.SCHEDULED, 0, {}),
+    ]
+    assert [job.status for job in done] == [JobStatus.COMPLETED] * 2
+    assert (done[0].retries, done[1].signals) == (1, {"approved": "ana"})
