@@ -24,6 +24,7 @@ from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .support import LostReplies, Setup, in_process_worker, wait_until
+from .workflows import echo_workflow
 
 WAIT = 60
 #: A job stuck without its message waits forever; no test needs this long when all is well.
@@ -131,18 +132,24 @@ def _in_transaction(action: Callable[[], Any], *, commit: bool) -> None:
         pass
 
 
-def test_in_a_django_transaction_retry_and_signal_wait_for_the_commit(
-    setup: Setup, django_db: Path
+def test_in_a_django_transaction_retry_signal_and_resume_wait_for_the_commit(
+    setup_name: str, make_setup: Callable[..., Setup], django_db: Path
 ) -> None:
+    setup = make_setup(setup_name, ergate_pause_refresh=0.2)
     broken = {"o-2"}
     _workflows(setup, broken)
+    setup.ergate.register_workflow(echo_workflow("held", "only"))
+    setup.ergate.pause_workflow("held")
     with in_process_worker(setup.app):
         failed = str(setup.ergate.submit_job("orders", initial_input_value={"id": "o-2"}).id)
+        held = str(setup.ergate.submit_job("held", initial_input_value=1).id)
         assert setup.ergate.wait_for_job(failed, timeout=WAIT).status is JobStatus.FAILED
-        # Celery stores the step's failure after the job's: on SQLite a write still under
-        # way would make the transaction below fail to take its lock.
-        step = AsyncResult(f"{STEP_TASK_ID_PREFIX}{failed}:0", app=setup.app)
-        wait_until(lambda: step.state == "FAILURE", timeout=WAIT, what="the step's failure")
+        # The step results are stored after the jobs' records: on SQLite a write still under
+        # way would make the transactions below fail to take their lock.
+        for job_id, state in ((failed, "FAILURE"), (held, "SUCCESS")):
+            step = AsyncResult(f"{STEP_TASK_ID_PREFIX}{job_id}:0", app=setup.app)
+            wait_until(lambda s=step, w=state: s.state == w, timeout=WAIT, what=f"{job_id} {state}")
+        assert setup.ergate.get_job(held).parked
         broken.clear()
         waiting = _waiting(setup)
         _in_transaction(lambda: setup.ergate.retry_job(failed), commit=False)
@@ -150,10 +157,13 @@ def test_in_a_django_transaction_retry_and_signal_wait_for_the_commit(
         rolled_back = [setup.ergate.get_job(failed), setup.ergate.get_job(waiting)]
         _in_transaction(lambda: setup.ergate.retry_job(failed), commit=True)
         _in_transaction(lambda: setup.ergate.signal_job(waiting, "approved", "ana"), commit=True)
-        done = [setup.ergate.wait_for_job(job_id, timeout=STUCK) for job_id in (failed, waiting)]
+        _in_transaction(lambda: setup.ergate.resume_workflow("held"), commit=True)
+        done = [
+            setup.ergate.wait_for_job(job_id, timeout=STUCK) for job_id in (failed, waiting, held)
+        ]
     assert [(job.status, job.retries, job.signals) for job in rolled_back] == [
         (JobStatus.FAILED, 0, {}),
         (JobStatus.SCHEDULED, 0, {}),
     ]
-    assert [job.status for job in done] == [JobStatus.COMPLETED] * 2
+    assert [job.status for job in done] == [JobStatus.COMPLETED] * 3
     assert (done[0].retries, done[1].signals) == (1, {"approved": "ana"})

@@ -81,6 +81,16 @@ def queue_step(
     return job
 
 
+def publish_when_committed(rt: Runtime, job: Job, sender: str) -> None:
+    """Publish the job's step once a worker can read its write: at once, or when the
+    caller's Django transaction commits if the store's writes joined it."""
+    if rt.store.joins_django_transaction and in_django_transaction():
+        step = f"Publishing {sender}"
+        on_commit(lambda: _logged(step, str(job.id), lambda: rt.publish_current_step(job, sender)))
+    else:
+        rt.publish_current_step(job, sender)
+
+
 def queued(job: Job) -> Job | None:
     """`job` if it waits QUEUED for a message (not parked), else None."""
     return job if job.status is JobStatus.QUEUED and not job.parked else None
@@ -143,7 +153,7 @@ def _after_first_caller(rt: Runtime, job_id: str, seen: Job) -> Job | None:
     return job
 
 
-def _logged(what: str, job_id: str, action: Callable[[], None]) -> None:
+def _logged(what: str, job_id: str, action: Callable[[], object]) -> None:
     # After the commit nobody is left to raise to: say what was not done, and why.
     try:
         action()
