@@ -152,15 +152,19 @@ def test_in_a_django_transaction_retry_signal_and_resume_wait_for_the_commit(
         assert setup.ergate.get_job(held).parked
         broken.clear()
         waiting = _waiting(setup)
-        _in_transaction(lambda: setup.ergate.retry_job(failed), commit=False)
-        _in_transaction(lambda: setup.ergate.signal_job(waiting, "approved", "eve"), commit=False)
-        rolled_back = [setup.ergate.get_job(failed), setup.ergate.get_job(waiting)]
-        _in_transaction(lambda: setup.ergate.retry_job(failed), commit=True)
-        _in_transaction(lambda: setup.ergate.signal_job(waiting, "approved", "ana"), commit=True)
-        _in_transaction(lambda: setup.ergate.resume_workflow("held"), commit=True)
-        done = [
-            setup.ergate.wait_for_job(job_id, timeout=STUCK) for job_id in (failed, waiting, held)
-        ]
+        # One at a time, each job ended before the next transaction: on SQLite a worker's
+        # write under way would make a transaction fail to take its lock.
+        done, rolled_back = [], []
+        for job_id, change in (
+            (failed, lambda value: setup.ergate.retry_job(failed)),
+            (waiting, lambda value: setup.ergate.signal_job(waiting, "approved", value)),
+            (held, lambda value: setup.ergate.resume_workflow("held")),
+        ):
+            if job_id != held:
+                _in_transaction(lambda change=change: change("eve"), commit=False)
+                rolled_back.append(setup.ergate.get_job(job_id))
+            _in_transaction(lambda change=change: change("ana"), commit=True)
+            done.append(setup.ergate.wait_for_job(job_id, timeout=STUCK))
     assert [(job.status, job.retries, job.signals) for job in rolled_back] == [
         (JobStatus.FAILED, 0, {}),
         (JobStatus.SCHEDULED, 0, {}),
