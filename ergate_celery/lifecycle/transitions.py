@@ -107,9 +107,9 @@ def already_written(stored: Job, event: Event) -> bool:
 
 
 def queued_by(stored: Job, kind: str) -> bool:
-    """Whether an operation of `kind` (`retry`, `signal <name>`, `release`) sent the job to
-    its current step and no step run has claimed it since: asking that again publishes the
-    step again, since the first publish may have been lost."""
+    """Whether an operation of `kind` (`retry`, `signal <name>`, `release`) queued the job and
+    its publish is not known to be done (no `Published` since, no step run claimed it): its
+    caller may have died between the two, and asking again finishes it."""
     mark = stored.queued_by
     return mark is not None and mark.rsplit(" ", 1)[0] == kind
 

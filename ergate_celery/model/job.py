@@ -120,9 +120,9 @@ class Job(BaseModel):
     """QUEUED with no message in the broker: its workflow was paused when the step was due;
     `resume_workflow` publishes it."""
     queued_by: str | None = None
-    """The operation that sent the job to its current step, until a step run claims it:
-    `retry <token>`, `signal <name> <token>` or `release <token>`. Asking that again then
-    publishes the step again, since the first publish may have been lost with its caller."""
+    """The operation that sent the job to its current step, until its publish is done or a
+    step run claims it: `retry <token>`, `signal <name> <token>` or `release <token>`. A
+    caller killed before publishing leaves it: asking again then publishes the step."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property
