@@ -11,7 +11,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from ergate_celery.exceptions import InvalidInputError, JobNotFoundError, JobStateError
+from ergate_celery.exceptions import (
+    InvalidInputError,
+    JobNotFoundError,
+    JobStateError,
+    UnknownStepError,
+)
 from ergate_celery.lifecycle.events import RetryRequested
 from ergate_celery.lifecycle.transitions import queued_by
 from ergate_celery.model.job import Job
@@ -85,7 +90,7 @@ def retry_jobs(rt: Runtime, query: JobQuery) -> int:
     for job in list(every_job(rt, query)):
         try:
             retry_job(rt, str(job.id))
-        except (JobStateError, JobNotFoundError):
-            continue
+        except (JobStateError, JobNotFoundError, UnknownStepError):
+            continue  # retried meanwhile by someone else, or its step is gone
         retried += 1
     return retried
