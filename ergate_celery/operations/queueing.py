@@ -31,7 +31,7 @@ from ergate_celery.stores.base import UNREADABLE, Updated
 from ergate_celery.transactions import in_django_transaction, on_commit
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 #: What an operation makes of (the job read, the job written, None if unchanged): the job it
 #: returns, and the job whose step it publishes (None: none). It raises the operation's
