@@ -260,7 +260,8 @@ class ErgateCelery:
 
         A job waiting for `name` (a step raised `WaitForSignal(name)`) is released at once;
         otherwise the signal is kept on the job for a later wait. Its first payload wins.
-        `JobNotFoundError` for an unknown job, `JobStateError` for a finished one.
+        `JobNotFoundError` for an unknown job, `JobStateError` for a finished one. Inside a
+        Django transaction the signal is written, and the job released, when it commits.
         """
         return signalling.signal_job(self._here(), job_id, name, payload)
 
@@ -311,7 +312,10 @@ class ErgateCelery:
     def retry_job(self, job_id: str) -> Job:
         """Send a FAILED, ABORTED or CANCELLED job back to the step it stopped at, with the
         input that step had; steps before it do not run again. `JobStateError` for a job in
-        another status, `JobNotFoundError` for an unknown id."""
+        another status, `JobNotFoundError` for an unknown id, `UnknownStepError` when this
+        app no longer has that step (the job is FAILED again). Inside a Django transaction the
+        retry is written and published when it commits; asked again after a caller killed
+        between its write and its publish, it publishes what that caller left."""
         return retrying.retry_job(self._here(), job_id)
 
     def retry_jobs(

@@ -29,6 +29,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStateError",
     "JobTimeoutError",
+    "RedactedValidationError",
     "ReverseGoToError",
     "Sleep",
     "UnknownStepError",
@@ -79,6 +80,28 @@ class InvalidInputError(ErgateError, ValueError):
         super().__init__(message)
         #: True when the record would exceed `ergate_max_payload_bytes`.
         self.oversized = oversized
+
+
+class RedactedValidationError(ErgateError, ValueError):
+    """A value did not fit its pydantic type (a step's input, say): pydantic's
+    `ValidationError` told by where each error is and its type, never by the values, which may
+    be personal data. Jobs, logs, Flower and task results show this instead."""
+
+    #: At most this many errors are named; the count says how many there were.
+    NAMED = 10
+
+    @classmethod
+    def of(cls, exc: ValidationError) -> RedactedValidationError:
+        """`exc` without its values (its traceback kept: frames show code, not values)."""
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        where = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'the value'} ({error['type']})"
+            for error in errors[: cls.NAMED]
+        )
+        more = f"; and {len(errors) - cls.NAMED} more" if len(errors) > cls.NAMED else ""
+        plural = "" if len(errors) == 1 else "s"
+        message = f"{len(errors)} validation error{plural} for {exc.title}: {where}{more}"
+        return cls(message).with_traceback(exc.__traceback__)
 
 
 class UnsupportedBackendError(ErgateError):

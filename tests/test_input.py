@@ -13,6 +13,7 @@ from ergate_celery import CurrentRun, ErgateCelery, JobStatus, StepRun, Workflow
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .support import Setup, in_process_worker, wait_until
+from .workflows import blocking_workflow, echo_workflow
 
 WAIT = 60
 
@@ -104,6 +105,34 @@ def test_malformed_message_naming_a_live_job_fails_it(setup: Setup, worker: Any)
         assert done.error.type == "MalformedMessage"
     else:
         assert done.status is JobStatus.COMPLETED
+
+
+@pytest.mark.setup("redis", "rabbitmq_postgres", "django_db")
+def test_a_bad_message_harms_only_its_own_job(setup: Setup, worker: Any) -> None:
+    workflow, started, release = blocking_workflow("blocking")
+    setup.ergate.register_workflow(workflow)
+    setup.ergate.register_workflow(echo_workflow("other", "o1"))
+    try:
+        with worker():
+            victim = str(setup.ergate.submit_job("blocking", initial_input_value=1).id)
+            assert started.wait(WAIT)
+            # Another workflow's step naming the job, and a bad copy of its own running step.
+            for task, payload in (
+                ("ergate.other.o1", {"id": victim}),
+                ("ergate.blocking.first", {"id": victim, "workflow_name": 5}),
+            ):
+                sent = setup.app.send_task(task, args=[payload])
+                assert sent.get(timeout=WAIT) == {
+                    "job_id": None,
+                    "status": "REJECTED",
+                    "step": task.rsplit(".", 1)[1],
+                }
+                assert setup.ergate.get_job(victim).status is JobStatus.RUNNING
+            release.set()
+            done = setup.ergate.wait_for_job(victim, timeout=WAIT)
+    finally:
+        release.set()
+    assert done.status is JobStatus.COMPLETED
 
 
 def test_oversized_message_is_rejected(setup: Setup, worker: Any) -> None:

@@ -8,11 +8,15 @@ import logging
 from typing import Any
 
 import pytest
+from celery.beat import ScheduleEntry, Scheduler
+from celery.result import AsyncResult
+from celery.signals import before_task_publish
+from pydantic import BaseModel
 
 from ergate_celery import JobStatus, Workflow
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
-from .support import Setup, in_process_worker
+from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
 SECRET_INPUT = "input-4111-1111-1111-1111"
@@ -101,3 +105,68 @@ def test_a_rejected_messages_log_lines_and_error_hold_no_values(
     for text in texts:
         assert SECRET_INPUT not in text
         assert PASSWORD not in text
+
+
+class Card(BaseModel):
+    number: int
+    cvv: int
+
+
+@pytest.mark.setup("redis", "rabbitmq_postgres", "django_db")
+def test_input_that_does_not_fit_its_step_is_told_without_its_values(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    workflow = Workflow(unique_name="payments")
+
+    @workflow.step
+    def read_card(x: Any) -> dict[str, Any]:
+        return {"number": SECRET_INPUT, "cvv": PASSWORD}
+
+    @workflow.step
+    def charge(card: Card) -> int:
+        return card.number
+
+    setup.ergate.register_workflow(workflow)
+    caplog.set_level(logging.INFO)
+    with in_process_worker(setup.app):
+        job = setup.ergate.submit_job("payments", initial_input_value=1)
+        done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
+        step = AsyncResult(f"{STEP_TASK_ID_PREFIX}{job.id}:1", app=setup.app)
+        wait_until(lambda: step.state == "FAILURE", timeout=WAIT, what="the step's failure")
+    assert done.status is JobStatus.FAILED
+    assert done.error is not None
+    assert done.error.type == "RedactedValidationError"
+    assert "number (int_parsing)" in done.error.message
+    shown = [done.error.message, done.error.traceback or "", caplog.text]
+    shown += [repr(step.result), str(step.traceback)]  # what Flower and AsyncResult show
+    for text in shown:
+        assert SECRET_INPUT not in text
+        assert PASSWORD not in text
+
+
+@pytest.mark.setup("redis")
+def test_a_periodic_jobs_messages_show_no_input(setup: Setup) -> None:
+    _flaky(setup)
+    key = setup.ergate.add_periodic_job(
+        "leaky",
+        3600,
+        initial_input_value={"card": SECRET_INPUT},
+        user_context={"pw": PASSWORD},
+    )
+    sent: list[dict[str, Any]] = []
+
+    def keep(headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        sent.append(dict(headers or {}))
+
+    before_task_publish.connect(keep, weak=False)
+    try:
+        scheduler = Scheduler(setup.app, lazy=True)
+        entry = ScheduleEntry(name=key, app=setup.app, **setup.app.conf.beat_schedule[key])
+        scheduler.apply_async(entry, advance=False)
+    finally:
+        before_task_publish.disconnect(keep)
+    assert [headers["task"] for headers in sent] == ["ergate.submit_job"]
+    for shown in (sent[0]["argsrepr"], sent[0]["kwargsrepr"]):
+        assert SECRET_INPUT not in shown
+        assert PASSWORD not in shown
+    assert "leaky" in sent[0]["argsrepr"]

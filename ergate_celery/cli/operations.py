@@ -18,7 +18,7 @@ from ergate_celery.cli.arguments import (
     out,
     since_arg,
 )
-from ergate_celery.exceptions import JobNotFoundError, JobStateError
+from ergate_celery.exceptions import JobNotFoundError, JobStateError, UnknownStepError
 from ergate_celery.model.job_status import RETRYABLE_STATUSES
 from ergate_celery.operations.listing import every_job
 from ergate_celery.operations.retrying import retry_query
@@ -63,7 +63,7 @@ def retry(
             job = ergate.retry_job(job_id)
         except JobNotFoundError as exc:
             raise BadInput(str(exc)) from None
-        except JobStateError as exc:
+        except (JobStateError, UnknownStepError) as exc:
             raise click.ClickException(str(exc)) from None
         out(ctx, f"{job.id} {job.status.name} at step {job.current_step_name}")
         return
@@ -78,8 +78,8 @@ def retry(
     for one in ids:
         try:
             ergate.retry_job(one)
-        except (JobStateError, JobNotFoundError):
-            continue  # retried or changed meanwhile
+        except (JobStateError, JobNotFoundError, UnknownStepError):
+            continue  # retried or changed meanwhile, or its step is gone
         retried += 1
     out(ctx, f"retried {retried} jobs")
 

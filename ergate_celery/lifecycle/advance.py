@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from ergate_celery.exceptions import (
     AbortJob,
     FanOut,
     GoToEnd,
     GoToStep,
     JobCancelled,
+    RedactedValidationError,
     ReverseGoToError,
     Sleep,
     UnknownStepError,
@@ -128,6 +131,9 @@ def run_step(
         return Waited(exc.retval, waiting.wait_for(exc, step.name, now))
     except FanOut as exc:
         return FannedOut(exc, clock() if clock is not None else datetime.now(UTC))
+    except ValidationError as exc:
+        # Its text shows the values that did not fit; the job, the logs and Flower must not.
+        return Raised(RedactedValidationError.of(exc))
     except Exception as exc:
         return Raised(exc)
     if not returned:

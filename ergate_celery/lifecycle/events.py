@@ -30,6 +30,13 @@ class Release:
     (QUEUED without a message) rather than left in the index, where it would hold up the rest."""
 
     paused: frozenset[str] = frozenset()
+    #: Unique to this release run: a lost reply to its write is recognised by it.
+    token: str = ""
+
+    @property
+    def mark(self) -> str:
+        """What the job's `queued_by` says once this release queued it."""
+        return f"release {self.token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,12 @@ class Signalled:
 
     name: str
     payload: Any
+    token: str = ""
+
+    @property
+    def mark(self) -> str:
+        """What the job's `queued_by` says once this signal released it."""
+        return f"signal {self.name} {self.token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +130,35 @@ class MessageRejected:
     """A message for the job cannot run: malformed, oversized, or its step is unknown.
 
     With `steps_completed`, only a job still at that point is failed: a bad copy of an old
-    message must not fail a job that has moved on.
+    message must not fail a job that has moved on. With `task_name` (the step task the
+    message was for), only a job whose current step is that task, and that no live claim
+    holds, is failed: a message can harm only its own job.
     """
 
     error: JobError
     steps_completed: int | None = None
+    task_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RetryRequested:
     """`retry_job` was asked: a FAILED, ABORTED or CANCELLED job goes back to the step it
     stopped at, with the input that step had."""
+
+    token: str = ""
+
+    @property
+    def mark(self) -> str:
+        """What the job's `queued_by` says once this retry sent it back."""
+        return f"retry {self.token}"
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The operation that left `mark` in the job's `queued_by` has published its step: a
+    repeat of it has nothing left to finish."""
+
+    mark: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +231,7 @@ Event = (
     | MessageRejected
     | Signalled
     | RetryRequested
+    | Published
     | Park
     | Unpark
     | FanOutStarted

@@ -91,6 +91,8 @@ ABORTED     RetryRequested    QUEUED      back to the step it stopped at
 CANCELLED   RetryRequested    QUEUED      back to the step it stopped at
 CANCELLED   RetryRequested    SCHEDULED   cancelled before its start time
 FAILED      RetryRequested    SCHEDULED   a signal wait timed out: it waits again
+QUEUED      Published         QUEUED      the operation that queued it published its step
+QUEUED      Published         -           queued by another, or claimed since
 QUEUED      Park              QUEUED      the message's step, its workflow paused
 QUEUED      Park              -           already parked, or a stale message
 QUEUED      Unpark            QUEUED      parked
@@ -151,6 +153,7 @@ def mermaid() -> str:
             "ChildEnded",
             "Release",
             "ParkedChecked",
+            "Published",
         )  # the status stays: not an edge
         if row.to is None or (row.to is row.status and row.event in quiet):
             continue

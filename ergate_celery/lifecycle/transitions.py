@@ -21,6 +21,7 @@ from ergate_celery.model.job_status import (
     WAITING_STATUSES,
     JobStatus,
 )
+from ergate_celery.model.workflow_step import step_task_name
 
 S = JobStatus
 
@@ -70,16 +71,19 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             if status is not S.QUEUED or stored.steps_completed != steps_completed:
                 return None
             return _failed(stored, error)
-        case events.MessageRejected(error=error, steps_completed=steps_completed):
-            if stored.is_final or status is S.SCHEDULED:
-                return None
-            if steps_completed is not None and stored.steps_completed != steps_completed:
-                return None
-            return _failed(stored, error)
+        case events.MessageRejected():
+            return _failed(stored, event.error) if _harmed_by(stored, event, now) else None
         case events.Signalled(name=name, payload=payload):
-            return waiting.receive(stored, name, payload)
+            received = waiting.receive(stored, name, payload)
+            if received is None or received.status is status:
+                return received
+            return received.model_copy(update={"queued_by": event.mark})
         case events.RetryRequested():
-            return _retry(stored, now)
+            return _retry(stored, event, now)
+        case events.Published(mark=mark):
+            return (
+                stored.model_copy(update={"queued_by": None}) if stored.queued_by == mark else None
+            )
         case events.Park(step_name=step_name, steps_completed=steps_completed):
             queued = status is S.QUEUED and not stored.parked
             if not queued or stored.steps_completed != steps_completed:
@@ -114,7 +118,36 @@ def already_written(stored: Job, event: Event) -> bool:
             return stored.claim == token
         case events.Finish(token=token):
             return stored.finished_by == token
+        case events.Release() | events.Signalled() | events.RetryRequested():
+            return stored.queued_by == event.mark
     return False
+
+
+def queued_by(stored: Job, kind: str) -> bool:
+    """Whether an operation of `kind` (`retry`, `signal <name>`, `release`) queued the job and
+    its publish is not known to be done (no `Published` since, no step run claimed it): its
+    caller may have died between the two, and asking again finishes it."""
+    mark = stored.queued_by
+    return mark is not None and mark.rsplit(" ", 1)[0] == kind
+
+
+def _harmed_by(stored: Job, rejected: events.MessageRejected, now: datetime) -> bool:
+    """Whether a rejected message may fail the job: only a live job still at the point the
+    message was sent, at the step the message was for, and held by no live claim."""
+    if stored.is_final or stored.status is S.SCHEDULED:
+        return False
+    hop = rejected.steps_completed
+    if hop is not None and stored.steps_completed != hop:
+        return False
+    task_name = rejected.task_name
+    if task_name is None:
+        return True
+    if stored.current_step_name is None:  # stored before steps were named
+        at_step = task_name.startswith(step_task_name(stored.workflow_name, ""))
+    else:
+        at_step = task_name == step_task_name(stored.workflow_name, stored.current_step_name)
+    held = stored.claim is not None and stored.lease_until is not None and stored.lease_until > now
+    return at_step and not held
 
 
 def _release(stored: Job, release: events.Release, now: datetime) -> Job | None:
@@ -123,16 +156,21 @@ def _release(stored: Job, release: events.Release, now: datetime) -> Job | None:
     if fan_out.waits_for_children(stored):
         return fan_out.recheck(stored, now)
     if stored.wait is not None:
-        return waiting.wake(stored, now)
+        woken = waiting.wake(stored, now)
+        if woken is None or woken.status is not S.QUEUED:
+            return woken
+        return woken.model_copy(update={"queued_by": release.mark})
     if stored.requested_start_time is not None and stored.requested_start_time > now:
         return None  # never before its time, whatever the index says
     if stored.deadline_passed(now):
         return stored.expired()
     parked = stored.workflow_name in release.paused
-    return stored.model_copy(update={"status": S.QUEUED, "parked": parked})
+    return stored.model_copy(
+        update={"status": S.QUEUED, "parked": parked, "queued_by": release.mark}
+    )
 
 
-def _retry(stored: Job, now: datetime) -> Job | None:
+def _retry(stored: Job, retry: events.RetryRequested, now: datetime) -> Job | None:
     if stored.status not in RETRYABLE_STATUSES:
         return None
     start = stored.requested_start_time
@@ -157,6 +195,8 @@ def _retry(stored: Job, now: datetime) -> Job | None:
             "lease_until": None,
             "lost_runs": 0,
             "parked": False,
+            # Only a retry that queues the job has a publish to finish.
+            "queued_by": retry.mark if status is S.QUEUED else None,
         }
     )
 
@@ -200,6 +240,7 @@ def _claim(stored: Job, claim: events.Claim, now: datetime) -> Job | None:
             "attempt": stored.attempt + 1,
             "started_at": stored.started_at or now,
             "step_started_at": now,
+            "queued_by": None,
         }
     )
 

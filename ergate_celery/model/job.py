@@ -206,6 +206,10 @@ class Job(BaseModel):
     waiting_for_slot: bool = False
     """Parked because `Concurrency.limit` jobs of its key are in progress: it starts, oldest
     first, when one of them ends."""
+    queued_by: str | None = None
+    """The operation that sent the job to its current step, until its publish is done or a
+    step run claims it: `retry <token>`, `signal <name> <token>` or `release <token>`. A
+    caller killed before publishing leaves it: asking again then publishes the step."""
     trace_context: dict[str, str] | None = None
     """The W3C trace context (`traceparent`, `tracestate`) of the span that submitted the job,
     set when tracing is on: every later span of the job joins that trace. A child job given

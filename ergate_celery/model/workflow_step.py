@@ -17,6 +17,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def step_task_name(workflow_name: str, step_name: str) -> str:
+    """The Celery task that runs step `step_name` of workflow `workflow_name`."""
+    return f"ergate.{workflow_name}.{step_name}"
+
+
 class WorkflowStep(Generic[P, R]):
     """A decorated step function; calling it calls the function unchanged."""
 
@@ -44,7 +49,7 @@ class WorkflowStep(Generic[P, R]):
     @property
     def task_name(self) -> str:
         """The Celery task that runs this step: `ergate.<workflow>.<step>`."""
-        return f"ergate.{self.workflow.unique_name}.{self.name}"
+        return step_task_name(self.workflow.unique_name, self.name)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.callable(*args, **kwargs)

@@ -17,8 +17,8 @@ CANCEL_SENDER = "ergate.cancel_job"
 
 def cancel_job(rt: Runtime, job_id: str) -> Job:
     """Cancel a job; returns it as it is now, from the one read of the change."""
-    with observing.operating(CANCEL_SENDER, job_id), reading(job_id):
-        before, after = rt.apply(job_id, Cancel(), sender=CANCEL_SENDER)
+    with observing.operating(CANCEL_SENDER, job_id):
+        before, after = reading(job_id, lambda: rt.apply(job_id, Cancel(), sender=CANCEL_SENDER))
     if after is not None:
         if after.fan_out is not None:
             cancel_children(rt, after, CANCEL_SENDER)

@@ -9,6 +9,7 @@ import time
 from ergate_celery.lifecycle.events import Unpark
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.operations.listing import every_job
+from ergate_celery.operations.queueing import publish_when_committed
 from ergate_celery.stores.listing import JobQuery
 from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
@@ -54,6 +55,6 @@ def _publish_parked(rt: Runtime, workflow_name: str) -> int:
         with observing.operating(RESUME_SENDER, str(job.id)):
             after = rt.apply(str(job.id), Unpark(), sender=RESUME_SENDER).after
             if after is not None:
-                rt.publish_current_step(after, RESUME_SENDER)
+                publish_when_committed(rt, after, RESUME_SENDER)
                 published += 1
     return published

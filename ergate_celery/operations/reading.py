@@ -4,14 +4,16 @@ says which."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ergate_celery.exceptions import InvalidInputError, JobNotFoundError, JobTimeoutError
 from ergate_celery.model.job import Job
 from ergate_celery.stores.base import UNREADABLE
 from ergate_celery.worker.runtime import Runtime
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
+
+T = TypeVar("T")
 
 
 def job_not_found(job_id: str) -> JobNotFoundError:
@@ -25,25 +27,32 @@ def check_id(job_id: Any) -> None:
         raise TypeError(f"A job id is a string, got {type(job_id).__name__}")
 
 
-@contextmanager
-def reading(job_id: Any) -> Iterator[None]:
-    """Check `job_id`, and turn reading a record that is not a job into `JobNotFoundError`."""
+def reading(job_id: Any, action: Callable[[], T]) -> T:
+    """Check `job_id`, run `action` (which reads or changes the job), and turn reading a
+    record that is not a job into `JobNotFoundError` — which carries nothing of that record,
+    not even chained: its values are not the caller's to see."""
     check_id(job_id)
+    if job_id.startswith(STEP_TASK_ID_PREFIX):
+        raise JobNotFoundError(
+            f"No job with id {job_id[:120]!r} is stored: that is the id of a step task's "
+            f"result; the job's id is what follows {STEP_TASK_ID_PREFIX!r}, up to the last ':'"
+        )
     try:
-        yield
+        return action()
     except InvalidInputError:
         raise  # a write refused (too large): about the job, not its record
     except UNREADABLE:
-        raise JobNotFoundError(
-            f"{job_id!r} holds a Celery task result that is not a job (a plain task's result, "
-            "or one a job id collided with); no job with that id is stored"
-        ) from None
+        pass
+    # Raised here, after the handler, so that the reading error is not chained to it.
+    raise JobNotFoundError(
+        f"No job with id {job_id[:120]!r} is stored: that id holds a Celery task result that "
+        "is not a job (a plain task's result, or one a job id collided with)"
+    )
 
 
 def get_job(rt: Runtime, job_id: str) -> Job:
     """The stored job, or `JobNotFoundError`."""
-    with reading(job_id):
-        job = rt.store.get(job_id)
+    job = reading(job_id, lambda: rt.store.get(job_id))
     if job is None:
         raise job_not_found(job_id)
     return job
@@ -52,8 +61,8 @@ def get_job(rt: Runtime, job_id: str) -> Job:
 def wait_for_job(rt: Runtime, job_id: str, timeout: float | None) -> Job:
     """The job once final; `JobTimeoutError` (a `TimeoutError`) after `timeout` s,
     `JobNotFoundError` if gone."""
-    with reading(job_id):
-        job = rt.store.wait_final(job_id, timeout, rt.settings.wait_poll_interval)
+    poll = rt.settings.wait_poll_interval
+    job = reading(job_id, lambda: rt.store.wait_final(job_id, timeout, poll))
     if job is None:
         raise job_not_found(job_id)
     if not job.is_final:

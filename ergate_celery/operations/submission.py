@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
-from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
+from ergate_celery.exceptions import DuplicateJobError, InvalidInputError, RedactedValidationError
 from ergate_celery.lifecycle.events import HandOver
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
@@ -132,7 +132,7 @@ def _check_input_type(workflow: Workflow, value: Any) -> None:
     except ValidationError as exc:
         raise InvalidInputError(
             f"initial_input_value does not fit the input type of {step} ({annotation!r}): "
-            f"{exc.errors(include_url=False)}"
+            f"{RedactedValidationError.of(exc)}"
         ) from None
     except Exception:
         # An annotation pydantic cannot build a validator for is not checked.

@@ -135,7 +135,11 @@ def periodic_entry(
 ) -> dict[str, Any]:
     """A `beat_schedule` entry that submits a new job of `workflow_name` at each firing; its
     id says which firing (`<entry>@<scheduled time>`, see `firing.py`), so no firing is
-    submitted twice. `entry` is the entry's name in `beat_schedule`."""
+    submitted twice. `entry` is the entry's name in `beat_schedule`.
+
+    Its messages show logs and Flower the workflow's name, not the input and user context
+    (they may hold personal data), unless `options` say otherwise (`ergate_show_task_args`
+    gives `argsrepr=None`, Celery's own repr)."""
     kwargs: dict[str, Any] = {
         "initial_input_value": initial_input_value,
         "user_context": user_context,
@@ -145,12 +149,16 @@ def periodic_entry(
     every = _every(schedule)
     if every is not None:
         kwargs["every"] = every
+    shown = {
+        "argsrepr": repr((workflow_name,)),
+        "kwargsrepr": "{initial_input_value and user_context redacted}",
+    }
     return {
         "task": SUBMIT_TASK,
         "schedule": schedule,
         "args": (workflow_name,),
         "kwargs": kwargs,
-        "options": options,
+        "options": {**shown, **options},
     }
 
 
@@ -185,16 +193,17 @@ def add_periodic_job(
     )
     workflow_name = workflow.unique_name
     key = name or f"ergate: {workflow_name} every {schedule}"
-    entry = periodic_entry(
-        workflow_name,
-        schedule,
-        initial_input_value=initial_input_value,
-        user_context=user_context,
-        entry=key,
-    )
 
     def add() -> None:
-        app.conf.beat_schedule[key] = entry
+        shown = ErgateSettings.from_conf(app.conf).show_task_args
+        app.conf.beat_schedule[key] = periodic_entry(
+            workflow_name,
+            schedule,
+            initial_input_value=initial_input_value,
+            user_context=user_context,
+            entry=key,
+            **({"argsrepr": None, "kwargsrepr": None} if shown else {}),
+        )
 
     when_configured(app, add)
     return key

@@ -9,10 +9,12 @@ scheduled are removed, so that they never hold up the jobs behind them.
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime
 
 from ergate_celery.lifecycle.events import Release
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.operations.queueing import apply_marked
 from ergate_celery.stores.base import SCHEDULED, UNREADABLE, IndexEntry
 from ergate_celery.worker import observing
 from ergate_celery.worker.fan_out import recount
@@ -49,7 +51,8 @@ def _release_one(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | N
 def _release(rt: Runtime, entry: IndexEntry, now: datetime) -> JobStatus | None:
     try:
         paused = rt.paused.current() if rt.paused is not None else frozenset()
-        before, after = rt.apply(entry.job_id, Release(paused), sender=RELEASE_TASK, now=now)
+        release = Release(paused, uuid.uuid4().hex)
+        before, after = apply_marked(rt, entry.job_id, release, RELEASE_TASK, now)
     except UNREADABLE as exc:
         # A record that is not a job must not hold up every release after it.
         drop_entry(rt, entry, f"its record is not a job ({type(exc).__name__})")

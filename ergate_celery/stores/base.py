@@ -70,10 +70,8 @@ def index_entry(
     (default: the current time).
 
     A store whose records live inside the Django transaction (django-db) indexes PENDING jobs
-    as active: a PENDING record it can read was committed, so the sweep hands it over if its
-    commit hook never ran. Elsewhere a PENDING record may belong to a rolled-back transaction,
-    and is left to expire.
-    """
+    as active (one it can read was committed: the sweep hands it over if its commit hook never
+    ran); elsewhere one may belong to a rolled-back transaction, and is left to expire."""
     if job.status is JobStatus.SCHEDULED:
         return IndexEntry(SCHEDULED, str(job.id), due_at(job))
     if job.is_final or (job.status is JobStatus.PENDING and not pending):
@@ -82,18 +80,18 @@ def index_entry(
 
 
 def expiring(job: Job) -> bool:
-    """Whether the record follows `result_expires`: the same rule on every backend.
-
-    A final job expires; so does a PENDING one, which was never handed over (its submission
-    was rolled back, or its process died before publishing). Every other status waits for
-    something to move it, so it never expires: Celery would expire any result, and its
-    `backend_cleanup` deletes old rows whatever their status.
-    """
+    """Whether the record follows `result_expires` (one rule on every backend): a final job,
+    or a PENDING one never handed over (rolled back, or its process died before publishing).
+    Any other waits for something to move it, so it never expires: Celery would expire any
+    result, and its `backend_cleanup` deletes old rows whatever their status."""
     return job.is_final or job.status is JobStatus.PENDING
 
 
 class JobStore(Protocol):
     """Reads and atomically changes job records; one implementation per result backend."""
+
+    #: Whether its writes join the caller's Django transaction (django-db's do).
+    joins_django_transaction: bool
 
     def create(self, job: Job, *, unless_paused: bool = False) -> Job:
         """Store a new job; `DuplicateJobError` if its id is taken (that record is untouched).
@@ -200,6 +198,7 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
     #: Whether `_compare_and_set` writes the step task's result itself (in the same atomic
     #: write); otherwise it is stored right after the job's change.
     writes_task_result = False
+    joins_django_transaction = False
 
     def __init__(
         self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
@@ -265,10 +264,14 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
     def close(self) -> None:
         """See `JobStore.close`; most stores hold nothing of their own."""
 
+    def _drop_leftovers(self, job_id: str) -> bool:
+        """If no record holds `job_id`, remove what an expired one left (listing, tags, index
+        rows a backend's own cleanup does not know); whether the id is free."""
+        return False
+
     def expires_after(self, job: Job) -> float | None:
-        """Seconds the record of `job` is kept from now: None while it must not expire (the
-        rule of `expiring`), else its status's `ergate_expires_by_status` or
-        `result_expires`."""
+        """Seconds the record of `job` is kept from now: None while it must not expire
+        (`expiring`), else its status's `ergate_expires_by_status` or `result_expires`."""
         if not expiring(job):
             return None
         kept = self.expires_by_status.get(job.status.name)
@@ -281,14 +284,16 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
     # The logic on top of them.
 
     def create(self, job: Job, *, unless_paused: bool = False) -> Job:
-        """See `JobStore.create`."""
-        stored = self._insert_unless_paused(job) if unless_paused else None
-        if stored is None and (unless_paused or not self._insert(job)):
+        """See `JobStore.create`; what an expired record left behind does not hold its id."""
+        stored = self._created(job, unless_paused)
+        if stored is None and self._drop_leftovers(str(job.id)):
+            stored = self._created(job, unless_paused)
+        if stored is None:
             raise DuplicateJobError(
                 f"A job with id {job.id!r} already exists; submit without id= to get a new "
                 'one, or with if_exists="return" to get the existing job'
             )
-        return stored or job
+        return stored
 
     def get(self, job_id: str) -> Job | None:
         """The stored job, or None."""

@@ -51,6 +51,8 @@ def _from_db(moment: datetime) -> datetime:
 class DjangoJobStore(BaseJobStore[Columns]):
     """One `TaskResult` row per job, so the Django admin lists jobs with their status."""
 
+    joins_django_transaction = True
+
     def __init__(
         self, backend: Any, max_bytes: int, expires_by_status: Mapping[str, int] | None = None
     ) -> None:
@@ -251,6 +253,15 @@ class DjangoJobStore(BaseJobStore[Columns]):
             )
         except IntegrityError:  # as the ORM path: a listing row left behind by the id
             return False
+
+    def _drop_leftovers(self, job_id: str) -> bool:
+        # django-celery-results' cleanup deletes expired TaskResult rows only.
+        with transaction.atomic():
+            if self.model.objects.filter(task_id=job_id).exists():
+                return False
+            self.index.objects.filter(job_id=job_id).delete()
+            _unlist([job_id])
+        return True
 
     def delete(self, job_id: str) -> None:
         with transaction.atomic():

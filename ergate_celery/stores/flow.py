@@ -61,6 +61,13 @@ class FlowControl(ABC):
             if self._swap_slots(name, raw, None if new.empty else new.encode()):
                 return promoted
 
+    def _created(self, job: Job, unless_paused: bool) -> Job | None:
+        """The job as stored (parked, if `unless_paused` and its workflow is paused), or None
+        when its id is taken."""
+        if unless_paused:
+            return self._insert_unless_paused(job)
+        return job if self._insert(job) else None
+
     def _insert_unless_paused(self, job: Job) -> Job | None:
         """Store `job`, parked if its workflow is paused now; the job stored, or None if its
         id is taken. Here by reading the paused set first: a pause that returned before is

@@ -221,9 +221,15 @@ def check_tags(tags: Any, *, what: str = "tags") -> dict[str, str]:
             raise InvalidInputError(
                 f"tag name {key[:80]!r} must be 1 to {MAX_TAG_KEY} printable characters"
             )
-        if len(value) > MAX_TAG_VALUE or not value.isprintable():
+        if not value.isprintable():
+            where = next(i for i, c in enumerate(value) if not c.isprintable())
+            raise InvalidInputError(
+                f"tag {key!r} has a value with a character that is not printable "
+                f"({value[where]!r} at position {where}); tag values are printable text"
+            )
+        if len(value) > MAX_TAG_VALUE:
             raise InvalidInputError(
                 f"tag {key!r} has a value of {len(value)} characters; at most {MAX_TAG_VALUE} "
-                "printable characters are allowed"
+                "are allowed"
             )
     return dict(tags)

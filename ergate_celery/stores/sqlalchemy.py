@@ -268,6 +268,16 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             return False
         return True
 
+    def _drop_leftovers(self, job_id: str) -> bool:
+        # Celery's cleanup deletes expired rows of its own table only.
+        with self.engine.begin() as conn:
+            held = sa.select(self.table.c.task_id).where(self.table.c.task_id == job_id)
+            if conn.execute(held).first() is not None:
+                return False
+            conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
+            self._unlist(conn, [job_id])
+        return True
+
     def delete(self, job_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(self.table).where(self.table.c.task_id == job_id))

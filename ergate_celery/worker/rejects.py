@@ -1,5 +1,6 @@
 """Messages that cannot run — not a job, too large, for a step this worker does not know: the
-live job they name ends FAILED with the reason, and the message is dropped.
+job they name ends FAILED with the reason if it is theirs (at the step the message was for,
+held by no live claim), and the message is dropped.
 
 What is logged says what was wrong and where, never the values: messages may hold personal
 data.
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from ergate_celery.lifecycle.events import MessageRejected
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.job_status import JobStatus
-from ergate_celery.model.workflow_step import WorkflowStep
+from ergate_celery.model.workflow_step import WorkflowStep, step_task_name
 from ergate_celery.worker.step_results import reply
 
 if TYPE_CHECKING:
@@ -28,24 +29,45 @@ logger = logging.getLogger(__name__)
 def reject_message(
     rt: Runtime, payload: Any, error: JobError, sender: str, steps_completed: int | None = None
 ) -> str | None:
-    """Fail the live job a bad message names, if it names one; returns its id.
+    """Fail the job a bad message for step task `sender` names, if it may; returns its id.
 
-    Only a job that is not final or waiting, and (when `steps_completed` is given) still at
-    that point, is touched: a message that cannot be read must not fail a job that moved on.
+    A message can harm only its own job: one not final or waiting, at the step `sender` runs
+    (of its own workflow), held by no live claim and (when `steps_completed` is given) still
+    at that point. Any other is left alone and the message dropped with a WARNING.
     """
     job_id = payload.get("id") if isinstance(payload, dict) else None
     if not isinstance(job_id, str):
         logger.warning("Dropped a message for %s that names no job: %s", sender, error.message)
         return None
+    rejected = MessageRejected(error, steps_completed, sender)
     try:
-        failed = rt.apply(job_id, MessageRejected(error, steps_completed), sender=sender).after
+        before, failed = rt.apply(job_id, rejected, sender=sender)
     except Exception:
         logger.exception("Could not record the failure of job %s", job_id)
         return None
     if failed is None:
-        logger.warning("Dropped a bad message for job %s: %s", job_id, error.message)
+        logger.warning(
+            "Dropped a bad message for %s naming job %s: %s; the job is left alone (%s)",
+            sender,
+            job_id,
+            error.message,
+            _spared(before, sender),
+        )
         return None
     return job_id
+
+
+def _spared(stored: Job | None, task_name: str) -> str:
+    if stored is None:
+        return "no such job is stored"
+    if stored.is_final or stored.status is JobStatus.SCHEDULED:
+        return f"it is {stored.status.name}"
+    step = stored.current_step_name
+    if step is not None and step_task_name(stored.workflow_name, step) != task_name:
+        return f"it is at step {step!r} of workflow {stored.workflow_name!r}"
+    if stored.claim is not None:
+        return f"a live claim holds it, until {stored.lease_until}"
+    return f"it has moved on, to {stored.steps_completed} steps completed"
 
 
 def reject(

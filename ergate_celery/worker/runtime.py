@@ -110,12 +110,13 @@ class Runtime:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def publish_current_step(self, job: Job, sender: str) -> None:
+    def publish_current_step(self, job: Job, sender: str) -> Job | None:
         """Publish the job's current step; a job whose step cannot be published ends FAILED.
 
         A step or workflow that this process's definition no longer has (removed by a deploy)
-        fails the job with `UnknownStep`; a broker that stays down fails it with the reason
-        after the retries, and the error propagates.
+        fails the job with `UnknownStep`, and the job as stored then is returned (None when
+        the step was published); a broker that stays down fails it with the reason after the
+        retries, and the error propagates.
         """
         job_id = str(job.id)
         try:
@@ -124,7 +125,8 @@ class Runtime:
             )
         except (UnknownStepError, UnknownWorkflowError) as exc:
             error = JobError(type="UnknownStep", message=str(exc), step=job.current_step_name)
-            self.apply(job_id, MessageRejected(error, job.steps_completed), sender=sender)
+            rejected = MessageRejected(error, job.steps_completed)
+            return self.apply(job_id, rejected, sender=sender).after or self.store.get(job_id)
         except Exception as exc:
             error = JobError.from_exception(exc, job.current_step_name)
             error = error.model_copy(
@@ -132,6 +134,7 @@ class Runtime:
             )
             self.apply(job_id, PublishFailed(job.steps_completed, error), sender=sender)
             raise
+        return None
 
 
 def _label(job: Job) -> str:

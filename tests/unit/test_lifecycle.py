@@ -21,6 +21,7 @@ from ergate_celery.lifecycle.events import (
     Park,
     ParkedChecked,
     ProgressReported,
+    Published,
     PublishFailed,
     Recover,
     Release,
@@ -34,7 +35,7 @@ from ergate_celery.lifecycle.events import (
     Yield,
 )
 from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
-from ergate_celery.lifecycle.transitions import transition
+from ergate_celery.lifecycle.transitions import already_written, queued_by, transition
 from ergate_celery.model.job import FanOutState, Job, JobError, Wait
 from ergate_celery.model.job_status import JobStatus
 
@@ -212,6 +213,10 @@ def scenario(row: Row) -> tuple[Job, Event]:
                 timed_out = _APPROVAL.model_copy(update={"until": NOW - timedelta(seconds=1)})
                 stored = stored.model_copy(update={"wait": timed_out})
             return stored, RetryRequested()
+        case "Published":
+            if when.startswith("the operation"):
+                stored = stored.model_copy(update={"queued_by": "retry t1"})
+            return stored, Published("retry t1")
         case "Park":
             if when.startswith("already parked"):
                 stored = stored.model_copy(update={"parked": True})
@@ -244,7 +249,7 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 21
+    assert len(events) == 22
     assert pairs == {(status, event) for status in S for event in events}
 
 
@@ -389,6 +394,40 @@ def test_a_reject_that_names_an_old_point_leaves_the_job() -> None:
     error = JobError(type="MalformedMessage", message="bad")
     assert transition(_stored(S.QUEUED), MessageRejected(error, steps_completed=0), NOW) is None
     assert transition(_stored(S.QUEUED), MessageRejected(error, steps_completed=1), NOW) is not None
+
+
+def test_a_reject_fails_only_the_job_at_the_step_its_message_was_for() -> None:
+    error = JobError(type="MalformedMessage", message="bad")
+    queued = _stored(S.QUEUED)
+    assert transition(queued, MessageRejected(error, None, "ergate.wf.b"), NOW) is not None
+    # Another workflow's step, or another step of its own workflow: not its message.
+    assert transition(queued, MessageRejected(error, None, "ergate.other.b"), NOW) is None
+    assert transition(queued, MessageRejected(error, None, "ergate.wf.a"), NOW) is None
+    # A live claim holds the job: the step runs, whatever a bad copy says.
+    running = _stored(S.RUNNING)
+    assert transition(running, MessageRejected(error, 1, "ergate.wf.b"), NOW) is None
+    lapsed = running.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
+    assert transition(lapsed, MessageRejected(error, 1, "ergate.wf.b"), NOW) is not None
+
+
+def test_the_operation_that_queued_a_job_is_marked_until_a_step_claims_it() -> None:
+    retried = transition(_stored(S.FAILED), RetryRequested("t1"), NOW)
+    assert retried is not None
+    assert retried.queued_by == "retry t1"
+    assert queued_by(retried, "retry")
+    assert already_written(retried, RetryRequested("t1"))
+    assert not already_written(retried, RetryRequested("t2"))
+    waiting = _stored(S.SCHEDULED, wait=Wait(step="a", since=NOW, signal="ok"))
+    released = transition(waiting, Signalled("ok", None, "t3"), NOW)
+    assert released is not None
+    assert queued_by(released, "signal ok")
+    assert not queued_by(released, "signal other")
+    due = transition(_stored(S.SCHEDULED), Release(frozenset(), "t4"), NOW)
+    assert due is not None
+    assert due.queued_by == "release t4"
+    claimed = transition(retried, _claim(), NOW)
+    assert claimed is not None
+    assert claimed.queued_by is None
 
 
 def test_not_an_event_is_a_type_error() -> None:

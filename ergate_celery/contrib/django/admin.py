@@ -24,7 +24,12 @@ from pydantic import ValidationError
 from ergate_celery.binding import ErgateCelery
 from ergate_celery.contrib.django.job_display import current_step, display
 from ergate_celery.contrib.django.models import ErgateJob, JobTag
-from ergate_celery.exceptions import ErgateError, JobNotFoundError, JobStateError
+from ergate_celery.exceptions import (
+    ErgateError,
+    JobNotFoundError,
+    JobStateError,
+    UnknownStepError,
+)
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import FINAL_STATUSES, JobStatus
 from ergate_celery.operations.flow import describe_wait, waiting_for
@@ -279,7 +284,7 @@ class ErgateJobAdmin(admin.ModelAdmin):
         for job_id in queryset.values_list("task_id", flat=True):
             try:
                 ergate.retry_job(job_id)
-            except (JobStateError, JobNotFoundError) as exc:
+            except (JobStateError, JobNotFoundError, UnknownStepError) as exc:
                 refused.append(str(exc))
             else:
                 retried += 1

@@ -29,6 +29,7 @@ from ergate_celery.exceptions import (
     InvalidInputError,
     JobNotFoundError,
     JobStateError,
+    UnknownStepError,
     UnknownWorkflowError,
 )
 from ergate_celery.model.graph import edges, mermaid
@@ -270,7 +271,7 @@ def _act(
     else:
         try:
             _say(request, messages.SUCCESS, act(ergate, key))
-        except (JobStateError, JobNotFoundError) as exc:
+        except (JobStateError, JobNotFoundError, UnknownStepError) as exc:
             _say(request, messages.ERROR, str(exc))
     return HttpResponseRedirect(request.path)
 
