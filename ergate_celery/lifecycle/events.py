@@ -40,8 +40,6 @@ class Claim:
     steps_completed: int
     token: str
     lease_until: datetime
-    #: The broker redelivered the message: the worker that had it is gone.
-    redelivered: bool
     max_attempts: int
     workflow_version: str
 
@@ -59,6 +57,14 @@ class Yield:
     """The step run holding `token` gives its claim back for a Celery `retry()`."""
 
     token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """The worker of the step run holding `token` is alive: its lease runs to `lease_until`."""
+
+    token: str
+    lease_until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,7 @@ Event = (
     | Claim
     | Finish
     | Yield
+    | Renew
     | ProgressReported
     | Cancel
     | TimeLimit

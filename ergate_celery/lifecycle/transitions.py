@@ -24,6 +24,9 @@ from ergate_celery.model.job_status import (
 
 S = JobStatus
 
+#: The sweep's notes kept on a job, the latest ones: the record must keep room for them.
+KEPT_RECOVERIES = 10
+
 
 def transition(stored: Job, event: Event, now: datetime) -> Job | None:
     """The job after `event`, or None when the event leaves the stored job as it is."""
@@ -41,6 +44,10 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             if status is not S.RUNNING or stored.claim != token:
                 return None
             return stored.model_copy(update={"claim": None, "lease_until": None})
+        case events.Renew(token=token, lease_until=lease_until):
+            if status not in RUNNING_STATUSES or stored.claim != token:
+                return None
+            return stored.model_copy(update={"lease_until": lease_until})
         case events.ProgressReported(token=token, percent=percent, lease_until=lease_until):
             holds = status in RUNNING_STATUSES and stored.claim == token
             if not holds or stored.percent_completed >= percent:
@@ -151,10 +158,11 @@ def _claim(stored: Job, claim: events.Claim, now: datetime) -> Job | None:
     lost_runs = stored.lost_runs
     if status is S.RUNNING:
         held = stored.claim is not None
-        lease_live = stored.lease_until is not None and stored.lease_until > now
-        if held and lease_live and not claim.redelivered:
-            return None  # a duplicate while the step runs elsewhere: never run it twice at once
-        if held:  # that run ended without an outcome: its worker was lost
+        if held and leased(stored, now):
+            # Its worker renews the lease while the step runs: whatever the message says
+            # (a redelivered copy, a retry's countdown restored by the broker), never twice.
+            return None
+        if held:  # its worker stopped renewing the lease without an outcome: it was lost
             lost_runs += 1
         if lost_runs >= claim.max_attempts:
             message = (
@@ -183,6 +191,11 @@ def _claim(stored: Job, claim: events.Claim, now: datetime) -> Job | None:
     )
 
 
+def leased(stored: Job, now: datetime) -> bool:
+    """Whether a step run holds the job with a lease that has not expired at `now`."""
+    return stored.claim is not None and stored.lease_until is not None and stored.lease_until > now
+
+
 def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
     if stored.status not in RUNNING_STATUSES or stored.claim != token:
         return None  # another run took the job over, or this outcome is already stored
@@ -197,12 +210,15 @@ def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
 
 def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
     seen = recover.seen
-    # Only if nothing moved since it was seen idle: a job that progressed is left alone.
+    # Only if nothing moved since it was seen idle: a job that progressed is left alone, and
+    # so is a step whose worker still renews its lease (only its time limit ends it).
     if (stored.status, stored.steps_completed, stored.attempt) != (
         seen.status,
         seen.steps_completed,
         seen.attempt,
     ) or stored.status not in ACTIVE_STATUSES:
+        return None
+    if stored.status in RUNNING_STATUSES and leased(stored, now):
         return None
     where = f"{stored.status.name} at step {_step_label(stored)}"
     idle = f"{recover.idle_seconds:g} s"
@@ -218,10 +234,15 @@ def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
         changed = _set(stored, S.CANCELLED)
     elif recover.action == "fail":
         changed = _fail(stored, "StuckJob", f"No progress {where} for {idle}")
+    elif stored.status is S.QUEUED:
+        # Its message may wait behind a backlog as well as be lost: publishing it again costs
+        # a duplicate the claim drops, and is not a run of the step (never a WorkerLost).
+        changed = stored.model_copy(update={"claim": None, "lease_until": None})
+        note = f"{now.isoformat()} republish: {where} {done}, idle {idle}"
     elif stored.lost_runs + 1 >= recover.max_attempts:
         message = (
-            f"The job was requeued {stored.lost_runs + 1} times without its step finishing "
-            f"({where}); it is not requeued again"
+            f"The step's worker stopped renewing its lease {stored.lost_runs + 1} times "
+            f"without the step finishing ({where}); it is not requeued again"
         )
         changed = _fail(stored, "WorkerLost", message)
     else:
@@ -233,7 +254,7 @@ def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
                 "lost_runs": stored.lost_runs + 1,
             }
         )
-    return changed.model_copy(update={"recoveries": [*stored.recoveries, note]})
+    return changed.model_copy(update={"recoveries": [*stored.recoveries[1 - KEPT_RECOVERIES :], note]})
 
 
 def _at(stored: Job, step_name: str) -> bool:

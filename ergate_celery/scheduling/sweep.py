@@ -8,7 +8,7 @@ requeued forever) or fails it; index entries whose record is gone or final are r
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from ergate_celery.lifecycle.events import Recover
 from ergate_celery.model.job_status import ACTIVE_STATUSES, JobStatus
@@ -25,7 +25,7 @@ _BATCH = 1000
 def recover_stuck_jobs(rt: Runtime, now: datetime | None = None) -> int:
     """Requeue or fail every job idle past `stuck_after`; returns how many it changed."""
     settings = rt.settings
-    moment = now or datetime.now(UTC)
+    moment = now or rt.clock()
     before = moment - timedelta(seconds=settings.stuck_after)
     entries = rt.store.index_entries(ACTIVE, before, _BATCH)
     return sum(_recover(rt, entry, moment) for entry in entries)

@@ -17,6 +17,7 @@ from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
 from ergate_celery.lifecycle.waiting import due_at
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores.clock import StoreClock
 from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
 from ergate_celery.stores.oversized import without_values
 
@@ -172,6 +173,11 @@ class JobStore(Protocol):
     def close(self) -> None:
         """Release the connections this store holds of its own (the app's are Celery's)."""
 
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        """The store's clock (`StoreClock`): what leases, due times and idleness are decided
+        by, in every process of the app."""
+
     def list_jobs(self, query: JobQuery, limit: int, cursor: str | None) -> JobPage:
         """Jobs matching `query`, newest first (by `submitted_at`), finished ones until they
         expire; a page costs what it reads, not what is stored."""
@@ -222,8 +228,9 @@ class BaseJobStore(ABC, Generic[Token]):
         #: A new record may take this much: the rest of `max_bytes` is room for what a job
         #: gathers as it runs (timings, claims, recoveries, an error with its traceback).
         self.create_limit = max_bytes - max_bytes // CREATE_HEADROOM
-        #: What `finished_at` is stamped with (a test's virtual clock may replace it).
-        self.clock: Callable[[], datetime] = utc_now
+        #: The store's clock: what `finished_at` and index entries are stamped with, and what
+        #: leases and due times are compared with (a test's virtual clock may replace it).
+        self.clock: Callable[[], datetime] = StoreClock(self._server_time)
 
     # The primitives.
 
@@ -273,6 +280,11 @@ class BaseJobStore(ABC, Generic[Token]):
     @abstractmethod
     def set_paused(self, workflow_name: str, paused: bool) -> bool:
         """See `JobStore.set_paused`."""
+
+    def _server_time(self) -> datetime | None:
+        """The current time by the store server's clock; None: the store has no server of its
+        own, and the process's clock is its clock."""
+        return None
 
     def close(self) -> None:
         """See `JobStore.close`; most stores hold nothing of their own."""

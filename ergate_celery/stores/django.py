@@ -78,6 +78,15 @@ class DjangoJobStore(BaseJobStore[Columns]):
         assert self._postgres is not True
         return self._postgres
 
+    def _server_time(self) -> datetime | None:
+        connection = connections[router.db_for_write(self.model)]
+        if connection.vendor != "postgresql":
+            return None  # SQLite: the database's clock is this host's
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT clock_timestamp()")
+            server: datetime = cursor.fetchone()[0]
+        return server.astimezone(UTC)
+
     def _content(self, job: Job) -> str:
         content: str = self.backend.encode_content(job_document(job))[2]
         return content
@@ -104,7 +113,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
 
     def _reindex(self, job: Job) -> None:
         index = self.index
-        entry = index_entry(job, pending=True)
+        entry = index_entry(job, pending=True, now=self.clock())
         if entry is None or not self.upserts:
             index.objects.filter(job_id=str(job.id)).delete()
         if entry is None:
@@ -183,7 +192,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
     ) -> Stored[Columns] | Outcome:
         status, content = expected
         values = self._values(new)
-        entry = index_entry(new, pending=True)
+        entry = index_entry(new, pending=True, now=self.clock())
         summary = None
         if result is not None and self.writes_task_result:
             row, fields = self._summary(result, new)
@@ -227,7 +236,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
         row = postgres.prepared(self.model(task_id=str(job.id), **values), postgres.insert_fields)
         # As the ORM path's UPDATE after its INSERT: date_done as computed, not auto_now's now.
         row["s_date_done"] = postgres.prepare({"date_done": values["date_done"]})["v_date_done"]
-        entry = index_entry(job, pending=True)
+        entry = index_entry(job, pending=True, now=self.clock())
         submitted = job.submitted_at
         listed = None
         if submitted is not None:  # as `_list`: tags go with the listing row

@@ -8,7 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import states
@@ -162,7 +162,7 @@ class RedisJobStore(BaseJobStore[str]):
         return Stored(job_from_document(self.backend.decode(raw)["result"]), _digest(raw))
 
     def _index_arguments(self, job: Job) -> list[Any]:
-        entry = index_entry(job)
+        entry = index_entry(job, now=self.clock())
         return (
             [str(job.id), "", ""] if entry is None else [entry.job_id, entry.kind, _score(entry.at)]
         )
@@ -183,6 +183,10 @@ class RedisJobStore(BaseJobStore[str]):
             }
         meta["task_id"] = result.task_id
         return [backend.encode(meta), backend.expires or ""]
+
+    def _server_time(self) -> datetime | None:
+        seconds, microseconds = self.client.time()
+        return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=microseconds)
 
     def _read(self, job_id: str) -> Stored[str] | None:
         raw = self.client.get(self._key(job_id))

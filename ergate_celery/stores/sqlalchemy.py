@@ -146,7 +146,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         }
 
     def _reindex(self, conn: sa.Connection, job: Job) -> None:
-        entry = index_entry(job)
+        entry = index_entry(job, now=self.clock())
         if entry is None:
             self.sql.reindex(conn, str(job.id), None, None)
         else:
@@ -157,6 +157,14 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         if row is None or row.result is None:
             return None
         return Stored(job_from_document(self.backend.decode(row.result)), (row.status, row.result))
+
+    def _server_time(self) -> datetime | None:
+        if self.postgres is None:
+            return None  # SQLite: the database's clock is this host's
+        server: datetime = reading(
+            self.autocommit, lambda conn: conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
+        )
+        return server.astimezone(UTC)
 
     def _read(self, job_id: str) -> Stored[Columns] | None:
         return reading(self.autocommit, lambda conn: self._select(conn, job_id))
@@ -196,7 +204,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     ) -> Stored[Columns] | Outcome:
         assert self.postgres is not None
         status, raw = expected
-        entry = index_entry(new)
+        entry = index_entry(new, now=self.clock())
         with self.autocommit.connect() as conn:
             written, row = self.postgres.compare_and_set(
                 conn,
@@ -213,7 +221,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
 
     def _insert(self, job: Job) -> bool:
         if self.postgres is not None:
-            entry = index_entry(job)
+            entry = index_entry(job, now=self.clock())
             submitted = job.submitted_at
             try:
                 with self.autocommit.connect() as conn:

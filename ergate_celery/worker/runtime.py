@@ -22,7 +22,7 @@ from ergate_celery.lifecycle.transitions import already_written, transition
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
-from ergate_celery.stores.base import TaskResult, Updated, utc_now
+from ergate_celery.stores.base import TaskResult, Updated
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 
@@ -41,8 +41,13 @@ class Runtime:
     publish: Callable[[Job], None]
     #: The paused workflows, cached (None: nothing is ever paused, as in unit tests).
     paused: PausedWorkflows | None = None
-    #: The current time of every change (a test's virtual clock may replace it).
-    clock: Callable[[], datetime] = utc_now
+    #: The current time of every change and of every decision by time (leases, due times,
+    #: idleness): the store's clock unless given another (a test's virtual clock).
+    clock: Callable[[], datetime] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.clock is None:
+            self.clock = self.store.clock
 
     def apply(
         self,

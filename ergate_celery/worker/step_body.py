@@ -1,16 +1,17 @@
 """The body of every step task: claim the step, run it, advance the job, finish, publish the next.
 
-A claim holds a token and a lease: a duplicate message of a step that is running is dropped,
-and only a redelivery (the broker saw the worker die) or an expired lease takes it over. The
-outcome is written only by the run that holds the claim, and carries its token, so a write
-whose reply was lost is recognised when it is tried again.
+A claim holds a token and a lease, which the worker renews while the step runs (leases.py): a
+copy of the message of a step that is running is dropped, and only an expired lease is taken
+over. The outcome is written only by the run that holds the claim, and carries its token, so a
+write whose reply was lost is recognised when it is tried again.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
+from contextlib import nullcontext
+from datetime import datetime
 from typing import Any
 
 from celery import Task
@@ -26,6 +27,7 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
+from ergate_celery.worker.leases import Heartbeat, lease_expired, lease_length
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -77,9 +79,12 @@ def _execute(
         lambda percent: _store_progress(rt, job, step, percent),
         rt.settings.progress_interval,
     )
-    outcome = run_step(
-        step, job.get_input_value(), job.user_context, run, progress, job.signals, rt.clock
-    )
+    # An eager run (a WorkflowTester's) runs in its caller's thread, on a virtual clock.
+    eager = bool(task.request.is_eager)
+    with nullcontext() if eager else Heartbeat(rt, str(job.id), token, step.task_name):
+        outcome = run_step(
+            step, job.get_input_value(), job.user_context, run, progress, job.signals, rt.clock
+        )
     if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
         with requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
             rt.retrying(
@@ -109,7 +114,12 @@ def _execute(
 
 
 def _claim(
-    rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
+    rt: Runtime,
+    step: WorkflowStep[Any, Any],
+    task: Task[Any, Any],
+    message: Job,
+    *,
+    watch: bool = True,
 ) -> Job | None:
     job_id = str(message.id)
     if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
@@ -123,8 +133,7 @@ def _claim(
         step_index=step.index,
         steps_completed=message.steps_completed,
         token=token,
-        lease_until=now + timedelta(seconds=rt.settings.stuck_after),
-        redelivered=_redelivered(task),
+        lease_until=now + lease_length(rt.settings),
         max_attempts=rt.settings.max_step_attempts,
         workflow_version=step.workflow.version,
     )
@@ -134,6 +143,13 @@ def _claim(
     )
     if after is not None:
         return after
+    held = before is not None and before.claim is not None
+    if watch and held and _redelivered(task) and _same_run(before, message):
+        # Its worker may be gone (the broker saw it die) or alive (the broker restored a
+        # message held past its visibility timeout): only the lease tells.
+        assert before is not None
+        if lease_expired(rt, job_id, before):
+            return _claim(rt, step, task, message, watch=False)
     if before is not None and _stranded_successor(before, message, step, task):
         # The worker that ran this step died after storing its outcome and before publishing
         # the next step: the redelivered message hands the job on.
@@ -144,6 +160,10 @@ def _claim(
         "Dropped a message for %s of job %s: %s", step, job_id, dropped_because(before, message)
     )
     return None
+
+
+def _same_run(stored: Job | None, message: Job) -> bool:
+    return stored is not None and stored.steps_completed == message.steps_completed
 
 
 def _redelivered(task: Task[Any, Any]) -> bool:
@@ -224,7 +244,7 @@ def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int, now: d
 
 def _store_progress(rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float) -> None:
     assert job.claim is not None
-    lease = rt.clock() + timedelta(seconds=rt.settings.stuck_after)
+    lease = rt.clock() + lease_length(rt.settings)
     try:
         rt.apply(str(job.id), ProgressReported(job.claim, percent, lease), sender=step.task_name)
     except Exception:

@@ -89,6 +89,10 @@ def install_step(ergate: StepHost, step: WorkflowStep[Any, Any]) -> None:
         "acks_late": settings.acks_late,
         "reject_on_worker_lost": settings.reject_on_worker_lost,
     }
+    if settings.step_time_limit is not None:
+        # A step that hangs while its worker lives keeps renewing its lease: only a time
+        # limit ends it. A step's own `time_limit` wins.
+        options["time_limit"] = settings.step_time_limit
     options.update({k: v for k, v in step.task_options.items() if k in _CELERY_OPTIONS})
     ergate.app.task(  # type: ignore[no-untyped-call]
         name=step.task_name, ergate=ergate, ergate_step=step, **options

@@ -20,6 +20,7 @@ from ergate_celery.lifecycle.events import (
     ProgressReported,
     PublishFailed,
     Recover,
+    Renew,
     Release,
     RetryRequested,
     Signalled,
@@ -28,7 +29,7 @@ from ergate_celery.lifecycle.events import (
     Yield,
 )
 from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
-from ergate_celery.lifecycle.transitions import transition
+from ergate_celery.lifecycle.transitions import KEPT_RECOVERIES, transition
 from ergate_celery.model.job import Job, JobError, Wait
 from ergate_celery.model.job_status import JobStatus
 
@@ -63,7 +64,6 @@ def _claim(**fields: Any) -> Claim:
         "steps_completed": 1,
         "token": "new",
         "lease_until": NOW + timedelta(hours=1),
-        "redelivered": False,
         "max_attempts": 3,
         "workflow_version": "v2",
     }
@@ -115,8 +115,10 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "a stale message":
                 return stored, _claim(steps_completed=0)
             if when == "worker lost max_step_attempts times":
-                return stored.model_copy(update={"lost_runs": 2}), _claim(redelivered=True)
-            return stored, _claim(redelivered=when == "a redelivery or an expired lease")
+                stored = stored.model_copy(update={"lost_runs": 2})
+            if when in ("an expired lease", "worker lost max_step_attempts times"):
+                stored = stored.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
+            return stored, _claim()
         case "Finish":
             token = "other" if when == "another run holds the claim" else "held"
             after = stored.model_copy(update={"status": _FINISHED.get(when, S.QUEUED)})
@@ -127,6 +129,8 @@ def scenario(row: Row) -> tuple[Job, Event]:
             return stored, Finish(token, after)
         case "Yield":
             return stored, Yield("held")
+        case "Renew":
+            return stored, Renew("held", NOW + timedelta(hours=2))
         case "ProgressReported":
             return stored, ProgressReported("held", 50.0, NOW + timedelta(hours=2))
         case "Cancel":
@@ -139,6 +143,8 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "the same, start later":
                 later = NOW + timedelta(hours=1)
                 stored = stored.model_copy(update={"requested_start_time": later})
+            if "lease expired" in when or row.status is S.CANCELLING and when == "stuck":
+                stored = stored.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
             action = "fail" if "fail" in when else "requeue"
             return stored, Recover(stored, action, 3600.0, 3)
         case "PublishFailed":
@@ -178,7 +184,7 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 15
+    assert len(events) == 16
     assert pairs == {(status, event) for status in S for event in events}
 
 
@@ -269,8 +275,8 @@ def test_a_claim_given_back_for_a_retry_is_not_a_lost_run() -> None:
 
 
 def test_the_worker_lost_error_says_how_often() -> None:
-    stored = _stored(S.RUNNING, lost_runs=2)
-    failed = transition(stored, _claim(redelivered=True), NOW)
+    stored = _stored(S.RUNNING, lost_runs=2, lease_until=NOW - timedelta(seconds=1))
+    failed = transition(stored, _claim(), NOW)
     assert failed is not None
     assert failed.error is not None
     assert (failed.error.type, failed.error.step) == ("WorkerLost", "b")
@@ -288,12 +294,13 @@ def test_finish_records_its_token_so_a_lost_reply_is_recognised() -> None:
 
 
 def test_the_sweep_counts_its_requeues_and_fails_at_the_limit() -> None:
-    job = _stored(S.RUNNING)
+    job = _stored(S.RUNNING, lease_until=NOW - timedelta(seconds=1))
     for expected_runs in (1, 2):
         job = transition(job, Recover(job, "requeue", 60.0, 3), NOW) or job
         assert (job.status, job.lost_runs) == (S.QUEUED, expected_runs)
         job = transition(job, _claim(token=f"run{expected_runs}"), NOW) or job
         assert job.status is S.RUNNING
+        job = job.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
     failed = transition(job, Recover(job, "requeue", 60.0, 3), NOW)
     assert failed is not None
     assert failed.status is S.FAILED
@@ -383,3 +390,29 @@ def test_a_wait_without_timeout_is_never_released_and_stays_cancellable() -> Non
     cancelled = transition(stored, Cancel(), NOW)
     assert cancelled is not None
     assert cancelled.status is S.CANCELLED
+
+
+def test_a_live_lease_is_never_taken_over_nor_requeued() -> None:
+    running = _stored(S.RUNNING, lease_until=NOW + timedelta(seconds=5))
+    # A redelivered copy, a retry's countdown restored by the broker: the same claim.
+    assert transition(running, _claim(), NOW) is None
+    assert transition(running, Recover(running, "requeue", 7200.0, 3), NOW) is None
+    renewed = transition(running, Renew("held", NOW + timedelta(seconds=30)), NOW)
+    assert renewed is not None
+    assert renewed.lease_until == NOW + timedelta(seconds=30)
+    assert transition(running, Renew("other", NOW + timedelta(seconds=30)), NOW) is None
+
+
+def test_a_queued_job_is_republished_without_counting_a_run() -> None:
+    queued = _stored(S.QUEUED, lost_runs=2)
+    for _ in range(5):
+        queued = transition(queued, Recover(queued, "requeue", 3600.0, 3), NOW) or queued
+        assert (queued.status, queued.lost_runs, queued.error) == (S.QUEUED, 2, None)
+    assert "republish: QUEUED" in queued.recoveries[-1]
+
+
+def test_the_sweep_keeps_its_latest_notes_only() -> None:
+    queued = _stored(S.QUEUED)
+    for _ in range(KEPT_RECOVERIES + 5):
+        queued = transition(queued, Recover(queued, "requeue", 3600.0, 3), NOW) or queued
+    assert len(queued.recoveries) == KEPT_RECOVERIES
