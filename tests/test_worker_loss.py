@@ -122,7 +122,7 @@ def test_job_stranded_between_commit_and_publish_is_recovered_by_sweep(
     assert done.status is JobStatus.COMPLETED
     assert done.last_return_value == 4
     assert len(done.recoveries) == 1
-    assert "requeue: QUEUED at step 'publish'" in done.recoveries[0]
+    assert "republish: QUEUED at step 'publish'" in done.recoveries[0]
     assert step_counts(setup, job_id) == {"commit": 1, "publish": 1, "done": 1}
 
 

@@ -107,7 +107,11 @@ def run_step(
         return Aborted(exc.message)
     except (Sleep, WaitForSignal) as exc:
         now = clock() if clock is not None else datetime.now(UTC)
-        return Waited(exc.retval, waiting.wait_for(exc, step.name, now))
+        try:
+            wait = waiting.wait_for(exc, step.name, now)
+        except Exception as bad:  # a wait no clock can reach (Sleep(seconds=1e12)): an outcome
+            return Raised(bad)
+        return Waited(exc.retval, wait)
     except Exception as exc:
         return Raised(exc)
     if not returned:

@@ -254,7 +254,9 @@ def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
                 "lost_runs": stored.lost_runs + 1,
             }
         )
-    return changed.model_copy(update={"recoveries": [*stored.recoveries[1 - KEPT_RECOVERIES :], note]})
+    return changed.model_copy(
+        update={"recoveries": [*stored.recoveries[1 - KEPT_RECOVERIES :], note]}
+    )
 
 
 def _at(stored: Job, step_name: str) -> bool:

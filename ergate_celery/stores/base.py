@@ -19,7 +19,7 @@ from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.clock import StoreClock
 from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
-from ergate_celery.stores.oversized import without_values
+from ergate_celery.stores.oversized import fitted, is_outcome, outcome_limit
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: Called again when a concurrent write wins a race, so pure: `update` returns what it read.
@@ -244,10 +244,16 @@ class BaseJobStore(ABC, Generic[Token]):
 
     @abstractmethod
     def _compare_and_set(
-        self, job_id: str, expected: Token, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: Token,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[Token] | Outcome:
-        """Write `new` (size-checked, reindexed) if the record's token is `expected`; else
-        the record found instead, or `Outcome.GONE`. `result` only if `writes_task_result`."""
+        """Write `new` (size-checked against `limit`, default `max_bytes`; reindexed) if the
+        record's token is `expected`; else the record found instead, or `Outcome.GONE`.
+        `result` only if `writes_task_result`."""
 
     @abstractmethod
     def _insert(self, job: Job) -> bool:
@@ -347,14 +353,16 @@ class BaseJobStore(ABC, Generic[Token]):
                 continue
             new = stamped(new, self.clock)
             expected = self._token_of(job) if token is None else token
+            # A step's outcome leaves room for the lifecycle's own writes (oversized.py).
+            outcome = is_outcome(job, new)
+            limit = outcome_limit(self.max_bytes) if outcome else None
             try:
-                reply = self._compare_and_set(job_id, expected, new, result)
+                reply = self._compare_and_set(job_id, expected, new, result, limit)
             except InvalidInputError as exc:
-                if not exc.oversized or new.status is not JobStatus.FAILED:
+                if not exc.oversized:
                     raise
-                # A failure must always be storable: without the job's values, it fits.
-                new = without_values(new)
-                reply = self._compare_and_set(job_id, expected, new, result)
+                new = fitted(new, outcome, exc)
+                reply = self._compare_and_set(job_id, expected, new, result, limit)
             if reply is Outcome.WRITTEN:
                 if result is not None and not self.writes_task_result:
                     result.store_after(self.backend, new)
@@ -398,14 +406,3 @@ def job_document(job: Job) -> dict[str, Any]:
 def job_from_document(document: Any) -> Job:
     """Rebuild a job from its stored document."""
     return Job.model_validate(document)
-
-
-def check_size(job: Job, encoded: bytes | str, max_bytes: int) -> None:
-    """Refuse a record larger than `ergate_max_payload_bytes`."""
-    size = len(encoded)
-    if size > max_bytes:
-        raise InvalidInputError(
-            f"Job {job.id!r} would take {size} bytes, over ergate_max_payload_bytes="
-            f"{max_bytes}; pass large data by reference (a URL or a database key) instead",
-            oversized=True,
-        )

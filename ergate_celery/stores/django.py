@@ -164,15 +164,23 @@ class DjangoJobStore(BaseJobStore[Columns]):
         return job.status.name, self._content(job)
 
     def _compare_and_set(
-        self, job_id: str, expected: Columns, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: Columns,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[Columns] | Outcome:
+        values = self._values(new, limit)
         if self.postgres is not None:
-            return self._compare_and_set_postgres(self.postgres, job_id, expected, new, result)
+            return self._compare_and_set_postgres(
+                self.postgres, job_id, expected, new, values, result
+            )
         status, content = expected
         with transaction.atomic():
             written = self.model.objects.filter(
                 task_id=job_id, status=status, result=content
-            ).update(**self._values(new))
+            ).update(**values)
             if written != 1:
                 return self._read(job_id) or Outcome.GONE
             self._reindex(new)
@@ -188,10 +196,10 @@ class DjangoJobStore(BaseJobStore[Columns]):
         job_id: str,
         expected: Columns,
         new: Job,
+        values: dict[str, Any],
         result: TaskResult | None,
     ) -> Stored[Columns] | Outcome:
         status, content = expected
-        values = self._values(new)
         entry = index_entry(new, pending=True, now=self.clock())
         summary = None
         if result is not None and self.writes_task_result:

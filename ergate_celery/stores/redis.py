@@ -24,12 +24,12 @@ from ergate_celery.stores.base import (
     Outcome,
     Stored,
     TaskResult,
-    check_size,
     index_entry,
     job_from_document,
 )
 from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
+from ergate_celery.stores.oversized import check_size
 from ergate_celery.stores.redis_scripts import COMPARE_AND_SET, CREATE, DROP_INDEX_ENTRY
 
 
@@ -197,10 +197,15 @@ class RedisJobStore(BaseJobStore[str]):
         return self._digests.of(job) or _digest(self._encode(job, check=False)[0])
 
     def _compare_and_set(
-        self, job_id: str, expected: str, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: str,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[str] | Outcome:
         keys = [self._key(job_id), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
-        encoded, ttl = self._encode(new)
+        encoded, ttl = self._encode(new, limit=limit)
         arguments = [
             expected,
             encoded,

@@ -161,9 +161,10 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def _server_time(self) -> datetime | None:
         if self.postgres is None:
             return None  # SQLite: the database's clock is this host's
-        server: datetime = reading(
+        server = reading(
             self.autocommit, lambda conn: conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
         )
+        assert isinstance(server, datetime)
         return server.astimezone(UTC)
 
     def _read(self, job_id: str) -> Stored[Columns] | None:
@@ -173,10 +174,15 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         return job.status.name, self._encoded(job)
 
     def _compare_and_set(
-        self, job_id: str, expected: Columns, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: Columns,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[Columns] | Outcome:
         status, raw = expected
-        values = self._values(new)
+        values = self._values(new, limit)
         if self.postgres is not None:
             return self._compare_and_set_postgres(job_id, expected, new, values, result)
         with self.engine.begin() as conn:

@@ -77,7 +77,9 @@ class Heartbeat:
         rt = self.rt
         lease_until = rt.clock() + lease_length(rt.settings)
         try:
-            before, after = rt.apply(self.job_id, Renew(self.token, lease_until), sender=self.sender)
+            before, after = rt.apply(
+                self.job_id, Renew(self.token, lease_until), sender=self.sender
+            )
         except Exception as exc:
             # A blip must not end the heartbeat: the lease has room for two more tries.
             logger.warning("Could not renew the lease of job %s (%r)", self.job_id, exc)

@@ -22,7 +22,7 @@ from ergate_celery.exceptions import InvalidInputError
 from ergate_celery.lifecycle.advance import Raised, advance, percent_after_return, run_step
 from ergate_celery.lifecycle.events import Claim, Finish, ProgressReported, Yield
 from ergate_celery.model.annotations import StepRun
-from ergate_celery.model.job import Job, JobError, StepTiming
+from ergate_celery.model.job import Job, JobError, StepTiming, describe
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import ProgressReporter
@@ -95,14 +95,18 @@ def _execute(
         display = display_options(job, step, rt.settings.show_task_args)
         raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task), **display)
     kept = rt.settings.timings_kept
-    after = _timed(job, step, advance(job, step.workflow, outcome), kept, rt.clock())
+    try:
+        advanced = advance(job, step.workflow, outcome)
+    except Exception as exc:  # the step path failed, not the step: still the step's outcome
+        outcome, advanced = Raised(exc), _failed(job, step, exc)
+    after = _timed(job, step, advanced, kept, rt.clock())
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
     with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
         finished = _finish(rt, task, job, step, after, kept, with_result=raised is None)
     if raised is not None and finished is not None:
-        raise raised
+        raise _reraisable(raised)
     if finished is None:
         logger.warning(
             "Dropped the outcome of %s for job %s: another run took the job over", step, job.id
@@ -214,19 +218,33 @@ def _finish(
         if after.last_return_value is not job.last_return_value:  # the step gave a value
             after = json_result(step, after)
         return write(after)
-    except (PydanticSerializationError, InvalidInputError) as exc:
+    except (PydanticSerializationError, InvalidInputError, RecursionError, ValueError) as exc:
         # The step's return value cannot be stored: fail the job, keeping its last good value.
         reason = (
             exc
             if isinstance(exc, InvalidInputError)
             else InvalidInputError(
-                f"Step {step} returned a value that is not JSON-serializable: {exc}; "
-                "return dicts, lists, strings, numbers, booleans or None"
+                f"Step {step} returned a value that cannot be stored as JSON "
+                f"({type(exc).__name__}: {describe(exc)}); return dicts, lists, strings, "
+                "numbers, booleans or None"
             )
         )
-        error = JobError.from_exception(reason, step.name)
-        failed = job.model_copy(update={"status": JobStatus.FAILED, "error": error})
-        return write(_timed(job, step, failed, kept, rt.clock()))
+        return write(_timed(job, step, _failed(job, step, reason), kept, rt.clock()))
+
+
+def _failed(job: Job, step: WorkflowStep[Any, Any], exc: BaseException) -> Job:
+    error = JobError.from_exception(exc, step.name)
+    return job.model_copy(update={"status": JobStatus.FAILED, "error": error})
+
+
+def _reraisable(exc: Exception) -> Exception:
+    """`exc`, or, when it cannot even be described (its `__str__` raises), an error that
+    can: Celery logs and stores it as the failed task's exception."""
+    try:
+        str(exc)
+    except Exception:
+        return RuntimeError(describe(exc))
+    return exc
 
 
 def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int, now: datetime) -> Job:

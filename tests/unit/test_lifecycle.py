@@ -20,8 +20,8 @@ from ergate_celery.lifecycle.events import (
     ProgressReported,
     PublishFailed,
     Recover,
-    Renew,
     Release,
+    Renew,
     RetryRequested,
     Signalled,
     TimeLimit,
@@ -143,7 +143,7 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "the same, start later":
                 later = NOW + timedelta(hours=1)
                 stored = stored.model_copy(update={"requested_start_time": later})
-            if "lease expired" in when or row.status is S.CANCELLING and when == "stuck":
+            if "lease expired" in when or (row.status is S.CANCELLING and when == "stuck"):
                 stored = stored.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
             action = "fail" if "fail" in when else "requeue"
             return stored, Recover(stored, action, 3600.0, 3)
