@@ -54,9 +54,11 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Yield:
-    """The step run holding `token` gives its claim back for a Celery `retry()`."""
+    """The step run holding `token` gives its claim back for a Celery `retry()`, whose
+    message waits for its countdown: the sweep leaves the job alone until `lease_until`."""
 
     token: str
+    lease_until: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,10 +40,10 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             return _claim(stored, event, now)
         case events.Finish(token=token, after=after):
             return _finish(stored, token, after, now)
-        case events.Yield(token=token):
+        case events.Yield(token=token, lease_until=lease_until):
             if status is not S.RUNNING or stored.claim != token:
                 return None
-            return stored.model_copy(update={"claim": None, "lease_until": None})
+            return stored.model_copy(update={"claim": None, "lease_until": lease_until})
         case events.Renew(token=token, lease_until=lease_until):
             if status not in RUNNING_STATUSES or stored.claim != token:
                 return None
@@ -192,8 +192,9 @@ def _claim(stored: Job, claim: events.Claim, now: datetime) -> Job | None:
 
 
 def leased(stored: Job, now: datetime) -> bool:
-    """Whether a step run holds the job with a lease that has not expired at `now`."""
-    return stored.claim is not None and stored.lease_until is not None and stored.lease_until > now
+    """Whether the job's lease has not expired at `now`: a step run holds it, or a Celery
+    `retry()` of its step waits for its countdown."""
+    return stored.lease_until is not None and stored.lease_until > now
 
 
 def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:

@@ -354,14 +354,13 @@ class BaseJobStore(ABC, Generic[Token]):
             new = stamped(new, self.clock)
             expected = self._token_of(job) if token is None else token
             # A step's outcome leaves room for the lifecycle's own writes (oversized.py).
-            outcome = is_outcome(job, new)
-            limit = outcome_limit(self.max_bytes) if outcome else None
+            limit = outcome_limit(self.max_bytes) if is_outcome(job, new) else None
             try:
                 reply = self._compare_and_set(job_id, expected, new, result, limit)
             except InvalidInputError as exc:
                 if not exc.oversized:
                     raise
-                new = fitted(new, outcome, exc)
+                new = fitted(new, limit, exc)
                 reply = self._compare_and_set(job_id, expected, new, result, limit)
             if reply is Outcome.WRITTEN:
                 if result is not None and not self.writes_task_result:

@@ -47,13 +47,18 @@ def is_outcome(before: Job, new: Job) -> bool:
     return new.finished_by is not None and new.finished_by != before.finished_by
 
 
-def fitted(new: Job, outcome: bool, exc: InvalidInputError) -> Job:
-    """`new`, made to fit after `exc` said it is too large; `exc` again when it must not be
-    cut: a step's outcome over its room fails the step instead (it is the step's value)."""
+def fitted(new: Job, outcome_limit: int | None, exc: InvalidInputError) -> Job:
+    """`new`, made to fit after `exc` said it is too large. A step's outcome (written with
+    its `outcome_limit`) is not cut but refused: it fails the step, as its value is the
+    step's; the FAILED record then fits."""
     if new.status is JobStatus.FAILED:
         return without_values(new)
-    if outcome:
-        raise exc
+    if outcome_limit is not None:
+        raise InvalidInputError(
+            f"{exc} (a step's outcome may take up to {outcome_limit} bytes: the rest is room "
+            "for the job's own bookkeeping)",
+            oversized=True,
+        ) from None
     return trimmed(new)
 
 

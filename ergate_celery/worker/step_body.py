@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from contextlib import nullcontext
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Task
@@ -86,14 +86,18 @@ def _execute(
             step, job.get_input_value(), job.user_context, run, progress, job.signals, rt.clock
         )
     if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
+        countdown = retry_delay(step, task)
+        lease_until = rt.clock() + timedelta(seconds=countdown) + lease_length(rt.settings)
         with requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
             rt.retrying(
                 f"yielding {step} of job {job.id} for a retry",
-                lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
+                lambda: rt.apply(
+                    str(job.id), Yield(token, lease_until), sender=step.task_name, assume=job
+                ),
             )
         # The retry is a new message: it shows what every step message shows, not the job.
         display = display_options(job, step, rt.settings.show_task_args)
-        raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task), **display)
+        raise task.retry(exc=outcome.exception, countdown=countdown, **display)
     kept = rt.settings.timings_kept
     try:
         advanced = advance(job, step.workflow, outcome)

@@ -128,7 +128,7 @@ def scenario(row: Row) -> tuple[Job, Event]:
                 stored = stored.model_copy(update={"signals": {"ok": {"by": "ana"}}})
             return stored, Finish(token, after)
         case "Yield":
-            return stored, Yield("held")
+            return stored, Yield("held", NOW + timedelta(seconds=5))
         case "Renew":
             return stored, Renew("held", NOW + timedelta(hours=2))
         case "ProgressReported":
@@ -266,7 +266,7 @@ def test_an_expired_lease_is_taken_over_and_counted_as_a_lost_run() -> None:
 
 
 def test_a_claim_given_back_for_a_retry_is_not_a_lost_run() -> None:
-    yielded = transition(_stored(S.RUNNING), Yield("held"), NOW)
+    yielded = transition(_stored(S.RUNNING), Yield("held", NOW + timedelta(seconds=5)), NOW)
     assert yielded is not None
     assert yielded.claim is None
     again = transition(yielded, _claim(), NOW)
