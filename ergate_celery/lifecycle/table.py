@@ -71,6 +71,7 @@ CANCELLING  TimeLimit         FAILED      hard time_limit
 QUEUED      Recover           QUEUED      stuck, republish
 QUEUED      Recover           FAILED      stuck, ergate_stuck_action = fail
 RUNNING     Recover           QUEUED      lease expired, requeue
+RUNNING     Recover           QUEUED      a retry's countdown and lease passed, republish
 RUNNING     Recover           FAILED      lease expired, requeued max_step_attempts times
 RUNNING     Recover           FAILED      lease expired, ergate_stuck_action = fail
 RUNNING     Recover           -           its worker renews the lease

@@ -235,10 +235,11 @@ def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
         changed = _set(stored, S.CANCELLED)
     elif recover.action == "fail":
         changed = _fail(stored, "StuckJob", f"No progress {where} for {idle}")
-    elif stored.status is S.QUEUED:
-        # Its message may wait behind a backlog as well as be lost: publishing it again costs
-        # a duplicate the claim drops, and is not a run of the step (never a WorkerLost).
-        changed = stored.model_copy(update={"claim": None, "lease_until": None})
+    elif stored.claim is None:
+        # QUEUED, or RUNNING with its claim given back for a Celery retry: its message may
+        # wait behind a backlog as well as be lost. Publishing it again costs a duplicate the
+        # claim drops, and is not a run of the step (never a WorkerLost).
+        changed = stored.model_copy(update={"status": S.QUEUED, "lease_until": None})
         note = f"{now.isoformat()} republish: {where} {done}, idle {idle}"
     elif stored.lost_runs + 1 >= recover.max_attempts:
         message = (

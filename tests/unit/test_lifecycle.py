@@ -143,6 +143,8 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "the same, start later":
                 later = NOW + timedelta(hours=1)
                 stored = stored.model_copy(update={"requested_start_time": later})
+            if "countdown" in when:
+                stored = stored.model_copy(update={"claim": None, "lease_until": None})
             if "lease expired" in when or (row.status is S.CANCELLING and when == "stuck"):
                 stored = stored.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
             action = "fail" if "fail" in when else "requeue"
