@@ -5,12 +5,10 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
-from celery import states
 from pydantic import ValidationError
 
 from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
@@ -20,6 +18,7 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.clock import StoreClock
 from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
 from ergate_celery.stores.oversized import fitted, is_outcome, outcome_limit
+from ergate_celery.stores.task_result import TaskResult as TaskResult  # re-exported: imported from here
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: Called again when a concurrent write wins a race, so pure: `update` returns what it read.
@@ -35,29 +34,6 @@ class Updated(NamedTuple):
 
 #: What a backend's compare-and-set compares: a digest on Redis, the stored columns on SQL.
 Token = TypeVar("Token")
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """A step task's own result (its summary), stored when, and only when, the job change is.
-
-    Step tasks run with `ignore_result=True`; the store writes this result instead, in the same
-    round trip as the job's change where the backend allows it (Redis), right after otherwise.
-    """
-
-    task_id: str
-    #: The summary of the job as written.
-    summarize: Callable[[Job], dict[str, Any]]
-    #: The Celery request of the task (for `result_extended` fields), or None.
-    request: Any = None
-
-    def store_after(self, backend: Any, job: Job) -> None:
-        """Store the summary of `job` through the backend, after the job was written."""
-        self.store(backend, self.summarize(job))
-
-    def store(self, backend: Any, summary: dict[str, Any]) -> None:
-        """Store `summary` through the backend, as Celery would when the task returns."""
-        backend.store_result(self.task_id, summary, states.SUCCESS, request=self.request)
 
 
 #: What reading a record that is not a job raises (as opposed to a backend that is down).
