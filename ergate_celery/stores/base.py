@@ -18,7 +18,9 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.clock import StoreClock
 from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
 from ergate_celery.stores.oversized import fitted, is_outcome, outcome_limit
-from ergate_celery.stores.task_result import TaskResult as TaskResult  # re-exported: imported from here
+from ergate_celery.stores.task_result import (
+    TaskResult as TaskResult,  # re-exported: imported from here
+)
 
 #: Computes the job to write from the job stored now, or None to leave the record alone.
 #: Called again when a concurrent write wins a race, so pure: `update` returns what it read.
