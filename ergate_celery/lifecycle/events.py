@@ -100,6 +100,9 @@ class Recover:
     action: str
     idle_seconds: float
     max_attempts: int
+    #: `ergate_stuck_after`: the unit of the hold between two republishes of a QUEUED job
+    #: (None: the idleness found).
+    stuck_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ README's state diagram is printed from that table.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ergate_celery.lifecycle import events, waiting
 from ergate_celery.lifecycle.events import Event
@@ -26,6 +26,9 @@ S = JobStatus
 
 #: The sweep's notes kept on a job, the latest ones: the record must keep room for them.
 KEPT_RECOVERIES = 10
+#: A job waiting QUEUED is published again after 1, 2, 4 ... at most 2**_MAX_DOUBLINGS times
+#: `ergate_stuck_after`.
+_MAX_DOUBLINGS = 10
 
 
 def transition(stored: Job, event: Event, now: datetime) -> Job | None:
@@ -142,6 +145,7 @@ def _retry(stored: Job, now: datetime) -> Job | None:
             "claim": None,
             "lease_until": None,
             "lost_runs": 0,
+            "republished": 0,
             "parked": False,
         }
     )
@@ -205,7 +209,13 @@ def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
     if stored.status is S.CANCELLING and after.status in (S.QUEUED, S.SCHEDULED):
         after = _set(after, S.CANCELLED)
     return after.model_copy(
-        update={"claim": None, "lease_until": None, "lost_runs": 0, "finished_by": token}
+        update={
+            "claim": None,
+            "lease_until": None,
+            "lost_runs": 0,
+            "republished": 0,
+            "finished_by": token,
+        }
     )
 
 
@@ -219,7 +229,7 @@ def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
         seen.attempt,
     ) or stored.status not in ACTIVE_STATUSES:
         return None
-    if stored.status in RUNNING_STATUSES and leased(stored, now):
+    if leased(stored, now):
         return None
     where = f"{stored.status.name} at step {_step_label(stored)}"
     idle = f"{recover.idle_seconds:g} s"
@@ -238,8 +248,18 @@ def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
     elif stored.claim is None:
         # QUEUED, or RUNNING with its claim given back for a Celery retry: its message may
         # wait behind a backlog as well as be lost. Publishing it again costs a duplicate the
-        # claim drops, and is not a run of the step (never a WorkerLost).
-        changed = stored.model_copy(update={"status": S.QUEUED, "lease_until": None})
+        # claim drops, and is not a run of the step (never a WorkerLost); each time, the
+        # sweep leaves it alone twice as long before the next (no storm behind a backlog).
+        times = stored.republished
+        unit = recover.idle_seconds if recover.stuck_after is None else recover.stuck_after
+        hold = unit * (2 ** min(times, _MAX_DOUBLINGS) - 1)
+        changed = stored.model_copy(
+            update={
+                "status": S.QUEUED,
+                "lease_until": now + timedelta(seconds=hold) if hold > 0 else None,
+                "republished": times + 1,
+            }
+        )
         note = f"{now.isoformat()} republish: {where} {done}, idle {idle}"
     elif stored.lost_runs + 1 >= recover.max_attempts:
         message = (

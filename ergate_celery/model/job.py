@@ -126,9 +126,14 @@ class Job(BaseModel):
     claim: str | None = None
     """The token of the step run that holds the job while it is RUNNING."""
     lease_until: datetime | None = None
-    """Until when that claim holds against a duplicate message (a redelivery takes it)."""
+    """Until when that claim holds: its worker renews it while the step runs. On a job
+    waiting for its message (a retry's countdown, a message published again by the sweep),
+    until when the sweep leaves it alone."""
     lost_runs: int = Field(default=0, ge=0)
     """Runs of the current step that ended without an outcome (worker lost, stuck requeue)."""
+    republished: int = Field(default=0, ge=0)
+    """Times the sweep published the current step's message again while the job waited
+    QUEUED; each time it waits twice as long before the next (a backlog is not a loss)."""
     finished_by: str | None = None
     """The claim token of the step run whose outcome is stored last."""
     wait: Wait | None = None

@@ -42,7 +42,9 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime) -> int:
         return 0
     settings = rt.settings
     idle = (now - entry.at).total_seconds()
-    event = Recover(seen, settings.stuck_action, idle, settings.max_step_attempts)
+    event = Recover(
+        seen, settings.stuck_action, idle, settings.max_step_attempts, settings.stuck_after
+    )
     try:
         recovered = rt.apply(entry.job_id, event, sender=RECOVER_TASK, now=now).after
         if recovered is None:

@@ -78,7 +78,12 @@ def index_entry(
         return IndexEntry(SCHEDULED, str(job.id), due_at(job))
     if job.is_final or job.parked or (job.status is JobStatus.PENDING and not pending):
         return None
-    return IndexEntry(ACTIVE, str(job.id), now or utc_now())
+    at = now or utc_now()
+    if job.claim is None and job.lease_until is not None:
+        # Waiting for its message (a retry's countdown, a republish's hold): the sweep's
+        # idleness counts from the end of the wait.
+        at = max(at, job.lease_until)
+    return IndexEntry(ACTIVE, str(job.id), at)
 
 
 def expiring(job: Job) -> bool:

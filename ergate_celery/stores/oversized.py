@@ -22,7 +22,7 @@ OUTCOME_ROOM: Final = 20
 #: failure record stored `without_values`.
 _KEPT_CHARS: Final = 4000
 _KEPT_LINES: Final = 20
-#: The entries of each bookkeeping list kept when a lifecycle write is trimmed to fit.
+#: The entries kept of a failure record's earlier errors.
 _TRIMMED_TO: Final = 2
 
 
@@ -63,19 +63,18 @@ def fitted(new: Job, outcome_limit: int | None, exc: InvalidInputError) -> Job:
 
 
 def trimmed(job: Job) -> Job:
-    """`job` with its bookkeeping (timings, the sweep's notes, earlier errors, the error's
-    traceback) cut to the latest entries, and a note saying so; its values are kept."""
+    """`job` with its bookkeeping cut to the least (the last timing and earlier error, the
+    error's traceback's end) and a note saying so in place of the sweep's; its values are
+    kept."""
     note = "the record was at ergate_max_payload_bytes: older timings, notes and errors were cut"
     error = job.error
     if error is not None and error.traceback is not None:
         error = error.model_copy(update={"traceback": error.traceback[-_KEPT_CHARS:]})
     return job.model_copy(
         update={
-            "timings": job.timings[-_TRIMMED_TO:],
-            "recoveries": [*job.recoveries[-_TRIMMED_TO:], note],
-            "errors": [
-                past.model_copy(update={"traceback": None}) for past in job.errors[-_TRIMMED_TO:]
-            ],
+            "timings": job.timings[-1:],
+            "recoveries": [note],
+            "errors": [past.model_copy(update={"traceback": None}) for past in job.errors[-1:]],
             "error": error,
         }
     )

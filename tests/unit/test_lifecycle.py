@@ -405,16 +405,29 @@ def test_a_live_lease_is_never_taken_over_nor_requeued() -> None:
     assert transition(running, Renew("other", NOW + timedelta(seconds=30)), NOW) is None
 
 
-def test_a_queued_job_is_republished_without_counting_a_run() -> None:
+def test_a_queued_job_is_republished_without_counting_a_run_each_time_later() -> None:
     queued = _stored(S.QUEUED, lost_runs=2)
-    for _ in range(5):
-        queued = transition(queued, Recover(queued, "requeue", 3600.0, 3), NOW) or queued
+    holds = []
+    now = NOW
+    for _ in range(4):
+        republished = transition(queued, Recover(queued, "requeue", 60.0, 3, 60.0), now)
+        assert republished is not None
+        queued = republished
         assert (queued.status, queued.lost_runs, queued.error) == (S.QUEUED, 2, None)
+        hold = queued.lease_until - now if queued.lease_until is not None else timedelta(0)
+        holds.append(hold.total_seconds())
+        # Held back: the sweep leaves it alone until the hold ends.
+        assert transition(queued, Recover(queued, "requeue", 60.0, 3, 60.0), now) is None or (
+            hold.total_seconds() == 0
+        )
+        now += hold + timedelta(seconds=60)
     assert "republish: QUEUED" in queued.recoveries[-1]
+    assert holds == [0.0, 60.0, 180.0, 420.0]  # twice as long each time: no storm
 
 
 def test_the_sweep_keeps_its_latest_notes_only() -> None:
     queued = _stored(S.QUEUED)
-    for _ in range(KEPT_RECOVERIES + 5):
-        queued = transition(queued, Recover(queued, "requeue", 3600.0, 3), NOW) or queued
+    for month in range(KEPT_RECOVERIES + 5):
+        later = NOW + timedelta(days=100 * month)
+        queued = transition(queued, Recover(queued, "requeue", 3600.0, 3), later) or queued
     assert len(queued.recoveries) == KEPT_RECOVERIES
