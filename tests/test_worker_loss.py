@@ -37,7 +37,8 @@ def test_sigkilled_worker_step_reruns_and_job_completes(
     requeues the message); killing the whole worker exercises the broker's redelivery of an
     unacknowledged message (at once on RabbitMQ, after `visibility_timeout` on Redis)."""
     extra = {"broker_transport_options": FAST_REDIS_REDELIVERY} if setup_name == "redis" else {}
-    setup = make_setup(setup_name, **extra)
+    # The redelivered message takes the step over once the dead worker's lease expired.
+    setup = make_setup(setup_name, ergate_lease_seconds=2, **extra)
     setup.ergate.register_workflow(fault_app.slow)
     job = setup.ergate.submit_job("fault_slow", initial_input_value=1)
     job_id = str(job.id)
@@ -140,7 +141,7 @@ def test_worker_killed_right_after_wait_for_signal_stores_the_wait_once(
     stored; the requeued message is dropped. Either way the job waits once, and completes
     when signalled."""
     extra = {"broker_transport_options": FAST_REDIS_REDELIVERY} if setup_name == "redis" else {}
-    setup = make_setup(setup_name, **extra)
+    setup = make_setup(setup_name, ergate_lease_seconds=2, **extra)
     for workflow in waiting_app.WORKFLOWS:
         setup.ergate.register_workflow(workflow)
     flag, marks = setup.tmp_path / "killed", setup.tmp_path / "marks"
