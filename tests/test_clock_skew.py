@@ -42,10 +42,11 @@ def test_a_host_ahead_of_the_store_releases_and_sweeps_by_the_store_clock(
     setup = make_setup(setup_name, ergate_stuck_after=1)
     setup.ergate.register_workflow(liveness_app.steady)
     later = datetime.now(UTC) + timedelta(seconds=30)
-    scheduled = setup.ergate.submit_job(
-        "live_steady", initial_input_value=0, requested_start_time=later
-    )
     with _skewed(setup, 60):
+        scheduled = setup.ergate.submit_job(
+            "live_steady", initial_input_value=0, requested_start_time=later
+        )
+        assert scheduled.status is JobStatus.SCHEDULED
         assert setup.ergate.runtime.clock() < later
         assert release_due_jobs(setup.ergate) == 0
     assert setup.ergate.get_job(scheduled.id).status is JobStatus.SCHEDULED
