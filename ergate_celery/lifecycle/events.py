@@ -70,6 +70,14 @@ class Renew:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessLost:
+    """The worker saw the pool process that ran the step die (killed, out of memory): the
+    claim it held, its token starting with `holder`, holds no more."""
+
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProgressReported:
     """The step run holding `token` reports `percent`; the lease is renewed with it."""
 
@@ -160,6 +168,7 @@ Event = (
     | Finish
     | Yield
     | Renew
+    | ProcessLost
     | ProgressReported
     | Cancel
     | TimeLimit

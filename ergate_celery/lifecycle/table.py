@@ -60,6 +60,9 @@ CANCELLING  Finish            COMPLETED   last step returned
 RUNNING     Yield             RUNNING     Celery retry()
 RUNNING     Renew             RUNNING     its worker is alive
 CANCELLING  Renew             CANCELLING  its worker is alive
+RUNNING     ProcessLost       RUNNING     its pool process died: the lease ends
+CANCELLING  ProcessLost       CANCELLING  its pool process died: the lease ends
+RUNNING     ProcessLost       -           another process holds the claim
 RUNNING     ProgressReported  RUNNING     higher percent
 CANCELLING  ProgressReported  CANCELLING  higher percent
 PENDING     Cancel            CANCELLED
@@ -128,7 +131,13 @@ def mermaid() -> str:
     """The state diagram of `LIFECYCLE` in Mermaid, as the README shows it."""
     edges: dict[tuple[JobStatus, JobStatus], list[str]] = {}
     for row in LIFECYCLE:
-        quiet = ("ProgressReported", "Renew", "Yield", "Signalled")  # the status stays: not an edge
+        quiet = (
+            "ProgressReported",
+            "Renew",
+            "ProcessLost",
+            "Yield",
+            "Signalled",
+        )  # the status stays: not an edge
         if row.to is None or (row.to is row.status and row.event in quiet):
             continue
         edges.setdefault((row.status, row.to), [])

@@ -51,6 +51,11 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             if status not in RUNNING_STATUSES or stored.claim != token:
                 return None
             return stored.model_copy(update={"lease_until": lease_until})
+        case events.ProcessLost(holder=holder):
+            claim = stored.claim
+            if status not in RUNNING_STATUSES or claim is None or not claim.startswith(holder):
+                return None
+            return stored.model_copy(update={"lease_until": None})
         case events.ProgressReported(token=token, percent=percent, lease_until=lease_until):
             holds = status in RUNNING_STATUSES and stored.claim == token
             if not holds or stored.percent_completed >= percent:

@@ -7,24 +7,48 @@ it (killed, lost with its host). A redelivered message proves nothing — Redis 
 message held past `visibility_timeout` (a retry's countdown, a prefetched one), and the flag
 can be forged — so a redelivered copy that finds a live lease watches it (`lease_expired`)
 instead: renewed, its holder lives and the copy is dropped; left to expire, the copy claims.
+A claim token names its pool process: when the worker's main process sees that process die,
+it ends the lease at once (`let_go`), and the requeued message runs the step again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
+import uuid
 from datetime import timedelta
 from types import TracebackType
 
-from ergate_celery.lifecycle.events import Renew
+from ergate_celery.lifecycle.events import ProcessLost, Renew
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import RUNNING_STATUSES
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger("ergate_celery")
+
+
+def holder(hostname: str | None, pid: int) -> str:
+    """What every claim token of the pool process `pid` of worker `hostname` starts with."""
+    return f"{hostname}/{pid}/"
+
+
+def claim_token(hostname: str | None) -> str:
+    """A new claim token, naming the process that holds it: when that process dies, its
+    worker's main process lets the claim go (`ProcessLost`) instead of waiting for the lease."""
+    return f"{holder(hostname, os.getpid())}{uuid.uuid4().hex}"
+
+
+def let_go(rt: Runtime, job_id: str, hostname: str | None, pid: int, sender: str) -> None:
+    """End the lease of the claim the dead pool process `pid` held on the job, if it holds
+    one: the step's requeued message then runs it again at once."""
+    try:
+        rt.apply(job_id, ProcessLost(holder(hostname, pid)), sender=sender)
+    except Exception as exc:  # the lease then simply runs out
+        logger.warning("Could not end the lease of job %s after its process died (%r)", job_id, exc)
 
 
 def lease_length(settings: ErgateSettings) -> timedelta:

@@ -9,7 +9,6 @@ write whose reply was lost is recognised when it is tried again.
 from __future__ import annotations
 
 import logging
-import uuid
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +26,7 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
-from ergate_celery.worker.leases import Heartbeat, lease_expired, lease_length
+from ergate_celery.worker.leases import Heartbeat, claim_token, lease_expired, lease_length
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -134,7 +133,7 @@ def _claim(
         park(rt, step, message)
         return None
     now = rt.clock()
-    token = uuid.uuid4().hex
+    token = claim_token(task.request.hostname)
     claim = Claim(
         workflow_name=step.workflow.unique_name,
         step_name=step.name,

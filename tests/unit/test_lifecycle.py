@@ -17,6 +17,7 @@ from ergate_celery.lifecycle.events import (
     HandOver,
     MessageRejected,
     Park,
+    ProcessLost,
     ProgressReported,
     PublishFailed,
     Recover,
@@ -129,6 +130,9 @@ def scenario(row: Row) -> tuple[Job, Event]:
             return stored, Finish(token, after)
         case "Yield":
             return stored, Yield("held", NOW + timedelta(seconds=5))
+        case "ProcessLost":
+            holder = "other/" if when == "another process holds the claim" else "he"
+            return stored, ProcessLost(holder)
         case "Renew":
             return stored, Renew("held", NOW + timedelta(hours=2))
         case "ProgressReported":
@@ -186,7 +190,7 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 16
+    assert len(events) == 17
     assert pairs == {(status, event) for status in S for event in events}
 
 
