@@ -22,6 +22,9 @@ logger = logging.getLogger("ergate_celery")
 REFRESH_SECONDS = 30.0
 #: Seconds before a failed reading is tried again (the process clock serves meanwhile).
 RETRY_SECONDS = 5.0
+#: Readings taken at most per refresh; a round trip this short ends them.
+_READINGS = 3
+_QUICK = timedelta(milliseconds=20)
 
 
 def process_time() -> datetime:
@@ -57,17 +60,28 @@ class StoreClock:
     def refresh(self) -> None:
         """Measure the offset now (a reading that fails keeps the last one)."""
         with self._lock:
-            before = self.local()
-            try:
-                server = self.server_time()
-            except Exception as exc:
-                logger.debug("Could not read the store's clock (%r); trying again soon", exc)
-                self._next = time.monotonic() + RETRY_SECONDS
-                return
-            after = self.local()
-            if server is None:  # no server of its own: the process's clock is the store's
-                self._offset, self._next = timedelta(0), float("inf")
-                return
-            # The server read its clock somewhere inside the round trip: take the middle.
-            self._offset = server - (before + (after - before) / 2)
+            best: tuple[timedelta, timedelta] | None = None  # (round trip, offset)
+            for _ in range(_READINGS):
+                before = self.local()
+                try:
+                    server = self.server_time()
+                except Exception as exc:
+                    logger.debug("Could not read the store's clock (%r); trying again soon", exc)
+                    self._next = time.monotonic() + RETRY_SECONDS
+                    return
+                after = self.local()
+                if server is None:  # no server of its own: the process's clock is the store's
+                    self._offset, self._next = timedelta(0), float("inf")
+                    return
+                # The server read its clock somewhere inside the round trip: take the middle.
+                # The first reading may include opening the connection: the shortest wins.
+                trip = after - before
+                if best is None or trip < best[0]:
+                    best = (trip, server - (before + trip / 2))
+                if trip <= _QUICK:
+                    break
+            assert best is not None
+            trip, offset = best
+            # An offset within the round trip cannot be told from none (one host's clock).
+            self._offset = offset if abs(offset) > trip else timedelta(0)
             self._next = time.monotonic() + REFRESH_SECONDS
