@@ -113,8 +113,8 @@ class Heartbeat:
 
 def lease_expired(rt: Runtime, job_id: str, held: Job) -> bool:
     """Watch the lease of `held` (a job another run holds) until it is renewed or expires:
-    True when it expired unrenewed or the job moved on (claim it again: the claim decides),
-    False when its holder renewed it (it lives: drop the message)."""
+    True when it expired unrenewed (claim the job: its holder is gone), False when its holder
+    renewed it or the job moved on (drop the message: it is a copy)."""
     every = renew_every(rt.settings)
     while True:
         lease_until = held.lease_until
@@ -123,11 +123,11 @@ def lease_expired(rt: Runtime, job_id: str, held: Job) -> bool:
             return True
         time.sleep(min((lease_until - now).total_seconds() + 0.05, every / 2))
         current = rt.store.get(job_id)
-        if current is None:
+        if current is None or current.claim != held.claim:
             return False
-        if current.claim != held.claim or current.status not in RUNNING_STATUSES:
-            return True
-        if current.lease_until != held.lease_until:
+        if current.status not in RUNNING_STATUSES:
+            return False
+        if current.lease_until is not None and current.lease_until > lease_until:
             return False
         held = current
 

@@ -5,6 +5,7 @@ clock, whatever that one says."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery
@@ -13,7 +14,14 @@ from ergate_celery import ErgateCelery, Job, JobStatus
 from ergate_celery.lifecycle.events import Claim
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.clock import StoreClock
-from ergate_celery.worker.leases import Heartbeat, lease_expired, lease_length, renew_every
+from ergate_celery.worker.leases import (
+    Heartbeat,
+    claim_token,
+    lease_expired,
+    lease_length,
+    let_go,
+    renew_every,
+)
 from ergate_celery.worker.runtime import Runtime
 
 from ..support import wait_until
@@ -22,7 +30,7 @@ from ..workflows import echo_workflow
 SERVER = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def _claimed(ergate: ErgateCelery) -> tuple[Runtime, Job]:
+def _claimed(ergate: ErgateCelery, token: str = "held") -> tuple[Runtime, Job]:
     ergate.register_workflow(echo_workflow("solo", "only"))
     queued = ergate.submit_job("solo", initial_input_value=1)
     rt = ergate.runtime
@@ -31,7 +39,7 @@ def _claimed(ergate: ErgateCelery) -> tuple[Runtime, Job]:
         step_name="only",
         step_index=0,
         steps_completed=0,
-        token="held",
+        token=token,
         lease_until=rt.clock() + lease_length(rt.settings),
         max_attempts=3,
         workflow_version=queued.workflow_version or "",
@@ -67,6 +75,19 @@ def test_the_heartbeat_renews_the_claim_until_its_block_ends(memory_app: Celery)
             what="the lease renewed",
         )
         assert not lease_expired(rt, job_id, live)
+    ergate.close()
+
+
+def test_the_claim_of_a_dead_pool_process_is_let_go_at_once(memory_app: Celery) -> None:
+    ergate = ErgateCelery(memory_app)
+    rt, claimed = _claimed(ergate, claim_token("worker@host"))
+    job_id = str(claimed.id)
+    let_go(rt, job_id, "worker@host", os.getpid() + 1, "test")  # another process: kept
+    assert ergate.get_job(job_id).lease_until == claimed.lease_until
+    let_go(rt, job_id, "worker@host", os.getpid(), "test")
+    lost = ergate.get_job(job_id)
+    assert (lost.claim, lost.lease_until) == (claimed.claim, None)
+    assert lease_expired(rt, job_id, lost)  # a redelivered copy takes it over at once
     ergate.close()
 
 
