@@ -35,6 +35,7 @@ def _skewed(setup: Setup, seconds: float) -> Iterator[None]:
         clock.refresh()
 
 
+@pytest.mark.slow
 @pytest.mark.setup("redis", "rabbitmq_postgres")
 def test_a_host_ahead_of_the_store_releases_and_sweeps_by_the_store_clock(
     setup_name: str, make_setup: Callable[..., Setup]
