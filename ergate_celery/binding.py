@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -195,6 +195,7 @@ class ErgateCelery:
             requested_start_time, id = given.requested_start_time, given.id
             priority, deadline = given.priority, given.deadline
             tags = given.tags or tags
+        rt = self._here()
         job = new_job(
             self.workflow(workflow_name),
             initial_input_value=initial_input_value,
@@ -203,10 +204,11 @@ class ErgateCelery:
             job_id=id,
             priority=priority,
             deadline=deadline,
-            now=datetime.now(UTC),
+            # The store's clock: a job due soon is not run early by a web host running ahead.
+            now=rt.clock(),
             tags=tags,
         )
-        return submit(self._here(), job, if_exists=if_exists)
+        return submit(rt, job, if_exists=if_exists)
 
     def publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name."""

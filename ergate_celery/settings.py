@@ -33,14 +33,22 @@ class ErgateSettings:
     schedule_interval: float = 1.0
     #: Due jobs read from the index per query by one release run.
     release_batch_size: int = 500
-    #: A QUEUED/RUNNING job unchanged for this many seconds is stuck (lost message, purged
-    #: queue, dead worker without redelivery). Keep it above your longest step.
+    #: A QUEUED job unclaimed, or a RUNNING one unrenewed, for this many seconds is looked at
+    #: by the sweep: a QUEUED one's message is published again (not counted as a run), a
+    #: RUNNING one is requeued only once its claim's lease has expired.
     stuck_after: float = 3600.0
     #: What the sweep does with a stuck job: "requeue" its current step, or "fail" it.
     stuck_action: str = "requeue"
     #: Most seconds between two looks of beat at the active index (a sweep is sent only when
     #: a job is idle past stuck_after; installed with beat_enabled).
     stuck_check_interval: float = 60.0
+    #: Seconds a step's claim holds without its worker renewing it: the worker renews it every
+    #: third of this (or of stuck_after, if shorter) while the step runs, whatever the step
+    #: does. A claim whose lease expired (its worker is gone) is taken over.
+    lease_seconds: float = 30.0
+    #: A hard time limit, in seconds, for every step without a `time_limit` of its own; None:
+    #: none, and a step that hangs while its worker lives holds its job until the worker ends.
+    step_time_limit: float | None = None
     #: Least seconds between two stored progress reports of a step.
     progress_interval: float = 1.0
     #: Tries for storing a step's outcome and publishing the next step before the job fails.

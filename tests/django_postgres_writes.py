@@ -86,6 +86,7 @@ def main(schema: str, use_tz: bool) -> None:
     def run(prefix: str) -> list[Any]:
         """Submit, write a step's outcome with its summary, miss a compare-and-set; returns
         the rows each table holds of this run."""
+        store.clock()  # the store's clock reads the server's time now and then, not per write
         with CaptureQueriesContext(connection) as queries:
             job = ergate.submit_job("pg_writes", initial_input_value=1, tags={"run": prefix})
         later = ergate.submit_job(

@@ -51,7 +51,8 @@ def _lifecycle_setup(make_setup: Callable[..., Setup], name: str) -> Setup:
     extra: dict[str, Any] = {}
     if name == "redis":
         extra["broker_transport_options"] = FAST_REDIS_REDELIVERY
-    setup = make_setup(name, **extra)
+    # A killed worker's step is taken over once its lease expired.
+    setup = make_setup(name, ergate_lease_seconds=2, **extra)
     setup.ergate.register_workflow(lifecycle_app.overrun)
     setup.ergate.register_workflow(lifecycle_app.crash)
     return setup

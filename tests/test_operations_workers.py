@@ -171,11 +171,11 @@ def test_a_retry_racing_the_sweep_ends_in_one_state(setup: Setup, worker: Any) -
 
     What the sweep may do is one `Recover` of the job (one index entry, one pass), written only
     if nothing moved since it read it: nothing (it read the index before the retry wrote its
-    entry, or the job moved on); requeue it QUEUED — a second message for the same step,
-    dropped at its claim, so the step still runs once; or requeue it RUNNING, which it cannot
-    tell from a hung step — the step runs once more and only one of the two outcomes is
-    stored (the at-least-once rule of the docs' guarantees). Steps before the retried one never run
-    again, and each stored outcome is one timing.
+    entry, or the job moved on); publish it again, QUEUED — a second message for the same
+    step, dropped at its claim, so the step still runs once; or requeue it RUNNING, which it
+    cannot tell from a lost one, its lease long expired at that `now` — the step runs once
+    more and only one of the two outcomes is stored (the at-least-once rule of the guarantees).
+    Steps before the retried one never run again, and each stored outcome is one timing.
     """
     runs: Counter[tuple[str, str]] = Counter()
     lock = threading.Lock()
@@ -240,7 +240,8 @@ def test_a_retry_racing_the_sweep_ends_in_one_state(setup: Setup, worker: Any) -
         extra = Counter[str]()
         for line in job.recoveries:
             found = re.search(
-                r" requeue: (QUEUED|RUNNING) at step '(charge|ship)' after (\d) ", line
+                r" (?:republish|requeue): (QUEUED|RUNNING) at step '(charge|ship)' after (\d) ",
+                line,
             )
             assert found is not None, line
             status, step, done = found.groups()

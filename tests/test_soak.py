@@ -58,6 +58,8 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
             "visibility_timeout": SOAK_VISIBILITY_TIMEOUT,
         },
         ergate_stuck_after=5,
+        # A killed pool process's step is taken over once its lease expired.
+        ergate_lease_seconds=2,
     )
     setup.ergate.register_workflow(fault_app.soak)
     counters = redis.Redis.from_url(setup.conf["broker_url"])

@@ -128,7 +128,11 @@ def run_step(
         return Cancelled()
     except (Sleep, WaitForSignal) as exc:
         now = clock() if clock is not None else datetime.now(UTC)
-        return Waited(exc.retval, waiting.wait_for(exc, step.name, now))
+        try:
+            wait = waiting.wait_for(exc, step.name, now)
+        except Exception as bad:  # a wait no clock can reach (Sleep(seconds=1e12)): an outcome
+            return Raised(bad)
+        return Waited(exc.retval, wait)
     except FanOut as exc:
         return FannedOut(exc, clock() if clock is not None else datetime.now(UTC))
     except ValidationError as exc:

@@ -49,8 +49,6 @@ class Claim:
     steps_completed: int
     token: str
     lease_until: datetime
-    #: The broker redelivered the message: the worker that had it is gone.
-    redelivered: bool
     max_attempts: int
     workflow_version: str
 
@@ -65,9 +63,27 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Yield:
-    """The step run holding `token` gives its claim back for a Celery `retry()`."""
+    """The step run holding `token` gives its claim back for a Celery `retry()`, whose
+    message waits for its countdown: the sweep leaves the job alone until `lease_until`."""
 
     token: str
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """The worker of the step run holding `token` is alive: its lease runs to `lease_until`."""
+
+    token: str
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessLost:
+    """The worker saw the pool process that ran the step die (killed, out of memory): the
+    claim it held, its token starting with `holder`, holds no more."""
+
+    holder: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +117,9 @@ class Recover:
     action: str
     idle_seconds: float
     max_attempts: int
+    #: `ergate_stuck_after`: the unit of the hold between two republishes of a QUEUED job
+    #: (None: the idleness found).
+    stuck_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +242,8 @@ Event = (
     | Claim
     | Finish
     | Yield
+    | Renew
+    | ProcessLost
     | ProgressReported
     | Cancel
     | TimeLimit

@@ -43,7 +43,8 @@ QUEUED      Claim             RUNNING     the message's step
 QUEUED      Claim             FAILED      first step, past its deadline
 QUEUED      Claim             -           a stale message
 RUNNING     Claim             -           a duplicate while the lease holds
-RUNNING     Claim             RUNNING     a redelivery or an expired lease
+RUNNING     Claim             -           a redelivered copy while the lease holds
+RUNNING     Claim             RUNNING     an expired lease
 RUNNING     Claim             FAILED      worker lost max_step_attempts times
 CANCELLING  Claim             CANCELLED   the message's step
 RUNNING     Finish            QUEUED      returned, more steps
@@ -59,6 +60,11 @@ CANCELLING  Finish            CANCELLED   more steps
 CANCELLING  Finish            COMPLETED   last step returned
 CANCELLING  Finish            CANCELLED   JobCancelled: the step stopped at a report
 RUNNING     Yield             RUNNING     Celery retry()
+RUNNING     Renew             RUNNING     its worker is alive
+CANCELLING  Renew             CANCELLING  its worker is alive
+RUNNING     ProcessLost       RUNNING     its pool process died: the lease ends
+CANCELLING  ProcessLost       CANCELLING  its pool process died: the lease ends
+RUNNING     ProcessLost       -           another process holds the claim
 RUNNING     ProgressReported  RUNNING     higher percent
 CANCELLING  ProgressReported  CANCELLING  higher percent
 PENDING     Cancel            CANCELLED
@@ -67,11 +73,15 @@ QUEUED      Cancel            CANCELLED
 RUNNING     Cancel            CANCELLING
 RUNNING     TimeLimit         FAILED      hard time_limit
 CANCELLING  TimeLimit         FAILED      hard time_limit
-QUEUED      Recover           QUEUED      stuck, requeue
-RUNNING     Recover           QUEUED      stuck, requeue
-RUNNING     Recover           FAILED      stuck, requeued max_step_attempts times
-RUNNING     Recover           FAILED      stuck, ergate_stuck_action = fail
-CANCELLING  Recover           CANCELLED   stuck
+QUEUED      Recover           QUEUED      stuck, republish
+QUEUED      Recover           FAILED      stuck, ergate_stuck_action = fail
+RUNNING     Recover           QUEUED      lease expired, requeue
+RUNNING     Recover           QUEUED      a retry's countdown and lease passed, republish
+RUNNING     Recover           FAILED      lease expired, requeued max_step_attempts times
+RUNNING     Recover           FAILED      lease expired, ergate_stuck_action = fail
+RUNNING     Recover           -           its worker renews the lease
+CANCELLING  Recover           CANCELLED   lease expired
+CANCELLING  Recover           -           its worker renews the lease
 PENDING     Recover           QUEUED      committed, never handed over (django-db)
 PENDING     Recover           SCHEDULED   the same, start later
 QUEUED      PublishFailed     FAILED
@@ -147,6 +157,8 @@ def mermaid() -> str:
     for row in LIFECYCLE:
         quiet = (
             "ProgressReported",
+            "Renew",
+            "ProcessLost",
             "Yield",
             "Signalled",
             "FanOutStarted",

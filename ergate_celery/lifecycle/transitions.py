@@ -9,7 +9,7 @@ docs' state diagram is printed from that table.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ergate_celery.lifecycle import events, fan_out, flow, waiting
 from ergate_celery.lifecycle.events import Event
@@ -24,6 +24,12 @@ from ergate_celery.model.job_status import (
 from ergate_celery.model.workflow_step import step_task_name
 
 S = JobStatus
+
+#: The sweep's notes kept on a job, the latest ones: the record must keep room for them.
+KEPT_RECOVERIES = 10
+#: A job waiting QUEUED is published again after 1, 2, 4 ... at most 2**_MAX_DOUBLINGS times
+#: `ergate_stuck_after`.
+_MAX_DOUBLINGS = 10
 
 
 def transition(stored: Job, event: Event, now: datetime) -> Job | None:
@@ -40,10 +46,19 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             return _claim(stored, event, now)
         case events.Finish(token=token, after=after):
             return _finish(stored, token, after, now)
-        case events.Yield(token=token):
+        case events.Yield(token=token, lease_until=lease_until):
             if status is not S.RUNNING or stored.claim != token:
                 return None
-            return stored.model_copy(update={"claim": None, "lease_until": None})
+            return stored.model_copy(update={"claim": None, "lease_until": lease_until})
+        case events.Renew(token=token, lease_until=lease_until):
+            if status not in RUNNING_STATUSES or stored.claim != token:
+                return None
+            return stored.model_copy(update={"lease_until": lease_until})
+        case events.ProcessLost(holder=holder):
+            claim = stored.claim
+            if status not in RUNNING_STATUSES or claim is None or not claim.startswith(holder):
+                return None
+            return stored.model_copy(update={"lease_until": None})
         case events.ProgressReported(token=token, percent=percent, lease_until=lease_until):
             holds = status in RUNNING_STATUSES and stored.claim == token
             if not holds or stored.percent_completed >= percent:
@@ -194,6 +209,7 @@ def _retry(stored: Job, retry: events.RetryRequested, now: datetime) -> Job | No
             "claim": None,
             "lease_until": None,
             "lost_runs": 0,
+            "republished": 0,
             "parked": False,
             # Only a retry that queues the job has a publish to finish.
             "queued_by": retry.mark if status is S.QUEUED else None,
@@ -212,10 +228,11 @@ def _claim(stored: Job, claim: events.Claim, now: datetime) -> Job | None:
     lost_runs = stored.lost_runs
     if status is S.RUNNING:
         held = stored.claim is not None
-        lease_live = stored.lease_until is not None and stored.lease_until > now
-        if held and lease_live and not claim.redelivered:
-            return None  # a duplicate while the step runs elsewhere: never run it twice at once
-        if held:  # that run ended without an outcome: its worker was lost
+        if held and leased(stored, now):
+            # Its worker renews the lease while the step runs: whatever the message says
+            # (a redelivered copy, a retry's countdown restored by the broker), never twice.
+            return None
+        if held:  # its worker stopped renewing the lease without an outcome: it was lost
             lost_runs += 1
         if lost_runs >= claim.max_attempts:
             message = (
@@ -245,6 +262,12 @@ def _claim(stored: Job, claim: events.Claim, now: datetime) -> Job | None:
     )
 
 
+def leased(stored: Job, now: datetime) -> bool:
+    """Whether the job's lease has not expired at `now`: a step run holds it, or a Celery
+    `retry()` of its step waits for its countdown."""
+    return stored.lease_until is not None and stored.lease_until > now
+
+
 def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
     if stored.status not in RUNNING_STATUSES or stored.claim != token:
         return None  # another run took the job over, or this outcome is already stored
@@ -256,18 +279,27 @@ def _finish(stored: Job, token: str, after: Job, now: datetime) -> Job | None:
     elif stored.status is S.CANCELLING and after.status in (S.QUEUED, S.SCHEDULED):
         after = _set(after, S.CANCELLED)
     return after.model_copy(
-        update={"claim": None, "lease_until": None, "lost_runs": 0, "finished_by": token}
+        update={
+            "claim": None,
+            "lease_until": None,
+            "lost_runs": 0,
+            "republished": 0,
+            "finished_by": token,
+        }
     )
 
 
 def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
     seen = recover.seen
-    # Only if nothing moved since it was seen idle: a job that progressed is left alone.
+    # Only if nothing moved since it was seen idle: a job that progressed is left alone, and
+    # so is a step whose worker still renews its lease (only its time limit ends it).
     if (stored.status, stored.steps_completed, stored.attempt) != (
         seen.status,
         seen.steps_completed,
         seen.attempt,
     ) or stored.status not in ACTIVE_STATUSES:
+        return None
+    if leased(stored, now):
         return None
     where = f"{stored.status.name} at step {_step_label(stored)}"
     idle = f"{recover.idle_seconds:g} s"
@@ -283,10 +315,26 @@ def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
         changed = _set(stored, S.CANCELLED)
     elif recover.action == "fail":
         changed = _fail(stored, "StuckJob", f"No progress {where} for {idle}")
+    elif stored.claim is None:
+        # QUEUED, or RUNNING with its claim given back for a Celery retry: its message may
+        # wait behind a backlog as well as be lost. Publishing it again costs a duplicate the
+        # claim drops, and is not a run of the step (never a WorkerLost); each time, the
+        # sweep leaves it alone twice as long before the next (no storm behind a backlog).
+        times = stored.republished
+        unit = recover.idle_seconds if recover.stuck_after is None else recover.stuck_after
+        hold = unit * (2 ** min(times, _MAX_DOUBLINGS) - 1)
+        changed = stored.model_copy(
+            update={
+                "status": S.QUEUED,
+                "lease_until": now + timedelta(seconds=hold) if hold > 0 else None,
+                "republished": times + 1,
+            }
+        )
+        note = f"{now.isoformat()} republish: {where} {done}, idle {idle}"
     elif stored.lost_runs + 1 >= recover.max_attempts:
         message = (
-            f"The job was requeued {stored.lost_runs + 1} times without its step finishing "
-            f"({where}); it is not requeued again"
+            f"The step's worker stopped renewing its lease {stored.lost_runs + 1} times "
+            f"without the step finishing ({where}); it is not requeued again"
         )
         changed = _fail(stored, "WorkerLost", message)
     else:
@@ -298,7 +346,9 @@ def _recover(stored: Job, recover: events.Recover, now: datetime) -> Job | None:
                 "lost_runs": stored.lost_runs + 1,
             }
         )
-    return changed.model_copy(update={"recoveries": [*stored.recoveries, note]})
+    return changed.model_copy(
+        update={"recoveries": [*stored.recoveries[1 - KEPT_RECOVERIES :], note]}
+    )
 
 
 def _at(stored: Job, step_name: str) -> bool:

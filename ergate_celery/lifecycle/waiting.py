@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ergate_celery.exceptions import Sleep, WaitForSignal
+from ergate_celery.exceptions import InvalidInputError, Sleep, WaitForSignal
 from ergate_celery.model.job import Job, JobError, Wait
 from ergate_celery.model.job_status import JobStatus
 
@@ -33,14 +33,23 @@ FOREVER = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def wait_for(request: Sleep | WaitForSignal, step: str, now: datetime) -> Wait:
-    """The wait a step asked for by raising `request` at `now`."""
-    if isinstance(request, Sleep):
-        until = request.until
-        if until is None:
-            assert request.seconds is not None
-            until = now + timedelta(seconds=request.seconds)
-        return Wait(step=step, since=now, until=until.astimezone(UTC))
-    end = None if request.timeout is None else now + timedelta(seconds=request.timeout)
+    """The wait a step asked for by raising `request` at `now`; `InvalidInputError` for one
+    that ends past the last date a clock can show."""
+    seconds = request.seconds if isinstance(request, Sleep) else request.timeout
+    try:
+        if isinstance(request, Sleep):
+            until = request.until
+            if until is None:
+                assert seconds is not None
+                until = now + timedelta(seconds=seconds)
+            return Wait(step=step, since=now, until=until.astimezone(UTC))
+        end = None if seconds is None else now + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        what = "Sleep" if isinstance(request, Sleep) else "WaitForSignal timeout"
+        raise InvalidInputError(
+            f"Step {step!r} asked for a {what} of {seconds!r} s, which ends past the last "
+            "date a clock can show; wait for less (or WaitForSignal(timeout=None) for ever)"
+        ) from None
     return Wait(step=step, since=now, until=end, signal=request.name)
 
 

@@ -22,11 +22,36 @@ class JobError(BaseModel):
 
     @classmethod
     def from_exception(cls, exc: BaseException, step: str | None = None) -> JobError:
-        """Describe `exc`, with its traceback when it has one."""
+        """Describe `exc`, with its traceback when it has one: always something a job can
+        store, even when the exception's `__str__` raises or its text is not valid UTF-8."""
         trace = None
         if exc.__traceback__ is not None:
-            trace = "".join(traceback_module.format_exception(exc))
-        return cls(type=type(exc).__qualname__, message=str(exc), traceback=trace, step=step)
+            try:
+                trace = "".join(traceback_module.format_exception(exc))
+            except Exception:
+                trace = "".join(traceback_module.format_tb(exc.__traceback__))
+        return cls(
+            type=type(exc).__qualname__,
+            message=describe(exc),
+            traceback=None if trace is None else storable(trace),
+            step=step,
+        )
+
+
+def describe(exc: BaseException) -> str:
+    """`str(exc)`, or what it is when its `__str__` raises: a reason is always given."""
+    try:
+        return storable(str(exc))
+    except Exception as inner:
+        return (
+            f"(the {type(exc).__qualname__} raised could not be described: its __str__ "
+            f"raised {type(inner).__qualname__})"
+        )
+
+
+def storable(text: str) -> str:
+    """`text` as it can be stored in JSON: a lone surrogate becomes a replacement mark."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class StepTiming(BaseModel):
@@ -179,9 +204,14 @@ class Job(BaseModel):
     claim: str | None = None
     """The token of the step run that holds the job while it is RUNNING."""
     lease_until: datetime | None = None
-    """Until when that claim holds against a duplicate message (a redelivery takes it)."""
+    """Until when that claim holds: its worker renews it while the step runs. On a job
+    waiting for its message (a retry's countdown, a message published again by the sweep),
+    until when the sweep leaves it alone."""
     lost_runs: int = Field(default=0, ge=0)
     """Runs of the current step that ended without an outcome (worker lost, stuck requeue)."""
+    republished: int = Field(default=0, ge=0)
+    """Times the sweep published the current step's message again while the job waited
+    QUEUED; each time it waits twice as long before the next (a backlog is not a loss)."""
     finished_by: str | None = None
     """The claim token of the step run whose outcome is stored last."""
     wait: Wait | None = None

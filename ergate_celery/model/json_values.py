@@ -31,6 +31,9 @@ _SCALARS = (str, int, bool, type(None))
 #: Annotations whose values are plain JSON: a step so annotated receives the JSON value.
 _JSON_TYPES: set[Any] = {Any, object, dict, list, str, int, float, bool, type(None), None}
 _UNIONS = (typing.Union, types.UnionType)
+#: The deepest nesting of lists and dicts a value may have: deeper ones cannot be encoded,
+#: stored or read back without running out of stack.
+MAX_DEPTH = 200
 
 
 def non_json(value: Any, root: str) -> str | None:
@@ -39,36 +42,56 @@ def non_json(value: Any, root: str) -> str | None:
     E.g. `"initial_input_value['items'][2]['price']: Decimal is not JSON"`.
     """
     path: list[str] = []
-    problem = _walk(value, path)
+    problem = _walk(value, path, 0)
     if problem is None:
         return None
+    if len(path) > 12:  # a deep one: its ends say where
+        path = [*path[:5], f"...({len(path) - 10} levels)...", *path[-5:]]
     return f"{root}{''.join(path)}: {problem}"
 
 
-def _walk(value: Any, path: list[str]) -> str | None:
+def _walk(value: Any, path: list[str], depth: int) -> str | None:
     kind = type(value)
     if kind in _SCALARS:
         return None
     if kind is float:
         return None if math.isfinite(value) else f"{value} is not JSON"
+    if depth >= MAX_DEPTH and kind in (dict, list):
+        return f"nested more than {MAX_DEPTH} levels deep; flatten it"
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
                 return f"key {key!r} ({type(key).__name__}) is not a JSON key; use str keys"
-            problem = _walk(item, path)
+            problem = _walk(item, path, depth + 1)
             if problem is not None:
                 path.insert(0, f"[{key!r}]")
                 return problem
         return None
     if kind is list:
         for index, item in enumerate(value):
-            problem = _walk(item, path)
+            problem = _walk(item, path, depth + 1)
             if problem is not None:
                 path.insert(0, f"[{index}]")
                 return problem
         return None
     hint = " (it would come back a list)" if isinstance(value, tuple | set | frozenset) else ""
     return f"{kind.__name__} is not JSON{hint}"
+
+
+def too_deep(value: Any) -> bool:
+    """Whether `value` nests lists, tuples and dicts more than `MAX_DEPTH` levels deep (found
+    without recursion, so any depth is measured)."""
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list | tuple)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def is_json_type(annotation: Any) -> bool:

@@ -10,7 +10,7 @@ from ergate_celery.exceptions import InvalidInputError, JobStateError, check_sig
 from ergate_celery.lifecycle.events import Signalled
 from ergate_celery.lifecycle.transitions import queued_by
 from ergate_celery.model.job import Job
-from ergate_celery.model.json_values import non_json
+from ergate_celery.model.json_values import MAX_DEPTH, non_json, too_deep
 from ergate_celery.operations.queueing import queue_step, queued
 from ergate_celery.operations.reading import check_id, job_not_found
 from ergate_celery.worker.runtime import Runtime
@@ -21,6 +21,11 @@ SIGNAL_SENDER = "ergate.signal_job"
 
 def check_payload(payload: Any, max_bytes: int) -> None:
     """Refuse a payload that is not plain JSON or is larger than `max_bytes` encoded."""
+    if too_deep(payload):
+        raise InvalidInputError(
+            f"A signal payload may nest lists and dicts at most {MAX_DEPTH} levels deep; "
+            "flatten it, or pass it by reference (a URL or a database key)"
+        )
     try:
         encoded = json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as exc:

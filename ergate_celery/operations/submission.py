@@ -109,7 +109,7 @@ def _jsonable(name: str, value: Any, parse: Any) -> Any:
         return value
     try:
         json_value = to_jsonable_python(value)
-    except (PydanticSerializationError, ValueError, TypeError):
+    except (PydanticSerializationError, ValueError, TypeError, RecursionError):
         json_value = None
     else:
         if parses_back(parse, value, json_value):

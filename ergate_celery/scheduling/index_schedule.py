@@ -79,7 +79,9 @@ class IndexSchedule(schedule):
         """`(due, seconds until beat should ask again)`; the seconds are at most `run_every`."""
         interval = self.every.total_seconds()
         try:
-            head = self.store().index_entries(self.kind, FAR_FUTURE, 1)
+            store = self.store()
+            head = store.index_entries(self.kind, FAR_FUTURE, 1)
+            now = store.clock()
         except Exception as exc:
             if not self._failing:
                 logger.warning(
@@ -96,7 +98,7 @@ class IndexSchedule(schedule):
             self._failing = False
         if not head:
             return schedstate(False, interval)
-        wait = (head[0].at + self.age - datetime.now(UTC)).total_seconds()
+        wait = (head[0].at + self.age - now).total_seconds()
         if wait <= 0:
             return schedstate(True, interval)
         return schedstate(False, min(wait, interval))

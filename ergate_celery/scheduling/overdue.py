@@ -94,9 +94,9 @@ class OverdueWatch(bootsteps.StartStopStep):
 
     def check(self) -> None:
         """Log one WARNING when the earliest scheduled job is overdue."""
-        now = datetime.now(UTC)
         try:
             rt = self.runtime()
+            now = rt.clock()
             head = rt.store.index_entries(SCHEDULED, now - timedelta(seconds=grace(rt.settings)), 1)
         except Exception as exc:
             logger.debug("Could not read the scheduled job index: %r", exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from ergate_celery.lifecycle.events import Release
 from ergate_celery.model.job_status import JobStatus
@@ -30,7 +30,7 @@ def release_due_jobs(rt: Runtime, now: datetime | None = None) -> int:
     batch = rt.settings.release_batch_size
     released = 0
     while True:
-        moment = now or datetime.now(UTC)
+        moment = now or rt.clock()
         entries = rt.store.index_entries(SCHEDULED, moment, batch)
         moved = 0
         for entry in entries:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 
 from ergate_celery.lifecycle.events import Recover
@@ -29,7 +29,7 @@ _BATCH = 1000
 def recover_stuck_jobs(rt: Runtime, now: datetime | None = None) -> int:
     """Requeue or fail every job idle past `stuck_after`; returns how many it changed."""
     settings = rt.settings
-    moment = now or datetime.now(UTC)
+    moment = now or rt.clock()
     before = moment - timedelta(seconds=settings.stuck_after)
     entries = rt.store.index_entries(ACTIVE, before, _BATCH)
     paused = cache(rt.store.paused_workflows)
@@ -53,7 +53,9 @@ def _recover(rt: Runtime, entry: IndexEntry, now: datetime, paused: Callable[[],
             return 0
     settings = rt.settings
     idle = (now - entry.at).total_seconds()
-    event = Recover(seen, settings.stuck_action, idle, settings.max_step_attempts)
+    event = Recover(
+        seen, settings.stuck_action, idle, settings.max_step_attempts, settings.stuck_after
+    )
     with observing.operating(RECOVER_TASK, entry.job_id):
         return _apply(rt, entry.job_id, event, now)
 

@@ -1,4 +1,5 @@
-"""The job store interface: where a job's record lives, inside the Celery result backend."""
+"""`BaseJobStore`: the logic every job store shares (create, update, expiry, waiting), on top
+of a few primitives each backend supplies; the interface itself is in `interface.py`."""
 
 from __future__ import annotations
 
@@ -7,31 +8,33 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from pydantic import ValidationError
 
 from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
-from ergate_celery.lifecycle.slots import Slots
 from ergate_celery.lifecycle.waiting import due_at
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores.clock import StoreClock
 from ergate_celery.stores.flow import FlowControl
+from ergate_celery.stores.interface import (  # re-exported: imported from here
+    Change as Change,
+)
+from ergate_celery.stores.interface import (
+    IndexEntry as IndexEntry,
+)
+from ergate_celery.stores.interface import (
+    JobStore as JobStore,
+)
+from ergate_celery.stores.interface import (
+    Updated as Updated,
+)
 from ergate_celery.stores.listing import JobPage, JobQuery, Position, list_page
-from ergate_celery.stores.oversized import without_values
-from ergate_celery.stores.task_result import TaskResult as TaskResult
-
-#: Computes the job to write from the job stored now, or None to leave the record alone.
-#: Called again when a concurrent write wins a race, so pure: `update` returns what it read.
-Change = Callable[[Job], Job | None]
-
-
-class Updated(NamedTuple):
-    """What `JobStore.update` did: the record its change was computed from, the job written."""
-
-    before: Job | None
-    after: Job | None
-
+from ergate_celery.stores.oversized import fitted, is_outcome, outcome_limit
+from ergate_celery.stores.task_result import (
+    TaskResult as TaskResult,  # re-exported: imported from here
+)
 
 #: What a backend's compare-and-set compares: a digest on Redis, the stored columns on SQL.
 Token = TypeVar("Token")
@@ -45,15 +48,6 @@ CREATE_HEADROOM: Final = 10
 
 SCHEDULED: Final = "scheduled"
 ACTIVE: Final = "active"
-
-
-class IndexEntry(NamedTuple):
-    """One entry of the job index: SCHEDULED jobs by due time (for beat's release), QUEUED,
-    RUNNING and CANCELLING jobs by the time of their last change (for the stuck-job sweep)."""
-
-    kind: str
-    job_id: str
-    at: datetime
 
 
 def utc_now() -> datetime:
@@ -76,7 +70,12 @@ def index_entry(
         return IndexEntry(SCHEDULED, str(job.id), due_at(job))
     if job.is_final or (job.status is JobStatus.PENDING and not pending):
         return None
-    return IndexEntry(ACTIVE, str(job.id), now or utc_now())
+    at = now or utc_now()
+    if job.claim is None and job.lease_until is not None:
+        # Waiting for its message (a retry's countdown, a republish's hold): the sweep's
+        # idleness counts from the end of the wait.
+        at = max(at, job.lease_until)
+    return IndexEntry(ACTIVE, str(job.id), at)
 
 
 def expiring(job: Job) -> bool:
@@ -85,88 +84,6 @@ def expiring(job: Job) -> bool:
     Any other waits for something to move it, so it never expires: Celery would expire any
     result, and its `backend_cleanup` deletes old rows whatever their status."""
     return job.is_final or job.status is JobStatus.PENDING
-
-
-class JobStore(Protocol):
-    """Reads and atomically changes job records; one implementation per result backend."""
-
-    #: Whether its writes join the caller's Django transaction (django-db's do).
-    joins_django_transaction: bool
-
-    def create(self, job: Job, *, unless_paused: bool = False) -> Job:
-        """Store a new job; `DuplicateJobError` if its id is taken (that record is untouched).
-        With `unless_paused`, a job of a paused workflow is stored parked, in the same write.
-        Returns the job as stored. A SCHEDULED job is indexed in the same atomic write.
-        """
-
-    def get(self, job_id: str) -> Job | None:
-        """The stored job, or None."""
-
-    def update(
-        self,
-        job_id: str,
-        change: Change,
-        *,
-        assume: Job | None = None,
-        result: TaskResult | None = None,
-    ) -> Updated:
-        """Apply `change` atomically (compare-and-set); the record it was computed from and
-        the job written (None: the change left the record alone, or there is none).
-
-        `assume` is the job the caller believes is stored (the one it last wrote, or the one a
-        step message carries): the store then writes `change(assume)` against it without
-        reading first, and reads only when the record turns out to differ. `result` is stored
-        exactly when a change is written.
-        """
-
-    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
-        """The job once final, or as it is when `timeout` s have passed; None if it is gone.
-
-        Stores that can be told when a job ends (Redis publishes it) wait for that; the
-        others read every `poll_interval` s.
-        """
-
-    def delete(self, job_id: str) -> None:
-        """Remove a job record (used to undo a submission whose publish failed)."""
-
-    def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
-        """Index entries of `kind` (`SCHEDULED` or `ACTIVE`) at or before `until`, earliest
-        first: a range query on the index, whose cost follows `limit`, not the index size."""
-
-    def drop_index_entry(self, entry: IndexEntry) -> bool:
-        """Remove `entry` if it is still there with the same time; whether it was.
-
-        For an entry whose record is gone or no longer matches: an entry that a concurrent
-        write has just moved (same job, new time) survives.
-        """
-
-    def due(self, now: datetime, limit: int) -> list[str]:
-        """SCHEDULED jobs due at `now`, earliest first: a range query on the index."""
-
-    def stale(self, before: datetime, limit: int) -> list[str]:
-        """QUEUED/RUNNING/CANCELLING jobs last changed before `before`, oldest first."""
-
-    def close(self) -> None:
-        """Release the connections this store holds of its own (the app's are Celery's)."""
-
-    def list_jobs(self, query: JobQuery, limit: int, cursor: str | None) -> JobPage:
-        """Jobs matching `query`, newest first (by `submitted_at`), finished ones until they
-        expire; a page costs what it reads, not what is stored."""
-
-    def paused_workflows(self) -> set[str]:
-        """The names of the paused workflows, as stored (shared by every process)."""
-
-    def set_paused(self, workflow_name: str, paused: bool) -> bool:
-        """Pause or resume `workflow_name`; whether that changed anything."""
-
-    def slots(self, name: str) -> Slots:
-        """See `FlowControl.slots`."""
-
-    def take_slot(self, name: str, job_id: str, submitted_at: str, limit: int) -> bool:
-        """See `FlowControl.take_slot`."""
-
-    def free_slot(self, name: str, job_id: str) -> list[str]:
-        """See `FlowControl.free_slot`."""
 
 
 def seconds(expires: Any) -> float | None:
@@ -209,8 +126,9 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
         #: A new record may take this much: the rest of `max_bytes` is room for what a job
         #: gathers as it runs (timings, claims, recoveries, an error with its traceback).
         self.create_limit = max_bytes - max_bytes // CREATE_HEADROOM
-        #: What `finished_at` is stamped with (a test's virtual clock may replace it).
-        self.clock: Callable[[], datetime] = utc_now
+        #: The store's clock: what `finished_at` and index entries are stamped with, and what
+        #: leases and due times are compared with (a test's virtual clock may replace it).
+        self.clock: Callable[[], datetime] = StoreClock(self._server_time)
 
     # The primitives.
 
@@ -224,10 +142,16 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
 
     @abstractmethod
     def _compare_and_set(
-        self, job_id: str, expected: Token, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: Token,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[Token] | Outcome:
-        """Write `new` (size-checked, reindexed) if the record's token is `expected`; else
-        the record found instead, or `Outcome.GONE`. `result` only if `writes_task_result`."""
+        """Write `new` (size-checked against `limit`, default `max_bytes`; reindexed) if the
+        record's token is `expected`; else the record found instead, or `Outcome.GONE`.
+        `result` only if `writes_task_result`."""
 
     @abstractmethod
     def _insert(self, job: Job) -> bool:
@@ -260,6 +184,11 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
     @abstractmethod
     def set_paused(self, workflow_name: str, paused: bool) -> bool:
         """See `JobStore.set_paused`."""
+
+    def _server_time(self) -> datetime | None:
+        """The current time by the store server's clock; None: the store has no server of its
+        own, and the process's clock is its clock."""
+        return None
 
     def close(self) -> None:
         """See `JobStore.close`; most stores hold nothing of their own."""
@@ -331,14 +260,15 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
                 continue
             new = stamped(new, self.clock)
             expected = self._token_of(job) if token is None else token
+            # A step's outcome leaves room for the lifecycle's own writes (oversized.py).
+            limit = outcome_limit(self.max_bytes) if is_outcome(job, new) else None
             try:
-                reply = self._compare_and_set(job_id, expected, new, result)
+                reply = self._compare_and_set(job_id, expected, new, result, limit)
             except InvalidInputError as exc:
-                if not exc.oversized or new.status is not JobStatus.FAILED:
+                if not exc.oversized:
                     raise
-                # A failure must always be storable: without the job's values, it fits.
-                new = without_values(new)
-                reply = self._compare_and_set(job_id, expected, new, result)
+                new = fitted(new, limit, exc)
+                reply = self._compare_and_set(job_id, expected, new, result, limit)
             if reply is Outcome.WRITTEN:
                 if result is not None and not self.writes_task_result:
                     result.store_after(self.backend, new)
@@ -382,14 +312,3 @@ def job_document(job: Job) -> dict[str, Any]:
 def job_from_document(document: Any) -> Job:
     """Rebuild a job from its stored document."""
     return Job.model_validate(document)
-
-
-def check_size(job: Job, encoded: bytes | str, max_bytes: int) -> None:
-    """Refuse a record larger than `ergate_max_payload_bytes`."""
-    size = len(encoded)
-    if size > max_bytes:
-        raise InvalidInputError(
-            f"Job {job.id!r} would take {size} bytes, over ergate_max_payload_bytes="
-            f"{max_bytes}; pass large data by reference (a URL or a database key) instead",
-            oversized=True,
-        )

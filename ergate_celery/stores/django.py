@@ -7,13 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import states
-from django.apps import apps
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ergate_celery.exceptions import ErgateError
 from ergate_celery.model.job import Job
 from ergate_celery.stores.base import (
     BaseJobStore,
@@ -26,6 +24,7 @@ from ergate_celery.stores.base import (
     job_document,
     job_from_document,
 )
+from ergate_celery.stores.django_flow import DjangoFlowRows, app_model
 from ergate_celery.stores.django_postgres import DjangoPostgres
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.task_rows import date_done, row_columns
@@ -48,7 +47,7 @@ def _from_db(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class DjangoJobStore(BaseJobStore[Columns]):
+class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
     """One `TaskResult` row per job, so the Django admin lists jobs with their status."""
 
     joins_django_transaction = True
@@ -70,7 +69,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
         """The one-statement writes, where the job rows and the app's tables are all on one
         PostgreSQL database (django_postgres.py); None elsewhere (the ORM writes)."""
         if self._postgres is False:
-            models = [self.model, self.index, _model("JobListing"), _model("JobTag")]
+            models = [self.model, self.index, app_model("JobListing"), app_model("JobTag")]
             aliases = {router.db_for_write(model) for model in models}
             alias = aliases.pop()
             connection = connections[alias]
@@ -79,6 +78,15 @@ class DjangoJobStore(BaseJobStore[Columns]):
                 self._postgres = DjangoPostgres(alias, connection, *models)
         assert self._postgres is not True
         return self._postgres
+
+    def _server_time(self) -> datetime | None:
+        connection = connections[router.db_for_write(self.model)]
+        if connection.vendor != "postgresql":
+            return None  # SQLite: the database's clock is this host's
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT clock_timestamp()")
+            server: datetime = cursor.fetchone()[0]
+        return server.astimezone(UTC)
 
     def _content(self, job: Job) -> str:
         content: str = self.backend.encode_content(job_document(job))[2]
@@ -102,11 +110,11 @@ class DjangoJobStore(BaseJobStore[Columns]):
 
     @property
     def index(self) -> Any:
-        return _model("JobIndexEntry")
+        return app_model("JobIndexEntry")
 
     def _reindex(self, job: Job) -> None:
         index = self.index
-        entry = index_entry(job, pending=True)
+        entry = index_entry(job, pending=True, now=self.clock())
         if entry is None or not self.upserts:
             index.objects.filter(job_id=str(job.id)).delete()
         if entry is None:
@@ -167,20 +175,28 @@ class DjangoJobStore(BaseJobStore[Columns]):
         return job.status.name, self._content(job)
 
     def _compare_and_set(
-        self, job_id: str, expected: Columns, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: Columns,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[Columns] | Outcome:
+        values = self._values(new, limit)
         if self.postgres is not None:
-            return self._compare_and_set_postgres(self.postgres, job_id, expected, new, result)
+            return self._compare_and_set_postgres(
+                self.postgres, job_id, expected, new, values, result
+            )
         status, content = expected
         with transaction.atomic():
             written = self.model.objects.filter(
                 task_id=job_id, status=status, result=content
-            ).update(**self._values(new))
+            ).update(**values)
             if written != 1:
                 return self._read(job_id) or Outcome.GONE
             self._reindex(new)
             if status != new.status.name:
-                _model("JobListing").objects.filter(job_id=job_id).update(status=new.status.name)
+                app_model("JobListing").objects.filter(job_id=job_id).update(status=new.status.name)
             if result is not None and self.writes_task_result:
                 self._store_summary(result, new)
         return Outcome.WRITTEN
@@ -191,11 +207,11 @@ class DjangoJobStore(BaseJobStore[Columns]):
         job_id: str,
         expected: Columns,
         new: Job,
+        values: dict[str, Any],
         result: TaskResult | None,
     ) -> Stored[Columns] | Outcome:
         status, content = expected
-        values = self._values(new)
-        entry = index_entry(new, pending=True)
+        entry = index_entry(new, pending=True, now=self.clock())
         summary = None
         if result is not None and self.writes_task_result:
             row, fields = self._summary(result, new)
@@ -239,7 +255,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
         row = postgres.prepared(self.model(task_id=str(job.id), **values), postgres.insert_fields)
         # As the ORM path's UPDATE after its INSERT: date_done as computed, not auto_now's now.
         row["s_date_done"] = postgres.prepare({"date_done": values["date_done"]})["v_date_done"]
-        entry = index_entry(job, pending=True)
+        entry = index_entry(job, pending=True, now=self.clock())
         submitted = job.submitted_at
         listed = None
         if submitted is not None:  # as `_list`: tags go with the listing row
@@ -288,13 +304,13 @@ class DjangoJobStore(BaseJobStore[Columns]):
         if job.submitted_at is None:
             return
         job_id = str(job.id)
-        _model("JobListing").objects.create(
+        app_model("JobListing").objects.create(
             job_id=job_id,
             workflow=job.workflow_name,
             status=job.status.name,
             submitted_at=_to_db(job.submitted_at),
         )
-        tag = _model("JobTag")
+        tag = app_model("JobTag")
         tag.objects.bulk_create(
             [tag(job_id=job_id, key=key, value=value) for key, value in job.tags.items()]
         )
@@ -302,7 +318,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
     def _listed(
         self, query: JobQuery, after: Position | None, count: int
     ) -> list[tuple[Position, Job | None]]:
-        rows = _model("JobListing").objects.all()
+        rows = app_model("JobListing").objects.all()
         if query.statuses is not None:
             rows = rows.filter(status__in=[status.name for status in query.statuses])
         if query.workflow is not None:
@@ -311,7 +327,7 @@ class DjangoJobStore(BaseJobStore[Columns]):
             rows = rows.filter(submitted_at__gte=_to_db(query.since))
         if query.until is not None:
             rows = rows.filter(submitted_at__lte=_to_db(query.until))
-        tags = _model("JobTag").objects
+        tags = app_model("JobTag").objects
         for key, value in query.tags.items():
             rows = rows.filter(job_id__in=tags.filter(key=key, value=value).values("job_id"))
         if after is not None:
@@ -336,53 +352,8 @@ class DjangoJobStore(BaseJobStore[Columns]):
             _unlist(gone)
         return listed
 
-    # Paused workflows.
-
-    def paused_workflows(self) -> set[str]:
-        return set(_model("PausedWorkflow").objects.values_list("workflow", flat=True))
-
-    def set_paused(self, workflow_name: str, paused: bool) -> bool:
-        model = _model("PausedWorkflow")
-        if not paused:
-            deleted, _ = model.objects.filter(workflow=workflow_name).delete()
-            return bool(deleted)
-        _, created = model.objects.get_or_create(workflow=workflow_name)
-        return bool(created)
-
-    # Concurrency slots.
-
-    def _read_slots(self, name: str) -> str | None:
-        found = _model("ConcurrencySlots").objects.filter(name=name).values_list("document")
-        row = found.first()
-        return None if row is None else str(row[0])
-
-    def _swap_slots(self, name: str, expected: str | bytes | None, new: str | None) -> bool:
-        rows = _model("ConcurrencySlots").objects
-        if expected is None:
-            if new is None:
-                return True
-            try:
-                with transaction.atomic():  # a savepoint inside the caller's transaction
-                    rows.create(name=name, document=new)
-            except IntegrityError:
-                return False
-            return True
-        old = expected.decode() if isinstance(expected, bytes) else expected
-        match = rows.filter(name=name, document=old)
-        changed = match.delete()[0] if new is None else match.update(document=new)
-        return bool(changed)
-
-
-def _model(name: str) -> Any:
-    if not apps.is_installed("ergate_celery.contrib.django"):
-        raise ErgateError(
-            "Jobs on the django-db backend need the ergate_celery Django app: add "
-            '"ergate_celery.contrib.django" to INSTALLED_APPS and run migrate'
-        )
-    return apps.get_model("ergate_celery", name)
-
 
 def _unlist(job_ids: list[str]) -> None:
     with transaction.atomic():
-        _model("JobListing").objects.filter(job_id__in=job_ids).delete()
-        _model("JobTag").objects.filter(job_id__in=job_ids).delete()
+        app_model("JobListing").objects.filter(job_id__in=job_ids).delete()
+        app_model("JobTag").objects.filter(job_id__in=job_ids).delete()

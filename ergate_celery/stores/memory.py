@@ -31,12 +31,12 @@ from ergate_celery.stores.base import (
     Outcome,
     Stored,
     TaskResult,
-    check_size,
     index_entry,
     job_from_document,
 )
 from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
+from ergate_celery.stores.oversized import check_size
 
 #: A record as stored in the cache (the backend's encoding: text for JSON); its token.
 Raw = bytes | str
@@ -174,9 +174,14 @@ class MemoryJobStore(BaseJobStore[Raw]):
         return self._encode(job, check=False)
 
     def _compare_and_set(
-        self, job_id: str, expected: Raw, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: Raw,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[Raw] | Outcome:
-        encoded = self._encode(new)
+        encoded = self._encode(new, limit)
         with _lock:
             self._purge()
             raw = self.client.get(self._key(job_id))

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import states
@@ -22,12 +22,12 @@ from ergate_celery.stores.base import (
     Outcome,
     Stored,
     TaskResult,
-    check_size,
     index_entry,
     job_from_document,
 )
 from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
+from ergate_celery.stores.oversized import check_size
 from ergate_celery.stores.redis_keys import (
     Digests,
     app_keys,
@@ -115,7 +115,7 @@ class RedisJobStore(BaseJobStore[str]):
         return Stored(job_from_document(self.backend.decode(raw)["result"]), digest_of(raw))
 
     def _index_arguments(self, job: Job) -> list[Any]:
-        entry = index_entry(job)
+        entry = index_entry(job, now=self.clock())
         return (
             [str(job.id), "", ""]
             if entry is None
@@ -139,6 +139,10 @@ class RedisJobStore(BaseJobStore[str]):
         meta["task_id"] = result.task_id
         return [backend.encode(meta), backend.expires or ""]
 
+    def _server_time(self) -> datetime | None:
+        seconds, microseconds = self.client.time()
+        return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=microseconds)
+
     def _read(self, job_id: str) -> Stored[str] | None:
         raw = self.client.get(self._key(job_id))
         return None if raw is None else self._stored(raw)
@@ -153,10 +157,15 @@ class RedisJobStore(BaseJobStore[str]):
         return self._digests.of(job) or digest_of(self._encode(job, check=False)[0])
 
     def _compare_and_set(
-        self, job_id: str, expected: str, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: str,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[str] | Outcome:
         keys = [self._key(job_id), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
-        encoded, ttl = self._encode(new)
+        encoded, ttl = self._encode(new, limit=limit)
         arguments = [
             expected,
             encoded,

@@ -26,6 +26,7 @@ from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_postgres import PostgresStatements
 from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
 from ergate_celery.stores.sql_statements import Statements, engine_for, reading
+from ergate_celery.stores.sql_tables import job_tables, naive_utc
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
 from ergate_celery.stores.task_rows import date_done, row_columns
 
@@ -33,53 +34,6 @@ _ENGINE_LOCK = threading.Lock()
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, bytes]
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def job_tables(schema: str | None) -> tuple[sa.Table, sa.Table, sa.Table, sa.Table]:
-    """The store's own tables beside Celery's, on one `MetaData` in `schema`: the job index
-    (scheduled jobs by due time, active ones by their last change), the listing index (every
-    job by submitted_at, with its status and workflow), the tags of each job, and the paused
-    workflows."""
-    metadata = sa.MetaData(schema=schema)
-    # As long as Celery's task_id: a job's id is its record's task id.
-    job_id = sa.String(155)
-    index = sa.Table(
-        "ergate_job_index",
-        metadata,
-        sa.Column("job_id", job_id, primary_key=True),
-        sa.Column("kind", sa.String(16), nullable=False),
-        sa.Column("at", sa.DateTime, nullable=False),
-    )
-    sa.Index("ergate_job_index_kind_at", index.c.kind, index.c.at)
-    listing = sa.Table(
-        "ergate_job_list",
-        metadata,
-        sa.Column("job_id", job_id, primary_key=True),
-        sa.Column("workflow", sa.String(255), nullable=False),
-        sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("submitted_at", sa.DateTime, nullable=False),
-    )
-    sa.Index("ergate_job_list_at", listing.c.submitted_at, listing.c.job_id)
-    sa.Index("ergate_job_list_status_at", listing.c.status, listing.c.submitted_at)
-    sa.Index("ergate_job_list_workflow_at", listing.c.workflow, listing.c.submitted_at)
-    tags = sa.Table(
-        "ergate_job_tag",
-        metadata,
-        sa.Column("key", sa.String(64), primary_key=True),
-        sa.Column("value", sa.String(200), primary_key=True),
-        sa.Column("job_id", job_id, primary_key=True),
-    )
-    sa.Index("ergate_job_tag_job", tags.c.job_id)
-    paused = sa.Table(
-        "ergate_paused_workflow",
-        metadata,
-        sa.Column("workflow", sa.String(255), primary_key=True),
-    )
-    return index, listing, tags, paused
 
 
 class SQLAlchemyJobStore(BaseJobStore[Columns]):
@@ -155,21 +109,30 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         done = date_done(self, job)
         return {
             **row_columns(job, self._encoded(job), limit or self.max_bytes),
-            "date_done": None if done is None else _naive_utc(done),
+            "date_done": None if done is None else naive_utc(done),
         }
 
     def _reindex(self, conn: sa.Connection, job: Job) -> None:
-        entry = index_entry(job)
+        entry = index_entry(job, now=self.clock())
         if entry is None:
             self.sql.reindex(conn, str(job.id), None, None)
         else:
-            self.sql.reindex(conn, entry.job_id, entry.kind, _naive_utc(entry.at))
+            self.sql.reindex(conn, entry.job_id, entry.kind, naive_utc(entry.at))
 
     def _select(self, conn: sa.Connection, job_id: str) -> Stored[Columns] | None:
         row = conn.execute(self.sql.select, {"b_task_id": job_id}).first()
         if row is None or row.result is None:
             return None
         return Stored(job_from_document(self.backend.decode(row.result)), (row.status, row.result))
+
+    def _server_time(self) -> datetime | None:
+        if self.postgres is None:
+            return None  # SQLite: the database's clock is this host's
+        server = reading(
+            self.autocommit, lambda conn: conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
+        )
+        assert isinstance(server, datetime)
+        return server.astimezone(UTC)
 
     def _read(self, job_id: str) -> Stored[Columns] | None:
         return reading(self.autocommit, lambda conn: self._select(conn, job_id))
@@ -191,10 +154,15 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         return job.status.name, self._encoded(job)
 
     def _compare_and_set(
-        self, job_id: str, expected: Columns, new: Job, result: TaskResult | None
+        self,
+        job_id: str,
+        expected: Columns,
+        new: Job,
+        result: TaskResult | None,
+        limit: int | None = None,
     ) -> Stored[Columns] | Outcome:
         status, raw = expected
-        values = self._values(new)
+        values = self._values(new, limit)
         if self.postgres is not None:
             return self._compare_and_set_postgres(job_id, expected, new, values, result)
         with self.engine.begin() as conn:
@@ -222,12 +190,12 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     ) -> Stored[Columns] | Outcome:
         assert self.postgres is not None
         status, raw = expected
-        entry = index_entry(new)
+        entry = index_entry(new, now=self.clock())
         with self.autocommit.connect() as conn:
             written, row = self.postgres.compare_and_set(
                 conn,
                 {"b_task_id": job_id, "b_status": status, "b_result": raw, **values},
-                None if entry is None else (entry.kind, _naive_utc(entry.at)),
+                None if entry is None else (entry.kind, naive_utc(entry.at)),
                 None if status == new.status.name else new.status.name,
                 None if result is None else self.sql.summary_values(self.backend, result, new),
             )
@@ -239,17 +207,17 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
 
     def _insert(self, job: Job) -> bool:
         if self.postgres is not None:
-            entry = index_entry(job)
+            entry = index_entry(job, now=self.clock())
             submitted = job.submitted_at
             try:
                 with self.autocommit.connect() as conn:
                     self.postgres.create(
                         conn,
                         {"task_id": str(job.id), **self._values(job, self.create_limit)},
-                        None if entry is None else (entry.kind, _naive_utc(entry.at)),
+                        None if entry is None else (entry.kind, naive_utc(entry.at)),
                         None
                         if submitted is None
-                        else (job.workflow_name, job.status.name, _naive_utc(submitted)),
+                        else (job.workflow_name, job.status.name, naive_utc(submitted)),
                         job.tags,
                     )
             except IntegrityError:
@@ -288,7 +256,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         column = self.index.c
         query = (
             sa.select(column.job_id, column.at)
-            .where(column.kind == kind, column.at <= _naive_utc(until))
+            .where(column.kind == kind, column.at <= naive_utc(until))
             .order_by(column.at)
             .limit(limit)
         )
@@ -302,7 +270,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 sa.delete(self.index).where(
                     column.job_id == entry.job_id,
                     column.kind == entry.kind,
-                    column.at == _naive_utc(entry.at),
+                    column.at == naive_utc(entry.at),
                 )
             )
         return dropped.rowcount == 1
@@ -318,7 +286,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 job_id=job_id,
                 workflow=job.workflow_name,
                 status=job.status.name,
-                submitted_at=_naive_utc(job.submitted_at),
+                submitted_at=naive_utc(job.submitted_at),
             )
         )
         if job.tags:
@@ -343,9 +311,9 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         if query.workflow is not None:
             select = select.where(listing.workflow == query.workflow)
         if query.since is not None:
-            select = select.where(listing.submitted_at >= _naive_utc(query.since))
+            select = select.where(listing.submitted_at >= naive_utc(query.since))
         if query.until is not None:
-            select = select.where(listing.submitted_at <= _naive_utc(query.until))
+            select = select.where(listing.submitted_at <= naive_utc(query.until))
         for key, value in query.tags.items():
             select = select.where(
                 sa.exists().where(
@@ -353,7 +321,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 )
             )
         if after is not None:
-            at = _naive_utc(after.at)
+            at = naive_utc(after.at)
             select = select.where(
                 sa.or_(
                     listing.submitted_at < at,

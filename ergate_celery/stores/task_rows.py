@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ergate_celery.model.job import Job
-from ergate_celery.stores.base import BaseJobStore, check_size, seconds
+from ergate_celery.stores.base import BaseJobStore, seconds
+from ergate_celery.stores.oversized import check_size
 
 
 def row_columns(job: Job, encoded: bytes | str, max_bytes: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
-from ergate_celery.stores.base import TaskResult, Updated, utc_now
+from ergate_celery.stores.base import TaskResult, Updated
 from ergate_celery.worker import fan_out
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.concurrency import free_slot
@@ -44,10 +44,15 @@ class Runtime:
     publish: Callable[[Job], None]
     #: The paused workflows, cached (None: nothing is ever paused, as in unit tests).
     paused: PausedWorkflows | None = None
-    #: The current time of every change (a test's virtual clock may replace it).
-    clock: Callable[[], datetime] = utc_now
+    #: The current time of every change and of every decision by time (leases, due times,
+    #: idleness): the store's clock unless given another (a test's virtual clock).
+    clock: Callable[[], datetime] = None  # type: ignore[assignment]
     #: The registered workflow of a name (`UnknownWorkflowError`), for a step's `FanOut`.
     workflow_of: Callable[[str], Workflow] | None = None
+
+    def __post_init__(self) -> None:
+        if self.clock is None:
+            self.clock = self.store.clock
 
     def apply(
         self,

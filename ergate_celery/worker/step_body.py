@@ -1,15 +1,15 @@
 """The body of every step task: claim the step, run it, advance the job, finish, publish the next.
 
-A claim holds a token and a lease: a duplicate message of a step that is running is dropped,
-and only a redelivery (the broker saw the worker die) or an expired lease takes it over. The
-outcome is written only by the run that holds the claim, and carries its token, so a write
-whose reply was lost is recognised when it is tried again.
+A claim holds a token and a lease, which the worker renews while the step runs (leases.py): a
+copy of the message of a step that is running is dropped, and only an expired lease is taken
+over. The outcome is written only by the run that holds the claim, and carries its token, so a
+write whose reply was lost is recognised when it is tried again.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,13 +27,14 @@ from ergate_celery.lifecycle.advance import (
 )
 from ergate_celery.lifecycle.events import Claim, Finish, ProgressReported, Yield
 from ergate_celery.model.annotations import StepRun
-from ergate_celery.model.job import Job, JobError, StepTiming
+from ergate_celery.model.job import Job, JobError, StepTiming, describe
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
 from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
+from ergate_celery.worker.leases import Heartbeat, claim_token, lease_expired, lease_length
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -94,28 +95,41 @@ def _execute(
         interval,
         cancel,
     )
-    input_value = fan_out.step_input(rt, job, step.name)
-    outcome = run_step(step, input_value, job.user_context, run, progress, job.signals, rt.clock)
-    if isinstance(outcome, FannedOut):
-        job, outcome = fan_out.start(rt, job, step, outcome)
+    # An eager run (a WorkflowTester's) runs in its caller's thread, on a virtual clock.
+    eager = bool(task.request.is_eager)
+    with nullcontext() if eager else Heartbeat(rt, str(job.id), token, step.task_name):
+        input_value = fan_out.step_input(rt, job, step.name)
+        outcome = run_step(
+            step, input_value, job.user_context, run, progress, job.signals, rt.clock
+        )
+        if isinstance(outcome, FannedOut):
+            job, outcome = fan_out.start(rt, job, step, outcome)
     if isinstance(outcome, Raised) and should_retry(step, task, outcome.exception):
+        countdown = retry_delay(step, task)
+        lease_until = rt.clock() + timedelta(seconds=countdown) + lease_length(rt.settings)
         with requeued_on_outage(f"Yielding {step} of job {job.id} for a retry"):
             rt.retrying(
                 f"yielding {step} of job {job.id} for a retry",
-                lambda: rt.apply(str(job.id), Yield(token), sender=step.task_name, assume=job),
+                lambda: rt.apply(
+                    str(job.id), Yield(token, lease_until), sender=step.task_name, assume=job
+                ),
             )
         # The retry is a new message: it shows what every step message shows, not the job.
         display = display_options(job, step, rt.settings.show_task_args)
-        raise task.retry(exc=outcome.exception, countdown=retry_delay(step, task), **display)
+        raise task.retry(exc=outcome.exception, countdown=countdown, **display)
     kept = rt.settings.timings_kept
-    after = _timed(job, step, advance(job, step.workflow, outcome), kept, rt.clock())
+    try:
+        advanced = advance(job, step.workflow, outcome)
+    except Exception as exc:  # the step path failed, not the step: still the step's outcome
+        outcome, advanced = Raised(exc), _failed(job, step, exc)
+    after = _timed(job, step, advanced, kept, rt.clock())
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
     with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
         finished = _finish(rt, task, job, step, after, kept, with_result=raised is None)
     if raised is not None and finished is not None:
-        raise raised
+        raise _reraisable(raised)
     if finished is None:
         logger.warning(
             "Dropped the outcome of %s for job %s: another run took the job over", step, job.id
@@ -129,7 +143,12 @@ def _execute(
 
 
 def _claim(
-    rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
+    rt: Runtime,
+    step: WorkflowStep[Any, Any],
+    task: Task[Any, Any],
+    message: Job,
+    *,
+    watch: bool = True,
 ) -> Job | None:
     job_id = str(message.id)
     if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
@@ -139,15 +158,14 @@ def _claim(
     if slotted and not admitted(rt, step, message):
         return None
     now = rt.clock()
-    token = uuid.uuid4().hex
+    token = claim_token(task.request.hostname)
     claim = Claim(
         workflow_name=step.workflow.unique_name,
         step_name=step.name,
         step_index=step.index,
         steps_completed=message.steps_completed,
         token=token,
-        lease_until=now + timedelta(seconds=rt.settings.stuck_after),
-        redelivered=_redelivered(task),
+        lease_until=now + lease_length(rt.settings),
         max_attempts=rt.settings.max_step_attempts,
         workflow_version=step.workflow.version,
     )
@@ -157,6 +175,13 @@ def _claim(
     )
     if after is not None:
         return after
+    held = before is not None and before.claim is not None
+    if watch and held and _redelivered(task) and _same_run(before, message):
+        # Its worker may be gone (the broker saw it die) or alive (the broker restored a
+        # message held past its visibility timeout): only the lease tells.
+        assert before is not None
+        if lease_expired(rt, job_id, before):
+            return _claim(rt, step, task, message, watch=False)
     if before is not None and _stranded_successor(before, message, step, task):
         # The worker that ran this step died after storing its outcome and before publishing
         # the next step: the redelivered message hands the job on.
@@ -172,6 +197,10 @@ def _claim(
     if slotted and before is not None and before.is_final:
         free_slot(rt, before)  # a late copy of a message took a slot for an ended job
     return None
+
+
+def _same_run(stored: Job | None, message: Job) -> bool:
+    return stored is not None and stored.steps_completed == message.steps_completed
 
 
 def _redelivered(task: Task[Any, Any]) -> bool:
@@ -222,19 +251,33 @@ def _finish(
         if after.last_return_value is not job.last_return_value:  # the step gave a value
             after = json_result(step, after)
         return write(after)
-    except (PydanticSerializationError, InvalidInputError) as exc:
+    except (PydanticSerializationError, InvalidInputError, RecursionError, ValueError) as exc:
         # The step's return value cannot be stored: fail the job, keeping its last good value.
         reason = (
             exc
             if isinstance(exc, InvalidInputError)
             else InvalidInputError(
-                f"Step {step} returned a value that is not JSON-serializable: {exc}; "
-                "return dicts, lists, strings, numbers, booleans or None"
+                f"Step {step} returned a value that cannot be stored as JSON "
+                f"({type(exc).__name__}: {describe(exc)}); return dicts, lists, strings, "
+                "numbers, booleans or None"
             )
         )
-        error = JobError.from_exception(reason, step.name)
-        failed = job.model_copy(update={"status": JobStatus.FAILED, "error": error})
-        return write(_timed(job, step, failed, kept, rt.clock()))
+        return write(_timed(job, step, _failed(job, step, reason), kept, rt.clock()))
+
+
+def _failed(job: Job, step: WorkflowStep[Any, Any], exc: BaseException) -> Job:
+    error = JobError.from_exception(exc, step.name)
+    return job.model_copy(update={"status": JobStatus.FAILED, "error": error})
+
+
+def _reraisable(exc: Exception) -> Exception:
+    """`exc`, or, when it cannot even be described (its `__str__` raises), an error that
+    can: Celery logs and stores it as the failed task's exception."""
+    try:
+        str(exc)
+    except Exception:
+        return RuntimeError(describe(exc))
+    return exc
 
 
 def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int, now: datetime) -> Job:
@@ -255,7 +298,7 @@ def _store_progress(
 ) -> bool | None:
     """Store the step's progress; whether the job was cancelled meanwhile (None: unknown)."""
     assert job.claim is not None
-    lease = rt.clock() + timedelta(seconds=rt.settings.stuck_after)
+    lease = rt.clock() + lease_length(rt.settings)
     try:
         stored, _ = rt.apply(
             str(job.id), ProgressReported(job.claim, percent, lease), sender=step.task_name

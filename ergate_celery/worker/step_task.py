@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from billiard.exceptions import TimeLimitExceeded
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery, Task
+from celery.worker.request import Request
 
 from ergate_celery.lifecycle.events import TimeLimit
 from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.settings import ErgateSettings
+from ergate_celery.worker.leases import let_go
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_body import execute_step
 
@@ -38,11 +40,32 @@ class StepHost(Protocol):
     def runtime(self) -> Runtime: ...
 
 
+class StepRequest(Request):
+    """A step message in the worker's main process. When the pool process running its step
+    dies (killed, out of memory), the claim it held is let go before the message is requeued,
+    so the step runs again at once instead of after its lease."""
+
+    task: StepTask
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        pid = self.worker_pid
+        if isinstance(exc, WorkerLostError | SystemExit) and pid is not None:
+            payload = self.args[0] if self.args else None
+            job_id = payload.get("id") if isinstance(payload, dict) else None
+            if isinstance(job_id, str):
+                let_go(self.task.ergate.runtime, job_id, self.hostname, int(pid), self.task.name)
+        super().on_failure(exc_info, send_failed_event, return_ok)
+
+
 class StepTask(Task):  # type: ignore[type-arg]
     """The Celery task class of every step; its one argument is the job as JSON."""
 
     ergate: StepHost
     ergate_step: WorkflowStep[Any, Any]
+    Request = f"{__name__}:StepRequest"
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Celery calls this in the worker's main process when it kills a step at its hard
@@ -85,6 +108,10 @@ def install_step(ergate: StepHost, step: WorkflowStep[Any, Any]) -> None:
         "acks_late": settings.acks_late,
         "reject_on_worker_lost": settings.reject_on_worker_lost,
     }
+    if settings.step_time_limit is not None:
+        # A step that hangs while its worker lives keeps renewing its lease: only a time
+        # limit ends it. A step's own `time_limit` wins.
+        options["time_limit"] = settings.step_time_limit
     options.update({k: v for k, v in step.task_options.items() if k in _CELERY_OPTIONS})
     ergate.app.task(  # type: ignore[no-untyped-call]
         name=step.task_name, ergate=ergate, ergate_step=step, **options

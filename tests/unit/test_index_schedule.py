@@ -19,6 +19,9 @@ class _Store:
             raise self.entries
         return self.entries[:limit]
 
+    def clock(self) -> datetime:
+        return datetime.now(UTC)
+
 
 def test_index_schedule_fires_only_for_due_entries() -> None:
     now = datetime.now(UTC)

@@ -20,11 +20,13 @@ from ergate_celery.lifecycle.events import (
     MessageRejected,
     Park,
     ParkedChecked,
+    ProcessLost,
     ProgressReported,
     Published,
     PublishFailed,
     Recover,
     Release,
+    Renew,
     RetryRequested,
     Signalled,
     SlotGranted,
@@ -35,7 +37,12 @@ from ergate_celery.lifecycle.events import (
     Yield,
 )
 from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
-from ergate_celery.lifecycle.transitions import already_written, queued_by, transition
+from ergate_celery.lifecycle.transitions import (
+    KEPT_RECOVERIES,
+    already_written,
+    queued_by,
+    transition,
+)
 from ergate_celery.model.job import FanOutState, Job, JobError, Wait
 from ergate_celery.model.job_status import JobStatus
 
@@ -70,7 +77,6 @@ def _claim(**fields: Any) -> Claim:
         "steps_completed": 1,
         "token": "new",
         "lease_until": NOW + timedelta(hours=1),
-        "redelivered": False,
         "max_attempts": 3,
         "workflow_version": "v2",
     }
@@ -169,8 +175,10 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "a stale message":
                 return stored, _claim(steps_completed=0)
             if when == "worker lost max_step_attempts times":
-                return stored.model_copy(update={"lost_runs": 2}), _claim(redelivered=True)
-            return stored, _claim(redelivered=when == "a redelivery or an expired lease")
+                stored = stored.model_copy(update={"lost_runs": 2})
+            if when in ("an expired lease", "worker lost max_step_attempts times"):
+                stored = stored.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
+            return stored, _claim()
         case "Finish":
             token = "other" if when == "another run holds the claim" else "held"
             after = stored.model_copy(update={"status": _FINISHED.get(when, S.QUEUED)})
@@ -180,7 +188,12 @@ def scenario(row: Row) -> tuple[Job, Event]:
                 stored = stored.model_copy(update={"signals": {"ok": {"by": "ana"}}})
             return stored, Finish(token, after)
         case "Yield":
-            return stored, Yield("held")
+            return stored, Yield("held", NOW + timedelta(seconds=5))
+        case "ProcessLost":
+            holder = "other/" if when == "another process holds the claim" else "he"
+            return stored, ProcessLost(holder)
+        case "Renew":
+            return stored, Renew("held", NOW + timedelta(hours=2))
         case "ProgressReported":
             return stored, ProgressReported("held", 50.0, NOW + timedelta(hours=2))
         case "Cancel":
@@ -193,6 +206,10 @@ def scenario(row: Row) -> tuple[Job, Event]:
             if when == "the same, start later":
                 later = NOW + timedelta(hours=1)
                 stored = stored.model_copy(update={"requested_start_time": later})
+            if "countdown" in when:
+                stored = stored.model_copy(update={"claim": None, "lease_until": None})
+            if "lease expired" in when or (row.status is S.CANCELLING and when == "stuck"):
+                stored = stored.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
             action = "fail" if "fail" in when else "requeue"
             return stored, Recover(stored, action, 3600.0, 3)
         case "PublishFailed":
@@ -249,7 +266,7 @@ def test_every_row_of_the_lifecycle_is_what_transition_does(row: Row) -> None:
 def test_the_table_has_a_row_for_every_status_and_event() -> None:
     pairs = {(row.status, row.event) for row in LIFECYCLE}
     events = {row.event for row in LIFECYCLE}
-    assert len(events) == 22
+    assert len(events) == 24
     assert pairs == {(status, event) for status in S for event in events}
 
 
@@ -331,7 +348,7 @@ def test_an_expired_lease_is_taken_over_and_counted_as_a_lost_run() -> None:
 
 
 def test_a_claim_given_back_for_a_retry_is_not_a_lost_run() -> None:
-    yielded = transition(_stored(S.RUNNING), Yield("held"), NOW)
+    yielded = transition(_stored(S.RUNNING), Yield("held", NOW + timedelta(seconds=5)), NOW)
     assert yielded is not None
     assert yielded.claim is None
     again = transition(yielded, _claim(), NOW)
@@ -340,8 +357,8 @@ def test_a_claim_given_back_for_a_retry_is_not_a_lost_run() -> None:
 
 
 def test_the_worker_lost_error_says_how_often() -> None:
-    stored = _stored(S.RUNNING, lost_runs=2)
-    failed = transition(stored, _claim(redelivered=True), NOW)
+    stored = _stored(S.RUNNING, lost_runs=2, lease_until=NOW - timedelta(seconds=1))
+    failed = transition(stored, _claim(), NOW)
     assert failed is not None
     assert failed.error is not None
     assert (failed.error.type, failed.error.step) == ("WorkerLost", "b")
@@ -359,12 +376,13 @@ def test_finish_records_its_token_so_a_lost_reply_is_recognised() -> None:
 
 
 def test_the_sweep_counts_its_requeues_and_fails_at_the_limit() -> None:
-    job = _stored(S.RUNNING)
+    job = _stored(S.RUNNING, lease_until=NOW - timedelta(seconds=1))
     for expected_runs in (1, 2):
         job = transition(job, Recover(job, "requeue", 60.0, 3), NOW) or job
         assert (job.status, job.lost_runs) == (S.QUEUED, expected_runs)
         job = transition(job, _claim(token=f"run{expected_runs}"), NOW) or job
         assert job.status is S.RUNNING
+        job = job.model_copy(update={"lease_until": NOW - timedelta(seconds=1)})
     failed = transition(job, Recover(job, "requeue", 60.0, 3), NOW)
     assert failed is not None
     assert failed.status is S.FAILED
@@ -488,3 +506,42 @@ def test_a_wait_without_timeout_is_never_released_and_stays_cancellable() -> Non
     cancelled = transition(stored, Cancel(), NOW)
     assert cancelled is not None
     assert cancelled.status is S.CANCELLED
+
+
+def test_a_live_lease_is_never_taken_over_nor_requeued() -> None:
+    running = _stored(S.RUNNING, lease_until=NOW + timedelta(seconds=5))
+    # A redelivered copy, a retry's countdown restored by the broker: the same claim.
+    assert transition(running, _claim(), NOW) is None
+    assert transition(running, Recover(running, "requeue", 7200.0, 3), NOW) is None
+    renewed = transition(running, Renew("held", NOW + timedelta(seconds=30)), NOW)
+    assert renewed is not None
+    assert renewed.lease_until == NOW + timedelta(seconds=30)
+    assert transition(running, Renew("other", NOW + timedelta(seconds=30)), NOW) is None
+
+
+def test_a_queued_job_is_republished_without_counting_a_run_each_time_later() -> None:
+    queued = _stored(S.QUEUED, lost_runs=2)
+    holds = []
+    now = NOW
+    for _ in range(4):
+        republished = transition(queued, Recover(queued, "requeue", 60.0, 3, 60.0), now)
+        assert republished is not None
+        queued = republished
+        assert (queued.status, queued.lost_runs, queued.error) == (S.QUEUED, 2, None)
+        hold = queued.lease_until - now if queued.lease_until is not None else timedelta(0)
+        holds.append(hold.total_seconds())
+        # Held back: the sweep leaves it alone until the hold ends.
+        assert transition(queued, Recover(queued, "requeue", 60.0, 3, 60.0), now) is None or (
+            hold.total_seconds() == 0
+        )
+        now += hold + timedelta(seconds=60)
+    assert "republish: QUEUED" in queued.recoveries[-1]
+    assert holds == [0.0, 60.0, 180.0, 420.0]  # twice as long each time: no storm
+
+
+def test_the_sweep_keeps_its_latest_notes_only() -> None:
+    queued = _stored(S.QUEUED)
+    for month in range(KEPT_RECOVERIES + 5):
+        later = NOW + timedelta(days=100 * month)
+        queued = transition(queued, Recover(queued, "requeue", 3600.0, 3), later) or queued
+    assert len(queued.recoveries) == KEPT_RECOVERIES

@@ -41,7 +41,6 @@ def _claim(token: str) -> Claim:
         steps_completed=0,
         token=token,
         lease_until=NOW + timedelta(hours=1),
-        redelivered=False,
         max_attempts=3,
         workflow_version="v1",
     )

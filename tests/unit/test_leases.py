@@ -1,0 +1,116 @@
+"""The lease a worker renews, and the clock leases are read by, without a server: the
+heartbeat renews a claim until its block ends, a redelivered copy watches a lease and tells a
+live holder from a lost one, and `StoreClock` carries the store's time with the process's
+clock, whatever that one says."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+from celery import Celery
+
+from ergate_celery import ErgateCelery, Job, JobStatus
+from ergate_celery.lifecycle.events import Claim
+from ergate_celery.settings import ErgateSettings
+from ergate_celery.stores.clock import StoreClock
+from ergate_celery.worker.leases import (
+    Heartbeat,
+    claim_token,
+    lease_expired,
+    lease_length,
+    let_go,
+    renew_every,
+)
+from ergate_celery.worker.runtime import Runtime
+
+from ..support import wait_until
+from ..workflows import echo_workflow
+
+SERVER = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _claimed(ergate: ErgateCelery, token: str = "held") -> tuple[Runtime, Job]:
+    ergate.register_workflow(echo_workflow("solo", "only"))
+    queued = ergate.submit_job("solo", initial_input_value=1)
+    rt = ergate.runtime
+    claim = Claim(
+        workflow_name="solo",
+        step_name="only",
+        step_index=0,
+        steps_completed=0,
+        token=token,
+        lease_until=rt.clock() + lease_length(rt.settings),
+        max_attempts=3,
+        workflow_version=queued.workflow_version or "",
+    )
+    claimed = rt.apply(str(queued.id), claim, sender="test").after
+    assert claimed is not None
+    return rt, claimed
+
+
+def test_the_lease_is_the_shorter_of_lease_seconds_and_stuck_after() -> None:
+    assert lease_length(ErgateSettings()) == timedelta(seconds=30)
+    short = ErgateSettings(stuck_after=3.0)
+    assert (lease_length(short), renew_every(short)) == (timedelta(seconds=3), 1.0)
+
+
+def test_the_heartbeat_renews_the_claim_until_its_block_ends(memory_app: Celery) -> None:
+    memory_app.conf.update(ergate_lease_seconds=0.3)
+    ergate = ErgateCelery(memory_app)
+    rt, claimed = _claimed(ergate)
+    job_id = str(claimed.id)
+    with Heartbeat(rt, job_id, "held", "test"):
+        renewed = wait_until(
+            lambda: (job := ergate.get_job(job_id)).lease_until != claimed.lease_until and job,
+            what="a renewal",
+        )
+    assert renewed.status is JobStatus.RUNNING
+    # A lease nobody renews any more is seen to expire; a renewed one is seen alive.
+    last = ergate.get_job(job_id)
+    assert lease_expired(rt, job_id, last)
+    with Heartbeat(rt, job_id, "held", "test"):
+        live = wait_until(
+            lambda: (job := ergate.get_job(job_id)).lease_until > rt.clock() and job,  # type: ignore[operator]
+            what="the lease renewed",
+        )
+        assert not lease_expired(rt, job_id, live)
+    ergate.close()
+
+
+def test_the_claim_of_a_dead_pool_process_is_let_go_at_once(memory_app: Celery) -> None:
+    ergate = ErgateCelery(memory_app)
+    rt, claimed = _claimed(ergate, claim_token("worker@host"))
+    job_id = str(claimed.id)
+    let_go(rt, job_id, "worker@host", os.getpid() + 1, "test")  # another process: kept
+    assert ergate.get_job(job_id).lease_until == claimed.lease_until
+    let_go(rt, job_id, "worker@host", os.getpid(), "test")
+    lost = ergate.get_job(job_id)
+    assert (lost.claim, lost.lease_until) == (claimed.claim, None)
+    assert lease_expired(rt, job_id, lost)  # a redelivered copy takes it over at once
+    ergate.close()
+
+
+def test_the_store_clock_follows_the_server_whatever_the_host_says() -> None:
+    ahead = timedelta(seconds=60)
+    clock = StoreClock(lambda: SERVER, local=lambda: SERVER + ahead)
+    assert abs((clock() - SERVER).total_seconds()) < 0.01
+    assert clock.offset == -ahead
+
+
+def test_a_store_without_a_server_keeps_the_process_clock_and_a_failed_read_the_offset() -> None:
+    local = StoreClock(lambda: None, local=lambda: SERVER)
+    assert local() == SERVER
+
+    answers: list[datetime | Exception] = [SERVER + timedelta(seconds=5), OSError("down")]
+
+    def server() -> datetime:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    clock = StoreClock(server, local=lambda: SERVER)
+    assert clock() == SERVER + timedelta(seconds=5)
+    clock.refresh()  # the server is down: the last offset stays
+    assert clock() == SERVER + timedelta(seconds=5)
