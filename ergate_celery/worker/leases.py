@@ -28,7 +28,7 @@ from ergate_celery.model.job_status import RUNNING_STATUSES
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.worker.runtime import Runtime
 
-logger = logging.getLogger("ergate_celery")
+logger = logging.getLogger(__name__)
 
 
 def holder(hostname: str | None, pid: int) -> str:
