@@ -35,10 +35,11 @@ format: $(STAMP)
 	$(BIN)/ruff format ergate_celery tests bench example_project tools
 	$(BIN)/ruff check --fix ergate_celery tests bench example_project tools
 
-# Two pytest processes at once: each keeps its own Redis db, schema and vhost (tests/services.py).
+# Four pytest processes at once: each keeps its own Redis db, schema and vhost (tests/services.py).
+# Most of a worker test is waiting (beat intervals, leases, sweeps), so four keep two cores busy.
 # The suite builds the docs site too (tests/test_docs.py), and runs every page's code.
 test: lint
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 4
 
 # The tests of tests/unit/ alone: no broker, backend, database or worker needed (under 30 s).
 test-unit: $(STAMP)
@@ -46,7 +47,7 @@ test-unit: $(STAMP)
 
 # Skips the fault tests marked slow; CI runs everything through `make test`.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not slow"
+	$(BIN)/python -m pytest -n 4 -m "not slow"
 
 # The Django tests on the LTS releases before the newest, each in a venv of its own on the
 # oldest supported Python (not part of `make test`, which runs on the newest Django).
