@@ -208,3 +208,27 @@ def test_beside_celerys_instrumentation_each_step_span_is_a_child_of_its_task_sp
     assert [span["name"] for span in spans].count("ergate submit traced_pair") == 1
     publishers = {by_id[by_id[run["parent_id"]]["parent_id"]]["name"] for run in runs}
     assert publishers == {"ergate submit traced_pair", "ergate step traced_pair.pay"}
+
+
+@pytest.mark.setup("redis")
+def test_a_fan_outs_children_are_in_their_parents_trace(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    setup, folder = _setup(make_setup)
+    with _traced_here(folder) as provider, _worker(setup, {"ERGATE_OTEL_OUT": str(folder)}):
+        with provider.get_tracer("web").start_as_current_span("POST /uploads") as request:
+            job = setup.ergate.submit_job("traced_split", initial_input_value=[1, 2, 3])
+        done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
+        assert done.status is JobStatus.COMPLETED, done.error
+        assert done.last_return_value == 12
+
+    spans = read_lines(folder, "spans")
+    assert {span["trace_id"] for span in spans} == {_trace_id(request)}, spans
+    children = sorted(
+        span["attributes"]["ergate.job.id"]
+        for span in spans
+        if span["name"] == "ergate step traced_piece.cut"
+    )
+    assert children == [f"{job.id}.{n}" for n in range(3)]
+    steps = [span["name"] for span in spans if span["name"].startswith("ergate step traced_split")]
+    assert sorted(steps) == ["ergate step traced_split.gather", "ergate step traced_split.spread"]

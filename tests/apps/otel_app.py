@@ -13,7 +13,16 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from ergate_celery import CurrentRun, Sleep, StepRun, WaitPath, Workflow
+from ergate_celery import (
+    ChildResult,
+    CurrentRun,
+    FanOut,
+    FanOutPath,
+    Sleep,
+    StepRun,
+    WaitPath,
+    Workflow,
+)
 
 from . import app_from_env
 
@@ -54,7 +63,26 @@ def confirm(amount: int) -> int:
     return amount
 
 
-WORKFLOWS = (order, pair)
+split = Workflow(unique_name="traced_split")
+piece = Workflow(unique_name="traced_piece")
+
+
+@piece.step
+def cut(size: int) -> int:
+    return size * 2
+
+
+@split.step(paths=[FanOutPath("gather")])
+def spread(sizes: list[int]) -> None:
+    raise FanOut("traced_piece", inputs=sizes, then=gather)
+
+
+@split.step
+def gather(pieces: list[ChildResult]) -> int:
+    return sum(result.value for result in pieces)
+
+
+WORKFLOWS = (order, pair, split, piece)
 
 app, ergate = app_from_env("otel_app", *WORKFLOWS)
 
