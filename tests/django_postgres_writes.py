@@ -96,6 +96,19 @@ def main(schema: str, use_tz: bool) -> None:
         )
         if store.postgres is not None:
             assert len(queries) == 1, queries.captured_queries
+        # While its workflow is paused: parked in the same statement, stored as returned.
+        store.set_paused("pg_writes", True)
+        with CaptureQueriesContext(connection) as queries:
+            parked = ergate.submit_job("pg_writes", initial_input_value=3, tags={"run": prefix})
+        if store.postgres is not None:
+            assert len(queries) == 1, queries.captured_queries
+        store.set_paused("pg_writes", False)
+        assert parked.parked
+        assert store.get(str(parked.id)) == parked
+        with CaptureQueriesContext(connection) as queries:
+            assert store.update(str(parked.id), bump, assume=parked).after is not None
+        if store.postgres is not None:
+            assert len(queries) == 1, queries.captured_queries
         summary = TaskResult(f"{prefix}-step", lambda written: {"attempt": written.attempt})
         with CaptureQueriesContext(connection) as queries:
             written = store.update(str(job.id), bump, assume=job, result=summary).after
@@ -115,7 +128,7 @@ def main(schema: str, use_tz: bool) -> None:
             else:
                 raise AssertionError("a duplicate id was stored")
             assert TaskRow.objects.filter(task_id=str(job.id)).exists()
-        ids = [str(job.id), str(later.id)]
+        ids = [str(job.id), str(later.id), str(parked.id)]
         entries = JobIndexEntry.objects.filter(job_id__in=ids)
         due = JobIndexEntry.objects.get(job_id=str(later.id)).at
         # Aware under USE_TZ, naive UTC without (as `_to_db`).

@@ -37,6 +37,18 @@ def test_each_write_and_read_is_one_statement_on_postgres(setup: Setup) -> None:
     try:
         second = setup.ergate.submit_job("sql_stored", initial_input_value=2, tags={"a": "b"})
         assert len(statements) == 1
+        # A submission while its workflow is paused: parked in the same statement, and
+        # stored as returned (a write that assumes it is one statement, not a miss and a retry).
+        store.set_paused("sql_stored", True)
+        statements.clear()
+        parked = setup.ergate.submit_job("sql_stored", initial_input_value=3)
+        assert len(statements) == 1
+        assert parked.parked
+        assert store.get(str(parked.id)) == parked
+        store.set_paused("sql_stored", False)
+        statements.clear()
+        assert store.update(str(parked.id), _bump, assume=parked).after is not None
+        assert len(statements) == 1
         statements.clear()
         result = TaskResult("ergate-step:sql-1", lambda written: {"attempt": written.attempt})
         written = store.update(str(job.id), _bump, assume=job, result=result).after

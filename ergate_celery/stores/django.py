@@ -69,7 +69,8 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         """The one-statement writes, where the job rows and the app's tables are all on one
         PostgreSQL database (django_postgres.py); None elsewhere (the ORM writes)."""
         if self._postgres is False:
-            models = [self.model, self.index, app_model("JobListing"), app_model("JobTag")]
+            names = ("JobListing", "JobTag", "PausedWorkflow")
+            models = [self.model, self.index, *(app_model(name) for name in names)]
             aliases = {router.db_for_write(model) for model in models}
             alias = aliases.pop()
             connection = connections[alias]
@@ -239,7 +240,7 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         values = self._values(job, self.create_limit)
         postgres = self.postgres
         if postgres is not None:
-            return self._insert_postgres(postgres, job, values)
+            return self._insert_postgres(postgres, job, values)[0]
         try:
             with transaction.atomic():
                 self.model.objects.create(task_id=str(job.id), **values)
@@ -251,7 +252,27 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
             return False
         return True
 
-    def _insert_postgres(self, postgres: DjangoPostgres, job: Job, values: dict[str, Any]) -> bool:
+    def _insert_unless_paused(self, job: Job) -> Job | None:
+        postgres = self.postgres
+        if postgres is None:
+            return super()._insert_unless_paused(job)
+        # The paused check inside the create statement: one statement, as every write here.
+        parked = job.model_copy(update={"parked": True})
+        result = self._values(parked, self.create_limit)["result"]  # size-checked too
+        paused = (job.workflow_name, postgres.prepare({"result": result})["v_result"])
+        values = self._values(job, self.create_limit)
+        stored, stored_parked = self._insert_postgres(postgres, job, values, paused)
+        return None if not stored else parked if stored_parked else job
+
+    def _insert_postgres(
+        self,
+        postgres: DjangoPostgres,
+        job: Job,
+        values: dict[str, Any],
+        paused: tuple[str, Any] | None = None,
+    ) -> tuple[bool, bool]:
+        """Whether `job` was stored in one statement, and whether parked (with `paused`: its
+        workflow and parked `result`, stored instead if the workflow is paused)."""
         row = postgres.prepared(self.model(task_id=str(job.id), **values), postgres.insert_fields)
         # As the ORM path's UPDATE after its INSERT: date_done as computed, not auto_now's now.
         row["s_date_done"] = postgres.prepare({"date_done": values["date_done"]})["v_date_done"]
@@ -266,9 +287,10 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
                 None if entry is None else (entry.kind, _to_db(entry.at)),
                 listed,
                 job.tags if listed else {},
+                paused,
             )
         except IntegrityError:  # as the ORM path: a listing row left behind by the id
-            return False
+            return False, False
 
     def _drop_leftovers(self, job_id: str) -> bool:
         # django-celery-results' cleanup deletes expired TaskResult rows only.

@@ -7,7 +7,8 @@ statement of data-modifying CTEs, sent on Django's own connection. In autocommit
 statement is its own transaction; inside the caller's `atomic()` block it joins the caller's
 transaction, in a savepoint as the ORM's nested `atomic()` would, so a failed write leaves
 the caller's transaction usable. Every part after the row's write selects from its RETURNING,
-so nothing else is written when it misses.
+so nothing else is written when it misses. A submission that parks its job when its workflow
+is paused reads the paused table in the same statement.
 
 Table and column names come from the models' `_meta`, values go through each field's own
 `pre_save` and `get_db_prep_save` (as the ORM's INSERT and UPDATE do), and the statement texts
@@ -53,11 +54,13 @@ class DjangoPostgres:
         index: Any,
         listing: Any,
         tag: Any,
+        paused: Any,
     ) -> None:
         self.alias = alias
         #: For the texts only (quoting, types): statements run on `connection`, this thread's.
         self._vendor_connection = connection
         self.model, self.index, self.listing, self.tag = model, index, listing, tag
+        self.paused = paused
         quote = connection.ops.quote_name
         self._q = quote
         meta = model._meta
@@ -70,7 +73,7 @@ class DjangoPostgres:
         self.table = quote(meta.db_table)
         self.task_id = self._column(model, "task_id")
         self._shapes: dict[tuple[tuple[str, ...], bool, bool, tuple[str, ...]], str] = {}
-        self._inserts: dict[bool, str] = {}
+        self._inserts: dict[tuple[bool, bool], str] = {}
 
     def _column(self, model: Any, name: str) -> str:
         return str(self._q(model._meta.get_field(name).column))
@@ -164,11 +167,27 @@ class DjangoPostgres:
             f"ON found.{self.task_id} = %(b_task_id)s"
         )
 
-    def _insert(self, indexed: bool) -> str:
+    def _insert(self, indexed: bool, unless_paused: bool) -> str:
         model, column = self.model, self._column
         names = [field.name for field in self.insert_fields]
         into = ", ".join(column(model, name) for name in names)
         values = ", ".join(f"%(s_{name})s" for name in names)
+        paused, reported = "", "false"
+        if unless_paused:
+            # Whether the workflow is paused, read once: it picks the document stored, and
+            # the statement reports it.
+            values = ", ".join(
+                "CASE WHEN (SELECT is_paused FROM paused) THEN %(p_result)s ELSE %(s_result)s END"
+                if name == "result"
+                else f"%(s_{name})s"
+                for name in names
+            )
+            table = self._q(self.paused._meta.db_table)
+            paused = (
+                f"paused AS (SELECT EXISTS (SELECT 1 FROM {table} WHERE "
+                f"{column(self.paused, 'workflow')} = %(p_workflow)s) AS is_paused), "
+            )
+            reported = "(SELECT is_paused FROM paused)"
         listing, tag = self.listing, self.tag
         listed = ", ".join(
             column(listing, name) for name in ("job_id", "workflow", "status", "submitted_at")
@@ -176,7 +195,7 @@ class DjangoPostgres:
         tagged = ", ".join(column(tag, name) for name in ("job_id", "key", "value"))
         index = self._index_part("created", indexed)
         return (
-            f"WITH created AS (INSERT INTO {self.table} ({into}) VALUES ({values}) "
+            f"WITH {paused}created AS (INSERT INTO {self.table} ({into}) VALUES ({values}) "
             f"ON CONFLICT ({self.task_id}) DO NOTHING RETURNING {self.task_id} AS task_id), "
             f"indexed AS ({index}), "
             f"listed AS (INSERT INTO {self._q(listing._meta.db_table)} ({listed}) "
@@ -188,7 +207,7 @@ class DjangoPostgres:
             f"SELECT created.task_id, pairs.key, pairs.value FROM created, "
             f"unnest(CAST(%(t_keys)s AS text[]), CAST(%(t_values)s AS text[])) "
             f"AS pairs(key, value)) "
-            f"SELECT count(*) FROM created"
+            f"SELECT (SELECT count(*) FROM created), {reported}"
         )
 
     # Running them.
@@ -246,14 +265,20 @@ class DjangoPostgres:
         entry: tuple[str, Any] | None,
         listed: tuple[str, str, Any] | None,
         tags: Mapping[str, str],
-    ) -> bool:
+        parked: tuple[str, Any] | None = None,
+    ) -> tuple[bool, bool]:
         """Insert a job's row (its INSERT parameters) with its index entry (or the removal of
-        any), listing row and tags; False, with nothing written, when the id is taken."""
-        indexed = entry is not None
-        statement = self._inserts.get(indexed)
+        any), listing row and tags; with `parked` (the job's workflow, and the `result` of its
+        parked row), that result if the workflow is paused. Whether it was stored (not when
+        the id is taken: then nothing is written), and whether parked."""
+        shape = (entry is not None, parked is not None)
+        statement = self._inserts.get(shape)
         if statement is None:
-            statement = self._inserts[indexed] = self._insert(indexed)
+            statement = self._inserts[shape] = self._insert(*shape)
+        params = create_parameters(row, entry, listed, tags)
+        if parked is not None:
+            params["p_workflow"], params["p_result"] = parked
         with self._cursor() as cursor:
-            cursor.execute(statement, create_parameters(row, entry, listed, tags))
-            (count,) = cursor.fetchone()
-        return bool(count == 1)
+            cursor.execute(statement, params)
+            count, stored_parked = cursor.fetchone()
+        return count == 1, bool(stored_parked)

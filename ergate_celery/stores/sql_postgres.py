@@ -5,6 +5,8 @@ row. On PostgreSQL these go into one statement of data-modifying CTEs, run in au
 a single statement is its own transaction, so it is as atomic as BEGIN … COMMIT and costs
 one round trip instead of five to seven (BEGIN, each statement, COMMIT). Every part after
 the compare-and-set selects from its RETURNING, so nothing else is written when it misses.
+A submission that parks its job when its workflow is paused reads the paused table in the
+same statement: a pause committed before it is seen.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ class PostgresStatements:
         index: sa.Table,
         listing: sa.Table,
         tags: sa.Table,
+        paused: sa.Table,
         summary_columns: list[str],
     ) -> None:
         self.table, self.index, self.listing, self.tags = table, index, listing, tags
+        self.paused = paused
         self.summary_columns = summary_columns
         self._shapes: dict[tuple[bool, bool, bool], Any] = {}
-        self.insert = self._insert()
+        self._inserts = {paused: self._insert(paused) for paused in (False, True)}
 
     def _index_upsert(self, source: Any, key: Any, *when: Any) -> Any:
         index = self.index
@@ -127,14 +131,27 @@ class PostgresStatements:
             return Written(True, None)
         return Written(False, None if row.status is None else row)
 
-    def _insert(self) -> Any:
+    def _insert(self, unless_paused: bool) -> Any:
         table, listing, tags = self.table, self.listing, self.tags
+        result: Any = sa.bindparam("result", type_=table.c.result.type)
+        reported: Any = sa.false()
+        if unless_paused:
+            # Whether the workflow is paused, read once: it picks the document stored, and
+            # the statement reports it.
+            paused = sa.select(
+                sa.exists()
+                .where(self.paused.c.workflow == sa.bindparam("p_workflow"))
+                .label("is_paused")
+            ).cte("paused")
+            reported = sa.select(paused.c.is_paused).scalar_subquery()
+            parked = sa.bindparam("p_result", type_=table.c.result.type)
+            result = sa.case((reported, parked), else_=result)
         created = (
             sa.insert(table)
             .values(
                 task_id=sa.bindparam("task_id"),
                 status=sa.bindparam("status"),
-                result=sa.bindparam("result"),
+                result=result,
                 traceback=sa.bindparam("traceback"),
                 date_done=sa.bindparam("date_done"),
             )
@@ -168,7 +185,7 @@ class PostgresStatements:
             ),
         )
         count = sa.select(sa.func.count()).select_from(created).scalar_subquery()
-        return sa.select(count).add_cte(
+        return sa.select(count, reported.label("parked")).add_cte(
             indexed.cte("indexed"), listed.cte("listed"), tagged.cte("tagged")
         )
 
@@ -179,7 +196,14 @@ class PostgresStatements:
         entry: tuple[str, Any] | None,
         listed: tuple[str, str, Any] | None,
         tags: dict[str, str],
-    ) -> None:
+        parked: tuple[str, bytes] | None = None,
+    ) -> bool:
         """Insert a job row with its index entry, listing row and tags in one statement;
-        IntegrityError when the id is taken (and nothing is written)."""
-        conn.execute(self.insert, create_parameters(values, entry, listed, tags))
+        IntegrityError when the id is taken (and nothing is written). With `parked` (the
+        job's workflow, and its parked document), the parked document is stored if that
+        workflow is paused; whether it was."""
+        params = create_parameters(values, entry, listed, tags)
+        if parked is not None:
+            params["p_workflow"], params["p_result"] = parked
+        row = conn.execute(self._inserts[parked is not None], params).one()
+        return bool(row.parked)

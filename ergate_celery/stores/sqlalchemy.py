@@ -53,7 +53,12 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         self.postgres: PostgresStatements | None = None
         if sa.engine.make_url(str(backend.url)).get_backend_name() == "postgresql":
             self.postgres = PostgresStatements(
-                self.table, self.index, self.listing, self.tags, self.sql.summary_columns
+                self.table,
+                self.index,
+                self.listing,
+                self.tags,
+                self.paused,
+                self.sql.summary_columns,
             )
         self._engine: sa.Engine | None = None
         self._autocommit: sa.Engine | None = None
@@ -207,22 +212,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
 
     def _insert(self, job: Job) -> bool:
         if self.postgres is not None:
-            entry = index_entry(job, now=self.clock())
-            submitted = job.submitted_at
-            try:
-                with self.autocommit.connect() as conn:
-                    self.postgres.create(
-                        conn,
-                        {"task_id": str(job.id), **self._values(job, self.create_limit)},
-                        None if entry is None else (entry.kind, naive_utc(entry.at)),
-                        None
-                        if submitted is None
-                        else (job.workflow_name, job.status.name, naive_utc(submitted)),
-                        job.tags,
-                    )
-            except IntegrityError:
-                return False
-            return True
+            return self._create_postgres(job, None) is not None
         try:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -235,6 +225,37 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         except IntegrityError:
             return False
         return True
+
+    def _insert_unless_paused(self, job: Job) -> Job | None:
+        if self.postgres is None:
+            return super()._insert_unless_paused(job)
+        # The paused check inside the create statement: one statement, as every write here.
+        return self._create_postgres(job, job.model_copy(update={"parked": True}))
+
+    def _create_postgres(self, job: Job, parked: Job | None) -> Job | None:
+        """Store `job` in one statement, or `parked` instead if its workflow is paused; the
+        job stored, or None when the id is taken."""
+        assert self.postgres is not None
+        entry = index_entry(job, now=self.clock())
+        submitted = job.submitted_at
+        paused = None
+        if parked is not None:  # the same columns but the document (size-checked too)
+            paused = (job.workflow_name, self._values(parked, self.create_limit)["result"])
+        try:
+            with self.autocommit.connect() as conn:
+                stored_parked = self.postgres.create(
+                    conn,
+                    {"task_id": str(job.id), **self._values(job, self.create_limit)},
+                    None if entry is None else (entry.kind, naive_utc(entry.at)),
+                    None
+                    if submitted is None
+                    else (job.workflow_name, job.status.name, naive_utc(submitted)),
+                    job.tags,
+                    paused,
+                )
+        except IntegrityError:
+            return None
+        return parked if stored_parked and parked is not None else job
 
     def _drop_leftovers(self, job_id: str) -> bool:
         # Celery's cleanup deletes expired rows of its own table only.
