@@ -126,9 +126,10 @@ def test_a_sigkilled_worker_keeps_the_slot_until_its_job_ends(
     setup_name: str, make_setup: Callable[..., Setup]
 ) -> None:
     options = {"broker_transport_options": FAST_REDIS_REDELIVERY} if setup_name == "redis" else {}
-    # The killed step runs again once its lease expired: a lease shorter than the step's
-    # time_limit, so that the redelivered copy's wait for it is not cut by that limit.
-    setup = make_setup(setup_name, ergate_lease_seconds=1, **options)
+    # The killed step runs again once its lease expired. A lease longer than the step's
+    # time_limit (2 s): the redelivered copy that waits for it must neither fail the job at
+    # that limit nor be dropped, but go back to the queue until the lease expires.
+    setup = make_setup(setup_name, ergate_lease_seconds=8, **options)
     setup.ergate.register_workflow(tenants)
     killed = _submit(setup, "k", end="sigkill")
     behind = _submit(setup, "k")
