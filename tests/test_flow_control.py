@@ -126,7 +126,10 @@ def test_a_sigkilled_worker_keeps_the_slot_until_its_job_ends(
     setup_name: str, make_setup: Callable[..., Setup]
 ) -> None:
     options = {"broker_transport_options": FAST_REDIS_REDELIVERY} if setup_name == "redis" else {}
-    setup = make_setup(setup_name, **options)
+    # The killed step runs again once its lease expired. A lease longer than the step's
+    # time_limit (2 s): the redelivered copy that waits for it must neither fail the job at
+    # that limit nor be dropped, but go back to the queue until the lease expires.
+    setup = make_setup(setup_name, ergate_lease_seconds=8, **options)
     setup.ergate.register_workflow(tenants)
     killed = _submit(setup, "k", end="sigkill")
     behind = _submit(setup, "k")
@@ -136,10 +139,13 @@ def test_a_sigkilled_worker_keeps_the_slot_until_its_job_ends(
     with worker_process(setup, "flow-r", module="tests.apps.flow_app"):
         # RabbitMQ redelivers at once; Redis after its (shortened) visibility timeout.
         _final(setup, [killed, behind])
-    assert setup.ergate.get_job(killed).status is JobStatus.COMPLETED
+    job = setup.ergate.get_job(killed)
+    assert job.status is JobStatus.COMPLETED, job.error
     assert setup.ergate.get_job(behind).status is JobStatus.COMPLETED
     starts = [m[2] for m in _marks(setup) if m[0] == "start"]
+    assert starts.count(killed) == 2  # the killed step ran again
     assert starts.index(behind) > max(i for i, j in enumerate(starts) if j == killed)
+    assert setup.ergate.runtime.store.slots(slot_name("flow_tenant", "k")).empty
 
 
 _RACE = """

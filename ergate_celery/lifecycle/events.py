@@ -102,11 +102,14 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class TimeLimit:
-    """Celery killed the step at its hard `time_limit`."""
+    """Celery killed a run of the step at its hard `time_limit`: the run of the pool process
+    whose claim tokens start with `holder`. A copy of the message killed while it held no
+    claim (watching another run's lease) ends nothing."""
 
     step_name: str
     steps_completed: int
     seconds: float
+    holder: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ QUEUED      Cancel            CANCELLED
 RUNNING     Cancel            CANCELLING
 RUNNING     TimeLimit         FAILED      hard time_limit
 CANCELLING  TimeLimit         FAILED      hard time_limit
+RUNNING     TimeLimit         -           another process holds the claim
 QUEUED      Recover           QUEUED      stuck, republish
 QUEUED      Recover           FAILED      stuck, ergate_stuck_action = fail
 RUNNING     Recover           QUEUED      lease expired, requeue

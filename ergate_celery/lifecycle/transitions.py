@@ -73,10 +73,11 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
                 return _set(stored, S.CANCELLED)
             return _set(stored, S.CANCELLING) if status is S.RUNNING else None
         case events.TimeLimit(
-            step_name=step_name, steps_completed=steps_completed, seconds=seconds
+            step_name=step_name, steps_completed=steps_completed, seconds=seconds, holder=holder
         ):
             at_step = stored.steps_completed == steps_completed and _at(stored, step_name)
-            if status not in RUNNING_STATUSES or not at_step:
+            held = stored.claim is not None and stored.claim.startswith(holder)
+            if status not in RUNNING_STATUSES or not at_step or not held:
                 return None
             message = f"Step {step_name!r} ran past its hard time_limit of {seconds:g} s"
             return _fail(stored, "TimeLimitExceeded", message, step_name)

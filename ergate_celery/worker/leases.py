@@ -111,17 +111,27 @@ class Heartbeat:
         return after is not None or (before is not None and before.claim == self.token)
 
 
-def lease_expired(rt: Runtime, job_id: str, held: Job) -> bool:
+def lease_expired(
+    rt: Runtime, job_id: str, held: Job, *, give_up_at: float | None = None
+) -> bool | None:
     """Watch the lease of `held` (a job another run holds) until it is renewed or expires:
     True when it expired unrenewed (claim the job: its holder is gone), False when its holder
-    renewed it or the job moved on (drop the message: it is a copy)."""
+    renewed it or the job moved on (drop the message: it is a copy). None when the lease
+    still held at `give_up_at` (a `time.monotonic()` value: the watcher's own time limit
+    comes first), neither renewed nor expired."""
     every = renew_every(rt.settings)
     while True:
         lease_until = held.lease_until
         now = rt.clock()
         if lease_until is None or lease_until <= now:
             return True
-        time.sleep(min((lease_until - now).total_seconds() + 0.05, every / 2))
+        pause = min((lease_until - now).total_seconds() + 0.05, every / 2)
+        if give_up_at is not None:
+            left = give_up_at - time.monotonic()
+            if left <= 0:
+                return None
+            pause = min(pause, left)
+        time.sleep(pause)
         current = rt.store.get(job_id)
         if current is None or current.claim != held.claim:
             return False

@@ -9,11 +9,13 @@ write whose reply was lost is recognised when it is tried again.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
@@ -150,6 +152,7 @@ def _claim(
     *,
     watch: bool = True,
 ) -> Job | None:
+    begun = time.monotonic()
     job_id = str(message.id)
     if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
         park(rt, step, message)
@@ -180,7 +183,14 @@ def _claim(
         # Its worker may be gone (the broker saw it die) or alive (the broker restored a
         # message held past its visibility timeout): only the lease tells.
         assert before is not None
-        if lease_expired(rt, job_id, before):
+        expired = lease_expired(rt, job_id, before, give_up_at=_watch_until(task, begun))
+        if expired is None:
+            # A lease longer than this run's time limit: interrupted at that limit, the
+            # copy would be acknowledged and the lost step left to the sweep. Back in the
+            # queue it comes again marked redelivered, and that copy watches on.
+            logger.info("Requeued a copy of %s of job %s: its lease still holds", step, job_id)
+            raise Reject("the lease of the job's claim still holds", requeue=True)
+        if expired:
             return _claim(rt, step, task, message, watch=False)
     if before is not None and _stranded_successor(before, message, step, task):
         # The worker that ran this step died after storing its outcome and before publishing
@@ -197,6 +207,15 @@ def _claim(
     if slotted and before is not None and before.is_final:
         free_slot(rt, before)  # a late copy of a message took a slot for an ended job
     return None
+
+
+def _watch_until(task: Task[Any, Any], begun: float) -> float | None:
+    """When a copy stops watching a lease: three quarters into the run's first time limit,
+    soft or hard (the message's own, or its task's), leaving the rest to requeue it before
+    Celery interrupts it."""
+    hard, soft = task.request.timelimit or (None, None)
+    limits = [float(s) for s in (hard or task.time_limit, soft or task.soft_time_limit) if s]
+    return begun + 0.75 * min(limits) if limits else None
 
 
 def _same_run(stored: Job | None, message: Job) -> bool:

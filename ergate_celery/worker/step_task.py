@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
+from celery.worker import state as worker_state
 from celery.worker.request import Request
 
 from ergate_celery.lifecycle.events import TimeLimit
@@ -15,7 +16,7 @@ from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import RETRY_OPTIONS, STEP_TASK_OPTIONS
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.settings import ErgateSettings
-from ergate_celery.worker.leases import let_go
+from ergate_celery.worker.leases import holder, let_go
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_body import execute_step
 
@@ -41,9 +42,15 @@ class StepHost(Protocol):
 
 
 class StepRequest(Request):
-    """A step message in the worker's main process. When the pool process running its step
-    dies (killed, out of memory), the claim it held is let go before the message is requeued,
-    so the step runs again at once instead of after its lease."""
+    """A step message in the worker's main process, where Celery tells what happened to the
+    pool process running it.
+
+    When that process dies (killed, out of memory), the claim it held is let go before the
+    message is requeued, so the step runs again at once instead of after its lease. When
+    Celery kills it at the step's hard `time_limit`, the job ends FAILED at once instead of
+    waiting for the sweep — if that process held the job's claim: a redelivered copy killed
+    while it watched another run's lease ends nothing.
+    """
 
     task: StepTask
 
@@ -53,11 +60,34 @@ class StepRequest(Request):
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         pid = self.worker_pid
         if isinstance(exc, WorkerLostError | SystemExit) and pid is not None:
-            payload = self.args[0] if self.args else None
-            job_id = payload.get("id") if isinstance(payload, dict) else None
-            if isinstance(job_id, str):
+            job_id = _job_id(self.args)
+            if job_id is not None:
                 let_go(self.task.ergate.runtime, job_id, self.hostname, int(pid), self.task.name)
         super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        pid = self.worker_pid
+        if not soft and pid is not None and not worker_state.should_terminate:
+            self._fail_at_time_limit(float(timeout), holder(self.hostname, int(pid)))
+        super().on_timeout(soft, timeout)
+
+    def _fail_at_time_limit(self, seconds: float, killed: str) -> None:
+        try:
+            job = Job.model_validate(self.args[0] if self.args else None)
+        except Exception:
+            logger.warning("A step of %s hit its time limit with an unreadable job", self.name)
+            return
+        event = TimeLimit(self.task.ergate_step.name, job.steps_completed, seconds, killed)
+        try:
+            self.task.ergate.runtime.apply(str(job.id), event, sender=self.task.name)
+        except Exception:
+            logger.exception("Could not fail job %s after its step's time limit", job.id)
+
+
+def _job_id(args: Any) -> str | None:
+    payload = args[0] if args else None
+    job_id = payload.get("id") if isinstance(payload, dict) else None
+    return job_id if isinstance(job_id, str) else None
 
 
 class StepTask(Task):  # type: ignore[type-arg]
@@ -66,25 +96,6 @@ class StepTask(Task):  # type: ignore[type-arg]
     ergate: StepHost
     ergate_step: WorkflowStep[Any, Any]
     Request = f"{__name__}:StepRequest"
-
-    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """Celery calls this in the worker's main process when it kills a step at its hard
-        `time_limit`: the job ends FAILED at once instead of waiting for the sweep."""
-        if not isinstance(exc, TimeLimitExceeded):
-            return
-        payload = args[0] if args else None
-        try:
-            job = Job.model_validate(payload)
-        except Exception:
-            logger.warning("A step of %s hit its time limit with an unreadable job", self.name)
-            return
-        step = self.ergate_step
-        seconds = float(exc.args[0]) if exc.args else float(self.time_limit or 0)
-        event = TimeLimit(step.name, job.steps_completed, seconds)
-        try:
-            self.ergate.runtime.apply(str(job.id), event, sender=self.name)
-        except Exception:
-            logger.exception("Could not fail job %s after its step's time limit", job.id)
 
 
 #: The task options every step task has, whatever its step asks for.

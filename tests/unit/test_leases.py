@@ -6,6 +6,7 @@ clock, whatever that one says."""
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery
@@ -75,6 +76,15 @@ def test_the_heartbeat_renews_the_claim_until_its_block_ends(memory_app: Celery)
             what="the lease renewed",
         )
         assert not lease_expired(rt, job_id, live)
+    ergate.close()
+
+
+def test_a_watch_that_must_stop_first_tells_neither_expired_nor_renewed(
+    memory_app: Celery,
+) -> None:
+    ergate = ErgateCelery(memory_app)  # a 30 s lease, which nobody renews
+    rt, claimed = _claimed(ergate)
+    assert lease_expired(rt, str(claimed.id), claimed, give_up_at=time.monotonic() + 0.2) is None
     ergate.close()
 
 

@@ -199,7 +199,8 @@ def scenario(row: Row) -> tuple[Job, Event]:
         case "Cancel":
             return stored, Cancel()
         case "TimeLimit":
-            return stored, TimeLimit("b", 1, 30.0)
+            holder = "other/" if when == "another process holds the claim" else "he"
+            return stored, TimeLimit("b", 1, 30.0, holder)
         case "Recover":
             if "max_step_attempts" in when:
                 stored = stored.model_copy(update={"lost_runs": 2})
@@ -399,13 +400,21 @@ def test_the_sweep_leaves_a_job_that_moved_since_it_was_seen() -> None:
 
 def test_time_limit_fails_only_the_step_it_names() -> None:
     running = _stored(S.RUNNING)
-    failed = transition(running, TimeLimit("b", 1, 30.0), NOW)
+    failed = transition(running, TimeLimit("b", 1, 30.0, "he"), NOW)
     assert failed is not None
     assert failed.error is not None
     assert failed.error.type == "TimeLimitExceeded"
     assert "30 s" in failed.error.message
-    assert transition(running, TimeLimit("b", 0, 30.0), NOW) is None
-    assert transition(running, TimeLimit("a", 1, 30.0), NOW) is None
+    assert transition(running, TimeLimit("b", 0, 30.0, "he"), NOW) is None
+    assert transition(running, TimeLimit("a", 1, 30.0, "he"), NOW) is None
+
+
+def test_time_limit_of_a_run_that_holds_no_claim_fails_nothing() -> None:
+    # A redelivered copy killed at its time limit while it watched another run's lease.
+    running = _stored(S.RUNNING)
+    assert transition(running, TimeLimit("b", 1, 30.0, "worker@b/7/"), NOW) is None
+    released = running.model_copy(update={"claim": None})
+    assert transition(released, TimeLimit("b", 1, 30.0, "he"), NOW) is None
 
 
 def test_a_reject_that_names_an_old_point_leaves_the_job() -> None:
