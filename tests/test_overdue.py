@@ -21,9 +21,11 @@ HINT = "is celery beat running?"
 def _overdue_job(setup: Setup) -> str:
     for workflow in WORKFLOWS:
         setup.ergate.register_workflow(workflow)
-    start = datetime.now(UTC) + timedelta(seconds=0.5)
+    # Due 1.5 s from now: a submit on a loaded machine (its first reading of the store's clock
+    # included) may take a good part of a second, and must still store it SCHEDULED.
+    start = datetime.now(UTC) + timedelta(seconds=1.5)
     job = setup.ergate.submit_job("cli_steps", initial_input_value={}, requested_start_time=start)
-    time.sleep(3)  # past its time and the grace, and no beat runs
+    time.sleep(4)  # past its time and the grace, and no beat runs
     assert setup.ergate.get_job(job.id).status is JobStatus.SCHEDULED
     return str(job.id)
 
