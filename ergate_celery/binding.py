@@ -307,9 +307,7 @@ class ErgateCelery:
             limit=limit,
             concurrency_key=concurrency_key,
         )
-        if parent is not None:
-            return children.list_children(self._here(), parent, query, limit, cursor)
-        return self.store.list_jobs(query, limit, cursor)
+        return children.jobs_page(self._here(), query, limit, cursor, parent)
 
     def retry_job(self, job_id: str) -> Job:
         """Send a FAILED, ABORTED or CANCELLED job back to the step it stopped at, with the

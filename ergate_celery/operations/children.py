@@ -14,6 +14,16 @@ from ergate_celery.worker.fan_out import read_many
 from ergate_celery.worker.runtime import Runtime
 
 
+def jobs_page(
+    rt: Runtime, query: JobQuery, limit: int, cursor: str | None, parent: str | None
+) -> JobPage:
+    """A page of `list_jobs`: the stored jobs `query` finds, or, with `parent`, that job's
+    fan-out children matching it, in input order."""
+    if parent is not None:
+        return list_children(rt, parent, query, limit, cursor)
+    return rt.store.list_jobs(query, limit, cursor)
+
+
 def list_children(
     rt: Runtime, parent_id: str, query: JobQuery, limit: int, cursor: str | None
 ) -> JobPage:

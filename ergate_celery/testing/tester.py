@@ -27,7 +27,7 @@ from ergate_celery.exceptions import JobNotFoundError, UnknownWorkflowError
 from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.operations.cancelling import cancel_job
-from ergate_celery.operations.children import list_children
+from ergate_celery.operations.children import jobs_page
 from ergate_celery.operations.listing import StatusFilter
 from ergate_celery.operations.reading import check_id
 from ergate_celery.operations.signalling import signal_job
@@ -240,9 +240,7 @@ class WorkflowTester:
             limit=limit,
             concurrency_key=concurrency_key,
         )
-        if parent is not None:
-            return list_children(self.runtime, parent, query, limit, cursor)
-        return self.runtime.store.list_jobs(query, limit, cursor)
+        return jobs_page(self.runtime, query, limit, cursor, parent)
 
     def _workflow(self, name: Any) -> Workflow:
         try:
