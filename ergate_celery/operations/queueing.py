@@ -87,20 +87,6 @@ def queue_step(
     return job
 
 
-def publish_when_committed(rt: Runtime, job: Job, sender: str) -> None:
-    """Publish the job's step once a worker can read its write: at once, or when the
-    caller's Django transaction commits if the store's writes joined it."""
-    if rt.store.joins_django_transaction and in_django_transaction():
-        step = f"Publishing {sender}"
-        on_commit(
-            lambda: logged_after_commit(
-                step, str(job.id), lambda: rt.publish_current_step(job, sender)
-            )
-        )
-    else:
-        rt.publish_current_step(job, sender)
-
-
 def queued(job: Job) -> Job | None:
     """`job` if it waits QUEUED for a message (not parked), else None."""
     return job if job.status is JobStatus.QUEUED and not job.parked else None

@@ -93,9 +93,10 @@ def start(rt: Runtime, job_id: str, sender: str) -> None:
 
 
 def publish_when_committed(rt: Runtime, job: Job, sender: str) -> None:
-    """Publish the step of a job given a slot once a worker can read the grant: when the
-    caller's Django transaction commits, if the store's writes joined it (a job ended by a
-    cancel inside `atomic()`, say); a rollback undoes the grant and publishes nothing."""
+    """Publish the job's step once a worker can read its write: at once, or when the
+    caller's Django transaction commits if the store's writes joined it (a job given the slot
+    of one cancelled inside `atomic()`, say; a rollback undoes the write and publishes
+    nothing)."""
     if not (rt.store.joins_django_transaction and in_django_transaction()):
         rt.publish_current_step(job, sender)
         return
@@ -104,9 +105,9 @@ def publish_when_committed(rt: Runtime, job: Job, sender: str) -> None:
         try:
             rt.publish_current_step(job, sender)
         except Exception:
-            # After the commit nobody is left to raise to; the job is FAILED if its step
-            # could not be published.
-            logger.exception("Publishing job %s, given a slot, after its commit failed", job.id)
+            # After the commit nobody is left to raise to (a step that cannot be published
+            # failed its job).
+            logger.exception("Publishing job %s after its transaction committed failed", job.id)
 
     on_commit(publish)
 
