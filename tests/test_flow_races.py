@@ -152,7 +152,7 @@ def test_a_cancel_inside_atomic_starts_the_next_job_on_commit_and_a_rollback_cha
         with transaction.atomic():
             assert setup.ergate.cancel_job(sleeping).status is JobStatus.CANCELLED
             assert published == []  # the worker could not read the freed slot yet
-        assert published == [next_job]
+        assert set(published) == {next_job}  # (its next step may be published already)
         wait_until(lambda: _status(setup, next_job) is JobStatus.COMPLETED, WAIT)
     assert _status(setup, sleeping) is JobStatus.CANCELLED
     assert runtime.store.slots(name).empty
