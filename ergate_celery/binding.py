@@ -253,7 +253,9 @@ class ErgateCelery:
         """Cancel a job; returns it as it is now (a finished job is left as it was).
 
         SCHEDULED or QUEUED become CANCELLED and run no step; RUNNING becomes CANCELLING and
-        CANCELLED at the end of the running step.
+        CANCELLED at the end of the running step. Inside a Django transaction, the job that
+        takes the concurrency slot it frees is published when it commits (on a backend other
+        than django-db, the cancel is written then too, and the job returned as it will be).
         """
         return cancelling.cancel_job(self._here(), job_id)
 

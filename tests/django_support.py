@@ -1,6 +1,7 @@
 """Django, configured once per test process, with a migrated SQLite database."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,35 +18,28 @@ INSTALLED_APPS = [
 ]
 
 
-def configure_django(folder: Path) -> None:
-    """Configure and migrate Django unless this process already did."""
-    pytest.importorskip("django")
-    pytest.importorskip("django_celery_results")
-    import django
-    from django.conf import settings
-    from django.core.management import call_command
-
-    if settings.configured:
-        return
-    settings.configure(
-        INSTALLED_APPS=INSTALLED_APPS,
-        DATABASES={
+def django_settings(database: Path) -> dict[str, Any]:
+    """The tests' Django settings, on the SQLite file `database` (the test process's, or, in
+    a worker subprocess, the same file: tests/apps/django_settings.py)."""
+    return {
+        "INSTALLED_APPS": INSTALLED_APPS,
+        "DATABASES": {
             "default": {
                 "ENGINE": "django.db.backends.sqlite3",
-                "NAME": str(folder / "db.sqlite3"),
+                "NAME": str(database),
                 "OPTIONS": {"timeout": 30},
             }
         },
-        USE_TZ=True,
-        ROOT_URLCONF="tests.django_urls",
-        SECRET_KEY="tests-only",
-        ALLOWED_HOSTS=["testserver"],
-        MIDDLEWARE=[
+        "USE_TZ": True,
+        "ROOT_URLCONF": "tests.django_urls",
+        "SECRET_KEY": "tests-only",
+        "ALLOWED_HOSTS": ["testserver"],
+        "MIDDLEWARE": [
             "django.contrib.sessions.middleware.SessionMiddleware",
             "django.contrib.auth.middleware.AuthenticationMiddleware",
             "django.contrib.messages.middleware.MessageMiddleware",
         ],
-        TEMPLATES=[
+        "TEMPLATES": [
             {
                 "BACKEND": "django.template.backends.django.DjangoTemplates",
                 "APP_DIRS": True,
@@ -58,6 +52,26 @@ def configure_django(folder: Path) -> None:
                 },
             }
         ],
-    )
+    }
+
+
+def configure_django(folder: Path) -> None:
+    """Configure and migrate Django unless this process already did."""
+    pytest.importorskip("django")
+    pytest.importorskip("django_celery_results")
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+
+    if settings.configured:
+        return
+    settings.configure(**django_settings(folder / "db.sqlite3"))
     django.setup()
     call_command("migrate", verbosity=0)
+
+
+def django_database() -> Path:
+    """The SQLite file of this process's Django (configured by `configure_django`)."""
+    from django.conf import settings
+
+    return Path(settings.DATABASES["default"]["NAME"])

@@ -24,7 +24,7 @@ from celery.worker import state as worker_state
 from ergate_celery import ErgateCelery, Job, JobStatus
 from ergate_celery.embedded import folder_watch
 
-from .django_support import configure_django
+from .django_support import configure_django, django_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ("redis", "rabbitmq_postgres", "embedded")
@@ -90,11 +90,13 @@ class Setup:
     def celery(
         self, *args: str, env: dict[str, str] | None = None, module: str = "tests.apps.beat_app"
     ) -> Iterator[Popen[bytes]]:
-        """Run `celery -A <module> <args>` on this setup until the block ends."""
+        """Run `celery -A <module> <args>` on this setup until the block ends (on django-db,
+        with this process's Django database: see tests/apps/django_settings.py)."""
         environment = {
             **os.environ,
             "ERGATE_TEST_CONF": json.dumps(self.conf),
             "PYTHONPATH": str(ROOT),
+            **(django_env() if self.name == "django_db" else {}),
             **(env or {}),
         }
         log = (self.tmp_path / f"celery-{args[0]}-{time.monotonic_ns()}.log").open("wb")
@@ -137,6 +139,14 @@ class Setup:
             {**os.environ, "ERGATE_TEST_CONF": json.dumps(self.conf), "PYTHONPATH": str(ROOT)},
             timeout,
         )
+
+
+def django_env() -> dict[str, str]:
+    """What a subprocess needs to set Django up on this process's database."""
+    return {
+        "DJANGO_SETTINGS_MODULE": "tests.apps.django_settings",
+        "ERGATE_TEST_DJANGO_DB": str(django_database()),
+    }
 
 
 def run_captured(
@@ -226,6 +236,7 @@ def _django_empty() -> None:
     from django_celery_results.models import TaskResult
 
     from ergate_celery.contrib.django.models import (
+        ConcurrencySlots,
         JobIndexEntry,
         JobListing,
         JobTag,
@@ -237,6 +248,7 @@ def _django_empty() -> None:
     JobListing.objects.all().delete()
     JobTag.objects.all().delete()
     PausedWorkflow.objects.all().delete()
+    ConcurrencySlots.objects.all().delete()
 
 
 def cleanup_setup(name: str, app: Celery, services: Mapping[str, Any]) -> None:

@@ -56,14 +56,8 @@ def _final(setup: Setup, job_ids: list[str]) -> dict[str, JobStatus]:
 
 
 @contextmanager
-def _workers(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Two prefork worker processes; on django-db (whose test database is configured in
-    this process only) a worker of 4 threads in this process."""
-    if setup.name == "django_db":
-        monkeypatch.setenv("ERGATE_FAULT_MARKS", str(setup.tmp_path / "marks"))
-        with in_process_worker(setup.app, concurrency=4):
-            yield
-        return
+def _workers(setup: Setup) -> Iterator[None]:
+    """Two prefork worker processes (on django-db, on this process's SQLite database)."""
     with (
         worker_process(setup, "flow-a", concurrency=2, module="tests.apps.flow_app"),
         worker_process(setup, "flow-b", concurrency=2, module="tests.apps.flow_app"),
@@ -73,15 +67,11 @@ def _workers(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.mark.setup(*FLOW_SETUPS)
 def test_one_job_per_tenant_runs_at_a_time_across_two_workers_and_every_ending_frees_it(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
+    setup: Setup,
 ) -> None:
     setup.ergate.register_workflow(tenants)
-    # A thread pool cannot enforce a hard time_limit: that ending needs prefork.
-    threads = setup.name == "django_db"
-    endings = (
-        ["fail", "abort", "complete"] if threads else ["fail", "abort", "time_limit", "complete"]
-    )
-    with _workers(setup, monkeypatch):
+    endings = ["fail", "abort", "time_limit", "complete"]
+    with _workers(setup):
         jobs = [_submit(setup, f"t{n % 4}") for n in range(16)]
         assert set(_final(setup, jobs).values()) == {JobStatus.COMPLETED}
 
@@ -121,11 +111,12 @@ def test_one_job_per_tenant_runs_at_a_time_across_two_workers_and_every_ending_f
 
 
 @pytest.mark.slow
-@pytest.mark.setup("redis", "rabbitmq_postgres")
+@pytest.mark.setup(*FLOW_SETUPS)
 def test_a_sigkilled_worker_keeps_the_slot_until_its_job_ends(
     setup_name: str, make_setup: Callable[..., Setup]
 ) -> None:
-    options = {"broker_transport_options": FAST_REDIS_REDELIVERY} if setup_name == "redis" else {}
+    redis_broker = setup_name != "rabbitmq_postgres"
+    options = {"broker_transport_options": FAST_REDIS_REDELIVERY} if redis_broker else {}
     # The killed step runs again once its lease expired. A lease longer than the step's
     # time_limit (2 s): the redelivered copy that waits for it must neither fail the job at
     # that limit nor be dropped, but go back to the queue until the lease expires.

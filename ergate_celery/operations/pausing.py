@@ -9,9 +9,9 @@ import time
 from ergate_celery.lifecycle.events import Unpark
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.operations.listing import every_job
-from ergate_celery.operations.queueing import publish_when_committed
 from ergate_celery.stores.listing import JobQuery
 from ergate_celery.worker import observing
+from ergate_celery.worker.concurrency import publish_when_committed
 from ergate_celery.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)

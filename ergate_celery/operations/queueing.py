@@ -69,7 +69,9 @@ def queue_step(
         if step is not None:
             queued = step
             on_commit(
-                lambda: _logged(f"Publishing {sender}", job_id, lambda: publish(rt, queued, sender))
+                lambda: logged_after_commit(
+                    f"Publishing {sender}", job_id, lambda: publish(rt, queued, sender)
+                )
             )
         return job
     stored = reading(job_id, lambda: rt.store.get(job_id))
@@ -81,18 +83,8 @@ def queue_step(
             if step is not None:
                 publish(rt, step, sender)
 
-    on_commit(lambda: _logged(sender, job_id, write_and_publish))
+    on_commit(lambda: logged_after_commit(sender, job_id, write_and_publish))
     return job
-
-
-def publish_when_committed(rt: Runtime, job: Job, sender: str) -> None:
-    """Publish the job's step once a worker can read its write: at once, or when the
-    caller's Django transaction commits if the store's writes joined it."""
-    if rt.store.joins_django_transaction and in_django_transaction():
-        step = f"Publishing {sender}"
-        on_commit(lambda: _logged(step, str(job.id), lambda: rt.publish_current_step(job, sender)))
-    else:
-        rt.publish_current_step(job, sender)
 
 
 def queued(job: Job) -> Job | None:
@@ -157,8 +149,9 @@ def _after_first_caller(rt: Runtime, job_id: str, seen: Job) -> Job | None:
     return job
 
 
-def _logged(what: str, job_id: str, action: Callable[[], object]) -> None:
-    # After the commit nobody is left to raise to: say what was not done, and why.
+def logged_after_commit(what: str, job_id: str, action: Callable[[], object]) -> None:
+    """Run `action` in an `on_commit` hook: its error is logged (nobody is left to raise it
+    to), saying what was not done, and why."""
     try:
         action()
     except ErgateError as exc:

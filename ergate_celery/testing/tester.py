@@ -204,7 +204,7 @@ class WorkflowTester:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job, as `cancel_job` does; returns it as it is now."""
         check_id(job_id)
-        return cancel_job(self.runtime, job_id)
+        return cancel_job(self.runtime, job_id, publish_on_commit=False)
 
     def get_job(self, job_id: str) -> Job:
         """The stored job, or `JobNotFoundError`."""

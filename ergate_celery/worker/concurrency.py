@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ergate_celery.lifecycle.events import SlotGranted, WaitForSlot
 from ergate_celery.model.concurrency import slot_name
 from ergate_celery.model.job import Job
+from ergate_celery.transactions import in_django_transaction, on_commit
 
 if TYPE_CHECKING:
     from ergate_celery.model.workflow_step import WorkflowStep
@@ -49,23 +50,35 @@ def admitted(rt: Runtime, step: WorkflowStep[Any, Any], message: Job) -> bool:
     ):
         return True
     event = WaitForSlot(step.name, message.steps_completed)
-    parked = rt.retrying(
+    stored, parked = rt.retrying(
         f"parking job {job_id} for a slot of {name!r}",
-        lambda: rt.apply(job_id, event, sender=step.task_name, assume=message).after,
+        lambda: rt.apply(job_id, event, sender=step.task_name, assume=message),
     )
-    if parked is not None:
-        logger.info(
-            "Job %s waits for a slot: %d jobs of key %r of %s are in progress",
-            job_id,
-            concurrency.limit,
-            key,
-            message.workflow_name,
-        )
+    if parked is None:
+        # Not parked here: another copy of the message parked it and looks again itself, or
+        # the job moved on. Cancelled before the take, its cancel found nothing to free, and
+        # the take then put it in line: the park, after the take, sees the cancel.
+        if stored is not None and stored.is_final and stored.concurrency_key is not None:
+            free_slot(rt, stored)
+        return False
+    logger.info(
+        "Job %s waits for a slot: %d jobs of key %r of %s are in progress",
+        job_id,
+        concurrency.limit,
+        key,
+        message.workflow_name,
+    )
     # A slot freed between the take and the park was handed to this job while it was not
-    # parked yet, so nobody started it: look again. (Not parked here: another copy of the
-    # message parked it and looks again itself, or the job moved on, cancelled say.)
-    if parked is not None and store.take_slot(name, job_id, submitted, concurrency.limit):
+    # parked yet, so nobody started it: look again.
+    if store.take_slot(name, job_id, submitted, concurrency.limit):
         start(rt, job_id, step.task_name)
+        return False
+    # A cancel between the park and this take freed the job's place, then the take put it
+    # back in line: this read, after the take, sees the cancel (a cancel after the take
+    # frees the place itself).
+    ended = rt.store.get(job_id)
+    if ended is not None and ended.is_final and ended.concurrency_key is not None:
+        free_slot(rt, ended)
     return False
 
 
@@ -74,9 +87,29 @@ def start(rt: Runtime, job_id: str, sender: str) -> None:
     `SlotGranted` write decides who publishes)."""
     before, granted = rt.apply(job_id, SlotGranted(), sender=sender)
     if granted is not None:
-        rt.publish_current_step(granted, sender)
+        publish_when_committed(rt, granted, sender)
     elif before is not None and before.is_final and before.concurrency_key is not None:
         free_slot(rt, before)  # it ended while it waited: the slot goes to the next one
+
+
+def publish_when_committed(rt: Runtime, job: Job, sender: str) -> None:
+    """Publish the job's step once a worker can read its write: at once, or when the
+    caller's Django transaction commits if the store's writes joined it (a job given the slot
+    of one cancelled inside `atomic()`, say; a rollback undoes the write and publishes
+    nothing)."""
+    if not (rt.store.joins_django_transaction and in_django_transaction()):
+        rt.publish_current_step(job, sender)
+        return
+
+    def publish() -> None:
+        try:
+            rt.publish_current_step(job, sender)
+        except Exception:
+            # After the commit nobody is left to raise to (a step that cannot be published
+            # failed its job).
+            logger.exception("Publishing job %s after its transaction committed failed", job.id)
+
+    on_commit(publish)
 
 
 def free_slot(rt: Runtime, job: Job) -> None:
