@@ -96,6 +96,8 @@ class BenchConfig:
     index_name: str = ""
     #: The PostgreSQL schema, when not POSTGRES_SCHEMA.
     postgres_schema: str = ""
+    #: `ergate_acks_late` of the steps, when not the default.
+    ergate_acks_late: bool | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> BenchConfig:
@@ -115,6 +117,7 @@ class BenchConfig:
             capture=Path(capture) if capture else None,
             index_name=env.get("ERGATE_BENCH_INDEX_NAME", ""),
             postgres_schema=env.get("ERGATE_BENCH_POSTGRES_SCHEMA", ""),
+            ergate_acks_late=_flag(env.get("ERGATE_BENCH_ACKS_LATE", "")),
         )
 
     def env(self) -> dict[str, str]:
@@ -135,7 +138,14 @@ class BenchConfig:
             env["ERGATE_BENCH_INDEX_NAME"] = self.index_name
         if self.postgres_schema:
             env["ERGATE_BENCH_POSTGRES_SCHEMA"] = self.postgres_schema
+        if self.ergate_acks_late is not None:
+            env["ERGATE_BENCH_ACKS_LATE"] = "1" if self.ergate_acks_late else "0"
         return env
+
+
+def _flag(value: str) -> bool | None:
+    """An on/off variable: None when unset."""
+    return None if value == "" else value not in ("0", "false", "no")
 
 
 @dataclass
@@ -159,6 +169,8 @@ def celery_conf(config: BenchConfig) -> dict[str, Any]:
     }
     if config.index_name:
         conf["ergate_index_name"] = config.index_name
+    if config.ergate_acks_late is not None:
+        conf["ergate_acks_late"] = config.ergate_acks_late
     if config.setup in ("redis", "redis_c1"):
         return {**conf, "broker_url": REDIS_URL, "result_backend": REDIS_URL}
     if config.setup == "django_db":

@@ -42,6 +42,8 @@ same width, on Redis and PostgreSQL.
 `flow` (bench/flow.py): a step under a concurrency key against one without, and a job's end
 to the start of the job that waited for its slot (Redis).
 
+`ERGATE_BENCH_ACKS_LATE=0` (or `1`) runs the steps with that `ergate_acks_late`.
+
 It prints one table per setup and part and writes the numbers to
 `bench/results/<UTC date-time>.json`.
 """
@@ -64,6 +66,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from ergate_celery.settings import ErgateSettings
 
 from . import apps, dbos_peer, fan_out, flow, job_length, listing, nodes, scale, waiting
 from .apps import Bench, BenchConfig
@@ -229,12 +233,13 @@ def _run_group(
             failed(title, exc)
 
 
-def setup_notes(setup: str) -> dict[str, Any]:
+def setup_notes(setup: str, ergate_acks_late: bool | None = None) -> dict[str, Any]:
     """How a setup's workers run and acknowledge, for the JSON report."""
     options = apps.WORKER_OPTIONS.get(setup, apps.DEFAULT_WORKER_OPTIONS)
+    ergate = ErgateSettings().acks_late if ergate_acks_late is None else ergate_acks_late
     return {
         "worker": " ".join(("celery worker -P prefork", *options)),
-        "acks_late": {"bare": setup in apps.BARE_ACKS_LATE, "ergate": True},
+        "acks_late": {"bare": setup in apps.BARE_ACKS_LATE, "ergate": ergate},
         "broker_and_backend": {
             "redis": "Redis / Redis",
             "redis_c1": "Redis / Redis",
@@ -253,13 +258,15 @@ def run_setup(setup: str, sizes: Sizes, log: Callable[[str], None]) -> dict[str,
         return {"status": "skipped", "reason": reason}
     run_dir = Path(tempfile.mkdtemp(prefix=f"ergate-bench-{setup}-"))
     queue = f"ergate-bench-{uuid.uuid4().hex[:12]}"
-    config = BenchConfig(setup=setup, folder=run_dir, queue=queue)
+    # ERGATE_BENCH_ACKS_LATE=0|1 sets the steps' `ergate_acks_late` (default: the library's).
+    acks_late = BenchConfig.from_env().ergate_acks_late
+    config = BenchConfig(setup=setup, folder=run_dir, queue=queue, ergate_acks_late=acks_late)
     began = time.monotonic()
     outcome: dict[str, Any] = {
         "status": "ran",
         "queue": queue,
         "sizes": asdict(sizes),
-        **setup_notes(setup),
+        **setup_notes(setup, acks_late),
         # Other processes on the machine skew every number: the 1-minute load, before/after.
         "load_average": {"start": os.getloadavg()[0]},
         "measures": {},

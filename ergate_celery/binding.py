@@ -28,12 +28,12 @@ from ergate_celery.registry import Packages, WorkflowRegistry
 from ergate_celery.scheduling import beat, overdue
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore, store_for_backend
-from ergate_celery.stores.base import job_document
 from ergate_celery.stores.listing import JobPage, job_query
 from ergate_celery.worker import unknown_steps
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.pausing import PausedWorkflows
 from ergate_celery.worker.runtime import Runtime
+from ergate_celery.worker.step_message import step_message
 from ergate_celery.worker.step_results import display_options, step_task_id
 from ergate_celery.worker.step_task import install_step
 
@@ -217,7 +217,8 @@ class ErgateCelery:
         options = display_options(job, step, self.settings.show_task_args)
         if job.priority is not None:
             options["priority"] = job.priority
-        task.apply_async(args=(job_document(job),), task_id=step_task_id(job), **options)
+        body = step_message(job, self.settings.show_task_args)
+        task.apply_async(args=(body,), task_id=step_task_id(job), **options)
 
     def add_periodic_job(
         self,

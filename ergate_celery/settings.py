@@ -16,11 +16,13 @@ STUCK_ACTIONS = ("requeue", "fail")
 class ErgateSettings:
     """The settings with their defaults; see the settings page of the docs."""
 
-    #: Acknowledge a step's message only after the step ran, so a lost worker's step reruns.
+    #: Acknowledge a step's message only after the step ran, so a lost worker's step reruns
+    #: when its message comes back; early acknowledgement leaves it to the sweep.
     acks_late: bool = True
     #: With acks_late, requeue the step when its worker process dies (SIGKILL, OOM).
     reject_on_worker_lost: bool = True
-    #: Show input and user context in task args (logs, Flower); off: they may hold personal data.
+    #: Show input and user context in task args (logs, Flower), sending the whole job in each
+    #: step message; off: a message names the job's place, as the input may be personal data.
     show_task_args: bool = False
     #: The largest job record or step message, in bytes, as JSON.
     max_payload_bytes: int = 1_000_000

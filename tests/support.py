@@ -183,6 +183,10 @@ def setup_conf(name: str, tmp_path: Path, services: Mapping[str, Any]) -> dict[s
         # main names: as every process of one real app, they share one job index.
         "ergate_index_name": "ergate-tests",
     }
+    acks_late = os.environ.get("ERGATE_TEST_ACKS_LATE", "")
+    if acks_late:
+        # Run the tests under either acknowledgement (a test's own setting still wins).
+        common["ergate_acks_late"] = acks_late not in ("0", "false", "no")
     if name == "redis":
         services["redis"].flush()
         return {

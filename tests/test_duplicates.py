@@ -11,8 +11,9 @@ from typing import Any
 from celery.result import AsyncResult
 from celery.signals import before_task_publish
 
-from ergate_celery import Job, JobStatus
+from ergate_celery import JobStatus
 from ergate_celery.stores.base import job_document
+from ergate_celery.worker.step_message import step_message
 
 from .faults import WAIT
 from .support import Setup
@@ -44,8 +45,7 @@ def test_duplicate_message_does_not_fork(setup: Setup, worker: Any) -> None:
         assert done.status is JobStatus.COMPLETED
         before = job_document(setup.ergate.get_job(str(job.id)))
         first, second = messages["ergate.dup.a"][0], messages["ergate.dup.b"][0]
-        assert first == job.model_dump(mode="json")  # the message is the job as JSON
-        assert Job.model_validate(first) == job
+        assert first == step_message(job)  # the message names the job's place, no more
         resent = [("ergate.dup.a", first), ("ergate.dup.a", first), ("ergate.dup.b", second)]
         task_ids = []
         for name, payload in resent:

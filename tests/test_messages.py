@@ -1,6 +1,8 @@
 """What the operations say when something is off, on real workers: a retry whose step a deploy
 removed says so; an id that names a step task's result is "no such job", with nothing of that
-record's values; an id is free again once its job expired and was cleaned up."""
+record's values; an id is free again once its job expired and was cleaned up. And a step
+message as older versions sent it (the whole job), still in the queue when its worker is
+upgraded, runs."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from ergate_celery import (
     UnknownStepError,
     Workflow,
 )
-from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
+from ergate_celery.stores.base import job_document
+from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX, step_task_id
 
 from .support import Setup, in_process_worker, wait_until
 from .workflows import echo_workflow
@@ -105,3 +108,17 @@ def test_an_id_is_free_again_once_its_job_expired_and_was_cleaned_up(
     assert (done.status, done.last_return_value) == (JobStatus.COMPLETED, 2)
     listed = setup.ergate.list_jobs(tags={"k": "v"}).jobs
     assert [job.id for job in listed] == ["invoice-17"]
+
+
+@pytest.mark.setup("redis", "rabbitmq_postgres")
+def test_a_message_of_the_whole_job_left_by_an_older_version_runs(setup: Setup) -> None:
+    setup.ergate.register_workflow(echo_workflow("upgraded", "first", "second"))
+    job = setup.ergate.submit_job("upgraded", initial_input_value={"n": 1})
+    setup.app.control.purge()  # the new message goes; the old one waits in its place
+    setup.app.send_task(
+        "ergate.upgraded.first", args=[job_document(job)], task_id=step_task_id(job)
+    )
+    with in_process_worker(setup.app):
+        done = setup.ergate.wait_for_job(str(job.id), timeout=WAIT)
+    assert (done.status, done.last_return_value) == (JobStatus.COMPLETED, {"n": 1})
+    assert [timing.step for timing in done.timings] == ["first", "second"]

@@ -36,7 +36,6 @@ from ergate_celery.registry import WorkflowRegistry
 from ergate_celery.scheduling.release import release_due_jobs
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import SCHEDULED
-from ergate_celery.stores.base import job_document
 from ergate_celery.stores.listing import JobPage, job_query
 from ergate_celery.stores.memory import MemoryJobStore
 from ergate_celery.testing.app import tester_app
@@ -44,6 +43,7 @@ from ergate_celery.testing.clock import VirtualClock, duration, moment
 from ergate_celery.testing.messages import Message, MessageQueue
 from ergate_celery.worker.announcer import Announcer, signals_for
 from ergate_celery.worker.runtime import Runtime
+from ergate_celery.worker.step_message import step_message
 from ergate_celery.worker.step_results import step_task_id
 from ergate_celery.worker.step_task import install_step
 
@@ -255,7 +255,8 @@ class WorkflowTester:
     def _publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name (as a publish)."""
         step = self._workflow(job.workflow_name).current_step_of(job)
-        self.messages.put(step.task_name, step_task_id(job), job_document(job), self.now, 0)
+        body = step_message(job, self.settings.show_task_args)
+        self.messages.put(step.task_name, step_task_id(job), body, self.now, 0)
 
     def _deliver(self, message: Message) -> None:
         """Run one step message as a worker does; a `retry()` waits for its countdown."""

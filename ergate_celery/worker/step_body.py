@@ -42,6 +42,7 @@ from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
 from ergate_celery.worker.retry_policy import retry_delay, should_retry
 from ergate_celery.worker.runtime import Runtime
+from ergate_celery.worker.step_message import carries_job
 from ergate_celery.worker.step_results import display_options, own_result, reply, summary
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,13 @@ def execute_step(
         message = Job.model_validate(payload)
     except ValidationError as exc:
         return reject(rt, task, step, payload, not_a_job(exc))
+    whole = carries_job(payload)
     try:
         observer = observing.observer
         if observer is None:
-            return _execute(rt, step, task, message)
+            return _execute(rt, step, task, message, whole)
         with observer.running_step(str(message.id), step.task_name):
-            return _execute(rt, step, task, message)
+            return _execute(rt, step, task, message, whole)
     except InvalidInputError as exc:
         if not exc.oversized:
             raise
@@ -68,9 +70,11 @@ def execute_step(
 
 
 def _execute(
-    rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job
+    rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job, whole: bool
 ) -> dict[str, Any]:
     with requeued_on_outage(f"Claiming {step} of job {message.id}"):
+        if not whole:
+            message = _stored_run(rt, message)
         job = _claim(rt, step, task, message)
     if job is None:
         return reply(task, summary(message, step, dropped=True))
@@ -209,6 +213,16 @@ def _claim(
     return None
 
 
+def _stored_run(rt: Runtime, message: Job) -> Job:
+    """The job as stored if it is still at the run the message names (the claim's guess of
+    the record: right unless a write comes between), else the message's own place."""
+    job_id = str(message.id)
+    stored = rt.retrying(f"reading job {job_id}", lambda: rt.store.get(job_id))
+    if stored is not None and _same_run(stored, message):
+        return stored
+    return message
+
+
 def _watch_until(task: Task[Any, Any], begun: float) -> float | None:
     """When a copy stops watching a lease: three quarters into the run's first time limit,
     soft or hard (the message's own, or its task's), leaving the rest to requeue it before
@@ -219,7 +233,11 @@ def _watch_until(task: Task[Any, Any], begun: float) -> float | None:
 
 
 def _same_run(stored: Job | None, message: Job) -> bool:
-    return stored is not None and stored.steps_completed == message.steps_completed
+    return (
+        stored is not None
+        and stored.workflow_name == message.workflow_name
+        and stored.steps_completed == message.steps_completed
+    )
 
 
 def _redelivered(task: Task[Any, Any]) -> bool:

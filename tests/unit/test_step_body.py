@@ -14,6 +14,7 @@ from celery.exceptions import Retry
 from ergate_celery import ErgateCelery, Job, JobStatus, Workflow
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_body import execute_step
+from ergate_celery.worker.step_message import step_message
 
 from ..support import LostReplies, Recorder
 
@@ -46,13 +47,20 @@ def _order(ergate: ErgateCelery, **order: Any) -> Job:
 
 
 def _run(
-    rt: Runtime, ergate: ErgateCelery, step: str, payload: Any, *, delivered: bool = False
+    rt: Runtime,
+    ergate: ErgateCelery,
+    step: str,
+    payload: Any,
+    *,
+    delivered: bool = False,
+    whole: bool = False,
 ) -> dict[str, Any]:
-    """Run the message `payload` (a job: its JSON) through the step task `step` of "orders";
+    """Run the message `payload` (a job: the message a publish sends for it, or with `whole`
+    the job as JSON, as older versions sent) through the step task `step` of "orders";
     `delivered`: with the request a worker gives a delivered message (a task called directly
     re-raises where a delivered one retries)."""
     if isinstance(payload, Job):
-        payload = payload.model_dump(mode="json")
+        payload = step_message(payload, whole)
     task: Any = ergate.app.tasks[f"ergate.orders.{step}"]
     if not delivered:
         return execute_step(rt, task.ergate_step, task, payload)
@@ -111,6 +119,39 @@ def test_a_duplicate_message_is_dropped_and_the_step_runs_once(
     assert runs == ["charge"]
     assert len(recorder.published) == 1
     assert memory_ergate.get_job(str(job.id)).current_step_name == "ship"
+
+
+def test_a_step_message_names_the_run_and_carries_nothing_the_record_has(
+    memory_ergate: ErgateCelery, runs: list[str]
+) -> None:
+    job = _order(memory_ergate, card="4111-1111")
+    sent = step_message(job)
+    assert sent == {
+        "id": job.id,
+        "workflow_name": "orders",
+        "status": JobStatus.QUEUED.value,
+        "current_step": 0,
+        "current_step_name": "charge",
+        "steps_completed": 0,
+    }
+    assert step_message(job, whole=True) == job.model_dump(mode="json")
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["place", "whole job"])
+def test_a_message_of_either_shape_runs_its_step_once(
+    whole: bool, runtime: Runtime, recorder: Recorder, memory_ergate: ErgateCelery, runs: list[str]
+) -> None:
+    """The whole job is what older versions sent (and `ergate_show_task_args` sends): such a
+    message still waiting in the queue when its worker is upgraded runs as a new one."""
+    job = _order(memory_ergate)
+    summary = _run(runtime, memory_ergate, "charge", job, whole=whole)
+    assert summary["status"] == "QUEUED"
+    assert _run(runtime, memory_ergate, "charge", job, whole=whole)["dropped"] is True
+    _run(runtime, memory_ergate, "ship", recorder.published[0], whole=whole)
+    done = memory_ergate.get_job(str(job.id))
+    assert done.status is JobStatus.COMPLETED
+    assert done.last_return_value == {"id": 1, "charged": True, "shipped": True}
+    assert runs == ["charge", "ship"]
 
 
 def test_a_payload_that_is_not_a_job_is_rejected_and_fails_the_job_it_names(
