@@ -37,6 +37,7 @@ from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
 from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
 from ergate_celery.worker.leases import Heartbeat, claim_token, lease_expired, lease_length
+from ergate_celery.worker.one_trip import Sending
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -128,8 +129,9 @@ def _execute(
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
+    send = rt.sending()  # the next step's message goes with the outcome, where it can
     with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
-        finished = _finish(rt, task, job, step, after, kept, with_result=raised is None)
+        finished = _finish(rt, task, job, step, after, kept, raised is None, send)
     if raised is not None and finished is not None:
         raise _reraisable(raised)
     if finished is None:
@@ -138,7 +140,8 @@ def _execute(
         )
         return reply(task, summary(job, step, dropped=True))
     if finished.status is JobStatus.QUEUED:
-        rt.publish_current_step(finished, step.task_name)
+        if send is None or not send.carried(finished):
+            rt.publish_current_step(finished, step.task_name)
     elif finished.fan_out is not None:
         fan_out.after_step(rt, finished, step.task_name)
     return summary(finished, step)
@@ -247,8 +250,8 @@ def _finish(
     step: WorkflowStep[Any, Any],
     after: Job,
     kept: int,
-    *,
     with_result: bool = True,
+    send: Sending | None = None,
 ) -> Job | None:
     token = job.claim
     assert token is not None
@@ -261,7 +264,13 @@ def _finish(
             f"storing the outcome of {step} for job {job.id}",
             lambda: (
                 rt.apply(
-                    str(job.id), event, sender=step.task_name, assume=job, result=result, task=task
+                    str(job.id),
+                    event,
+                    sender=step.task_name,
+                    assume=job,
+                    result=result,
+                    task=task,
+                    send=send,
                 ).after
             ),
         )
