@@ -127,6 +127,8 @@ class RedisPublisher:
     def direct(self, task: Any, args: tuple[Any, ...], options: dict[str, Any]) -> bool:
         """Whether Celery routes this message to queues by name (a direct exchange, or none):
         a topic or fanout exchange is left to kombu."""
+        if self.app.conf.task_always_eager:  # apply_async would run the task, not publish
+            return False
         merged = dict(task._get_exec_options(), **options)
         route = self.app.amqp.router.route(merged, task.name, args, {}, None)
         queue = route.get("queue")
