@@ -183,9 +183,9 @@ def _store_and_publish(rt: Runtime, job: Job, publish_on_commit: bool) -> Job:
         on_commit(lambda: _hand_over(rt, job))
         return stored
     queued = job.status is JobStatus.QUEUED
-    # The first message goes with the create, where it can (not for a job that is parked).
-    paused = rt.paused is not None and rt.paused.holds(job.workflow_name)
-    send = rt.sending() if queued and not paused else None
+    # The first message goes with the create, where it can (the script drops it when it
+    # stores the job parked).
+    send = rt.sending() if queued else None
     with sending(send):
         stored = rt.store.create(job, unless_paused=queued)
     if stored.parked:

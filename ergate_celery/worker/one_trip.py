@@ -92,4 +92,6 @@ class Sending:
 
     def carried(self, job: Job) -> bool:
         """Whether the write of `job` (as stored) carried the message of its current step."""
+        if job.status is not JobStatus.QUEUED or job.parked:  # the script sent nothing
+            return False
         return self._task_id is not None and self._task_id == step_task_id(job)

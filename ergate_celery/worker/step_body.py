@@ -131,7 +131,7 @@ def _execute(
     raised = outcome.exception if isinstance(outcome, Raised) else None
     send = rt.sending()  # the next step's message goes with the outcome, where it can
     with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
-        finished = _finish(rt, task, job, step, after, kept, raised is None, send)
+        finished = _finish(rt, task, job, step, after, kept, with_result=raised is None, send=send)
     if raised is not None and finished is not None:
         raise _reraisable(raised)
     if finished is None:
@@ -250,6 +250,7 @@ def _finish(
     step: WorkflowStep[Any, Any],
     after: Job,
     kept: int,
+    *,
     with_result: bool = True,
     send: Sending | None = None,
 ) -> Job | None:
