@@ -119,6 +119,9 @@ class RedisPublisher:
                 return False
             broker = redis_params(channel.client)
         backend = redis_params(self._backend_client)
+        if broker[0] is None and broker[2] is None:  # a pool that picks its server (Sentinel)
+            self._once("the broker's Redis server is not known before connecting")
+            return False
         if broker != backend:
             self._once(f"the broker's Redis {broker} is not the result backend's {backend}")
             return False
