@@ -8,13 +8,13 @@ import base64
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from celery.signals import after_task_publish, before_task_publish
 from kombu import Exchange, Queue
 
-from ergate_celery import Job, JobStatus, Workflow
+from ergate_celery import Job, JobStatus, Progress, ProgressReporter, Workflow
 from ergate_celery.lifecycle.events import HandOver
 from ergate_celery.operations.submission import new_job
 from ergate_celery.stores.redis_publish import sending
@@ -204,6 +204,32 @@ def test_a_job_runs_with_every_message_written_by_the_script(
         done = ergate.wait_for_job(job.id, timeout=WAIT)
     assert (done.status, done.last_return_value) == (JobStatus.COMPLETED, 22)
     assert published_by_kombu == []
+
+
+def test_a_step_that_wrote_progress_sends_its_successor_once(
+    make_setup: Callable[..., Setup], publishes: list[tuple[str, Any, Any]]
+) -> None:
+    # Its outcome is written against the record its progress report wrote: the first write
+    # goes through, and the publish signals fire once for the next step's message.
+    setup = make_setup("redis", ergate_redis_one_trip=True, ergate_progress_interval=0.001)
+    workflow = Workflow(unique_name="reporting")
+
+    @workflow.step
+    def halfway(value: int, progress: Annotated[ProgressReporter, Progress()]) -> int:
+        progress.report(0.5)
+        return value + 1
+
+    @workflow.step
+    def last(value: int) -> int:
+        return value * 2
+
+    setup.ergate.register_workflow(workflow)
+    with in_process_worker(setup.app):
+        job = setup.ergate.submit_job("reporting", initial_input_value=1)
+        done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
+    assert (done.status, done.last_return_value) == (JobStatus.COMPLETED, 4)
+    second = f"ergate-step:{job.id}:1"
+    assert [kind for kind, task_id, _ in publishes if task_id == second] == ["before", "after"]
 
 
 def _runs_through_kombu(setup: Setup, queue: str | None = None) -> list[str]:

@@ -36,7 +36,13 @@ from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
 from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
-from ergate_celery.worker.leases import Heartbeat, claim_token, lease_expired, lease_length
+from ergate_celery.worker.leases import (
+    Heartbeat,
+    LastWritten,
+    claim_token,
+    lease_expired,
+    lease_length,
+)
 from ergate_celery.worker.one_trip import Sending
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
@@ -80,6 +86,7 @@ def _execute(
     token = job.claim
     assert token is not None
     claimed = job
+    written = LastWritten(job)
     interval = rt.settings.progress_interval
     cancel = CancelWatch(lambda: _cancel_stored(rt, str(claimed.id)), interval)
     run = StepRun(
@@ -94,13 +101,14 @@ def _execute(
     progress = ProgressReporter(
         job.percent_completed,
         percent_after_return(job, step.workflow),
-        lambda percent: _store_progress(rt, claimed, step, percent),
+        lambda percent: _store_progress(rt, claimed, step, percent, written),
         interval,
         cancel,
     )
     # An eager run (a WorkflowTester's) runs in its caller's thread, on a virtual clock.
     eager = bool(task.request.is_eager)
-    with nullcontext() if eager else Heartbeat(rt, str(job.id), token, step.task_name):
+    heartbeat = Heartbeat(rt, str(job.id), token, step.task_name, written)
+    with nullcontext() if eager else heartbeat:
         input_value = fan_out.step_input(rt, job, step.name)
         outcome = run_step(
             step, input_value, job.user_context, run, progress, job.signals, rt.clock
@@ -131,7 +139,11 @@ def _execute(
     raised = outcome.exception if isinstance(outcome, Raised) else None
     send = rt.sending()  # the next step's message goes with the outcome, where it can
     with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
-        finished = _finish(rt, task, job, step, after, kept, with_result=raised is None, send=send)
+        # Against the record as this run last wrote it (not after a fan-out's own writes).
+        stored = written.job if job is claimed else job
+        finished = _finish(
+            rt, task, job, step, after, kept, with_result=raised is None, send=send, stored=stored
+        )
     if raised is not None and finished is not None:
         raise _reraisable(raised)
     if finished is None:
@@ -253,6 +265,7 @@ def _finish(
     *,
     with_result: bool = True,
     send: Sending | None = None,
+    stored: Job | None = None,
 ) -> Job | None:
     token = job.claim
     assert token is not None
@@ -268,7 +281,7 @@ def _finish(
                     str(job.id),
                     event,
                     sender=step.task_name,
-                    assume=job,
+                    assume=stored or job,
                     result=result,
                     task=task,
                     send=send,
@@ -323,15 +336,16 @@ def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int, now: d
 
 
 def _store_progress(
-    rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float
+    rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float, written: LastWritten
 ) -> bool | None:
     """Store the step's progress; whether the job was cancelled meanwhile (None: unknown)."""
     assert job.claim is not None
     lease = rt.clock() + lease_length(rt.settings)
     try:
-        stored, _ = rt.apply(
+        stored, after = rt.apply(
             str(job.id), ProgressReported(job.claim, percent, lease), sender=step.task_name
         )
+        written(after)
     except Exception:
         # Progress is best-effort: a backend blip must not fail the step that reports it.
         logger.warning("Could not store the progress of job %s", job.id, exc_info=True)
