@@ -138,7 +138,9 @@ def test_the_script_writes_the_message_kombu_would_send(
         for queue in conf.get("task_queues", []):
             queue.bind(connection).declare()
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("*celeryev*")
+    # Pub/sub is not per database: kombu names the database in its channels.
+    db = client.connection_pool.connection_kwargs["db"]
+    pubsub.psubscribe(f"*/{db}.celeryev*")
     pubsub.get_message(timeout=1.0)
     job = new_job(
         ergate.workflow("diff"),

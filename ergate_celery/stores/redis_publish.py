@@ -49,10 +49,6 @@ def message_for(job: Job) -> str:
     return (send(job) or "") if send is not None else ""
 
 
-class UnsendableError(Exception):
-    """A publish that the store's script cannot make (it is made by kombu instead)."""
-
-
 class _Collector:
     """Stands for kombu's Redis `PublishBatch`: the channel adds each publish's commands."""
 
@@ -62,7 +58,8 @@ class _Collector:
 
     def add(self, name: str, key: Any, *args: Any) -> None:
         if name not in COMMANDS or len(args) != 1:
-            raise UnsendableError(f"kombu asked for {name!r}")
+            # Not a command a Redis channel's publish gives (a newer kombu?): kombu publishes.
+            raise ValueError(f"kombu asked for {name!r}, which the store's script does not run")
         # The channel's client would put `global_keyprefix` before the key of each of these.
         self.commands.append([name.upper(), self.prefix + str(key), str(args[0])])
 
@@ -146,19 +143,20 @@ class RedisPublisher:
         self._once(f"task {task.name} is routed through a {kind} exchange")
         return False
 
-    def collect(self, send: Callable[[Any], None]) -> str:
+    def collect(self, send: Callable[[Any], None]) -> str | None:
         """The script argument of what `send(producer)` publishes (an `apply_async` given the
-        producer): the Redis commands kombu would have run, as JSON."""
+        producer): the Redis commands kombu would have run, as JSON; None when they went to
+        no queue."""
         with self.app.producer_or_acquire() as producer:
             collector = _Collector(getattr(producer.channel, "global_keyprefix", "") or "")
             batches = producer._batch_local
-            if getattr(batches, "current", None) is not None:
-                raise UnsendableError("the producer is inside a publish batch")
+            if getattr(batches, "current", None) is not None:  # the caller's own batch
+                return None
             batches.current = _Collecting(collector)
             try:
                 send(producer)
             finally:
                 del batches.current
         if not collector.commands:
-            raise UnsendableError("kombu routed the message to no queue")
+            return None
         return json.dumps(collector.commands, ensure_ascii=False)

@@ -18,13 +18,14 @@ from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.base import job_document
 from ergate_celery.stores.redis import RedisJobStore
-from ergate_celery.stores.redis_publish import RedisPublisher, UnsendableError
+from ergate_celery.stores.redis_publish import RedisPublisher
 from ergate_celery.worker.step_results import display_options, step_task_id
 
 logger = logging.getLogger(__name__)
 
-#: The Redis commands of the message of a job's current step (`RedisPublisher.collect`).
-Collect = Callable[[Job], str]
+#: The Redis commands of the message of a job's current step (`RedisPublisher.collect`);
+#: None: kombu publishes it.
+Collect = Callable[[Job], str | None]
 
 
 def step_options(job: Job, step: WorkflowStep[Any, Any], show: bool) -> dict[str, Any]:
@@ -47,15 +48,15 @@ def collector(
         return None
     publisher = RedisPublisher(app, store.client, settings.redis_one_trip)
 
-    def collect(job: Job) -> str:
+    def collect(job: Job) -> str | None:
         if not publisher.usable:
-            raise UnsendableError("not usable")
+            return None
         step = step_of(job)
         task = app.tasks[step.task_name]
         options = step_options(job, step, settings.show_task_args)
         args = (job_document(job),)
         if not publisher.direct(task, args, options):
-            raise UnsendableError("not a direct route")
+            return None
         task_id = step_task_id(job)
         return publisher.collect(
             lambda producer: task.apply_async(
@@ -87,7 +88,8 @@ class Sending:
             # Published by kombu after the write instead (which reports what is wrong).
             logger.debug("Step message of job %s left to kombu: %r", job.id, exc)
             return None
-        self._task_id = step_task_id(job)
+        if commands is not None:
+            self._task_id = step_task_id(job)
         return commands
 
     def carried(self, job: Job) -> bool:
