@@ -14,6 +14,7 @@ from ergate_celery import job_result
 from ergate_celery.exceptions import ErgateError
 from ergate_celery.model.job import Job
 from ergate_celery.model.workflow import Workflow
+from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.operations import (
     cancelling,
     children,
@@ -31,10 +32,11 @@ from ergate_celery.stores import JobStore, store_for_backend
 from ergate_celery.stores.listing import JobPage, job_query
 from ergate_celery.worker import unknown_steps
 from ergate_celery.worker.announcer import Announcer
+from ergate_celery.worker.one_trip import collector, step_options
 from ergate_celery.worker.pausing import PausedWorkflows
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_message import step_message
-from ergate_celery.worker.step_results import display_options, step_task_id
+from ergate_celery.worker.step_results import step_task_id
 from ergate_celery.worker.step_task import install_step
 
 _bindings: WeakKeyDictionary[Celery, ErgateCelery] = WeakKeyDictionary()
@@ -115,8 +117,15 @@ class ErgateCelery:
                 self.publish(job)
 
             paused = PausedWorkflows(store, settings.pause_refresh)
+            collect = collector(self.app, store, settings, self._current_step)
             self._runtime = Runtime(
-                store, settings, self.announcer, publish, paused, workflow_of=self.workflow
+                store,
+                settings,
+                self.announcer,
+                publish,
+                paused,
+                workflow_of=self.workflow,
+                collect=collect,
             )
         return self._runtime
 
@@ -210,13 +219,14 @@ class ErgateCelery:
         )
         return submit(rt, job, if_exists=if_exists)
 
+    def _current_step(self, job: Job) -> WorkflowStep[Any, Any]:
+        return self.workflow(job.workflow_name).current_step_of(job)
+
     def publish(self, job: Job) -> None:
         """Send the message of the job's current step, found by its name."""
-        step = self.workflow(job.workflow_name).current_step_of(job)
+        step = self._current_step(job)
         task = self.app.tasks[step.task_name]
-        options = display_options(job, step, self.settings.show_task_args)
-        if job.priority is not None:
-            options["priority"] = job.priority
+        options = step_options(job, step, self.settings.show_task_args)
         body = step_message(job, self.settings.show_task_args)
         task.apply_async(args=(body,), task_id=step_task_id(job), **options)
 

@@ -72,6 +72,10 @@ class ErgateSettings:
     #: Step runs kept in `job.timings`, the latest ones: the list travels in every step
     #: message and record write, so a long job would otherwise pay for all its past steps.
     timings_kept: int = 10
+    #: When the broker is the result backend's Redis (same server and db): write a step's
+    #: outcome and the next step's message in one script, and a submission with its first
+    #: message; off: the message is published by kombu after the write.
+    redis_one_trip: bool = True
 
     #: The name of this app's job index (on Redis, its keys `ergate:<name>:scheduled|active`
     #: after `global_keyprefix`); None: the app's main name. Every process of one app (web,

@@ -182,6 +182,8 @@ def setup_conf(name: str, tmp_path: Path, services: Mapping[str, Any]) -> dict[s
         # The test's app and the worker and beat subprocesses (tests/apps) have different
         # main names: as every process of one real app, they share one job index.
         "ergate_index_name": "ergate-tests",
+        # ERGATE_TEST_ONE_TRIP=0 runs the suite with the Redis one-trip publish off.
+        "ergate_redis_one_trip": os.environ.get("ERGATE_TEST_ONE_TRIP", "1") != "0",
     }
     acks_late = os.environ.get("ERGATE_TEST_ACKS_LATE", "")
     if acks_late:

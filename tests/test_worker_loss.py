@@ -115,7 +115,10 @@ def test_job_stranded_between_commit_and_publish_is_recovered_by_sweep(
     make_setup: Callable[..., Setup],
 ) -> None:
     # Without late acknowledgement nothing is redelivered, so only the sweep can hand it on.
-    setup = make_setup("redis", ergate_stuck_after=1, ergate_acks_late=False)
+    # (The kombu publish: the one-trip publish leaves no such window, see below.)
+    setup = make_setup(
+        "redis", ergate_stuck_after=1, ergate_acks_late=False, ergate_redis_one_trip=False
+    )
     with _killed_after_commit(setup, redelivered=False) as job_id:
         stranded = setup.ergate.get_job(job_id)
         # QUEUED at step #1 ('publish') with no message anywhere, until the sweep requeues it.
@@ -126,6 +129,20 @@ def test_job_stranded_between_commit_and_publish_is_recovered_by_sweep(
     assert done.last_return_value == 4
     assert len(done.recoveries) == 1
     assert "republish: QUEUED at step 'publish'" in done.recoveries[0]
+    assert step_counts(setup, job_id) == {"commit": 1, "publish": 1, "done": 1}
+
+
+@pytest.mark.setup("redis")
+def test_no_job_is_stranded_between_commit_and_publish_with_the_one_trip_publish(
+    make_setup: Callable[..., Setup],
+) -> None:
+    # The same death, right after the outcome is stored: the next step's message was written
+    # with it, so the job goes on without redelivery (none: early acknowledgement) or sweep.
+    setup = make_setup("redis", ergate_acks_late=False, ergate_redis_one_trip=True)
+    with _killed_after_commit(setup, redelivered=False) as job_id:
+        done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED
+    assert done.recoveries == []
     assert step_counts(setup, job_id) == {"commit": 1, "publish": 1, "done": 1}
 
 

@@ -17,6 +17,7 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import non_json, parses_back
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.stores.listing import check_tags, utc_moment
+from ergate_celery.stores.redis_publish import sending
 from ergate_celery.transactions import in_django_transaction, on_commit
 from ergate_celery.worker import observing
 from ergate_celery.worker.runtime import Runtime
@@ -181,10 +182,15 @@ def _store_and_publish(rt: Runtime, job: Job, publish_on_commit: bool) -> Job:
         stored = rt.store.create(pending)
         on_commit(lambda: _hand_over(rt, job))
         return stored
-    stored = rt.store.create(job, unless_paused=job.status is JobStatus.QUEUED)
+    queued = job.status is JobStatus.QUEUED
+    # The first message goes with the create, where it can (the script drops it when it
+    # stores the job parked).
+    send = rt.sending() if queued else None
+    with sending(send):
+        stored = rt.store.create(job, unless_paused=queued)
     if stored.parked:
         rt.announce(None, stored, SUBMIT_SENDER)  # job_parked: it waits for the resume
-    elif stored.status is JobStatus.QUEUED:
+    elif stored.status is JobStatus.QUEUED and (send is None or not send.carried(stored)):
         try:
             rt.publish(stored)
         except Exception:

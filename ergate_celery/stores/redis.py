@@ -36,6 +36,7 @@ from ergate_celery.stores.redis_keys import (
     text_of,
     time_of,
 )
+from ergate_celery.stores.redis_publish import message_for
 from ergate_celery.stores.redis_scripts import (
     COMPARE_AND_SET,
     CREATE,
@@ -178,6 +179,7 @@ class RedisJobStore(BaseJobStore[str]):
             arguments += self._result_arguments(result, new)
         else:
             arguments += ["", ""]
+        arguments.append(message_for(new))  # the next step's message, if one goes with it
         arguments += self._status_move(new)
         reply = self._compare_and_set_script(keys=keys, args=arguments)
         if reply == 1:
@@ -217,7 +219,7 @@ class RedisJobStore(BaseJobStore[str]):
         keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
         keys.append(self.paused_key)
         arguments = [job.workflow_name, parked_encoded, encoded, ttl or ""]
-        arguments += [*self._index_arguments(job), *self._listing_adds(job)]
+        arguments += [*self._index_arguments(job), message_for(job), *self._listing_adds(job)]
         reply = self._create_unless_paused(keys=keys, args=arguments)
         if not reply:
             return None

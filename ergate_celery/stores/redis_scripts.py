@@ -23,6 +23,12 @@ local function index(scheduled, active, id, kind, at)
     redis.call('ZREM', active, id)
   end
 end
+local function push(commands)
+  if commands == '' then return end
+  for _, command in ipairs(cjson.decode(commands)) do
+    redis.call(command[1], command[2], command[3])
+  end
+end
 """
 
 # Compare-and-set in one round trip: the record is written (and its index entry moved) only if
@@ -32,6 +38,8 @@ end
 # key: written in the same script, as Celery would write it. The job moves between the
 # listing's status sets only when its status changes: the stored record (JSON, as this store
 # writes it) names the old one; a record it cannot read that way leaves every other set.
+# ARGV[10], when not '', is the next step's message: the Redis commands kombu would run to
+# publish it (JSON, see redis_publish.py), run only with the write.
 COMPARE_AND_SET = (
     LUA_HELPERS
     + """
@@ -45,14 +53,15 @@ if KEYS[4] then
   put(KEYS[4], ARGV[8], ARGV[9])
   redis.call('PUBLISH', KEYS[4], ARGV[8])
 end
-if ARGV[10] ~= '' then
+push(ARGV[10])
+if ARGV[11] ~= '' then
   local old = string.match(current, '^{"status": "(%u+)"')
   if old == nil then
-    for i = 14, #ARGV do redis.call('ZREM', ARGV[i], ARGV[4]) end
-    redis.call('ZADD', ARGV[11], ARGV[10], ARGV[4])
-  elseif old ~= ARGV[13] then
-    redis.call('ZREM', ARGV[12] .. old, ARGV[4])
-    redis.call('ZADD', ARGV[11], ARGV[10], ARGV[4])
+    for i = 15, #ARGV do redis.call('ZREM', ARGV[i], ARGV[4]) end
+    redis.call('ZADD', ARGV[12], ARGV[11], ARGV[4])
+  elseif old ~= ARGV[14] then
+    redis.call('ZREM', ARGV[13] .. old, ARGV[4])
+    redis.call('ZADD', ARGV[12], ARGV[11], ARGV[4])
   end
 end
 return 1
@@ -95,7 +104,8 @@ return 1
 
 # Create, parked when the workflow is paused (KEYS[4], the paused set, holds ARGV[1]): the
 # paused variant of the record is ARGV[2]; the rest are CREATE's arguments. Replies 0 when
-# the id is taken, 1 when stored as given, 2 when stored parked.
+# the id is taken, 1 when stored as given, 2 when stored parked. ARGV[8] is the first step's
+# message (as COMPARE_AND_SET's ARGV[10]), pushed only when stored as given.
 CREATE_UNLESS_PAUSED = (
     LUA_HELPERS
     + """
@@ -108,8 +118,9 @@ if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then
 end
 put(KEYS[1], record, ARGV[4])
 index(KEYS[2], KEYS[3], ARGV[5], ARGV[6], ARGV[7])
-if ARGV[8] ~= '' then
-  for i = 9, #ARGV do redis.call('ZADD', ARGV[i], ARGV[8], ARGV[5]) end
+if stored == 1 then push(ARGV[8]) end
+if ARGV[9] ~= '' then
+  for i = 10, #ARGV do redis.call('ZADD', ARGV[i], ARGV[9], ARGV[5]) end
 end
 return stored
 """

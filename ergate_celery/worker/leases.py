@@ -63,12 +63,34 @@ def renew_every(settings: ErgateSettings) -> float:
     return lease_length(settings).total_seconds() / 3
 
 
+class LastWritten:
+    """The job as a step run last wrote it while holding its claim (a lease renewal, a
+    progress report): its outcome is written against that, with no read first. (Two writes
+    racing may leave an older one here: the outcome's compare-and-set then reads.)"""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __call__(self, written: Job | None) -> None:
+        if written is not None:
+            self.job = written
+
+
 class Heartbeat:
     """`with Heartbeat(rt, job_id, token, sender):` renews the claim `token` holds on the job
-    in a thread of its own, until the block ends or the claim is no longer held."""
+    in a thread of its own, until the block ends or the claim is no longer held; each record
+    renewed goes to `written`."""
 
-    def __init__(self, rt: Runtime, job_id: str, token: str, sender: str) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        job_id: str,
+        token: str,
+        sender: str,
+        written: LastWritten | None = None,
+    ) -> None:
         self.rt, self.job_id, self.token, self.sender = rt, job_id, token, sender
+        self.written = written
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"ergate-heartbeat-{job_id}", daemon=True
@@ -108,6 +130,8 @@ class Heartbeat:
             # A blip must not end the heartbeat: the lease has room for two more tries.
             logger.warning("Could not renew the lease of job %s (%r)", self.job_id, exc)
             return True
+        if self.written is not None:
+            self.written(after)
         return after is not None or (before is not None and before.claim == self.token)
 
 

@@ -24,9 +24,11 @@ from ergate_celery.model.workflow import Workflow
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores import JobStore
 from ergate_celery.stores.base import TaskResult, Updated
+from ergate_celery.stores.redis_publish import sending
 from ergate_celery.worker import fan_out
 from ergate_celery.worker.announcer import Announcer
 from ergate_celery.worker.concurrency import free_slot
+from ergate_celery.worker.one_trip import Collect, Sending
 from ergate_celery.worker.pausing import PausedWorkflows
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ class Runtime:
     clock: Callable[[], datetime] = None  # type: ignore[assignment]
     #: The registered workflow of a name (`UnknownWorkflowError`), for a step's `FanOut`.
     workflow_of: Callable[[str], Workflow] | None = None
+    #: Collects the message of a job's current step for the store's own write (one round
+    #: trip on Redis); None: every message is published by `publish`.
+    collect: Collect | None = None
 
     def __post_init__(self) -> None:
         if self.clock is None:
@@ -64,6 +69,7 @@ class Runtime:
         assume: Job | None = None,
         result: TaskResult | None = None,
         task: Any = None,
+        send: Sending | None = None,
     ) -> Updated:
         """Store the transition of `event` on the job, and announce it when it was written.
 
@@ -71,11 +77,17 @@ class Runtime:
         went through, with its reply lost, is recognised by its token: it is returned, and
         announced, as written now, with `assume` as the job before it. A child of a fan-out
         that became final is counted on its parent (again, harmlessly, on such a retry).
+        With `send`, a job written QUEUED carries its step's message when the store can
+        (`send.carried`).
         """
         moment = now or self.clock()
-        before, after = self.store.update(
-            job_id, lambda stored: transition(stored, event, moment), assume=assume, result=result
-        )
+        with sending(send):
+            before, after = self.store.update(
+                job_id,
+                lambda stored: transition(stored, event, moment),
+                assume=assume,
+                result=result,
+            )
         if after is None and before is not None and already_written(before, event):
             before, after = assume, before
         if after is not None:
@@ -86,6 +98,10 @@ class Runtime:
             if ended and after.concurrency_key is not None:
                 free_slot(self, after)
         return Updated(before, after)
+
+    def sending(self) -> Sending | None:
+        """What lets one write carry the message of the job's next step (None: none can)."""
+        return None if self.collect is None else Sending(self.collect)
 
     def retrying(self, what: str, action: Callable[[], T]) -> T:
         """Run `action`, retried with backoff while the broker or backend is unreachable.

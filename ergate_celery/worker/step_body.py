@@ -36,7 +36,14 @@ from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
 from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
-from ergate_celery.worker.leases import Heartbeat, claim_token, lease_expired, lease_length
+from ergate_celery.worker.leases import (
+    Heartbeat,
+    LastWritten,
+    claim_token,
+    lease_expired,
+    lease_length,
+)
+from ergate_celery.worker.one_trip import Sending
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
@@ -83,6 +90,7 @@ def _execute(
     token = job.claim
     assert token is not None
     claimed = job
+    written = LastWritten(job)
     interval = rt.settings.progress_interval
     cancel = CancelWatch(lambda: _cancel_stored(rt, str(claimed.id)), interval)
     run = StepRun(
@@ -97,13 +105,14 @@ def _execute(
     progress = ProgressReporter(
         job.percent_completed,
         percent_after_return(job, step.workflow),
-        lambda percent: _store_progress(rt, claimed, step, percent),
+        lambda percent: _store_progress(rt, claimed, step, percent, written),
         interval,
         cancel,
     )
     # An eager run (a WorkflowTester's) runs in its caller's thread, on a virtual clock.
     eager = bool(task.request.is_eager)
-    with nullcontext() if eager else Heartbeat(rt, str(job.id), token, step.task_name):
+    heartbeat = Heartbeat(rt, str(job.id), token, step.task_name, written)
+    with nullcontext() if eager else heartbeat:
         input_value = fan_out.step_input(rt, job, step.name)
         outcome = run_step(
             step, input_value, job.user_context, run, progress, job.signals, rt.clock
@@ -132,8 +141,13 @@ def _execute(
     # A step that raised becomes a failed Celery task once its job's FAILED record is stored
     # (Flower's Failed tab, task_failure, error trackers); Celery then stores its result.
     raised = outcome.exception if isinstance(outcome, Raised) else None
+    send = rt.sending()  # the next step's message goes with the outcome, where it can
     with requeued_on_outage(f"Storing the outcome of {step} for job {job.id}"):
-        finished = _finish(rt, task, job, step, after, kept, with_result=raised is None)
+        # Against the record as this run last wrote it (not after a fan-out's own writes).
+        stored = written.job if job is claimed else job
+        finished = _finish(
+            rt, task, job, step, after, kept, with_result=raised is None, send=send, stored=stored
+        )
     if raised is not None and finished is not None:
         raise _reraisable(raised)
     if finished is None:
@@ -142,7 +156,8 @@ def _execute(
         )
         return reply(task, summary(job, step, dropped=True))
     if finished.status is JobStatus.QUEUED:
-        rt.publish_current_step(finished, step.task_name)
+        if send is None or not send.carried(finished):
+            rt.publish_current_step(finished, step.task_name)
     elif finished.fan_out is not None:
         fan_out.after_step(rt, finished, step.task_name)
     return summary(finished, step)
@@ -267,6 +282,8 @@ def _finish(
     kept: int,
     *,
     with_result: bool = True,
+    send: Sending | None = None,
+    stored: Job | None = None,
 ) -> Job | None:
     token = job.claim
     assert token is not None
@@ -279,7 +296,13 @@ def _finish(
             f"storing the outcome of {step} for job {job.id}",
             lambda: (
                 rt.apply(
-                    str(job.id), event, sender=step.task_name, assume=job, result=result, task=task
+                    str(job.id),
+                    event,
+                    sender=step.task_name,
+                    assume=stored or job,
+                    result=result,
+                    task=task,
+                    send=send,
                 ).after
             ),
         )
@@ -331,15 +354,16 @@ def _timed(job: Job, step: WorkflowStep[Any, Any], after: Job, kept: int, now: d
 
 
 def _store_progress(
-    rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float
+    rt: Runtime, job: Job, step: WorkflowStep[Any, Any], percent: float, written: LastWritten
 ) -> bool | None:
     """Store the step's progress; whether the job was cancelled meanwhile (None: unknown)."""
     assert job.claim is not None
     lease = rt.clock() + lease_length(rt.settings)
     try:
-        stored, _ = rt.apply(
+        stored, after = rt.apply(
             str(job.id), ProgressReported(job.claim, percent, lease), sender=step.task_name
         )
+        written(after)
     except Exception:
         # Progress is best-effort: a backend blip must not fail the step that reports it.
         logger.warning("Could not store the progress of job %s", job.id, exc_info=True)

@@ -1,0 +1,162 @@
+"""A step message written by the job store's own script, when the broker is the result
+backend's Redis: the record's write and the message are then one round trip, atomic.
+
+The message is the one Celery and kombu would send: `apply_async` runs as usual (routing,
+`create_task_message`, `before_task_publish`/`after_task_publish`, the `task-sent` event), on a
+producer whose publishes are collected instead of sent, through kombu's own publish-batch hook
+(the Redis channel's `_put` and `_put_fanout` hand it their final commands: the queue key with
+its priority suffix, the envelope as kombu encodes it). The store's script runs those commands
+only when its write succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from ergate_celery.model.job import Job
+
+logger = logging.getLogger(__name__)
+
+#: Gives the Redis commands (JSON, for the script) of the message to send with the write of a
+#: job, or None for none; see `sending`.
+Send = Callable[[Job], str | None]
+
+#: Commands a Redis channel may hand a publish batch: a queue's list, its expiry, a fanout.
+COMMANDS = frozenset({"lpush", "pexpire", "publish"})
+
+_send: ContextVar[Send | None] = ContextVar("ergate_redis_send", default=None)
+
+
+@contextmanager
+def sending(send: Send | None) -> Iterator[None]:
+    """Writes of the Redis store inside this block carry the message `send` gives for the
+    job written (a job it gives None for is written alone)."""
+    token = _send.set(send)
+    try:
+        yield
+    finally:
+        _send.reset(token)
+
+
+def message_for(job: Job) -> str:
+    """The script argument of the message to write with `job` ('' for none)."""
+    send = _send.get()
+    return (send(job) or "") if send is not None else ""
+
+
+class _Collector:
+    """Stands for kombu's Redis `PublishBatch`: the channel adds each publish's commands."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.commands: list[list[str]] = []
+
+    def add(self, name: str, key: Any, *args: Any) -> None:
+        if name not in COMMANDS or len(args) != 1:
+            # Not a command a Redis channel's publish gives (a newer kombu?): kombu publishes.
+            raise ValueError(f"kombu asked for {name!r}, which the store's script does not run")
+        # The channel's client would put `global_keyprefix` before the key of each of these.
+        self.commands.append([name.upper(), self.prefix + str(key), str(args[0])])
+
+
+class _Collecting:
+    """A producer's publish batch (kombu's `_ProducerBatchState` protocol) that collects."""
+
+    def __init__(self, collector: _Collector) -> None:
+        self.collector = collector
+
+    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
+        return channel.basic_publish(message, _publish_batch=self.collector, **kwargs)
+
+
+def redis_params(client: Any) -> tuple[Any, ...]:
+    """Where a redis-py client connects: host, port, unix socket and db."""
+    params = client.connection_pool.connection_kwargs
+    return (params.get("host"), params.get("port"), params.get("path"), params.get("db", 0))
+
+
+class RedisPublisher:
+    """Collects the commands of step messages for one app, when its broker is the Redis of
+    its result backend; why not is logged once (INFO)."""
+
+    def __init__(self, app: Any, backend_client: Any, enabled: bool) -> None:
+        self.app = app
+        self._backend_client = backend_client
+        self._enabled = enabled
+        self._usable: bool | None = None
+        self._logged: set[str] = set()
+
+    def _once(self, reason: str) -> None:
+        if reason not in self._logged:
+            self._logged.add(reason)
+            logger.info("Step messages are published by kombu after the write: %s", reason)
+
+    @property
+    def usable(self) -> bool:
+        """Whether the broker is the backend's Redis (and the setting allows it)."""
+        if self._usable is None:
+            self._usable = self._check()
+        return self._usable
+
+    def _check(self) -> bool:
+        if not self._enabled:
+            self._once("ergate_redis_one_trip is off")
+            return False
+        with self.app.producer_or_acquire() as producer:
+            channel = producer.channel
+            if getattr(channel, "create_publish_batch", None) is None or not hasattr(
+                channel, "client"
+            ):
+                self._once(f"the broker is not Redis ({producer.connection.transport_cls})")
+                return False
+            broker = redis_params(channel.client)
+        backend = redis_params(self._backend_client)
+        if broker[0] is None and broker[2] is None:  # a pool that picks its server (Sentinel)
+            self._once("the broker's Redis server is not known before connecting")
+            return False
+        if broker != backend:
+            self._once(f"the broker's Redis {broker} is not the result backend's {backend}")
+            return False
+        return True
+
+    def direct(self, task: Any, args: tuple[Any, ...], options: dict[str, Any]) -> bool:
+        """Whether Celery routes this message to queues by name (a direct exchange, or none):
+        a topic or fanout exchange is left to kombu."""
+        if self.app.conf.task_always_eager:  # apply_async would run the task, not publish
+            return False
+        merged = dict(task._get_exec_options(), **options)
+        route = self.app.amqp.router.route(merged, task.name, args, {}, None)
+        queue = route.get("queue")
+        kind = route.get("exchange_type")
+        exchange = route.get("exchange")
+        if kind is None and exchange is not None and not isinstance(exchange, str):
+            kind = exchange.type
+        if kind is None and queue is not None and not isinstance(queue, str):
+            kind = queue.exchange.type
+        if kind in (None, "direct"):
+            return True
+        self._once(f"task {task.name} is routed through a {kind} exchange")
+        return False
+
+    def collect(self, send: Callable[[Any], None]) -> str | None:
+        """The script argument of what `send(producer)` publishes (an `apply_async` given the
+        producer): the Redis commands kombu would have run, as JSON; None when they went to
+        no queue."""
+        with self.app.producer_or_acquire() as producer:
+            collector = _Collector(getattr(producer.channel, "global_keyprefix", "") or "")
+            batches = producer._batch_local
+            if getattr(batches, "current", None) is not None:  # the caller's own batch
+                return None
+            batches.current = _Collecting(collector)
+            try:
+                send(producer)
+            finally:
+                del batches.current
+        if not collector.commands:
+            return None
+        return json.dumps(collector.commands, ensure_ascii=False)
