@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -221,7 +222,7 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
             {
                 "b_task_id": job_id,
                 "b_status": status,
-                "b_result": content,
+                "b_digest": hashlib.sha256(content.encode()).digest(),
                 **postgres.prepare(values),
             },
             tuple(values),

@@ -134,7 +134,9 @@ class DjangoPostgres:
         parts = [
             f"written AS (UPDATE {self.table} SET {sets} WHERE {self.task_id} = %(b_task_id)s "
             f"AND {column(model, 'status')} = %(b_status)s "
-            f"AND {column(model, 'result')} = %(b_result)s RETURNING {self.task_id} AS task_id)",
+            # The result compared by its digest: the record is not sent twice.
+            f"AND sha256(convert_to({column(model, 'result')}, 'UTF8')) = %(b_digest)s "
+            f"RETURNING {self.task_id} AS task_id)",
             f"indexed AS ({self._index_part('written', indexed)})",
         ]
         if relisted:
@@ -160,11 +162,12 @@ class DjangoPostgres:
             f"found.{column(model, name)}"
             for name in ("status", "result", "content_type", "content_encoding")
         )
-        # The row as it stood before this statement: read only when nothing was written.
+        # The row as it stood before this statement, only when nothing was written: a write
+        # that succeeds gets back one integer, not the record.
         return (
             f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM written), {found} "
             f"FROM (SELECT 1) AS one LEFT JOIN {self.table} AS found "
-            f"ON found.{self.task_id} = %(b_task_id)s"
+            f"ON found.{self.task_id} = %(b_task_id)s AND NOT EXISTS (SELECT 1 FROM written)"
         )
 
     def _insert(self, indexed: bool, unless_paused: bool) -> str:
@@ -239,9 +242,10 @@ class DjangoPostgres:
         summary: tuple[tuple[str, ...], dict[str, Any]] | None,
     ) -> Written:
         """Set the row's `columns` (params hold them as `v_<name>`, and `b_task_id`,
-        `b_status`, `b_result` to compare), its index `entry` (kind, at) or none, its listing
-        status `relist` when it changed, and the step's `summary` (the columns its upsert
-        sets on conflict, and its row's parameters)."""
+        `b_status`, `b_digest` to compare: the SHA-256 of the result's UTF-8), its index
+        `entry` (kind, at) or none, its listing status `relist` when it changed, and the
+        step's `summary` (the columns its upsert sets on conflict, and its row's
+        parameters)."""
         key = (
             columns,
             entry is not None,
