@@ -2,6 +2,7 @@
 step summary stays once SUCCESS (as Celery's own write), and a pooled connection that the
 database closed while it sat idle is replaced, not handed to the caller."""
 
+import threading
 from typing import Any
 
 import pytest
@@ -9,7 +10,8 @@ import sqlalchemy as sa
 from psycopg import Binary
 
 from ergate_celery import Job
-from ergate_celery.stores import sql_statements
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores import sql_listen, sql_statements
 from ergate_celery.stores.base import TaskResult
 
 from .support import Setup
@@ -201,3 +203,25 @@ def test_many_jobs_are_created_in_one_statement_and_a_taken_id_is_left_alone(
     assert store.create_many([new[1]]) == [False]
     assert store.get_many([str(j.id) for j in new]) == new
     assert [j.id for j in setup.ergate.list_jobs(tags={"child": "1"}).jobs] == [new[1].id]
+
+
+@pytest.mark.setup("rabbitmq_postgres")
+def test_a_waiter_is_told_of_the_jobs_end_without_reading_it_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No read again unless told: only the final write's notification can end this wait.
+    monkeypatch.setattr(sql_listen, "REREAD", 3600.0)
+    store: Any = setup.ergate.store
+    job = _job(setup)
+    waited: list[Job | None] = []
+    waiter = threading.Thread(
+        target=lambda: waited.append(store.wait_final(str(job.id), None, 3600.0)), daemon=True
+    )
+    waiter.start()
+    while store._listener is None or not store._listener.listening.wait(0.05):
+        pass
+    ended = store.update(
+        str(job.id), lambda stored: stored.model_copy(update={"status": JobStatus.COMPLETED})
+    ).after
+    waiter.join(60.0)  # a bound for the failure only: told, it ends at once
+    assert waited == [ended]

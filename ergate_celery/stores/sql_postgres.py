@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from celery import states
 from sqlalchemy.dialects import postgresql as pg
 
+from ergate_celery.stores.sql_listen import channel_of
 from ergate_celery.stores.sql_statements import compare_and_set
 from ergate_celery.stores.task_rows import create_parameters, write_parameters
 
@@ -72,7 +73,9 @@ class PostgresStatements:
         self.table, self.index, self.listing, self.tags = table, index, listing, tags
         self.paused = paused
         self.summary_columns = summary_columns
-        self._shapes: dict[tuple[bool, bool, bool], Compiled] = {}
+        self._shapes: dict[tuple[bool, bool, bool, bool], Compiled] = {}
+        #: The channel a job's final write notifies (sql_listen.py).
+        self.channel = channel_of(table.schema)
         self._inserts: dict[bool, Compiled] = {}
 
     def _index_upsert(self, source: Any, key: Any, *when: Any) -> Any:
@@ -86,7 +89,7 @@ class PostgresStatements:
             set_={"kind": statement.excluded.kind, "at": statement.excluded.at},
         )
 
-    def _shape(self, indexed: bool, relisted: bool, summarized: bool) -> Any:
+    def _shape(self, indexed: bool, relisted: bool, summarized: bool, final: bool) -> Any:
         table, column = self.table, self.table.c
         written = compare_and_set(table, by_digest=True).returning(column.task_id).cte("written")
         parts = []
@@ -121,10 +124,19 @@ class PostgresStatements:
             parts.append(summary.cte("summarized"))
         found = table.alias("found")
         count = sa.select(sa.func.count()).select_from(written).scalar_subquery()
+        columns = [count.label("written"), found.c.status, found.c.result]
+        if final:
+            # Sent when this statement commits, and only if it wrote: the job has ended.
+            notified = sa.select(
+                sa.func.pg_notify(sa.bindparam("n_channel", type_=sa.Text), written.c.task_id)
+            ).cte("notified")
+            # A SELECT in a WITH runs only if the statement reads it.
+            told = sa.select(sa.func.count()).select_from(notified).scalar_subquery()
+            columns.append(told.label("notified"))
         # The row as it stood before this statement, only when nothing was written: a write
         # that succeeds gets back one integer, not the record.
         return (
-            sa.select(count.label("written"), found.c.status, found.c.result)
+            sa.select(*columns)
             .select_from(sa.select(sa.literal(1).label("one")).subquery())
             .outerjoin(
                 found,
@@ -143,11 +155,13 @@ class PostgresStatements:
         entry: tuple[str, Any] | None,
         relist: str | None,
         summary: dict[str, Any] | None,
+        final: bool = False,
     ) -> Written:
         """Write the job (params: `b_task_id`, `b_status`, `b_digest` to compare and the new
         columns) with its index `entry` (kind, at) or none, its listing status `relist` when
-        it changed, and the step's `summary` row, if its row still holds what is compared."""
-        key = (entry is not None, relist is not None, summary is not None)
+        it changed, and the step's `summary` row, if its row still holds what is compared;
+        a `final` write notifies the store's channel (its waiters) of the job's id."""
+        key = (entry is not None, relist is not None, summary is not None, final)
         statement = self._shapes.get(key)
         if statement is None:
             statement = self._shapes[key] = Compiled(self._shape(*key), conn.dialect)
@@ -155,6 +169,8 @@ class PostgresStatements:
         if summary is not None:
             summarized = {f"s_{name}": value for name, value in summary.items()}
         values = write_parameters(params, entry, relist, summarized)
+        if final:
+            values["n_channel"] = self.channel
         row = statement.run(conn, values).one()
         if row.written == 1:
             return Written(True, None)

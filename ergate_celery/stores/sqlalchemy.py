@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ from ergate_celery.stores.base import (
 )
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_batch import BatchCreate, NewJob
+from ergate_celery.stores.sql_listen import Listener, connect_for_listening, wait_final
 from ergate_celery.stores.sql_listing import list_job, listing_page, unlist
 from ergate_celery.stores.sql_postgres import PostgresStatements
 from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
@@ -64,6 +66,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 self.sql.summary_columns,
             )
             self.batch = BatchCreate(self.table, self.index, self.listing, self.tags)
+        self._listener: Listener | None = None
         self._engine: sa.Engine | None = None
         self._autocommit: sa.Engine | None = None
         self._engine_pid = 0
@@ -159,6 +162,16 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         }
         return [found.get(job_id) for job_id in job_ids]
 
+    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
+        """See `JobStore.wait_final`: on PostgreSQL with psycopg 3, told of the job's end by a
+        notification (sql_listen.py); elsewhere by reading every `poll_interval` s."""
+        if self.postgres is None or self.engine.dialect.driver != "psycopg":
+            return super().wait_final(job_id, timeout, poll_interval)
+        if self._listener is None:
+            connect = partial(connect_for_listening, self.engine)
+            self._listener = Listener(connect, self.postgres.channel)
+        return wait_final(self._listener, self.get, job_id, timeout, poll_interval)
+
     def _token_of(self, job: Job) -> Columns:
         return job.status.name, self._encoded(job)
 
@@ -207,6 +220,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 None if entry is None else (entry.kind, naive_utc(entry.at)),
                 None if status == new.status.name else new.status.name,
                 None if result is None else self.sql.summary_values(self.backend, result, new),
+                final=new.is_final,
             )
         if written:
             return Outcome.WRITTEN
