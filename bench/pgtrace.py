@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -115,6 +116,12 @@ class ThreadProfiles:
 
         self.folder = folder
         self._lock = threading.Lock()
+        if sys.version_info >= (3, 12):
+            # One profiler at a time per process (cProfile on sys.monitoring), and it sees
+            # every thread: the process's CPU clock, shared by its threads, times them all.
+            self._profilers = [cProfile.Profile(time.process_time)]
+            self._profilers[0].enable()
+            return
         self._profilers = [cProfile.Profile(time.thread_time)]
 
         def begin(frame: Any, event: str, arg: Any) -> None:

@@ -33,6 +33,7 @@ from ergate_celery.stores.sql_statements import Statements, digest_of, engine_fo
 from ergate_celery.stores.sql_tables import job_tables, naive_utc
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
 from ergate_celery.stores.task_rows import date_done, row_columns
+from ergate_celery.stores.written import LastWritten
 
 _ENGINE_LOCK = threading.Lock()
 
@@ -67,6 +68,8 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             )
             self.batch = BatchCreate(self.table, self.index, self.listing, self.tags)
         self._listener: Listener | None = None
+        #: The records written last: a step's outcome is compared against its claim's.
+        self._written: LastWritten[Columns] = LastWritten()
         self._engine: sa.Engine | None = None
         self._autocommit: sa.Engine | None = None
         self._engine_pid = 0
@@ -173,7 +176,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         return wait_final(self._listener, self.get, job_id, timeout, poll_interval)
 
     def _token_of(self, job: Job) -> Columns:
-        return job.status.name, self._encoded(job)
+        return self._written.of(job) or (job.status.name, self._encoded(job))
 
     def _compare_and_set(
         self,
@@ -223,6 +226,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 final=new.is_final,
             )
         if written:
+            self._written.remember(new, (new.status.name, values["result"]))
             return Outcome.WRITTEN
         if row is None or row.result is None:
             return Outcome.GONE
