@@ -131,9 +131,12 @@ class Listener:
 
 
 def connect_for_listening(engine: Any) -> Any:
-    """A connection of the engine's driver (psycopg 3), of its own, in autocommit."""
-    cargs, cparams = engine.dialect.create_connect_args(engine.url)
-    conn = engine.dialect.connect(*cargs, **cparams)
+    """A psycopg 3 connection made as the engine makes its own (its `connect_args`, its
+    connect events), taken out of its pool, in autocommit."""
+    pooled = engine.raw_connection()
+    conn = pooled.driver_connection
+    pooled.detach()  # the pool no longer counts it, nor hands it out again
+    conn.rollback()  # a connection the pool had: out of any transaction, to set autocommit
     conn.autocommit = True
     return conn
 
