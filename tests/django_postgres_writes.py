@@ -161,10 +161,49 @@ def main(schema: str, use_tz: bool) -> None:
     else:
         raise AssertionError("a write on a closed connection went through")
     assert store.update(str(job.id), bump, assume=job).after is not None
+    told_of_the_end(ergate, store)
     store._postgres = None  # the ORM writes, as on other databases
     orm = run("orm")
     one_statement[-1] = [(key, value.replace("pg", "orm")) for key, value in one_statement[-1]]
     assert one_statement == orm, (one_statement, orm)
+
+
+def told_of_the_end(ergate: Any, store: Any) -> None:
+    """`wait_final` ends on the final write's notification: with no read again unless told,
+    nothing else could end it (as tests/test_store_sql.py checks it on SQLAlchemy)."""
+    import threading
+
+    from ergate_celery import JobStatus
+    from ergate_celery.stores import sql_listen
+
+    job = ergate.submit_job("pg_writes", initial_input_value=4)
+    ended: list[Any] = []
+
+    def read_then_end(job_id: str) -> Any:
+        listening = store._listener.listening.is_set()
+        stored = type(store).get(store, job_id)
+        if listening and not ended:
+            ended.append(
+                store.update(
+                    job_id, lambda s: s.model_copy(update={"status": JobStatus.COMPLETED})
+                ).after
+            )
+        return stored
+
+    kept, sql_listen.REREAD = sql_listen.REREAD, 3600.0
+    store.get = read_then_end
+    try:
+        waited: list[Any] = []
+        waiter = threading.Thread(
+            target=lambda: waited.append(store.wait_final(str(job.id), None, 0.01)), daemon=True
+        )
+        waiter.start()
+        waiter.join(60.0)  # a bound for the failure only: told, it ends at once
+        assert len(ended) == 1
+        assert waited == ended, waited
+    finally:
+        sql_listen.REREAD = kept
+        del store.get
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from celery import states
@@ -26,8 +27,9 @@ from ergate_celery.stores.base import (
     job_from_document,
 )
 from ergate_celery.stores.django_flow import DjangoFlowRows, app_model
-from ergate_celery.stores.django_postgres import DjangoPostgres
+from ergate_celery.stores.django_postgres import DjangoPostgres, connect_for_listening, is_psycopg3
 from ergate_celery.stores.listing import JobQuery, Position
+from ergate_celery.stores.sql_listen import Listener, wait_final
 from ergate_celery.stores.task_rows import date_done, row_columns
 
 #: The compare-and-set token: the row's status and result columns as read.
@@ -64,6 +66,7 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         self.upserts = bool(features.supports_update_conflicts_with_target)
         self.writes_task_result = self.upserts
         self._postgres: DjangoPostgres | bool | None = False  # False: not looked at yet
+        self._listener: Listener | None = None
 
     @property
     def postgres(self) -> DjangoPostgres | None:
@@ -173,6 +176,17 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         }
         return [found.get(job_id) for job_id in job_ids]
 
+    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
+        """See `JobStore.wait_final`: on PostgreSQL with psycopg 3, told of the job's end by a
+        notification (sql_listen.py); elsewhere by reading every `poll_interval` s."""
+        postgres = self.postgres
+        if postgres is None or not is_psycopg3():
+            return super().wait_final(job_id, timeout, poll_interval)
+        if self._listener is None:
+            connect = partial(connect_for_listening, postgres.alias)
+            self._listener = Listener(connect, postgres.channel)
+        return wait_final(self._listener, self.get, job_id, timeout, poll_interval)
+
     def _token_of(self, job: Job) -> Columns:
         return job.status.name, self._content(job)
 
@@ -229,6 +243,7 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
             None if entry is None else (entry.kind, _to_db(entry.at)),
             None if status == new.status.name else new.status.name,
             summary,
+            final=new.is_final,
         )
         if written:
             return Outcome.WRITTEN

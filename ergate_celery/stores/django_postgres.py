@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from ergate_celery.stores.sql_listen import channel_of
 from ergate_celery.stores.task_rows import create_parameters, write_parameters
 
 
@@ -72,7 +73,9 @@ class DjangoPostgres:
         ]
         self.table = quote(meta.db_table)
         self.task_id = self._column(model, "task_id")
-        self._shapes: dict[tuple[tuple[str, ...], bool, bool, tuple[str, ...]], str] = {}
+        self._shapes: dict[tuple[tuple[str, ...], bool, bool, tuple[str, ...], bool], str] = {}
+        #: The channel a job's final write notifies (sql_listen.py).
+        self.channel = channel_of(meta.db_table)
         self._inserts: dict[tuple[bool, bool], str] = {}
 
     def _column(self, model: Any, name: str) -> str:
@@ -126,7 +129,12 @@ class DjangoPostgres:
         )
 
     def _shape(
-        self, columns: tuple[str, ...], indexed: bool, relisted: bool, summary: tuple[str, ...]
+        self,
+        columns: tuple[str, ...],
+        indexed: bool,
+        relisted: bool,
+        summary: tuple[str, ...],
+        final: bool,
     ) -> str:
         column = self._column
         model = self.model
@@ -162,6 +170,11 @@ class DjangoPostgres:
             f"found.{column(model, name)}"
             for name in ("status", "result", "content_type", "content_encoding")
         )
+        if final:
+            # Sent when this statement commits, and only if it wrote: the job has ended. A
+            # SELECT in a WITH runs only if the statement reads it.
+            parts.append("notified AS (SELECT pg_notify(%(n_channel)s, task_id) FROM written)")
+            found += ", (SELECT count(*) FROM notified)"
         # The row as it stood before this statement, only when nothing was written: a write
         # that succeeds gets back one integer, not the record.
         return (
@@ -240,25 +253,29 @@ class DjangoPostgres:
         entry: tuple[str, Any] | None,
         relist: str | None,
         summary: tuple[tuple[str, ...], dict[str, Any]] | None,
+        final: bool = False,
     ) -> Written:
         """Set the row's `columns` (params hold them as `v_<name>`, and `b_task_id`,
         `b_status`, `b_digest` to compare: the SHA-256 of the result's UTF-8), its index
         `entry` (kind, at) or none, its listing status `relist` when it changed, and the
         step's `summary` (the columns its upsert sets on conflict, and its row's
-        parameters)."""
+        parameters); a `final` write notifies the channel (its waiters) of the job's id."""
         key = (
             columns,
             entry is not None,
             relist is not None,
             () if summary is None else summary[0],
+            final,
         )
         statement = self._shapes.get(key)
         if statement is None:
             statement = self._shapes[key] = self._shape(*key)
         values = write_parameters(params, entry, relist, None if summary is None else summary[1])
+        if final:
+            values["n_channel"] = self.channel
         with self._cursor() as cursor:
             cursor.execute(statement, values)
-            count, *found = cursor.fetchone()
+            count, *found = cursor.fetchone()[:5]  # the notified count, if any, follows
         if count == 1:
             return Written(True, None)
         return Written(False, None if found[0] is None else Found(*found))
@@ -286,3 +303,19 @@ class DjangoPostgres:
             cursor.execute(statement, params)
             count, stored_parked = cursor.fetchone()
         return count == 1, bool(stored_parked)
+
+
+def is_psycopg3() -> bool:
+    """Whether Django's PostgreSQL backend runs on psycopg 3 (LISTEN is read with it)."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3 as found
+
+    return bool(found)
+
+
+def connect_for_listening(alias: str) -> Any:
+    """A psycopg 3 connection of its own to the database of `alias`, made as Django makes
+    its own (its `OPTIONS`), in autocommit."""
+    connection = connections[alias]
+    conn = connection.get_new_connection(connection.get_connection_params())
+    conn.autocommit = True
+    return conn

@@ -113,9 +113,9 @@ class Listener:
         """Listen until idle for `IDLE_CLOSE` s (True); an error ends it otherwise."""
         with self._connect() as conn:
             conn.execute(f'LISTEN "{self.channel}"')
-            listening.set()
-            # Each waiter reads again, and from then on waits to be told.
+            # Each waiter reads again; one that reads once `listening` is set waits to be told.
             self._wake(None)
+            listening.set()
             idle_since = None
             while True:
                 for notify in conn.notifies(timeout=1.0):
