@@ -29,7 +29,7 @@ from ergate_celery.stores.base import (
 from ergate_celery.stores.django_flow import DjangoFlowRows, app_model
 from ergate_celery.stores.django_postgres import DjangoPostgres, connect_for_listening, is_psycopg3
 from ergate_celery.stores.listing import JobQuery, Position
-from ergate_celery.stores.sql_listen import Listener, wait_final
+from ergate_celery.stores.sql_listen import Listener, can_listen, wait_final
 from ergate_celery.stores.task_rows import date_done, row_columns
 
 #: The compare-and-set token: the row's status and result columns as read.
@@ -180,7 +180,7 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         """See `JobStore.wait_final`: on PostgreSQL with psycopg 3, told of the job's end by a
         notification (sql_listen.py); elsewhere by reading every `poll_interval` s."""
         postgres = self.postgres
-        if postgres is None or not is_psycopg3():
+        if postgres is None or not is_psycopg3() or not can_listen():
             return super().wait_final(job_id, timeout, poll_interval)
         if self._listener is None:
             connect = partial(connect_for_listening, postgres.alias)

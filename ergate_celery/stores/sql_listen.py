@@ -130,6 +130,15 @@ class Listener:
                     return True
 
 
+def can_listen() -> bool:
+    """Whether the installed psycopg waits for a notification with a timeout (3.2 and later);
+    with an older one, waiters read every poll interval."""
+    import psycopg
+
+    major, minor = psycopg.__version__.split(".")[:2]
+    return (int(major), int(minor)) >= (3, 2)
+
+
 def connect_for_listening(engine: Any) -> Any:
     """A psycopg 3 connection made as the engine makes its own (its `connect_args`, its
     connect events), taken out of its pool, in autocommit."""

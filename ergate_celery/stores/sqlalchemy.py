@@ -25,7 +25,12 @@ from ergate_celery.stores.base import (
 )
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_batch import BatchCreate, NewJob
-from ergate_celery.stores.sql_listen import Listener, connect_for_listening, wait_final
+from ergate_celery.stores.sql_listen import (
+    Listener,
+    can_listen,
+    connect_for_listening,
+    wait_final,
+)
 from ergate_celery.stores.sql_listing import list_job, listing_page, unlist
 from ergate_celery.stores.sql_postgres import PostgresStatements
 from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
@@ -168,7 +173,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
     def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
         """See `JobStore.wait_final`: on PostgreSQL with psycopg 3, told of the job's end by a
         notification (sql_listen.py); elsewhere by reading every `poll_interval` s."""
-        if self.postgres is None or self.engine.dialect.driver != "psycopg":
+        if self.postgres is None or self.engine.dialect.driver != "psycopg" or not can_listen():
             return super().wait_final(job_id, timeout, poll_interval)
         if self._listener is None:
             connect = partial(connect_for_listening, self.engine)
