@@ -29,7 +29,7 @@ from ergate_celery.stores.django_listing import from_db, list_job, listed_rows, 
 from ergate_celery.stores.django_postgres import DjangoPostgres, connect_for_listening, is_psycopg3
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_listen import Listener, can_listen, wait_final
-from ergate_celery.stores.task_rows import date_done, row_columns
+from ergate_celery.stores.task_rows import NewJob, date_done, row_columns
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, str]
@@ -279,6 +279,27 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
     ) -> tuple[bool, bool]:
         """Whether `job` was stored in one statement, and whether parked (with `paused`: its
         workflow and parked `result`, stored instead if the workflow is paused)."""
+        new = self._new_job(postgres, job, values)
+        try:
+            return postgres.create(dict(new.row), new.entry, new.listed, new.tags, paused)
+        except IntegrityError:  # as the ORM path: a listing row left behind by the id
+            return False, False
+
+    def create_many(self, jobs: list[Job]) -> list[bool]:
+        """See `JobStore.create_many`: on PostgreSQL, one statement for all of `jobs`."""
+        postgres = self.postgres
+        if postgres is None or not jobs:
+            return super().create_many(jobs)
+        new = [self._new_job(postgres, job, self._values(job, self.create_limit)) for job in jobs]
+        try:
+            created = postgres.create_many(new)
+        except IntegrityError:  # what an expired record left under an id: `create` clears it
+            return super().create_many(jobs)
+        return [str(job.id) in created for job in jobs]
+
+    def _new_job(self, postgres: DjangoPostgres, job: Job, values: dict[str, Any]) -> NewJob:
+        """`job` as one statement creates it: its row's INSERT parameters, its index entry,
+        its listing row and tags."""
         row = postgres.prepared(self.model(task_id=str(job.id), **values), postgres.insert_fields)
         # As the ORM path's UPDATE after its INSERT: date_done as computed, not auto_now's now.
         row["s_date_done"] = postgres.prepare({"date_done": values["date_done"]})["v_date_done"]
@@ -287,16 +308,12 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         listed = None
         if submitted is not None:  # as `_list`: tags go with the listing row
             listed = (job.workflow_name, job.status.name, to_db(submitted))
-        try:
-            return postgres.create(
-                row,
-                None if entry is None else (entry.kind, to_db(entry.at)),
-                listed,
-                job.tags if listed else {},
-                paused,
-            )
-        except IntegrityError:  # as the ORM path: a listing row left behind by the id
-            return False, False
+        return NewJob(
+            row,
+            None if entry is None else (entry.kind, to_db(entry.at)),
+            listed,
+            job.tags if listed else {},
+        )
 
     def _drop_leftovers(self, job_id: str) -> bool:
         # django-celery-results' cleanup deletes expired TaskResult rows only.

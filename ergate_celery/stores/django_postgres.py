@@ -25,7 +25,13 @@ from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ergate_celery.stores.sql_listen import channel_of
-from ergate_celery.stores.task_rows import create_parameters, write_parameters
+from ergate_celery.stores.task_rows import (
+    BATCH_ROWS,
+    NewJob,
+    append_rows,
+    create_parameters,
+    write_parameters,
+)
 
 
 class Found(NamedTuple):
@@ -77,6 +83,7 @@ class DjangoPostgres:
         #: The channel a job's final write notifies (sql_listen.py).
         self.channel = channel_of(meta.db_table)
         self._inserts: dict[tuple[bool, bool], str] = {}
+        self._many: str | None = None
 
     def _column(self, model: Any, name: str) -> str:
         return str(self._q(model._meta.get_field(name).column))
@@ -226,6 +233,49 @@ class DjangoPostgres:
             f"SELECT (SELECT count(*) FROM created), {reported}"
         )
 
+    def _array(self, model: Any, name: str, param: str) -> str:
+        """`%(param)s`, a list of the field `name`'s values, as a typed array (see `_cast`)."""
+        field = model._meta.get_field(name)
+        kind = "text"
+        if field.get_internal_type() not in ("CharField", "TextField"):
+            kind = field.db_type(self._vendor_connection)
+        return f"CAST(%({param})s AS {kind}[])"
+
+    def _insert_many(self) -> str:
+        # As `_insert`, for many rows: one array per column, unnested into rows, so the text
+        # is the same for any number of jobs; the other tables' rows join the created ones.
+        model, column, q = self.model, self._column, self._q
+        names = [field.name for field in self.insert_fields]
+        into = ", ".join(column(model, name) for name in names)
+        rows = ", ".join(self._array(model, name, f"r_{name}") for name in names)
+        parts = [
+            f"created AS (INSERT INTO {self.table} ({into}) SELECT * FROM unnest({rows}) "
+            f"ON CONFLICT ({self.task_id}) DO NOTHING RETURNING {self.task_id} AS task_id)"
+        ]
+        index_key = column(self.index, "job_id")
+        kind, at = column(self.index, "kind"), column(self.index, "at")
+        for name, model_of, prefix, fields, conflict in (
+            (
+                "indexed",
+                self.index,
+                "i",
+                ("job_id", "kind", "at"),
+                f" ON CONFLICT ({index_key}) DO UPDATE SET {kind} = EXCLUDED.{kind}, "
+                f"{at} = EXCLUDED.{at}",
+            ),
+            ("listed", self.listing, "l", ("job_id", "workflow", "status", "submitted_at"), ""),
+            ("tagged", self.tag, "t", ("job_id", "key", "value"), ""),
+        ):
+            arrays = ", ".join(self._array(model_of, f, f"{prefix}_{f}") for f in fields)
+            parts.append(
+                f"{name} AS (INSERT INTO {q(model_of._meta.db_table)} "
+                f"({', '.join(column(model_of, f) for f in fields)}) "
+                f"SELECT {', '.join(f'given.{f}' for f in fields)} "
+                f"FROM unnest({arrays}) AS given({', '.join(fields)}) "
+                f"JOIN created ON created.task_id = given.job_id{conflict})"
+            )
+        return f"WITH {', '.join(parts)} SELECT task_id FROM created"
+
     # Running them.
 
     @contextmanager
@@ -279,6 +329,31 @@ class DjangoPostgres:
         if count == 1:
             return Written(True, None)
         return Written(False, None if found[0] is None else Found(*found))
+
+    def create_many(self, jobs: list[NewJob]) -> set[str]:
+        """Insert the rows of `jobs` (each its INSERT parameters) whose ids are free, with
+        their index entries, listing rows and tags, in one statement; the ids stored.
+        IntegrityError (nothing written) when a listing row or tag of a created job is there
+        already (left by an expired record)."""
+        if self._many is None:
+            self._many = self._insert_many()
+        names = [field.name for field in self.insert_fields]
+        params: dict[str, list[Any]] = {f"r_{name}": [] for name in names}
+        for prefix, fields in BATCH_ROWS:
+            params.update({f"{prefix}_{name}": [] for name in fields})
+        for job in jobs:
+            for name in names:
+                params[f"r_{name}"].append(job.row[f"s_{name}"])
+            job_id = job.row["s_task_id"]
+            if job.entry is not None:
+                append_rows(params, "i", (job_id, *job.entry))
+            if job.listed is not None:
+                append_rows(params, "l", (job_id, *job.listed))
+                for pair in job.tags.items():
+                    append_rows(params, "t", (job_id, *pair))
+        with self._cursor() as cursor:
+            cursor.execute(self._many, params)
+            return {str(task_id) for (task_id,) in cursor.fetchall()}
 
     def create(
         self,

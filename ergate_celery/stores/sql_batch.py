@@ -9,25 +9,14 @@ insert's RETURNING), all in the statement's one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from ergate_celery.stores.sql_postgres import Compiled
-
-
-class NewJob(NamedTuple):
-    """One job to create: its row's columns (`task_id`, `status`, `result`, `traceback`,
-    `date_done`), its index entry (kind, at) or None, its listing row (workflow, status,
-    submitted_at) or None, and its tags (stored with its listing row)."""
-
-    row: Mapping[str, Any]
-    entry: tuple[str, Any] | None
-    listed: tuple[str, str, Any] | None
-    tags: Mapping[str, str]
-
+from ergate_celery.stores.task_rows import NewJob
 
 _ROW = ("task_id", "status", "result", "traceback", "date_done")
 

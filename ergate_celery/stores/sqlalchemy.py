@@ -24,7 +24,7 @@ from ergate_celery.stores.base import (
     job_from_document,
 )
 from ergate_celery.stores.listing import JobQuery, Position
-from ergate_celery.stores.sql_batch import BatchCreate, NewJob
+from ergate_celery.stores.sql_batch import BatchCreate
 from ergate_celery.stores.sql_listen import (
     Listener,
     can_listen,
@@ -37,7 +37,7 @@ from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
 from ergate_celery.stores.sql_statements import Statements, digest_of, engine_for, reading
 from ergate_celery.stores.sql_tables import job_tables, naive_utc
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
-from ergate_celery.stores.task_rows import date_done, row_columns
+from ergate_celery.stores.task_rows import NewJob, date_done, row_columns
 from ergate_celery.stores.written import LastWritten
 
 _ENGINE_LOCK = threading.Lock()

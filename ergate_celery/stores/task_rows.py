@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ergate_celery.model.job import Job
 from ergate_celery.stores.base import BaseJobStore, seconds
 from ergate_celery.stores.oversized import check_size
+
+
+class NewJob(NamedTuple):
+    """One job to create in a batch (sql_batch.py, django_postgres.py): its row's columns
+    (or INSERT parameters), its index entry (kind, at) or None, its listing row (workflow,
+    status, submitted_at) or None, and its tags (stored with its listing row)."""
+
+    row: Mapping[str, Any]
+    entry: tuple[str, Any] | None
+    listed: tuple[str, str, Any] | None
+    tags: Mapping[str, str]
 
 
 def row_columns(job: Job, encoded: bytes | str, max_bytes: int) -> dict[str, Any]:
@@ -77,3 +88,18 @@ def create_parameters(
     )
     values["t_keys"], values["t_values"] = list(tags), list(tags.values())
     return values
+
+
+#: The other tables' rows of a batch of new jobs: each column's parameter is `<prefix>_<name>`.
+BATCH_ROWS = (
+    ("i", ("job_id", "kind", "at")),
+    ("l", ("job_id", "workflow", "status", "submitted_at")),
+    ("t", ("job_id", "key", "value")),
+)
+
+
+def append_rows(params: dict[str, list[Any]], prefix: str, values: tuple[Any, ...]) -> None:
+    """Add one row of `values` to the `prefix` table's column lists in `params`."""
+    names = dict(BATCH_ROWS)[prefix]
+    for name, value in zip(names, values, strict=True):
+        params[f"{prefix}_{name}"].append(value)
