@@ -26,9 +26,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ergate_celery.stores.sql_listen import channel_of
 from ergate_celery.stores.task_rows import (
-    BATCH_ROWS,
     NewJob,
-    append_rows,
+    batch_parameters,
     create_parameters,
     write_parameters,
 )
@@ -338,19 +337,7 @@ class DjangoPostgres:
         if self._many is None:
             self._many = self._insert_many()
         names = [field.name for field in self.insert_fields]
-        params: dict[str, list[Any]] = {f"r_{name}": [] for name in names}
-        for prefix, fields in BATCH_ROWS:
-            params.update({f"{prefix}_{name}": [] for name in fields})
-        for job in jobs:
-            for name in names:
-                params[f"r_{name}"].append(job.row[f"s_{name}"])
-            job_id = job.row["s_task_id"]
-            if job.entry is not None:
-                append_rows(params, "i", (job_id, *job.entry))
-            if job.listed is not None:
-                append_rows(params, "l", (job_id, *job.listed))
-                for pair in job.tags.items():
-                    append_rows(params, "t", (job_id, *pair))
+        params = batch_parameters(jobs, names, "s_{}")
         with self._cursor() as cursor:
             cursor.execute(self._many, params)
             return {str(task_id) for (task_id,) in cursor.fetchall()}

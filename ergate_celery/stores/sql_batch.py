@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from ergate_celery.stores.sql_postgres import Compiled
-from ergate_celery.stores.task_rows import NewJob
+from ergate_celery.stores.task_rows import NewJob, batch_parameters
 
 _ROW = ("task_id", "status", "result", "traceback", "date_done")
 
@@ -83,28 +83,5 @@ class BatchCreate:
         created job is already there (left by an expired record)."""
         if self._compiled is None:
             self._compiled = Compiled(self._statement(), conn.dialect)
-        params: dict[str, list[Any]] = {f"r_{name}": [] for name in _ROW}
-        for prefix, names in (
-            ("i", ("job_id", "kind", "at")),
-            ("l", ("job_id", "workflow", "status", "submitted_at")),
-            ("t", ("job_id", "key", "value")),
-        ):
-            params.update({f"{prefix}_{name}": [] for name in names})
-        for job in jobs:
-            for name in _ROW:
-                params[f"r_{name}"].append(job.row[name])
-            job_id = job.row["task_id"]
-            if job.entry is not None:
-                params["i_job_id"].append(job_id)
-                params["i_kind"].append(job.entry[0])
-                params["i_at"].append(job.entry[1])
-            if job.listed is not None:
-                params["l_job_id"].append(job_id)
-                params["l_workflow"].append(job.listed[0])
-                params["l_status"].append(job.listed[1])
-                params["l_submitted_at"].append(job.listed[2])
-                for key, value in job.tags.items():
-                    params["t_job_id"].append(job_id)
-                    params["t_key"].append(key)
-                    params["t_value"].append(value)
+        params = batch_parameters(jobs, _ROW)
         return {str(task_id) for (task_id,) in self._compiled.run(conn, params)}

@@ -6,7 +6,7 @@ No database library is imported here, so each store loads only its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -98,8 +98,28 @@ BATCH_ROWS = (
 )
 
 
-def append_rows(params: dict[str, list[Any]], prefix: str, values: tuple[Any, ...]) -> None:
-    """Add one row of `values` to the `prefix` table's column lists in `params`."""
-    names = dict(BATCH_ROWS)[prefix]
-    for name, value in zip(names, values, strict=True):
-        params[f"{prefix}_{name}"].append(value)
+def batch_parameters(
+    jobs: Sequence[NewJob], columns: Sequence[str], key: str = "{}"
+) -> dict[str, list[Any]]:
+    """The parameters of a one-statement creation of `jobs` on PostgreSQL (sql_batch.py,
+    django_postgres.py): one list per column, `r_<column>` for the rows' `columns` (each
+    read from a row under `key` formatted with its name), and those of `BATCH_ROWS`."""
+    params: dict[str, list[Any]] = {f"r_{name}": [] for name in columns}
+    for prefix, names in BATCH_ROWS:
+        params.update({f"{prefix}_{name}": [] for name in names})
+
+    def add(prefix: str, values: tuple[Any, ...]) -> None:
+        for name, value in zip(dict(BATCH_ROWS)[prefix], values, strict=True):
+            params[f"{prefix}_{name}"].append(value)
+
+    for job in jobs:
+        for name in columns:
+            params[f"r_{name}"].append(job.row[key.format(name)])
+        job_id = job.row[key.format("task_id")]
+        if job.entry is not None:
+            add("i", (job_id, *job.entry))
+        if job.listed is not None:
+            add("l", (job_id, *job.listed))
+            for pair in job.tags.items():
+                add("t", (job_id, *pair))
+    return params
