@@ -192,7 +192,7 @@ def told_of_the_end(ergate: Any, store: Any) -> None:
     ended: list[Any] = []
 
     def read_then_end(job_id: str) -> Any:
-        listening = store._listener.listening.is_set()
+        listening = store._listener.is_listening()
         stored = type(store).get(store, job_id)
         if listening and not ended:
             ended.append(

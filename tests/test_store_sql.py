@@ -219,7 +219,7 @@ def test_a_waiter_is_told_of_the_jobs_end_without_reading_it_again(
     def read_then_end(job_id: str) -> Job | None:
         # The job ends right after a read made while listening: the waiter has seen it
         # running, and is told of its end only by the notification.
-        listening = store._listener.listening.is_set()
+        listening = store._listener.is_listening()
         stored = read(job_id)
         if listening and not ended:
             ended.append(store.update(job_id, _completed).after)

@@ -2,12 +2,14 @@
 and over.
 
 The write that makes a job final sends `pg_notify(channel, job id)` in the same statement
-(sql_postgres.py): the notification goes out when that write commits, and only then. A process
-that waits holds one listening connection of its own, opened at its first wait (on psycopg 3),
-and a thread that hands each notification to the waiters of that job. A waiter registers
-before it reads the record, so an end between its read and its wait is not missed; it reads
-again when told, every `REREAD` s in case a notification was lost (a reconnect), and every
-poll interval while the listener has no connection, or had none when it last read.
+(sql_postgres.py): the notification goes out when that write commits, and only then. While a
+process waits, it holds one listening connection of its own (on psycopg 3.2+), opened by its
+first waiter and closed when its last waiter is done: no session outlives the waits (a test
+runner that drops its database afterwards finds none). A thread hands each notification to
+the waiters of that job. A waiter registers before it reads the record, so an end between
+its read and its wait is not missed; it reads again when told, every `REREAD` s in case a
+notification was lost (a reconnect), and every poll interval while the connection is not
+listening yet, or was not when it last read.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two reads of a waited-for record while listening.
 REREAD = 5.0
-#: Seconds the listening connection stays open without waiters before it is closed.
-IDLE_CLOSE = 60.0
 #: Seconds before a failed connection is tried again (waiters poll meanwhile).
 RETRY = 2.0
 
@@ -38,47 +38,66 @@ def channel_of(schema: str | None) -> str:
     return f"ergate_final_{schema or 'public'}"[:63]
 
 
+class _Session:
+    """One listening connection's life, from the first waiter to the last."""
+
+    def __init__(self) -> None:
+        #: Set while the connection listens: a notification sent from then on arrives.
+        self.listening = threading.Event()
+        self.stopped = False
+        self.conn: Any = None
+
+
 class Listener:
     """A process's listening connection on `channel`, opened by `connect` (a psycopg 3
-    connection), and the waiters it wakes."""
+    connection in autocommit) while anyone waits, and the waiters it wakes."""
 
     def __init__(self, connect: Callable[[], Any], channel: str) -> None:
         self._connect = connect
         self.channel = channel
         self._waiters: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        #: Set while the connection is listening: a notification sent from then on arrives.
-        self.listening = threading.Event()
+        self._session: _Session | None = None
+        self._pid = os.getpid()
+
+    def is_listening(self) -> bool:
+        """Whether a notification sent now reaches this process's waiters."""
+        session = self._session
+        return session is not None and session.listening.is_set()
 
     @contextmanager
     def watching(self, job_id: str) -> Iterator[threading.Event]:
-        """An event set when `job_id` ends (or when the listener has to be read around)."""
+        """An event set when `job_id` ends (or when the waiter should read anyway)."""
         event = threading.Event()
         with self._lock:
-            self._started()
+            if self._pid != os.getpid():  # a fork's child: neither thread nor waiters came
+                self._pid, self._session, self._waiters = os.getpid(), None, {}
+            if self._session is None:
+                self._session = _Session()
+                thread = threading.Thread(
+                    target=self._run, args=(self._session,), name="ergate-listen", daemon=True
+                )
+                thread.start()
             self._waiters.setdefault(job_id, set()).add(event)
         try:
             yield event
         finally:
-            with self._lock:
-                events = self._waiters.get(job_id, set())
-                events.discard(event)
-                if not events:
-                    self._waiters.pop(job_id, None)
+            self._unwatch(job_id, event)
 
-    def _started(self) -> None:
-        # A thread does not cross a fork: a child process starts a listener of its own.
-        alive = self._thread is not None and self._thread.is_alive()
-        if alive and self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self.listening = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(self.listening,), name="ergate-listen", daemon=True
-        )
-        self._thread.start()
+    def _unwatch(self, job_id: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._waiters.get(job_id, set())
+            events.discard(event)
+            if not events:
+                self._waiters.pop(job_id, None)
+            if self._waiters or self._session is None:
+                return
+            session, self._session = self._session, None
+            session.stopped = True
+            session.listening.clear()
+            conn = session.conn
+        if conn is not None:
+            conn.close()  # from this thread: the listening thread's wait ends at once
 
     def _wake(self, job_id: str | None) -> None:
         with self._lock:
@@ -89,45 +108,33 @@ class Listener:
         for event in events:
             event.set()
 
-    def _idle(self, listening: threading.Event) -> bool:
-        with self._lock:
-            if self._waiters:
-                return False
-            # Decided under the lock: a waiter that comes next starts a new thread.
-            listening.clear()
-            self._thread = None
-            return True
-
-    def _run(self, listening: threading.Event) -> None:
-        while True:
+    def _run(self, session: _Session) -> None:
+        while not session.stopped:
             try:
-                if self._listen(listening):
-                    return
+                self._listen(session)
             except Exception as exc:
+                if session.stopped:
+                    return  # its connection was closed on purpose
                 logger.warning("Listening for ended jobs failed (%r); reading instead", exc)
-            listening.clear()
+            session.listening.clear()
             self._wake(None)  # each waiter reads again, and polls until the next connection
             time.sleep(RETRY)
 
-    def _listen(self, listening: threading.Event) -> bool:
-        """Listen until idle for `IDLE_CLOSE` s (True); an error ends it otherwise."""
-        with self._connect() as conn:
+    def _listen(self, session: _Session) -> None:
+        conn = self._connect()
+        with self._lock:
+            if session.stopped:
+                conn.close()
+                return
+            session.conn = conn
+        with conn:
             conn.execute(f'LISTEN "{self.channel}"')
             # Each waiter reads again; one that reads once `listening` is set waits to be told.
             self._wake(None)
-            listening.set()
-            idle_since = None
-            while True:
-                for notify in conn.notifies(timeout=1.0):
+            session.listening.set()
+            while not session.stopped:
+                for notify in conn.notifies(timeout=REREAD):
                     self._wake(notify.payload)
-                with self._lock:
-                    waited = bool(self._waiters)
-                if waited:
-                    idle_since = None
-                elif idle_since is None:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > IDLE_CLOSE and self._idle(listening):
-                    return True
 
 
 def can_listen() -> bool:
@@ -163,7 +170,7 @@ def wait_final(
         while True:
             # Looked at before the read: a notification sent after the read arrives only if
             # the connection was listening then.
-            listened = listener.listening.is_set()
+            listened = listener.is_listening()
             job = read(job_id)
             if job is None or job.is_final:
                 return job
