@@ -12,8 +12,9 @@ installs it when bench/apps.py or bench/dbos_app.py is imported, with the trace 
 
 With `ERGATE_BENCH_CPROFILE` naming a folder, each Celery pool process of a worker (and
 bench/dbos_app.py's process, its launch forgotten) runs under cProfile, each thread timed by
-its own CPU clock so that waiting counts for nothing, and writes `<folder>/<pid>.prof` when it
-exits.
+its own CPU clock so that waiting counts for nothing (on Python 3.12+, where a process has one
+profiler at a time, every thread by the process's CPU clock), and writes `<folder>/<pid>.prof`
+when it exits.
 
 libpq buffers the trace in C: `flush` writes it out; `install_in_worker` calls it when a
 Celery pool process or the process exits (normally: a killed process loses its last lines).
@@ -29,6 +30,7 @@ import contextlib
 import itertools
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -115,6 +117,12 @@ class ThreadProfiles:
 
         self.folder = folder
         self._lock = threading.Lock()
+        if sys.version_info >= (3, 12):
+            # One profiler at a time per process (cProfile on sys.monitoring), and it sees
+            # every thread: the process's CPU clock, shared by its threads, times them all.
+            self._profilers = [cProfile.Profile(time.process_time)]
+            self._profilers[0].enable()
+            return
         self._profilers = [cProfile.Profile(time.thread_time)]
 
         def begin(frame: Any, event: str, arg: Any) -> None:

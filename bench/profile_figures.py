@@ -4,6 +4,7 @@ Markdown it prints."""
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,12 @@ from typing import Any
 from . import pgtrace
 
 SIDES = ("ergate", "dbos")
+#: How cProfile timed the threads (bench/pgtrace.py): one profiler per process on 3.12+.
+CLOCK = (
+    "each process's threads on its CPU clock"
+    if sys.version_info >= (3, 12)
+    else "each thread on its own CPU clock"
+)
 TITLES = {
     "ergate": "ergate_celery (RabbitMQ + PostgreSQL)",
     "dbos": "DBOS Transact",
@@ -151,7 +158,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            "Python time under cProfile (each thread on its own CPU clock; profiling inflates "
+            f"Python time under cProfile ({CLOCK}; profiling inflates "
             f"it): {python['ergate']['cpu_ms']:.2f} ms per step in ergate_celery's pool process, "
             f"{python['dbos']['cpu_ms']:.2f} ms in DBOS's process, by library:",
             "",

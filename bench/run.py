@@ -27,8 +27,9 @@ sides store their results in django-celery-results' table, as a Django project u
 ergate_celery does) and `embedded` (the file broker and SQLite of `make demo`).
 
 `length` (bench/job_length.py): a step of a 100-step job against a step of a 5-step job,
-next to bare chains of 100 and 5 links (Redis). `nodes` (bench/nodes.py): throughput with 1,
-2 and 4 worker nodes on Redis, with each component's CPU seconds. `listing`
+next to bare chains of 100 and 5 links (Redis, and RabbitMQ + PostgreSQL). `nodes`
+(bench/nodes.py): throughput with 1, 2 and 4 worker nodes on Redis, with each component's
+CPU seconds. `listing`
 (bench/listing.py): one `list_jobs` page with 1,000 and 100,000 stored jobs, on Redis and
 PostgreSQL. `waiting` (bench/waiting.py): sleeping jobs
 released per second by a release run, and wake-up lateness with 10,000 sleeping jobs. `scale`
@@ -506,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(table(report))
     if "length" in report:
-        print("\nJob length (Redis), ms per step:")
+        print("\nJob length, ms per step:")
         print(job_length.table(report["length"]))
     if "nodes" in report and report["nodes"].get("status") != "skipped":
         print("\nWorker nodes (Redis, ergate jobs and bare chains):")
@@ -552,8 +553,9 @@ def failures(report: dict[str, Any]) -> list[str]:
     found += [f"waiting: {title}" for title in report.get("waiting", {}).get("errors", {})]
     found += [f"nodes: {title}" for title in report.get("nodes", {}).get("errors", {})]
     found += [f"dbos: {title}" for title in report.get("dbos", {}).get("errors", {})]
-    if report.get("length", {}).get("status") == "failed":
-        found.append("length")
+    for backend, outcome in report.get("length", {}).get("backends", {}).items():
+        if outcome["status"] == "failed":
+            found.append(f"job length on {backend}")
     if report.get("flow", {}).get("status") == "failed":
         found.append("flow")
     return found

@@ -96,6 +96,17 @@ def main(schema: str, use_tz: bool) -> None:
         )
         if store.postgres is not None:
             assert len(queries) == 1, queries.captured_queries
+        # A fan-out's children: one statement for all, a taken id left alone.
+        children = [
+            job.model_copy(update={"id": f"{job.id}-{n}", "tags": {"run": prefix, "n": str(n)}})
+            for n in range(2)
+        ]
+        with CaptureQueriesContext(connection) as queries:
+            assert store.create_many([children[0], job, children[1]]) == [True, False, True]
+        if store.postgres is not None:
+            assert len(queries) == 1, queries.captured_queries
+        assert store.create_many([children[1]]) == [False]
+        assert store.get_many([str(child.id) for child in children]) == children
         # While its workflow is paused: parked in the same statement, stored as returned.
         store.set_paused("pg_writes", True)
         with CaptureQueriesContext(connection) as queries:
@@ -114,6 +125,8 @@ def main(schema: str, use_tz: bool) -> None:
             written = store.update(str(job.id), bump, assume=job, result=summary).after
         if store.postgres is not None:
             assert len(queries) == 1, queries.captured_queries
+            # The record compared against goes out as its digest, not a second time.
+            assert store._content(job) not in queries.captured_queries[0]["sql"]
         # A stale assumption misses, reads the row in the same statement, and writes again.
         again = store.update(str(job.id), bump, assume=job).after
         assert again is not None
@@ -128,7 +141,7 @@ def main(schema: str, use_tz: bool) -> None:
             else:
                 raise AssertionError("a duplicate id was stored")
             assert TaskRow.objects.filter(task_id=str(job.id)).exists()
-        ids = [str(job.id), str(later.id), str(parked.id)]
+        ids = [str(job.id), str(later.id), str(parked.id), *(str(c.id) for c in children)]
         entries = JobIndexEntry.objects.filter(job_id__in=ids)
         due = JobIndexEntry.objects.get(job_id=str(later.id)).at
         # Aware under USE_TZ, naive UTC without (as `_to_db`).
@@ -137,8 +150,9 @@ def main(schema: str, use_tz: bool) -> None:
             rows(TaskRow, frozenset({"result"}), task_id__in=ids),
             rows(TaskRow, task_id=f"{prefix}-step"),
             sorted((e.kind, e.job_id == str(later.id)) for e in entries),
-            list(JobListing.objects.filter(job_id__in=ids).values_list("workflow", "status")),
-            list(JobTag.objects.filter(job_id__in=ids).values_list("key", "value")),
+            # Sorted: rows made in one statement need not be stored in the ORM's order.
+            sorted(JobListing.objects.filter(job_id__in=ids).values_list("workflow", "status")),
+            sorted(JobTag.objects.filter(job_id__in=ids).values_list("key", "value")),
         ]
 
     one_statement = run("pg")
@@ -159,10 +173,49 @@ def main(schema: str, use_tz: bool) -> None:
     else:
         raise AssertionError("a write on a closed connection went through")
     assert store.update(str(job.id), bump, assume=job).after is not None
+    told_of_the_end(ergate, store)
     store._postgres = None  # the ORM writes, as on other databases
     orm = run("orm")
     one_statement[-1] = [(key, value.replace("pg", "orm")) for key, value in one_statement[-1]]
     assert one_statement == orm, (one_statement, orm)
+
+
+def told_of_the_end(ergate: Any, store: Any) -> None:
+    """`wait_final` ends on the final write's notification: with no read again unless told,
+    nothing else could end it (as tests/test_store_sql.py checks it on SQLAlchemy)."""
+    import threading
+
+    from ergate_celery import JobStatus
+    from ergate_celery.stores import sql_listen
+
+    job = ergate.submit_job("pg_writes", initial_input_value=4)
+    ended: list[Any] = []
+
+    def read_then_end(job_id: str) -> Any:
+        listening = store._listener.is_listening()
+        stored = type(store).get(store, job_id)
+        if listening and not ended:
+            ended.append(
+                store.update(
+                    job_id, lambda s: s.model_copy(update={"status": JobStatus.COMPLETED})
+                ).after
+            )
+        return stored
+
+    kept, sql_listen.REREAD = sql_listen.REREAD, 3600.0
+    store.get = read_then_end
+    try:
+        waited: list[Any] = []
+        waiter = threading.Thread(
+            target=lambda: waited.append(store.wait_final(str(job.id), None, 0.01)), daemon=True
+        )
+        waiter.start()
+        waiter.join(60.0)  # a bound for the failure only: told, it ends at once
+        assert len(ended) == 1
+        assert waited == ended, waited
+    finally:
+        sql_listen.REREAD = kept
+        del store.get
 
 
 if __name__ == "__main__":

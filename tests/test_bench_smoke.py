@@ -207,16 +207,18 @@ def test_nodes_bench_reports_throughput_and_cpu_per_component(tmp_path: Path) ->
 
 def test_job_length_bench_compares_long_and_short_jobs(tmp_path: Path) -> None:
     written, lines = run_part("length", tmp_path)
-    assert written["status"] == "ran", lines
-    assert written["steps"] == {"short": 5, "long": 100}
-    assert set(written["ms_per_step_median"]) == {
-        "ergate_short",
-        "ergate_long",
-        "bare_short",
-        "bare_long",
-    }
-    assert all(value > 0 for value in written["ms_per_step_median"].values())
-    assert written["long_over_short"]["ergate"]["median"] > 0
+    assert set(written["backends"]) == set(job_length.SETUPS)
+    for measured in written["backends"].values():
+        assert measured["status"] == "ran", lines
+        assert measured["steps"] == {"short": 5, "long": 100}
+        assert set(measured["ms_per_step_median"]) == {
+            "ergate_short",
+            "ergate_long",
+            "bare_short",
+            "bare_long",
+        }
+        assert all(value > 0 for value in measured["ms_per_step_median"].values())
+        assert measured["long_over_short"]["ergate"]["median"] > 0
     assert "100 steps" in job_length.table(written)
 
 

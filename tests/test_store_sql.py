@@ -2,13 +2,16 @@
 step summary stays once SUCCESS (as Celery's own write), and a pooled connection that the
 database closed while it sat idle is replaced, not handed to the caller."""
 
+import threading
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from psycopg import Binary
 
 from ergate_celery import Job
-from ergate_celery.stores import sql_statements
+from ergate_celery.model.job_status import JobStatus
+from ergate_celery.stores import sql_listen, sql_statements
 from ergate_celery.stores.base import TaskResult
 
 from .support import Setup
@@ -117,3 +120,121 @@ def test_a_read_on_a_connection_closed_since_its_last_use_is_sent_again(
     assert store.paused_workflows() == set()
     assert setup.ergate.list_jobs().jobs[0].id == job.id
     assert _backend_pid(store) != pid
+
+
+def _sent_and_received(store: Any) -> tuple[list[list[bytes]], list[list[bytes | None]]]:
+    """Start recording the bytes parameters of each statement the store's engine sends, and
+    each statement's first row as received (read from psycopg's result, not consumed)."""
+    sent: list[list[bytes]] = []
+    received: list[list[bytes | None]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        sent.append([bytes(getattr(v, "obj", v)) for v in values if isinstance(v, bytes | Binary)])
+
+    def after(conn: Any, cursor: Any, *args: Any) -> None:
+        result = cursor.pgresult
+        received.append([result.get_value(0, n) for n in range(result.nfields)])
+
+    sa.event.listen(store.engine, "before_cursor_execute", before)
+    sa.event.listen(store.engine, "after_cursor_execute", after)
+    return sent, received
+
+
+@pytest.mark.setup("rabbitmq_postgres")
+def test_a_write_sends_the_record_once_and_gets_it_back_only_on_a_miss(setup: Setup) -> None:
+    store: Any = setup.ergate.store
+    job = _job(setup)
+    stored = store._encoded(job)
+    sent, received = _sent_and_received(store)
+    written = store.update(str(job.id), _bump, assume=job).after
+    # The new record goes out; the one compared against only as its digest.
+    assert store._encoded(written) in sent[0]
+    assert stored not in sent[0]
+    # A write that succeeds gets one count back, not the record.
+    assert received[0][0] == b"1"
+    assert all(value is None for value in received[0][1:])
+    sent.clear()
+    received.clear()
+    # Against a record that changed since: the write misses and brings back the record that
+    # won, and the change is computed again on it (one more statement, no extra read).
+    again = store.update(str(job.id), _bump, assume=job).after
+    assert again.attempt == written.attempt + 1
+    assert len(received) == 2
+    assert received[0][0] == b"0"
+    assert any(value and store._encoded(written).hex().encode() in value for value in received[0])
+    assert received[1][0] == b"1"
+
+
+@pytest.mark.setup("rabbitmq_postgres")
+def test_reading_the_paused_workflows_keeps_the_prepared_statements(setup: Setup) -> None:
+    store: Any = setup.ergate.store
+    job = _job(setup)
+    for _ in range(8):  # psycopg prepares a statement at its fifth execution
+        job = store.update(str(job.id), _bump, assume=job).after
+    assert store.engine.pool.checkedin() == 1  # the same connection throughout
+    prepared = sa.text("SELECT count(*) FROM pg_prepared_statements")
+    with store.autocommit.connect() as conn:
+        assert conn.execute(prepared).scalar() > 0
+    assert store.paused_workflows() == set()
+    with store.autocommit.connect() as conn:
+        # A read in a transaction would have ended in a ROLLBACK, which psycopg follows with
+        # DEALLOCATE ALL: every step statement parsed and planned again.
+        assert conn.execute(prepared).scalar() > 0
+
+
+@pytest.mark.setup("rabbitmq_postgres", "embedded")
+def test_many_jobs_are_created_in_one_statement_and_a_taken_id_is_left_alone(
+    setup: Setup,
+) -> None:
+    store: Any = setup.ergate.store
+    job = _job(setup)
+    new = [
+        job.model_copy(update={"id": f"{job.id}-child-{n}", "tags": {"child": str(n)}})
+        for n in range(3)
+    ]
+    statements: list[str] = []
+    sa.event.listen(
+        store.engine, "before_cursor_execute", lambda _c, _k, s, *a: statements.append(s)
+    )
+    assert store.create_many([new[0], job, new[1], new[2]]) == [True, False, True, True]
+    if setup.name == "rabbitmq_postgres":
+        assert len(statements) == 1
+    assert store.create_many([new[1]]) == [False]
+    assert store.get_many([str(j.id) for j in new]) == new
+    assert [j.id for j in setup.ergate.list_jobs(tags={"child": "1"}).jobs] == [new[1].id]
+
+
+@pytest.mark.setup("rabbitmq_postgres")
+def test_a_waiter_is_told_of_the_jobs_end_without_reading_it_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No read again unless told: only the final write's notification can end this wait.
+    monkeypatch.setattr(sql_listen, "REREAD", 3600.0)
+    store: Any = setup.ergate.store
+    job = _job(setup)
+    ended: list[Job] = []
+    read = store.get
+
+    def read_then_end(job_id: str) -> Job | None:
+        # The job ends right after a read made while listening: the waiter has seen it
+        # running, and is told of its end only by the notification.
+        listening = store._listener.is_listening()
+        stored = read(job_id)
+        if listening and not ended:
+            ended.append(store.update(job_id, _completed).after)
+        return stored
+
+    monkeypatch.setattr(store, "get", read_then_end)
+    waited: list[Job | None] = []
+    waiter = threading.Thread(
+        target=lambda: waited.append(store.wait_final(str(job.id), None, 0.01)), daemon=True
+    )
+    waiter.start()
+    waiter.join(60.0)  # a bound for the failure only: told, it ends at once
+    assert len(ended) == 1
+    assert waited == ended
+
+
+def _completed(stored: Job) -> Job:
+    return stored.model_copy(update={"status": JobStatus.COMPLETED})

@@ -229,6 +229,21 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
         stored = self._read(job_id)
         return None if stored is None else stored.job
 
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """See `JobStore.get_many`; here one read per job."""
+        return [self.get(job_id) for job_id in job_ids]
+
+    def create_many(self, jobs: list[Job]) -> list[bool]:
+        """See `JobStore.create_many`; here one write per job."""
+        return [self._create_one(job) for job in jobs]
+
+    def _create_one(self, job: Job) -> bool:
+        try:
+            self.create(job)
+        except DuplicateJobError:
+            return False
+        return True
+
     def update(
         self,
         job_id: str,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from celery import states
-from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from ergate_celery.model.job import Job
@@ -25,9 +25,11 @@ from ergate_celery.stores.base import (
     job_from_document,
 )
 from ergate_celery.stores.django_flow import DjangoFlowRows, app_model
-from ergate_celery.stores.django_postgres import DjangoPostgres
+from ergate_celery.stores.django_listing import from_db, list_job, listed_rows, to_db, unlist
+from ergate_celery.stores.django_postgres import DjangoPostgres, connect_for_listening, is_psycopg3
 from ergate_celery.stores.listing import JobQuery, Position
-from ergate_celery.stores.task_rows import date_done, row_columns
+from ergate_celery.stores.sql_listen import Listener, can_listen, wait_final
+from ergate_celery.stores.task_rows import NewJob, date_done, row_columns
 
 #: The compare-and-set token: the row's status and result columns as read.
 Columns = tuple[str, str]
@@ -36,15 +38,6 @@ Columns = tuple[str, str]
 # a job that must not expire carries a date_done that never comes; it gets a real one when
 # the expiry rule says it may expire.
 _NEVER = datetime(9999, 12, 31, tzinfo=UTC)
-
-
-def _to_db(moment: datetime) -> datetime:
-    """`moment` as Django stores it: aware under USE_TZ, naive UTC without."""
-    return moment if settings.USE_TZ else moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def _from_db(moment: datetime) -> datetime:
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
@@ -63,6 +56,7 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         self.upserts = bool(features.supports_update_conflicts_with_target)
         self.writes_task_result = self.upserts
         self._postgres: DjangoPostgres | bool | None = False  # False: not looked at yet
+        self._listener: Listener | None = None
 
     @property
     def postgres(self) -> DjangoPostgres | None:
@@ -105,9 +99,9 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
 
     def _date_done(self, job: Job) -> datetime:
         if not expiring(job):
-            return _to_db(_NEVER)
+            return to_db(_NEVER)
         done = date_done(self, job)
-        return timezone.now() if done is None else _to_db(done)
+        return timezone.now() if done is None else to_db(done)
 
     @property
     def index(self) -> Any:
@@ -120,7 +114,7 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
             index.objects.filter(job_id=str(job.id)).delete()
         if entry is None:
             return
-        row = index(job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at))
+        row = index(job_id=entry.job_id, kind=entry.kind, at=to_db(entry.at))
         if self.upserts:
             index.objects.bulk_create(
                 [row], update_conflicts=True, unique_fields=["job_id"], update_fields=["kind", "at"]
@@ -172,6 +166,17 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         }
         return [found.get(job_id) for job_id in job_ids]
 
+    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
+        """See `JobStore.wait_final`: on PostgreSQL with psycopg 3, told of the job's end by a
+        notification (sql_listen.py); elsewhere by reading every `poll_interval` s."""
+        postgres = self.postgres
+        if postgres is None or not is_psycopg3() or not can_listen():
+            return super().wait_final(job_id, timeout, poll_interval)
+        if self._listener is None:
+            connect = partial(connect_for_listening, postgres.alias)
+            self._listener = Listener(connect, postgres.channel)
+        return wait_final(self._listener, self.get, job_id, timeout, poll_interval)
+
     def _token_of(self, job: Job) -> Columns:
         return job.status.name, self._content(job)
 
@@ -221,13 +226,14 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
             {
                 "b_task_id": job_id,
                 "b_status": status,
-                "b_result": content,
+                "b_digest": hashlib.sha256(content.encode()).digest(),
                 **postgres.prepare(values),
             },
             tuple(values),
-            None if entry is None else (entry.kind, _to_db(entry.at)),
+            None if entry is None else (entry.kind, to_db(entry.at)),
             None if status == new.status.name else new.status.name,
             summary,
+            final=new.is_final,
         )
         if written:
             return Outcome.WRITTEN
@@ -247,7 +253,7 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
                 # date_done is auto_now, which save() overrides: set it with an UPDATE.
                 self.model.objects.filter(task_id=str(job.id)).update(date_done=values["date_done"])
                 self._reindex(job)
-                self._list(job)
+                list_job(job)
         except IntegrityError:
             return False
         return True
@@ -273,6 +279,27 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
     ) -> tuple[bool, bool]:
         """Whether `job` was stored in one statement, and whether parked (with `paused`: its
         workflow and parked `result`, stored instead if the workflow is paused)."""
+        new = self._new_job(postgres, job, values)
+        try:
+            return postgres.create(dict(new.row), new.entry, new.listed, new.tags, paused)
+        except IntegrityError:  # as the ORM path: a listing row left behind by the id
+            return False, False
+
+    def create_many(self, jobs: list[Job]) -> list[bool]:
+        """See `JobStore.create_many`: on PostgreSQL, one statement for all of `jobs`."""
+        postgres = self.postgres
+        if postgres is None or not jobs:
+            return super().create_many(jobs)
+        new = [self._new_job(postgres, job, self._values(job, self.create_limit)) for job in jobs]
+        try:
+            created = postgres.create_many(new)
+        except IntegrityError:  # what an expired record left under an id: `create` clears it
+            return super().create_many(jobs)
+        return [str(job.id) in created for job in jobs]
+
+    def _new_job(self, postgres: DjangoPostgres, job: Job, values: dict[str, Any]) -> NewJob:
+        """`job` as one statement creates it: its row's INSERT parameters, its index entry,
+        its listing row and tags."""
         row = postgres.prepared(self.model(task_id=str(job.id), **values), postgres.insert_fields)
         # As the ORM path's UPDATE after its INSERT: date_done as computed, not auto_now's now.
         row["s_date_done"] = postgres.prepare({"date_done": values["date_done"]})["v_date_done"]
@@ -280,17 +307,13 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
         submitted = job.submitted_at
         listed = None
         if submitted is not None:  # as `_list`: tags go with the listing row
-            listed = (job.workflow_name, job.status.name, _to_db(submitted))
-        try:
-            return postgres.create(
-                row,
-                None if entry is None else (entry.kind, _to_db(entry.at)),
-                listed,
-                job.tags if listed else {},
-                paused,
-            )
-        except IntegrityError:  # as the ORM path: a listing row left behind by the id
-            return False, False
+            listed = (job.workflow_name, job.status.name, to_db(submitted))
+        return NewJob(
+            row,
+            None if entry is None else (entry.kind, to_db(entry.at)),
+            listed,
+            job.tags if listed else {},
+        )
 
     def _drop_leftovers(self, job_id: str) -> bool:
         # django-celery-results' cleanup deletes expired TaskResult rows only.
@@ -298,84 +321,38 @@ class DjangoJobStore(DjangoFlowRows, BaseJobStore[Columns]):
             if self.model.objects.filter(task_id=job_id).exists():
                 return False
             self.index.objects.filter(job_id=job_id).delete()
-            _unlist([job_id])
+            unlist([job_id])
         return True
 
     def delete(self, job_id: str) -> None:
         with transaction.atomic():
             self.model.objects.filter(task_id=job_id).delete()
             self.index.objects.filter(job_id=job_id).delete()
-            _unlist([job_id])
+            unlist([job_id])
 
     def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
-        rows = self.index.objects.filter(kind=kind, at__lte=_to_db(until)).order_by("at")[:limit]
+        rows = self.index.objects.filter(kind=kind, at__lte=to_db(until)).order_by("at")[:limit]
         return [
-            IndexEntry(kind, str(job_id), _from_db(at))
+            IndexEntry(kind, str(job_id), from_db(at))
             for job_id, at in rows.values_list("job_id", "at")
         ]
 
     def drop_index_entry(self, entry: IndexEntry) -> bool:
         dropped, _ = self.index.objects.filter(
-            job_id=entry.job_id, kind=entry.kind, at=_to_db(entry.at)
+            job_id=entry.job_id, kind=entry.kind, at=to_db(entry.at)
         ).delete()
         return bool(dropped)
-
-    # The listing index.
-
-    def _list(self, job: Job) -> None:
-        if job.submitted_at is None:
-            return
-        job_id = str(job.id)
-        app_model("JobListing").objects.create(
-            job_id=job_id,
-            workflow=job.workflow_name,
-            status=job.status.name,
-            submitted_at=_to_db(job.submitted_at),
-        )
-        tag = app_model("JobTag")
-        tag.objects.bulk_create(
-            [tag(job_id=job_id, key=key, value=value) for key, value in job.tags.items()]
-        )
 
     def _listed(
         self, query: JobQuery, after: Position | None, count: int
     ) -> list[tuple[Position, Job | None]]:
-        rows = app_model("JobListing").objects.all()
-        if query.statuses is not None:
-            rows = rows.filter(status__in=[status.name for status in query.statuses])
-        if query.workflow is not None:
-            rows = rows.filter(workflow=query.workflow)
-        if query.since is not None:
-            rows = rows.filter(submitted_at__gte=_to_db(query.since))
-        if query.until is not None:
-            rows = rows.filter(submitted_at__lte=_to_db(query.until))
-        tags = app_model("JobTag").objects
-        for key, value in query.tags.items():
-            rows = rows.filter(job_id__in=tags.filter(key=key, value=value).values("job_id"))
-        if after is not None:
-            at = _to_db(after.at)
-            rows = rows.filter(Q(submitted_at__lt=at) | Q(submitted_at=at, job_id__lt=after.job_id))
-        entries = list(
-            rows.order_by("-submitted_at", "-job_id").values_list("job_id", "submitted_at")[:count]
-        )
-        records = {
-            row.task_id: row
-            for row in self.model.objects.filter(task_id__in=[job_id for job_id, _ in entries])
-        }
         listed: list[tuple[Position, Job | None]] = []
-        for job_id, at in entries:
-            row = records.get(job_id)
+        for position, row in listed_rows(self.model, query, after, count):
             job = None
             if row is not None and row.result is not None:
                 job = job_from_document(self.backend.decode_content(row, row.result))
-            listed.append((Position(_from_db(at), str(job_id)), job))
+            listed.append((position, job))
         gone = [position.job_id for position, job in listed if job is None]
         if gone:  # removed by backend_cleanup: trim what the records left behind
-            _unlist(gone)
+            unlist(gone)
         return listed
-
-
-def _unlist(job_ids: list[str]) -> None:
-    with transaction.atomic():
-        app_model("JobListing").objects.filter(job_id__in=job_ids).delete()
-        app_model("JobTag").objects.filter(job_id__in=job_ids).delete()

@@ -24,7 +24,13 @@ from typing import Any, NamedTuple
 from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from ergate_celery.stores.task_rows import create_parameters, write_parameters
+from ergate_celery.stores.sql_listen import channel_of
+from ergate_celery.stores.task_rows import (
+    NewJob,
+    batch_parameters,
+    create_parameters,
+    write_parameters,
+)
 
 
 class Found(NamedTuple):
@@ -72,8 +78,11 @@ class DjangoPostgres:
         ]
         self.table = quote(meta.db_table)
         self.task_id = self._column(model, "task_id")
-        self._shapes: dict[tuple[tuple[str, ...], bool, bool, tuple[str, ...]], str] = {}
+        self._shapes: dict[tuple[tuple[str, ...], bool, bool, tuple[str, ...], bool], str] = {}
+        #: The channel a job's final write notifies (sql_listen.py).
+        self.channel = channel_of(meta.db_table)
         self._inserts: dict[tuple[bool, bool], str] = {}
+        self._many: str | None = None
 
     def _column(self, model: Any, name: str) -> str:
         return str(self._q(model._meta.get_field(name).column))
@@ -126,7 +135,12 @@ class DjangoPostgres:
         )
 
     def _shape(
-        self, columns: tuple[str, ...], indexed: bool, relisted: bool, summary: tuple[str, ...]
+        self,
+        columns: tuple[str, ...],
+        indexed: bool,
+        relisted: bool,
+        summary: tuple[str, ...],
+        final: bool,
     ) -> str:
         column = self._column
         model = self.model
@@ -134,7 +148,9 @@ class DjangoPostgres:
         parts = [
             f"written AS (UPDATE {self.table} SET {sets} WHERE {self.task_id} = %(b_task_id)s "
             f"AND {column(model, 'status')} = %(b_status)s "
-            f"AND {column(model, 'result')} = %(b_result)s RETURNING {self.task_id} AS task_id)",
+            # The result compared by its digest: the record is not sent twice.
+            f"AND sha256(convert_to({column(model, 'result')}, 'UTF8')) = %(b_digest)s "
+            f"RETURNING {self.task_id} AS task_id)",
             f"indexed AS ({self._index_part('written', indexed)})",
         ]
         if relisted:
@@ -160,11 +176,17 @@ class DjangoPostgres:
             f"found.{column(model, name)}"
             for name in ("status", "result", "content_type", "content_encoding")
         )
-        # The row as it stood before this statement: read only when nothing was written.
+        if final:
+            # Sent when this statement commits, and only if it wrote: the job has ended. A
+            # SELECT in a WITH runs only if the statement reads it.
+            parts.append("notified AS (SELECT pg_notify(%(n_channel)s, task_id) FROM written)")
+            found += ", (SELECT count(*) FROM notified)"
+        # The row as it stood before this statement, only when nothing was written: a write
+        # that succeeds gets back one integer, not the record.
         return (
             f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM written), {found} "
             f"FROM (SELECT 1) AS one LEFT JOIN {self.table} AS found "
-            f"ON found.{self.task_id} = %(b_task_id)s"
+            f"ON found.{self.task_id} = %(b_task_id)s AND NOT EXISTS (SELECT 1 FROM written)"
         )
 
     def _insert(self, indexed: bool, unless_paused: bool) -> str:
@@ -210,6 +232,49 @@ class DjangoPostgres:
             f"SELECT (SELECT count(*) FROM created), {reported}"
         )
 
+    def _array(self, model: Any, name: str, param: str) -> str:
+        """`%(param)s`, a list of the field `name`'s values, as a typed array (see `_cast`)."""
+        field = model._meta.get_field(name)
+        kind = "text"
+        if field.get_internal_type() not in ("CharField", "TextField"):
+            kind = field.db_type(self._vendor_connection)
+        return f"CAST(%({param})s AS {kind}[])"
+
+    def _insert_many(self) -> str:
+        # As `_insert`, for many rows: one array per column, unnested into rows, so the text
+        # is the same for any number of jobs; the other tables' rows join the created ones.
+        model, column, q = self.model, self._column, self._q
+        names = [field.name for field in self.insert_fields]
+        into = ", ".join(column(model, name) for name in names)
+        rows = ", ".join(self._array(model, name, f"r_{name}") for name in names)
+        parts = [
+            f"created AS (INSERT INTO {self.table} ({into}) SELECT * FROM unnest({rows}) "
+            f"ON CONFLICT ({self.task_id}) DO NOTHING RETURNING {self.task_id} AS task_id)"
+        ]
+        index_key = column(self.index, "job_id")
+        kind, at = column(self.index, "kind"), column(self.index, "at")
+        for name, model_of, prefix, fields, conflict in (
+            (
+                "indexed",
+                self.index,
+                "i",
+                ("job_id", "kind", "at"),
+                f" ON CONFLICT ({index_key}) DO UPDATE SET {kind} = EXCLUDED.{kind}, "
+                f"{at} = EXCLUDED.{at}",
+            ),
+            ("listed", self.listing, "l", ("job_id", "workflow", "status", "submitted_at"), ""),
+            ("tagged", self.tag, "t", ("job_id", "key", "value"), ""),
+        ):
+            arrays = ", ".join(self._array(model_of, f, f"{prefix}_{f}") for f in fields)
+            parts.append(
+                f"{name} AS (INSERT INTO {q(model_of._meta.db_table)} "
+                f"({', '.join(column(model_of, f) for f in fields)}) "
+                f"SELECT {', '.join(f'given.{f}' for f in fields)} "
+                f"FROM unnest({arrays}) AS given({', '.join(fields)}) "
+                f"JOIN created ON created.task_id = given.job_id{conflict})"
+            )
+        return f"WITH {', '.join(parts)} SELECT task_id FROM created"
+
     # Running them.
 
     @contextmanager
@@ -237,27 +302,45 @@ class DjangoPostgres:
         entry: tuple[str, Any] | None,
         relist: str | None,
         summary: tuple[tuple[str, ...], dict[str, Any]] | None,
+        final: bool = False,
     ) -> Written:
         """Set the row's `columns` (params hold them as `v_<name>`, and `b_task_id`,
-        `b_status`, `b_result` to compare), its index `entry` (kind, at) or none, its listing
-        status `relist` when it changed, and the step's `summary` (the columns its upsert
-        sets on conflict, and its row's parameters)."""
+        `b_status`, `b_digest` to compare: the SHA-256 of the result's UTF-8), its index
+        `entry` (kind, at) or none, its listing status `relist` when it changed, and the
+        step's `summary` (the columns its upsert sets on conflict, and its row's
+        parameters); a `final` write notifies the channel (its waiters) of the job's id."""
         key = (
             columns,
             entry is not None,
             relist is not None,
             () if summary is None else summary[0],
+            final,
         )
         statement = self._shapes.get(key)
         if statement is None:
             statement = self._shapes[key] = self._shape(*key)
         values = write_parameters(params, entry, relist, None if summary is None else summary[1])
+        if final:
+            values["n_channel"] = self.channel
         with self._cursor() as cursor:
             cursor.execute(statement, values)
-            count, *found = cursor.fetchone()
+            count, *found = cursor.fetchone()[:5]  # the notified count, if any, follows
         if count == 1:
             return Written(True, None)
         return Written(False, None if found[0] is None else Found(*found))
+
+    def create_many(self, jobs: list[NewJob]) -> set[str]:
+        """Insert the rows of `jobs` (each its INSERT parameters) whose ids are free, with
+        their index entries, listing rows and tags, in one statement; the ids stored.
+        IntegrityError (nothing written) when a listing row or tag of a created job is there
+        already (left by an expired record)."""
+        if self._many is None:
+            self._many = self._insert_many()
+        names = [field.name for field in self.insert_fields]
+        params = batch_parameters(jobs, names, "s_{}")
+        with self._cursor() as cursor:
+            cursor.execute(self._many, params)
+            return {str(task_id) for (task_id,) in cursor.fetchall()}
 
     def create(
         self,
@@ -282,3 +365,19 @@ class DjangoPostgres:
             cursor.execute(statement, params)
             count, stored_parked = cursor.fetchone()
         return count == 1, bool(stored_parked)
+
+
+def is_psycopg3() -> bool:
+    """Whether Django's PostgreSQL backend runs on psycopg 3 (LISTEN is read with it)."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3 as found
+
+    return bool(found)
+
+
+def connect_for_listening(alias: str) -> Any:
+    """A psycopg 3 connection of its own to the database of `alias`, made as Django makes
+    its own (its `OPTIONS`), in autocommit."""
+    connection = connections[alias]
+    conn = connection.get_new_connection(connection.get_connection_params())
+    conn.autocommit = True
+    return conn

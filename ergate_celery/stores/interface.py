@@ -48,6 +48,14 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> Job | None:
         """The stored job, or None."""
 
+    def get_many(self, job_ids: list[str]) -> list[Job | None]:
+        """The stored jobs of `job_ids`, in order (None for a gone one), in one round trip
+        where the backend can."""
+
+    def create_many(self, jobs: list[Job]) -> list[bool]:
+        """Store each of `jobs` unless its id is taken (that record is untouched), as `create`
+        does each one, in one round trip where the backend can; whether each was stored."""
+
     def update(
         self,
         job_id: str,

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from celery import states
 from sqlalchemy.dialects import postgresql as pg
 
+from ergate_celery.stores.sql_listen import channel_of
 from ergate_celery.stores.sql_statements import compare_and_set
 from ergate_celery.stores.task_rows import create_parameters, write_parameters
 
@@ -32,6 +33,28 @@ class Written(NamedTuple):
 
     written: bool
     row: Any
+
+
+class Compiled:
+    """A statement compiled once for the connection's dialect and sent as its SQL text: an
+    execution then skips SQLAlchemy's statement cache lookup and compiled-parameter work,
+    which on a statement of several CTEs is most of SQLAlchemy's time per step."""
+
+    def __init__(self, statement: Any, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.text: str = compiled.string
+        #: The values of the statement's own literals (`sa.literal`, a compared constant).
+        self.fixed = {name: value for name, value in compiled.params.items() if value is not None}
+        self.processors = dict(compiled._bind_processors)
+
+    def run(self, conn: sa.Connection, values: dict[str, Any]) -> sa.CursorResult[Any]:
+        """Execute with `values` (by bind name), as `conn.execute` of the statement would."""
+        params = {**self.fixed, **values}
+        for name, process in self.processors.items():
+            value = params.get(name)
+            if value is not None:
+                params[name] = process(value)
+        return conn.exec_driver_sql(self.text, params)
 
 
 class PostgresStatements:
@@ -50,8 +73,10 @@ class PostgresStatements:
         self.table, self.index, self.listing, self.tags = table, index, listing, tags
         self.paused = paused
         self.summary_columns = summary_columns
-        self._shapes: dict[tuple[bool, bool, bool], Any] = {}
-        self._inserts = {paused: self._insert(paused) for paused in (False, True)}
+        self._shapes: dict[tuple[bool, bool, bool, bool], Compiled] = {}
+        #: The channel a job's final write notifies (sql_listen.py).
+        self.channel = channel_of(table.schema)
+        self._inserts: dict[bool, Compiled] = {}
 
     def _index_upsert(self, source: Any, key: Any, *when: Any) -> Any:
         index = self.index
@@ -64,9 +89,9 @@ class PostgresStatements:
             set_={"kind": statement.excluded.kind, "at": statement.excluded.at},
         )
 
-    def _shape(self, indexed: bool, relisted: bool, summarized: bool) -> Any:
+    def _shape(self, indexed: bool, relisted: bool, summarized: bool, final: bool) -> Any:
         table, column = self.table, self.table.c
-        written = compare_and_set(table).returning(column.task_id).cte("written")
+        written = compare_and_set(table, by_digest=True).returning(column.task_id).cte("written")
         parts = []
         if indexed:
             parts.append(self._index_upsert(written, written.c.task_id).cte("indexed"))
@@ -99,11 +124,27 @@ class PostgresStatements:
             parts.append(summary.cte("summarized"))
         found = table.alias("found")
         count = sa.select(sa.func.count()).select_from(written).scalar_subquery()
-        # The row as it stood before this statement: read only when nothing was written.
+        columns = [count.label("written"), found.c.status, found.c.result]
+        if final:
+            # Sent when this statement commits, and only if it wrote: the job has ended.
+            notified = sa.select(
+                sa.func.pg_notify(sa.bindparam("n_channel", type_=sa.Text), written.c.task_id)
+            ).cte("notified")
+            # A SELECT in a WITH runs only if the statement reads it.
+            told = sa.select(sa.func.count()).select_from(notified).scalar_subquery()
+            columns.append(told.label("notified"))
+        # The row as it stood before this statement, only when nothing was written: a write
+        # that succeeds gets back one integer, not the record.
         return (
-            sa.select(count.label("written"), found.c.status, found.c.result)
+            sa.select(*columns)
             .select_from(sa.select(sa.literal(1).label("one")).subquery())
-            .outerjoin(found, found.c.task_id == sa.bindparam("b_task_id"))
+            .outerjoin(
+                found,
+                sa.and_(
+                    found.c.task_id == sa.bindparam("b_task_id"),
+                    ~sa.exists(sa.select(written.c.task_id)),
+                ),
+            )
             .add_cte(*parts)
         )
 
@@ -114,19 +155,23 @@ class PostgresStatements:
         entry: tuple[str, Any] | None,
         relist: str | None,
         summary: dict[str, Any] | None,
+        final: bool = False,
     ) -> Written:
-        """Write the job (params: `b_task_id`, `b_status`, `b_result` to compare and the new
+        """Write the job (params: `b_task_id`, `b_status`, `b_digest` to compare and the new
         columns) with its index `entry` (kind, at) or none, its listing status `relist` when
-        it changed, and the step's `summary` row, if its row still holds what is compared."""
-        key = (entry is not None, relist is not None, summary is not None)
+        it changed, and the step's `summary` row, if its row still holds what is compared;
+        a `final` write notifies the store's channel (its waiters) of the job's id."""
+        key = (entry is not None, relist is not None, summary is not None, final)
         statement = self._shapes.get(key)
         if statement is None:
-            statement = self._shapes[key] = self._shape(*key)
+            statement = self._shapes[key] = Compiled(self._shape(*key), conn.dialect)
         summarized = None
         if summary is not None:
             summarized = {f"s_{name}": value for name, value in summary.items()}
         values = write_parameters(params, entry, relist, summarized)
-        row = conn.execute(statement, values).one()
+        if final:
+            values["n_channel"] = self.channel
+        row = statement.run(conn, values).one()
         if row.written == 1:
             return Written(True, None)
         return Written(False, None if row.status is None else row)
@@ -205,5 +250,9 @@ class PostgresStatements:
         params = create_parameters(values, entry, listed, tags)
         if parked is not None:
             params["p_workflow"], params["p_result"] = parked
-        row = conn.execute(self._inserts[parked is not None], params).one()
+        statement = self._inserts.get(parked is not None)
+        if statement is None:
+            statement = Compiled(self._insert(parked is not None), conn.dialect)
+            self._inserts[parked is not None] = statement
+        row = statement.run(conn, params).one()
         return bool(row.parked)

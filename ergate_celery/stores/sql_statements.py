@@ -8,6 +8,7 @@ DELETE + INSERT for the index and to Celery's `store_result` for the summary.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -38,16 +39,20 @@ def upsert_for(url: Any) -> Callable[[sa.Table], Any] | None:
     return None
 
 
-def compare_and_set(table: sa.Table) -> sa.Update:
+def compare_and_set(table: sa.Table, *, by_digest: bool = False) -> sa.Update:
     """The job row's compare-and-set: the new columns, only where the row still holds the
-    status and result read (`b_status`, `b_result`)."""
+    status and result read (`b_status`, and `b_result`; or, `by_digest`, the SHA-256 of the
+    result `b_digest`, so that the record is not sent twice: PostgreSQL)."""
     column = table.c
+    same: Any = column.result == sa.bindparam("b_result")
+    if by_digest:
+        same = sa.func.sha256(column.result) == sa.bindparam("b_digest", type_=sa.LargeBinary)
     return (
         sa.update(table)
         .where(
             column.task_id == sa.bindparam("b_task_id"),
             column.status == sa.bindparam("b_status"),
-            column.result == sa.bindparam("b_result"),
+            same,
         )
         .values(
             status=sa.bindparam("status"),
@@ -56,6 +61,11 @@ def compare_and_set(table: sa.Table) -> sa.Update:
             date_done=sa.bindparam("date_done"),
         )
     )
+
+
+def digest_of(raw: bytes) -> bytes:
+    """The SHA-256 of a stored record, as PostgreSQL's `sha256()` computes it."""
+    return hashlib.sha256(raw).digest()
 
 
 class Statements:

@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,12 +24,21 @@ from ergate_celery.stores.base import (
     job_from_document,
 )
 from ergate_celery.stores.listing import JobQuery, Position
+from ergate_celery.stores.sql_batch import BatchCreate
+from ergate_celery.stores.sql_listen import (
+    Listener,
+    can_listen,
+    connect_for_listening,
+    wait_final,
+)
+from ergate_celery.stores.sql_listing import list_job, listing_page, unlist
 from ergate_celery.stores.sql_postgres import PostgresStatements
 from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
-from ergate_celery.stores.sql_statements import Statements, engine_for, reading
+from ergate_celery.stores.sql_statements import Statements, digest_of, engine_for, reading
 from ergate_celery.stores.sql_tables import job_tables, naive_utc
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
-from ergate_celery.stores.task_rows import date_done, row_columns
+from ergate_celery.stores.task_rows import NewJob, date_done, row_columns
+from ergate_celery.stores.written import LastWritten
 
 _ENGINE_LOCK = threading.Lock()
 
@@ -46,6 +56,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         self.table: sa.Table = backend.task_cls.__table__
         self.index, self.listing, self.tags, self.paused = job_tables(self.table.schema)
         self.slots_table = slots_table(self.index.metadata)
+        self._paused_names = sa.select(self.paused.c.workflow)
         self.sql = Statements(self.table, self.index, self.listing, backend.url)
         #: The step summary goes in the job's transaction where the database has upserts.
         self.writes_task_result = self.sql.writes_summaries
@@ -60,6 +71,10 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 self.paused,
                 self.sql.summary_columns,
             )
+            self.batch = BatchCreate(self.table, self.index, self.listing, self.tags)
+        self._listener: Listener | None = None
+        #: The records written last: a step's outcome is compared against its claim's.
+        self._written: LastWritten[Columns] = LastWritten()
         self._engine: sa.Engine | None = None
         self._autocommit: sa.Engine | None = None
         self._engine_pid = 0
@@ -155,8 +170,18 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         }
         return [found.get(job_id) for job_id in job_ids]
 
+    def wait_final(self, job_id: str, timeout: float | None, poll_interval: float) -> Job | None:
+        """See `JobStore.wait_final`: on PostgreSQL with psycopg 3, told of the job's end by a
+        notification (sql_listen.py); elsewhere by reading every `poll_interval` s."""
+        if self.postgres is None or self.engine.dialect.driver != "psycopg" or not can_listen():
+            return super().wait_final(job_id, timeout, poll_interval)
+        if self._listener is None:
+            connect = partial(connect_for_listening, self.engine)
+            self._listener = Listener(connect, self.postgres.channel)
+        return wait_final(self._listener, self.get, job_id, timeout, poll_interval)
+
     def _token_of(self, job: Job) -> Columns:
-        return job.status.name, self._encoded(job)
+        return self._written.of(job) or (job.status.name, self._encoded(job))
 
     def _compare_and_set(
         self,
@@ -199,12 +224,14 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         with self.autocommit.connect() as conn:
             written, row = self.postgres.compare_and_set(
                 conn,
-                {"b_task_id": job_id, "b_status": status, "b_result": raw, **values},
+                {"b_task_id": job_id, "b_status": status, "b_digest": digest_of(raw), **values},
                 None if entry is None else (entry.kind, naive_utc(entry.at)),
                 None if status == new.status.name else new.status.name,
                 None if result is None else self.sql.summary_values(self.backend, result, new),
+                final=new.is_final,
             )
         if written:
+            self._written.remember(new, (new.status.name, values["result"]))
             return Outcome.WRITTEN
         if row is None or row.result is None:
             return Outcome.GONE
@@ -221,10 +248,38 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                     )
                 )
                 self._reindex(conn, job)
-                self._list(conn, job)
+                list_job(conn, self.listing, self.tags, job)
         except IntegrityError:
             return False
         return True
+
+    def create_many(self, jobs: list[Job]) -> list[bool]:
+        """See `JobStore.create_many`: on PostgreSQL, one statement for all of `jobs`."""
+        if self.postgres is None or not jobs:
+            return super().create_many(jobs)
+        now = self.clock()
+        new = []
+        for job in jobs:
+            entry = index_entry(job, now=now)
+            submitted = job.submitted_at
+            row = {"task_id": str(job.id), **self._values(job, self.create_limit)}
+            new.append(
+                NewJob(
+                    row,
+                    None if entry is None else (entry.kind, naive_utc(entry.at)),
+                    None
+                    if submitted is None
+                    else (job.workflow_name, job.status.name, naive_utc(submitted)),
+                    job.tags,
+                )
+            )
+        try:
+            with self.autocommit.connect() as conn:
+                created = self.batch.create(conn, new)
+        except IntegrityError:
+            # What an expired record left under one of the ids: `create` clears it.
+            return super().create_many(jobs)
+        return [str(job.id) in created for job in jobs]
 
     def _insert_unless_paused(self, job: Job) -> Job | None:
         if self.postgres is None:
@@ -264,14 +319,14 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             if conn.execute(held).first() is not None:
                 return False
             conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
-            self._unlist(conn, [job_id])
+            unlist(conn, self.listing, self.tags, [job_id])
         return True
 
     def delete(self, job_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(self.table).where(self.table.c.task_id == job_id))
             conn.execute(sa.delete(self.index).where(self.index.c.job_id == job_id))
-            self._unlist(conn, [job_id])
+            unlist(conn, self.listing, self.tags, [job_id])
 
     def index_entries(self, kind: str, until: datetime, limit: int) -> list[IndexEntry]:
         column = self.index.c
@@ -281,7 +336,7 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
             .order_by(column.at)
             .limit(limit)
         )
-        rows = reading(self.engine, lambda conn: conn.execute(query).all())
+        rows = reading(self.autocommit, lambda conn: conn.execute(query).all())
         return [IndexEntry(kind, str(job_id), at.replace(tzinfo=UTC)) for job_id, at in rows]
 
     def drop_index_entry(self, entry: IndexEntry) -> bool:
@@ -298,59 +353,11 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
 
     # The listing index.
 
-    def _list(self, conn: sa.Connection, job: Job) -> None:
-        if job.submitted_at is None:
-            return
-        job_id = str(job.id)
-        conn.execute(
-            sa.insert(self.listing).values(
-                job_id=job_id,
-                workflow=job.workflow_name,
-                status=job.status.name,
-                submitted_at=naive_utc(job.submitted_at),
-            )
-        )
-        if job.tags:
-            conn.execute(
-                sa.insert(self.tags),
-                [{"key": k, "value": v, "job_id": job_id} for k, v in job.tags.items()],
-            )
-
-    def _unlist(self, conn: sa.Connection, job_ids: list[str]) -> None:
-        conn.execute(sa.delete(self.listing).where(self.listing.c.job_id.in_(job_ids)))
-        conn.execute(sa.delete(self.tags).where(self.tags.c.job_id.in_(job_ids)))
-
     def _listed(
         self, query: JobQuery, after: Position | None, count: int
     ) -> list[tuple[Position, Job | None]]:
-        listing, tags = self.listing.c, self.tags.c
-        select = sa.select(listing.job_id, listing.submitted_at, self.table.c.result).select_from(
-            self.listing.outerjoin(self.table, self.table.c.task_id == listing.job_id)
-        )
-        if query.statuses is not None:
-            select = select.where(listing.status.in_([s.name for s in query.statuses]))
-        if query.workflow is not None:
-            select = select.where(listing.workflow == query.workflow)
-        if query.since is not None:
-            select = select.where(listing.submitted_at >= naive_utc(query.since))
-        if query.until is not None:
-            select = select.where(listing.submitted_at <= naive_utc(query.until))
-        for key, value in query.tags.items():
-            select = select.where(
-                sa.exists().where(
-                    tags.job_id == listing.job_id, tags.key == key, tags.value == value
-                )
-            )
-        if after is not None:
-            at = naive_utc(after.at)
-            select = select.where(
-                sa.or_(
-                    listing.submitted_at < at,
-                    sa.and_(listing.submitted_at == at, listing.job_id < after.job_id),
-                )
-            )
-        select = select.order_by(listing.submitted_at.desc(), listing.job_id.desc()).limit(count)
-        rows = reading(self.engine, lambda conn: conn.execute(select).all())
+        select = listing_page(self.table, self.listing, self.tags, query, after, count)
+        rows = reading(self.autocommit, lambda conn: conn.execute(select).all())
         listed: list[tuple[Position, Job | None]] = []
         for job_id, at, raw in rows:
             job = None if raw is None else job_from_document(self.backend.decode(raw))
@@ -358,14 +365,16 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         gone = [position.job_id for position, job in listed if job is None]
         if gone:  # removed by backend_cleanup: trim what the records left behind
             with self.engine.begin() as conn:
-                self._unlist(conn, gone)
+                unlist(conn, self.listing, self.tags, gone)
         return listed
 
     # Paused workflows.
 
     def paused_workflows(self) -> set[str]:
-        query = sa.select(self.paused.c.workflow)
-        return {str(name) for (name,) in reading(self.engine, lambda c: c.execute(query).all())}
+        # In autocommit: a read in a transaction ends in a ROLLBACK, on which psycopg drops
+        # every prepared statement of the connection (the step's included).
+        rows = reading(self.autocommit, lambda conn: conn.execute(self._paused_names).all())
+        return {str(name) for (name,) in rows}
 
     def set_paused(self, workflow_name: str, paused: bool) -> bool:
         column = self.paused.c.workflow

@@ -6,13 +6,24 @@ No database library is imported here, so each store loads only its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ergate_celery.model.job import Job
 from ergate_celery.stores.base import BaseJobStore, seconds
 from ergate_celery.stores.oversized import check_size
+
+
+class NewJob(NamedTuple):
+    """One job to create in a batch (sql_batch.py, django_postgres.py): its row's columns
+    (or INSERT parameters), its index entry (kind, at) or None, its listing row (workflow,
+    status, submitted_at) or None, and its tags (stored with its listing row)."""
+
+    row: Mapping[str, Any]
+    entry: tuple[str, Any] | None
+    listed: tuple[str, str, Any] | None
+    tags: Mapping[str, str]
 
 
 def row_columns(job: Job, encoded: bytes | str, max_bytes: int) -> dict[str, Any]:
@@ -77,3 +88,38 @@ def create_parameters(
     )
     values["t_keys"], values["t_values"] = list(tags), list(tags.values())
     return values
+
+
+#: The other tables' rows of a batch of new jobs: each column's parameter is `<prefix>_<name>`.
+BATCH_ROWS = (
+    ("i", ("job_id", "kind", "at")),
+    ("l", ("job_id", "workflow", "status", "submitted_at")),
+    ("t", ("job_id", "key", "value")),
+)
+
+
+def batch_parameters(
+    jobs: Sequence[NewJob], columns: Sequence[str], key: str = "{}"
+) -> dict[str, list[Any]]:
+    """The parameters of a one-statement creation of `jobs` on PostgreSQL (sql_batch.py,
+    django_postgres.py): one list per column, `r_<column>` for the rows' `columns` (each
+    read from a row under `key` formatted with its name), and those of `BATCH_ROWS`."""
+    params: dict[str, list[Any]] = {f"r_{name}": [] for name in columns}
+    for prefix, names in BATCH_ROWS:
+        params.update({f"{prefix}_{name}": [] for name in names})
+
+    def add(prefix: str, values: tuple[Any, ...]) -> None:
+        for name, value in zip(dict(BATCH_ROWS)[prefix], values, strict=True):
+            params[f"{prefix}_{name}"].append(value)
+
+    for job in jobs:
+        for name in columns:
+            params[f"r_{name}"].append(job.row[key.format(name)])
+        job_id = job.row[key.format("task_id")]
+        if job.entry is not None:
+            add("i", (job_id, *job.entry))
+        if job.listed is not None:
+            add("l", (job_id, *job.listed))
+            for pair in job.tags.items():
+                add("t", (job_id, *pair))
+    return params

@@ -27,7 +27,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ergate_celery.exceptions import (
-    DuplicateJobError,
     InvalidInputError,
     ReverseGoToError,
     UnknownStepError,
@@ -85,30 +84,15 @@ def start(
         children = [
             rules.child_job(parent, state, n, inputs[n], context, workflow, now) for n in batch
         ]
-        made = rt.retrying(f"making children of job {job.id}", partial(_create, rt, children))
+        # In one round trip where the store can (Redis, PostgreSQL).
+        made = rt.retrying(
+            f"making children of job {job.id}", partial(rt.store.create_many, children)
+        )
         for child, new in zip(children, made, strict=True):
             _send(rt, child, new)
         if state.max_in_flight is not None:
             _start_turns_due(rt, str(job.id), batch)
     return parent, dataclasses.replace(outcome, state=state)
-
-
-def _create(rt: Runtime, children: list[Job]) -> list[bool]:
-    """Store each child unless its id is taken; whether each was stored. In one round trip
-    where the store can (Redis), else one by one."""
-    create_many = getattr(rt.store, "create_many", None)
-    if create_many is not None:
-        made: list[bool] = create_many(children)
-        return made
-    return [_created(rt, child) for child in children]
-
-
-def _created(rt: Runtime, child: Job) -> bool:
-    try:
-        rt.store.create(child)
-    except DuplicateJobError:
-        return False
-    return True
 
 
 def _send(rt: Runtime, child: Job, new: bool) -> None:
@@ -228,8 +212,4 @@ def children_results(rt: Runtime, parent_id: str, state: FanOutState) -> list[Ch
 def read_many(rt: Runtime, job_ids: list[str]) -> list[Job | None]:
     """The stored jobs of `job_ids`, in order: in one round trip where the store can read
     many records at once (Redis, SQL, django-db), else one by one."""
-    get_many = getattr(rt.store, "get_many", None)
-    if get_many is not None:
-        found: list[Job | None] = get_many(job_ids)
-        return found
-    return [rt.store.get(job_id) for job_id in job_ids]
+    return rt.store.get_many(job_ids)
