@@ -4,9 +4,11 @@ COMPLETED, none is left behind, no step's outcome is stored twice, and no step o
 runs in two live processes at once (each step notes the processes running it, see
 `fault_app.overlap`).
 
-In the suite each soak runs `SOAK_JOBS` jobs of four 0.25 s steps with up to `SOAK_MAX_KILLS`
-kills, about a minute on two cores. `ERGATE_SOAK_JOBS` and `ERGATE_SOAK_KILLS` size it up:
-300 jobs and 30 kills is the size of the attack these soaks replay.
+In the suite each soak runs `SOAK_JOBS` jobs of four 0.25 s steps (one step in twenty runs
+4 s, longer than the 3 s lease: only its renewals, through the cut connections, keep another
+run off it) with up to `SOAK_MAX_KILLS` kills, under a minute each on two cores.
+`ERGATE_SOAK_JOBS` and `ERGATE_SOAK_KILLS` size it up: 300 jobs and 30 kills is the size of
+the attack these soaks replay.
 """
 
 from __future__ import annotations

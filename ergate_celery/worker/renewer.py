@@ -69,8 +69,12 @@ class _Renewer:
     def _run(self) -> None:
         while True:
             claim = self._next()
+            held = True
             try:
                 held = _renew(claim)
+            except BaseException:
+                # Nothing may end the one thread that keeps every claim of the process.
+                logger.exception("Renewing the lease of job %s failed", claim.job_id)
             finally:
                 with self._changed:
                     self._renewing = None
@@ -96,8 +100,8 @@ class _Renewer:
 def _renew(claim: _Claim) -> bool:
     """Renew the claim's lease once; whether it is still held (keep renewing it)."""
     rt = claim.rt
-    lease_until = rt.clock() + lease_length(rt.settings)
     try:
+        lease_until = rt.clock() + lease_length(rt.settings)
         before, after = rt.apply(claim.job_id, Renew(claim.token, lease_until), sender=claim.sender)
     except Exception as exc:
         # A blip must not end the renewals: the lease has room for two more tries, on a new

@@ -236,6 +236,17 @@ OVERLAP_STEPS = 4
 #: How long each `fault_overlap` step runs: long enough for kills and cut connections to
 #: land inside steps.
 OVERLAP_STEP_SECONDS = 0.25
+#: How long one step in `OVERLAP_LONG_ONE_IN` runs: longer than the soak's lease, so that only
+#: its renewals keep another run off it.
+OVERLAP_LONG_SECONDS = 4.0
+OVERLAP_LONG_ONE_IN = 20
+
+
+def overlap_long(x: int, step_index: int) -> bool:
+    """Whether step `step_index` of the `fault_overlap` job with input `x` runs long."""
+    return zlib.crc32(f"{x}:{step_index}".encode()) % OVERLAP_LONG_ONE_IN == 0
+
+
 #: `fault_overlap` step runs that began while another live process ran the same step.
 OVERLAPS_KEY = "faults:overlaps"
 
@@ -256,7 +267,7 @@ def _overlap_step(index: int) -> None:
             others = [int(pid) for pid in client.smembers(key) if int(pid) != me]
             if any(_running(pid) for pid in others):
                 client.hincrby(OVERLAPS_KEY, f"{run.job_id}:{run.step_name}", 1)
-        time.sleep(OVERLAP_STEP_SECONDS)
+        time.sleep(OVERLAP_LONG_SECONDS if overlap_long(x, index) else OVERLAP_STEP_SECONDS)
         if client is not None:
             client.srem(key, me)
         return x + 1
