@@ -110,7 +110,8 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             # A job waiting for a concurrency slot stays parked: only a freed slot starts it.
             if status is not S.QUEUED or not stored.parked or stored.waiting_for_slot:
                 return None
-            return stored.model_copy(update={"parked": False})
+            # Whoever unparks it publishes its step: no earlier operation's publish is owed.
+            return stored.model_copy(update={"parked": False, "queued_by": None})
         case events.FanOutStarted(token=token, state=state):
             return fan_out.started(stored, token, state)
         case events.ChildEnded(position=position):
