@@ -96,6 +96,7 @@ LONG_FIRST = tuple(
     TESTS / name
     for name in (
         "test_soak.py",
+        "test_soak_postgres.py",
         "test_lifecycle_workers.py",
         "test_worker_loss.py",
         "test_beat.py",

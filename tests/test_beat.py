@@ -18,8 +18,8 @@ from ergate_celery import JobStatus, Workflow
 from ergate_celery.scheduling.release import RELEASE_TASK
 from ergate_celery.scheduling.sweep import RECOVER_TASK
 
-from .apps import waiting_app
-from .faults import worker_process
+from .apps import fault_app, waiting_app
+from .faults import step_counts, worker_process
 from .support import Setup, in_process_worker, wait_until
 
 WAIT = 60
@@ -143,3 +143,37 @@ def test_beat_down_while_a_sleep_ends_releases_it_once_when_beat_is_back(
     assert done.status is JobStatus.COMPLETED, done.error
     assert done.last_return_value["woke_at"] >= back
     assert [timing.step for timing in done.timings] == ["nap", "woke"]
+
+
+@pytest.mark.slow
+@pytest.mark.setup("redis", "rabbitmq_postgres")
+def test_a_release_killed_between_its_write_and_its_publish_is_finished_by_the_next(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    """The worker running beat's release dies after writing a due job QUEUED and before
+    publishing its step: a later release run publishes it, long before the sweep would
+    (`ergate_stuck_after` is far beyond this test)."""
+    setup = make_setup(setup_name, ergate_schedule_interval=INTERVAL, ergate_stuck_after=3600)
+    setup.ergate.register_workflow(fault_app.window)
+    killed = setup.tmp_path / "killed-in-release"
+    env = {"ERGATE_FAULT_KILL_IN_RELEASE": str(killed)}
+    schedule = setup.tmp_path / "beat-schedule"
+    beat = setup.celery("beat", "-s", str(schedule), module="tests.apps.fault_app")
+    with beat, worker_process(setup, "release", concurrency=1, env=env) as worker:
+        # Due after the first write of this process to the store (PostgreSQL: its tables).
+        due = setup.ergate.store.clock() + timedelta(seconds=2)
+        job = setup.ergate.submit_job(
+            "fault_window", initial_input_value=1, requested_start_time=due
+        )
+        assert job.status is JobStatus.SCHEDULED
+        job_id = str(job.id)
+        wait_until(killed.exists, WAIT, what="the release run was killed")
+        left = setup.ergate.get_job(job_id)
+        assert left.status is JobStatus.QUEUED
+        assert (left.queued_by or "").startswith("release ")
+        assert worker.poll() is None, "only the pool process died"
+        done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED
+    assert done.last_return_value == 4
+    assert done.queued_by is None
+    assert step_counts(setup, job_id) == {"commit": 1, "publish": 1, "done": 1}

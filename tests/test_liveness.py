@@ -15,7 +15,7 @@ from ergate_celery import JobStatus
 from ergate_celery.scheduling.beat import recover_stuck_jobs
 
 from .apps import liveness_app
-from .faults import FAST_REDIS_REDELIVERY, WAIT, step_runs, worker_process
+from .faults import FAST_REDIS_REDELIVERY, WAIT, kill_worker, step_runs, worker_process
 from .support import Setup, wait_until
 
 MODULE = "tests.apps.liveness_app"
@@ -136,3 +136,32 @@ def test_a_backlog_longer_than_stuck_after_is_not_a_loss(
         assert all(" republish: QUEUED" in note for note in job.recoveries)
         # Published again after 1, 2, 4, 8 ... s of waiting: no storm.
         assert len(job.recoveries) <= 5, job.recoveries
+
+
+@pytest.mark.slow
+@pytest.mark.setup("rabbitmq_postgres")
+def test_a_copy_with_a_time_limit_shorter_than_the_lease_comes_back_once(
+    setup_name: str, make_setup: Callable[..., Setup]
+) -> None:
+    """The worker running a step is killed whole, its lease (12 s) left to expire; RabbitMQ
+    redelivers the message at once to another worker, whose copy may watch the lease for
+    1.5 s only (three quarters of the step's 2 s soft time limit). It is handed back once, due
+    when the lease expires, instead of going round the queue every 1.5 s until then."""
+    setup = make_setup(setup_name, ergate_lease_seconds=12)
+    setup.ergate.register_workflow(liveness_app.limited)
+    job_id = str(setup.ergate.submit_job("live_limited", initial_input_value=1).id)
+    with worker_process(setup, "doomed", module=MODULE) as doomed:
+        wait_until(lambda: _starts(setup, job_id, "bounded"), WAIT, what="the first run")
+        kill_worker(doomed)
+    with worker_process(setup, "heir", module=MODULE):
+        done = setup.ergate.wait_for_job(job_id, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.last_return_value == 2
+    assert _starts(setup, job_id, "bounded") == [1, 2]
+    received = sum(
+        "Task ergate.live_limited.bounded[" in line and "] received" in line
+        for log in setup.tmp_path.glob("celery-worker-*.log")
+        for line in log.read_text(errors="replace").splitlines()
+    )
+    # The first delivery, the copy RabbitMQ redelivered, and the copy handed back.
+    assert received <= 3, f"the step's message was received {received} times"

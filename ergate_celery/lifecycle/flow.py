@@ -23,7 +23,7 @@ def slot_granted(stored: Job) -> Job | None:
     """A job waiting for a slot is unparked (its step is then published); else unchanged."""
     if stored.status is not JobStatus.QUEUED or not stored.waiting_for_slot:
         return None
-    return stored.model_copy(update={"parked": False, "waiting_for_slot": False})
+    return stored.model_copy(update={"parked": False, "waiting_for_slot": False, "queued_by": None})
 
 
 def parked_checked(stored: Job) -> Job | None:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from ergate_celery.lifecycle import events, fan_out, flow, waiting
 from ergate_celery.lifecycle.events import Event
+from ergate_celery.lifecycle.publishing import marked
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.job_status import (
     ACTIVE_STATUSES,
@@ -93,13 +94,13 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             received = waiting.receive(stored, name, payload)
             if received is None or received.status is status:
                 return received
-            return received.model_copy(update={"queued_by": event.mark})
+            return received.model_copy(update=marked(event, now))
         case events.RetryRequested():
             return _retry(stored, event, now)
         case events.Published(mark=mark):
-            return (
-                stored.model_copy(update={"queued_by": None}) if stored.queued_by == mark else None
-            )
+            if stored.queued_by != mark:
+                return None
+            return stored.model_copy(update={"queued_by": None, "lease_until": None})
         case events.Park(step_name=step_name, steps_completed=steps_completed):
             queued = status is S.QUEUED and not stored.parked
             if not queued or stored.steps_completed != steps_completed:
@@ -109,7 +110,8 @@ def transition(stored: Job, event: Event, now: datetime) -> Job | None:
             # A job waiting for a concurrency slot stays parked: only a freed slot starts it.
             if status is not S.QUEUED or not stored.parked or stored.waiting_for_slot:
                 return None
-            return stored.model_copy(update={"parked": False})
+            # Whoever unparks it publishes its step: no earlier operation's publish is owed.
+            return stored.model_copy(update={"parked": False, "queued_by": None})
         case events.FanOutStarted(token=token, state=state):
             return fan_out.started(stored, token, state)
         case events.ChildEnded(position=position):
@@ -175,15 +177,17 @@ def _release(stored: Job, release: events.Release, now: datetime) -> Job | None:
         woken = waiting.wake(stored, now)
         if woken is None or woken.status is not S.QUEUED:
             return woken
-        return woken.model_copy(update={"queued_by": release.mark})
+        return woken.model_copy(update=marked(release, now))
     if stored.requested_start_time is not None and stored.requested_start_time > now:
         return None  # never before its time, whatever the index says
     if stored.deadline_passed(now):
         return stored.expired()
     parked = stored.workflow_name in release.paused
-    return stored.model_copy(
-        update={"status": S.QUEUED, "parked": parked, "queued_by": release.mark}
-    )
+    if parked:  # no message to publish: resuming the workflow publishes it
+        return stored.model_copy(
+            update={"status": S.QUEUED, "parked": True, "queued_by": release.mark}
+        )
+    return stored.model_copy(update={"status": S.QUEUED, **marked(release, now)})
 
 
 def _retry(stored: Job, retry: events.RetryRequested, now: datetime) -> Job | None:
@@ -208,12 +212,15 @@ def _retry(stored: Job, retry: events.RetryRequested, now: datetime) -> Job | No
             "retries": stored.retries + 1,
             "finished_at": None,
             "claim": None,
-            "lease_until": None,
             "lost_runs": 0,
             "republished": 0,
             "parked": False,
             # Only a retry that queues the job has a publish to finish.
-            "queued_by": retry.mark if status is S.QUEUED else None,
+            **(
+                marked(retry, now)
+                if status is S.QUEUED
+                else {"queued_by": None, "lease_until": None}
+            ),
         }
     )
 

@@ -10,8 +10,9 @@ The write leaves the operation's mark in the job's `queued_by`, and the publish 
 by a write that clears it (`Published`). A reply lost to the write is recognised, in the same
 call, by the mark's token. A caller killed between the write and the publish leaves the mark:
 asking the same again waits `FIRST_CALLER_GRACE` for a first caller that may still be alive
-(a racing call), then publishes the step itself. A duplicate message would be harmless (a
-step's claim runs it once); this keeps them rare.
+(a racing call), then publishes the step itself; if nobody asks, beat's next release after
+that grace does (a marked job is indexed with the scheduled ones, see `awaits_publish`). A
+duplicate message would be harmless (a step's claim runs it once); this keeps them rare.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import datetime
 
 from ergate_celery.exceptions import ErgateError, UnknownStepError
 from ergate_celery.lifecycle.events import Published, Release, RetryRequested, Signalled
+from ergate_celery.lifecycle.publishing import PUBLISH_GRACE
 from ergate_celery.lifecycle.transitions import queued_by, transition
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
@@ -42,8 +44,9 @@ Outcome = Callable[[Job | None, Job | None], tuple[Job, Job | None]]
 Marking = Release | RetryRequested | Signalled
 
 #: Seconds a repeat waits for a first caller, maybe alive, to publish (its publish retries
-#: while the broker blinks) before publishing the step itself.
-FIRST_CALLER_GRACE = 5.0
+#: while the broker blinks) before publishing the step itself; beat's release publishes it
+#: after as long (`awaits_publish`) if nobody asks again.
+FIRST_CALLER_GRACE = PUBLISH_GRACE
 
 
 def queue_step(
@@ -103,6 +106,11 @@ def publish(rt: Runtime, job: Job, sender: str) -> None:
             f"{job.workflow_name!r}: {reason}. The job is {failed.status.name} "
             "(UnknownStep); deploy the step again, then retry the job"
         )
+    note_published(rt, job, sender)
+
+
+def note_published(rt: Runtime, job: Job, sender: str) -> None:
+    """Clear the mark of the operation that queued the job, once its step is published."""
     if job.queued_by is not None:
         try:
             rt.apply(str(job.id), Published(job.queued_by), sender=sender)

@@ -13,6 +13,7 @@ from typing import Any, Final, Generic, NamedTuple, TypeVar
 from pydantic import ValidationError
 
 from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
+from ergate_celery.lifecycle.publishing import PUBLISH_GRACE, awaits_publish
 from ergate_celery.lifecycle.waiting import due_at
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
@@ -71,6 +72,10 @@ def index_entry(
     if job.is_final or (job.status is JobStatus.PENDING and not pending):
         return None
     at = now or utc_now()
+    if awaits_publish(job):
+        # Its caller may die before publishing: beat's release publishes it after the grace.
+        grace_ends = job.lease_until or at + timedelta(seconds=PUBLISH_GRACE)
+        return IndexEntry(SCHEDULED, str(job.id), grace_ends)
     if job.claim is None and job.lease_until is not None:
         # Waiting for its message (a retry's countdown, a republish's hold): the sweep's
         # idleness counts from the end of the wait.

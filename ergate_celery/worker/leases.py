@@ -1,12 +1,14 @@
 """A step's claim kept alive by its worker, not by its message.
 
-While a step runs, a `Heartbeat` thread of the worker process renews the claim's lease every
-third of it, whatever the step does (reports progress or not) and whatever happens to its
+While a step runs, its worker process renews the claim's lease every third of it
+(`renewer.py`), whatever the step does (reports progress or not) and whatever happens to its
 message. A claim is taken over only once its lease has expired: its worker stopped renewing
 it (killed, lost with its host). A redelivered message proves nothing — Redis restores any
 message held past `visibility_timeout` (a retry's countdown, a prefetched one), and the flag
 can be forged — so a redelivered copy that finds a live lease watches it (`lease_expired`)
 instead: renewed, its holder lives and the copy is dropped; left to expire, the copy claims.
+A copy whose time limit ends its watch first is handed back to the queue once, due when the
+lease would expire (`hand_back`), noting the lease it saw: renewed by then, it is dropped.
 A claim token names its pool process: when the worker's main process sees that process die,
 it ends the lease at once (`let_go`), and the requeued message runs the step again.
 """
@@ -15,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
 import time
 import uuid
-from datetime import timedelta
-from types import TracebackType
+from datetime import datetime, timedelta
+from typing import Any
 
-from ergate_celery.lifecycle.events import ProcessLost, Renew
+from celery import Task
+
+from ergate_celery.lifecycle.events import ProcessLost
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import RUNNING_STATUSES
 from ergate_celery.settings import ErgateSettings
@@ -76,65 +78,6 @@ class LastWritten:
             self.job = written
 
 
-class Heartbeat:
-    """`with Heartbeat(rt, job_id, token, sender):` renews the claim `token` holds on the job
-    in a thread of its own, until the block ends or the claim is no longer held; each record
-    renewed goes to `written`."""
-
-    def __init__(
-        self,
-        rt: Runtime,
-        job_id: str,
-        token: str,
-        sender: str,
-        written: LastWritten | None = None,
-    ) -> None:
-        self.rt, self.job_id, self.token, self.sender = rt, job_id, token, sender
-        self.written = written
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"ergate-heartbeat-{job_id}", daemon=True
-        )
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        every = renew_every(self.rt.settings)
-        try:
-            while not self._stop.wait(every):
-                if not self._renew():
-                    return
-        finally:
-            _close_django_connections()
-
-    def _renew(self) -> bool:
-        """Renew the lease once; whether the claim is still held (keep renewing)."""
-        rt = self.rt
-        lease_until = rt.clock() + lease_length(rt.settings)
-        try:
-            before, after = rt.apply(
-                self.job_id, Renew(self.token, lease_until), sender=self.sender
-            )
-        except Exception as exc:
-            # A blip must not end the heartbeat: the lease has room for two more tries.
-            logger.warning("Could not renew the lease of job %s (%r)", self.job_id, exc)
-            return True
-        if self.written is not None:
-            self.written(after)
-        return after is not None or (before is not None and before.claim == self.token)
-
-
 def lease_expired(
     rt: Runtime, job_id: str, held: Job, *, give_up_at: float | None = None
 ) -> bool | None:
@@ -166,12 +109,52 @@ def lease_expired(
         held = current
 
 
-def _close_django_connections() -> None:
-    # The heartbeat thread is no task: nothing else closes the Django connection it opened
-    # on django-db. A process may import Django without configuring it: then it opened none.
-    if "django.db" in sys.modules:
-        from django.conf import settings
-        from django.db import connections
+#: The message header of a copy handed back by `hand_back`: the lease it found (ISO 8601).
+LEASE_SEEN_HEADER = "ergate_lease_seen"
+#: Seconds a handed-back copy comes after the lease it saw would expire.
+HAND_BACK_MARGIN = 0.2
 
-        if settings.configured:
-            connections.close_all()
+
+def lease_seen(task: Task[Any, Any]) -> datetime | None:
+    """The lease a handed-back copy found when it was handed back (None: not one)."""
+    seen = getattr(task.request, LEASE_SEEN_HEADER, None)
+    try:
+        return datetime.fromisoformat(seen) if isinstance(seen, str) else None
+    except ValueError:
+        return None
+
+
+def hand_back(rt: Runtime, task: Task[Any, Any], held: Job) -> bool:
+    """Publish a copy of the running message, due when the lease of `held` would expire,
+    noting that lease; whether it was published. The copy then finds the lease renewed (its
+    holder lives: it is dropped) or expired (it claims the job). False when the copy could
+    come more than once: Redis restores a message whose countdown outlasts its
+    `visibility_timeout`."""
+    request = task.request
+    assert held.lease_until is not None
+    countdown = max(0.0, (held.lease_until - rt.clock()).total_seconds()) + HAND_BACK_MARGIN
+    options = task.app.conf.broker_transport_options or {}
+    visibility = options.get("visibility_timeout")
+    if isinstance(visibility, int | float) and countdown >= visibility:
+        return False
+    delivery = request.delivery_info or {}
+    # The message as it came (its display, priority and queue), due later, with the lease.
+    same: dict[str, Any] = {
+        "argsrepr": getattr(request, "argsrepr", None),
+        "kwargsrepr": getattr(request, "kwargsrepr", None),
+        "priority": delivery.get("priority"),
+        "queue": delivery.get("routing_key") or None,
+    }
+    try:
+        task.apply_async(
+            tuple(request.args or ()),
+            dict(request.kwargs or {}),
+            task_id=request.id,
+            countdown=countdown,
+            headers={LEASE_SEEN_HEADER: held.lease_until.isoformat()},
+            **same,
+        )
+    except Exception as exc:
+        logger.warning("Could not hand a copy of job %s back (%r)", held.id, exc)
+        return False
+    return True

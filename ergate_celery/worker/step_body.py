@@ -37,16 +37,18 @@ from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
 from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
 from ergate_celery.worker.leases import (
-    Heartbeat,
     LastWritten,
     claim_token,
+    hand_back,
     lease_expired,
     lease_length,
+    lease_seen,
 )
 from ergate_celery.worker.one_trip import Sending
 from ergate_celery.worker.outages import requeued_on_outage
 from ergate_celery.worker.pausing import park
 from ergate_celery.worker.rejects import dropped_because, not_a_job, reject
+from ergate_celery.worker.renewer import Heartbeat
 from ergate_celery.worker.retry_policy import retry_delay, should_retry
 from ergate_celery.worker.runtime import Runtime
 from ergate_celery.worker.step_message import carries_job
@@ -198,15 +200,26 @@ def _claim(
     if after is not None:
         return after
     held = before is not None and before.claim is not None
-    if watch and held and _redelivered(task) and _same_run(before, message):
+    seen = lease_seen(task)
+    copy = _redelivered(task) or seen is not None
+    if watch and held and copy and _same_run(before, message):
         # Its worker may be gone (the broker saw it die) or alive (the broker restored a
         # message held past its visibility timeout): only the lease tells.
         assert before is not None
-        expired = lease_expired(rt, job_id, before, give_up_at=_watch_until(task, begun))
+        lease = before.lease_until
+        if seen is not None and lease is not None and lease > seen:
+            expired: bool | None = False  # renewed since this copy was handed back
+        else:
+            expired = lease_expired(rt, job_id, before, give_up_at=_watch_until(task, begun))
+        if expired is None and lease is not None and hand_back(rt, task, before):
+            # A lease longer than this run's time limit: this copy comes back once, when the
+            # lease would expire, rather than watch it in turns up to its time limit.
+            logger.info("Handed a copy of %s of job %s back: its lease still holds", step, job_id)
+            return None
         if expired is None:
-            # A lease longer than this run's time limit: interrupted at that limit, the
-            # copy would be acknowledged and the lost step left to the sweep. Back in the
-            # queue it comes again marked redelivered, and that copy watches on.
+            # Interrupted at its time limit, the copy would be acknowledged and the lost step
+            # left to the sweep. Back in the queue it comes again marked redelivered, and
+            # that copy watches on.
             logger.info("Requeued a copy of %s of job %s: its lease still holds", step, job_id)
             raise Reject("the lease of the job's claim still holds", requeue=True)
         if expired:

@@ -8,9 +8,15 @@ made visible across processes, so that a test can watch a worker it is about to 
   O_APPEND descriptor, so lines of concurrent processes do not mix);
 - ERGATE_FAULT_REDIS: a Redis URL on which the soak workflow counts, per job and step, the
   step starts, the stored step outcomes and the published step messages (HINCRBY);
+- ERGATE_FAULT_REDIS also holds, for `fault_overlap`, the pool processes running each step
+  now (a set per job and step), and counts the step runs that began while another live
+  process was still running the same step;
 - ERGATE_FAULT_KILL_AFTER_COMMIT: a file path; the first `fault_window` job whose first step
   has been stored kills its own worker process (SIGKILL) before the next step is published,
   and creates that file to say so;
+- ERGATE_FAULT_KILL_IN_RELEASE: a file path; the first release run (beat's
+  `ergate.release_scheduled_jobs`) about to publish a `fault_window` step kills its own
+  worker process (SIGKILL) after writing the job QUEUED, and creates that file to say so;
 - ERGATE_FAULT_OUTAGE_GATE: a file path; the first run of `fault_outage`'s third step holds
   until that file exists, so a test can stop Redis while the step runs and let it end then.
 """
@@ -24,7 +30,7 @@ import zlib
 from typing import Annotated, Any
 
 from celery import current_task
-from celery.signals import after_task_publish
+from celery.signals import after_task_publish, before_task_publish
 
 from ergate_celery import CurrentRun, Progress, ProgressReporter, StepRun, Workflow
 from ergate_celery import signals as ergate_signals
@@ -223,7 +229,68 @@ for _i in range(SOAK_STEPS):
     _soak_step(_i)
 
 
-app, ergate = app_from_env("fault_app", slow, outage, window, soak, progressing, hanging)
+# The kill soak on PostgreSQL: steps that take a while, each noticing whether another live
+# process is running the same step of the same job at the same time.
+overlap = Workflow(unique_name="fault_overlap")
+OVERLAP_STEPS = 4
+#: How long each `fault_overlap` step runs: long enough for kills and cut connections to
+#: land inside steps.
+OVERLAP_STEP_SECONDS = 0.25
+#: How long one step in `OVERLAP_LONG_ONE_IN` runs: longer than the soak's lease, so that only
+#: its renewals keep another run off it.
+OVERLAP_LONG_SECONDS = 4.0
+OVERLAP_LONG_ONE_IN = 20
+
+
+def overlap_long(x: int, step_index: int) -> bool:
+    """Whether step `step_index` of the `fault_overlap` job with input `x` runs long."""
+    return zlib.crc32(f"{x}:{step_index}".encode()) % OVERLAP_LONG_ONE_IN == 0
+
+
+#: `fault_overlap` step runs that began while another live process ran the same step.
+OVERLAPS_KEY = "faults:overlaps"
+
+
+def running_key(job_id: str, step: str) -> str:
+    """The Redis set of the pids running `step` of the job now (a killed one stays in it)."""
+    return f"faults:running:{job_id}:{step}"
+
+
+def _overlap_step(index: int) -> None:
+    def step(x: int, run: Run) -> int:
+        client = _counter()
+        key = running_key(run.job_id, run.step_name)
+        me = os.getpid()
+        if client is not None:
+            # Add first, then look: of two runs starting together, at least one sees the other.
+            client.sadd(key, me)
+            others = [int(pid) for pid in client.smembers(key) if int(pid) != me]
+            if any(_running(pid) for pid in others):
+                client.hincrby(OVERLAPS_KEY, f"{run.job_id}:{run.step_name}", 1)
+        time.sleep(OVERLAP_LONG_SECONDS if overlap_long(x, index) else OVERLAP_STEP_SECONDS)
+        if client is not None:
+            client.srem(key, me)
+        return x + 1
+
+    step.__name__ = step.__qualname__ = f"overlap_{index}"
+    overlap.step(step)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (not a zombie a killed pool process leaves)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+
+
+for _i in range(OVERLAP_STEPS):
+    _overlap_step(_i)
+
+
+app, ergate = app_from_env("fault_app", slow, outage, window, soak, progressing, hanging, overlap)
 
 
 # Cross-process observation -----------------------------------------------------------------
@@ -250,15 +317,19 @@ def _count(key: str, field: str) -> None:
         client.hincrby(key, field, 1)
 
 
+#: The workflows whose step starts, outcomes and publishes are counted.
+_COUNTED = ("ergate.fault_soak.", "ergate.fault_overlap.")
+
+
 @ergate_signals.step_started.connect(weak=False)
 def _on_step_started(sender: str, job: Any, **kwargs: Any) -> None:
-    if sender.startswith("ergate.fault_soak."):
+    if sender.startswith(_COUNTED):
         _count(STARTED_KEY, f"{job.id}:{sender.rsplit('.', 1)[1]}")
 
 
 @ergate_signals.step_completed.connect(weak=False)
 def _on_step_completed(sender: str, job: Any, **kwargs: Any) -> None:
-    if sender.startswith("ergate.fault_soak."):
+    if sender.startswith(_COUNTED):
         _count(COMPLETED_KEY, f"{job.id}:{sender.rsplit('.', 1)[1]}")
     flag = os.environ.get("ERGATE_FAULT_KILL_AFTER_COMMIT")
     if flag and sender == "ergate.fault_window.commit":
@@ -272,8 +343,24 @@ def _on_step_completed(sender: str, job: Any, **kwargs: Any) -> None:
 
 @after_task_publish.connect(weak=False)
 def _on_published(sender: str | None = None, headers: Any = None, **kwargs: Any) -> None:
-    if sender and sender.startswith("ergate.fault_soak.") and headers:
+    if sender and sender.startswith(_COUNTED) and headers:
         _count(PUBLISHED_KEY, str(headers.get("id")))
         delivery = getattr(current_task, "request", None)
         if delivery is not None and (delivery.delivery_info or {}).get("redelivered"):
             _count(REPUBLISHED_KEY, str(headers.get("id")))
+
+
+@before_task_publish.connect(weak=False)
+def _on_publishing(sender: str | None = None, **kwargs: Any) -> None:
+    flag = os.environ.get("ERGATE_FAULT_KILL_IN_RELEASE")
+    if not (flag and sender and sender.startswith("ergate.fault_window.")):
+        return
+    running = getattr(current_task, "name", None)
+    if running != "ergate.release_scheduled_jobs":
+        return
+    try:
+        os.close(os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return
+    # The release wrote the job QUEUED; its step is not published yet.
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,14 +1,18 @@
 """A Celery app for `celery -A tests.apps.liveness_app worker` subprocesses of the liveness
 tests: steps whose worker is alive while their message misleads (a retry's countdown or a
 prefetched message restored by Redis), steps that report the same progress for a long time,
-steps that hang, and a backlog. Every step run appends a line to ERGATE_FAULT_MARKS (see
-`fault_app.mark`), so a test counts the starts of each step.
+steps that hang, a backlog, and a step whose time limit is far shorter than its lease. Every
+step run appends a line to ERGATE_FAULT_MARKS (see `fault_app.mark`), so a test counts the
+starts of each step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Annotated
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from ergate_celery import CurrentRun, Progress, ProgressReporter, StepRun, Workflow
 
@@ -82,4 +86,23 @@ def work(x: int, run: Run) -> int:
     return x
 
 
-app, ergate = app_from_env("liveness_app", retried, steady, hung, backlog)
+# A step whose soft time limit is far shorter than the lease, and whose first run outlives that
+# limit (it lets it pass) until the test kills its worker: a redelivered copy can watch the
+# lease for three quarters of the limit only, far less than the lease has left.
+limited = Workflow(unique_name="live_limited")
+#: `limited`'s soft time limit, in seconds.
+SHORT_LIMIT = 2.0
+
+
+@limited.step(soft_time_limit=SHORT_LIMIT)
+def bounded(x: int, run: Run) -> int:
+    mark(run)
+    if run.attempt == 1:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(SoftTimeLimitExceeded):
+                time.sleep(0.1)
+    return x + 1
+
+
+app, ergate = app_from_env("liveness_app", retried, steady, hung, backlog, limited)

@@ -6,6 +6,7 @@ clock, whatever that one says."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -15,14 +16,15 @@ from ergate_celery import ErgateCelery, Job, JobStatus
 from ergate_celery.lifecycle.events import Claim
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.clock import StoreClock
+from ergate_celery.worker import renewer
 from ergate_celery.worker.leases import (
-    Heartbeat,
     claim_token,
     lease_expired,
     lease_length,
     let_go,
     renew_every,
 )
+from ergate_celery.worker.renewer import Heartbeat
 from ergate_celery.worker.runtime import Runtime
 
 from ..support import wait_until
@@ -31,8 +33,11 @@ from ..workflows import echo_workflow
 SERVER = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def _claimed(ergate: ErgateCelery, token: str = "held") -> tuple[Runtime, Job]:
-    ergate.register_workflow(echo_workflow("solo", "only"))
+def _claimed(
+    ergate: ErgateCelery, token: str = "held", *, register: bool = True
+) -> tuple[Runtime, Job]:
+    if register:
+        ergate.register_workflow(echo_workflow("solo", "only"))
     queued = ergate.submit_job("solo", initial_input_value=1)
     rt = ergate.runtime
     claim = Claim(
@@ -76,6 +81,61 @@ def test_the_heartbeat_renews_the_claim_until_its_block_ends(memory_app: Celery)
             what="the lease renewed",
         )
         assert not lease_expired(rt, job_id, live)
+    ergate.close()
+
+
+def _renewers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "ergate-lease-renewer"]
+
+
+def test_one_thread_renews_every_claim_of_the_process_until_its_block_ends(
+    memory_app: Celery,
+) -> None:
+    memory_app.conf.update(ergate_lease_seconds=0.3)
+    ergate = ErgateCelery(memory_app)
+    rt, first = _claimed(ergate, "first")
+    _, second = _claimed(ergate, "second", register=False)
+    jobs = {str(first.id): first, str(second.id): second}
+    with (
+        Heartbeat(rt, str(first.id), "first", "test"),
+        Heartbeat(rt, str(second.id), "second", "test"),
+    ):
+        for job_id, claimed in jobs.items():
+            wait_until(
+                lambda job_id=job_id, claimed=claimed: (
+                    ergate.get_job(job_id).lease_until != claimed.lease_until
+                ),
+                what="a renewal of each claim",
+            )
+        assert len(_renewers()) == 1
+    # Neither claim is renewed once its block ended: both leases are seen to expire.
+    for job_id in jobs:
+        assert lease_expired(rt, job_id, ergate.get_job(job_id))
+    assert len(_renewers()) == 1  # it waits for the next claim of the process
+    ergate.close()
+
+
+def test_a_forked_child_renews_its_claims_with_a_thread_of_its_own(memory_app: Celery) -> None:
+    memory_app.conf.update(ergate_lease_seconds=0.3)
+    ergate = ErgateCelery(memory_app)
+    rt, claimed = _claimed(ergate)
+    job_id = str(claimed.id)
+    with Heartbeat(rt, job_id, "held", "test"):
+        parent_renewer = _renewers()[0]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's thread and claims did not come along
+            ok = not renewer._renewer._claims and renewer._renewer._thread is None
+            with Heartbeat(rt, job_id, "held", "test"):
+                ok = ok and any(t.is_alive() for t in _renewers())
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert _renewers() == [parent_renewer]
     ergate.close()
 
 

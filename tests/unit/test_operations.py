@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +22,8 @@ from ergate_celery import (
     RedactedValidationError,
     Workflow,
 )
-from ergate_celery.lifecycle.events import Published, RetryRequested, Signalled
+from ergate_celery.lifecycle import publishing
+from ergate_celery.lifecycle.events import Published, Release, RetryRequested, Signalled
 from ergate_celery.model.job import Wait
 from ergate_celery.operations import queueing
 from ergate_celery.operations.retrying import retry_job
@@ -140,6 +142,40 @@ def test_a_release_whose_reply_was_lost_publishes_in_the_same_run(
     assert release_due_jobs(rt, start + timedelta(seconds=1)) == 1
     assert [published.id for published in recorder.published] == [job.id]
     assert memory_ergate.get_job(str(job.id)).status is JobStatus.QUEUED
+
+
+def test_a_job_whose_caller_died_before_publishing_is_published_by_the_next_release(
+    memory_ergate: ErgateCelery, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release run, a retry and a signal each killed between their write and their publish:
+    no one asks again, and beat's next release after the grace publishes each step once."""
+    monkeypatch.setattr(publishing, "PUBLISH_GRACE", 0.3)
+    rt = _losing(memory_ergate, recorder, set())
+    retried = _failed(memory_ergate)
+    memory_ergate.register_workflow(echo_workflow("approvals", "ship"))
+    signalled = _waiting_for_approval(memory_ergate)
+    start = datetime.now(UTC) + timedelta(seconds=0.2)
+    released = str(
+        memory_ergate.submit_job("orders", initial_input_value=1, requested_start_time=start).id
+    )
+    rt.apply(retried, RetryRequested("dead"), sender="killed")
+    rt.apply(signalled, Signalled("approved", {"by": "ana"}, "dead"), sender="killed")
+    while datetime.now(UTC) <= start:
+        time.sleep(0.05)
+    rt.apply(released, Release(frozenset(), "dead"), sender="killed")
+    dead = {retried, signalled, released}
+    for job_id in dead:
+        assert memory_ergate.get_job(job_id).queued_by is not None
+    assert release_due_jobs(rt) == 0  # within the grace: its caller may still publish
+    assert recorder.published == []
+    time.sleep(0.4)
+    assert release_due_jobs(rt) == 3
+    assert {str(job.id) for job in recorder.published} == dead
+    for job_id in dead:
+        job = memory_ergate.get_job(job_id)
+        assert (job.status, job.queued_by) == (JobStatus.QUEUED, None)
+    assert release_due_jobs(rt) == 0  # published and noted: nothing left
+    assert len(recorder.published) == 3
 
 
 def test_a_rejected_message_fails_only_its_own_job(
