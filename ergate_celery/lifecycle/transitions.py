@@ -141,6 +141,21 @@ def already_written(stored: Job, event: Event) -> bool:
     return False
 
 
+def moved_on_from(stored: Job, event: Event) -> bool:
+    """Whether `stored` went on past the outcome `event` writes, which an earlier try of this
+    very write stored (its reply was lost): the next step, whose message went with that write,
+    already ran. The record still holds the run's timing (the times are this run's own)."""
+    if not isinstance(event, events.Finish):
+        return False
+    ran = event.after.timings[-1:]
+    return (
+        bool(ran)
+        and stored.steps_completed >= event.after.steps_completed
+        and stored.finished_by != event.token
+        and ran[0] in stored.timings
+    )
+
+
 def queued_by(stored: Job, kind: str) -> bool:
     """Whether an operation of `kind` (`retry`, `signal <name>`, `release`) queued the job and
     its publish is not known to be done (no `Published` since, no step run claimed it): its

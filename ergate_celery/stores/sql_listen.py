@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,7 +98,7 @@ class Listener:
             session.listening.clear()
             conn = session.conn
         if conn is not None:
-            conn.close()  # from this thread: the listening thread's wait ends at once
+            _interrupt(conn)
 
     def _wake(self, job_id: str | None) -> None:
         with self._lock:
@@ -114,7 +115,7 @@ class Listener:
                 self._listen(session)
             except Exception as exc:
                 if session.stopped:
-                    return  # its connection was closed on purpose
+                    return  # its connection was shut down on purpose
                 logger.warning("Listening for ended jobs failed (%r); reading instead", exc)
             session.listening.clear()
             self._wake(None)  # each waiter reads again, and polls until the next connection
@@ -135,6 +136,23 @@ class Listener:
             while not session.stopped:
                 for notify in conn.notifies(timeout=REREAD):
                     self._wake(notify.payload)
+
+
+def _interrupt(conn: Any) -> None:
+    """End the listening thread's wait on `conn` at once, from another thread: its socket is
+    shut down, and the listening thread closes the connection itself. Closing it from here
+    would free libpq's connection while that thread is inside it (a crash, not an error)."""
+    try:
+        fd = conn.pgconn.socket
+        sock = socket.socket(fileno=os.dup(fd))
+    except Exception:
+        return  # not connected any more: the listening thread is ending already
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()  # the duplicate only
 
 
 def can_listen() -> bool:

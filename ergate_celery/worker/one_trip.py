@@ -77,19 +77,29 @@ class Sending:
     def __init__(self, collect: Collect) -> None:
         self._collect = collect
         self._task_id: str | None = None
+        #: The last message collected, by its task id: a write tried again (a lost reply, a
+        #: compare-and-set that lost a race) sends that same message, and Celery's publish
+        #: signals are not sent a second time for it.
+        self._collected: tuple[str, str] | None = None
 
     def __call__(self, job: Job) -> str | None:
         self._task_id = None
         if job.status is not JobStatus.QUEUED or job.parked:
             return None
-        try:
-            commands = self._collect(job)
-        except Exception as exc:
-            # Published by kombu after the write instead (which reports what is wrong).
-            logger.debug("Step message of job %s left to kombu: %r", job.id, exc)
-            return None
+        task_id = step_task_id(job)
+        if self._collected is not None and self._collected[0] == task_id:
+            commands: str | None = self._collected[1]
+        else:
+            try:
+                commands = self._collect(job)
+            except Exception as exc:
+                # Published by kombu after the write instead (which reports what is wrong).
+                logger.debug("Step message of job %s left to kombu: %r", job.id, exc)
+                return None
+            if commands is not None:
+                self._collected = (task_id, commands)
         if commands is not None:
-            self._task_id = step_task_id(job)
+            self._task_id = task_id
         return commands
 
     def carried(self, job: Job) -> bool:

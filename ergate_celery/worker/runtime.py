@@ -18,7 +18,7 @@ from pydantic_core import PydanticSerializationError
 
 from ergate_celery.exceptions import InvalidInputError, UnknownStepError, UnknownWorkflowError
 from ergate_celery.lifecycle.events import Event, MessageRejected, PublishFailed
-from ergate_celery.lifecycle.transitions import already_written, transition
+from ergate_celery.lifecycle.transitions import already_written, moved_on_from, transition
 from ergate_celery.model.job import Job, JobError
 from ergate_celery.model.workflow import Workflow
 from ergate_celery.settings import ErgateSettings
@@ -75,7 +75,8 @@ class Runtime:
 
         Tried again after an error (see `retrying`), a claim or an outcome whose earlier write
         went through, with its reply lost, is recognised by its token: it is returned, and
-        announced, as written now, with `assume` as the job before it. A child of a fan-out
+        announced, as written now, with `assume` as the job before it — also when the job has
+        gone on since (its next step's message went with that write). A child of a fan-out
         that became final is counted on its parent (again, harmlessly, on such a retry).
         With `send`, a job written QUEUED carries its step's message when the store can
         (`send.carried`).
@@ -88,8 +89,12 @@ class Runtime:
                 assume=assume,
                 result=result,
             )
-        if after is None and before is not None and already_written(before, event):
-            before, after = assume, before
+        if after is None and before is not None:
+            if already_written(before, event):
+                before, after = assume, before
+            elif assume is not None and moved_on_from(before, event):
+                # Announced now, as that write would have been: the job it wrote, again.
+                before, after = assume, transition(assume, event, moment)
         if after is not None:
             self.announce(before, after, sender, task)
             ended = after.is_final and (before is None or not before.is_final)

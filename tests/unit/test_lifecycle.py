@@ -40,10 +40,11 @@ from ergate_celery.lifecycle.table import LIFECYCLE, Row, mermaid
 from ergate_celery.lifecycle.transitions import (
     KEPT_RECOVERIES,
     already_written,
+    moved_on_from,
     queued_by,
     transition,
 )
-from ergate_celery.model.job import FanOutState, Job, JobError, Wait
+from ergate_celery.model.job import FanOutState, Job, JobError, StepTiming, Wait
 from ergate_celery.model.job_status import JobStatus
 
 S = JobStatus
@@ -374,6 +375,29 @@ def test_finish_records_its_token_so_a_lost_reply_is_recognised() -> None:
     assert (finished.finished_by, finished.claim, finished.lost_runs) == ("held", None, 0)
     # Trying the same write again finds it done: nothing more is written.
     assert transition(finished, Finish("held", after), NOW) is None
+
+
+def test_a_lost_reply_is_recognised_after_the_job_went_on() -> None:
+    # On Redis the next step's message goes with the outcome: by the time the write is tried
+    # again, the next step may have run. The run's own timing tells that its write landed.
+    stored = _stored(S.RUNNING)
+    ran = StepTiming(
+        step="b", index=1, started_at=NOW, finished_at=NOW, attempt=1, outcome="QUEUED"
+    )
+    after = stored.model_copy(
+        update={"status": S.QUEUED, "current_step": 2, "steps_completed": 2, "timings": [ran]}
+    )
+    event = Finish("held", after)
+    finished = transition(stored, event, NOW)
+    assert finished is not None
+    went_on = finished.model_copy(
+        update={"status": S.RUNNING, "claim": "next", "finished_by": "next", "steps_completed": 3}
+    )
+    assert moved_on_from(went_on, event)
+    assert not moved_on_from(finished, event)  # not gone on: `already_written` tells
+    other_run = went_on.model_copy(update={"timings": [ran.model_copy(update={"attempt": 2})]})
+    assert not moved_on_from(other_run, event)  # another run's outcome went on, not this one
+    assert not moved_on_from(went_on, _claim())
 
 
 def test_the_sweep_counts_its_requeues_and_fails_at_the_limit() -> None:
