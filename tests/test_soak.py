@@ -22,9 +22,9 @@ from .support import Setup
 
 # 5. Soak: many jobs, failing steps, killed workers -----------------------------------------
 
-SOAK_JOBS = 2000
+SOAK_JOBS = 1200
 SOAK_KILL_EVERY = 2.0
-SOAK_MAX_KILLS = 16
+SOAK_MAX_KILLS = 12
 #: A worker is killed whole (main process and pool) at every fourth kill, a pool process
 #: otherwise.
 SOAK_WHOLE_WORKER_EVERY = 4
