@@ -9,6 +9,7 @@ What the steps do is observed across processes through the marks file and Redis 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -76,6 +77,18 @@ def kill_worker(process: Popen[bytes]) -> None:
     process.wait(timeout=10)
     for pid in pool:
         _kill_celery(pid)
+
+
+def kill_one(workers: list[Supervisor], rng: random.Random, whole: bool) -> None:
+    """A soak's kill: a random worker of `workers` killed whole (main process and pool), or
+    one of its pool processes SIGKILLed."""
+    victim = rng.choice(workers).ensure()
+    if whole:
+        kill_worker(victim)
+        return
+    pool = children_of(victim.pid)
+    if pool:
+        os.kill(rng.choice(pool), signal.SIGKILL)
 
 
 @contextmanager

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,7 +15,7 @@ from ergate_celery.scheduling.beat import recover_stuck_jobs
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .apps import fault_app
-from .faults import FAST_REDIS_REDELIVERY, Supervisor, children_of, kill_worker
+from .faults import FAST_REDIS_REDELIVERY, Supervisor, kill_one
 from .support import Setup
 
 # 5. Soak: many jobs, failing steps, killed workers -----------------------------------------
@@ -88,14 +86,9 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
             for worker in workers:
                 worker.ensure()
             if kills < SOAK_MAX_KILLS and now >= next_kill:
-                victim = rng.choice(workers).ensure()
-                if kills % SOAK_WHOLE_WORKER_EVERY == SOAK_WHOLE_WORKER_EVERY - 1:
-                    kill_worker(victim)
-                    whole_kills += 1
-                else:
-                    pool = children_of(victim.pid)
-                    if pool:
-                        os.kill(rng.choice(pool), signal.SIGKILL)
+                whole = kills % SOAK_WHOLE_WORKER_EVERY == SOAK_WHOLE_WORKER_EVERY - 1
+                kill_one(workers, rng, whole)
+                whole_kills += whole
                 kills += 1
                 next_kill = now + SOAK_KILL_EVERY
             stored = counters.hlen(fault_app.COMPLETED_KEY)

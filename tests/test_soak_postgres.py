@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 import uuid
 from collections import Counter
@@ -29,7 +28,7 @@ from ergate_celery import JobStatus
 from ergate_celery.scheduling.beat import recover_stuck_jobs
 
 from .apps import fault_app
-from .faults import FAST_REDIS_REDELIVERY, Supervisor, children_of, kill_worker
+from .faults import FAST_REDIS_REDELIVERY, Supervisor, kill_one
 from .services import PostgresService, RedisService
 from .support import Setup
 
@@ -130,14 +129,9 @@ def test_soak_killed_workers_and_cut_postgres_connections(
             for worker in workers:
                 worker.ensure()
             if kills < SOAK_MAX_KILLS and now >= next_kill:
-                victim = rng.choice(workers).ensure()
-                if kills % SOAK_WHOLE_WORKER_EVERY == SOAK_WHOLE_WORKER_EVERY - 1:
-                    kill_worker(victim)
-                    whole_kills += 1
-                else:
-                    pool = children_of(victim.pid)
-                    if pool:
-                        os.kill(rng.choice(pool), signal.SIGKILL)
+                whole = kills % SOAK_WHOLE_WORKER_EVERY == SOAK_WHOLE_WORKER_EVERY - 1
+                kill_one(workers, rng, whole)
+                whole_kills += whole
                 kills += 1
                 next_kill = now + SOAK_KILL_EVERY
             if kills < SOAK_MAX_KILLS and now >= next_cut:
