@@ -79,6 +79,11 @@ def kill_worker(process: Popen[bytes]) -> None:
         _kill_celery(pid)
 
 
+def hash_counts(client: Any, key: str) -> Counter[str]:
+    """A soak's counters: a Redis hash of counts, by field."""
+    return Counter({k.decode(): int(v) for k, v in client.hgetall(key).items()})
+
+
 def kill_one(workers: list[Supervisor], rng: random.Random, whole: bool) -> None:
     """A soak's kill: a random worker of `workers` killed whole (main process and pool), or
     one of its pool processes SIGKILLed."""

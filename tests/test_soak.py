@@ -6,7 +6,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -15,7 +14,7 @@ from ergate_celery.scheduling.beat import recover_stuck_jobs
 from ergate_celery.worker.step_results import STEP_TASK_ID_PREFIX
 
 from .apps import fault_app
-from .faults import FAST_REDIS_REDELIVERY, Supervisor, kill_one
+from .faults import FAST_REDIS_REDELIVERY, Supervisor, hash_counts, kill_one
 from .support import Setup
 
 # 5. Soak: many jobs, failing steps, killed workers -----------------------------------------
@@ -36,10 +35,6 @@ def _first_failing_step(x: int) -> int | None:
         if fault_app.soak_fails(x, index):
             return index
     return None
-
-
-def _hash_counts(client: Any, key: str) -> Counter[str]:
-    return Counter({k.decode(): int(v) for k, v in client.hgetall(key).items()})
 
 
 @pytest.mark.slow
@@ -111,10 +106,10 @@ def test_soak_killed_workers_lose_no_job_and_never_fork(
             worker.close()
 
     jobs = {job_id: setup.ergate.get_job(job_id) for job_id in inputs}
-    started = _hash_counts(counters, fault_app.STARTED_KEY)
-    completed = _hash_counts(counters, fault_app.COMPLETED_KEY)
-    published = _hash_counts(counters, fault_app.PUBLISHED_KEY)
-    republished = _hash_counts(counters, fault_app.REPUBLISHED_KEY)
+    started = hash_counts(counters, fault_app.STARTED_KEY)
+    completed = hash_counts(counters, fault_app.COMPLETED_KEY)
+    published = hash_counts(counters, fault_app.PUBLISHED_KEY)
+    republished = hash_counts(counters, fault_app.REPUBLISHED_KEY)
     restarts = sum(worker.restarts for worker in workers)
     reruns = sum(started.values()) - len(started)
     statuses = Counter(job.status.name for job in jobs.values())

@@ -28,7 +28,7 @@ from ergate_celery import JobStatus
 from ergate_celery.scheduling.beat import recover_stuck_jobs
 
 from .apps import fault_app
-from .faults import FAST_REDIS_REDELIVERY, Supervisor, kill_one
+from .faults import FAST_REDIS_REDELIVERY, Supervisor, hash_counts, kill_one
 from .services import PostgresService, RedisService
 from .support import Setup
 
@@ -45,10 +45,6 @@ SOAK_WHOLE_WORKER_EVERY = 3
 SOAK_SWEEP_EVERY = 1.0
 #: The soak fails if it has not drained by then (generous: the machine is shared).
 SOAK_LIMIT = 60 + SOAK_JOBS * 2.0
-
-
-def _hash_counts(client: Any, key: str) -> Counter[str]:
-    return Counter({k.decode(): int(v) for k, v in client.hgetall(key).items()})
 
 
 def _cut_connections(postgres: PostgresService, application_name: str) -> int:
@@ -149,9 +145,9 @@ def test_soak_killed_workers_and_cut_postgres_connections(
             worker.close()
 
     jobs = {job_id: setup.ergate.get_job(job_id) for job_id in inputs}
-    started = _hash_counts(counters, fault_app.STARTED_KEY)
-    completed = _hash_counts(counters, fault_app.COMPLETED_KEY)
-    overlaps = _hash_counts(counters, fault_app.OVERLAPS_KEY)
+    started = hash_counts(counters, fault_app.STARTED_KEY)
+    completed = hash_counts(counters, fault_app.COMPLETED_KEY)
+    overlaps = hash_counts(counters, fault_app.OVERLAPS_KEY)
     restarts = sum(worker.restarts for worker in workers)
     statuses = Counter(job.status.name for job in jobs.values())
     print(
