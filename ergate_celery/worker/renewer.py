@@ -13,6 +13,7 @@ fork, since a thread does not survive one. A forked child starts with no claims 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -51,16 +52,24 @@ class _Renewer:
         self._claims: set[_Claim] = set()
         self._renewing: _Claim | None = None
         self._thread: threading.Thread | None = None
+        #: When the thread wakes by itself next (`time.monotonic()`), and how long it sleeps
+        #: while it holds no claim: a renewal interval seen before.
+        self._wake_at = math.inf
+        self._idle: float | None = None
 
-    def add(self, claim: _Claim) -> None:
+    def add(self, claim: _Claim, every: float) -> None:
         with self._changed:
             self._claims.add(claim)
+            self._idle = every if self._idle is None else min(self._idle, every)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="ergate-lease-renewer", daemon=True
                 )
                 self._thread.start()
-            self._changed.notify()
+            # Waking the thread for every step costs two context switches and a hand-over
+            # of the GIL: only a claim due before it wakes by itself needs it.
+            if claim.due < self._wake_at:
+                self._changed.notify()
 
     def remove(self, claim: _Claim) -> None:
         with self._changed:
@@ -96,7 +105,15 @@ class _Renewer:
                     first.due = now + renew_every(first.rt.settings)
                     self._renewing = first
                     return first
-                self._changed.wait(None if first is None else first.due - now)
+                if first is not None:
+                    self._wake_at = first.due
+                elif self._idle is not None:
+                    # A claim added while it sleeps is due no sooner than a renewal interval
+                    # from then: it wakes in time for it without being told.
+                    self._wake_at = now + self._idle
+                else:
+                    self._wake_at = math.inf
+                self._changed.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
 
 def _renew(claim: _Claim) -> bool:
@@ -132,8 +149,9 @@ class Heartbeat:
 
     def __enter__(self) -> Heartbeat:
         claim = self._claim
-        claim.due = time.monotonic() + renew_every(claim.rt.settings)
-        _renewer.add(claim)
+        every = renew_every(claim.rt.settings)
+        claim.due = time.monotonic() + every
+        _renewer.add(claim, every)
         return self
 
     def __exit__(

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from celery import Celery
 
 from ergate_celery import ErgateCelery, Job, JobStatus
@@ -184,3 +186,34 @@ def test_a_store_without_a_server_keeps_the_process_clock_and_a_failed_read_the_
     assert clock() == SERVER + timedelta(seconds=5)
     clock.refresh()  # the server is down: the last offset stays
     assert clock() == SERVER + timedelta(seconds=5)
+
+
+def test_a_claim_is_renewed_in_time_whether_or_not_the_sleeping_renewer_is_woken(
+    memory_app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A renewer of its own: the process's one has seen other tests' leases.
+    fresh = renewer._Renewer()
+    monkeypatch.setattr(renewer, "_renewer", fresh)
+    ergate = ErgateCelery(memory_app)  # a 30 s lease: the idle renewer then sleeps 10 s
+    rt, long_held = _claimed(ergate, "long")
+    with Heartbeat(rt, str(long_held.id), "long", "test"):
+        pass
+    wait_until(lambda: fresh._wake_at < float("inf"), what="the renewer asleep")
+    # Due before the renewer wakes by itself: it is told.
+    short_rt = replace(rt, settings=replace(rt.settings, lease_seconds=0.3))
+    _, first = _claimed(ergate, "first", register=False)
+    with Heartbeat(short_rt, str(first.id), "first", "test"):
+        wait_until(
+            lambda: ergate.get_job(str(first.id)).lease_until != first.lease_until,
+            what="a renewal of the claim due first",
+            timeout=3.0,
+        )
+    # Now it sleeps at most 0.1 s between looks: a new claim is not told, and renewed in time.
+    _, second = _claimed(ergate, "second", register=False)
+    with Heartbeat(short_rt, str(second.id), "second", "test"):
+        wait_until(
+            lambda: ergate.get_job(str(second.id)).lease_until != second.lease_until,
+            what="a renewal of the claim added while it slept",
+            timeout=3.0,
+        )
+    ergate.close()
