@@ -171,31 +171,14 @@ class FanOutState(BaseModel):
 class Job(BaseModel):
     """One execution of a workflow; travels between steps as `model_dump(mode="json")`."""
 
+    # The fields a claim writes come first, before any field that can hold user data (the
+    # Redis claim script edits them in the stored JSON text, where the first occurrence of
+    # each of their keys must be the job's own); readers do not depend on the order.
     id: Any = None
     workflow_name: str
     status: JobStatus = JobStatus.QUEUED
     current_step: int = Field(default=0, ge=0)
     steps_completed: int = Field(default=0, ge=0)
-    percent_completed: float = Field(default=0.0, ge=0.0, le=100.0)
-    initial_input_value: Any = None
-    last_return_value: Any = None
-    user_context: Any = None
-    requested_start_time: datetime | None = None
-    error: JobError | None = None
-    priority: int | None = Field(default=None, ge=0, le=255)
-    attempt: int = Field(default=0, ge=0)
-    """How many times the current step has been started (retries and redeliveries count)."""
-    recoveries: list[str] = Field(default_factory=list)
-    """What the stuck-job sweep did to this job, one line each."""
-    submitted_at: datetime | None = None
-    started_at: datetime | None = None
-    """When its first step started."""
-    finished_at: datetime | None = None
-    """When it reached a final status."""
-    step_started_at: datetime | None = None
-    """When the current step (if RUNNING) started."""
-    timings: list[StepTiming] = Field(default_factory=list)
-    """One entry per completed step run, in order."""
     current_step_name: str | None = None
     """The name of the current step: a job continues at the step of this name in the
     definition the worker runs, so inserting or reordering steps in a deploy is safe."""
@@ -207,6 +190,31 @@ class Job(BaseModel):
     """Until when that claim holds: its worker renews it while the step runs. On a job
     waiting for its message (a retry's countdown, a message published again by the sweep),
     until when the sweep leaves it alone."""
+    attempt: int = Field(default=0, ge=0)
+    """How many times the current step has been started (retries and redeliveries count)."""
+    started_at: datetime | None = None
+    """When its first step started."""
+    step_started_at: datetime | None = None
+    """When the current step (if RUNNING) started."""
+    queued_by: str | None = None
+    """The operation that sent the job to its current step, until its publish is done or a
+    step run claims it: `retry <token>`, `signal <name> <token>` or `release <token>`. A
+    caller killed before publishing leaves it: asking again then publishes the step."""
+    deadline: datetime | None = None
+    percent_completed: float = Field(default=0.0, ge=0.0, le=100.0)
+    initial_input_value: Any = None
+    last_return_value: Any = None
+    user_context: Any = None
+    requested_start_time: datetime | None = None
+    error: JobError | None = None
+    priority: int | None = Field(default=None, ge=0, le=255)
+    recoveries: list[str] = Field(default_factory=list)
+    """What the stuck-job sweep did to this job, one line each."""
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    """When it reached a final status."""
+    timings: list[StepTiming] = Field(default_factory=list)
+    """One entry per completed step run, in order."""
     lost_runs: int = Field(default=0, ge=0)
     """Runs of the current step that ended without an outcome (worker lost, stuck requeue)."""
     republished: int = Field(default=0, ge=0)
@@ -236,10 +244,6 @@ class Job(BaseModel):
     waiting_for_slot: bool = False
     """Parked because `Concurrency.limit` jobs of its key are in progress: it starts, oldest
     first, when one of them ends."""
-    queued_by: str | None = None
-    """The operation that sent the job to its current step, until its publish is done or a
-    step run claims it: `retry <token>`, `signal <name> <token>` or `release <token>`. A
-    caller killed before publishing leaves it: asking again then publishes the step."""
     trace_context: dict[str, str] | None = None
     """The W3C trace context (`traceparent`, `tracestate`) of the span that submitted the job,
     set when tracing is on: every later span of the job joins that trace. A child job given
@@ -263,8 +267,6 @@ class Job(BaseModel):
         if self.submitted_at is None or self.finished_at is None:
             return None
         return (self.finished_at - self.submitted_at).total_seconds()
-
-    deadline: datetime | None = None
 
     def deadline_passed(self, now: datetime) -> bool:
         """True when the job has a deadline and `now` is past it."""

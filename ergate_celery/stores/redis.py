@@ -12,12 +12,14 @@ from typing import Any
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 
+from ergate_celery.lifecycle.events import Claim
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.base import (
     ACTIVE,
     SCHEDULED,
     BaseJobStore,
+    ClaimedInOne,
     IndexEntry,
     Outcome,
     Stored,
@@ -28,6 +30,7 @@ from ergate_celery.stores.base import (
 from ergate_celery.stores.key_value import job_meta
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.oversized import check_size
+from ergate_celery.stores.redis_claim import before_claim, claim_arguments
 from ergate_celery.stores.redis_keys import (
     Digests,
     app_keys,
@@ -38,12 +41,16 @@ from ergate_celery.stores.redis_keys import (
 )
 from ergate_celery.stores.redis_publish import message_for
 from ergate_celery.stores.redis_scripts import (
+    CLAIM,
     COMPARE_AND_SET,
     CREATE,
     CREATE_UNLESS_PAUSED,
     DROP_INDEX_ENTRY,
     SWAP_SLOTS,
 )
+
+#: The listing's status sets a claim moves a job between.
+_CLAIMED_FROM_TO = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class RedisJobStore(BaseJobStore[str]):
@@ -65,6 +72,7 @@ class RedisJobStore(BaseJobStore[str]):
         self._drop_index_entry = backend.client.register_script(DROP_INDEX_ENTRY)
         self._swap_slots_script = backend.client.register_script(SWAP_SLOTS)
         self._create_unless_paused = backend.client.register_script(CREATE_UNLESS_PAUSED)
+        self._claim = backend.client.register_script(CLAIM)
         self._digests = Digests()
         self._json = backend.serializer == "json"
         self._extended = bool(backend.app.conf.find_value_for_key("extended", "result"))
@@ -187,6 +195,22 @@ class RedisJobStore(BaseJobStore[str]):
             return Outcome.WRITTEN
         # On a mismatch the script sent the record back: no second read.
         return Outcome.GONE if reply is None else self._stored(reply)
+
+    def claim_in_one(self, job_id: str, claim: Claim, now: datetime) -> ClaimedInOne | None:
+        if not self._json:
+            return None  # the script edits the JSON text of the record
+        keys = [self._key(job_id), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
+        keys += [self.listing_key, *(self._status_keys[s] for s in _CLAIMED_FROM_TO)]
+        arguments = claim_arguments(job_id, claim, now, score_of(self.clock()))
+        reply = self._claim(keys=keys, args=arguments)
+        if not reply:
+            return ClaimedInOne(None, None)
+        stored = self._stored(reply[1])
+        # Known by its digest: the transition or outcome written next compares against it.
+        self._digests.remember(*stored)
+        if reply[0] == 0:
+            return ClaimedInOne(stored.job, None)
+        return ClaimedInOne(before_claim(stored.job, reply[2:]), stored.job)
 
     def _insert(self, job: Job) -> bool:
         encoded, keys, arguments = self._creation(job)

@@ -125,3 +125,53 @@ end
 return stored
 """
 )
+
+# A step's claim in one round trip, without a read first: on the common case (the record,
+# as this store writes it, QUEUED at the run the message names, no deadline to check), the
+# claim's fields are edited in the stored JSON text and the claimed record is written and
+# returned, as {1, record, the old values of the fields it changed}. The job model puts every
+# field a claim changes or checks first, before any field that can hold user data, and each
+# value is matched as null, digits, or a string without quotes or escapes: the pattern then
+# matches only the record's own keys, never one inside a value. Anything else (another
+# status, an old record's field order, an escaped string, another run) changes nothing and
+# returns {0, record} (no record: false): the caller runs the claim's transition on it.
+# KEYS: the record, the scheduled and the active index, the listing's set of every job, the
+# QUEUED and the RUNNING status sets. ARGV: the id, workflow name and step name as JSON, the
+# steps completed and the step's index, the workflow version and the token as JSON, the time
+# of the claim and the lease's end as JSON, the index score, and the id as the sets' member.
+CLAIM = r"""
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local s = '("?[^"\\]*"?)'
+local n = '(%d+)'
+local pattern = '^{"status": "QUEUED", "result": {"id":' .. s .. ',"workflow_name":' .. s
+  .. ',"status":2,"current_step":' .. n .. ',"steps_completed":' .. n
+  .. ',"current_step_name":' .. s .. ',"workflow_version":' .. s .. ',"claim":' .. s
+  .. ',"lease_until":' .. s .. ',"attempt":' .. n .. ',"started_at":' .. s
+  .. ',"step_started_at":' .. s .. ',"queued_by":' .. s .. ',"deadline":' .. s
+  .. '(),"percent_completed":'
+local id, workflow, step, done, name, version, claim, lease, attempt, started, step_started,
+  queued_by, deadline, rest = string.match(raw, pattern)
+if id ~= ARGV[1] or workflow ~= ARGV[2] or name ~= ARGV[3] or done ~= ARGV[4]
+  or (deadline ~= 'null' and done == '0') or #attempt > 9 then
+  return {0, raw}
+end
+local now = ARGV[8]
+local record = '{"status": "RUNNING", "result": {"id":' .. id .. ',"workflow_name":' .. workflow
+  .. ',"status":3,"current_step":' .. ARGV[5] .. ',"steps_completed":' .. done
+  .. ',"current_step_name":' .. name .. ',"workflow_version":' .. ARGV[6]
+  .. ',"claim":' .. ARGV[7] .. ',"lease_until":' .. ARGV[9]
+  .. ',"attempt":' .. string.format('%d', tonumber(attempt) + 1)
+  .. ',"started_at":' .. (started == 'null' and now or started)
+  .. ',"step_started_at":' .. now .. ',"queued_by":null,"deadline":' .. deadline
+  .. string.sub(raw, rest)
+redis.call('SET', KEYS[1], record)
+redis.call('ZREM', KEYS[2], ARGV[11])
+redis.call('ZADD', KEYS[3], ARGV[10], ARGV[11])
+local submitted = redis.call('ZSCORE', KEYS[4], ARGV[11])
+if submitted then
+  redis.call('ZREM', KEYS[5], ARGV[11])
+  redis.call('ZADD', KEYS[6], submitted, ARGV[11])
+end
+return {1, record, step, version, claim, lease, attempt, started, step_started, queued_by}
+"""

@@ -35,6 +35,7 @@ from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
+from ergate_celery.worker.claiming import claimed, same_run, stored_run
 from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
 from ergate_celery.worker.leases import (
     LastWritten,
@@ -82,9 +83,7 @@ def _execute(
     rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job, whole: bool
 ) -> dict[str, Any]:
     with requeued_on_outage(f"Claiming {step} of job {message.id}"):
-        if not whole:
-            message = _stored_run(rt, message)
-        job = _claim(rt, step, task, message)
+        job, message = _claim(rt, step, task, message, short=not whole)
     if job is None:
         return reply(task, summary(message, step, dropped=True))
     if job.status is not JobStatus.RUNNING:  # cancelled, or failed, at the claim
@@ -171,16 +170,25 @@ def _claim(
     task: Task[Any, Any],
     message: Job,
     *,
+    short: bool = False,
     watch: bool = True,
-) -> Job | None:
+) -> tuple[Job | None, Job]:
+    """The job as claimed by this run (None: not claimed), and the message's run as known
+    after the claim (the record, when it is still at that run). A `short` message (its place,
+    not the job) is claimed in one round trip where the store can: in the common case, a job
+    that no pause or concurrency limit holds back; otherwise the record is read first."""
     begun = time.monotonic()
     job_id = str(message.id)
-    if rt.paused is not None and rt.paused.holds(step.workflow.unique_name):
+    paused = rt.paused is not None and rt.paused.holds(step.workflow.unique_name)
+    in_one = short and not paused and step.workflow.concurrency is None
+    if short and not in_one:
+        message = stored_run(rt, message)
+    if paused:
         park(rt, step, message)
-        return None
+        return None, message
     slotted = needs_slot(step, message)
     if slotted and not admitted(rt, step, message):
-        return None
+        return None, message
     now = rt.clock()
     token = claim_token(task.request.hostname)
     claim = Claim(
@@ -193,16 +201,15 @@ def _claim(
         max_attempts=rt.settings.max_step_attempts,
         workflow_version=step.workflow.version,
     )
-    before, after = rt.retrying(
-        f"claiming {step} of job {job_id}",
-        lambda: rt.apply(job_id, claim, sender=step.task_name, now=now, assume=message, task=task),
+    (before, after), message = claimed(
+        rt, claim, message, in_one=in_one, now=now, sender=step.task_name, task=task
     )
     if after is not None:
-        return after
+        return after, message
     held = before is not None and before.claim is not None
     seen = lease_seen(task)
     copy = _redelivered(task) or seen is not None
-    if watch and held and copy and _same_run(before, message):
+    if watch and held and copy and same_run(before, message):
         # Its worker may be gone (the broker saw it die) or alive (the broker restored a
         # message held past its visibility timeout): only the lease tells.
         assert before is not None
@@ -215,7 +222,7 @@ def _claim(
             # A lease longer than this run's time limit: this copy comes back once, when the
             # lease would expire, rather than watch it in turns up to its time limit.
             logger.info("Handed a copy of %s of job %s back: its lease still holds", step, job_id)
-            return None
+            return None, message
         if expired is None:
             # Interrupted at its time limit, the copy would be acknowledged and the lost step
             # left to the sweep. Back in the queue it comes again marked redelivered, and
@@ -223,13 +230,13 @@ def _claim(
             logger.info("Requeued a copy of %s of job %s: its lease still holds", step, job_id)
             raise Reject("the lease of the job's claim still holds", requeue=True)
         if expired:
-            return _claim(rt, step, task, message, watch=False)
+            return _claim(rt, step, task, message, short=in_one, watch=False)
     if before is not None and _stranded_successor(before, message, step, task):
         # The worker that ran this step died after storing its outcome and before publishing
         # the next step: the redelivered message hands the job on.
         logger.warning("Republishing step %s of job %s", before.current_step_name, job_id)
         rt.publish_current_step(before, step.task_name)
-        return None
+        return None, message
     logger.warning(
         "Dropped a message for %s of job %s: %s", step, job_id, dropped_because(before, message)
     )
@@ -238,17 +245,7 @@ def _claim(
         fan_out.child_ended(rt, before, step.task_name)
     if slotted and before is not None and before.is_final:
         free_slot(rt, before)  # a late copy of a message took a slot for an ended job
-    return None
-
-
-def _stored_run(rt: Runtime, message: Job) -> Job:
-    """The job as stored if it is still at the run the message names (the claim's guess of
-    the record: right unless a write comes between), else the message's own place."""
-    job_id = str(message.id)
-    stored = rt.retrying(f"reading job {job_id}", lambda: rt.store.get(job_id))
-    if stored is not None and _same_run(stored, message):
-        return stored
-    return message
+    return None, message
 
 
 def _watch_until(task: Task[Any, Any], begun: float) -> float | None:
@@ -258,14 +255,6 @@ def _watch_until(task: Task[Any, Any], begun: float) -> float | None:
     hard, soft = task.request.timelimit or (None, None)
     limits = [float(s) for s in (hard or task.time_limit, soft or task.soft_time_limit) if s]
     return begun + 0.75 * min(limits) if limits else None
-
-
-def _same_run(stored: Job | None, message: Job) -> bool:
-    return (
-        stored is not None
-        and stored.workflow_name == message.workflow_name
-        and stored.steps_completed == message.steps_completed
-    )
 
 
 def _redelivered(task: Task[Any, Any]) -> bool:
