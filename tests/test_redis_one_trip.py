@@ -48,6 +48,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], int | None]] = {
     "default queue": ({}, {}, None),
     "task_routes": ({"task_routes": {"ergate.diff.*": {"queue": "routed"}}}, {}, None),
     "the step's queue": ({}, {"queue": "step-queue"}, None),
+    # The script slices its commands by byte length: a name whose bytes outnumber its letters.
+    "a non-ASCII queue name": ({}, {"queue": "schritt-ü-队列"}, 3),
     "a direct exchange and routing key": (
         {
             "task_queues": [Queue("bound", Exchange("ex-direct", type="direct"), "rk")],

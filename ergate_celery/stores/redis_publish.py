@@ -11,7 +11,6 @@ only when its write succeeds.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,9 +25,9 @@ from ergate_celery.stores.after_publish import Held, holding, release
 
 logger = logging.getLogger(__name__)
 
-#: Gives the Redis commands (JSON, for the script) of the message to send with the write of a
+#: Gives the Redis commands (encoded for the script) of the message to send with the write of a
 #: job, or None for none; see `sending`.
-Send = Callable[[Job], str | None]
+Send = Callable[[Job], bytes | None]
 
 #: Commands a Redis channel may hand a publish batch: a queue's list, its expiry, a fanout.
 COMMANDS = frozenset({"lpush", "pexpire", "publish"})
@@ -47,18 +46,18 @@ def sending(send: Send | None) -> Iterator[None]:
         _send.reset(token)
 
 
-def message_for(job: Job) -> str:
-    """The script argument of the message to write with `job` ('' for none)."""
+def message_for(job: Job) -> bytes:
+    """The script argument of the message to write with `job` (b'' for none)."""
     send = _send.get()
-    return (send(job) or "") if send is not None else ""
+    return (send(job) or b"") if send is not None else b""
 
 
 @dataclass
 class Collected:
     """A step message collected for the store's script."""
 
-    #: The script argument: the Redis commands kombu would have run, as JSON.
-    commands: str
+    #: The script argument: the Redis commands kombu would have run (`_Collector.encoded`).
+    commands: bytes
     #: Celery's `after_task_publish` for it, sent by `sent` once the script wrote it.
     after: Held
 
@@ -72,14 +71,21 @@ class _Collector:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.commands: list[list[str]] = []
+        self.fields: list[bytes] = []
 
     def add(self, name: str, key: Any, *args: Any) -> None:
         if name not in COMMANDS or len(args) != 1:
             # Not a command a Redis channel's publish gives (a newer kombu?): kombu publishes.
             raise ValueError(f"kombu asked for {name!r}, which the store's script does not run")
         # The channel's client would put `global_keyprefix` before the key of each of these.
-        self.commands.append([name.upper(), self.prefix + str(key), str(args[0])])
+        for field in (name.upper(), self.prefix + str(key), str(args[0])):
+            encoded = field.encode()
+            self.fields.append(b"%d:%s" % (len(encoded), encoded))
+
+    def encoded(self) -> bytes:
+        """The script argument: name, key and value of each command, each field as
+        `<byte length>:<bytes>` (the script slices them out; no JSON to decode)."""
+        return b"".join(self.fields)
 
 
 class _Collecting:
@@ -212,7 +218,7 @@ class RedisPublisher:
                     send(producer)
             finally:
                 del batches.current
-        if not collector.commands:
+        if not collector.fields:
             release(held)  # nothing collected: whatever was published was published by kombu
             return None
-        return Collected(json.dumps(collector.commands, ensure_ascii=False), held)
+        return Collected(collector.encoded(), held)
