@@ -42,6 +42,8 @@ from ergate_celery.stores.redis_scripts import (
     CREATE,
     CREATE_UNLESS_PAUSED,
     DROP_INDEX_ENTRY,
+    PAUSED,
+    STORED_PARKED,
     SWAP_SLOTS,
 )
 
@@ -212,18 +214,28 @@ class RedisJobStore(BaseJobStore[str]):
         return [bool(reply) for reply in replies]
 
     def _insert_unless_paused(self, job: Job) -> Job | None:
-        # The paused check and the create in one script: no extra round trip for pausing.
-        parked = job.model_copy(update={"parked": True})
+        # The paused check and the create in one script: no extra round trip for pausing. The
+        # parked variant of the record is encoded only when the script finds the workflow
+        # paused (it then writes nothing): a second round trip, with both variants, for a
+        # paused workflow only.
         encoded, ttl = self._encode(job, limit=self.create_limit)
-        parked_encoded, _ = self._encode(parked, limit=self.create_limit)
         keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
         keys.append(self.paused_key)
-        arguments = [job.workflow_name, parked_encoded, encoded, ttl or ""]
+        arguments = [job.workflow_name, "", encoded, ttl or ""]
         arguments += [*self._index_arguments(job), message_for(job), *self._listing_adds(job)]
         reply = self._create_unless_paused(keys=keys, args=arguments)
+        parked = parked_encoded = None
+        if reply == PAUSED:
+            parked = job.model_copy(update={"parked": True})
+            parked_encoded, _ = self._encode(parked, limit=self.create_limit)
+            arguments[1] = parked_encoded
+            reply = self._create_unless_paused(keys=keys, args=arguments)
         if not reply:
             return None
-        stored, raw = (parked, parked_encoded) if reply == 2 else (job, encoded)
+        if reply == STORED_PARKED and parked is not None and parked_encoded is not None:
+            stored, raw = parked, parked_encoded
+        else:
+            stored, raw = job, encoded
         self._digests.remember(stored, digest_of(raw))
         return stored
 

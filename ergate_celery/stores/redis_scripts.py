@@ -111,10 +111,16 @@ if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1],
 return 1
 """
 
+#: Replies of CREATE_UNLESS_PAUSED besides 0 (the id is taken) and 1 (stored as given).
+STORED_PARKED = 2
+PAUSED = 3
+
 # Create, parked when the workflow is paused (KEYS[4], the paused set, holds ARGV[1]): the
 # paused variant of the record is ARGV[2]; the rest are CREATE's arguments. Replies 0 when
-# the id is taken, 1 when stored as given, 2 when stored parked. ARGV[8] is the first step's
-# message (as COMPARE_AND_SET's ARGV[10]), pushed only when stored as given.
+# the id is taken, 1 when stored as given, 2 when stored parked, and 3, writing nothing, when
+# the workflow is paused and ARGV[2] is '' (the caller encodes the parked variant only then).
+# ARGV[8] is the first step's message (as COMPARE_AND_SET's ARGV[10]), pushed only when
+# stored as given.
 CREATE_UNLESS_PAUSED = (
     LUA_HELPERS
     + """
@@ -122,6 +128,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local stored = 1
 local record = ARGV[3]
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then
+  if ARGV[2] == '' then return 3 end
   stored = 2
   record = ARGV[2]
 end
