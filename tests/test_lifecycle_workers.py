@@ -164,23 +164,30 @@ def test_lost_reply_to_the_outcome_still_publishes_the_next_step_once(
     lossy = _LostReply(setup.ergate.store)
     setup.ergate.runtime.store = lossy
     published: Counter[str] = Counter()
+    sent: Counter[str] = Counter()
 
     def count(sender: str | None = None, **kwargs: Any) -> None:
         published[str(sender)] += 1
 
-    from celery.signals import before_task_publish
+    def count_sent(sender: str | None = None, **kwargs: Any) -> None:
+        sent[str(sender)] += 1
+
+    from celery.signals import after_task_publish, before_task_publish
 
     before_task_publish.connect(count, weak=False)
+    after_task_publish.connect(count_sent, weak=False)
     try:
         with worker():
             job = setup.ergate.submit_job("lost_reply", initial_input_value=5)
             done = setup.ergate.wait_for_job(job.id, timeout=WAIT)
     finally:
         before_task_publish.disconnect(count)
+        after_task_publish.disconnect(count_sent)
     assert lossy.lost == 1
     assert (done.status, done.last_return_value) == (JobStatus.COMPLETED, 12)
     assert runs == {"a": 1, "b": 1}
     assert published["ergate.lost_reply.b"] == 1
+    assert sent["ergate.lost_reply.b"] == 1
     assert done.recoveries == []  # handed on at once, not by the sweep
 
 

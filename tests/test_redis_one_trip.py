@@ -48,6 +48,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], int | None]] = {
     "default queue": ({}, {}, None),
     "task_routes": ({"task_routes": {"ergate.diff.*": {"queue": "routed"}}}, {}, None),
     "the step's queue": ({}, {"queue": "step-queue"}, None),
+    # The script slices its commands by byte length: a name whose bytes outnumber its letters.
+    "a non-ASCII queue name": ({}, {"queue": "schritt-ü-队列"}, 3),
     "a direct exchange and routing key": (
         {
             "task_queues": [Queue("bound", Exchange("ex-direct", type="direct"), "rk")],
@@ -321,3 +323,35 @@ def test_another_redis_database_or_the_setting_off_falls_back_to_kombu(
         said = [r.getMessage() for r in caplog.records if r.name == ONE_TRIP_LOGGER]
         assert len(said) == 1, said
         assert reason in said[0]
+
+
+def test_after_task_publish_fires_only_for_a_message_the_script_wrote(
+    make_setup: Callable[..., Setup], publishes: list[tuple[str, Any, Any]]
+) -> None:
+    # The message is built (before_task_publish) ahead of the script; a job stored parked or
+    # an id already taken sends nothing, and Celery's "after the message was sent" must not
+    # fire for it.
+    setup = make_setup("redis", ergate_redis_one_trip=True)
+    ergate = setup.ergate
+    ergate.register_workflow(_workflow("gated"))
+    client = ergate.runtime.store.client  # type: ignore[attr-defined]
+
+    job = ergate.submit_job("gated", initial_input_value=1, id="gated-1")
+    task_id = "ergate-step:gated-1:0"
+    assert [seen[:2] for seen in publishes] == [("before", task_id), ("after", task_id)]
+    assert sum(len(messages) for messages in _landed(client).values()) == 1
+
+    publishes.clear()
+    again = ergate.submit_job("gated", initial_input_value=1, id="gated-1", if_exists="return")
+    assert again.id == job.id
+    assert [kind for kind, _, _ in publishes] == ["before"]
+    assert _landed(client) == {}
+
+    publishes.clear()
+    # Paused in the store only: this process's cache still says running, so the message is
+    # built and the script parks the job instead.
+    ergate.runtime.store.set_paused("gated", True)
+    parked = ergate.submit_job("gated", initial_input_value=1, id="gated-2")
+    assert parked.parked
+    assert [kind for kind, _, _ in publishes] == ["before"]
+    assert _landed(client) == {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
@@ -16,6 +17,7 @@ from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.json_values import non_json, parses_back
 from ergate_celery.model.workflow import Workflow
+from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.stores.listing import check_tags, utc_moment
 from ergate_celery.stores.redis_publish import sending
 from ergate_celery.transactions import in_django_transaction, on_commit
@@ -128,16 +130,38 @@ def _check_input_type(workflow: Workflow, value: Any) -> None:
     annotation = step.plan.input_annotation
     if annotation is Any:
         return
+    adapter = _adapter_of(step, annotation)
+    if adapter is None:
+        return
     try:
-        TypeAdapter(annotation).validate_python(value)
+        adapter.validate_python(value)
     except ValidationError as exc:
         raise InvalidInputError(
             f"initial_input_value does not fit the input type of {step} ({annotation!r}): "
             f"{RedactedValidationError.of(exc)}"
         ) from None
     except Exception:
-        # An annotation pydantic cannot build a validator for is not checked.
+        # A validator that fails otherwise does not refuse the input.
         return
+
+
+# Building a validator costs more than the rest of a submission's checks: once per step.
+_adapters: WeakKeyDictionary[WorkflowStep[Any, Any], TypeAdapter[Any] | None] = WeakKeyDictionary()
+
+
+def _adapter_of(step: WorkflowStep[Any, Any], annotation: Any) -> TypeAdapter[Any] | None:
+    """The validator of the step's input type; None for one pydantic cannot build (then the
+    input is not checked)."""
+    try:
+        return _adapters[step]
+    except KeyError:
+        pass
+    try:
+        adapter: TypeAdapter[Any] | None = TypeAdapter(annotation)
+    except Exception:
+        adapter = None
+    _adapters[step] = adapter
+    return adapter
 
 
 def submit(

@@ -39,6 +39,7 @@ from ergate_celery.stores.redis_keys import (
     text_of,
     time_of,
 )
+from ergate_celery.stores.redis_listing import listed
 from ergate_celery.stores.redis_publish import message_for
 from ergate_celery.stores.redis_scripts import (
     CLAIM,
@@ -46,6 +47,8 @@ from ergate_celery.stores.redis_scripts import (
     CREATE,
     CREATE_UNLESS_PAUSED,
     DROP_INDEX_ENTRY,
+    PAUSED,
+    STORED_PARKED,
     SWAP_SLOTS,
 )
 
@@ -236,18 +239,28 @@ class RedisJobStore(BaseJobStore[str]):
         return [bool(reply) for reply in replies]
 
     def _insert_unless_paused(self, job: Job) -> Job | None:
-        # The paused check and the create in one script: no extra round trip for pausing.
-        parked = job.model_copy(update={"parked": True})
+        # The paused check and the create in one script: no extra round trip for pausing. The
+        # parked variant of the record is encoded only when the script finds the workflow
+        # paused (it then writes nothing): a second round trip, with both variants, for a
+        # paused workflow only.
         encoded, ttl = self._encode(job, limit=self.create_limit)
-        parked_encoded, _ = self._encode(parked, limit=self.create_limit)
         keys = [self._key(str(job.id)), self.index_keys[SCHEDULED], self.index_keys[ACTIVE]]
         keys.append(self.paused_key)
-        arguments = [job.workflow_name, parked_encoded, encoded, ttl or ""]
+        arguments = [job.workflow_name, "", encoded, ttl or ""]
         arguments += [*self._index_arguments(job), message_for(job), *self._listing_adds(job)]
         reply = self._create_unless_paused(keys=keys, args=arguments)
+        parked = parked_encoded = None
+        if reply == PAUSED:
+            parked = job.model_copy(update={"parked": True})
+            parked_encoded, _ = self._encode(parked, limit=self.create_limit)
+            arguments[1] = parked_encoded
+            reply = self._create_unless_paused(keys=keys, args=arguments)
         if not reply:
             return None
-        stored, raw = (parked, parked_encoded) if reply == 2 else (job, encoded)
+        if reply == STORED_PARKED and parked is not None and parked_encoded is not None:
+            stored, raw = parked, parked_encoded
+        else:
+            stored, raw = job, encoded
         self._digests.remember(stored, digest_of(raw))
         return stored
 
@@ -328,54 +341,10 @@ class RedisJobStore(BaseJobStore[str]):
         keys += [self._tag_key(key, value) for key, value in sorted(job.tags.items())]
         return [score_of(job.submitted_at), *keys]
 
-    def _driving_key(self, query: JobQuery) -> bytes:
-        # The narrowest set the index has for the query; the other filters are checked on the
-        # records read.
-        if query.statuses is not None and len(query.statuses) == 1:
-            return self._status_keys[next(iter(query.statuses))]
-        if query.tags:
-            key, value = sorted(query.tags.items())[0]
-            return self._tag_key(key, value)
-        if query.workflow is not None:
-            return self._workflow_key(query.workflow)
-        return self.listing_key
-
     def _listed(
         self, query: JobQuery, after: Position | None, count: int
     ) -> list[tuple[Position, Job | None]]:
-        key = self._driving_key(query)
-        top: Any = "+inf" if query.until is None else score_of(query.until)
-        if after is not None:
-            top = score_of(after.at) if top == "+inf" else min(top, score_of(after.at))
-        bottom: Any = "-inf" if query.since is None else score_of(query.since)
-        entries: list[Position] = []
-        offset = 0
-        while len(entries) < count:
-            # Entries with the cursor's own time come in descending id order: skip up to it.
-            found = self.client.zrevrangebyscore(
-                key, top, bottom, start=offset, num=count, withscores=True
-            )
-            offset += len(found)
-            for member, score in found:
-                position = Position(time_of(score), text_of(member))
-                if after is None or position.before(after):
-                    entries.append(position)
-            if len(found) < count:
-                break
-        entries = entries[:count]
-        if not entries:
-            return []
-        raws = self.client.mget([self._key(entry.job_id) for entry in entries])
-        listed: list[tuple[Position, Job | None]] = []
-        gone = []
-        for entry, raw in zip(entries, raws, strict=True):
-            job = None if raw is None else self._stored(raw).job
-            if job is None:
-                gone.append(entry.job_id)
-            listed.append((entry, job))
-        if gone:  # expired or deleted: trim the entries the records left behind
-            self.client.zrem(key, *gone)
-        return listed
+        return listed(self, query, after, count)
 
     # Paused workflows.
 

@@ -11,20 +11,23 @@ only when its write succeeds.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
+from celery.app.routes import MapRoute
+
 from ergate_celery.model.job import Job
+from ergate_celery.stores.after_publish import Held, holding, release
 
 logger = logging.getLogger(__name__)
 
-#: Gives the Redis commands (JSON, for the script) of the message to send with the write of a
+#: Gives the Redis commands (encoded for the script) of the message to send with the write of a
 #: job, or None for none; see `sending`.
-Send = Callable[[Job], str | None]
+Send = Callable[[Job], bytes | None]
 
 #: Commands a Redis channel may hand a publish batch: a queue's list, its expiry, a fanout.
 COMMANDS = frozenset({"lpush", "pexpire", "publish"})
@@ -43,10 +46,24 @@ def sending(send: Send | None) -> Iterator[None]:
         _send.reset(token)
 
 
-def message_for(job: Job) -> str:
-    """The script argument of the message to write with `job` ('' for none)."""
+def message_for(job: Job) -> bytes:
+    """The script argument of the message to write with `job` (b'' for none)."""
     send = _send.get()
-    return (send(job) or "") if send is not None else ""
+    return (send(job) or b"") if send is not None else b""
+
+
+@dataclass
+class Collected:
+    """A step message collected for the store's script."""
+
+    #: The script argument: the Redis commands kombu would have run (`_Collector.encoded`).
+    commands: bytes
+    #: Celery's `after_task_publish` for it, sent by `sent` once the script wrote it.
+    after: Held
+
+    def sent(self) -> None:
+        """The script wrote the message: Celery's `after_task_publish` goes now (once)."""
+        release(self.after)
 
 
 class _Collector:
@@ -54,14 +71,21 @@ class _Collector:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.commands: list[list[str]] = []
+        self.fields: list[bytes] = []
 
     def add(self, name: str, key: Any, *args: Any) -> None:
         if name not in COMMANDS or len(args) != 1:
             # Not a command a Redis channel's publish gives (a newer kombu?): kombu publishes.
             raise ValueError(f"kombu asked for {name!r}, which the store's script does not run")
         # The channel's client would put `global_keyprefix` before the key of each of these.
-        self.commands.append([name.upper(), self.prefix + str(key), str(args[0])])
+        for field in (name.upper(), self.prefix + str(key), str(args[0])):
+            encoded = field.encode()
+            self.fields.append(b"%d:%s" % (len(encoded), encoded))
+
+    def encoded(self) -> bytes:
+        """The script argument: name, key and value of each command, each field as
+        `<byte length>:<bytes>` (the script slices them out; no JSON to decode)."""
+        return b"".join(self.fields)
 
 
 class _Collecting:
@@ -80,6 +104,35 @@ def redis_params(client: Any) -> tuple[Any, ...]:
     return (params.get("host"), params.get("port"), params.get("path"), params.get("db", 0))
 
 
+#: The `apply_async` options that choose a message's exchange (with the task's name).
+DESTINATION = ("queue", "exchange", "exchange_type")
+
+
+def _route_key(name: str, options: dict[str, Any], router: Any) -> tuple[Any, ...] | None:
+    """What the router's choice of exchange depends on, or None when it may depend on more:
+    a `task_routes` function is given the message's arguments."""
+    if not all(isinstance(route, MapRoute) for route in router.routes):
+        return None
+    key = (name, *(options.get(option) for option in DESTINATION))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _exchange_type(route: dict[str, Any]) -> str | None:
+    """The type of the exchange a route of Celery's router sends to (None: the default)."""
+    queue = route.get("queue")
+    kind: str | None = route.get("exchange_type")
+    exchange = route.get("exchange")
+    if kind is None and exchange is not None and not isinstance(exchange, str):
+        kind = exchange.type
+    if kind is None and queue is not None and not isinstance(queue, str):
+        kind = queue.exchange.type
+    return kind
+
+
 class RedisPublisher:
     """Collects the commands of step messages for one app, when its broker is the Redis of
     its result backend; why not is logged once (INFO)."""
@@ -90,6 +143,10 @@ class RedisPublisher:
         self._enabled = enabled
         self._usable: bool | None = None
         self._logged: set[str] = set()
+        # Whether each (task, destination options) routes directly, for the router it was
+        # decided with: apply_async routes the message again, so this routes only once.
+        self._router: Any = None
+        self._directs: dict[tuple[Any, ...], bool] = {}
 
     def _once(self, reason: str) -> None:
         if reason not in self._logged:
@@ -130,23 +187,26 @@ class RedisPublisher:
         if self.app.conf.task_always_eager:  # apply_async would run the task, not publish
             return False
         merged = dict(task._get_exec_options(), **options)
-        route = self.app.amqp.router.route(merged, task.name, args, {}, None)
-        queue = route.get("queue")
-        kind = route.get("exchange_type")
-        exchange = route.get("exchange")
-        if kind is None and exchange is not None and not isinstance(exchange, str):
-            kind = exchange.type
-        if kind is None and queue is not None and not isinstance(queue, str):
-            kind = queue.exchange.type
-        if kind in (None, "direct"):
-            return True
-        self._once(f"task {task.name} is routed through a {kind} exchange")
-        return False
+        router = self.app.amqp.router
+        key = _route_key(task.name, merged, router)
+        if key is not None and router is self._router:
+            known = self._directs.get(key)
+            if known is not None:
+                return known
+        kind = _exchange_type(router.route(merged, task.name, args, {}, None))
+        is_direct = kind in (None, "direct")
+        if key is not None:
+            if router is not self._router:
+                self._router, self._directs = router, {}
+            self._directs[key] = is_direct
+        if not is_direct:
+            self._once(f"task {task.name} is routed through a {kind} exchange")
+        return is_direct
 
-    def collect(self, send: Callable[[Any], None]) -> str | None:
-        """The script argument of what `send(producer)` publishes (an `apply_async` given the
-        producer): the Redis commands kombu would have run, as JSON; None when they went to
-        no queue."""
+    def collect(self, task_name: str, send: Callable[[Any], None]) -> Collected | None:
+        """What `send(producer)` publishes (an `apply_async` of `task_name` given the
+        producer): the Redis commands kombu would have run, and the `after_task_publish`
+        sends held back for them; None when they went to no queue."""
         with self.app.producer_or_acquire() as producer:
             collector = _Collector(getattr(producer.channel, "global_keyprefix", "") or "")
             batches = producer._batch_local
@@ -154,9 +214,11 @@ class RedisPublisher:
                 return None
             batches.current = _Collecting(collector)
             try:
-                send(producer)
+                with holding(task_name) as held:
+                    send(producer)
             finally:
                 del batches.current
-        if not collector.commands:
+        if not collector.fields:
+            release(held)  # nothing collected: whatever was published was published by kombu
             return None
-        return json.dumps(collector.commands, ensure_ascii=False)
+        return Collected(collector.encoded(), held)

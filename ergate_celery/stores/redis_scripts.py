@@ -1,8 +1,10 @@
 """The Lua scripts of the Redis job store: each change of a record, its index entries and
 the step's own result in one round trip."""
 
-# Shared by the scripts below: a write with an optional TTL ('' for none), and the move of a
-# job's entry into the index of its kind ('' for not indexed).
+# Shared by the scripts below: a write with an optional TTL ('' for none), the move of a
+# job's entry into the index of its kind ('' for not indexed), and the commands of a message
+# (see redis_publish.py): name, key and value of each, every field as "<byte length>:<bytes>"
+# (no JSON to decode; '' for none).
 LUA_HELPERS = """
 local function put(key, value, ttl)
   if ttl == '' then
@@ -24,9 +26,16 @@ local function index(scheduled, active, id, kind, at)
   end
 end
 local function push(commands)
-  if commands == '' then return end
-  for _, command in ipairs(cjson.decode(commands)) do
-    redis.call(command[1], command[2], command[3])
+  local at, fields = 1, {}
+  while at <= #commands do
+    local colon = string.find(commands, ':', at, true)
+    local last = colon + tonumber(string.sub(commands, at, colon - 1))
+    fields[#fields + 1] = string.sub(commands, colon + 1, last)
+    at = last + 1
+    if #fields == 3 then
+      redis.call(fields[1], fields[2], fields[3])
+      fields = {}
+    end
   end
 end
 """
@@ -39,7 +48,7 @@ end
 # listing's status sets only when its status changes: the stored record (JSON, as this store
 # writes it) names the old one; a record it cannot read that way leaves every other set.
 # ARGV[10], when not '', is the next step's message: the Redis commands kombu would run to
-# publish it (JSON, see redis_publish.py), run only with the write.
+# publish it (see redis_publish.py), run only with the write.
 COMPARE_AND_SET = (
     LUA_HELPERS
     + """
@@ -102,10 +111,16 @@ if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1],
 return 1
 """
 
+#: Replies of CREATE_UNLESS_PAUSED besides 0 (the id is taken) and 1 (stored as given).
+STORED_PARKED = 2
+PAUSED = 3
+
 # Create, parked when the workflow is paused (KEYS[4], the paused set, holds ARGV[1]): the
 # paused variant of the record is ARGV[2]; the rest are CREATE's arguments. Replies 0 when
-# the id is taken, 1 when stored as given, 2 when stored parked. ARGV[8] is the first step's
-# message (as COMPARE_AND_SET's ARGV[10]), pushed only when stored as given.
+# the id is taken, 1 when stored as given, 2 when stored parked, and 3, writing nothing, when
+# the workflow is paused and ARGV[2] is '' (the caller encodes the parked variant only then).
+# ARGV[8] is the first step's message (as COMPARE_AND_SET's ARGV[10]), pushed only when
+# stored as given.
 CREATE_UNLESS_PAUSED = (
     LUA_HELPERS
     + """
@@ -113,6 +128,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local stored = 1
 local record = ARGV[3]
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then
+  if ARGV[2] == '' then return 3 end
   stored = 2
   record = ARGV[2]
 end

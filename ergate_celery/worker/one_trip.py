@@ -17,15 +17,15 @@ from ergate_celery.model.job_status import JobStatus
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.settings import ErgateSettings
 from ergate_celery.stores.redis import RedisJobStore
-from ergate_celery.stores.redis_publish import RedisPublisher
+from ergate_celery.stores.redis_publish import Collected, RedisPublisher
 from ergate_celery.worker.step_message import step_message
 from ergate_celery.worker.step_results import display_options, step_task_id
 
 logger = logging.getLogger(__name__)
 
-#: The Redis commands of the message of a job's current step (`RedisPublisher.collect`);
-#: None: kombu publishes it.
-Collect = Callable[[Job], str | None]
+#: The message of a job's current step, collected for the store's script
+#: (`RedisPublisher.collect`); None: kombu publishes it.
+Collect = Callable[[Job], Collected | None]
 
 
 def step_options(job: Job, step: WorkflowStep[Any, Any], show: bool) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def collector(
         return None
     publisher = RedisPublisher(app, store.client, settings.redis_one_trip)
 
-    def collect(job: Job) -> str | None:
+    def collect(job: Job) -> Collected | None:
         if not publisher.usable:
             return None
         step = step_of(job)
@@ -58,10 +58,14 @@ def collector(
         if not publisher.direct(task, args, options):
             return None
         task_id = step_task_id(job)
+        # Collecting sends nothing (the script does): kombu's retry wrapper has nothing to
+        # retry, and costs a tenth of the collection. Only the first message of a queue
+        # declares it on the broker; if that fails, kombu publishes after the write, retrying.
         return publisher.collect(
+            task.name,
             lambda producer: task.apply_async(
-                args=args, task_id=task_id, producer=producer, **options
-            )
+                args=args, task_id=task_id, producer=producer, retry=False, **options
+            ),
         )
 
     return collect
@@ -80,30 +84,36 @@ class Sending:
         #: The last message collected, by its task id: a write tried again (a lost reply, a
         #: compare-and-set that lost a race) sends that same message, and Celery's publish
         #: signals are not sent a second time for it.
-        self._collected: tuple[str, str] | None = None
+        self._collected: tuple[str, Collected] | None = None
 
-    def __call__(self, job: Job) -> str | None:
+    def __call__(self, job: Job) -> bytes | None:
         self._task_id = None
         if job.status is not JobStatus.QUEUED or job.parked:
             return None
         task_id = step_task_id(job)
         if self._collected is not None and self._collected[0] == task_id:
-            commands: str | None = self._collected[1]
+            collected: Collected | None = self._collected[1]
         else:
             try:
-                commands = self._collect(job)
+                collected = self._collect(job)
             except Exception as exc:
                 # Published by kombu after the write instead (which reports what is wrong).
                 logger.debug("Step message of job %s left to kombu: %r", job.id, exc)
                 return None
-            if commands is not None:
-                self._collected = (task_id, commands)
-        if commands is not None:
-            self._task_id = task_id
-        return commands
+            if collected is not None:
+                self._collected = (task_id, collected)
+        if collected is None:
+            return None
+        self._task_id = task_id
+        return collected.commands
 
     def carried(self, job: Job) -> bool:
-        """Whether the write of `job` (as stored) carried the message of its current step."""
+        """Whether the write of `job` (as stored) carried the message of its current step;
+        when it did, Celery's `after_task_publish` for that message is sent now (once)."""
         if job.status is not JobStatus.QUEUED or job.parked:  # the script sent nothing
             return False
-        return self._task_id is not None and self._task_id == step_task_id(job)
+        task_id = step_task_id(job)
+        if self._task_id is None or self._task_id != task_id or self._collected is None:
+            return False
+        self._collected[1].sent()
+        return True
