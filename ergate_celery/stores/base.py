@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Final, Generic, NamedTuple, TypeVar
@@ -13,6 +14,7 @@ from typing import Any, Final, Generic, NamedTuple, TypeVar
 from pydantic import ValidationError
 
 from ergate_celery.exceptions import DuplicateJobError, InvalidInputError
+from ergate_celery.lifecycle.events import Claim
 from ergate_celery.lifecycle.publishing import PUBLISH_GRACE, awaits_publish
 from ergate_celery.lifecycle.waiting import due_at
 from ergate_celery.model.job import Job
@@ -103,6 +105,16 @@ class Stored(NamedTuple, Generic[Token]):
 
     job: Job
     token: Token
+
+
+@dataclass(frozen=True)
+class ClaimedInOne:
+    """What a one-round-trip claim found: `after` is the claimed record as written; when the
+    common case did not hold, `after` is None and `before` is the record as stored (None: no
+    record), to run the Python transition on without another read."""
+
+    before: Job | None
+    after: Job | None
 
 
 class Outcome(Enum):
@@ -197,6 +209,10 @@ class BaseJobStore(FlowControl, ABC, Generic[Token]):
 
     def close(self) -> None:
         """See `JobStore.close`; most stores hold nothing of their own."""
+
+    def claim_in_one(self, job_id: str, claim: Claim, now: datetime) -> ClaimedInOne | None:
+        """None: this store has no one-round-trip claim (the caller reads and compares-and-sets)."""
+        return None
 
     def _drop_leftovers(self, job_id: str) -> bool:
         """If no record holds `job_id`, remove what an expired one left (listing, tags, index

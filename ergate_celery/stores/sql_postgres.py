@@ -11,6 +11,7 @@ same statement: a pause committed before it is seen.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -237,10 +238,10 @@ class PostgresStatements:
     def create(
         self,
         conn: sa.Connection,
-        values: dict[str, Any],
+        values: Mapping[str, Any],
         entry: tuple[str, Any] | None,
         listed: tuple[str, str, Any] | None,
-        tags: dict[str, str],
+        tags: Mapping[str, str],
         parked: tuple[str, bytes] | None = None,
     ) -> bool:
         """Insert a job row with its index entry, listing row and tags in one statement;

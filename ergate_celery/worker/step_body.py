@@ -12,6 +12,7 @@ import logging
 import time
 from contextlib import nullcontext
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from celery import Task
@@ -35,6 +36,7 @@ from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
+from ergate_celery.worker.claiming import claim_applied, claims_in_one
 from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
 from ergate_celery.worker.leases import (
     LastWritten,
@@ -82,9 +84,10 @@ def _execute(
     rt: Runtime, step: WorkflowStep[Any, Any], task: Task[Any, Any], message: Job, whole: bool
 ) -> dict[str, Any]:
     with requeued_on_outage(f"Claiming {step} of job {message.id}"):
-        if not whole:
+        short = not whole and claims_in_one(rt, step)
+        if not whole and not short:
             message = _stored_run(rt, message)
-        job = _claim(rt, step, task, message)
+        job = _claim(rt, step, task, message, short=short)
     if job is None:
         return reply(task, summary(message, step, dropped=True))
     if job.status is not JobStatus.RUNNING:  # cancelled, or failed, at the claim
@@ -172,6 +175,7 @@ def _claim(
     message: Job,
     *,
     watch: bool = True,
+    short: bool = False,
 ) -> Job | None:
     begun = time.monotonic()
     job_id = str(message.id)
@@ -193,9 +197,9 @@ def _claim(
         max_attempts=rt.settings.max_step_attempts,
         workflow_version=step.workflow.version,
     )
+    applied = partial(claim_applied, rt, claim, now, message, task=task, short=short)
     before, after = rt.retrying(
-        f"claiming {step} of job {job_id}",
-        lambda: rt.apply(job_id, claim, sender=step.task_name, now=now, assume=message, task=task),
+        f"claiming {step} of job {job_id}", partial(applied, sender=step.task_name)
     )
     if after is not None:
         return after
@@ -223,7 +227,7 @@ def _claim(
             logger.info("Requeued a copy of %s of job %s: its lease still holds", step, job_id)
             raise Reject("the lease of the job's claim still holds", requeue=True)
         if expired:
-            return _claim(rt, step, task, message, watch=False)
+            return _claim(rt, step, task, message, watch=False, short=short)
     if before is not None and _stranded_successor(before, message, step, task):
         # The worker that ran this step died after storing its outcome and before publishing
         # the next step: the redelivered message hands the job on.
