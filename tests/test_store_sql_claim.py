@@ -16,6 +16,7 @@ from ergate_celery.lifecycle.events import Claim
 from ergate_celery.lifecycle.transitions import transition
 from ergate_celery.model.job_status import JobStatus
 
+from .pg_statements import recorded
 from .support import Setup
 
 NOW = datetime(2026, 12, 3, 7, 0, 0, 123456, tzinfo=UTC)
@@ -146,7 +147,9 @@ def test_the_statement_claims_as_the_transition_does(setup: Setup, case: str) ->
     python, statement = _copies(store, CLAIMED[case])
     claim = _claim(python)
     before, after = _python_claim(store, python, claim)
-    found = store.claim_in_one(str(statement.id), claim, NOW)
+    with recorded(store.engine) as sent:
+        found = store.claim_in_one(str(statement.id), claim, NOW)
+    assert len(sent.statements) == 1
     assert found is not None
     assert found.after is not None, case
     _same(found.after, after)
@@ -157,11 +160,10 @@ def test_the_statement_claims_as_the_transition_does(setup: Setup, case: str) ->
     done = found.after.model_copy(
         update={"status": JobStatus.QUEUED, "claim": None, "steps_completed": 9}
     )
-    statements: list[str] = []
-    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    updated = store.update(str(statement.id), lambda stored: done, assume=found.after)
+    with recorded(store.engine) as sent:
+        updated = store.update(str(statement.id), lambda stored: done, assume=found.after)
     assert updated.after == done
-    assert len(statements) == 1
+    assert len(sent.statements) == 1
 
 
 @pytest.mark.setup("rabbitmq_postgres")
@@ -179,14 +181,13 @@ def test_the_statement_returns_the_record_when_the_transition_must_decide(
     assert found.after is None, case
     assert found.before == statement  # as stored, untouched
     # The Python transition on the record returned writes with no read before it.
-    statements: list[str] = []
-    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    again = store.update(
-        str(statement.id), lambda stored: transition(stored, claim, NOW), assume=found.before
-    )
+    with recorded(store.engine) as sent:
+        again = store.update(
+            str(statement.id), lambda stored: transition(stored, claim, NOW), assume=found.before
+        )
     _same(again.after, after)
     # One statement: the write, or (nothing to write) the read that confirms the record.
-    assert len(statements) == 1
+    assert len(sent.statements) == 1
     assert _rows(store, str(statement.id)) == _rows(store, str(python.id))
 
 

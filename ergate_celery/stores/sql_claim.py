@@ -29,6 +29,7 @@ from ergate_celery.lifecycle.events import Claim
 from ergate_celery.model.job import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores.base import ACTIVE, ClaimedInOne, job_from_document
+from ergate_celery.stores.sql_driver import driver_cursor
 
 #: The fields the claim sets from what it knows (a JSON parameter each), in the statement's
 #: order; `attempt` and `started_at` are computed from the stored values.
@@ -172,9 +173,11 @@ class ClaimStatement:
         )
         return values
 
-    def run(self, conn: sa.Connection, params: dict[str, Any]) -> ClaimRow | None:
-        """Send the statement; its row, or None when no record holds the job's id."""
-        row = conn.exec_driver_sql(self.sql(conn.dialect), params).first()
+    def run(self, cursor: Any, dialect: sa.Dialect, params: dict[str, Any]) -> ClaimRow | None:
+        """Send the statement on the driver's `cursor` (sql_driver.py); its row, or None when
+        no record holds the job's id."""
+        cursor.execute(self.sql(dialect), params)
+        row = cursor.fetchone()
         if row is None:
             return None
         claimed, status, result, was = row
@@ -182,7 +185,7 @@ class ClaimStatement:
 
     def claim(
         self,
-        conn: sa.Connection,
+        engine: sa.Engine,
         params: dict[str, Any],
         decode: Callable[[bytes], Any],
         remember: Callable[[Job, tuple[str, bytes]], None],
@@ -190,7 +193,8 @@ class ClaimStatement:
         """Run the claim: the job claimed (and as it stood), or the record as stored. The
         record's token, the text PostgreSQL stored, is handed to `remember`: the next
         compare-and-set on the job compares it."""
-        row = self.run(conn, params)
+        with driver_cursor(engine) as cursor:
+            row = self.run(cursor, engine.dialect, params)
         if row is None:
             return ClaimedInOne(None, None)
         job = job_from_document(decode(row.result))

@@ -28,6 +28,7 @@ from ergate_celery.stores.base import (
 from ergate_celery.stores.listing import JobQuery, Position
 from ergate_celery.stores.sql_batch import BatchCreate, new_job
 from ergate_celery.stores.sql_claim import ClaimStatement
+from ergate_celery.stores.sql_driver import driver_cursor
 from ergate_celery.stores.sql_listen import (
     Listener,
     can_listen,
@@ -229,9 +230,11 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         assert self.postgres is not None
         status, raw = expected
         entry = index_entry(new, now=self.clock())
-        with self.autocommit.connect() as conn:
+        engine = self.engine
+        with driver_cursor(engine) as cursor:
             written, row = self.postgres.compare_and_set(
-                conn,
+                cursor,
+                engine.dialect,
                 {"b_task_id": job_id, "b_status": status, "b_digest": digest_of(raw), **values},
                 None if entry is None else (entry.kind, naive_utc(entry.at)),
                 None if status == new.status.name else new.status.name,
@@ -241,17 +244,17 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         if written:
             self._written.remember(new, (new.status.name, values["result"]))
             return Outcome.WRITTEN
-        if row is None or row.result is None:
+        if row is None or row["result"] is None:
             return Outcome.GONE
-        return Stored(job_from_document(self.backend.decode(row.result)), (row.status, row.result))
+        raw = bytes(row["result"])
+        return Stored(job_from_document(self.backend.decode(raw)), (row["status"], raw))
 
     def claim_in_one(self, job_id: str, claim: Claim, now: datetime) -> ClaimedInOne | None:
         """See `BaseJobStore.claim_in_one`: on PostgreSQL, one statement (sql_claim.py)."""
         if self.claiming is None:
             return None
         params = self.claiming.parameters(job_id, claim, now, naive_utc(now), self.max_bytes)
-        with self.autocommit.connect() as conn:
-            return self.claiming.claim(conn, params, self.backend.decode, self._written.remember)
+        return self.claiming.claim(self.engine, params, self.backend.decode, self._written.remember)
 
     def _insert(self, job: Job) -> bool:
         if self.postgres is not None:
