@@ -25,34 +25,42 @@ def claims_in_one(rt: Runtime, step: WorkflowStep[Any, Any]) -> bool:
     return step.workflow.concurrency is None and not paused
 
 
-def claim_applied(
-    rt: Runtime,
-    claim: Claim,
-    now: datetime,
-    message: Job,
-    *,
-    sender: str,
-    task: Any,
-    short: bool,
-) -> Updated:
-    """Store `claim` on the job of `message` (as `Runtime.apply`); a `short` message (its run,
-    not its record) is claimed in one round trip where the store can."""
-    job_id = str(message.id)
-    if short:
-        store = rt.store
-        found = store.claim_in_one(job_id, claim, now) if isinstance(store, BaseJobStore) else None
-        if found is None:
-            stored = store.get(job_id)
-            if stored is not None and _same_run(stored, message):
-                message = stored  # the claim's guess of the record
-        elif found.after is not None:
-            rt.announce(found.before, found.after, sender, task)
-            return Updated(found.before, found.after)
-        elif found.before is None:
-            return Updated(None, None)
-        else:
-            message = found.before  # as stored: the transition decides on it
-    return rt.apply(job_id, claim, sender=sender, now=now, assume=message, task=task)
+class ClaimApplied:
+    """Stores `claim` on the job of `message` (as `Runtime.apply`), called once per try of
+    `Runtime.retrying`; a `short` message (its run, not its record) is claimed in one round
+    trip where the store can, else against the record read at the first try.
+
+    A later try (the earlier one's reply was lost) goes through `Runtime.apply`, which tells
+    a write that went through by its token: against the record read at the first try, or
+    the message itself when the first try read nothing."""
+
+    def __init__(
+        self, rt: Runtime, claim: Claim, now: datetime, message: Job, *, short: bool
+    ) -> None:
+        self.rt, self.claim, self.now, self.message = rt, claim, now, message
+        self.short = short
+
+    def __call__(self, *, sender: str, task: Any) -> Updated:
+        rt, message = self.rt, self.message
+        job_id = str(message.id)
+        if self.short:
+            self.short = False  # the first try only
+            store = rt.store
+            found = None
+            if isinstance(store, BaseJobStore):
+                found = store.claim_in_one(job_id, self.claim, self.now)
+            if found is None:
+                stored = store.get(job_id)
+                if stored is not None and _same_run(stored, message):
+                    self.message = message = stored  # the claim's guess of the record
+            elif found.after is not None:
+                rt.announce(found.before, found.after, sender, task)
+                return Updated(found.before, found.after)
+            elif found.before is None:
+                return Updated(None, None)
+            else:
+                self.message = message = found.before  # as stored: the transition decides
+        return rt.apply(job_id, self.claim, sender=sender, now=self.now, assume=message, task=task)
 
 
 def _same_run(stored: Job, message: Job) -> bool:

@@ -36,7 +36,7 @@ from ergate_celery.model.json_values import json_result
 from ergate_celery.model.progress import CancelWatch, ProgressReporter
 from ergate_celery.model.workflow_step import WorkflowStep
 from ergate_celery.worker import fan_out, observing
-from ergate_celery.worker.claiming import claim_applied, claims_in_one
+from ergate_celery.worker.claiming import ClaimApplied, claims_in_one
 from ergate_celery.worker.concurrency import admitted, free_slot, needs_slot
 from ergate_celery.worker.leases import (
     LastWritten,
@@ -197,9 +197,9 @@ def _claim(
         max_attempts=rt.settings.max_step_attempts,
         workflow_version=step.workflow.version,
     )
-    applied = partial(claim_applied, rt, claim, now, message, task=task, short=short)
+    applied = ClaimApplied(rt, claim, now, message, short=short)
     before, after = rt.retrying(
-        f"claiming {step} of job {job_id}", partial(applied, sender=step.task_name)
+        f"claiming {step} of job {job_id}", partial(applied, sender=step.task_name, task=task)
     )
     if after is not None:
         return after
