@@ -3,6 +3,7 @@ spread of stored records, the statement run on one copy and the Python transitio
 compare-and-set run on another give the same job, the same index entry and listing status,
 and a token the step's outcome then compares against in one statement."""
 
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -209,3 +210,43 @@ def test_a_record_near_its_size_limit_is_left_to_the_transition(setup: Setup) ->
     found = store.claim_in_one(str(job.id), _claim(job), NOW)
     assert found is not None
     assert (found.before, found.after) == (job, None)
+
+
+@pytest.mark.setup("rabbitmq_postgres")
+@pytest.mark.parametrize("rival_claims", [True, False])
+def test_a_claim_that_waits_for_another_write_sees_that_write(
+    setup: Setup, rival_claims: bool
+) -> None:
+    store: Any = setup.ergate.store
+    job = _later(id=uuid.uuid4().hex, queued_by="retry 1a2b")
+    store.create(job)
+    # Another claim, or a write that leaves the job QUEUED (its publish noted as done).
+    rival = (
+        transition(job, _claim(job, token="rival"), NOW)
+        if rival_claims
+        else job.model_copy(update={"queued_by": None, "republished": 1})
+    )
+    assert rival is not None
+    found: list[Any] = []
+    table = store.table
+    with store.engine.connect() as conn:
+        # The rival's write, not yet committed when this claim arrives.
+        conn.execute(
+            sa.update(table)
+            .where(table.c.task_id == str(job.id))
+            .values(status=rival.status.name, result=store._encoded(rival))
+        )
+        racer = threading.Thread(
+            target=lambda: found.append(store.claim_in_one(str(job.id), _claim(job), NOW))
+        )
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive()  # waiting for the row's lock
+        conn.commit()
+    racer.join(30.0)
+    # It decides on the record as the rival wrote it, not as it stood when it began.
+    assert found[0].before == rival
+    if rival_claims:
+        assert found[0].after is None
+    else:
+        assert found[0].after == transition(rival, _claim(job), NOW)

@@ -75,11 +75,13 @@ def _quoted(names: tuple[str, ...]) -> str:
 
 
 def claim_sql(table: str, index: str, listing: str) -> str:
-    """The statement on the (quoted, qualified) tables; parameters by name, pyformat."""
+    """The statement on the (quoted, qualified) tables; parameters by name, pyformat. The
+    row is locked first (`held`): a claim that waited for another write sees that write, and
+    returns it when it does not claim."""
     values = "\n".join(f"        WHEN '{name}' THEN %(j_{name})s::json" for name in _SET)
     return f"""
 WITH held AS (
-    SELECT task_id, result FROM {table} WHERE task_id = %(job_id)s FOR UPDATE
+    SELECT task_id, status, result FROM {table} WHERE task_id = %(job_id)s FOR UPDATE
 ), claimed AS (
     UPDATE {table} AS t SET
         status = 'RUNNING',
@@ -127,8 +129,7 @@ WITH held AS (
 )
 SELECT true AS claimed, status, result, was FROM claimed
 UNION ALL
-SELECT false, status, result, NULL FROM {table}
-WHERE task_id = %(job_id)s AND NOT EXISTS (SELECT 1 FROM claimed)
+SELECT false, status, result, NULL FROM held WHERE NOT EXISTS (SELECT 1 FROM claimed)
 """
 
 
