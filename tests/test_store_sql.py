@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from psycopg import Binary
 
 from ergate_celery import Job
 from ergate_celery.model.job_status import JobStatus
 from ergate_celery.stores import sql_listen, sql_statements
 from ergate_celery.stores.base import TaskResult
 
+from .pg_statements import recorded
 from .support import Setup
 from .workflows import echo_workflow
 
@@ -31,13 +31,8 @@ def _bump(stored: Job) -> Job | None:
 def test_each_write_and_read_is_one_statement_on_postgres(setup: Setup) -> None:
     store: Any = setup.ergate.store
     job = _job(setup)  # the engine exists from here on
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    sa.event.listen(store.engine, "before_cursor_execute", record)
-    try:
+    with recorded(store.engine) as sent:
+        statements = sent.statements
         second = setup.ergate.submit_job("sql_stored", initial_input_value=2, tags={"a": "b"})
         assert len(statements) == 1
         # A submission while its workflow is paused: parked in the same statement, and
@@ -59,8 +54,6 @@ def test_each_write_and_read_is_one_statement_on_postgres(setup: Setup) -> None:
         statements.clear()
         assert store.get(str(job.id)) == written
         assert len(statements) == 1
-    finally:
-        sa.event.remove(store.engine, "before_cursor_execute", record)
     assert setup.app.AsyncResult("ergate-step:sql-1").result == {"attempt": 1}
     assert [j.id for j in setup.ergate.list_jobs(tags={"a": "b"}).jobs] == [second.id]
 
@@ -122,23 +115,19 @@ def test_a_read_on_a_connection_closed_since_its_last_use_is_sent_again(
     assert _backend_pid(store) != pid
 
 
-def _sent_and_received(store: Any) -> tuple[list[list[bytes]], list[list[bytes | None]]]:
-    """Start recording the bytes parameters of each statement the store's engine sends, and
-    each statement's first row as received (read from psycopg's result, not consumed)."""
-    sent: list[list[bytes]] = []
-    received: list[list[bytes | None]] = []
-
-    def before(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        values = parameters.values() if isinstance(parameters, dict) else parameters
-        sent.append([bytes(getattr(v, "obj", v)) for v in values if isinstance(v, bytes | Binary)])
-
-    def after(conn: Any, cursor: Any, *args: Any) -> None:
-        result = cursor.pgresult
-        received.append([result.get_value(0, n) for n in range(result.nfields)])
-
-    sa.event.listen(store.engine, "before_cursor_execute", before)
-    sa.event.listen(store.engine, "after_cursor_execute", after)
-    return sent, received
+@pytest.mark.setup("rabbitmq_postgres")
+def test_a_write_on_a_connection_closed_since_its_last_use_fails_and_is_replaced(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step's writes go to the driver's cursor: a closed connection fails the write as
+    # SQLAlchemy's error (an outage, tried again by the worker) and leaves the pool.
+    job, pid = _closed_behind(setup, monkeypatch, ping_after=3600.0)
+    store: Any = setup.ergate.store
+    with pytest.raises(sa.exc.OperationalError) as failed:
+        store.update(str(job.id), _bump, assume=job)
+    assert failed.value.connection_invalidated
+    assert store.update(str(job.id), _bump, assume=job).after.attempt == job.attempt + 1
+    assert _backend_pid(store) != pid
 
 
 @pytest.mark.setup("rabbitmq_postgres")
@@ -146,24 +135,25 @@ def test_a_write_sends_the_record_once_and_gets_it_back_only_on_a_miss(setup: Se
     store: Any = setup.ergate.store
     job = _job(setup)
     stored = store._encoded(job)
-    sent, received = _sent_and_received(store)
-    written = store.update(str(job.id), _bump, assume=job).after
-    # The new record goes out; the one compared against only as its digest.
-    assert store._encoded(written) in sent[0]
-    assert stored not in sent[0]
-    # A write that succeeds gets one count back, not the record.
-    assert received[0][0] == b"1"
-    assert all(value is None for value in received[0][1:])
-    sent.clear()
-    received.clear()
-    # Against a record that changed since: the write misses and brings back the record that
-    # won, and the change is computed again on it (one more statement, no extra read).
-    again = store.update(str(job.id), _bump, assume=job).after
-    assert again.attempt == written.attempt + 1
-    assert len(received) == 2
-    assert received[0][0] == b"0"
-    assert any(value and store._encoded(written).hex().encode() in value for value in received[0])
-    assert received[1][0] == b"1"
+    with recorded(store.engine) as recording:
+        sent, received = recording.parameters, recording.received
+        written = store.update(str(job.id), _bump, assume=job).after
+        # The new record goes out; the one compared against only as its digest.
+        assert store._encoded(written) in sent[0]
+        assert stored not in sent[0]
+        # A write that succeeds gets one count back, not the record.
+        assert received[0][0] == b"1"
+        assert all(value is None for value in received[0][1:])
+        recording.clear()
+        # Against a record that changed since: the write misses and brings back the record
+        # that won, and the change is computed again on it (one more statement, no read).
+        again = store.update(str(job.id), _bump, assume=job).after
+        assert again.attempt == written.attempt + 1
+        assert len(received) == 2
+        assert received[0][0] == b"0"
+        encoded = store._encoded(written).hex().encode()
+        assert any(value and encoded in value for value in received[0])
+        assert received[1][0] == b"1"
 
 
 @pytest.mark.setup("rabbitmq_postgres")

@@ -107,13 +107,6 @@ class Stored(NamedTuple, Generic[Token]):
     token: Token
 
 
-class Outcome(Enum):
-    """What a compare-and-set did, when it did not find another record (a `Stored`)."""
-
-    WRITTEN = "written"
-    GONE = "gone"
-
-
 @dataclass(frozen=True)
 class ClaimedInOne:
     """What a one-round-trip claim found: `after` is the claimed record as written; when the
@@ -122,6 +115,13 @@ class ClaimedInOne:
 
     before: Job | None
     after: Job | None
+
+
+class Outcome(Enum):
+    """What a compare-and-set did, when it did not find another record (a `Stored`)."""
+
+    WRITTEN = "written"
+    GONE = "gone"
 
 
 class BaseJobStore(FlowControl, ABC, Generic[Token]):

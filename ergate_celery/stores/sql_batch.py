@@ -9,13 +9,17 @@ insert's RETURNING), all in the statement's one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from ergate_celery.model.job import Job
+from ergate_celery.stores.base import index_entry
 from ergate_celery.stores.sql_postgres import Compiled
+from ergate_celery.stores.sql_tables import naive_utc
 from ergate_celery.stores.task_rows import NewJob, batch_parameters
 
 _ROW = ("task_id", "status", "result", "traceback", "date_done")
@@ -27,6 +31,19 @@ def _rows(prefix: str, table: sa.Table, names: Sequence[str]) -> Any:
         sa.bindparam(f"{prefix}_{name}", type_=pg.ARRAY(table.c[name].type)) for name in names
     ]
     return sa.func.unnest(*arrays).table_valued(*names).render_derived(name=f"{prefix}_rows")
+
+
+def new_job(job: Job, row: Mapping[str, Any], now: datetime) -> NewJob:
+    """What creating `job` as `row` (its columns) writes: its index entry at `now` and its
+    listing row, in the columns' naive UTC."""
+    entry = index_entry(job, now=now)
+    submitted = job.submitted_at
+    return NewJob(
+        row,
+        None if entry is None else (entry.kind, naive_utc(entry.at)),
+        None if submitted is None else (job.workflow_name, job.status.name, naive_utc(submitted)),
+        job.tags,
+    )
 
 
 class BatchCreate:

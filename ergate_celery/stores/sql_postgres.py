@@ -11,12 +11,14 @@ same statement: a pause committed before it is seen.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from celery import states
 from sqlalchemy.dialects import postgresql as pg
 
+from ergate_celery.stores.sql_driver import fetched
 from ergate_celery.stores.sql_listen import channel_of
 from ergate_celery.stores.sql_statements import compare_and_set
 from ergate_celery.stores.task_rows import create_parameters, write_parameters
@@ -29,7 +31,7 @@ def _param(name: str, column: sa.Column[Any]) -> Any:
 
 class Written(NamedTuple):
     """What a compare-and-set found: whether it wrote, and the row as it stood if it did not
-    (None: no row)."""
+    (by column name; None: no row)."""
 
     written: bool
     row: Any
@@ -47,14 +49,18 @@ class Compiled:
         self.fixed = {name: value for name, value in compiled.params.items() if value is not None}
         self.processors = dict(compiled._bind_processors)
 
-    def run(self, conn: sa.Connection, values: dict[str, Any]) -> sa.CursorResult[Any]:
-        """Execute with `values` (by bind name), as `conn.execute` of the statement would."""
+    def parameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The driver's parameters for `values` (by bind name), as `conn.execute` makes them."""
         params = {**self.fixed, **values}
         for name, process in self.processors.items():
             value = params.get(name)
             if value is not None:
                 params[name] = process(value)
-        return conn.exec_driver_sql(self.text, params)
+        return params
+
+    def run(self, conn: sa.Connection, values: dict[str, Any]) -> sa.CursorResult[Any]:
+        """Execute with `values` (by bind name), as `conn.execute` of the statement would."""
+        return conn.exec_driver_sql(self.text, self.parameters(values))
 
 
 class PostgresStatements:
@@ -150,7 +156,8 @@ class PostgresStatements:
 
     def compare_and_set(
         self,
-        conn: sa.Connection,
+        cursor: Any,
+        dialect: sa.Dialect,
         params: dict[str, Any],
         entry: tuple[str, Any] | None,
         relist: str | None,
@@ -164,17 +171,20 @@ class PostgresStatements:
         key = (entry is not None, relist is not None, summary is not None, final)
         statement = self._shapes.get(key)
         if statement is None:
-            statement = self._shapes[key] = Compiled(self._shape(*key), conn.dialect)
+            statement = self._shapes[key] = Compiled(self._shape(*key), dialect)
         summarized = None
         if summary is not None:
             summarized = {f"s_{name}": value for name, value in summary.items()}
         values = write_parameters(params, entry, relist, summarized)
         if final:
             values["n_channel"] = self.channel
-        row = statement.run(conn, values).one()
-        if row.written == 1:
+        # On the driver's cursor (sql_driver.py): one step's two statements are its hot path.
+        cursor.execute(statement.text, statement.parameters(values))
+        row = fetched(cursor)
+        assert row is not None
+        if row["written"] == 1:
             return Written(True, None)
-        return Written(False, None if row.status is None else row)
+        return Written(False, None if row["status"] is None else row)
 
     def _insert(self, unless_paused: bool) -> Any:
         table, listing, tags = self.table, self.listing, self.tags
@@ -237,10 +247,10 @@ class PostgresStatements:
     def create(
         self,
         conn: sa.Connection,
-        values: dict[str, Any],
+        values: Mapping[str, Any],
         entry: tuple[str, Any] | None,
         listed: tuple[str, str, Any] | None,
-        tags: dict[str, str],
+        tags: Mapping[str, str],
         parked: tuple[str, bytes] | None = None,
     ) -> bool:
         """Insert a job row with its index entry, listing row and tags in one statement;

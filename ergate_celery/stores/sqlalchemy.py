@@ -12,9 +12,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from ergate_celery.lifecycle.events import Claim
 from ergate_celery.model.job import Job
 from ergate_celery.stores.base import (
     BaseJobStore,
+    ClaimedInOne,
     IndexEntry,
     Outcome,
     Stored,
@@ -24,7 +26,9 @@ from ergate_celery.stores.base import (
     job_from_document,
 )
 from ergate_celery.stores.listing import JobQuery, Position
-from ergate_celery.stores.sql_batch import BatchCreate
+from ergate_celery.stores.sql_batch import BatchCreate, new_job
+from ergate_celery.stores.sql_claim import ClaimStatement
+from ergate_celery.stores.sql_driver import driver_cursor
 from ergate_celery.stores.sql_listen import (
     Listener,
     can_listen,
@@ -37,7 +41,7 @@ from ergate_celery.stores.sql_slots import read_slots, slots_table, swap_slots
 from ergate_celery.stores.sql_statements import Statements, digest_of, engine_for, reading
 from ergate_celery.stores.sql_tables import job_tables, naive_utc
 from ergate_celery.stores.sqlite import share_backend_between_processes, share_between_processes
-from ergate_celery.stores.task_rows import NewJob, date_done, row_columns
+from ergate_celery.stores.task_rows import date_done, row_columns
 from ergate_celery.stores.written import LastWritten
 
 _ENGINE_LOCK = threading.Lock()
@@ -72,6 +76,11 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
                 self.sql.summary_columns,
             )
             self.batch = BatchCreate(self.table, self.index, self.listing, self.tags)
+        #: The claim in one statement edits the record as JSON: PostgreSQL, JSON results.
+        json_records = self.postgres is not None and backend.serializer == "json"
+        self.claiming = (
+            ClaimStatement(self.table, self.index, self.listing) if json_records else None
+        )
         self._listener: Listener | None = None
         #: The records written last: a step's outcome is compared against its claim's.
         self._written: LastWritten[Columns] = LastWritten()
@@ -221,9 +230,11 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         assert self.postgres is not None
         status, raw = expected
         entry = index_entry(new, now=self.clock())
-        with self.autocommit.connect() as conn:
+        engine = self.engine
+        with driver_cursor(engine) as cursor:
             written, row = self.postgres.compare_and_set(
-                conn,
+                cursor,
+                engine.dialect,
                 {"b_task_id": job_id, "b_status": status, "b_digest": digest_of(raw), **values},
                 None if entry is None else (entry.kind, naive_utc(entry.at)),
                 None if status == new.status.name else new.status.name,
@@ -233,9 +244,17 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         if written:
             self._written.remember(new, (new.status.name, values["result"]))
             return Outcome.WRITTEN
-        if row is None or row.result is None:
+        if row is None or row["result"] is None:
             return Outcome.GONE
-        return Stored(job_from_document(self.backend.decode(row.result)), (row.status, row.result))
+        raw = bytes(row["result"])
+        return Stored(job_from_document(self.backend.decode(raw)), (row["status"], raw))
+
+    def claim_in_one(self, job_id: str, claim: Claim, now: datetime) -> ClaimedInOne | None:
+        """See `BaseJobStore.claim_in_one`: on PostgreSQL, one statement (sql_claim.py)."""
+        if self.claiming is None:
+            return None
+        params = self.claiming.parameters(job_id, claim, now, naive_utc(now), self.max_bytes)
+        return self.claiming.claim(self.engine, params, self.backend.decode, self._written.remember)
 
     def _insert(self, job: Job) -> bool:
         if self.postgres is not None:
@@ -258,21 +277,10 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         if self.postgres is None or not jobs:
             return super().create_many(jobs)
         now = self.clock()
-        new = []
-        for job in jobs:
-            entry = index_entry(job, now=now)
-            submitted = job.submitted_at
-            row = {"task_id": str(job.id), **self._values(job, self.create_limit)}
-            new.append(
-                NewJob(
-                    row,
-                    None if entry is None else (entry.kind, naive_utc(entry.at)),
-                    None
-                    if submitted is None
-                    else (job.workflow_name, job.status.name, naive_utc(submitted)),
-                    job.tags,
-                )
-            )
+        new = [
+            new_job(job, {"task_id": str(job.id), **self._values(job, self.create_limit)}, now)
+            for job in jobs
+        ]
         try:
             with self.autocommit.connect() as conn:
                 created = self.batch.create(conn, new)
@@ -291,23 +299,14 @@ class SQLAlchemyJobStore(BaseJobStore[Columns]):
         """Store `job` in one statement, or `parked` instead if its workflow is paused; the
         job stored, or None when the id is taken."""
         assert self.postgres is not None
-        entry = index_entry(job, now=self.clock())
-        submitted = job.submitted_at
         paused = None
         if parked is not None:  # the same columns but the document (size-checked too)
             paused = (job.workflow_name, self._values(parked, self.create_limit)["result"])
+        row = {"task_id": str(job.id), **self._values(job, self.create_limit)}
+        new = new_job(job, row, self.clock())
         try:
             with self.autocommit.connect() as conn:
-                stored_parked = self.postgres.create(
-                    conn,
-                    {"task_id": str(job.id), **self._values(job, self.create_limit)},
-                    None if entry is None else (entry.kind, naive_utc(entry.at)),
-                    None
-                    if submitted is None
-                    else (job.workflow_name, job.status.name, naive_utc(submitted)),
-                    job.tags,
-                    paused,
-                )
+                stored_parked = self.postgres.create(conn, *new, paused)
         except IntegrityError:
             return None
         return parked if stored_parked and parked is not None else job
