@@ -90,29 +90,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("setup_name", names)
 
 
-#: The soaks, which load the machine to shake out races: under xdist they run one after the
-#: other in one pytest process (side by side, each took twice as long and they timed out).
-SOAKS = (TESTS / "test_soak.py", TESTS / "test_soak_postgres.py")
 #: The modules whose tests took longest in a full run (`--durations`), longest first. Their
 #: tests run first, dealt out over the pytest processes (`pytest_collection_modifyitems`).
-LONG_FIRST = (
-    *SOAKS,
-    *(
-        TESTS / name
-        for name in (
-            "test_example_project.py",
-            "test_bench_smoke.py",
-            "test_flow_control.py",
-            "test_beat.py",
-            "test_worker_loss.py",
-            "test_outages.py",
-            "test_liveness.py",
-            "test_scheduling.py",
-            "test_lifecycle_workers.py",
-            "test_readme_tutorial.py",
-            "test_docs.py",
-        )
-    ),
+LONG_FIRST = tuple(
+    TESTS / name
+    for name in (
+        "test_example_project.py",
+        "test_soak.py",
+        "test_bench_smoke.py",
+        "test_soak_postgres.py",
+        "test_flow_control.py",
+        "test_beat.py",
+        "test_worker_loss.py",
+        "test_outages.py",
+        "test_liveness.py",
+        "test_scheduling.py",
+        "test_lifecycle_workers.py",
+        "test_readme_tutorial.py",
+        "test_docs.py",
+    )
 )
 
 
@@ -126,26 +122,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: a module's tests keep their order
     processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if processes > 1:
-        soaks = sum(item.path in SOAKS for item in items)
-        long = sum(item.path in LONG_FIRST for item in items)
-        items[:] = dealt(items, soaks, long, processes)
+        items[:] = dealt(items, sum(item.path in LONG_FIRST for item in items), processes)
 
 
-def dealt(items: list[T], together: int, long: int, processes: int) -> list[T]:
-    """`items` (their first `long` ones long, the first `together` of those to run in one
-    process) reordered for `--dist worksteal`, which hands process k the k-th of `processes`
-    consecutive runs of the list and lets a process that ran out take the second half of
-    another's remaining run. Each run starts with its share of the long items (the first
-    takes the `together` ones, and the others are dealt from the second on), and ends with
-    short ones: no long item waits behind the others in one process, and what is taken over
-    at the end is short."""
+def dealt(items: list[T], long: int, processes: int) -> list[T]:
+    """`items` (their first `long` ones long) reordered for `--dist worksteal`, which hands
+    process k the k-th of `processes` consecutive runs of the list and lets a process that ran
+    out take the second half of another's remaining run. Each run starts with every
+    `processes`-th long item, and ends with short ones: none of the long ones waits behind the
+    others in one process, and what is taken over at the end is short."""
     sizes, left = [], len(items)
     for remaining in range(processes, 0, -1):
         sizes.append(left // remaining)
         left -= sizes[-1]
-    heads: list[list[T]] = [list(items[:together])] + [[] for _ in range(processes - 1)]
-    for n, item in enumerate(items[together:long]):
-        heads[(n + 1) % processes].append(item)
+    heads = [items[k:long:processes] for k in range(processes)]
     if any(len(head) > size for head, size in zip(heads, sizes, strict=True)):
         return items
     ordered, rest = [], items[long:]
