@@ -19,10 +19,9 @@ Where a test goes:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -48,7 +47,6 @@ from .support import (
 )
 
 TESTS = Path(__file__).parent
-T = TypeVar("T")
 
 # Celery's own fixtures (celery_app, celery_worker, ...), enabled as Celery's docs tell users
 # to: tests/test_celery_fixtures.py uses them as a user's tests would.
@@ -90,59 +88,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("setup_name", names)
 
 
-#: The modules whose tests took longest in a full run (`--durations`), longest first. Their
-#: tests run first, dealt out over the pytest processes (`pytest_collection_modifyitems`).
+#: The modules whose tests took longest in a full run (`--durations`), longest first. They run
+#: first: with `--dist worksteal` (pyproject addopts) one pytest process starts on them while the
+#: other takes the short tests, and takes its share of what is left at the end, so no long
+#: test starts last and holds up the run alone.
 LONG_FIRST = tuple(
     TESTS / name
     for name in (
-        "test_example_project.py",
         "test_soak.py",
-        "test_bench_smoke.py",
         "test_soak_postgres.py",
-        "test_flow_control.py",
-        "test_beat.py",
-        "test_worker_loss.py",
-        "test_outages.py",
-        "test_liveness.py",
-        "test_scheduling.py",
         "test_lifecycle_workers.py",
-        "test_readme_tutorial.py",
-        "test_docs.py",
+        "test_worker_loss.py",
+        "test_beat.py",
+        "test_outages.py",
+        "test_example_project.py",
+        "test_bench_smoke.py",
     )
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put the tests of `LONG_FIRST` first, in its order (the rest keep theirs), and under
-    xdist deal them out so that each process starts on its share of them."""
+    """Put the tests of `LONG_FIRST` first, in its order (the rest keep theirs)."""
 
     def rank(item: pytest.Item) -> int:
         return LONG_FIRST.index(item.path) if item.path in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)  # stable: a module's tests keep their order
-    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if processes > 1:
-        items[:] = dealt(items, sum(item.path in LONG_FIRST for item in items), processes)
-
-
-def dealt(items: list[T], long: int, processes: int) -> list[T]:
-    """`items` (their first `long` ones long) reordered for `--dist worksteal`, which hands
-    process k the k-th of `processes` consecutive runs of the list and lets a process that ran
-    out take the second half of another's remaining run. Each run starts with every
-    `processes`-th long item, and ends with short ones: none of the long ones waits behind the
-    others in one process, and what is taken over at the end is short."""
-    sizes, left = [], len(items)
-    for remaining in range(processes, 0, -1):
-        sizes.append(left // remaining)
-        left -= sizes[-1]
-    heads = [items[k:long:processes] for k in range(processes)]
-    if any(len(head) > size for head, size in zip(heads, sizes, strict=True)):
-        return items
-    ordered, rest = [], items[long:]
-    for head, size in zip(heads, sizes, strict=True):
-        ordered += head + rest[: size - len(head)]
-        rest = rest[size - len(head) :]
-    return ordered
 
 
 def pytest_sessionfinish() -> None:
