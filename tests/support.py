@@ -25,6 +25,7 @@ from ergate_celery import ErgateCelery, Job, JobStatus
 from ergate_celery.embedded import folder_watch
 
 from .django_support import configure_django, django_database
+from .forks import run_celery_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ("redis", "rabbitmq_postgres", "embedded")
@@ -122,9 +123,10 @@ class Setup:
     def run_celery(
         self, *args: str, timeout: float = 120, module: str = "tests.apps.beat_app"
     ) -> CompletedProcess[str]:
-        """Run the one-shot command `celery -A <module> <args>` on this setup; output captured."""
-        return run_captured(
-            [sys.executable, "-m", "celery", "-A", module, *args],
+        """Run the one-shot command `celery -A <module> <args>` on this setup; output captured
+        (in a fork of a process that did celery's start-up imports: tests/forks.py)."""
+        return run_celery_command(
+            ["-A", module, *args],
             ROOT,
             {**os.environ, "ERGATE_TEST_CONF": json.dumps(self.conf), "PYTHONPATH": str(ROOT)},
             timeout,

@@ -21,11 +21,12 @@ HINT = "is celery beat running?"
 def _overdue_job(setup: Setup) -> str:
     for workflow in WORKFLOWS:
         setup.ergate.register_workflow(workflow)
-    # Due 1.5 s from now: a submit on a loaded machine (its first reading of the store's clock
-    # included) may take a good part of a second, and must still store it SCHEDULED.
-    start = datetime.now(UTC) + timedelta(seconds=1.5)
+    # Due 3 s from now: a submit on a loaded machine (its first connection and reading of the
+    # store's clock included) has taken more than 1.5 s, and must still store it SCHEDULED.
+    start = datetime.now(UTC) + timedelta(seconds=3)
     job = setup.ergate.submit_job("cli_steps", initial_input_value={}, requested_start_time=start)
-    time.sleep(4)  # past its time and the grace, and no beat runs
+    # Past its time and the 2 s grace, and no beat runs.
+    time.sleep(max(0.0, (start + timedelta(seconds=2.5) - datetime.now(UTC)).total_seconds()))
     assert setup.ergate.get_job(job.id).status is JobStatus.SCHEDULED
     return str(job.id)
 
