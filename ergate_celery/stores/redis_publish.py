@@ -133,6 +133,27 @@ def _exchange_type(route: dict[str, Any]) -> str | None:
     return kind
 
 
+def _cached_declare(producer: Any) -> Callable[..., Any]:
+    """The producer's `maybe_declare`, answering from the connection's declared-entity cache
+    first: kombu binds a copy of the entity to the channel before it looks there (a queue, its
+    exchange and bindings copied for every message), and throws the copy away when it finds
+    the entity declared. What it declares, and when, is kombu's as before."""
+    kombu_maybe_declare = producer.maybe_declare
+
+    def maybe_declare(entity: Any, retry: bool = False, **retry_policy: Any) -> Any:
+        connection = producer.channel.connection
+        if (
+            entity
+            and connection
+            and entity.can_cache_declaration
+            and hash(entity) in connection.client.declared_entities
+        ):
+            return False
+        return kombu_maybe_declare(entity, retry, **retry_policy)
+
+    return maybe_declare
+
+
 class RedisPublisher:
     """Collects the commands of step messages for one app, when its broker is the Redis of
     its result backend; why not is logged once (INFO)."""
@@ -213,11 +234,14 @@ class RedisPublisher:
             if getattr(batches, "current", None) is not None:  # the caller's own batch
                 return None
             batches.current = _Collecting(collector)
+            producer.maybe_declare = _cached_declare(producer)
             try:
                 with holding(task_name) as held:
                     send(producer)
             finally:
                 del batches.current
+                # The pooled producer goes back as kombu made it.
+                del producer.maybe_declare
         if not collector.fields:
             release(held)  # nothing collected: whatever was published was published by kombu
             return None
