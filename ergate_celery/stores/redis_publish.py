@@ -12,6 +12,8 @@ only when its write succeeds.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery.app.routes import MapRoute
+from kombu import Producer
 
 from ergate_celery.model.job import Job
 from ergate_celery.stores.after_publish import Held, holding, release
@@ -168,6 +171,7 @@ class RedisPublisher:
         # decided with: apply_async routes the message again, so this routes only once.
         self._router: Any = None
         self._directs: dict[tuple[Any, ...], bool] = {}
+        self._local = threading.local()
 
     def _once(self, reason: str) -> None:
         if reason not in self._logged:
@@ -224,24 +228,38 @@ class RedisPublisher:
             self._once(f"task {task.name} is routed through a {kind} exchange")
         return is_direct
 
+    def _producer(self) -> Any:
+        """This thread's collecting producer, on a connection of its own: kombu's pool hands
+        a producer out with its channel gone, and binds a copy of its exchange to a channel
+        again for every message. Collecting sends nothing but a queue's first declaration."""
+        held = getattr(self._local, "producer", None)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        producer = Producer(self.app.connection_for_write())
+        producer.maybe_declare = _cached_declare(producer)
+        self._local.producer = (os.getpid(), producer)  # a forked child makes its own
+        return producer
+
     def collect(self, task_name: str, send: Callable[[Any], None]) -> Collected | None:
         """What `send(producer)` publishes (an `apply_async` of `task_name` given the
         producer): the Redis commands kombu would have run, and the `after_task_publish`
         sends held back for them; None when they went to no queue."""
-        with self.app.producer_or_acquire() as producer:
-            collector = _Collector(getattr(producer.channel, "global_keyprefix", "") or "")
-            batches = producer._batch_local
-            if getattr(batches, "current", None) is not None:  # the caller's own batch
-                return None
-            batches.current = _Collecting(collector)
-            producer.maybe_declare = _cached_declare(producer)
-            try:
-                with holding(task_name) as held:
-                    send(producer)
-            finally:
-                del batches.current
-                # The pooled producer goes back as kombu made it.
-                del producer.maybe_declare
+        producer = self._producer()
+        batches = producer._batch_local
+        if getattr(batches, "current", None) is not None:  # collecting already (reentered)
+            return None
+        collector = _Collector(getattr(producer.channel, "global_keyprefix", "") or "")
+        batches.current = _Collecting(collector)
+        try:
+            with holding(task_name) as held:
+                send(producer)
+        except BaseException:
+            # Its connection may be broken: the next message gets a new one.
+            self._local.producer = None
+            producer.connection.release()
+            raise
+        finally:
+            del batches.current
         if not collector.fields:
             release(held)  # nothing collected: whatever was published was published by kombu
             return None
