@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -389,3 +390,45 @@ def test_after_task_publish_fires_only_for_a_message_the_script_wrote(
     assert parked.parked
     assert [kind for kind, _, _ in publishes] == ["before"]
     assert _landed(client) == {}
+
+
+def test_messages_are_collected_on_kept_connections_and_a_forked_child_opens_its_own(
+    make_setup: Callable[..., Setup],
+) -> None:
+    setup = make_setup("redis", ergate_redis_one_trip=True)
+    ergate = setup.ergate
+    ergate.register_workflow(_workflow("kept"))
+    rt = ergate.runtime
+    client = rt.store.client  # type: ignore[attr-defined]
+    db = client.connection_pool.connection_kwargs["db"]
+    job = new_job(
+        ergate.workflow("kept"),
+        initial_input_value=1,
+        user_context=None,
+        requested_start_time=None,
+        job_id=None,
+        now=rt.clock(),
+    )
+    assert rt.collect is not None
+
+    def connections() -> int:
+        return sum(1 for seen in client.client_list() if int(seen["db"]) == db)
+
+    first = rt.collect(job)
+    assert first is not None
+    opened = connections()
+    for _ in range(20):
+        assert rt.collect(job) is not None
+    assert connections() == opened
+
+    pid = os.fork()
+    if pid == 0:  # the child: collects on a connection it opened, not its parent's
+        status = 1
+        try:
+            before = connections()  # the store's client reconnects in a child too
+            collected = rt.collect(job)
+            status = 0 if collected is not None and connections() > before else 2
+        finally:
+            os._exit(status)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert rt.collect(job) is not None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -171,7 +170,8 @@ class RedisPublisher:
         # decided with: apply_async routes the message again, so this routes only once.
         self._router: Any = None
         self._directs: dict[tuple[Any, ...], bool] = {}
-        self._local = threading.local()
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
 
     def _once(self, reason: str) -> None:
         if reason not in self._logged:
@@ -229,37 +229,37 @@ class RedisPublisher:
         return is_direct
 
     def _producer(self) -> Any:
-        """This thread's collecting producer, on a connection of its own: kombu's pool hands
-        a producer out with its channel gone, and binds a copy of its exchange to a channel
-        again for every message. Collecting sends nothing but a queue's first declaration."""
-        held = getattr(self._local, "producer", None)
-        if held is not None and held[0] == os.getpid():
-            return held[1]
-        producer = Producer(self.app.connection_for_write())
-        producer.maybe_declare = _cached_declare(producer)
-        self._local.producer = (os.getpid(), producer)  # a forked child makes its own
-        return producer
+        """An idle collecting producer, each on a broker connection of its own, kept between
+        messages: kombu's pool hands a producer out with its channel gone, and binds a copy
+        of its exchange to a new channel for every message. There are as many as messages
+        were ever collected at once (collecting sends nothing but a queue's first
+        declaration, so a green thread holds one only briefly)."""
+        if self._pid != os.getpid():  # a forked child: its parent's connections are not its own
+            self._pid, self._idle = os.getpid(), []
+        try:
+            return self._idle.pop()
+        except IndexError:
+            producer = Producer(self.app.connection_for_write())
+            producer.maybe_declare = _cached_declare(producer)  # type: ignore[method-assign]
+            return producer
 
     def collect(self, task_name: str, send: Callable[[Any], None]) -> Collected | None:
         """What `send(producer)` publishes (an `apply_async` of `task_name` given the
         producer): the Redis commands kombu would have run, and the `after_task_publish`
         sends held back for them; None when they went to no queue."""
         producer = self._producer()
-        batches = producer._batch_local
-        if getattr(batches, "current", None) is not None:  # collecting already (reentered)
-            return None
         collector = _Collector(getattr(producer.channel, "global_keyprefix", "") or "")
+        batches = producer._batch_local
         batches.current = _Collecting(collector)
         try:
             with holding(task_name) as held:
                 send(producer)
         except BaseException:
-            # Its connection may be broken: the next message gets a new one.
-            self._local.producer = None
-            producer.connection.release()
+            producer.connection.release()  # it may be broken: not kept
             raise
         finally:
             del batches.current
+        self._idle.append(producer)
         if not collector.fields:
             release(held)  # nothing collected: whatever was published was published by kombu
             return None
