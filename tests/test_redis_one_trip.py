@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -69,7 +70,25 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], int | None]] = {
         {},
         9,
     ),
+    # The whole job in the message: Celery computes argsrepr (cut at its size limit) and
+    # kwargsrepr itself, over a long non-ASCII user context.
+    "ergate_show_task_args": ({"ergate_show_task_args": True}, {}, None),
+    "task_protocol 1": ({"task_protocol": 1}, {}, None),
+    "task_protocol 1 with the job shown": (
+        {"task_protocol": 1, "ergate_show_task_args": True},
+        {},
+        2,
+    ),
+    # A before_task_publish receiver that changes the headers (`_stamping` below).
+    "a receiver that adds a header": ({}, {}, None),
 }
+
+#: A user context longer than Celery's argsrepr limit, its characters several bytes each.
+CONTEXT = {"who": "ü队" * 700}
+
+
+def _stamping(headers: Any = None, **kwargs: Any) -> None:
+    headers["x-stamped"] = f"stamp for {headers['id']}"
 
 
 def _landed(client: Any) -> dict[bytes, list[dict[str, Any]]]:
@@ -95,12 +114,17 @@ def publishes() -> Iterator[list[tuple[str, Any, Any]]]:
     """The publish signals as they fire: (signal, task id, where to)."""
     seen: list[tuple[str, Any, Any]] = []
 
-    def before(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
-        where = (kwargs["exchange"], kwargs["routing_key"])
-        seen.append(("before", headers["id"], (where, kwargs["properties"].get("priority"))))
+    def task_id(headers: Any, body: Any) -> Any:
+        return headers.get("id") or body["id"]  # task_protocol 1: the id is in the body
 
-    def after(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
-        seen.append(("after", headers["id"], (kwargs["exchange"], kwargs["routing_key"])))
+    def before(sender: Any = None, headers: Any = None, body: Any = None, **kwargs: Any) -> None:
+        where = (kwargs["exchange"], kwargs["routing_key"])
+        priority = kwargs["properties"].get("priority")
+        seen.append(("before", task_id(headers, body), (where, priority)))
+
+    def after(sender: Any = None, headers: Any = None, body: Any = None, **kwargs: Any) -> None:
+        where = (kwargs["exchange"], kwargs["routing_key"])
+        seen.append(("after", task_id(headers, body), where))
 
     before_task_publish.connect(before, weak=False)
     after_task_publish.connect(after, weak=False)
@@ -127,9 +151,15 @@ def _sent_events(pubsub: Any) -> list[tuple[bytes, dict[str, Any]]]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_script_writes_the_message_kombu_would_send(
-    case: str, make_setup: Callable[..., Setup], publishes: list[tuple[str, Any, Any]]
+    case: str,
+    make_setup: Callable[..., Setup],
+    publishes: list[tuple[str, Any, Any]],
+    request: pytest.FixtureRequest,
 ) -> None:
     conf, step_options, priority = CASES[case]
+    if case == "a receiver that adds a header":
+        before_task_publish.connect(_stamping, weak=False)
+        request.addfinalizer(lambda: before_task_publish.disconnect(_stamping))
     setup = make_setup("redis", ergate_redis_one_trip=True, task_send_sent_event=True, **conf)
     ergate = setup.ergate
     ergate.register_workflow(_workflow("diff", **step_options))
@@ -147,7 +177,7 @@ def test_the_script_writes_the_message_kombu_would_send(
     job = new_job(
         ergate.workflow("diff"),
         initial_input_value=1,
-        user_context={"who": "ü"},
+        user_context=CONTEXT,
         requested_start_time=None,
         job_id=None,
         now=rt.clock(),
@@ -166,8 +196,13 @@ def test_the_script_writes_the_message_kombu_would_send(
     ergate.publish(stored)
     by_kombu = _comparable(_landed(client))
     events_by_kombu = _sent_events(pubsub)
-    print("LANDED", case, list(by_script), publishes[0])
     assert by_script == by_kombu
+    [[message]] = by_script.values()
+    if case == "a receiver that adds a header":
+        assert message["headers"]["x-stamped"] == f"stamp for ergate-step:{job.id}:0"
+    if conf.get("task_protocol") != 1:
+        shown = conf.get("ergate_show_task_args", False)
+        assert ("redacted" in message["headers"]["argsrepr"]) is not shown
     assert [len(messages) for messages in by_script.values()] == [1]
     assert events_by_script == events_by_kombu
     assert len(events_by_script) == 1
@@ -355,3 +390,45 @@ def test_after_task_publish_fires_only_for_a_message_the_script_wrote(
     assert parked.parked
     assert [kind for kind, _, _ in publishes] == ["before"]
     assert _landed(client) == {}
+
+
+def test_messages_are_collected_on_kept_connections_and_a_forked_child_opens_its_own(
+    make_setup: Callable[..., Setup],
+) -> None:
+    setup = make_setup("redis", ergate_redis_one_trip=True)
+    ergate = setup.ergate
+    ergate.register_workflow(_workflow("kept"))
+    rt = ergate.runtime
+    client = rt.store.client  # type: ignore[attr-defined]
+    db = client.connection_pool.connection_kwargs["db"]
+    job = new_job(
+        ergate.workflow("kept"),
+        initial_input_value=1,
+        user_context=None,
+        requested_start_time=None,
+        job_id=None,
+        now=rt.clock(),
+    )
+    assert rt.collect is not None
+
+    def connections() -> int:
+        return sum(1 for seen in client.client_list() if int(seen["db"]) == db)
+
+    first = rt.collect(job)
+    assert first is not None
+    opened = connections()
+    for _ in range(20):
+        assert rt.collect(job) is not None
+    assert connections() == opened
+
+    pid = os.fork()
+    if pid == 0:  # the child: collects on a connection it opened, not its parent's
+        status = 1
+        try:
+            before = connections()  # the store's client reconnects in a child too
+            collected = rt.collect(job)
+            status = 0 if collected is not None and connections() > before else 2
+        finally:
+            os._exit(status)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert rt.collect(job) is not None

@@ -12,6 +12,7 @@ only when its write succeeds.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery.app.routes import MapRoute
+from kombu import Producer
 
 from ergate_celery.model.job import Job
 from ergate_celery.stores.after_publish import Held, holding, release
@@ -133,6 +135,27 @@ def _exchange_type(route: dict[str, Any]) -> str | None:
     return kind
 
 
+def _cached_declare(producer: Any) -> Callable[..., Any]:
+    """The producer's `maybe_declare`, answering from the connection's declared-entity cache
+    first: kombu binds a copy of the entity to the channel before it looks there (a queue, its
+    exchange and bindings copied for every message), and throws the copy away when it finds
+    the entity declared. What it declares, and when, is kombu's as before."""
+    kombu_maybe_declare = producer.maybe_declare
+
+    def maybe_declare(entity: Any, retry: bool = False, **retry_policy: Any) -> Any:
+        connection = producer.channel.connection
+        if (
+            entity
+            and connection
+            and entity.can_cache_declaration
+            and hash(entity) in connection.client.declared_entities
+        ):
+            return False
+        return kombu_maybe_declare(entity, retry, **retry_policy)
+
+    return maybe_declare
+
+
 class RedisPublisher:
     """Collects the commands of step messages for one app, when its broker is the Redis of
     its result backend; why not is logged once (INFO)."""
@@ -147,6 +170,8 @@ class RedisPublisher:
         # decided with: apply_async routes the message again, so this routes only once.
         self._router: Any = None
         self._directs: dict[tuple[Any, ...], bool] = {}
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
 
     def _once(self, reason: str) -> None:
         if reason not in self._logged:
@@ -203,21 +228,38 @@ class RedisPublisher:
             self._once(f"task {task.name} is routed through a {kind} exchange")
         return is_direct
 
+    def _producer(self) -> Any:
+        """An idle collecting producer, each on a broker connection of its own, kept between
+        messages: kombu's pool hands a producer out with its channel gone, and binds a copy
+        of its exchange to a new channel for every message. There are as many as messages
+        were ever collected at once (collecting sends nothing but a queue's first
+        declaration, so a green thread holds one only briefly)."""
+        if self._pid != os.getpid():  # a forked child: its parent's connections are not its own
+            self._pid, self._idle = os.getpid(), []
+        try:
+            return self._idle.pop()
+        except IndexError:
+            producer = Producer(self.app.connection_for_write())
+            producer.maybe_declare = _cached_declare(producer)  # type: ignore[method-assign]
+            return producer
+
     def collect(self, task_name: str, send: Callable[[Any], None]) -> Collected | None:
         """What `send(producer)` publishes (an `apply_async` of `task_name` given the
         producer): the Redis commands kombu would have run, and the `after_task_publish`
         sends held back for them; None when they went to no queue."""
-        with self.app.producer_or_acquire() as producer:
-            collector = _Collector(getattr(producer.channel, "global_keyprefix", "") or "")
-            batches = producer._batch_local
-            if getattr(batches, "current", None) is not None:  # the caller's own batch
-                return None
-            batches.current = _Collecting(collector)
-            try:
-                with holding(task_name) as held:
-                    send(producer)
-            finally:
-                del batches.current
+        producer = self._producer()
+        collector = _Collector(getattr(producer.channel, "global_keyprefix", "") or "")
+        batches = producer._batch_local
+        batches.current = _Collecting(collector)
+        try:
+            with holding(task_name) as held:
+                send(producer)
+        except BaseException:
+            producer.connection.release()  # it may be broken: not kept
+            raise
+        finally:
+            del batches.current
+        self._idle.append(producer)
         if not collector.fields:
             release(held)  # nothing collected: whatever was published was published by kombu
             return None
