@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
@@ -411,12 +412,21 @@ def test_messages_are_collected_on_kept_connections_and_a_forked_child_opens_its
     )
     assert rt.collect is not None
 
+    # The broker connections of this app only, by name: other clients of the test process
+    # (a worker of an earlier test winding down) may come and go on the same database.
+    name = f"ergate-kept-{uuid.uuid4().hex[:8]}"
+    options = dict(setup.app.conf.broker_transport_options or {})
+    setup.app.conf.broker_transport_options = {**options, "client_name": name}
+
     def connections() -> int:
-        return sum(1 for seen in client.client_list() if int(seen["db"]) == db)
+        return sum(
+            1 for seen in client.client_list() if int(seen["db"]) == db and seen.get("name") == name
+        )
 
     first = rt.collect(job)
     assert first is not None
     opened = connections()
+    assert opened >= 1  # the collecting producer's connection carries the name
     for _ in range(20):
         assert rt.collect(job) is not None
     assert connections() == opened
