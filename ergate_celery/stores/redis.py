@@ -249,18 +249,16 @@ class RedisJobStore(BaseJobStore[str]):
         arguments = [job.workflow_name, "", encoded, ttl or ""]
         arguments += [*self._index_arguments(job), message_for(job), *self._listing_adds(job)]
         reply = self._create_unless_paused(keys=keys, args=arguments)
-        parked = parked_encoded = None
+        stored, raw = job, encoded
         if reply == PAUSED:
             parked = job.model_copy(update={"parked": True})
             parked_encoded, _ = self._encode(parked, limit=self.create_limit)
             arguments[1] = parked_encoded
             reply = self._create_unless_paused(keys=keys, args=arguments)
+            if reply == STORED_PARKED:  # still paused (resumed in between: stored as given)
+                stored, raw = parked, parked_encoded
         if not reply:
             return None
-        if reply == STORED_PARKED and parked is not None and parked_encoded is not None:
-            stored, raw = parked, parked_encoded
-        else:
-            stored, raw = job, encoded
         self._digests.remember(stored, digest_of(raw))
         return stored
 
